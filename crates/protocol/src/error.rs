@@ -28,6 +28,8 @@ pub enum DecodeError {
     TaggedFieldSizeMismatch { tag: u32 },
     #[error("{message} does not support version {version}")]
     UnsupportedVersion { message: &'static str, version: i16 },
+    #[error("{0} bytes follow the end of the message")]
+    TrailingBytes(usize),
     #[error("unknown API key {0}")]
     UnknownApiKey(i16),
     #[error("frame of {size} bytes exceeds the limit of {limit}")]

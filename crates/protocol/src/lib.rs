@@ -12,12 +12,20 @@
 //! Nothing here does I/O. Decoding never trusts a length it reads: each is checked against
 //! the bytes that remain before memory is set aside for it.
 
+pub mod compression;
 pub mod error;
+pub mod error_code;
+pub mod frame;
+pub mod header;
 pub mod message;
+pub mod record_batch;
 pub mod wire;
 
 #[cfg(any(test, feature = "sample"))]
 pub mod sample;
+
+#[cfg(test)]
+mod hostile_input_tests;
 
 #[rustfmt::skip]
 pub mod internal;
@@ -25,5 +33,6 @@ pub mod internal;
 pub mod messages;
 
 pub use error::{DecodeError, EncodeError};
+pub use error_code::ErrorCode;
 pub use message::Message;
 pub use wire::{Uuid, VersionRange, Wire};

@@ -177,21 +177,38 @@ struct StructToEmit<'a> {
 }
 
 fn collect_structs<'a>(message: &'a MessageSpec) -> Vec<StructToEmit<'a>> {
-    fn walk<'a>(message: &MessageSpec, fields: &'a [Field], within: Range, out: &mut Vec<StructToEmit<'a>>) {
+    fn walk<'a>(
+        message: &MessageSpec,
+        fields: &'a [Field],
+        within: Range,
+        out: &mut Vec<StructToEmit<'a>>,
+    ) {
         for f in fields {
             if let (Some(name), false) = (f.ty.struct_name(), f.children.is_empty()) {
                 let present = FieldInfo::new(f, message, &within).present;
-                out.push(StructToEmit { name: name.to_string(), fields: &f.children, within: present });
+                out.push(StructToEmit {
+                    name: name.to_string(),
+                    fields: &f.children,
+                    within: present,
+                });
                 walk(message, &f.children, present, out);
             }
         }
     }
     let all = message.versions;
-    let mut out = vec![StructToEmit { name: message.name.clone(), fields: &message.fields, within: all }];
+    let mut out = vec![StructToEmit {
+        name: message.name.clone(),
+        fields: &message.fields,
+        within: all,
+    }];
     walk(message, &message.fields, all, &mut out);
     // A common structure may serve fields of different versions: it spans them all.
     for s in &message.common_structs {
-        out.push(StructToEmit { name: s.name.clone(), fields: &s.fields, within: all });
+        out.push(StructToEmit {
+            name: s.name.clone(),
+            fields: &s.fields,
+            within: all,
+        });
         walk(message, &s.fields, all, &mut out);
     }
     out

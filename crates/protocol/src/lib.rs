@@ -12,6 +12,7 @@
 //! Nothing here does I/O. Decoding never trusts a length it reads: each is checked against
 //! the bytes that remain before memory is set aside for it.
 
+pub mod compat;
 pub mod compression;
 pub mod error;
 pub mod error_code;

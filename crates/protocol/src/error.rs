@@ -24,6 +24,8 @@ pub enum DecodeError {
     NullNotAllowed,
     #[error("invalid nullable-structure marker {0}")]
     InvalidStructMarker(i8),
+    #[error("tagged field {tag} is repeated or out of ascending order")]
+    TaggedFieldsOutOfOrder { tag: u32 },
     #[error("tagged field {tag} was not read to its declared end")]
     TaggedFieldSizeMismatch { tag: u32 },
     #[error("{message} does not support version {version}")]

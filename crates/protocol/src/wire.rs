@@ -495,8 +495,15 @@ pub fn read_tagged_fields(
         });
     }
     let mut unknown = Vec::new();
+    let mut previous_tag: Option<u32> = None;
     for _ in 0..count {
         let tag = read_unsigned_varint(buf)?;
+        // KIP-482: tags appear once each, in ascending order. Accepting anything else would
+        // decode messages that cannot be written back.
+        if previous_tag.is_some_and(|previous| tag <= previous) {
+            return Err(DecodeError::TaggedFieldsOutOfOrder { tag });
+        }
+        previous_tag = Some(tag);
         let size = read_unsigned_varint(buf)? as usize;
         let mut data = take(buf, size, "tagged field")?;
         if known(tag, &mut data)? {
@@ -593,6 +600,21 @@ mod tests {
             String::read(&mut bytes, false, 0),
             Err(DecodeError::NullNotAllowed)
         );
+    }
+
+    #[test]
+    fn repeated_or_descending_tags_are_refused() {
+        // Two tagged fields, tag 5 then tag 5 (each one byte long), then 5 then 2.
+        for (second, name) in [(5u8, "repeated"), (2, "descending")] {
+            let mut bytes = Bytes::copy_from_slice(&[2, 5, 1, 0xaa, second, 1, 0xbb]);
+            assert_eq!(
+                read_tagged_fields(&mut bytes, |_, _| Ok(false)),
+                Err(DecodeError::TaggedFieldsOutOfOrder {
+                    tag: u32::from(second)
+                }),
+                "{name}"
+            );
+        }
     }
 
     #[test]

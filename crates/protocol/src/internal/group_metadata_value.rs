@@ -215,6 +215,11 @@ impl Message for GroupMetadataValue {
     const FLEXIBLE_VERSIONS: VersionRange = VersionRange::new(4, i16::MAX);
 }
 
+impl GroupMetadataValue {
+    /// The record type that precedes the record in its log.
+    pub const RECORD_TYPE: i16 = 2;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

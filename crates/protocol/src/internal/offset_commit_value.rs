@@ -26,6 +26,8 @@ pub struct OffsetCommitValue {
     pub commit_timestamp: i64,
     /// Version 1; ignorable.
     pub expire_timestamp: i64,
+    /// Version 4; tagged field 0; ignorable.
+    pub topic_id: Uuid,
     /// Tagged fields this code does not know, kept so that they are written back unchanged.
     pub unknown_tagged_fields: UnknownTaggedFields,
 }
@@ -38,6 +40,7 @@ impl Default for OffsetCommitValue {
             metadata: String::new(),
             commit_timestamp: 0,
             expire_timestamp: -1,
+            topic_id: Uuid::ZERO,
             unknown_tagged_fields: Vec::new(),
         }
     }
@@ -56,7 +59,10 @@ impl Wire for OffsetCommitValue {
             self.expire_timestamp.write(buf, flexible, version)?;
         }
         if flexible {
-            let tagged = TaggedFieldsWriter::new();
+            let mut tagged = TaggedFieldsWriter::new();
+            if version >= 4 && self.topic_id != Uuid::ZERO {
+                tagged.add(0, &self.topic_id, version)?;
+            }
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
         Ok(())
@@ -75,7 +81,14 @@ impl Wire for OffsetCommitValue {
             this.expire_timestamp = Wire::read(buf, flexible, version)?;
         }
         if flexible {
-            this.unknown_tagged_fields = read_tagged_fields(buf, |_, _| Ok(false))?;
+            let unknown = read_tagged_fields(buf, |tag, data| {
+                match tag {
+                    0 if version >= 4 => this.topic_id = Wire::read(data, true, version)?,
+                    _ => return Ok(false),
+                }
+                Ok(true)
+            })?;
+            this.unknown_tagged_fields = unknown;
         }
         Ok(this)
     }
@@ -95,6 +108,9 @@ impl Sample for OffsetCommitValue {
         if version == 1 {
             this.expire_timestamp = Sample::sample(rng, version);
         }
+        if version >= 4 && rng.coin() {
+            this.topic_id = Sample::sample(rng, version);
+        }
         if flexible {
             this.unknown_tagged_fields = sample_unknown_tagged_fields(rng);
         }
@@ -106,6 +122,11 @@ impl Message for OffsetCommitValue {
     const NAME: &'static str = "OffsetCommitValue";
     const VERSIONS: VersionRange = VersionRange::new(0, 4);
     const FLEXIBLE_VERSIONS: VersionRange = VersionRange::new(4, i16::MAX);
+}
+
+impl OffsetCommitValue {
+    /// The record type that precedes the record in its log.
+    pub const RECORD_TYPE: i16 = 1;
 }
 
 #[cfg(test)]

@@ -58,6 +58,11 @@ impl Message for TransactionLogKey {
     const FLEXIBLE_VERSIONS: VersionRange = VersionRange::new(1, 0);
 }
 
+impl TransactionLogKey {
+    /// The record type that precedes the record in its log.
+    pub const RECORD_TYPE: i16 = 0;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,8 @@ pub struct TransactionLogValue {
     pub next_producer_id: i64,
     /// Versions 0-1.
     pub producer_epoch: i16,
+    /// Version 1; tagged field 3.
+    pub next_producer_epoch: i16,
     /// Versions 0-1.
     pub transaction_timeout_ms: i32,
     /// Versions 0-1.
@@ -47,6 +49,7 @@ impl Default for TransactionLogValue {
             previous_producer_id: -1,
             next_producer_id: -1,
             producer_epoch: 0,
+            next_producer_epoch: -1,
             transaction_timeout_ms: 0,
             transaction_status: 0,
             transaction_partitions: Some(Vec::new()),
@@ -76,6 +79,9 @@ impl Wire for TransactionLogValue {
             if version >= 1 && self.next_producer_id != -1 {
                 tagged.add(1, &self.next_producer_id, version)?;
             }
+            if version >= 1 && self.next_producer_epoch != -1 {
+                tagged.add(3, &self.next_producer_epoch, version)?;
+            }
             if version >= 1 && self.client_transaction_version != 0 {
                 tagged.add(2, &self.client_transaction_version, version)?;
             }
@@ -99,6 +105,7 @@ impl Wire for TransactionLogValue {
                 match tag {
                     0 if version >= 1 => this.previous_producer_id = Wire::read(data, true, version)?,
                     1 if version >= 1 => this.next_producer_id = Wire::read(data, true, version)?,
+                    3 if version >= 1 => this.next_producer_epoch = Wire::read(data, true, version)?,
                     2 if version >= 1 => this.client_transaction_version = Wire::read(data, true, version)?,
                     _ => return Ok(false),
                 }
@@ -123,6 +130,9 @@ impl Sample for TransactionLogValue {
             this.next_producer_id = Sample::sample(rng, version);
         }
         this.producer_epoch = Sample::sample(rng, version);
+        if version >= 1 && rng.coin() {
+            this.next_producer_epoch = Sample::sample(rng, version);
+        }
         this.transaction_timeout_ms = Sample::sample(rng, version);
         this.transaction_status = Sample::sample(rng, version);
         this.transaction_partitions = sample_nullable(rng, version, true);
@@ -201,6 +211,11 @@ impl Message for TransactionLogValue {
     const NAME: &'static str = "TransactionLogValue";
     const VERSIONS: VersionRange = VersionRange::new(0, 1);
     const FLEXIBLE_VERSIONS: VersionRange = VersionRange::new(1, i16::MAX);
+}
+
+impl TransactionLogValue {
+    /// The record type that precedes the record in its log.
+    pub const RECORD_TYPE: i16 = 0;
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ impl Sample for DescribeGroupsResponse {
 pub struct DescribedGroup {
     /// Versions 0-6.
     pub error_code: i16,
-    /// Version 6; nullable in 6; ignorable.
+    /// Version 6; nullable in 6.
     pub error_message: Option<String>,
     /// Versions 0-6.
     pub group_id: String,
@@ -123,6 +123,8 @@ impl Wire for DescribedGroup {
         self.error_code.write(buf, flexible, version)?;
         if version >= 6 {
             self.error_message.write(buf, flexible, version)?;
+        } else if self.error_message.is_some() {
+            return Err(EncodeError::FieldNotInVersion { message: "DescribedGroup", field: "error_message", version });
         }
         self.group_id.write(buf, flexible, version)?;
         self.group_state.write(buf, flexible, version)?;

@@ -113,7 +113,7 @@ impl Sample for OffsetCommitRequest {
 /// A structure of [`OffsetCommitRequest`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffsetCommitRequestTopic {
-    /// Versions 2-9.
+    /// Versions 2-9; ignorable.
     pub name: String,
     /// Versions 2-9.
     pub partitions: Vec<OffsetCommitRequestPartition>,

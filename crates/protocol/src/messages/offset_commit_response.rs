@@ -81,7 +81,7 @@ impl Sample for OffsetCommitResponse {
 /// A structure of [`OffsetCommitResponse`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffsetCommitResponseTopic {
-    /// Versions 2-9.
+    /// Versions 2-9; ignorable.
     pub name: String,
     /// Versions 2-9.
     pub partitions: Vec<OffsetCommitResponsePartition>,

@@ -299,7 +299,7 @@ impl Sample for OffsetFetchRequestGroup {
 /// A structure of [`OffsetFetchRequest`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffsetFetchRequestTopics {
-    /// Versions 8-9.
+    /// Versions 8-9; ignorable.
     pub name: String,
     /// Versions 8-9.
     pub partition_indexes: Vec<i32>,
@@ -322,8 +322,6 @@ impl Wire for OffsetFetchRequestTopics {
         let flexible = version >= 6;
         if version >= 8 {
             self.name.write(buf, flexible, version)?;
-        } else if !self.name.is_empty() {
-            return Err(EncodeError::FieldNotInVersion { message: "OffsetFetchRequestTopics", field: "name", version });
         }
         if version >= 8 {
             self.partition_indexes.write(buf, flexible, version)?;

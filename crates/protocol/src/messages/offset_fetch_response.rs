@@ -394,7 +394,7 @@ impl Sample for OffsetFetchResponseGroup {
 /// A structure of [`OffsetFetchResponse`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffsetFetchResponseTopics {
-    /// Versions 8-9.
+    /// Versions 8-9; ignorable.
     pub name: String,
     /// Versions 8-9.
     pub partitions: Vec<OffsetFetchResponsePartitions>,
@@ -417,8 +417,6 @@ impl Wire for OffsetFetchResponseTopics {
         let flexible = version >= 6;
         if version >= 8 {
             self.name.write(buf, flexible, version)?;
-        } else if !self.name.is_empty() {
-            return Err(EncodeError::FieldNotInVersion { message: "OffsetFetchResponseTopics", field: "name", version });
         }
         if version >= 8 {
             self.partitions.write(buf, flexible, version)?;

@@ -19,6 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::compression::{self, Compression};
 use crate::error::{DecodeError, EncodeError};
+use crate::error_code::ErrorCode;
 
 pub const MAGIC_V2: i8 = 2;
 /// Bytes of the batch header, before the first record.
@@ -289,6 +290,18 @@ impl RecordBatch {
             ));
         }
         Ok(())
+    }
+}
+
+/// The error code a produce response carries for a batch that failed to parse or validate,
+/// as Kafka answers: a batch of an old format (magic 0 or 1) is `INVALID_RECORD`, one
+/// whose decompressed records exceed the broker's limit is `MESSAGE_TOO_LARGE`, and a
+/// damaged batch (bad CRC, lengths, varints, compression) is `CORRUPT_MESSAGE`.
+pub fn batch_error_code(error: &DecodeError) -> ErrorCode {
+    match error {
+        DecodeError::UnsupportedMagic(_) => ErrorCode::InvalidRecord,
+        DecodeError::DecompressedTooLarge { .. } => ErrorCode::MessageTooLarge,
+        _ => ErrorCode::CorruptMessage,
     }
 }
 
@@ -845,13 +858,26 @@ mod tests {
     }
 
     #[test]
-    fn legacy_magic_is_refused() {
-        let mut bytes = batch_of(Compression::None, 1).to_vec();
-        bytes[MAGIC_AT] = 1;
-        assert_eq!(
-            RecordBatch::from_bytes(Bytes::from(bytes)),
-            Err(DecodeError::UnsupportedMagic(1))
-        );
+    fn legacy_magic_is_refused_with_invalid_record() {
+        for magic in [0i8, 1] {
+            let mut bytes = batch_of(Compression::None, 1).to_vec();
+            bytes[MAGIC_AT] = magic as u8;
+            let err = RecordBatch::from_bytes(Bytes::from(bytes)).unwrap_err();
+            assert_eq!(err, DecodeError::UnsupportedMagic(magic));
+            assert_eq!(batch_error_code(&err), ErrorCode::InvalidRecord);
+        }
+    }
+
+    #[test]
+    fn a_bad_crc_is_a_corrupt_message() {
+        let mut bytes = batch_of(Compression::None, 2).to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        let err = RecordBatch::from_bytes(Bytes::from(bytes))
+            .unwrap()
+            .verify_crc()
+            .unwrap_err();
+        assert_eq!(batch_error_code(&err), ErrorCode::CorruptMessage);
     }
 
     #[test]

@@ -104,11 +104,13 @@ fn snappy_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> 
     let mut out = Vec::new();
     if data.len() >= XERIAL_HEADER_BYTES && data.starts_with(XERIAL_MAGIC) {
         let mut rest = &data[XERIAL_HEADER_BYTES..];
-        while !rest.is_empty() {
-            if rest.len() < 4 {
-                return Err(DecodeError::Decompression(
-                    "truncated snappy block length".into(),
-                ));
+        // snappy-java ignores a tail too short to hold a block length.
+        while rest.len() >= 4 {
+            // Streams may be concatenated: a block length that spells the magic's first four
+            // bytes starts another stream header.
+            if rest.len() >= XERIAL_HEADER_BYTES && rest.starts_with(XERIAL_MAGIC) {
+                rest = &rest[XERIAL_HEADER_BYTES..];
+                continue;
             }
             let length = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
             rest = &rest[4..];
@@ -139,7 +141,14 @@ pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<Bytes
         Compression::Snappy => snappy_decompress(data, limit)?,
         Compression::Lz4 => read_capped(lz4_flex::frame::FrameDecoder::new(data), limit)?,
         Compression::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(data)
+            let mut decoder = zstd::stream::read::Decoder::new(data)
+                .map_err(|e| DecodeError::Decompression(e.to_string()))?;
+            // A frame may declare a window of up to 128 MiB. Allow no more than the output
+            // limit needs, but never less than 16 MiB: streaming compressors size the window
+            // from the level (up to 8 MiB at the levels clients use), not from the content.
+            let window_log = (usize::BITS - limit.leading_zeros()).clamp(24, 27);
+            decoder
+                .window_log_max(window_log)
                 .map_err(|e| DecodeError::Decompression(e.to_string()))?;
             read_capped(decoder, limit)?
         }
@@ -235,6 +244,19 @@ mod tests {
         assert_eq!(
             &decompress(Compression::Snappy, &raw, data.len()).unwrap()[..],
             &data[..]
+        );
+    }
+
+    #[test]
+    fn concatenated_snappy_java_streams_are_read_whole() {
+        let first = compress(Compression::Snappy, b"first half, ").unwrap();
+        let second = compress(Compression::Snappy, b"second half").unwrap();
+        let mut both = first.to_vec();
+        both.extend_from_slice(&second);
+        both.extend_from_slice(&[0, 0]); // a short tail, which snappy-java ignores
+        assert_eq!(
+            &decompress(Compression::Snappy, &both, 1000).unwrap()[..],
+            b"first half, second half"
         );
     }
 

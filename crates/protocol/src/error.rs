@@ -18,8 +18,8 @@ pub enum DecodeError {
     NegativeLength(i64),
     #[error("varint longer than its type allows")]
     VarintTooLong,
-    #[error("string is not valid UTF-8")]
-    InvalidUtf8,
+    #[error("string of {0} bytes exceeds the protocol's limit of 32767")]
+    StringTooLong(usize),
     #[error("null where the version does not allow it")]
     NullNotAllowed,
     #[error("invalid nullable-structure marker {0}")]
@@ -38,6 +38,8 @@ pub enum DecodeError {
     FrameTooLarge { size: u64, limit: usize },
     #[error("negative frame size {0}")]
     NegativeFrameSize(i32),
+    #[error("corrupt record batch: {0}")]
+    CorruptRecordBatch(&'static str),
     #[error("invalid record batch: {0}")]
     InvalidRecordBatch(&'static str),
     #[error("unsupported record batch magic {0}")]
@@ -69,6 +71,8 @@ pub enum EncodeError {
         field: &'static str,
         version: i16,
     },
+    #[error("{message} has unknown tagged fields but version {version} has no tagged fields")]
+    TaggedFieldsNotInVersion { message: &'static str, version: i16 },
     #[error("length {0} is too large for its length prefix")]
     TooLong(usize),
     #[error("two tagged fields share one tag")]

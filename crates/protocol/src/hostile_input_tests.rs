@@ -12,10 +12,12 @@ use std::cell::Cell;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::compression::Compression;
 use crate::error::DecodeError;
 use crate::frame::decode_request;
 use crate::header::RequestHeader;
 use crate::messages::{ApiKey, RequestBody};
+use crate::record_batch::{RecordBatch, RecordBatchBuilder};
 use crate::sample::SampleRng;
 
 /// Counts the allocations of the current thread while a measurement is running.
@@ -213,6 +215,46 @@ fn random_bytes_never_panic_and_stay_within_the_allocation_budget() {
             let _ = assert_bounded(&what, &frame.freeze());
         }
     }
+}
+
+#[test]
+fn a_compressed_batch_of_empty_headers_does_not_inflate_in_memory() {
+    // One record with 200,000 empty headers: 2 bytes each decompressed, a few hundred bytes
+    // compressed. Building a 64-byte header value for each would allocate ~13 MB.
+    let headers: Vec<(&[u8], Option<&[u8]>)> = vec![(&b""[..], None); 200_000];
+    let mut builder = RecordBatchBuilder::new(Compression::Zstd);
+    builder
+        .append(0, Some(b"k"), Some(b"v"), &headers)
+        .expect("record fits");
+    let bytes = builder.build().expect("batch builds");
+    let batch = RecordBatch::from_bytes(bytes.clone()).expect("valid batch");
+    let decompressed_bytes = batch.records_data(1 << 24).expect("decompresses").len();
+    assert!(
+        bytes.len() < 2048,
+        "the bomb should be small: {} bytes",
+        bytes.len()
+    );
+
+    LARGEST_BYTES.with(|l| l.set(0));
+    TOTAL_BYTES.with(|t| t.set(0));
+    MEASURING.with(|m| m.set(true));
+    let validated = batch.validate_for_append(1 << 24);
+    let headers_seen = batch
+        .records(1 << 24)
+        .map(|mut r| r.next().map(|r| r.map(|r| r.headers.len())));
+    MEASURING.with(|m| m.set(false));
+
+    validated.expect("the batch is valid");
+    assert_eq!(headers_seen, Ok(Some(Ok(200_000))));
+    let total = TOTAL_BYTES.with(Cell::get);
+    // Two decompressions (validate, then iterate), each growing its output by doubling (at
+    // most twice the final size in all), plus the decoder's own buffers. Building the
+    // headers eagerly took over 13 MB here.
+    let budget = 4 * decompressed_bytes + (2 << 20);
+    assert!(
+        total <= budget,
+        "allocated {total} for {decompressed_bytes} decompressed bytes (budget {budget})"
+    );
 }
 
 #[test]

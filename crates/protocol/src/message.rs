@@ -47,3 +47,53 @@ pub trait Message: Wire + Default + Clone + PartialEq + Debug {
         Ok(buf.freeze())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::{ApiVersionsRequest, ProduceResponse, produce_response};
+    use crate::wire::RawTaggedField;
+
+    #[test]
+    fn a_value_the_version_cannot_carry_is_an_encode_error() {
+        // node_endpoints is a non-ignorable tagged field of ProduceResponse v10+.
+        let response = ProduceResponse {
+            node_endpoints: vec![produce_response::NodeEndpoint::default()],
+            ..Default::default()
+        };
+        assert!(response.to_bytes(10).is_ok());
+        assert!(matches!(
+            response.to_bytes(9),
+            Err(EncodeError::FieldNotInVersion {
+                field: "node_endpoints",
+                ..
+            })
+        ));
+        // ApiVersions v0-v2 have no tagged fields at all.
+        let request = ApiVersionsRequest {
+            unknown_tagged_fields: vec![RawTaggedField {
+                tag: 7,
+                data: Bytes::new(),
+            }],
+            ..Default::default()
+        };
+        assert!(request.to_bytes(3).is_ok());
+        assert!(matches!(
+            request.to_bytes(2),
+            Err(EncodeError::TaggedFieldsNotInVersion { .. })
+        ));
+    }
+
+    #[test]
+    fn versions_outside_the_range_are_refused_both_ways() {
+        assert!(matches!(
+            ApiVersionsRequest::default().to_bytes(5),
+            Err(EncodeError::UnsupportedVersion { version: 5, .. })
+        ));
+        let mut empty = Bytes::new();
+        assert!(matches!(
+            ApiVersionsRequest::decode(&mut empty, -1),
+            Err(DecodeError::UnsupportedVersion { version: -1, .. })
+        ));
+    }
+}

@@ -84,7 +84,7 @@ impl RecordBatch {
     /// and that it is a magic-2 batch. The CRC is not checked here: see [`Self::verify_crc`].
     pub fn split_first(buf: &mut Bytes) -> Result<RecordBatch, DecodeError> {
         if buf.len() < LOG_OVERHEAD_BYTES {
-            return Err(DecodeError::InvalidRecordBatch(
+            return Err(DecodeError::CorruptRecordBatch(
                 "shorter than a batch's length field",
             ));
         }
@@ -99,7 +99,7 @@ impl RecordBatch {
         let batch_length = i32_at(buf, BATCH_LENGTH_AT);
         let min_length = (RECORD_BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32;
         if batch_length < min_length {
-            return Err(DecodeError::InvalidRecordBatch(
+            return Err(DecodeError::CorruptRecordBatch(
                 "batch length smaller than the batch header",
             ));
         }
@@ -217,7 +217,9 @@ impl RecordBatch {
 
     /// The offset of the batch's last record, as the header declares it.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset() + i64::from(self.last_offset_delta())
+        // A client chooses the base offset of what it produces: never let it overflow.
+        self.base_offset()
+            .wrapping_add(i64::from(self.last_offset_delta()))
     }
 
     /// The CRC-32C the batch's contents have.
@@ -260,11 +262,22 @@ impl RecordBatch {
         })
     }
 
-    /// Checks what the broker checks before appending a batch a client produced: the CRC,
+    /// Checks what the broker checks before appending a batch a client produced: the CRC;
+    /// that it is not a control batch and has a sequence number if it has a producer ID;
     /// that the declared record count matches the records, that offset deltas run 0, 1, …
     /// up to the declared last offset delta, and that no bytes trail the last record.
     pub fn validate_for_append(&self, decompressed_limit: usize) -> Result<(), DecodeError> {
         self.verify_crc()?;
+        if self.is_control() {
+            return Err(DecodeError::InvalidRecordBatch(
+                "clients may not write control batches",
+            ));
+        }
+        if self.producer_id() >= 0 && self.base_sequence() < 0 {
+            return Err(DecodeError::InvalidRecordBatch(
+                "a batch with a producer ID needs a sequence number",
+            ));
+        }
         let count = self.record_count();
         if count <= 0 {
             return Err(DecodeError::InvalidRecordBatch(
@@ -278,7 +291,7 @@ impl RecordBatch {
         }
         let mut records = self.records(decompressed_limit)?;
         for (expected_delta, record) in records.by_ref().enumerate() {
-            if record?.offset - self.base_offset() != expected_delta as i64 {
+            if record?.offset.wrapping_sub(self.base_offset()) != expected_delta as i64 {
                 return Err(DecodeError::InvalidRecordBatch(
                     "record offset deltas are not consecutive from 0",
                 ));
@@ -294,14 +307,19 @@ impl RecordBatch {
 }
 
 /// The error code a produce response carries for a batch that failed to parse or validate,
-/// as Kafka answers: a batch of an old format (magic 0 or 1) is `INVALID_RECORD`, one
-/// whose decompressed records exceed the broker's limit is `MESSAGE_TOO_LARGE`, and a
-/// damaged batch (bad CRC, lengths, varints, compression) is `CORRUPT_MESSAGE`.
+/// as Kafka answers. Only damage that makes the bytes untrustworthy — a CRC mismatch, a
+/// batch that cannot be delimited, a stream that does not decompress — is
+/// `CORRUPT_MESSAGE`, which clients retry. A well-formed batch whose contents break the
+/// rules (old magic, bad counts or offsets, malformed records) is `INVALID_RECORD`, which
+/// they do not; decompressed records over the broker's limit are `MESSAGE_TOO_LARGE`.
 pub fn batch_error_code(error: &DecodeError) -> ErrorCode {
     match error {
-        DecodeError::UnsupportedMagic(_) => ErrorCode::InvalidRecord,
+        DecodeError::CrcMismatch { .. }
+        | DecodeError::CorruptRecordBatch(_)
+        | DecodeError::LengthExceedsRemaining { .. }
+        | DecodeError::Decompression(_) => ErrorCode::CorruptMessage,
         DecodeError::DecompressedTooLarge { .. } => ErrorCode::MessageTooLarge,
-        _ => ErrorCode::CorruptMessage,
+        _ => ErrorCode::InvalidRecord,
     }
 }
 
@@ -342,7 +360,7 @@ impl<'a> RecordBatchMut<'a> {
     /// Wraps a buffer holding exactly one magic-2 batch.
     pub fn new(bytes: &'a mut [u8]) -> Result<Self, DecodeError> {
         if bytes.len() < RECORD_BATCH_HEADER_BYTES {
-            return Err(DecodeError::InvalidRecordBatch(
+            return Err(DecodeError::CorruptRecordBatch(
                 "shorter than a batch header",
             ));
         }
@@ -352,7 +370,7 @@ impl<'a> RecordBatchMut<'a> {
         }
         let batch_length = i32_at(bytes, BATCH_LENGTH_AT);
         if batch_length < 0 || LOG_OVERHEAD_BYTES + batch_length as usize != bytes.len() {
-            return Err(DecodeError::InvalidRecordBatch(
+            return Err(DecodeError::CorruptRecordBatch(
                 "buffer does not hold exactly one batch",
             ));
         }
@@ -394,6 +412,32 @@ pub struct RecordHeader {
     pub value: Option<Bytes>,
 }
 
+/// The headers of a record, decoded on demand from the record's bytes (already checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordHeaders {
+    count: usize,
+    data: Bytes,
+}
+
+impl RecordHeaders {
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = RecordHeader> + '_ {
+        let mut data = self.data.clone();
+        (0..self.count).map_while(move |_| {
+            let key = read_nullable_bytes(&mut data).ok()??;
+            let value = read_nullable_bytes(&mut data).ok()?;
+            Some(RecordHeader { key, value })
+        })
+    }
+}
+
 /// One record, with its offset and timestamp resolved against its batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -402,7 +446,7 @@ pub struct Record {
     pub attributes: i8,
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
-    pub headers: Vec<RecordHeader>,
+    pub headers: RecordHeaders,
 }
 
 /// The records of one batch, decoded lazily.
@@ -452,12 +496,17 @@ impl Records {
                 "header count exceeds the record",
             ));
         }
-        let mut headers = Vec::with_capacity(header_count as usize);
+        // Headers stay in the record's bytes: they are walked here to check them, and decoded
+        // again only when someone asks. Building them eagerly would let a small compressed
+        // batch of empty headers expand 32-fold in memory.
+        let headers = RecordHeaders {
+            count: header_count as usize,
+            data: body.clone(),
+        };
         for _ in 0..header_count {
-            let key = read_nullable_bytes(&mut body)?
+            read_nullable_bytes(&mut body)?
                 .ok_or(DecodeError::InvalidRecordBatch("null header key"))?;
-            let value = read_nullable_bytes(&mut body)?;
-            headers.push(RecordHeader { key, value });
+            read_nullable_bytes(&mut body)?;
         }
         if !body.is_empty() {
             return Err(DecodeError::InvalidRecordBatch(
@@ -465,7 +514,7 @@ impl Records {
             ));
         }
         Ok(Record {
-            offset: self.base_offset + i64::from(offset_delta),
+            offset: self.base_offset.wrapping_add(i64::from(offset_delta)),
             timestamp: self
                 .log_append_time
                 .unwrap_or(self.base_timestamp.wrapping_add(timestamp_delta)),
@@ -797,7 +846,7 @@ mod tests {
                 Some("value-3".repeat(4).as_bytes())
             );
             assert_eq!(
-                records[3].headers,
+                records[3].headers.iter().collect::<Vec<_>>(),
                 vec![RecordHeader {
                     key: Bytes::from_static(b"h"),
                     value: Some(Bytes::from_static(b"v"))
@@ -865,6 +914,42 @@ mod tests {
             let err = RecordBatch::from_bytes(Bytes::from(bytes)).unwrap_err();
             assert_eq!(err, DecodeError::UnsupportedMagic(magic));
             assert_eq!(batch_error_code(&err), ErrorCode::InvalidRecord);
+        }
+    }
+
+    #[test]
+    fn extreme_client_base_offsets_do_not_overflow() {
+        let mut bytes = batch_of(Compression::None, 3).to_vec();
+        RecordBatchMut::new(&mut bytes)
+            .unwrap()
+            .set_base_offset(i64::MAX);
+        let batch = RecordBatch::from_bytes(Bytes::from(bytes)).unwrap();
+        batch.validate_for_append(LIMIT).unwrap();
+        assert_eq!(batch.last_offset(), i64::MIN + 1);
+    }
+
+    #[test]
+    fn content_errors_are_invalid_record_not_retriable_corruption() {
+        let mut control = batch_of(Compression::None, 1).to_vec();
+        control[ATTRIBUTES_AT + 1] |= CONTROL_BIT as u8;
+        let mut no_sequence = batch_of(Compression::None, 1).to_vec();
+        no_sequence[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&(-1i32).to_be_bytes());
+        let mut miscounted = batch_of(Compression::None, 2).to_vec();
+        miscounted[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&3i32.to_be_bytes());
+        for (name, mut bytes) in [
+            ("control", control),
+            ("no sequence", no_sequence),
+            ("miscounted", miscounted),
+        ] {
+            RecordBatchMut::new(&mut bytes).unwrap().update_crc();
+            let batch = RecordBatch::from_bytes(Bytes::from(bytes)).unwrap();
+            let err = batch.validate_for_append(LIMIT).unwrap_err();
+            assert_eq!(
+                batch_error_code(&err),
+                ErrorCode::InvalidRecord,
+                "{name}: {err}"
+            );
+            assert!(!batch_error_code(&err).is_retriable());
         }
     }
 

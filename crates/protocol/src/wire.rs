@@ -279,13 +279,35 @@ fn take(buf: &mut Bytes, length: usize, what: &'static str) -> Result<Bytes, Dec
     Ok(buf.split_to(length))
 }
 
+/// The longest string Kafka reads or writes: its classic length prefix is an i16, and the
+/// compact form keeps the same limit.
+pub const STRING_BYTES_MAX: usize = i16::MAX as usize;
+
 fn read_string_body(buf: &mut Bytes, length: usize) -> Result<String, DecodeError> {
+    if length > STRING_BYTES_MAX {
+        return Err(DecodeError::StringTooLong(length));
+    }
     let raw = take(buf, length, "string")?;
-    String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::InvalidUtf8)
+    // Kafka replaces invalid UTF-8 rather than failing, so an old client with a Latin-1
+    // client ID is still answered; do the same.
+    Ok(match String::from_utf8(raw.to_vec()) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
+}
+
+fn check_string_length(s: &str) -> Result<(), EncodeError> {
+    if s.len() > STRING_BYTES_MAX {
+        return Err(EncodeError::TooLong(s.len()));
+    }
+    Ok(())
 }
 
 impl Wire for Option<String> {
     fn write(&self, buf: &mut BytesMut, flexible: bool, _: i16) -> Result<(), EncodeError> {
+        if let Some(s) = self {
+            check_string_length(s)?;
+        }
         write_length(buf, flexible, true, self.as_ref().map(String::len))?;
         if let Some(s) = self {
             buf.put_slice(s.as_bytes());
@@ -303,6 +325,7 @@ impl Wire for Option<String> {
 
 impl Wire for String {
     fn write(&self, buf: &mut BytesMut, flexible: bool, _: i16) -> Result<(), EncodeError> {
+        check_string_length(self)?;
         write_length(buf, flexible, true, Some(self.len()))?;
         buf.put_slice(self.as_bytes());
         Ok(())
@@ -591,6 +614,27 @@ mod tests {
             String::read(&mut bytes, false, 0),
             Err(DecodeError::LengthExceedsRemaining { what: "string", .. })
         ));
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_as_kafka_does() {
+        let mut bytes = Bytes::from_static(&[0x00, 0x02, 0xe9, b'A']);
+        assert_eq!(String::read(&mut bytes, false, 0).unwrap(), "\u{fffd}A");
+    }
+
+    #[test]
+    fn strings_longer_than_an_i16_length_are_refused_in_both_forms() {
+        let long = "x".repeat(STRING_BYTES_MAX + 1);
+        for flexible in [false, true] {
+            assert!(long.write(&mut BytesMut::new(), flexible, 0).is_err());
+        }
+        let mut compact = BytesMut::new();
+        write_unsigned_varint(&mut compact, (STRING_BYTES_MAX + 2) as u32);
+        compact.put_slice(long.as_bytes());
+        assert_eq!(
+            String::read(&mut compact.freeze(), true, 0),
+            Err(DecodeError::StringTooLong(STRING_BYTES_MAX + 1))
+        );
     }
 
     #[test]

@@ -458,6 +458,30 @@ fn emit_struct(
             );
         }
         out.push_str("            tagged.finish(buf, &self.unknown_tagged_fields)?;\n        }\n");
+        // As in Kafka, a value that a version cannot carry is an error, not silently lost:
+        // a non-ignorable tagged field outside its versions, or unknown tagged fields in a
+        // version without tagged fields.
+        for info in infos
+            .iter()
+            .filter(|i| i.field.tag.is_some() && !i.field.ignorable)
+        {
+            // A field present in every version needs no check.
+            let Some(cond) = condition(&info.present, &all) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "        if !({cond}) && {} {{\n            return Err(EncodeError::FieldNotInVersion {{ message: \"{}\", field: \"{}\", version }});\n        }}",
+                info.differs_from_default(),
+                s.name,
+                info.field.name
+            );
+        }
+        let _ = writeln!(
+            out,
+            "        if !flexible && !self.unknown_tagged_fields.is_empty() {{\n            return Err(EncodeError::TaggedFieldsNotInVersion {{ message: \"{}\", version }});\n        }}",
+            s.name
+        );
     }
     out.push_str("        Ok(())\n    }\n\n");
 

@@ -67,6 +67,9 @@ impl Wire for AccessControlEntryRecord {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AccessControlEntryRecord", version });
+        }
         Ok(())
     }
 

@@ -51,6 +51,9 @@ impl Wire for ClientQuotaRecord {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ClientQuotaRecord", version });
+        }
         Ok(())
     }
 
@@ -113,6 +116,9 @@ impl Wire for EntityData {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "EntityData", version });
         }
         Ok(())
     }

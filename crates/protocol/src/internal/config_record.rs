@@ -51,6 +51,9 @@ impl Wire for ConfigRecord {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ConfigRecord", version });
+        }
         Ok(())
     }
 

@@ -61,6 +61,9 @@ impl Wire for GroupMetadataValue {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "GroupMetadataValue", version });
+        }
         Ok(())
     }
 
@@ -159,6 +162,9 @@ impl Wire for MemberMetadata {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "MemberMetadata", version });
         }
         Ok(())
     }

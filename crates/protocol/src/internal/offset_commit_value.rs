@@ -65,6 +65,9 @@ impl Wire for OffsetCommitValue {
             }
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetCommitValue", version });
+        }
         Ok(())
     }
 

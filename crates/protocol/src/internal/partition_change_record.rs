@@ -97,6 +97,18 @@ impl Wire for PartitionChangeRecord {
             }
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !(version >= 1) && self.directories.is_some() {
+            return Err(EncodeError::FieldNotInVersion { message: "PartitionChangeRecord", field: "directories", version });
+        }
+        if !(version >= 2) && self.eligible_leader_replicas.is_some() {
+            return Err(EncodeError::FieldNotInVersion { message: "PartitionChangeRecord", field: "eligible_leader_replicas", version });
+        }
+        if !(version >= 2) && self.last_known_elr.is_some() {
+            return Err(EncodeError::FieldNotInVersion { message: "PartitionChangeRecord", field: "last_known_elr", version });
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "PartitionChangeRecord", version });
+        }
         Ok(())
     }
 

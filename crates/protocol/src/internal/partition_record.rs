@@ -97,6 +97,15 @@ impl Wire for PartitionRecord {
             }
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !(version >= 2) && self.eligible_leader_replicas.is_some() {
+            return Err(EncodeError::FieldNotInVersion { message: "PartitionRecord", field: "eligible_leader_replicas", version });
+        }
+        if !(version >= 2) && self.last_known_elr.is_some() {
+            return Err(EncodeError::FieldNotInVersion { message: "PartitionRecord", field: "last_known_elr", version });
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "PartitionRecord", version });
+        }
         Ok(())
     }
 

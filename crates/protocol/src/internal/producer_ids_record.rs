@@ -47,6 +47,9 @@ impl Wire for ProducerIdsRecord {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ProducerIdsRecord", version });
+        }
         Ok(())
     }
 

@@ -85,6 +85,12 @@ impl Wire for RegisterBrokerRecord {
             }
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !(version >= 3) && !self.log_dirs.is_empty() {
+            return Err(EncodeError::FieldNotInVersion { message: "RegisterBrokerRecord", field: "log_dirs", version });
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "RegisterBrokerRecord", version });
+        }
         Ok(())
     }
 
@@ -184,6 +190,9 @@ impl Wire for BrokerEndpoint {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "BrokerEndpoint", version });
+        }
         Ok(())
     }
 
@@ -250,6 +259,9 @@ impl Wire for BrokerFeature {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "BrokerFeature", version });
         }
         Ok(())
     }

@@ -43,6 +43,9 @@ impl Wire for TopicRecord {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TopicRecord", version });
+        }
         Ok(())
     }
 

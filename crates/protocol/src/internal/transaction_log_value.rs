@@ -87,6 +87,21 @@ impl Wire for TransactionLogValue {
             }
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !(version >= 1) && self.previous_producer_id != -1 {
+            return Err(EncodeError::FieldNotInVersion { message: "TransactionLogValue", field: "previous_producer_id", version });
+        }
+        if !(version >= 1) && self.next_producer_id != -1 {
+            return Err(EncodeError::FieldNotInVersion { message: "TransactionLogValue", field: "next_producer_id", version });
+        }
+        if !(version >= 1) && self.next_producer_epoch != -1 {
+            return Err(EncodeError::FieldNotInVersion { message: "TransactionLogValue", field: "next_producer_epoch", version });
+        }
+        if !(version >= 1) && self.client_transaction_version != 0 {
+            return Err(EncodeError::FieldNotInVersion { message: "TransactionLogValue", field: "client_transaction_version", version });
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TransactionLogValue", version });
+        }
         Ok(())
     }
 
@@ -177,6 +192,9 @@ impl Wire for PartitionsSchema {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "PartitionsSchema", version });
         }
         Ok(())
     }

@@ -59,6 +59,9 @@ impl Wire for UserScramCredentialRecord {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "UserScramCredentialRecord", version });
+        }
         Ok(())
     }
 

@@ -75,6 +75,9 @@ impl Wire for AddPartitionsToTxnRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AddPartitionsToTxnRequest", version });
+        }
         Ok(())
     }
 
@@ -192,6 +195,9 @@ impl Wire for AddPartitionsToTxnTransaction {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AddPartitionsToTxnTransaction", version });
+        }
         Ok(())
     }
 
@@ -276,6 +282,9 @@ impl Wire for AddPartitionsToTxnTopic {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AddPartitionsToTxnTopic", version });
         }
         Ok(())
     }

@@ -61,6 +61,9 @@ impl Wire for AddPartitionsToTxnResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AddPartitionsToTxnResponse", version });
+        }
         Ok(())
     }
 
@@ -144,6 +147,9 @@ impl Wire for AddPartitionsToTxnResult {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AddPartitionsToTxnResult", version });
+        }
         Ok(())
     }
 
@@ -211,6 +217,9 @@ impl Wire for AddPartitionsToTxnTopicResult {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AddPartitionsToTxnTopicResult", version });
+        }
         Ok(())
     }
 
@@ -269,6 +278,9 @@ impl Wire for AddPartitionsToTxnPartitionResult {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AddPartitionsToTxnPartitionResult", version });
         }
         Ok(())
     }

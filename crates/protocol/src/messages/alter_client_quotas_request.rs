@@ -43,6 +43,9 @@ impl Wire for AlterClientQuotasRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AlterClientQuotasRequest", version });
+        }
         Ok(())
     }
 
@@ -102,6 +105,9 @@ impl Wire for EntryData {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "EntryData", version });
+        }
         Ok(())
     }
 
@@ -160,6 +166,9 @@ impl Wire for EntityData {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "EntityData", version });
         }
         Ok(())
     }
@@ -223,6 +232,9 @@ impl Wire for OpData {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OpData", version });
         }
         Ok(())
     }

@@ -43,6 +43,9 @@ impl Wire for AlterClientQuotasResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AlterClientQuotasResponse", version });
+        }
         Ok(())
     }
 
@@ -106,6 +109,9 @@ impl Wire for EntryData {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "EntryData", version });
+        }
         Ok(())
     }
 
@@ -166,6 +172,9 @@ impl Wire for EntityData {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "EntityData", version });
         }
         Ok(())
     }

@@ -43,6 +43,9 @@ impl Wire for AlterConfigsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AlterConfigsRequest", version });
+        }
         Ok(())
     }
 
@@ -106,6 +109,9 @@ impl Wire for AlterConfigsResource {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AlterConfigsResource", version });
+        }
         Ok(())
     }
 
@@ -166,6 +172,9 @@ impl Wire for AlterableConfig {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AlterableConfig", version });
         }
         Ok(())
     }

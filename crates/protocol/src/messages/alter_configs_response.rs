@@ -43,6 +43,9 @@ impl Wire for AlterConfigsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AlterConfigsResponse", version });
+        }
         Ok(())
     }
 
@@ -109,6 +112,9 @@ impl Wire for AlterConfigsResourceResponse {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AlterConfigsResourceResponse", version });
         }
         Ok(())
     }

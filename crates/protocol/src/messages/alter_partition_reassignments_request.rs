@@ -51,6 +51,9 @@ impl Wire for AlterPartitionReassignmentsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AlterPartitionReassignmentsRequest", version });
+        }
         Ok(())
     }
 
@@ -116,6 +119,9 @@ impl Wire for ReassignableTopic {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ReassignableTopic", version });
+        }
         Ok(())
     }
 
@@ -174,6 +180,9 @@ impl Wire for ReassignablePartition {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ReassignablePartition", version });
         }
         Ok(())
     }

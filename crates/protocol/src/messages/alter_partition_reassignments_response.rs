@@ -57,6 +57,9 @@ impl Wire for AlterPartitionReassignmentsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AlterPartitionReassignmentsResponse", version });
+        }
         Ok(())
     }
 
@@ -126,6 +129,9 @@ impl Wire for ReassignableTopicResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ReassignableTopicResponse", version });
+        }
         Ok(())
     }
 
@@ -188,6 +194,9 @@ impl Wire for ReassignablePartitionResponse {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ReassignablePartitionResponse", version });
         }
         Ok(())
     }

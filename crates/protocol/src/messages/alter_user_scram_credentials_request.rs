@@ -43,6 +43,9 @@ impl Wire for AlterUserScramCredentialsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AlterUserScramCredentialsRequest", version });
+        }
         Ok(())
     }
 
@@ -101,6 +104,9 @@ impl Wire for ScramCredentialDeletion {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ScramCredentialDeletion", version });
         }
         Ok(())
     }
@@ -172,6 +178,9 @@ impl Wire for ScramCredentialUpsertion {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ScramCredentialUpsertion", version });
         }
         Ok(())
     }

@@ -73,6 +73,9 @@ impl Wire for ApiVersionsResponse {
             }
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ApiVersionsResponse", version });
+        }
         Ok(())
     }
 
@@ -164,6 +167,9 @@ impl Wire for ApiVersion {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ApiVersion", version });
+        }
         Ok(())
     }
 
@@ -240,6 +246,9 @@ impl Wire for SupportedFeatureKey {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "SupportedFeatureKey", version });
         }
         Ok(())
     }
@@ -329,6 +338,9 @@ impl Wire for FinalizedFeatureKey {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "FinalizedFeatureKey", version });
         }
         Ok(())
     }

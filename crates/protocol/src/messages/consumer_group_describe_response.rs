@@ -43,6 +43,9 @@ impl Wire for ConsumerGroupDescribeResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ConsumerGroupDescribeResponse", version });
+        }
         Ok(())
     }
 
@@ -129,6 +132,9 @@ impl Wire for DescribedGroup {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribedGroup", version });
         }
         Ok(())
     }
@@ -241,6 +247,9 @@ impl Wire for Member {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "Member", version });
+        }
         Ok(())
     }
 
@@ -326,6 +335,9 @@ impl Wire for TopicPartitions {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TopicPartitions", version });
+        }
         Ok(())
     }
 
@@ -382,6 +394,9 @@ impl Wire for Assignment {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "Assignment", version });
         }
         Ok(())
     }

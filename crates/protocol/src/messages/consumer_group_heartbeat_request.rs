@@ -79,6 +79,9 @@ impl Wire for ConsumerGroupHeartbeatRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ConsumerGroupHeartbeatRequest", version });
+        }
         Ok(())
     }
 
@@ -157,6 +160,9 @@ impl Wire for TopicPartitions {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TopicPartitions", version });
         }
         Ok(())
     }

@@ -63,6 +63,9 @@ impl Wire for ConsumerGroupHeartbeatResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ConsumerGroupHeartbeatResponse", version });
+        }
         Ok(())
     }
 
@@ -128,6 +131,9 @@ impl Wire for Assignment {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "Assignment", version });
+        }
         Ok(())
     }
 
@@ -184,6 +190,9 @@ impl Wire for TopicPartitions {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TopicPartitions", version });
         }
         Ok(())
     }

@@ -39,6 +39,9 @@ impl Wire for CreateAclsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CreateAclsRequest", version });
+        }
         Ok(())
     }
 
@@ -115,6 +118,9 @@ impl Wire for AclCreation {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AclCreation", version });
         }
         Ok(())
     }

@@ -43,6 +43,9 @@ impl Wire for CreateAclsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CreateAclsResponse", version });
+        }
         Ok(())
     }
 
@@ -101,6 +104,9 @@ impl Wire for AclCreationResult {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AclCreationResult", version });
         }
         Ok(())
     }

@@ -47,6 +47,9 @@ impl Wire for CreatePartitionsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CreatePartitionsRequest", version });
+        }
         Ok(())
     }
 
@@ -112,6 +115,9 @@ impl Wire for CreatePartitionsTopic {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CreatePartitionsTopic", version });
+        }
         Ok(())
     }
 
@@ -168,6 +174,9 @@ impl Wire for CreatePartitionsAssignment {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CreatePartitionsAssignment", version });
         }
         Ok(())
     }

@@ -43,6 +43,9 @@ impl Wire for CreatePartitionsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CreatePartitionsResponse", version });
+        }
         Ok(())
     }
 
@@ -105,6 +108,9 @@ impl Wire for CreatePartitionsTopicResult {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CreatePartitionsTopicResult", version });
         }
         Ok(())
     }

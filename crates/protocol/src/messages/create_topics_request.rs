@@ -47,6 +47,9 @@ impl Wire for CreateTopicsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CreateTopicsRequest", version });
+        }
         Ok(())
     }
 
@@ -120,6 +123,9 @@ impl Wire for CreatableTopic {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CreatableTopic", version });
+        }
         Ok(())
     }
 
@@ -185,6 +191,9 @@ impl Wire for CreatableReplicaAssignment {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CreatableReplicaAssignment", version });
+        }
         Ok(())
     }
 
@@ -243,6 +252,9 @@ impl Wire for CreatableTopicConfig {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CreatableTopicConfig", version });
         }
         Ok(())
     }

@@ -43,6 +43,9 @@ impl Wire for CreateTopicsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CreateTopicsResponse", version });
+        }
         Ok(())
     }
 
@@ -135,6 +138,9 @@ impl Wire for CreatableTopicResult {
                 tagged.add(0, &self.topic_config_error_code, version)?;
             }
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CreatableTopicResult", version });
         }
         Ok(())
     }
@@ -260,6 +266,9 @@ impl Wire for CreatableTopicConfigs {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CreatableTopicConfigs", version });
         }
         Ok(())
     }

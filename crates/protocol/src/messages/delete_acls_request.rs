@@ -39,6 +39,9 @@ impl Wire for DeleteAclsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeleteAclsRequest", version });
+        }
         Ok(())
     }
 
@@ -115,6 +118,9 @@ impl Wire for DeleteAclsFilter {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeleteAclsFilter", version });
         }
         Ok(())
     }

@@ -43,6 +43,9 @@ impl Wire for DeleteAclsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeleteAclsResponse", version });
+        }
         Ok(())
     }
 
@@ -105,6 +108,9 @@ impl Wire for DeleteAclsFilterResult {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeleteAclsFilterResult", version });
         }
         Ok(())
     }
@@ -194,6 +200,9 @@ impl Wire for DeleteAclsMatchingAcl {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeleteAclsMatchingAcl", version });
         }
         Ok(())
     }

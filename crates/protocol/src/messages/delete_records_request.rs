@@ -43,6 +43,9 @@ impl Wire for DeleteRecordsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeleteRecordsRequest", version });
+        }
         Ok(())
     }
 
@@ -102,6 +105,9 @@ impl Wire for DeleteRecordsTopic {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeleteRecordsTopic", version });
+        }
         Ok(())
     }
 
@@ -160,6 +166,9 @@ impl Wire for DeleteRecordsPartition {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeleteRecordsPartition", version });
         }
         Ok(())
     }

@@ -43,6 +43,9 @@ impl Wire for DeleteRecordsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeleteRecordsResponse", version });
+        }
         Ok(())
     }
 
@@ -101,6 +104,9 @@ impl Wire for DeleteRecordsTopicResult {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeleteRecordsTopicResult", version });
         }
         Ok(())
     }
@@ -164,6 +170,9 @@ impl Wire for DeleteRecordsPartitionResult {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeleteRecordsPartitionResult", version });
         }
         Ok(())
     }

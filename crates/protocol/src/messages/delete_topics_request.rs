@@ -53,6 +53,9 @@ impl Wire for DeleteTopicsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeleteTopicsRequest", version });
+        }
         Ok(())
     }
 
@@ -129,6 +132,9 @@ impl Wire for DeleteTopicState {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeleteTopicState", version });
         }
         Ok(())
     }

@@ -43,6 +43,9 @@ impl Wire for DeleteTopicsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeleteTopicsResponse", version });
+        }
         Ok(())
     }
 
@@ -116,6 +119,9 @@ impl Wire for DeletableTopicResult {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DeletableTopicResult", version });
         }
         Ok(())
     }

@@ -63,6 +63,9 @@ impl Wire for DescribeAclsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeAclsRequest", version });
+        }
         Ok(())
     }
 

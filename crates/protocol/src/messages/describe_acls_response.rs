@@ -51,6 +51,9 @@ impl Wire for DescribeAclsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeAclsResponse", version });
+        }
         Ok(())
     }
 
@@ -122,6 +125,9 @@ impl Wire for DescribeAclsResource {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeAclsResource", version });
+        }
         Ok(())
     }
 
@@ -192,6 +198,9 @@ impl Wire for AclDescription {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AclDescription", version });
         }
         Ok(())
     }

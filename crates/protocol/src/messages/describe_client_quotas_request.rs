@@ -43,6 +43,9 @@ impl Wire for DescribeClientQuotasRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeClientQuotasRequest", version });
+        }
         Ok(())
     }
 
@@ -105,6 +108,9 @@ impl Wire for ComponentData {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ComponentData", version });
         }
         Ok(())
     }

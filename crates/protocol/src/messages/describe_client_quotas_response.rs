@@ -51,6 +51,9 @@ impl Wire for DescribeClientQuotasResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeClientQuotasResponse", version });
+        }
         Ok(())
     }
 
@@ -114,6 +117,9 @@ impl Wire for EntryData {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "EntryData", version });
+        }
         Ok(())
     }
 
@@ -173,6 +179,9 @@ impl Wire for EntityData {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "EntityData", version });
+        }
         Ok(())
     }
 
@@ -231,6 +240,9 @@ impl Wire for ValueData {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ValueData", version });
         }
         Ok(())
     }

@@ -71,6 +71,9 @@ impl Wire for DescribeClusterResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeClusterResponse", version });
+        }
         Ok(())
     }
 
@@ -161,6 +164,9 @@ impl Wire for DescribeClusterBroker {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeClusterBroker", version });
         }
         Ok(())
     }

@@ -51,6 +51,9 @@ impl Wire for DescribeConfigsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeConfigsRequest", version });
+        }
         Ok(())
     }
 
@@ -119,6 +122,9 @@ impl Wire for DescribeConfigsResource {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeConfigsResource", version });
         }
         Ok(())
     }

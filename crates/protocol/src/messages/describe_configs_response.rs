@@ -43,6 +43,9 @@ impl Wire for DescribeConfigsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeConfigsResponse", version });
+        }
         Ok(())
     }
 
@@ -113,6 +116,9 @@ impl Wire for DescribeConfigsResult {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeConfigsResult", version });
         }
         Ok(())
     }
@@ -207,6 +213,9 @@ impl Wire for DescribeConfigsResourceResult {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeConfigsResourceResult", version });
+        }
         Ok(())
     }
 
@@ -289,6 +298,9 @@ impl Wire for DescribeConfigsSynonym {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeConfigsSynonym", version });
         }
         Ok(())
     }

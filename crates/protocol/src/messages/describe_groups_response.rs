@@ -45,6 +45,9 @@ impl Wire for DescribeGroupsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeGroupsResponse", version });
+        }
         Ok(())
     }
 
@@ -139,6 +142,9 @@ impl Wire for DescribedGroup {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribedGroup", version });
         }
         Ok(())
     }
@@ -236,6 +242,9 @@ impl Wire for DescribedGroupMember {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribedGroupMember", version });
         }
         Ok(())
     }

@@ -39,6 +39,9 @@ impl Wire for DescribeLogDirsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeLogDirsRequest", version });
+        }
         Ok(())
     }
 
@@ -95,6 +98,9 @@ impl Wire for DescribableLogDirTopic {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribableLogDirTopic", version });
         }
         Ok(())
     }

@@ -49,6 +49,9 @@ impl Wire for DescribeLogDirsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeLogDirsResponse", version });
+        }
         Ok(())
     }
 
@@ -130,6 +133,9 @@ impl Wire for DescribeLogDirsResult {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeLogDirsResult", version });
+        }
         Ok(())
     }
 
@@ -203,6 +209,9 @@ impl Wire for DescribeLogDirsTopic {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeLogDirsTopic", version });
+        }
         Ok(())
     }
 
@@ -269,6 +278,9 @@ impl Wire for DescribeLogDirsPartition {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeLogDirsPartition", version });
         }
         Ok(())
     }

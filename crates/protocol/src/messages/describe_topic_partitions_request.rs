@@ -47,6 +47,9 @@ impl Wire for DescribeTopicPartitionsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeTopicPartitionsRequest", version });
+        }
         Ok(())
     }
 
@@ -104,6 +107,9 @@ impl Wire for TopicRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TopicRequest", version });
+        }
         Ok(())
     }
 
@@ -160,6 +166,9 @@ impl Wire for Cursor {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "Cursor", version });
         }
         Ok(())
     }

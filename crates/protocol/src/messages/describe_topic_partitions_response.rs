@@ -47,6 +47,9 @@ impl Wire for DescribeTopicPartitionsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeTopicPartitionsResponse", version });
+        }
         Ok(())
     }
 
@@ -123,6 +126,9 @@ impl Wire for DescribeTopicPartitionsResponseTopic {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeTopicPartitionsResponseTopic", version });
         }
         Ok(())
     }
@@ -219,6 +225,9 @@ impl Wire for DescribeTopicPartitionsResponsePartition {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeTopicPartitionsResponsePartition", version });
+        }
         Ok(())
     }
 
@@ -291,6 +300,9 @@ impl Wire for Cursor {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "Cursor", version });
         }
         Ok(())
     }

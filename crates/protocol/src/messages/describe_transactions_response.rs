@@ -43,6 +43,9 @@ impl Wire for DescribeTransactionsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeTransactionsResponse", version });
+        }
         Ok(())
     }
 
@@ -126,6 +129,9 @@ impl Wire for TransactionState {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TransactionState", version });
+        }
         Ok(())
     }
 
@@ -196,6 +202,9 @@ impl Wire for TopicData {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TopicData", version });
         }
         Ok(())
     }

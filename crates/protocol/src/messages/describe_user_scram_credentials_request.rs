@@ -39,6 +39,9 @@ impl Wire for DescribeUserScramCredentialsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeUserScramCredentialsRequest", version });
+        }
         Ok(())
     }
 
@@ -91,6 +94,9 @@ impl Wire for UserName {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "UserName", version });
         }
         Ok(())
     }

@@ -51,6 +51,9 @@ impl Wire for DescribeUserScramCredentialsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeUserScramCredentialsResponse", version });
+        }
         Ok(())
     }
 
@@ -122,6 +125,9 @@ impl Wire for DescribeUserScramCredentialsResult {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "DescribeUserScramCredentialsResult", version });
+        }
         Ok(())
     }
 
@@ -184,6 +190,9 @@ impl Wire for CredentialInfo {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "CredentialInfo", version });
         }
         Ok(())
     }

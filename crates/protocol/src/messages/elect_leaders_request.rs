@@ -51,6 +51,9 @@ impl Wire for ElectLeadersRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ElectLeadersRequest", version });
+        }
         Ok(())
     }
 
@@ -115,6 +118,9 @@ impl Wire for TopicPartitions {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TopicPartitions", version });
         }
         Ok(())
     }

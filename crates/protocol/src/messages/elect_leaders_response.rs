@@ -51,6 +51,9 @@ impl Wire for ElectLeadersResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ElectLeadersResponse", version });
+        }
         Ok(())
     }
 
@@ -116,6 +119,9 @@ impl Wire for ReplicaElectionResult {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ReplicaElectionResult", version });
+        }
         Ok(())
     }
 
@@ -178,6 +184,9 @@ impl Wire for PartitionResult {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "PartitionResult", version });
         }
         Ok(())
     }

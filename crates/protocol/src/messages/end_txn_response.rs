@@ -55,6 +55,9 @@ impl Wire for EndTxnResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "EndTxnResponse", version });
+        }
         Ok(())
     }
 

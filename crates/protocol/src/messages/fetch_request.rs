@@ -101,6 +101,12 @@ impl Wire for FetchRequest {
             }
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !(version >= 15) && self.replica_state != ReplicaState::default() {
+            return Err(EncodeError::FieldNotInVersion { message: "FetchRequest", field: "replica_state", version });
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "FetchRequest", version });
+        }
         Ok(())
     }
 
@@ -218,6 +224,9 @@ impl Wire for ReplicaState {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ReplicaState", version });
+        }
         Ok(())
     }
 
@@ -292,6 +301,9 @@ impl Wire for FetchTopic {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "FetchTopic", version });
         }
         Ok(())
     }
@@ -398,6 +410,9 @@ impl Wire for FetchPartition {
             }
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "FetchPartition", version });
+        }
         Ok(())
     }
 
@@ -502,6 +517,9 @@ impl Wire for ForgottenTopic {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ForgottenTopic", version });
         }
         Ok(())
     }

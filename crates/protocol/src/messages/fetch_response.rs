@@ -63,6 +63,12 @@ impl Wire for FetchResponse {
             }
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !(version >= 16) && !self.node_endpoints.is_empty() {
+            return Err(EncodeError::FieldNotInVersion { message: "FetchResponse", field: "node_endpoints", version });
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "FetchResponse", version });
+        }
         Ok(())
     }
 
@@ -151,6 +157,9 @@ impl Wire for FetchableTopicResponse {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "FetchableTopicResponse", version });
         }
         Ok(())
     }
@@ -269,6 +278,18 @@ impl Wire for PartitionData {
             }
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !(version >= 12) && self.diverging_epoch != EpochEndOffset::default() {
+            return Err(EncodeError::FieldNotInVersion { message: "PartitionData", field: "diverging_epoch", version });
+        }
+        if !(version >= 12) && self.current_leader != LeaderIdAndEpoch::default() {
+            return Err(EncodeError::FieldNotInVersion { message: "PartitionData", field: "current_leader", version });
+        }
+        if !(version >= 12) && self.snapshot_id != SnapshotId::default() {
+            return Err(EncodeError::FieldNotInVersion { message: "PartitionData", field: "snapshot_id", version });
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "PartitionData", version });
+        }
         Ok(())
     }
 
@@ -374,6 +395,9 @@ impl Wire for EpochEndOffset {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "EpochEndOffset", version });
+        }
         Ok(())
     }
 
@@ -448,6 +472,9 @@ impl Wire for LeaderIdAndEpoch {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "LeaderIdAndEpoch", version });
         }
         Ok(())
     }
@@ -524,6 +551,9 @@ impl Wire for SnapshotId {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "SnapshotId", version });
+        }
         Ok(())
     }
 
@@ -590,6 +620,9 @@ impl Wire for AbortedTransaction {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AbortedTransaction", version });
         }
         Ok(())
     }
@@ -673,6 +706,9 @@ impl Wire for NodeEndpoint {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "NodeEndpoint", version });
         }
         Ok(())
     }

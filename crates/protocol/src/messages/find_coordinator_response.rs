@@ -87,6 +87,9 @@ impl Wire for FindCoordinatorResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "FindCoordinatorResponse", version });
+        }
         Ok(())
     }
 
@@ -221,6 +224,9 @@ impl Wire for Coordinator {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "Coordinator", version });
         }
         Ok(())
     }

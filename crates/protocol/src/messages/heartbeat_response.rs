@@ -45,6 +45,9 @@ impl Wire for HeartbeatResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "HeartbeatResponse", version });
+        }
         Ok(())
     }
 

@@ -43,6 +43,9 @@ impl Wire for IncrementalAlterConfigsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "IncrementalAlterConfigsRequest", version });
+        }
         Ok(())
     }
 
@@ -105,6 +108,9 @@ impl Wire for AlterConfigsResource {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AlterConfigsResource", version });
         }
         Ok(())
     }
@@ -170,6 +176,9 @@ impl Wire for AlterableConfig {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AlterableConfig", version });
         }
         Ok(())
     }

@@ -43,6 +43,9 @@ impl Wire for IncrementalAlterConfigsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "IncrementalAlterConfigsResponse", version });
+        }
         Ok(())
     }
 
@@ -109,6 +112,9 @@ impl Wire for AlterConfigsResourceResponse {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "AlterConfigsResourceResponse", version });
         }
         Ok(())
     }

@@ -75,6 +75,9 @@ impl Wire for JoinGroupRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "JoinGroupRequest", version });
+        }
         Ok(())
     }
 
@@ -157,6 +160,9 @@ impl Wire for JoinGroupRequestProtocol {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "JoinGroupRequestProtocol", version });
         }
         Ok(())
     }

@@ -82,6 +82,9 @@ impl Wire for JoinGroupResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "JoinGroupResponse", version });
+        }
         Ok(())
     }
 
@@ -175,6 +178,9 @@ impl Wire for JoinGroupResponseMember {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "JoinGroupResponseMember", version });
         }
         Ok(())
     }

@@ -55,6 +55,9 @@ impl Wire for LeaveGroupRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "LeaveGroupRequest", version });
+        }
         Ok(())
     }
 
@@ -137,6 +140,9 @@ impl Wire for MemberIdentity {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "MemberIdentity", version });
         }
         Ok(())
     }

@@ -53,6 +53,9 @@ impl Wire for LeaveGroupResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "LeaveGroupResponse", version });
+        }
         Ok(())
     }
 
@@ -137,6 +140,9 @@ impl Wire for MemberResponse {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "MemberResponse", version });
         }
         Ok(())
     }

@@ -49,6 +49,9 @@ impl Wire for ListGroupsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ListGroupsResponse", version });
+        }
         Ok(())
     }
 
@@ -125,6 +128,9 @@ impl Wire for ListedGroup {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ListedGroup", version });
         }
         Ok(())
     }

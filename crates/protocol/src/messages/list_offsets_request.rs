@@ -57,6 +57,9 @@ impl Wire for ListOffsetsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ListOffsetsRequest", version });
+        }
         Ok(())
     }
 
@@ -128,6 +131,9 @@ impl Wire for ListOffsetsTopic {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ListOffsetsTopic", version });
+        }
         Ok(())
     }
 
@@ -192,6 +198,9 @@ impl Wire for ListOffsetsPartition {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ListOffsetsPartition", version });
         }
         Ok(())
     }

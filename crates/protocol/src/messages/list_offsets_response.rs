@@ -45,6 +45,9 @@ impl Wire for ListOffsetsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ListOffsetsResponse", version });
+        }
         Ok(())
     }
 
@@ -107,6 +110,9 @@ impl Wire for ListOffsetsTopicResponse {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ListOffsetsTopicResponse", version });
         }
         Ok(())
     }
@@ -182,6 +188,9 @@ impl Wire for ListOffsetsPartitionResponse {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ListOffsetsPartitionResponse", version });
         }
         Ok(())
     }

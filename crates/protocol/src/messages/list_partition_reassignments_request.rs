@@ -43,6 +43,9 @@ impl Wire for ListPartitionReassignmentsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ListPartitionReassignmentsRequest", version });
+        }
         Ok(())
     }
 
@@ -101,6 +104,9 @@ impl Wire for ListPartitionReassignmentsTopics {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ListPartitionReassignmentsTopics", version });
         }
         Ok(())
     }

@@ -51,6 +51,9 @@ impl Wire for ListPartitionReassignmentsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ListPartitionReassignmentsResponse", version });
+        }
         Ok(())
     }
 
@@ -113,6 +116,9 @@ impl Wire for OngoingTopicReassignment {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OngoingTopicReassignment", version });
         }
         Ok(())
     }
@@ -180,6 +186,9 @@ impl Wire for OngoingPartitionReassignment {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OngoingPartitionReassignment", version });
         }
         Ok(())
     }

@@ -59,6 +59,9 @@ impl Wire for ListTransactionsRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ListTransactionsRequest", version });
+        }
         Ok(())
     }
 

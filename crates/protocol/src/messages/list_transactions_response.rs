@@ -51,6 +51,9 @@ impl Wire for ListTransactionsResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ListTransactionsResponse", version });
+        }
         Ok(())
     }
 
@@ -117,6 +120,9 @@ impl Wire for TransactionState {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TransactionState", version });
         }
         Ok(())
     }

@@ -66,6 +66,9 @@ impl Wire for MetadataRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "MetadataRequest", version });
+        }
         Ok(())
     }
 
@@ -148,6 +151,9 @@ impl Wire for MetadataRequestTopic {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "MetadataRequestTopic", version });
         }
         Ok(())
     }

@@ -75,6 +75,9 @@ impl Wire for MetadataResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "MetadataResponse", version });
+        }
         Ok(())
     }
 
@@ -174,6 +177,9 @@ impl Wire for MetadataResponseBroker {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "MetadataResponseBroker", version });
+        }
         Ok(())
     }
 
@@ -267,6 +273,9 @@ impl Wire for MetadataResponseTopic {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "MetadataResponseTopic", version });
         }
         Ok(())
     }
@@ -373,6 +382,9 @@ impl Wire for MetadataResponsePartition {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "MetadataResponsePartition", version });
         }
         Ok(())
     }

@@ -65,6 +65,9 @@ impl Wire for OffsetCommitRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetCommitRequest", version });
+        }
         Ok(())
     }
 
@@ -140,6 +143,9 @@ impl Wire for OffsetCommitRequestTopic {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetCommitRequestTopic", version });
+        }
         Ok(())
     }
 
@@ -208,6 +214,9 @@ impl Wire for OffsetCommitRequestPartition {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetCommitRequestPartition", version });
         }
         Ok(())
     }

@@ -45,6 +45,9 @@ impl Wire for OffsetCommitResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetCommitResponse", version });
+        }
         Ok(())
     }
 
@@ -108,6 +111,9 @@ impl Wire for OffsetCommitResponseTopic {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetCommitResponseTopic", version });
+        }
         Ok(())
     }
 
@@ -166,6 +172,9 @@ impl Wire for OffsetCommitResponsePartition {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetCommitResponsePartition", version });
         }
         Ok(())
     }

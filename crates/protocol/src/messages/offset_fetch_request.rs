@@ -70,6 +70,9 @@ impl Wire for OffsetFetchRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetFetchRequest", version });
+        }
         Ok(())
     }
 
@@ -160,6 +163,9 @@ impl Wire for OffsetFetchRequestTopic {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetFetchRequestTopic", version });
+        }
         Ok(())
     }
 
@@ -247,6 +253,9 @@ impl Wire for OffsetFetchRequestGroup {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetFetchRequestGroup", version });
+        }
         Ok(())
     }
 
@@ -331,6 +340,9 @@ impl Wire for OffsetFetchRequestTopics {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetFetchRequestTopics", version });
         }
         Ok(())
     }

@@ -63,6 +63,9 @@ impl Wire for OffsetFetchResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetFetchResponse", version });
+        }
         Ok(())
     }
 
@@ -149,6 +152,9 @@ impl Wire for OffsetFetchResponseTopic {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetFetchResponseTopic", version });
         }
         Ok(())
     }
@@ -246,6 +252,9 @@ impl Wire for OffsetFetchResponsePartition {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetFetchResponsePartition", version });
         }
         Ok(())
     }
@@ -348,6 +357,9 @@ impl Wire for OffsetFetchResponseGroup {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetFetchResponseGroup", version });
+        }
         Ok(())
     }
 
@@ -426,6 +438,9 @@ impl Wire for OffsetFetchResponseTopics {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetFetchResponseTopics", version });
         }
         Ok(())
     }
@@ -523,6 +538,9 @@ impl Wire for OffsetFetchResponsePartitions {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetFetchResponsePartitions", version });
         }
         Ok(())
     }

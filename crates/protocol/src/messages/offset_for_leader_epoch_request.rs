@@ -45,6 +45,9 @@ impl Wire for OffsetForLeaderEpochRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetForLeaderEpochRequest", version });
+        }
         Ok(())
     }
 
@@ -108,6 +111,9 @@ impl Wire for OffsetForLeaderTopic {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetForLeaderTopic", version });
+        }
         Ok(())
     }
 
@@ -170,6 +176,9 @@ impl Wire for OffsetForLeaderPartition {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetForLeaderPartition", version });
         }
         Ok(())
     }

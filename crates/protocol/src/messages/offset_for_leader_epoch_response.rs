@@ -43,6 +43,9 @@ impl Wire for OffsetForLeaderEpochResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetForLeaderEpochResponse", version });
+        }
         Ok(())
     }
 
@@ -101,6 +104,9 @@ impl Wire for OffsetForLeaderTopicResult {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "OffsetForLeaderTopicResult", version });
         }
         Ok(())
     }
@@ -168,6 +174,9 @@ impl Wire for EpochEndOffset {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "EpochEndOffset", version });
         }
         Ok(())
     }

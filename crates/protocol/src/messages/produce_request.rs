@@ -51,6 +51,9 @@ impl Wire for ProduceRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ProduceRequest", version });
+        }
         Ok(())
     }
 
@@ -122,6 +125,9 @@ impl Wire for TopicProduceData {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TopicProduceData", version });
+        }
         Ok(())
     }
 
@@ -190,6 +196,9 @@ impl Wire for PartitionProduceData {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "PartitionProduceData", version });
         }
         Ok(())
     }

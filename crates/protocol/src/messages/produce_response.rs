@@ -49,6 +49,12 @@ impl Wire for ProduceResponse {
             }
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !(version >= 10) && !self.node_endpoints.is_empty() {
+            return Err(EncodeError::FieldNotInVersion { message: "ProduceResponse", field: "node_endpoints", version });
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "ProduceResponse", version });
+        }
         Ok(())
     }
 
@@ -125,6 +131,9 @@ impl Wire for TopicProduceResponse {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TopicProduceResponse", version });
         }
         Ok(())
     }
@@ -227,6 +236,12 @@ impl Wire for PartitionProduceResponse {
             }
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !(version >= 10) && self.current_leader != LeaderIdAndEpoch::default() {
+            return Err(EncodeError::FieldNotInVersion { message: "PartitionProduceResponse", field: "current_leader", version });
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "PartitionProduceResponse", version });
+        }
         Ok(())
     }
 
@@ -326,6 +341,9 @@ impl Wire for BatchIndexAndErrorMessage {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "BatchIndexAndErrorMessage", version });
+        }
         Ok(())
     }
 
@@ -400,6 +418,9 @@ impl Wire for LeaderIdAndEpoch {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "LeaderIdAndEpoch", version });
         }
         Ok(())
     }
@@ -491,6 +512,9 @@ impl Wire for NodeEndpoint {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "NodeEndpoint", version });
         }
         Ok(())
     }

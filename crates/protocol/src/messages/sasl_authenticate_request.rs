@@ -39,6 +39,9 @@ impl Wire for SaslAuthenticateRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "SaslAuthenticateRequest", version });
+        }
         Ok(())
     }
 

@@ -53,6 +53,9 @@ impl Wire for SaslAuthenticateResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "SaslAuthenticateResponse", version });
+        }
         Ok(())
     }
 

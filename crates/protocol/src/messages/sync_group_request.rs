@@ -71,6 +71,9 @@ impl Wire for SyncGroupRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "SyncGroupRequest", version });
+        }
         Ok(())
     }
 
@@ -151,6 +154,9 @@ impl Wire for SyncGroupRequestAssignment {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "SyncGroupRequestAssignment", version });
         }
         Ok(())
     }

@@ -61,6 +61,9 @@ impl Wire for SyncGroupResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "SyncGroupResponse", version });
+        }
         Ok(())
     }
 

@@ -79,6 +79,9 @@ impl Wire for TxnOffsetCommitRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TxnOffsetCommitRequest", version });
+        }
         Ok(())
     }
 
@@ -162,6 +165,9 @@ impl Wire for TxnOffsetCommitRequestTopic {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TxnOffsetCommitRequestTopic", version });
+        }
         Ok(())
     }
 
@@ -230,6 +236,9 @@ impl Wire for TxnOffsetCommitRequestPartition {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TxnOffsetCommitRequestPartition", version });
         }
         Ok(())
     }

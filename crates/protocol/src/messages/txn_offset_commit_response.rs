@@ -43,6 +43,9 @@ impl Wire for TxnOffsetCommitResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TxnOffsetCommitResponse", version });
+        }
         Ok(())
     }
 
@@ -102,6 +105,9 @@ impl Wire for TxnOffsetCommitResponseTopic {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TxnOffsetCommitResponseTopic", version });
+        }
         Ok(())
     }
 
@@ -160,6 +166,9 @@ impl Wire for TxnOffsetCommitResponsePartition {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "TxnOffsetCommitResponsePartition", version });
         }
         Ok(())
     }

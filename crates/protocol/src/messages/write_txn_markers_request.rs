@@ -39,6 +39,9 @@ impl Wire for WriteTxnMarkersRequest {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "WriteTxnMarkersRequest", version });
+        }
         Ok(())
     }
 
@@ -108,6 +111,9 @@ impl Wire for WritableTxnMarker {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "WritableTxnMarker", version });
+        }
         Ok(())
     }
 
@@ -172,6 +178,9 @@ impl Wire for WritableTxnMarkerTopic {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "WritableTxnMarkerTopic", version });
         }
         Ok(())
     }

@@ -39,6 +39,9 @@ impl Wire for WriteTxnMarkersResponse {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "WriteTxnMarkersResponse", version });
+        }
         Ok(())
     }
 
@@ -95,6 +98,9 @@ impl Wire for WritableTxnMarkerResult {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "WritableTxnMarkerResult", version });
         }
         Ok(())
     }
@@ -155,6 +161,9 @@ impl Wire for WritableTxnMarkerTopicResult {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
         }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "WritableTxnMarkerTopicResult", version });
+        }
         Ok(())
     }
 
@@ -213,6 +222,9 @@ impl Wire for WritableTxnMarkerPartitionResult {
         if flexible {
             let tagged = TaggedFieldsWriter::new();
             tagged.finish(buf, &self.unknown_tagged_fields)?;
+        }
+        if !flexible && !self.unknown_tagged_fields.is_empty() {
+            return Err(EncodeError::TaggedFieldsNotInVersion { message: "WritableTxnMarkerPartitionResult", version });
         }
         Ok(())
     }

@@ -5,15 +5,18 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
+
 use spool_protocol::frame::{decode_request, encode_request};
 use spool_protocol::header::RequestHeader;
-use spool_protocol::messages::ApiKey;
+
+#[path = "pick.rs"]
+mod pick;
 
 fuzz_target!(|data: &[u8]| {
-    let [pick, version_pick, body @ ..] = data else { return };
-    let key = ApiKey::ALL[*pick as usize % ApiKey::ALL.len()];
-    let range = key.versions();
-    let version = range.min + (*version_pick as i16) % (range.max - range.min + 1);
+    let [pick, version_pick, body @ ..] = data else {
+        return;
+    };
+    let (key, version) = pick::api_and_version(*pick, *version_pick);
     let header = RequestHeader {
         request_api_key: key as i16,
         request_api_version: version,
@@ -27,8 +30,10 @@ fuzz_target!(|data: &[u8]| {
     }
     frame.put_slice(body);
     if let Ok((decoded_header, request)) = decode_request(frame.freeze()) {
-        let encoded = encode_request(&decoded_header, &request).expect("a decoded request re-encodes");
-        let (_, again) = decode_request(Bytes::copy_from_slice(&encoded[4..])).expect("re-encoded request decodes");
+        let encoded =
+            encode_request(&decoded_header, &request).expect("a decoded request re-encodes");
+        let (_, again) = decode_request(Bytes::copy_from_slice(&encoded[4..]))
+            .expect("re-encoded request decodes");
         assert_eq!(again, request);
     }
 });

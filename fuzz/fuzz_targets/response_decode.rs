@@ -3,13 +3,16 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+
 use spool_protocol::frame::decode_response;
-use spool_protocol::messages::ApiKey;
+
+#[path = "pick.rs"]
+mod pick;
 
 fuzz_target!(|data: &[u8]| {
-    let [pick, version_pick, body @ ..] = data else { return };
-    let key = ApiKey::ALL[*pick as usize % ApiKey::ALL.len()];
-    let range = key.versions();
-    let version = range.min + (*version_pick as i16) % (range.max - range.min + 1);
+    let [pick, version_pick, body @ ..] = data else {
+        return;
+    };
+    let (key, version) = pick::api_and_version(*pick, *version_pick);
     let _ = decode_response(key, version, Bytes::copy_from_slice(body));
 });

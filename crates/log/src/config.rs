@@ -1,0 +1,36 @@
+//! Topic-level log settings, under Kafka's names and with Kafka's defaults.
+
+use spool_protocol::record_batch::TimestampType;
+
+/// The settings one partition log follows.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll the active segment past this size.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll the active segment after this long.
+    pub segment_ms: i64,
+    /// `segment.index.bytes`: the size of each index; a full index rolls the segment.
+    pub segment_index_bytes: u64,
+    /// `index.interval.bytes`: log bytes between index entries.
+    pub index_interval_bytes: u64,
+    /// `max.message.bytes`: the largest batch accepted.
+    pub max_message_bytes: u64,
+    /// `message.timestamp.type`.
+    pub message_timestamp_type: TimestampType,
+    /// The most bytes a batch may decompress to while the log looks inside it.
+    pub decompressed_batch_bytes_max: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1024 * 1024 * 1024,
+            segment_ms: 7 * 24 * 60 * 60 * 1000,
+            segment_index_bytes: 10 * 1024 * 1024,
+            index_interval_bytes: 4096,
+            max_message_bytes: 1024 * 1024 + 12,
+            message_timestamp_type: TimestampType::CreateTime,
+            decompressed_batch_bytes_max: 64 * 1024 * 1024,
+        }
+    }
+}

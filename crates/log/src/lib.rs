@@ -1,0 +1,22 @@
+//! Spool's partition log engine: the database every topic, consumer offset and transaction
+//! lives in.
+//!
+//! A [`PartitionLog`] is a directory of segments (`<20-digit base offset>.log` with its
+//! `.index` and `.timeindex`) holding record batches exactly as produced, with offsets
+//! assigned by the log. It appends, reads byte ranges of segment files for zero-copy
+//! fetches, finds offsets by timestamp, truncates for replication, advances its log start
+//! offset, makes appends durable on [`PartitionLog::flush`], and recovers at open by
+//! scanning only what was not yet durable. All file access goes through [`storage`], so
+//! tests can inject disk faults and power cuts.
+
+pub mod config;
+pub mod error;
+pub mod index;
+pub mod log;
+pub mod segment;
+pub mod storage;
+
+pub use config::LogConfig;
+pub use error::LogError;
+pub use log::{AppendInfo, FileRange, LogRead, OpenReport, PartitionLog};
+pub use storage::{DiskStorage, Faults, MemStorage, Storage};

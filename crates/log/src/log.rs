@@ -1,0 +1,625 @@
+//! One partition's log: an ordered run of segments, the offsets that bound it, and what is
+//! durable.
+//!
+//! Offsets: the log start offset is the first offset a reader may ask for; the log end
+//! offset (LEO) is the offset the next appended record gets; the recovery point is the
+//! offset below which every batch is known to be on stable storage. Appends go to the page
+//! cache at once; [`PartitionLog::flush`] makes them durable and moves the recovery point.
+//! At open, segments below the recovery point are trusted and the rest are scanned batch by
+//! batch, cutting a torn or corrupt tail, so a log never opens with a record it cannot
+//! return correctly.
+//!
+//! Time comes in as an argument (`now_ms`): the log reads no clock.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use spool_protocol::record_batch::{RecordBatch, RecordBatchMut, RecordBatches, TimestampType};
+
+use crate::config::LogConfig;
+use crate::error::LogError;
+use crate::index::{IndexEntry, TimeEntry};
+use crate::segment::{BatchHeader, Recovered, Segment, SegmentLimits, parse_log_file_name};
+use crate::storage::{Storage, StorageFile, read_exact_at, write_atomically};
+
+/// The checkpoint file of a partition: recovery point and log start offset.
+pub const CHECKPOINT_FILE: &str = "partition.checkpoint";
+/// Present only after a clean shutdown; removed when the log is opened.
+pub const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
+const CHECKPOINT_VERSION: &str = "0";
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub first_offset: i64,
+    pub last_offset: i64,
+    /// The broker's timestamp for `LogAppendTime` topics, else -1.
+    pub log_append_time_ms: i64,
+    pub record_count: i64,
+}
+
+/// A range of a segment file: what a read hands to the network without copying.
+#[derive(Clone)]
+pub struct FileRange {
+    pub file: Arc<dyn StorageFile>,
+    pub position: u64,
+    pub len: u64,
+}
+
+impl FileRange {
+    /// Copies the range into memory (for tests and for paths that must look inside).
+    pub fn to_bytes(&self) -> io::Result<Bytes> {
+        let mut bytes = vec![0u8; self.len as usize];
+        read_exact_at(self.file.as_ref(), &mut bytes, self.position)?;
+        Ok(Bytes::from(bytes))
+    }
+}
+
+impl std::fmt::Debug for FileRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "FileRange({}..{})",
+            self.position,
+            self.position + self.len
+        )
+    }
+}
+
+/// What a read returned: whole batches from one segment, starting with the batch holding
+/// the requested offset.
+#[derive(Debug, Clone)]
+pub struct LogRead {
+    pub range: Option<FileRange>,
+    pub first_batch_offset: i64,
+    /// One past the last offset returned.
+    pub next_offset: i64,
+}
+
+/// What opening the log found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    pub clean_shutdown: bool,
+    pub segments_scanned: usize,
+    pub truncated_bytes: u64,
+    pub segments_dropped: usize,
+}
+
+pub struct PartitionLog {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    config: LogConfig,
+    segments: BTreeMap<i64, Segment>,
+    log_start_offset: i64,
+    recovery_point: i64,
+    /// Segments with writes not yet synced, by base offset.
+    unflushed: Vec<i64>,
+    /// Directory entries created or removed since the last directory sync.
+    dir_dirty: bool,
+    offline: bool,
+}
+
+fn limits(config: &LogConfig) -> SegmentLimits {
+    SegmentLimits {
+        index_interval_bytes: config.index_interval_bytes,
+        index_entries_max: (config.segment_index_bytes as usize / TimeEntry::SIZE).max(1),
+    }
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, recovering what a crash may have left behind.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        config: LogConfig,
+        now_ms: i64,
+    ) -> Result<(PartitionLog, OpenReport), LogError> {
+        storage.create_dir_all(dir)?;
+        let names = storage.list(dir)?;
+        let mut report = OpenReport {
+            clean_shutdown: names.iter().any(|n| n == CLEAN_SHUTDOWN_FILE),
+            ..OpenReport::default()
+        };
+        for name in names
+            .iter()
+            .filter(|n| n.ends_with(".tmp") || n.ends_with(".deleted"))
+        {
+            storage.remove_file(&dir.join(name))?;
+        }
+        let (mut recovery_point, mut log_start_offset) = read_checkpoint(storage.as_ref(), dir);
+        let mut bases: Vec<i64> = names
+            .iter()
+            .filter_map(|n| parse_log_file_name(n))
+            .collect();
+        bases.sort_unstable();
+
+        let limits = limits(&config);
+        let mut segments: BTreeMap<i64, Segment> = BTreeMap::new();
+        let mut next_offset = bases.first().copied().unwrap_or(log_start_offset.max(0));
+        let mut dropping = false;
+        for (i, &base) in bases.iter().enumerate() {
+            // After a cut, or if segments overlap, nothing later can be trusted. Nor can a
+            // segment that starts past both the previous segment's end and the recovery
+            // point: the offsets between were never made durable, so they were lost, and
+            // keeping it would leave a hole in the log. (A gap at or below the recovery
+            // point was durable, as compaction can leave one, and stays.)
+            let lost_gap =
+                i > 0 && base > next_offset && base > recovery_point && !report.clean_shutdown;
+            if dropping || base < next_offset || lost_gap {
+                remove_segment_files(storage.as_ref(), dir, base)?;
+                report.segments_dropped += 1;
+                dropping = true;
+                continue;
+            }
+            let below_recovery_point = bases.get(i + 1).is_some_and(|&next| next <= recovery_point);
+            let (segment, recovered) = if report.clean_shutdown || below_recovery_point {
+                Segment::load(storage.as_ref(), dir, base, limits, now_ms)?
+            } else {
+                report.segments_scanned += 1;
+                Segment::open_and_recover(storage.as_ref(), dir, base, limits, now_ms)?
+            };
+            let Recovered {
+                truncated_bytes, ..
+            } = recovered;
+            report.truncated_bytes += truncated_bytes;
+            dropping = truncated_bytes > 0;
+            next_offset = segment.next_offset();
+            segments.insert(base, segment);
+        }
+        if segments.is_empty() {
+            let base = log_start_offset.max(0);
+            segments.insert(
+                base,
+                Segment::create(storage.as_ref(), dir, base, limits, now_ms)?,
+            );
+        }
+        let first_base = segments.keys().next().copied().unwrap_or(0);
+        let log_end_offset = segments
+            .values()
+            .next_back()
+            .map_or(first_base, Segment::next_offset);
+        log_start_offset = log_start_offset.clamp(first_base, log_end_offset);
+        recovery_point = recovery_point.min(log_end_offset);
+        if report.clean_shutdown {
+            recovery_point = log_end_offset;
+        }
+        let mut log = PartitionLog {
+            storage,
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            log_start_offset,
+            recovery_point,
+            unflushed: Vec::new(),
+            dir_dirty: true,
+            offline: false,
+        };
+        // What recovery cut or dropped, and the fresh state, are made durable before
+        // anything new is appended; only then does the clean-shutdown marker go.
+        log.flush()?;
+        log.write_checkpoint()?;
+        if report.clean_shutdown {
+            log.storage
+                .remove_file(&log.dir.join(CLEAN_SHUTDOWN_FILE))?;
+            log.storage.sync_dir(&log.dir)?;
+        }
+        Ok((log, report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    /// The offset the next appended record will get.
+    pub fn log_end_offset(&self) -> i64 {
+        self.active()
+            .map_or(self.log_start_offset, Segment::next_offset)
+    }
+
+    /// Every offset below this is on stable storage.
+    pub fn recovery_point(&self) -> i64 {
+        self.recovery_point
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(Segment::size).sum()
+    }
+
+    fn active(&self) -> Option<&Segment> {
+        self.segments.values().next_back()
+    }
+
+    fn check_online(&self) -> Result<(), LogError> {
+        if self.offline {
+            Err(LogError::Offline)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Marks the log offline when an I/O error could have left durability unknown.
+    fn fail<T>(&mut self, error: io::Error) -> Result<T, LogError> {
+        self.offline = true;
+        Err(LogError::Storage(error))
+    }
+
+    /// Appends batches produced by a client, as the partition leader: validates each
+    /// batch, assigns offsets from the log end offset, stamps the leader epoch (and the
+    /// broker's time for `LogAppendTime` topics), and writes them to the active segment.
+    pub fn append_as_leader(
+        &mut self,
+        records: Bytes,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        self.check_online()?;
+        let mut batches = Vec::new();
+        for batch in RecordBatches::new(records.clone()) {
+            let batch = batch?;
+            if batch.size_bytes() as u64 > self.config.max_message_bytes {
+                return Err(LogError::MessageTooLarge {
+                    size: batch.size_bytes() as u64,
+                    max: self.config.max_message_bytes,
+                });
+            }
+            batch.validate_for_append(self.config.decompressed_batch_bytes_max)?;
+            batches.push(batch);
+        }
+        if batches.is_empty() {
+            return Err(LogError::InvalidBatch(
+                spool_protocol::DecodeError::InvalidRecordBatch("no record batch to append"),
+            ));
+        }
+        let log_append_time = self.config.message_timestamp_type == TimestampType::LogAppendTime;
+        let first_offset = self.log_end_offset();
+        let mut next_offset = first_offset;
+        let mut bytes = BytesMut::from(&records[..]);
+        let mut headers = Vec::with_capacity(batches.len());
+        let mut position = 0usize;
+        for batch in &batches {
+            let size = batch.size_bytes();
+            let count = i64::from(batch.last_offset_delta()) + 1;
+            let mut view = RecordBatchMut::new(&mut bytes[position..position + size])?;
+            view.set_base_offset(next_offset);
+            view.set_partition_leader_epoch(leader_epoch);
+            if log_append_time {
+                view.set_log_append_time(now_ms);
+            }
+            let max_timestamp = if log_append_time {
+                now_ms
+            } else {
+                batch.max_timestamp()
+            };
+            headers.push(BatchHeader {
+                position: position as u64,
+                base_offset: next_offset,
+                last_offset: next_offset + count - 1,
+                size: size as u64,
+                max_timestamp,
+            });
+            next_offset += count;
+            position += size;
+        }
+        self.write(&bytes, &headers, now_ms)?;
+        Ok(AppendInfo {
+            first_offset,
+            last_offset: next_offset - 1,
+            log_append_time_ms: if log_append_time { now_ms } else { -1 },
+            record_count: next_offset - first_offset,
+        })
+    }
+
+    fn write(
+        &mut self,
+        bytes: &[u8],
+        headers: &[BatchHeader],
+        now_ms: i64,
+    ) -> Result<(), LogError> {
+        self.maybe_roll(bytes.len() as u64, now_ms)?;
+        let Some((&base, active)) = self.segments.iter_mut().next_back() else {
+            return Err(LogError::Offline);
+        };
+        // A failed write leaves the segment as it was: its valid size does not move, so
+        // the partial bytes are never read and the next append overwrites them. The log
+        // stays online; only a failed fsync takes it down.
+        active.append(bytes, headers)?;
+        if !self.unflushed.contains(&base) {
+            self.unflushed.push(base);
+        }
+        Ok(())
+    }
+
+    fn maybe_roll(&mut self, incoming_bytes: u64, now_ms: i64) -> Result<(), LogError> {
+        let Some(active) = self.active() else {
+            return Ok(());
+        };
+        let too_old = !active.is_empty() && now_ms - active.created_ms() >= self.config.segment_ms;
+        if !active.is_full_for(incoming_bytes, self.config.segment_bytes) && !too_old {
+            return Ok(());
+        }
+        let base = active.next_offset();
+        let segment = Segment::create(
+            self.storage.as_ref(),
+            &self.dir,
+            base,
+            limits(&self.config),
+            now_ms,
+        )?;
+        self.segments.insert(base, segment);
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Makes every appended batch durable: syncs the segments written since the last
+    /// flush, then the directory if segments came or went. Returns the new recovery point.
+    /// A failed sync takes the log offline.
+    pub fn flush(&mut self) -> Result<i64, LogError> {
+        self.check_online()?;
+        for base in std::mem::take(&mut self.unflushed) {
+            if let Some(segment) = self.segments.get(&base)
+                && let Err(e) = segment.sync()
+            {
+                return self.fail(e);
+            }
+        }
+        if self.dir_dirty {
+            if let Err(e) = self.storage.sync_dir(&self.dir) {
+                return self.fail(e);
+            }
+            self.dir_dirty = false;
+        }
+        self.recovery_point = self.log_end_offset();
+        Ok(self.recovery_point)
+    }
+
+    /// Writes the checkpoint (recovery point and log start offset) atomically.
+    pub fn write_checkpoint(&mut self) -> Result<(), LogError> {
+        self.check_online()?;
+        let contents = format!(
+            "{CHECKPOINT_VERSION}\n{}\n{}\n",
+            self.recovery_point, self.log_start_offset
+        );
+        if let Err(e) = write_atomically(
+            self.storage.as_ref(),
+            &self.dir.join(CHECKPOINT_FILE),
+            contents.as_bytes(),
+        ) {
+            return self.fail(e);
+        }
+        Ok(())
+    }
+
+    /// Flushes, checkpoints and leaves the clean-shutdown marker, so the next open skips
+    /// the recovery scan.
+    pub fn close(mut self) -> Result<(), LogError> {
+        self.flush()?;
+        self.write_checkpoint()?;
+        if let Err(e) = write_atomically(
+            self.storage.as_ref(),
+            &self.dir.join(CLEAN_SHUTDOWN_FILE),
+            b"",
+        ) {
+            return self.fail(e);
+        }
+        Ok(())
+    }
+
+    fn out_of_range(&self, offset: i64) -> LogError {
+        LogError::OffsetOutOfRange {
+            offset,
+            log_start_offset: self.log_start_offset,
+            log_end_offset: self.log_end_offset(),
+        }
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`
+    /// (the first batch is returned whole even when larger, as Kafka does), from one
+    /// segment, never past `max_offset` (the high watermark or last stable offset).
+    pub fn read(&self, offset: i64, max_bytes: u64, max_offset: i64) -> Result<LogRead, LogError> {
+        self.check_online()?;
+        if offset < self.log_start_offset || offset > self.log_end_offset() {
+            return Err(self.out_of_range(offset));
+        }
+        let empty = LogRead {
+            range: None,
+            first_batch_offset: offset,
+            next_offset: offset,
+        };
+        if offset >= max_offset {
+            return Ok(empty);
+        }
+        // The segment holding `offset`, or the next one if `offset` falls in a gap.
+        for segment in self
+            .segments
+            .range(..=offset)
+            .next_back()
+            .into_iter()
+            .chain(self.segments.range(offset + 1..))
+            .map(|(_, s)| s)
+        {
+            let Some(first) = segment.find(offset)? else {
+                continue;
+            };
+            if first.base_offset >= max_offset {
+                return Ok(empty);
+            }
+            let mut end = first.position + first.size;
+            let mut next_offset = first.last_offset + 1;
+            while let Some(header) = segment.find(next_offset)? {
+                if header.base_offset >= max_offset
+                    || end - first.position + header.size > max_bytes
+                {
+                    break;
+                }
+                end = header.position + header.size;
+                next_offset = header.last_offset + 1;
+            }
+            return Ok(LogRead {
+                range: Some(FileRange {
+                    file: Arc::clone(segment.file()),
+                    position: first.position,
+                    len: end - first.position,
+                }),
+                first_batch_offset: first.base_offset,
+                next_offset,
+            });
+        }
+        Ok(empty)
+    }
+
+    /// The first offset (at or after the log start offset) whose record timestamp is at
+    /// least `timestamp`, with that timestamp; `None` when every record is older.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
+        self.check_online()?;
+        for segment in self
+            .segments
+            .values()
+            .filter(|s| s.max_timestamp() >= timestamp)
+        {
+            let mut next = segment.find_by_timestamp(timestamp)?;
+            while let Some(header) = next {
+                if header.max_timestamp >= timestamp && header.last_offset >= self.log_start_offset
+                {
+                    let batch =
+                        RecordBatch::from_bytes(segment.read_bytes(header.position, header.size)?)?;
+                    for record in batch.records(self.config.decompressed_batch_bytes_max)? {
+                        let record = record?;
+                        if record.timestamp >= timestamp && record.offset >= self.log_start_offset {
+                            return Ok(Some((record.offset, record.timestamp)));
+                        }
+                    }
+                }
+                next = segment.find(header.last_offset + 1)?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// The offset and timestamp of the record with the largest timestamp (the earliest
+    /// such record when several share it); `None` for an empty log.
+    pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>, LogError> {
+        let Some(max) = self
+            .segments
+            .values()
+            .map(Segment::max_timestamp)
+            .max()
+            .filter(|&t| t >= 0)
+        else {
+            return Ok(None);
+        };
+        self.offset_for_timestamp(max)
+    }
+
+    /// Removes everything at and after `offset` (whole batches), for replicas that must
+    /// drop a diverged tail. The result is durable before this returns.
+    pub fn truncate_to(&mut self, offset: i64) -> Result<(), LogError> {
+        self.check_online()?;
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        // Segments starting at or after `offset` go whole; the one before is cut.
+        let later: Vec<i64> = self.segments.range(offset..).map(|(&b, _)| b).collect();
+        for base in later {
+            if let Some(segment) = self.segments.remove(&base) {
+                drop(segment);
+                remove_segment_files(self.storage.as_ref(), &self.dir, base)?;
+            }
+            self.unflushed.retain(|&b| b != base);
+            self.dir_dirty = true;
+        }
+        if self.segments.is_empty() {
+            let base = offset.max(self.log_start_offset);
+            let segment = Segment::create(
+                self.storage.as_ref(),
+                &self.dir,
+                base,
+                limits(&self.config),
+                0,
+            )?;
+            self.segments.insert(base, segment);
+        }
+        if let Some((&base, active)) = self.segments.iter_mut().next_back() {
+            active.truncate_to(offset)?;
+            if !self.unflushed.contains(&base) {
+                self.unflushed.push(base);
+            }
+        }
+        self.log_start_offset = self.log_start_offset.min(self.log_end_offset());
+        self.flush()?;
+        self.write_checkpoint()
+    }
+
+    /// Advances the log start offset (DeleteRecords); offsets below it can no longer be
+    /// read. Whole segments below it are deleted.
+    pub fn advance_log_start_offset(&mut self, offset: i64) -> Result<(), LogError> {
+        self.check_online()?;
+        if offset > self.log_end_offset() {
+            return Err(self.out_of_range(offset));
+        }
+        if offset <= self.log_start_offset {
+            return Ok(());
+        }
+        self.log_start_offset = offset;
+        self.write_checkpoint()?;
+        // A segment can go once the next one starts at or before the new start offset.
+        let bases: Vec<i64> = self.segments.keys().copied().collect();
+        for pair in bases.windows(2) {
+            if pair[1] <= offset {
+                self.segments.remove(&pair[0]);
+                self.unflushed.retain(|&b| b != pair[0]);
+                remove_segment_files(self.storage.as_ref(), &self.dir, pair[0])?;
+                self.dir_dirty = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_checkpoint(storage: &dyn Storage, dir: &Path) -> (i64, i64) {
+    let Ok(file) = storage.open(&dir.join(CHECKPOINT_FILE), false) else {
+        return (0, 0);
+    };
+    let len = file.size_bytes().unwrap_or(0).min(4096) as usize;
+    let mut bytes = vec![0u8; len];
+    if read_exact_at(file.as_ref(), &mut bytes, 0).is_err() {
+        return (0, 0);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines = text.lines();
+    if lines.next() != Some(CHECKPOINT_VERSION) {
+        return (0, 0);
+    }
+    let mut number = || {
+        lines
+            .next()
+            .and_then(|l| l.parse::<i64>().ok())
+            .filter(|&v| v >= 0)
+    };
+    // A damaged checkpoint only costs a longer recovery: start from zero.
+    match (number(), number()) {
+        (Some(recovery_point), Some(log_start_offset)) => (recovery_point, log_start_offset),
+        _ => (0, 0),
+    }
+}
+
+fn remove_segment_files(storage: &dyn Storage, dir: &Path, base: i64) -> io::Result<()> {
+    let stem = format!("{base:020}");
+    for suffix in ["log", "index", "timeindex"] {
+        let path = dir.join(format!("{stem}.{suffix}"));
+        if storage.exists(&path) {
+            storage.remove_file(&path)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! The partition log's promises, one story each, on the in-memory file system.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed expectation is a failed test
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use spool_log::log::CHECKPOINT_FILE;
+use spool_log::storage::Storage;
+use spool_log::{Faults, LogConfig, LogError, MemStorage, PartitionLog};
+use spool_protocol::ErrorCode;
+use spool_protocol::compression::Compression;
+use spool_protocol::record_batch::{RecordBatch, RecordBatchBuilder, RecordBatches};
+
+const DIR: &str = "/data/orders-0";
+
+fn batch(first_id: usize, count: usize, timestamp: i64, compression: Compression) -> Bytes {
+    let mut builder = RecordBatchBuilder::new(compression);
+    for id in first_id..first_id + count {
+        let value = format!("value-{id}-{}", "x".repeat(id % 50));
+        builder
+            .append(
+                timestamp + id as i64,
+                Some(format!("key-{id}").as_bytes()),
+                Some(value.as_bytes()),
+                &[],
+            )
+            .unwrap();
+    }
+    builder.build().unwrap()
+}
+
+fn small_segments() -> LogConfig {
+    LogConfig {
+        segment_bytes: 512,
+        index_interval_bytes: 128,
+        ..LogConfig::default()
+    }
+}
+
+fn open(storage: &MemStorage, config: LogConfig) -> (PartitionLog, spool_log::OpenReport) {
+    PartitionLog::open(Arc::new(storage.clone()), Path::new(DIR), config, 0).unwrap()
+}
+
+/// Every record readable from `from`, as (offset, value).
+fn read_all(log: &PartitionLog, from: i64) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    while offset < log.log_end_offset() {
+        let read = log.read(offset, 1 << 20, i64::MAX).unwrap();
+        let Some(range) = read.range else { break };
+        for batch in RecordBatches::new(range.to_bytes().unwrap()) {
+            let batch = batch.unwrap();
+            batch.verify_crc().unwrap();
+            for record in batch.records(1 << 20).unwrap() {
+                let record = record.unwrap();
+                if record.offset >= from {
+                    out.push((
+                        record.offset,
+                        String::from_utf8(record.value.unwrap().to_vec()).unwrap(),
+                    ));
+                }
+            }
+        }
+        offset = read.next_offset;
+    }
+    out
+}
+
+#[test]
+fn appends_get_consecutive_offsets_and_read_back_across_segment_rolls() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, small_segments());
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        let codec = Compression::ALL[i % 5];
+        let info = log
+            .append_as_leader(batch(i * 3, 3, 1000, codec), 7, 0)
+            .unwrap();
+        assert_eq!(
+            (info.first_offset, info.last_offset),
+            (i as i64 * 3, i as i64 * 3 + 2)
+        );
+        for id in i * 3..i * 3 + 3 {
+            expected.push((id as i64, format!("value-{id}-{}", "x".repeat(id % 50))));
+        }
+    }
+    assert!(
+        log.segment_count() > 5,
+        "small segments roll: {}",
+        log.segment_count()
+    );
+    assert_eq!(log.log_end_offset(), 120);
+    assert_eq!(read_all(&log, 0), expected);
+    assert_eq!(read_all(&log, 61), expected[61..].to_vec());
+    // Batches carry the leader epoch the leader stamped.
+    let first = log
+        .read(0, 1, i64::MAX)
+        .unwrap()
+        .range
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    assert_eq!(
+        RecordBatch::split_first(&mut first.clone())
+            .unwrap()
+            .partition_leader_epoch(),
+        7
+    );
+}
+
+#[test]
+fn the_first_batch_is_returned_whole_even_when_larger_than_max_bytes() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, LogConfig::default());
+    log.append_as_leader(batch(0, 20, 0, Compression::None), 0, 0)
+        .unwrap();
+    log.append_as_leader(batch(20, 20, 0, Compression::None), 0, 0)
+        .unwrap();
+    let read = log.read(5, 10, i64::MAX).unwrap();
+    assert_eq!((read.first_batch_offset, read.next_offset), (0, 20));
+    // The high watermark bounds what is read.
+    assert_eq!(log.read(0, 1 << 20, 20).unwrap().next_offset, 20);
+    assert!(log.read(20, 1 << 20, 20).unwrap().range.is_none());
+}
+
+#[test]
+fn reading_outside_the_log_is_offset_out_of_range() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, LogConfig::default());
+    log.append_as_leader(batch(0, 5, 0, Compression::None), 0, 0)
+        .unwrap();
+    let err = log.read(6, 100, i64::MAX).unwrap_err();
+    assert_eq!(err.error_code(), ErrorCode::OffsetOutOfRange);
+    assert!(
+        log.read(5, 100, i64::MAX).unwrap().range.is_none(),
+        "reading at the end is empty, not an error"
+    );
+    log.advance_log_start_offset(3).unwrap();
+    assert_eq!(
+        log.read(2, 100, i64::MAX).unwrap_err().error_code(),
+        ErrorCode::OffsetOutOfRange
+    );
+}
+
+#[test]
+fn a_crash_keeps_flushed_records_and_loses_only_unflushed_ones() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, small_segments());
+    for i in 0..10 {
+        log.append_as_leader(batch(i * 4, 4, 0, Compression::Lz4), 0, 0)
+            .unwrap();
+    }
+    assert_eq!(log.flush().unwrap(), 40);
+    for i in 10..15 {
+        log.append_as_leader(batch(i * 4, 4, 0, Compression::Lz4), 0, 0)
+            .unwrap();
+    }
+    drop(log);
+    storage.crash();
+
+    let (log, report) = open(&storage, small_segments());
+    assert_eq!(log.log_end_offset(), 40, "{report:?}");
+    assert_eq!(read_all(&log, 0).len(), 40);
+}
+
+#[test]
+fn a_torn_tail_is_cut_at_the_last_whole_batch() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, LogConfig::default());
+    for i in 0..3 {
+        log.append_as_leader(batch(i * 5, 5, 0, Compression::None), 0, 0)
+            .unwrap();
+    }
+    drop(log);
+    let path = Path::new(DIR).join("00000000000000000000.log");
+    let mut bytes = storage.contents(&path).unwrap();
+    bytes.truncate(bytes.len() - 7);
+    storage.set_contents(&path, bytes);
+
+    let (log, report) = open(&storage, LogConfig::default());
+    assert_eq!(log.log_end_offset(), 10);
+    assert!(report.truncated_bytes > 0);
+    assert_eq!(read_all(&log, 0).len(), 10);
+}
+
+#[test]
+fn a_flipped_byte_in_an_unflushed_batch_cuts_the_log_there() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, LogConfig::default());
+    let sizes: Vec<u64> = (0..3)
+        .map(|i| {
+            log.append_as_leader(batch(i * 5, 5, 0, Compression::None), 0, 0)
+                .unwrap();
+            log.size_bytes()
+        })
+        .collect();
+    drop(log);
+    let path = Path::new(DIR).join("00000000000000000000.log");
+    let mut bytes = storage.contents(&path).unwrap();
+    bytes[sizes[0] as usize + 70] ^= 0x40; // inside the second batch's records
+    storage.set_contents(&path, bytes);
+
+    let (log, _) = open(&storage, LogConfig::default());
+    assert_eq!(log.log_end_offset(), 5, "only the first batch survives");
+    assert_eq!(log.size_bytes(), sizes[0]);
+}
+
+#[test]
+fn missing_or_corrupt_indexes_are_rebuilt() {
+    let storage = MemStorage::new();
+    let config = LogConfig {
+        index_interval_bytes: 100,
+        ..LogConfig::default()
+    };
+    let (mut log, _) = open(&storage, config.clone());
+    for i in 0..30 {
+        log.append_as_leader(batch(i * 2, 2, 0, Compression::None), 0, 0)
+            .unwrap();
+    }
+    log.close().unwrap();
+    let index = Path::new(DIR).join("00000000000000000000.index");
+    storage.remove_file(&index).unwrap();
+    let time_index = Path::new(DIR).join("00000000000000000000.timeindex");
+    storage.set_contents(&time_index, vec![0xff; 13]);
+
+    let (log, _) = open(&storage, config);
+    assert!(
+        storage.contents(&index).unwrap().len() >= 8 * 10,
+        "the offset index was rebuilt"
+    );
+    assert_eq!(read_all(&log, 33).first().map(|r| r.0), Some(33));
+    assert_eq!(log.offset_for_timestamp(40).unwrap(), Some((40, 40)));
+}
+
+#[test]
+fn a_full_disk_fails_the_append_cleanly_and_the_log_stays_readable() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, LogConfig::default());
+    log.append_as_leader(batch(0, 5, 0, Compression::None), 0, 0)
+        .unwrap();
+    storage.set_faults(Faults {
+        space_left_bytes: Some(40),
+        ..Faults::default()
+    });
+    let err = log
+        .append_as_leader(batch(5, 5, 0, Compression::None), 0, 0)
+        .unwrap_err();
+    assert_eq!(err.error_code(), ErrorCode::KafkaStorageError);
+    assert_eq!(log.log_end_offset(), 5);
+    assert_eq!(read_all(&log, 0).len(), 5);
+    // Space comes back: appending works again, over the partial bytes.
+    storage.set_faults(Faults::default());
+    log.append_as_leader(batch(5, 5, 0, Compression::None), 0, 0)
+        .unwrap();
+    assert_eq!(read_all(&log, 0).len(), 10);
+    log.flush().unwrap();
+    drop(log);
+    storage.crash();
+    assert_eq!(
+        read_all(&open(&storage, LogConfig::default()).0, 0).len(),
+        10
+    );
+}
+
+#[test]
+fn a_failed_fsync_takes_the_log_offline_for_good() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, LogConfig::default());
+    log.append_as_leader(batch(0, 5, 0, Compression::None), 0, 0)
+        .unwrap();
+    storage.set_faults(Faults {
+        fail_syncs: true,
+        ..Faults::default()
+    });
+    assert!(matches!(log.flush(), Err(LogError::Storage(_))));
+    storage.set_faults(Faults::default());
+    assert!(
+        matches!(log.flush(), Err(LogError::Offline)),
+        "no retry that pretends success"
+    );
+    assert!(matches!(
+        log.append_as_leader(batch(5, 1, 0, Compression::None), 0, 0),
+        Err(LogError::Offline)
+    ));
+}
+
+#[test]
+fn offsets_are_found_by_timestamp() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, small_segments());
+    // Record i has timestamp 10_000 + 10 * i.
+    for i in 0..50 {
+        let mut builder = RecordBatchBuilder::new(Compression::Gzip);
+        builder
+            .append(10_000 + 10 * i, Some(b"k"), Some(&[0u8; 64]), &[])
+            .unwrap();
+        log.append_as_leader(builder.build().unwrap(), 0, 0)
+            .unwrap();
+    }
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 10_000)));
+    assert_eq!(
+        log.offset_for_timestamp(10_125).unwrap(),
+        Some((13, 10_130))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(10_490).unwrap(),
+        Some((49, 10_490))
+    );
+    assert_eq!(log.offset_for_timestamp(10_491).unwrap(), None);
+    assert_eq!(log.max_timestamp_offset().unwrap(), Some((49, 10_490)));
+}
+
+#[test]
+fn truncation_removes_the_tail_durably_and_appends_continue_from_there() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, small_segments());
+    for i in 0..20 {
+        log.append_as_leader(batch(i * 2, 2, 0, Compression::None), 0, 0)
+            .unwrap();
+    }
+    log.truncate_to(14).unwrap();
+    assert_eq!(log.log_end_offset(), 14);
+    let info = log
+        .append_as_leader(batch(100, 2, 0, Compression::None), 1, 0)
+        .unwrap();
+    assert_eq!(info.first_offset, 14);
+    drop(log);
+    storage.crash();
+    let (log, _) = open(&storage, small_segments());
+    assert_eq!(
+        log.log_end_offset(),
+        14,
+        "the truncation was durable, the later append was not flushed"
+    );
+}
+
+#[test]
+fn after_a_clean_shutdown_open_scans_nothing() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, small_segments());
+    for i in 0..30 {
+        log.append_as_leader(batch(i, 1, 0, Compression::None), 0, 0)
+            .unwrap();
+    }
+    log.close().unwrap();
+    let (log, report) = open(&storage, small_segments());
+    assert!(report.clean_shutdown);
+    assert_eq!(report.segments_scanned, 0);
+    assert_eq!(log.log_end_offset(), 30);
+    // The marker is gone: a crash now would mean a scan again.
+    drop(log);
+    let (_, report) = open(&storage, small_segments());
+    assert!(!report.clean_shutdown);
+}
+
+#[test]
+fn a_crash_scans_only_what_follows_the_recovery_point() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, small_segments());
+    for i in 0..60 {
+        log.append_as_leader(batch(i, 1, 0, Compression::None), 0, 0)
+            .unwrap();
+    }
+    log.flush().unwrap();
+    log.write_checkpoint().unwrap();
+    let segments = log.segment_count();
+    log.append_as_leader(batch(60, 1, 0, Compression::None), 0, 0)
+        .unwrap();
+    drop(log);
+    storage.crash();
+    let (_, report) = open(&storage, small_segments());
+    assert!(segments > 10);
+    assert_eq!(
+        report.segments_scanned, 1,
+        "only the active segment is scanned"
+    );
+}
+
+#[test]
+fn a_damaged_checkpoint_only_means_a_longer_recovery() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, small_segments());
+    for i in 0..20 {
+        log.append_as_leader(batch(i, 1, 0, Compression::None), 0, 0)
+            .unwrap();
+    }
+    log.flush().unwrap();
+    log.write_checkpoint().unwrap();
+    drop(log);
+    storage.set_contents(&Path::new(DIR).join(CHECKPOINT_FILE), b"garbage".to_vec());
+    let (log, report) = open(&storage, small_segments());
+    assert_eq!(log.log_end_offset(), 20);
+    assert!(report.segments_scanned > 1);
+}
+
+#[test]
+fn oversized_and_legacy_batches_are_refused_with_kafka_codes() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(
+        &storage,
+        LogConfig {
+            max_message_bytes: 200,
+            ..LogConfig::default()
+        },
+    );
+    let err = log
+        .append_as_leader(batch(0, 10, 0, Compression::None), 0, 0)
+        .unwrap_err();
+    assert_eq!(err.error_code(), ErrorCode::MessageTooLarge);
+    let mut legacy = batch(0, 1, 0, Compression::None).to_vec();
+    legacy[16] = 1;
+    let err = log.append_as_leader(Bytes::from(legacy), 0, 0).unwrap_err();
+    assert_eq!(err.error_code(), ErrorCode::InvalidRecord);
+    assert_eq!(log.log_end_offset(), 0);
+}

@@ -19,6 +19,17 @@ pub struct LogConfig {
     pub message_timestamp_type: TimestampType,
     /// The most bytes a batch may decompress to while the log looks inside it.
     pub decompressed_batch_bytes_max: usize,
+    /// `retention.ms`: delete closed segments whose newest record is older; -1 keeps all.
+    pub retention_ms: i64,
+    /// `retention.bytes`: delete the oldest closed segments while the log is larger; -1
+    /// keeps all.
+    pub retention_bytes: i64,
+    /// `cleanup.policy` contains `delete`: retention applies.
+    pub cleanup_delete: bool,
+    /// `flush.messages`: flush once this many messages are unflushed (acks=1 topics).
+    pub flush_messages: i64,
+    /// `flush.ms`: flush once the oldest unflushed message is this old.
+    pub flush_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -31,6 +42,11 @@ impl Default for LogConfig {
             max_message_bytes: 1024 * 1024 + 12,
             message_timestamp_type: TimestampType::CreateTime,
             decompressed_batch_bytes_max: 64 * 1024 * 1024,
+            retention_ms: 7 * 24 * 60 * 60 * 1000,
+            retention_bytes: -1,
+            cleanup_delete: true,
+            flush_messages: i64::MAX,
+            flush_ms: i64::MAX,
         }
     }
 }

@@ -184,6 +184,10 @@ impl<E: IndexEntry> SparseIndex<E> {
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+
+    pub fn file(&self) -> &Arc<dyn StorageFile> {
+        &self.file
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod error;
+pub mod group_commit;
 pub mod index;
 pub mod log;
 pub mod segment;
@@ -18,5 +19,6 @@ pub mod storage;
 
 pub use config::LogConfig;
 pub use error::LogError;
-pub use log::{AppendInfo, FileRange, LogRead, OpenReport, PartitionLog};
+pub use group_commit::SharedLog;
+pub use log::{AppendInfo, FileRange, FlushTicket, LogRead, OpenReport, PartitionLog};
 pub use storage::{DiskStorage, Faults, MemStorage, Storage};

@@ -100,6 +100,37 @@ pub struct PartitionLog {
     /// Directory entries created or removed since the last directory sync.
     dir_dirty: bool,
     offline: bool,
+    /// Bumped when a truncation rewrites the tail, so that a flush prepared before it
+    /// cannot vouch for offsets appended after it.
+    generation: u64,
+    /// When the oldest message not yet flushed was appended, for `flush.ms`.
+    first_unflushed_ms: Option<i64>,
+}
+
+/// What a flush must sync, captured under the log's lock; [`FlushTicket::sync`] does the
+/// slow part without it.
+pub struct FlushTicket {
+    files: Vec<Arc<dyn StorageFile>>,
+    dir: Option<(Arc<dyn Storage>, PathBuf)>,
+    up_to: i64,
+    generation: u64,
+}
+
+impl FlushTicket {
+    /// The offset below which everything is durable once the sync succeeds.
+    pub fn up_to(&self) -> i64 {
+        self.up_to
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        for file in &self.files {
+            file.sync_data()?;
+        }
+        if let Some((storage, dir)) = &self.dir {
+            storage.sync_dir(dir)?;
+        }
+        Ok(())
+    }
 }
 
 fn limits(config: &LogConfig) -> SegmentLimits {
@@ -196,6 +227,8 @@ impl PartitionLog {
             unflushed: Vec::new(),
             dir_dirty: true,
             offline: false,
+            generation: 0,
+            first_unflushed_ms: None,
         };
         // What recovery cut or dropped, and the fresh state, are made durable before
         // anything new is appended; only then does the clean-shutdown marker go.
@@ -312,6 +345,7 @@ impl PartitionLog {
             position += size;
         }
         self.write(&bytes, &headers, now_ms)?;
+        self.first_unflushed_ms.get_or_insert(now_ms);
         Ok(AppendInfo {
             first_offset,
             last_offset: next_offset - 1,
@@ -363,24 +397,132 @@ impl PartitionLog {
 
     /// Makes every appended batch durable: syncs the segments written since the last
     /// flush, then the directory if segments came or went. Returns the new recovery point.
-    /// A failed sync takes the log offline.
+    /// A failed sync takes the log offline. (To sync without holding the log, as group
+    /// commit does, use [`Self::prepare_flush`] and [`Self::complete_flush`].)
     pub fn flush(&mut self) -> Result<i64, LogError> {
+        let ticket = self.prepare_flush()?;
+        let result = ticket.sync();
+        self.complete_flush(ticket, result)
+    }
+
+    /// Captures what a flush must make durable: the files written since the last flush and
+    /// the directory if its entries changed, up to the current log end offset.
+    pub fn prepare_flush(&mut self) -> Result<FlushTicket, LogError> {
         self.check_online()?;
+        let mut files = Vec::new();
         for base in std::mem::take(&mut self.unflushed) {
-            if let Some(segment) = self.segments.get(&base)
-                && let Err(e) = segment.sync()
-            {
-                return self.fail(e);
+            if let Some(segment) = self.segments.get(&base) {
+                files.extend(segment.files());
             }
         }
-        if self.dir_dirty {
-            if let Err(e) = self.storage.sync_dir(&self.dir) {
-                return self.fail(e);
-            }
-            self.dir_dirty = false;
+        let dir = std::mem::take(&mut self.dir_dirty)
+            .then(|| (Arc::clone(&self.storage), self.dir.clone()));
+        Ok(FlushTicket {
+            files,
+            dir,
+            up_to: self.log_end_offset(),
+            generation: self.generation,
+        })
+    }
+
+    /// Records the outcome of a flush prepared earlier and returns the recovery point. A
+    /// failed sync takes the log offline; a flush that a truncation overtook moves
+    /// nothing (the truncation made its own flush).
+    pub fn complete_flush(
+        &mut self,
+        ticket: FlushTicket,
+        result: io::Result<()>,
+    ) -> Result<i64, LogError> {
+        self.check_online()?;
+        if let Err(e) = result {
+            return self.fail(e);
         }
-        self.recovery_point = self.log_end_offset();
+        if ticket.generation == self.generation {
+            self.recovery_point = self.recovery_point.max(ticket.up_to);
+        }
+        if self.recovery_point >= self.log_end_offset() {
+            self.first_unflushed_ms = None;
+        }
         Ok(self.recovery_point)
+    }
+
+    /// Whether the flush policy (`flush.messages`, `flush.ms`) calls for a flush now. Topics
+    /// whose producers use acks=1 rely on it; acks=all appends flush through group commit.
+    pub fn flush_due(&self, now_ms: i64) -> bool {
+        let unflushed_messages = self.log_end_offset() - self.recovery_point;
+        unflushed_messages > 0
+            && (unflushed_messages >= self.config.flush_messages
+                || self
+                    .first_unflushed_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.flush_ms))
+    }
+
+    /// Applies `retention.ms` and `retention.bytes`: deletes the oldest closed segments
+    /// whose newest record has expired or that put the log over its size limit — never the
+    /// active segment — and moves the log start offset past them. Deleted segments are
+    /// renamed to `.deleted`; [`Self::purge_deleted`] removes them. Returns how many
+    /// segments went.
+    pub fn apply_retention(&mut self, now_ms: i64) -> Result<usize, LogError> {
+        self.check_online()?;
+        if !self.config.cleanup_delete {
+            return Ok(0);
+        }
+        let mut size = self.size_bytes();
+        let mut doomed = Vec::new();
+        let closed = self.segments.len().saturating_sub(1);
+        for segment in self.segments.values().take(closed) {
+            let expired = self.config.retention_ms >= 0
+                && now_ms.saturating_sub(segment.max_timestamp()) > self.config.retention_ms;
+            let oversized = self.config.retention_bytes >= 0
+                && size.saturating_sub(segment.size()) >= self.config.retention_bytes as u64;
+            if !expired && !oversized {
+                break;
+            }
+            size -= segment.size();
+            doomed.push(segment.base_offset());
+        }
+        let Some(&last_doomed) = doomed.last() else {
+            return Ok(0);
+        };
+        let new_start = self
+            .segments
+            .range(last_doomed + 1..)
+            .next()
+            .map_or(self.log_end_offset(), |(&base, _)| base);
+        self.log_start_offset = self.log_start_offset.max(new_start);
+        self.write_checkpoint()?;
+        for &base in &doomed {
+            self.retire_segment(base)?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Takes a segment out of the log and renames its files to `*.deleted`.
+    fn retire_segment(&mut self, base: i64) -> Result<(), LogError> {
+        if let Some(segment) = self.segments.remove(&base) {
+            for name in segment.file_names() {
+                let path = self.dir.join(&name);
+                if self.storage.exists(&path) {
+                    self.storage
+                        .rename(&path, &self.dir.join(format!("{name}.deleted")))?;
+                }
+            }
+        }
+        self.unflushed.retain(|&b| b != base);
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Removes the files of segments deleted earlier.
+    pub fn purge_deleted(&self) -> Result<usize, LogError> {
+        let mut removed = 0;
+        for name in self.storage.list(&self.dir)? {
+            if name.ends_with(".deleted") {
+                self.storage.remove_file(&self.dir.join(name))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Writes the checkpoint (recovery point and log start offset) atomically.
@@ -528,6 +670,7 @@ impl PartitionLog {
         if offset >= self.log_end_offset() {
             return Ok(());
         }
+        self.generation += 1;
         // Segments starting at or after `offset` go whole; the one before is cut.
         let later: Vec<i64> = self.segments.range(offset..).map(|(&b, _)| b).collect();
         for base in later {
@@ -556,6 +699,7 @@ impl PartitionLog {
             }
         }
         self.log_start_offset = self.log_start_offset.min(self.log_end_offset());
+        self.recovery_point = self.recovery_point.min(self.log_end_offset());
         self.flush()?;
         self.write_checkpoint()
     }
@@ -576,10 +720,7 @@ impl PartitionLog {
         let bases: Vec<i64> = self.segments.keys().copied().collect();
         for pair in bases.windows(2) {
             if pair[1] <= offset {
-                self.segments.remove(&pair[0]);
-                self.unflushed.retain(|&b| b != pair[0]);
-                remove_segment_files(self.storage.as_ref(), &self.dir, pair[0])?;
-                self.dir_dirty = true;
+                self.retire_segment(pair[0])?;
             }
         }
         Ok(())

@@ -427,6 +427,15 @@ impl Segment {
         Ok(removed)
     }
 
+    /// The files a flush of this segment must sync: the log and both indexes.
+    pub fn files(&self) -> [Arc<dyn StorageFile>; 3] {
+        [
+            Arc::clone(&self.log),
+            Arc::clone(self.offset_index.file()),
+            Arc::clone(self.time_index.file()),
+        ]
+    }
+
     /// Makes the log file and both indexes durable.
     pub fn sync(&self) -> io::Result<()> {
         self.log.sync_data()?;

@@ -162,6 +162,8 @@ pub struct Faults {
     pub fail_writes: bool,
     /// Every `sync_data` and `sync_dir` fails with EIO.
     pub fail_syncs: bool,
+    /// Every `sync_data` takes this long, like a real disk's flush.
+    pub sync_delay: Option<std::time::Duration>,
 }
 
 #[derive(Default)]
@@ -245,8 +247,12 @@ impl StorageFile for MemFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        if lock(&self.state).faults.fail_syncs {
+        let faults = lock(&self.state).faults.clone();
+        if faults.fail_syncs {
             return Err(io::Error::other("injected fsync error"));
+        }
+        if let Some(delay) = faults.sync_delay {
+            std::thread::sleep(delay);
         }
         let mut file = lock(&self.node);
         file.durable = file.data.clone();

@@ -414,3 +414,130 @@ fn oversized_and_legacy_batches_are_refused_with_kafka_codes() {
     assert_eq!(err.error_code(), ErrorCode::InvalidRecord);
     assert_eq!(log.log_end_offset(), 0);
 }
+
+/// 40 single-record batches, record i stamped 1_000 * i, in ~5 small segments.
+fn timed_log(storage: &MemStorage, config: LogConfig) -> PartitionLog {
+    let (mut log, _) = open(storage, config);
+    for i in 0..40 {
+        let mut builder = RecordBatchBuilder::new(Compression::None);
+        builder
+            .append(1_000 * i, Some(b"k"), Some(&[7u8; 60]), &[])
+            .unwrap();
+        log.append_as_leader(builder.build().unwrap(), 0, 0)
+            .unwrap();
+    }
+    log
+}
+
+#[test]
+fn time_retention_deletes_expired_closed_segments_and_moves_the_log_start() {
+    let storage = MemStorage::new();
+    let config = LogConfig {
+        segment_bytes: 1024,
+        retention_ms: 10_000,
+        ..LogConfig::default()
+    };
+    let mut log = timed_log(&storage, config);
+    let segments = log.segment_count();
+    assert!(segments >= 4, "{segments} segments");
+
+    // At now = 30_500, records stamped before 20_500 are expired.
+    let deleted = log.apply_retention(30_500).unwrap();
+    assert!(deleted >= 1);
+    let start = log.log_start_offset();
+    assert!(start > 0 && start <= 21, "log start {start}");
+    assert_eq!(
+        log.read(start - 1, 100, i64::MAX).unwrap_err().error_code(),
+        ErrorCode::OffsetOutOfRange
+    );
+    assert_eq!(read_all(&log, start).first().map(|r| r.0), Some(start));
+    // Deleted segments wait as .deleted files until purged.
+    let names = storage.list(Path::new(DIR)).unwrap();
+    assert_eq!(
+        names.iter().filter(|n| n.ends_with(".log.deleted")).count(),
+        deleted
+    );
+    assert_eq!(log.purge_deleted().unwrap(), deleted * 3);
+    assert!(
+        !storage
+            .list(Path::new(DIR))
+            .unwrap()
+            .iter()
+            .any(|n| n.ends_with(".deleted"))
+    );
+
+    // Far in the future everything has expired, but the active segment stays.
+    log.apply_retention(10_000_000).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    assert_eq!(log.log_end_offset(), 40);
+    let active_base = log.log_start_offset();
+    assert_eq!(read_all(&log, active_base).last().map(|r| r.0), Some(39));
+}
+
+#[test]
+fn size_retention_keeps_the_log_under_retention_bytes_and_survives_restart() {
+    let storage = MemStorage::new();
+    let config = LogConfig {
+        segment_bytes: 1024,
+        retention_ms: -1,
+        retention_bytes: 2048,
+        ..LogConfig::default()
+    };
+    let mut log = timed_log(&storage, config.clone());
+    let before = log.size_bytes();
+    log.apply_retention(0).unwrap();
+    assert!(
+        before > 2048 && log.size_bytes() <= 2048 + 1024,
+        "{before} -> {}",
+        log.size_bytes()
+    );
+    let start = log.log_start_offset();
+    log.close().unwrap();
+    let (log, _) = open(&storage, config);
+    assert_eq!(
+        log.log_start_offset(),
+        start,
+        "the new log start offset was checkpointed"
+    );
+    assert_eq!(log.log_end_offset(), 40);
+}
+
+#[test]
+fn retention_leaves_compacted_topics_alone() {
+    let storage = MemStorage::new();
+    let config = LogConfig {
+        segment_bytes: 1024,
+        retention_ms: 1,
+        cleanup_delete: false,
+        ..LogConfig::default()
+    };
+    let mut log = timed_log(&storage, config);
+    let segments = log.segment_count();
+    assert_eq!(log.apply_retention(10_000_000).unwrap(), 0);
+    assert_eq!(log.segment_count(), segments);
+}
+
+#[test]
+fn the_flush_policy_asks_for_a_flush_by_count_or_age() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(
+        &storage,
+        LogConfig {
+            flush_messages: 10,
+            flush_ms: 5_000,
+            ..LogConfig::default()
+        },
+    );
+    log.append_as_leader(batch(0, 4, 0, Compression::None), 0, 1_000)
+        .unwrap();
+    assert!(!log.flush_due(1_000));
+    assert!(
+        log.flush_due(6_000),
+        "the oldest unflushed message is 5 s old"
+    );
+    log.append_as_leader(batch(4, 6, 0, Compression::None), 0, 1_100)
+        .unwrap();
+    assert!(log.flush_due(1_100), "ten messages are unflushed");
+    log.flush().unwrap();
+    assert!(!log.flush_due(1_000_000), "nothing is unflushed");
+}

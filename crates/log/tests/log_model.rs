@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 use spool_log::{LogConfig, MemStorage, PartitionLog};
 use spool_protocol::compression::Compression;
 use spool_protocol::record_batch::{RecordBatchBuilder, RecordBatches};
@@ -279,8 +280,22 @@ impl Harness {
     }
 }
 
+/// A fixed seed and case count keep the suite deterministic; set `PROPTEST_RNG_SEED` and
+/// `PROPTEST_CASES` to explore further.
+fn config() -> ProptestConfig {
+    let mut config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = RngSeed::Fixed(0x5_1001);
+    }
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = 128;
+    }
+    config.failure_persistence = None;
+    config
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn the_log_matches_its_model_through_crashes_and_restarts(

@@ -1,0 +1,122 @@
+//! Group commit: concurrent appenders share one fsync.
+//!
+//! An appender that needs its batch durable calls [`SharedLog::wait_durable`]. If no flush
+//! is running, it becomes the flusher: it captures everything appended so far — its own
+//! batch and whatever others appended meanwhile — syncs it without holding the log, and
+//! wakes everyone whose offset is now covered. Appenders that arrive during a sync wait
+//! for it and, if not yet covered, one of them starts the next round for all of them. So
+//! under load one fsync serves many appends, and latency stays about one fsync.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::error::LogError;
+use crate::log::{AppendInfo, PartitionLog};
+
+#[derive(Debug, Default)]
+struct CommitState {
+    /// Everything below this offset is durable.
+    durable_offset: i64,
+    flushing: bool,
+    failed: bool,
+    /// Completed sync rounds, for tests and benchmarks.
+    sync_rounds: u64,
+}
+
+/// A partition log shared by threads that append and wait for durability.
+pub struct SharedLog {
+    log: Mutex<PartitionLog>,
+    state: Mutex<CommitState>,
+    flushed: Condvar,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A thread that panicked mid-append leaves the log as consistent as any crash would.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SharedLog {
+    pub fn new(log: PartitionLog) -> Self {
+        let durable_offset = log.recovery_point();
+        SharedLog {
+            log: Mutex::new(log),
+            state: Mutex::new(CommitState {
+                durable_offset,
+                ..CommitState::default()
+            }),
+            flushed: Condvar::new(),
+        }
+    }
+
+    /// Runs `f` with the log locked. Keep it short: appenders queue behind it.
+    pub fn with_log<R>(&self, f: impl FnOnce(&mut PartitionLog) -> R) -> R {
+        f(&mut lock(&self.log))
+    }
+
+    /// Appends as leader and returns once the batch is on stable storage.
+    pub fn append_durably(
+        &self,
+        records: Bytes,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let info = self.with_log(|log| log.append_as_leader(records, leader_epoch, now_ms))?;
+        self.wait_durable(info.last_offset + 1)?;
+        Ok(info)
+    }
+
+    /// Blocks until every offset below `offset` is durable, taking part in group commit.
+    pub fn wait_durable(&self, offset: i64) -> Result<(), LogError> {
+        let mut state = lock(&self.state);
+        loop {
+            if state.failed {
+                return Err(LogError::Offline);
+            }
+            if state.durable_offset >= offset {
+                return Ok(());
+            }
+            if state.flushing {
+                state = self
+                    .flushed
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
+            }
+            state.flushing = true;
+            drop(state);
+            let outcome = self.flush_round();
+            state = lock(&self.state);
+            state.flushing = false;
+            state.sync_rounds += 1;
+            match outcome {
+                Ok(durable_offset) => {
+                    state.durable_offset = state.durable_offset.max(durable_offset)
+                }
+                Err(_) => state.failed = true,
+            }
+            self.flushed.notify_all();
+        }
+    }
+
+    /// One sync of everything appended so far; the log is locked only to capture and to
+    /// record, not during the sync.
+    fn flush_round(&self) -> Result<i64, LogError> {
+        let ticket = self.with_log(PartitionLog::prepare_flush)?;
+        let result = ticket.sync();
+        self.with_log(|log| log.complete_flush(ticket, result))
+    }
+
+    /// How many sync rounds have completed.
+    pub fn sync_rounds(&self) -> u64 {
+        lock(&self.state).sync_rounds
+    }
+
+    pub fn into_inner(self) -> PartitionLog {
+        self.log
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

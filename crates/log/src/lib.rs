@@ -14,6 +14,7 @@ pub mod error;
 pub mod group_commit;
 pub mod index;
 pub mod log;
+pub mod manager;
 pub mod segment;
 pub mod storage;
 
@@ -21,4 +22,5 @@ pub use config::LogConfig;
 pub use error::LogError;
 pub use group_commit::SharedLog;
 pub use log::{AppendInfo, FileRange, FlushTicket, LogRead, OpenReport, PartitionLog};
+pub use manager::{LogManager, TopicPartition};
 pub use storage::{DiskStorage, Faults, MemStorage, Storage};

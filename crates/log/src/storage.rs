@@ -49,7 +49,15 @@ pub trait Storage: Send + Sync {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the directory's entries durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Removes an empty directory.
+    fn remove_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on `path` (created if absent) for as long as the guard
+    /// lives; fails with `WouldBlock` if another holder has it.
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn LockGuard>>;
 }
+
+/// Holds a lock taken with [`Storage::lock`] until dropped.
+pub trait LockGuard: Send + Sync {}
 
 /// Reads exactly `buf.len()` bytes at `offset`.
 pub fn read_exact_at(file: &dyn StorageFile, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -150,7 +158,35 @@ impl Storage for DiskStorage {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
     }
+
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        fs::remove_dir(dir)
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn LockGuard>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Box::new(DiskLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked by another process", path.display()),
+            )),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
 }
+
+/// An OS file lock, released when the file is closed.
+struct DiskLock {
+    _file: File,
+}
+
+impl LockGuard for DiskLock {}
 
 /// Faults [`MemStorage`] injects, set with [`MemStorage::set_faults`].
 #[derive(Debug, Clone, Default)]
@@ -180,6 +216,7 @@ struct MemState {
     /// Directory entries as they are now.
     files: BTreeMap<PathBuf, MemNode>,
     dirs: Vec<PathBuf>,
+    locks: Vec<PathBuf>,
     /// Directory entries as of each directory's last `sync_dir`.
     durable_files: BTreeMap<PathBuf, MemNode>,
     faults: Faults,
@@ -285,6 +322,7 @@ impl MemStorage {
             file.data = file.durable.clone();
         }
         state.faults = Faults::default();
+        state.locks.clear();
     }
 
     /// The current contents of a file, for tests that corrupt or inspect files.
@@ -303,6 +341,19 @@ impl MemStorage {
             file.durable = data.clone();
             file.data = data;
         }
+    }
+}
+
+struct MemLock {
+    path: PathBuf,
+    state: Arc<Mutex<MemState>>,
+}
+
+impl LockGuard for MemLock {}
+
+impl Drop for MemLock {
+    fn drop(&mut self) {
+        lock(&self.state).locks.retain(|l| l != &self.path);
     }
 }
 
@@ -338,12 +389,16 @@ impl Storage for MemStorage {
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let state = lock(&self.state);
-        Ok(state
+        let mut names: Vec<String> = state
             .files
             .keys()
+            .chain(state.dirs.iter())
             .filter(|p| p.parent() == Some(dir))
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .collect())
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
@@ -367,6 +422,33 @@ impl Storage for MemStorage {
         let node = state.files.remove(from).ok_or_else(|| not_found(from))?;
         state.files.insert(to.to_path_buf(), node);
         Ok(())
+    }
+
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        if state.files.keys().any(|p| p.starts_with(dir)) {
+            return Err(io::Error::new(
+                io::ErrorKind::DirectoryNotEmpty,
+                format!("{} is not empty", dir.display()),
+            ));
+        }
+        state.dirs.retain(|d| d != dir);
+        Ok(())
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn LockGuard>> {
+        let mut state = lock(&self.state);
+        if state.locks.iter().any(|l| l == path) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked", path.display()),
+            ));
+        }
+        state.locks.push(path.to_path_buf());
+        Ok(Box::new(MemLock {
+            path: path.to_path_buf(),
+            state: Arc::clone(&self.state),
+        }))
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -434,6 +516,21 @@ mod tests {
         write_atomically(&storage, path, b"two").unwrap();
         storage.crash();
         assert_eq!(storage.contents(path).unwrap(), b"two");
+    }
+
+    #[test]
+    fn a_disk_lock_refuses_a_second_holder_until_released() {
+        let dir = std::env::temp_dir().join(format!("spool-lock-test-{}", std::process::id()));
+        DiskStorage.create_dir_all(&dir).unwrap();
+        let path = dir.join(".lock");
+        let held = DiskStorage.lock(&path).unwrap();
+        assert_eq!(
+            DiskStorage.lock(&path).err().map(|e| e.kind()),
+            Some(io::ErrorKind::WouldBlock)
+        );
+        drop(held);
+        assert!(DiskStorage.lock(&path).is_ok());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

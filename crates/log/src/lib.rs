@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod group_commit;
 pub mod index;
+pub mod leader_epoch;
 pub mod log;
 pub mod manager;
 pub mod segment;

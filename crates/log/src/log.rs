@@ -22,6 +22,7 @@ use spool_protocol::record_batch::{RecordBatch, RecordBatchMut, RecordBatches, T
 use crate::config::LogConfig;
 use crate::error::LogError;
 use crate::index::{IndexEntry, TimeEntry};
+use crate::leader_epoch::LeaderEpochCache;
 use crate::segment::{BatchHeader, Recovered, Segment, SegmentLimits, parse_log_file_name};
 use crate::storage::{Storage, StorageFile, read_exact_at, write_atomically};
 
@@ -105,6 +106,7 @@ pub struct PartitionLog {
     generation: u64,
     /// When the oldest message not yet flushed was appended, for `flush.ms`.
     first_unflushed_ms: Option<i64>,
+    epochs: LeaderEpochCache,
 }
 
 /// What a flush must sync, captured under the log's lock; [`FlushTicket::sync`] does the
@@ -217,6 +219,7 @@ impl PartitionLog {
         if report.clean_shutdown {
             recovery_point = log_end_offset;
         }
+        let epochs = LeaderEpochCache::load(storage.as_ref(), dir);
         let mut log = PartitionLog {
             storage,
             dir: dir.to_path_buf(),
@@ -229,7 +232,16 @@ impl PartitionLog {
             offline: false,
             generation: 0,
             first_unflushed_ms: None,
+            epochs,
         };
+        // Epochs that began in a tail the crash took, or below the log start, go.
+        let end = log.log_end_offset();
+        let start = log.log_start_offset;
+        let cut_end = log.epochs.truncate_from_end(end);
+        let cut_start = log.epochs.truncate_from_start(start);
+        if cut_end || cut_start {
+            log.write_epochs()?;
+        }
         // What recovery cut or dropped, and the fresh state, are made durable before
         // anything new is appended; only then does the clean-shutdown marker go.
         log.flush()?;
@@ -316,6 +328,14 @@ impl PartitionLog {
         }
         let log_append_time = self.config.message_timestamp_type == TimestampType::LogAppendTime;
         let first_offset = self.log_end_offset();
+        if self
+            .epochs
+            .latest_epoch()
+            .is_none_or(|latest| leader_epoch > latest)
+            && self.epochs.assign(leader_epoch, first_offset)
+        {
+            self.write_epochs()?;
+        }
         let mut next_offset = first_offset;
         let mut bytes = BytesMut::from(&records[..]);
         let mut headers = Vec::with_capacity(batches.len());
@@ -491,6 +511,9 @@ impl PartitionLog {
             .map_or(self.log_end_offset(), |(&base, _)| base);
         self.log_start_offset = self.log_start_offset.max(new_start);
         self.write_checkpoint()?;
+        if self.epochs.truncate_from_start(self.log_start_offset) {
+            self.write_epochs()?;
+        }
         for &base in &doomed {
             self.retire_segment(base)?;
         }
@@ -523,6 +546,23 @@ impl PartitionLog {
             }
         }
         Ok(removed)
+    }
+
+    fn write_epochs(&mut self) -> Result<(), LogError> {
+        if let Err(e) = self.epochs.write(self.storage.as_ref()) {
+            return self.fail(e);
+        }
+        Ok(())
+    }
+
+    /// The leader-epoch cache: which epoch began writing at which offset.
+    pub fn leader_epochs(&self) -> &LeaderEpochCache {
+        &self.epochs
+    }
+
+    /// OffsetForLeaderEpoch: the largest epoch at or below `epoch` and its end offset.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
     }
 
     /// Writes the checkpoint (recovery point and log start offset) atomically.
@@ -700,6 +740,9 @@ impl PartitionLog {
         }
         self.log_start_offset = self.log_start_offset.min(self.log_end_offset());
         self.recovery_point = self.recovery_point.min(self.log_end_offset());
+        if self.epochs.truncate_from_end(self.log_end_offset()) {
+            self.write_epochs()?;
+        }
         self.flush()?;
         self.write_checkpoint()
     }
@@ -716,6 +759,9 @@ impl PartitionLog {
         }
         self.log_start_offset = offset;
         self.write_checkpoint()?;
+        if self.epochs.truncate_from_start(offset) {
+            self.write_epochs()?;
+        }
         // A segment can go once the next one starts at or before the new start offset.
         let bases: Vec<i64> = self.segments.keys().copied().collect();
         for pair in bases.windows(2) {

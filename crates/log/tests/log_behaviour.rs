@@ -541,3 +541,35 @@ fn the_flush_policy_asks_for_a_flush_by_count_or_age() {
     log.flush().unwrap();
     assert!(!log.flush_due(1_000_000), "nothing is unflushed");
 }
+
+#[test]
+fn leader_epochs_are_recorded_truncated_and_survive_restarts_and_crashes() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, LogConfig::default());
+    log.append_as_leader(batch(0, 5, 0, Compression::None), 1, 0)
+        .unwrap();
+    log.append_as_leader(batch(5, 5, 0, Compression::None), 1, 0)
+        .unwrap();
+    log.append_as_leader(batch(10, 5, 0, Compression::None), 4, 0)
+        .unwrap();
+    log.append_as_leader(batch(15, 5, 0, Compression::None), 6, 0)
+        .unwrap();
+    assert_eq!(log.end_offset_for_epoch(1), (1, 10));
+    assert_eq!(log.end_offset_for_epoch(5), (4, 15));
+    assert_eq!(log.end_offset_for_epoch(6), (6, 20));
+
+    // A new leader's follower truncates to the divergence point: epoch 6 goes.
+    log.truncate_to(15).unwrap();
+    assert_eq!(log.leader_epochs().latest_epoch(), Some(4));
+    log.close().unwrap();
+    let (mut log, _) = open(&storage, LogConfig::default());
+    assert_eq!(log.end_offset_for_epoch(4), (4, 15));
+
+    // An epoch whose first batch a power cut took is dropped at open.
+    log.append_as_leader(batch(15, 5, 0, Compression::None), 7, 0)
+        .unwrap();
+    drop(log);
+    storage.crash();
+    let (log, _) = open(&storage, LogConfig::default());
+    assert_eq!(log.leader_epochs().latest_epoch(), Some(4));
+}

@@ -192,7 +192,14 @@ impl PartitionLog {
                 Segment::load(storage.as_ref(), dir, base, limits, now_ms)?
             } else {
                 report.segments_scanned += 1;
-                Segment::open_and_recover(storage.as_ref(), dir, base, limits, now_ms)?
+                Segment::open_and_recover(
+                    storage.as_ref(),
+                    dir,
+                    base,
+                    limits,
+                    now_ms,
+                    recovery_point,
+                )?
             };
             let Recovered {
                 truncated_bytes, ..
@@ -402,6 +409,11 @@ impl PartitionLog {
         if !active.is_full_for(incoming_bytes, self.config.segment_bytes) && !too_old {
             return Ok(());
         }
+        // The outgoing segment is complete: make it and its indexes durable now, so that a
+        // later crash finds every closed segment whole and its indexes trustworthy.
+        if let Err(e) = active.sync() {
+            return self.fail(e);
+        }
         let base = active.next_offset();
         let segment = Segment::create(
             self.storage.as_ref(),
@@ -432,7 +444,7 @@ impl PartitionLog {
         let mut files = Vec::new();
         for base in std::mem::take(&mut self.unflushed) {
             if let Some(segment) = self.segments.get(&base) {
-                files.extend(segment.files());
+                files.push(segment.log_file());
             }
         }
         let dir = std::mem::take(&mut self.dir_dirty)
@@ -586,6 +598,11 @@ impl PartitionLog {
     /// the recovery scan.
     pub fn close(mut self) -> Result<(), LogError> {
         self.flush()?;
+        for segment in self.segments.values() {
+            if let Err(e) = segment.sync() {
+                return self.fail(e);
+            }
+        }
         self.write_checkpoint()?;
         if let Err(e) = write_atomically(
             self.storage.as_ref(),
@@ -734,6 +751,10 @@ impl PartitionLog {
         }
         if let Some((&base, active)) = self.segments.iter_mut().next_back() {
             active.truncate_to(offset)?;
+            // Stale index entries must not survive a crash and point into new data.
+            if let Err(e) = active.sync() {
+                return self.fail(e);
+            }
             if !self.unflushed.contains(&base) {
                 self.unflushed.push(base);
             }

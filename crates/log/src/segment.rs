@@ -156,6 +156,7 @@ impl Segment {
             let recovered = segment.recover()?;
             return Ok((segment, recovered));
         }
+        segment.restore_max_timestamp();
         let start = segment
             .offset_index
             .last()
@@ -164,19 +165,49 @@ impl Segment {
         Ok((segment, recovered))
     }
 
-    /// Opens a segment that may hold bytes never made durable: every batch is read and its
-    /// CRC checked, the indexes are rebuilt, and the file is cut at the first batch that is
-    /// torn, corrupt or out of order.
+    /// Opens a segment that may hold bytes never made durable after `recovery_point`:
+    /// every batch from there on is read and its CRC checked, the indexes are rebuilt for
+    /// them, and the file is cut at the first batch that is torn, corrupt or out of order.
+    /// What lies below the recovery point was durable and is trusted through its index, so
+    /// the cost follows the unflushed tail, not the segment's size. A damaged index means a
+    /// full scan.
     pub fn open_and_recover(
         storage: &dyn Storage,
         dir: &Path,
         base_offset: i64,
         limits: SegmentLimits,
         now_ms: i64,
+        recovery_point: i64,
     ) -> io::Result<(Segment, Recovered)> {
-        let (mut segment, _) = Self::open_files(storage, dir, base_offset, limits, now_ms)?;
-        let recovered = segment.recover()?;
+        let (mut segment, indexes_ok) =
+            Self::open_files(storage, dir, base_offset, limits, now_ms)?;
+        if !indexes_ok || recovery_point <= base_offset {
+            let recovered = segment.recover()?;
+            return Ok((segment, recovered));
+        }
+        // Index entries for durable batches stay; later ones may describe lost bytes.
+        segment
+            .offset_index
+            .truncate_while(|e| e.offset < recovery_point)?;
+        segment
+            .time_index
+            .truncate_while(|e| e.offset < recovery_point)?;
+        segment.restore_max_timestamp();
+        let start = segment
+            .offset_index
+            .last()
+            .map_or(0, |e| u64::from(e.position));
+        let recovered = segment.scan_from(start, true)?;
         Ok((segment, recovered))
+    }
+
+    /// The time index's last entry holds the largest timestamp up to the last indexed
+    /// batch; a scan of the batches after it completes the picture.
+    fn restore_max_timestamp(&mut self) {
+        if let Some(last) = self.time_index.last() {
+            self.max_timestamp = last.timestamp;
+            self.offset_of_max_timestamp = last.offset;
+        }
     }
 
     fn recover(&mut self) -> io::Result<Recovered> {
@@ -427,13 +458,12 @@ impl Segment {
         Ok(removed)
     }
 
-    /// The files a flush of this segment must sync: the log and both indexes.
-    pub fn files(&self) -> [Arc<dyn StorageFile>; 3] {
-        [
-            Arc::clone(&self.log),
-            Arc::clone(self.offset_index.file()),
-            Arc::clone(self.time_index.file()),
-        ]
+    /// The file a flush must sync. Only the log's data: indexes are a cache of it. After a
+    /// crash, index entries above the recovery point are rebuilt from the log, and an
+    /// index that lost unsynced entries is either caught by validation or just costs a
+    /// longer scan. (Truncation, rolls and close do sync indexes; see [`Self::sync`].)
+    pub fn log_file(&self) -> Arc<dyn StorageFile> {
+        Arc::clone(&self.log)
     }
 
     /// Makes the log file and both indexes durable.

@@ -174,8 +174,18 @@ impl Harness {
                 self.log = None;
                 self.storage.crash();
                 self.reopen();
-                // Exactly the flushed records come back.
-                self.records.retain(|r| r.offset < self.durable_offset);
+                // Every flushed record comes back. Unflushed ones may too (a segment roll
+                // makes the outgoing segment durable), as a prefix: the reads below check
+                // that what survived is exactly the model's records up to the new end.
+                let end = self.end_offset_of_records();
+                assert!(
+                    end >= self.durable_offset,
+                    "flushed records were lost: end {end}, durable {}",
+                    self.durable_offset
+                );
+                assert!(end <= self.end_offset(), "records appeared from nowhere");
+                self.records.retain(|r| r.offset < end);
+                self.durable_offset = end;
                 // A log start offset beyond what survived comes back clamped, and opening
                 // checkpoints the clamped value.
                 self.log_start_offset = self

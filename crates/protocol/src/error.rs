@@ -75,6 +75,8 @@ pub enum EncodeError {
     TaggedFieldsNotInVersion { message: &'static str, version: i16 },
     #[error("length {0} is too large for its length prefix")]
     TooLong(usize),
+    #[error("record offset delta {0} is not after the previous record's")]
+    OffsetsOutOfOrder(i32),
     #[error("two tagged fields share one tag")]
     DuplicateTag,
     #[error("compression failed: {0}")]

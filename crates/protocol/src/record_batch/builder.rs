@@ -9,8 +9,9 @@ use super::{
     NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, RECORD_BATCH_HEADER_BYTES, TIMESTAMP_TYPE_BIT,
     TRANSACTIONAL_BIT,
 };
+use super::{RecordBatch, TimestampType};
 use crate::compression::{self, Compression};
-use crate::error::EncodeError;
+use crate::error::{DecodeError, EncodeError};
 
 /// The kind of a transaction marker (a control record's key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,10 @@ pub struct RecordBatchBuilder {
     base_timestamp: Option<i64>,
     max_timestamp: i64,
     count: i32,
+    /// The offset delta the next record gets when none is given.
+    next_offset_delta: i32,
+    /// Kept from an original batch whose last records were removed (compaction).
+    last_offset_delta: Option<i32>,
     records: BytesMut,
     record: BytesMut,
 }
@@ -54,9 +59,32 @@ impl RecordBatchBuilder {
             base_timestamp: None,
             max_timestamp: -1,
             count: 0,
+            next_offset_delta: 0,
+            last_offset_delta: None,
             records: BytesMut::new(),
             record: BytesMut::new(),
         }
+    }
+
+    /// A builder for a rewrite of `batch` (compaction keeps some of its records): the same
+    /// base offset, leader epoch, producer, flags, codec, timestamp type and last offset
+    /// delta, so that offsets and producer state read the same afterwards.
+    pub fn like(batch: &RecordBatch) -> Result<Self, DecodeError> {
+        let mut builder = RecordBatchBuilder::new(batch.compression()?)
+            .base_offset(batch.base_offset())
+            .partition_leader_epoch(batch.partition_leader_epoch())
+            .producer(
+                batch.producer_id(),
+                batch.producer_epoch(),
+                batch.base_sequence(),
+            )
+            .transactional(batch.is_transactional())
+            .control(batch.is_control());
+        if batch.timestamp_type() == TimestampType::LogAppendTime {
+            builder = builder.log_append_time(batch.max_timestamp());
+        }
+        builder.last_offset_delta = Some(batch.last_offset_delta());
+        Ok(builder)
     }
 
     pub fn base_offset(mut self, offset: i64) -> Self {
@@ -104,13 +132,29 @@ impl RecordBatchBuilder {
         value: Option<&[u8]>,
         headers: &[(&[u8], Option<&[u8]>)],
     ) -> Result<(), EncodeError> {
+        self.append_at(self.next_offset_delta, timestamp_ms, key, value, headers)
+    }
+
+    /// Appends a record at an explicit offset delta, larger than any before it (a rewrite
+    /// that drops records keeps the survivors' offsets).
+    pub fn append_at(
+        &mut self,
+        offset_delta: i32,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], Option<&[u8]>)],
+    ) -> Result<(), EncodeError> {
+        if offset_delta < self.next_offset_delta {
+            return Err(EncodeError::OffsetsOutOfOrder(offset_delta));
+        }
         let base_timestamp = *self.base_timestamp.get_or_insert(timestamp_ms);
         self.max_timestamp = self.max_timestamp.max(timestamp_ms);
         let record = &mut self.record;
         record.clear();
         record.put_i8(0);
         write_varlong(record, timestamp_ms.wrapping_sub(base_timestamp));
-        write_varint(record, self.count);
+        write_varint(record, offset_delta);
         write_nullable_bytes(record, key)?;
         write_nullable_bytes(record, value)?;
         write_varint(
@@ -130,6 +174,7 @@ impl RecordBatchBuilder {
             .count
             .checked_add(1)
             .ok_or(EncodeError::TooLong(self.count as usize))?;
+        self.next_offset_delta = offset_delta.saturating_add(1);
         Ok(())
     }
 
@@ -158,7 +203,11 @@ impl RecordBatchBuilder {
         buf.put_i8(MAGIC_V2);
         buf.put_u32(0);
         buf.put_i16(attributes);
-        buf.put_i32(self.count - 1);
+        let last_offset_delta = self
+            .last_offset_delta
+            .unwrap_or(self.next_offset_delta - 1)
+            .max(self.next_offset_delta - 1);
+        buf.put_i32(last_offset_delta);
         buf.put_i64(base_timestamp);
         buf.put_i64(max_timestamp);
         buf.put_i64(self.producer_id);

@@ -637,6 +637,56 @@ mod tests {
     }
 
     #[test]
+    fn a_rewrite_keeps_survivors_offsets_and_the_batch_identity() {
+        let original = RecordBatch::from_bytes(batch_of(Compression::Snappy, 5)).unwrap();
+        let mut builder = RecordBatchBuilder::like(&original).unwrap();
+        for record in original
+            .records(LIMIT)
+            .unwrap()
+            .map(Result::unwrap)
+            .filter(|r| r.offset % 2 == 1)
+        {
+            let delta = (record.offset - original.base_offset()) as i32;
+            builder
+                .append_at(
+                    delta,
+                    record.timestamp,
+                    record.key.as_deref(),
+                    record.value.as_deref(),
+                    &[],
+                )
+                .unwrap();
+        }
+        assert!(
+            builder.append_at(0, 0, None, None, &[]).is_err(),
+            "offsets only move forward"
+        );
+        let rewritten = RecordBatch::from_bytes(builder.build().unwrap()).unwrap();
+        rewritten.verify_crc().unwrap();
+        let offsets: Vec<i64> = rewritten
+            .records(LIMIT)
+            .unwrap()
+            .map(|r| r.unwrap().offset)
+            .collect();
+        assert_eq!(offsets, vec![101, 103]);
+        assert_eq!(
+            rewritten.last_offset(),
+            original.last_offset(),
+            "the batch still ends where it did"
+        );
+        assert_eq!(rewritten.record_count(), 2);
+        assert_eq!(
+            (
+                rewritten.producer_id(),
+                rewritten.producer_epoch(),
+                rewritten.base_sequence(),
+                rewritten.compression().unwrap()
+            ),
+            (7, 1, 0, Compression::Snappy)
+        );
+    }
+
+    #[test]
     fn zigzag_varints_round_trip() {
         for value in [
             0i64,

@@ -26,6 +26,20 @@ pub struct LogConfig {
     pub retention_bytes: i64,
     /// `cleanup.policy` contains `delete`: retention applies.
     pub cleanup_delete: bool,
+    /// `cleanup.policy` contains `compact`: keep the latest record per key; records
+    /// without a key are refused.
+    pub cleanup_compact: bool,
+    /// `min.cleanable.dirty.ratio`: clean once this share of the cleanable bytes is dirty.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: records stay uncompacted at least this long.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a dirty segment older than this is cleaned regardless of
+    /// the dirty ratio.
+    pub max_compaction_lag_ms: i64,
+    /// `delete.retention.ms`: how long tombstones stay after their segment's newest record.
+    pub delete_retention_ms: i64,
+    /// The most keys one cleaning pass maps (the memory it may use).
+    pub cleaner_keys_max: usize,
     /// `flush.messages`: flush once this many messages are unflushed (acks=1 topics).
     pub flush_messages: i64,
     /// `flush.ms`: flush once the oldest unflushed message is this old.
@@ -45,6 +59,12 @@ impl Default for LogConfig {
             retention_ms: 7 * 24 * 60 * 60 * 1000,
             retention_bytes: -1,
             cleanup_delete: true,
+            cleanup_compact: false,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            delete_retention_ms: 24 * 60 * 60 * 1000,
+            cleaner_keys_max: 1_000_000,
             flush_messages: i64::MAX,
             flush_ms: i64::MAX,
         }

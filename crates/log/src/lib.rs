@@ -22,6 +22,9 @@ pub mod storage;
 pub use config::LogConfig;
 pub use error::LogError;
 pub use group_commit::SharedLog;
-pub use log::{AppendInfo, FileRange, FlushTicket, LogRead, OpenReport, PartitionLog};
+pub use log::{
+    AppendInfo, BatchFilter, CleanReport, FileRange, FlushTicket, KeepAllBatches, LogRead,
+    OpenReport, PartitionLog,
+};
 pub use manager::{LogManager, TopicPartition};
 pub use storage::{DiskStorage, Faults, MemStorage, Storage};

@@ -429,6 +429,15 @@ impl Segment {
         Ok(None)
     }
 
+    /// The batch at `position` (a batch boundary), or `None` past the last one.
+    pub fn read_batch_at(&self, position: u64) -> io::Result<Option<(BatchHeader, Bytes)>> {
+        let Some(header) = self.read_header(position, self.size)? else {
+            return Ok(None);
+        };
+        let bytes = self.read_bytes(position, header.size)?;
+        Ok(Some((header, bytes)))
+    }
+
     /// Reads `len` bytes at `position` (within the valid part of the file).
     pub fn read_bytes(&self, position: u64, len: u64) -> io::Result<Bytes> {
         assert!(

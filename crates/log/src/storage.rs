@@ -200,6 +200,9 @@ pub struct Faults {
     pub fail_syncs: bool,
     /// Every `sync_data` takes this long, like a real disk's flush.
     pub sync_delay: Option<std::time::Duration>,
+    /// This many more writes succeed; every later one fails with EIO (to stop a process
+    /// at a chosen point before a simulated crash).
+    pub writes_until_error: Option<u64>,
 }
 
 #[derive(Default)]
@@ -258,6 +261,12 @@ impl StorageFile for MemFile {
             let mut state = lock(&self.state);
             if state.faults.fail_writes {
                 return Err(io::Error::other("injected write error"));
+            }
+            if let Some(left) = state.faults.writes_until_error.as_mut() {
+                if *left == 0 {
+                    return Err(io::Error::other("injected write error"));
+                }
+                *left -= 1;
             }
             match state.faults.space_left_bytes.as_mut() {
                 None => buf.len(),

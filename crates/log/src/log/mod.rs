@@ -19,6 +19,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use spool_protocol::record_batch::{RecordBatch, RecordBatchMut, RecordBatches, TimestampType};
 
+mod compaction;
+
+pub use compaction::{BatchFilter, CleanReport, KeepAllBatches};
+
 use crate::config::LogConfig;
 use crate::error::LogError;
 use crate::index::{IndexEntry, TimeEntry};
@@ -107,6 +111,8 @@ pub struct PartitionLog {
     /// When the oldest message not yet flushed was appended, for `flush.ms`.
     first_unflushed_ms: Option<i64>,
     epochs: LeaderEpochCache,
+    /// The cleaner checkpoint: compaction has covered everything below this offset.
+    first_dirty_offset: i64,
 }
 
 /// What a flush must sync, captured under the log's lock; [`FlushTicket::sync`] does the
@@ -151,6 +157,7 @@ impl PartitionLog {
         now_ms: i64,
     ) -> Result<(PartitionLog, OpenReport), LogError> {
         storage.create_dir_all(dir)?;
+        compaction::finish_interrupted_swaps(storage.as_ref(), dir)?;
         let names = storage.list(dir)?;
         let mut report = OpenReport {
             clean_shutdown: names.iter().any(|n| n == CLEAN_SHUTDOWN_FILE),
@@ -162,7 +169,8 @@ impl PartitionLog {
         {
             storage.remove_file(&dir.join(name))?;
         }
-        let (mut recovery_point, mut log_start_offset) = read_checkpoint(storage.as_ref(), dir);
+        let (mut recovery_point, mut log_start_offset, first_dirty_offset) =
+            read_checkpoint(storage.as_ref(), dir);
         let mut bases: Vec<i64> = names
             .iter()
             .filter_map(|n| parse_log_file_name(n))
@@ -240,6 +248,7 @@ impl PartitionLog {
             generation: 0,
             first_unflushed_ms: None,
             epochs,
+            first_dirty_offset,
         };
         // Epochs that began in a tail the crash took, or below the log start, go.
         let end = log.log_end_offset();
@@ -326,6 +335,17 @@ impl PartitionLog {
                 });
             }
             batch.validate_for_append(self.config.decompressed_batch_bytes_max)?;
+            if self.config.cleanup_compact {
+                for record in batch.records(self.config.decompressed_batch_bytes_max)? {
+                    if record?.key.is_none() {
+                        return Err(LogError::InvalidBatch(
+                            spool_protocol::DecodeError::InvalidRecordBatch(
+                                "a compacted topic does not accept records without a key",
+                            ),
+                        ));
+                    }
+                }
+            }
             batches.push(batch);
         }
         if batches.is_empty() {
@@ -581,8 +601,8 @@ impl PartitionLog {
     pub fn write_checkpoint(&mut self) -> Result<(), LogError> {
         self.check_online()?;
         let contents = format!(
-            "{CHECKPOINT_VERSION}\n{}\n{}\n",
-            self.recovery_point, self.log_start_offset
+            "{CHECKPOINT_VERSION}\n{}\n{}\n{}\n",
+            self.recovery_point, self.log_start_offset, self.first_dirty_offset
         );
         if let Err(e) = write_atomically(
             self.storage.as_ref(),
@@ -794,19 +814,21 @@ impl PartitionLog {
     }
 }
 
-fn read_checkpoint(storage: &dyn Storage, dir: &Path) -> (i64, i64) {
+/// Reads (recovery point, log start offset, first dirty offset). A missing or damaged
+/// checkpoint only costs a longer recovery and a full cleaning pass: start from zero.
+fn read_checkpoint(storage: &dyn Storage, dir: &Path) -> (i64, i64, i64) {
     let Ok(file) = storage.open(&dir.join(CHECKPOINT_FILE), false) else {
-        return (0, 0);
+        return (0, 0, 0);
     };
     let len = file.size_bytes().unwrap_or(0).min(4096) as usize;
     let mut bytes = vec![0u8; len];
     if read_exact_at(file.as_ref(), &mut bytes, 0).is_err() {
-        return (0, 0);
+        return (0, 0, 0);
     }
     let text = String::from_utf8_lossy(&bytes);
     let mut lines = text.lines();
     if lines.next() != Some(CHECKPOINT_VERSION) {
-        return (0, 0);
+        return (0, 0, 0);
     }
     let mut number = || {
         lines
@@ -814,10 +836,11 @@ fn read_checkpoint(storage: &dyn Storage, dir: &Path) -> (i64, i64) {
             .and_then(|l| l.parse::<i64>().ok())
             .filter(|&v| v >= 0)
     };
-    // A damaged checkpoint only costs a longer recovery: start from zero.
-    match (number(), number()) {
-        (Some(recovery_point), Some(log_start_offset)) => (recovery_point, log_start_offset),
-        _ => (0, 0),
+    match (number(), number(), number()) {
+        (Some(recovery_point), Some(log_start_offset), Some(first_dirty_offset)) => {
+            (recovery_point, log_start_offset, first_dirty_offset)
+        }
+        _ => (0, 0, 0),
     }
 }
 

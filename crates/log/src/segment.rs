@@ -61,7 +61,7 @@ pub struct Segment {
     next_offset: i64,
     max_timestamp: i64,
     offset_of_max_timestamp: i64,
-    /// When the segment was created, for `segment.ms`.
+    /// When the segment was created, for `segment.ms` when it has no timestamps.
     created_ms: i64,
 }
 
@@ -354,6 +354,22 @@ impl Segment {
 
     pub fn created_ms(&self) -> i64 {
         self.created_ms
+    }
+
+    /// How long the segment has been filling, for `segment.ms`, as Kafka measures it: from
+    /// its first batch's timestamp to the incoming batch's, or by the wall clock since the
+    /// segment was created when the first batch has no timestamp.
+    pub fn time_waited_for_roll(
+        &self,
+        now_ms: i64,
+        incoming_max_timestamp: i64,
+    ) -> io::Result<i64> {
+        match self.read_header(0, self.size)? {
+            Some(first) if first.max_timestamp >= 0 => {
+                Ok(incoming_max_timestamp.saturating_sub(first.max_timestamp))
+            }
+            _ => Ok(now_ms.saturating_sub(self.created_ms)),
+        }
     }
 
     pub fn dir(&self) -> &Path {

@@ -577,3 +577,59 @@ fn leader_epochs_are_recorded_truncated_and_survive_restarts_and_crashes() {
     let (log, _) = open(&storage, LogConfig::default());
     assert_eq!(log.leader_epochs().latest_epoch(), Some(4));
 }
+
+#[test]
+fn the_high_watermark_only_moves_forward_is_capped_and_persists() {
+    let storage = MemStorage::new();
+    let (mut log, _) = open(&storage, LogConfig::default());
+    log.append_as_leader(batch(0, 5, 0, Compression::None), 0, 0)
+        .unwrap();
+    log.append_as_leader(batch(5, 5, 0, Compression::None), 0, 0)
+        .unwrap();
+    assert_eq!(log.advance_high_watermark(4), 4);
+    assert_eq!(log.advance_high_watermark(2), 4, "never backwards");
+    assert_eq!(log.advance_high_watermark(99), 10, "capped at the log end");
+    assert_eq!(log.last_stable_offset(), 10);
+    log.close().unwrap();
+    let (mut log, _) = open(&storage, LogConfig::default());
+    assert_eq!(log.high_watermark(), 10, "checkpointed");
+    // Only a truncation below it brings it down.
+    log.append_as_leader(batch(10, 5, 0, Compression::None), 0, 0)
+        .unwrap();
+    log.truncate_to(10).unwrap();
+    assert_eq!(log.high_watermark(), 10);
+    log.truncate_to(5).unwrap();
+    assert_eq!(
+        log.high_watermark(),
+        5,
+        "truncation removes whole batches: the log ends at 5"
+    );
+}
+
+#[test]
+fn segments_roll_on_segment_ms_by_record_time_even_across_restarts() {
+    let storage = MemStorage::new();
+    let config = LogConfig {
+        segment_ms: 60_000,
+        ..LogConfig::default()
+    };
+    let (mut log, _) = open(&storage, config.clone());
+    log.append_as_leader(batch(0, 1, 1_000_000, Compression::None), 0, 0)
+        .unwrap();
+    log.append_as_leader(batch(1, 1, 1_030_000, Compression::None), 0, 0)
+        .unwrap();
+    assert_eq!(log.segment_count(), 1, "30 s of record time: no roll");
+    log.close().unwrap();
+    // A restart does not reset the clock: it is the records' time that counts.
+    let (mut log, _) = open(&storage, config);
+    log.append_as_leader(batch(2, 1, 1_059_000, Compression::None), 0, 0)
+        .unwrap();
+    assert_eq!(log.segment_count(), 1);
+    log.append_as_leader(batch(3, 1, 1_061_000, Compression::None), 0, 0)
+        .unwrap();
+    assert_eq!(
+        log.segment_count(),
+        2,
+        "61 s after the segment's first record: rolled"
+    );
+}

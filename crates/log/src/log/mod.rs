@@ -55,6 +55,13 @@ pub struct FileRange {
 }
 
 impl FileRange {
+    /// Reads the range into `buf`, reusing its allocation (for readers that copy many
+    /// ranges, such as fetch paths without zero-copy).
+    pub fn read_into(&self, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.resize(self.len as usize, 0);
+        read_exact_at(self.file.as_ref(), buf, self.position)
+    }
+
     /// Copies the range into memory (for tests and for paths that must look inside).
     pub fn to_bytes(&self) -> io::Result<Bytes> {
         let mut bytes = vec![0u8; self.len as usize];
@@ -113,6 +120,8 @@ pub struct PartitionLog {
     epochs: LeaderEpochCache,
     /// The cleaner checkpoint: compaction has covered everything below this offset.
     first_dirty_offset: i64,
+    /// The high watermark the partition's leader or follower logic sets.
+    high_watermark: i64,
 }
 
 /// What a flush must sync, captured under the log's lock; [`FlushTicket::sync`] does the
@@ -169,8 +178,12 @@ impl PartitionLog {
         {
             storage.remove_file(&dir.join(name))?;
         }
-        let (mut recovery_point, mut log_start_offset, first_dirty_offset) =
-            read_checkpoint(storage.as_ref(), dir);
+        let (
+            mut recovery_point,
+            mut log_start_offset,
+            first_dirty_offset,
+            checkpointed_high_watermark,
+        ) = read_checkpoint(storage.as_ref(), dir);
         let mut bases: Vec<i64> = names
             .iter()
             .filter_map(|n| parse_log_file_name(n))
@@ -249,6 +262,7 @@ impl PartitionLog {
             first_unflushed_ms: None,
             epochs,
             first_dirty_offset,
+            high_watermark: checkpointed_high_watermark.clamp(log_start_offset, log_end_offset),
         };
         // Epochs that began in a tail the crash took, or below the log start, go.
         let end = log.log_end_offset();
@@ -407,7 +421,12 @@ impl PartitionLog {
         headers: &[BatchHeader],
         now_ms: i64,
     ) -> Result<(), LogError> {
-        self.maybe_roll(bytes.len() as u64, now_ms)?;
+        let incoming_max_timestamp = headers
+            .iter()
+            .map(|h| h.max_timestamp)
+            .max()
+            .unwrap_or(now_ms);
+        self.maybe_roll(bytes.len() as u64, now_ms, incoming_max_timestamp)?;
         let Some((&base, active)) = self.segments.iter_mut().next_back() else {
             return Err(LogError::Offline);
         };
@@ -421,11 +440,18 @@ impl PartitionLog {
         Ok(())
     }
 
-    fn maybe_roll(&mut self, incoming_bytes: u64, now_ms: i64) -> Result<(), LogError> {
+    fn maybe_roll(
+        &mut self,
+        incoming_bytes: u64,
+        now_ms: i64,
+        incoming_max_timestamp: i64,
+    ) -> Result<(), LogError> {
         let Some(active) = self.active() else {
             return Ok(());
         };
-        let too_old = !active.is_empty() && now_ms - active.created_ms() >= self.config.segment_ms;
+        let too_old = !active.is_empty()
+            && active.time_waited_for_roll(now_ms, incoming_max_timestamp)?
+                >= self.config.segment_ms;
         if !active.is_full_for(incoming_bytes, self.config.segment_bytes) && !too_old {
             return Ok(());
         }
@@ -542,6 +568,7 @@ impl PartitionLog {
             .next()
             .map_or(self.log_end_offset(), |(&base, _)| base);
         self.log_start_offset = self.log_start_offset.max(new_start);
+        self.high_watermark = self.high_watermark.max(self.log_start_offset);
         self.write_checkpoint()?;
         if self.epochs.truncate_from_start(self.log_start_offset) {
             self.write_epochs()?;
@@ -580,6 +607,30 @@ impl PartitionLog {
         Ok(removed)
     }
 
+    /// The high watermark: offsets below it are replicated to the ISR and visible to
+    /// consumers. Between the log start offset and the log end offset.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark
+    }
+
+    /// Moves the high watermark forward (it never moves back, except when a truncation
+    /// cuts the log below it); capped at the log end offset. It is persisted with the next
+    /// checkpoint. Returns the new value.
+    pub fn advance_high_watermark(&mut self, offset: i64) -> i64 {
+        let capped = offset.min(self.log_end_offset());
+        if capped > self.high_watermark {
+            self.high_watermark = capped;
+        }
+        self.high_watermark
+    }
+
+    /// The last stable offset: what read_committed consumers may see. Without open
+    /// transactions it is the high watermark; the transactions work lowers it to the first
+    /// open transaction's start.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.high_watermark
+    }
+
     fn write_epochs(&mut self) -> Result<(), LogError> {
         if let Err(e) = self.epochs.write(self.storage.as_ref()) {
             return self.fail(e);
@@ -601,8 +652,11 @@ impl PartitionLog {
     pub fn write_checkpoint(&mut self) -> Result<(), LogError> {
         self.check_online()?;
         let contents = format!(
-            "{CHECKPOINT_VERSION}\n{}\n{}\n{}\n",
-            self.recovery_point, self.log_start_offset, self.first_dirty_offset
+            "{CHECKPOINT_VERSION}\n{}\n{}\n{}\n{}\n",
+            self.recovery_point,
+            self.log_start_offset,
+            self.first_dirty_offset,
+            self.high_watermark
         );
         if let Err(e) = write_atomically(
             self.storage.as_ref(),
@@ -781,6 +835,7 @@ impl PartitionLog {
         }
         self.log_start_offset = self.log_start_offset.min(self.log_end_offset());
         self.recovery_point = self.recovery_point.min(self.log_end_offset());
+        self.high_watermark = self.high_watermark.min(self.log_end_offset());
         if self.epochs.truncate_from_end(self.log_end_offset()) {
             self.write_epochs()?;
         }
@@ -799,6 +854,7 @@ impl PartitionLog {
             return Ok(());
         }
         self.log_start_offset = offset;
+        self.high_watermark = self.high_watermark.max(offset);
         self.write_checkpoint()?;
         if self.epochs.truncate_from_start(offset) {
             self.write_epochs()?;
@@ -814,21 +870,23 @@ impl PartitionLog {
     }
 }
 
-/// Reads (recovery point, log start offset, first dirty offset). A missing or damaged
-/// checkpoint only costs a longer recovery and a full cleaning pass: start from zero.
-fn read_checkpoint(storage: &dyn Storage, dir: &Path) -> (i64, i64, i64) {
+/// Reads (recovery point, log start offset, first dirty offset, high watermark). A
+/// missing or damaged checkpoint only costs a longer recovery, a full cleaning pass and a
+/// high watermark that replication re-establishes: start from zero.
+fn read_checkpoint(storage: &dyn Storage, dir: &Path) -> (i64, i64, i64, i64) {
+    const NOTHING: (i64, i64, i64, i64) = (0, 0, 0, 0);
     let Ok(file) = storage.open(&dir.join(CHECKPOINT_FILE), false) else {
-        return (0, 0, 0);
+        return NOTHING;
     };
     let len = file.size_bytes().unwrap_or(0).min(4096) as usize;
     let mut bytes = vec![0u8; len];
     if read_exact_at(file.as_ref(), &mut bytes, 0).is_err() {
-        return (0, 0, 0);
+        return NOTHING;
     }
     let text = String::from_utf8_lossy(&bytes);
     let mut lines = text.lines();
     if lines.next() != Some(CHECKPOINT_VERSION) {
-        return (0, 0, 0);
+        return NOTHING;
     }
     let mut number = || {
         lines
@@ -836,11 +894,19 @@ fn read_checkpoint(storage: &dyn Storage, dir: &Path) -> (i64, i64, i64) {
             .and_then(|l| l.parse::<i64>().ok())
             .filter(|&v| v >= 0)
     };
-    match (number(), number(), number()) {
-        (Some(recovery_point), Some(log_start_offset), Some(first_dirty_offset)) => {
-            (recovery_point, log_start_offset, first_dirty_offset)
-        }
-        _ => (0, 0, 0),
+    match (number(), number(), number(), number()) {
+        (
+            Some(recovery_point),
+            Some(log_start_offset),
+            Some(first_dirty_offset),
+            Some(high_watermark),
+        ) => (
+            recovery_point,
+            log_start_offset,
+            first_dirty_offset,
+            high_watermark,
+        ),
+        _ => NOTHING,
     }
 }
 

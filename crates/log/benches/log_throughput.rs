@@ -70,27 +70,32 @@ fn open(dir: &Path) -> (PartitionLog, spool_log::OpenReport, Duration) {
     (log, report, started.elapsed())
 }
 
-/// The disk itself: 16 KiB writes each followed by fdatasync, then plain sequential writes.
+/// The disk itself: sequential writes each followed by fdatasync, at the sizes of one
+/// durable append (16 KiB) and of one full group-commit round of 8 appenders (128 KiB),
+/// then plain sequential writes with one fdatasync at the end.
 fn disk_baseline(root: &Path, fsync_writes: usize) {
     let path = root.join("baseline");
-    let block = vec![0x5au8; 16 * 1024];
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    let started = Instant::now();
-    for _ in 0..fsync_writes {
-        file.write_all(&block).unwrap();
-        file.sync_data().unwrap();
+    for block_kib in [16usize, 128] {
+        let block = vec![0x5au8; block_kib * 1024];
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let started = Instant::now();
+        for _ in 0..fsync_writes {
+            file.write_all(&block).unwrap();
+            file.sync_data().unwrap();
+        }
+        let what = format!("disk: {block_kib} KiB write + fdatasync, sequential");
+        report(
+            &what,
+            (fsync_writes * block.len()) as u64,
+            fsync_writes as u64,
+            started.elapsed(),
+        );
     }
-    report(
-        "disk: 16 KiB write + fdatasync, sequential",
-        (fsync_writes * block.len()) as u64,
-        fsync_writes as u64,
-        started.elapsed(),
-    );
     let mut file = OpenOptions::new()
         .create(true)
         .write(true)

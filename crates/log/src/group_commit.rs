@@ -12,7 +12,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use crate::error::LogError;
-use crate::log::{AppendInfo, PartitionLog};
+use crate::log::{AppendInfo, PartitionLog, validate_produced};
 
 #[derive(Debug, Default)]
 struct CommitState {
@@ -63,7 +63,10 @@ impl SharedLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
-        let info = self.with_log(|log| log.append_as_leader(records, leader_epoch, now_ms))?;
+        // Validation is CPU work; do it before taking the log so appenders overlap.
+        let config = self.with_log(|log| log.config().clone());
+        let validated = validate_produced(&config, records)?;
+        let info = self.with_log(|log| log.append_validated(validated, leader_epoch, now_ms))?;
         self.wait_durable(info.last_offset + 1)?;
         Ok(info)
     }

@@ -100,6 +100,47 @@ pub struct OpenReport {
     pub segments_dropped: usize,
 }
 
+/// Batches a client produced, checked and ready for [`PartitionLog::append_validated`].
+pub struct ValidatedRecords {
+    records: Bytes,
+    batches: Vec<RecordBatch>,
+}
+
+/// Checks batches a client produced against a log's settings: structure, CRC, record
+/// counts and offsets, `max.message.bytes`, and keys on compacted topics. Pure CPU work,
+/// done before taking the log.
+pub fn validate_produced(config: &LogConfig, records: Bytes) -> Result<ValidatedRecords, LogError> {
+    let mut batches = Vec::new();
+    for batch in RecordBatches::new(records.clone()) {
+        let batch = batch?;
+        if batch.size_bytes() as u64 > config.max_message_bytes {
+            return Err(LogError::MessageTooLarge {
+                size: batch.size_bytes() as u64,
+                max: config.max_message_bytes,
+            });
+        }
+        batch.validate_for_append(config.decompressed_batch_bytes_max)?;
+        if config.cleanup_compact {
+            for record in batch.records(config.decompressed_batch_bytes_max)? {
+                if record?.key.is_none() {
+                    return Err(LogError::InvalidBatch(
+                        spool_protocol::DecodeError::InvalidRecordBatch(
+                            "a compacted topic does not accept records without a key",
+                        ),
+                    ));
+                }
+            }
+        }
+        batches.push(batch);
+    }
+    if batches.is_empty() {
+        return Err(LogError::InvalidBatch(
+            spool_protocol::DecodeError::InvalidRecordBatch("no record batch to append"),
+        ));
+    }
+    Ok(ValidatedRecords { records, batches })
+}
+
 pub struct PartitionLog {
     storage: Arc<dyn Storage>,
     dir: PathBuf,
@@ -339,34 +380,25 @@ impl PartitionLog {
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
         self.check_online()?;
-        let mut batches = Vec::new();
-        for batch in RecordBatches::new(records.clone()) {
-            let batch = batch?;
-            if batch.size_bytes() as u64 > self.config.max_message_bytes {
-                return Err(LogError::MessageTooLarge {
-                    size: batch.size_bytes() as u64,
-                    max: self.config.max_message_bytes,
-                });
-            }
-            batch.validate_for_append(self.config.decompressed_batch_bytes_max)?;
-            if self.config.cleanup_compact {
-                for record in batch.records(self.config.decompressed_batch_bytes_max)? {
-                    if record?.key.is_none() {
-                        return Err(LogError::InvalidBatch(
-                            spool_protocol::DecodeError::InvalidRecordBatch(
-                                "a compacted topic does not accept records without a key",
-                            ),
-                        ));
-                    }
-                }
-            }
-            batches.push(batch);
-        }
-        if batches.is_empty() {
-            return Err(LogError::InvalidBatch(
-                spool_protocol::DecodeError::InvalidRecordBatch("no record batch to append"),
-            ));
-        }
+        let validated = validate_produced(&self.config, records)?;
+        self.append_validated(validated, leader_epoch, now_ms)
+    }
+
+    /// The settings the log follows.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Appends batches [`validate_produced`] already checked (against this log's
+    /// settings), so that the CPU work of validation can run without holding the log.
+    pub fn append_validated(
+        &mut self,
+        validated: ValidatedRecords,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        self.check_online()?;
+        let ValidatedRecords { records, batches } = validated;
         let log_append_time = self.config.message_timestamp_type == TimestampType::LogAppendTime;
         let first_offset = self.log_end_offset();
         if self

@@ -17,6 +17,8 @@ pub enum LogError {
     Offline,
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] DecodeError),
+    #[error("rewriting a batch failed: {0}")]
+    Rewrite(#[from] spool_protocol::EncodeError),
     #[error("batch of {size} bytes exceeds max.message.bytes ({max})")]
     MessageTooLarge { size: u64, max: u64 },
     #[error("offset {offset} is outside the log [{log_start_offset}, {log_end_offset}]")]
@@ -34,6 +36,7 @@ impl LogError {
             LogError::Storage(_) | LogError::Offline => ErrorCode::KafkaStorageError,
             LogError::InvalidBatch(e) => batch_error_code(e),
             LogError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
+            LogError::Rewrite(_) => ErrorCode::UnknownServerError,
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         }
     }

@@ -12,7 +12,9 @@ use proptest::test_runner::RngSeed;
 use spool_log::{Faults, KeepAllBatches, LogConfig, MemStorage, PartitionLog};
 use spool_protocol::ErrorCode;
 use spool_protocol::compression::Compression;
-use spool_protocol::record_batch::{RecordBatchBuilder, RecordBatches};
+use spool_protocol::record_batch::RecordBatchBuilder;
+
+mod common;
 
 const DIR: &str = "/data/__consumer_offsets-0";
 
@@ -36,28 +38,16 @@ fn open(storage: &MemStorage, config: &LogConfig) -> PartitionLog {
 }
 
 fn read_all(log: &PartitionLog) -> Vec<Rec> {
-    let mut out = Vec::new();
-    let mut offset = log.log_start_offset();
-    while offset < log.log_end_offset() {
-        let read = log.read(offset, 1 << 20, i64::MAX).unwrap();
-        let Some(range) = read.range else { break };
-        for batch in RecordBatches::new(range.to_bytes().unwrap()) {
-            let batch = batch.unwrap();
-            batch.verify_crc().unwrap();
-            for record in batch.records(1 << 20).unwrap() {
-                let r = record.unwrap();
-                if r.offset >= offset {
-                    out.push((
-                        r.offset,
-                        r.key.unwrap().to_vec(),
-                        r.value.map(|v| v.to_vec()),
-                    ));
-                }
-            }
-        }
-        offset = read.next_offset;
-    }
-    out
+    common::records_from(log, log.log_start_offset(), 1 << 20)
+        .into_iter()
+        .map(|r| {
+            (
+                r.offset,
+                r.key.expect("compacted records have keys").to_vec(),
+                r.value.map(|v| v.to_vec()),
+            )
+        })
+        .collect()
 }
 
 /// Appends `writes` (key, value or tombstone) in batches of `per_batch`, at time `now`.

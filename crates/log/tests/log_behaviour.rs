@@ -10,7 +10,9 @@ use spool_log::storage::Storage;
 use spool_log::{Faults, LogConfig, LogError, MemStorage, PartitionLog};
 use spool_protocol::ErrorCode;
 use spool_protocol::compression::Compression;
-use spool_protocol::record_batch::{RecordBatch, RecordBatchBuilder, RecordBatches};
+use spool_protocol::record_batch::{RecordBatch, RecordBatchBuilder};
+
+mod common;
 
 const DIR: &str = "/data/orders-0";
 
@@ -44,27 +46,15 @@ fn open(storage: &MemStorage, config: LogConfig) -> (PartitionLog, spool_log::Op
 
 /// Every record readable from `from`, as (offset, value).
 fn read_all(log: &PartitionLog, from: i64) -> Vec<(i64, String)> {
-    let mut out = Vec::new();
-    let mut offset = from;
-    while offset < log.log_end_offset() {
-        let read = log.read(offset, 1 << 20, i64::MAX).unwrap();
-        let Some(range) = read.range else { break };
-        for batch in RecordBatches::new(range.to_bytes().unwrap()) {
-            let batch = batch.unwrap();
-            batch.verify_crc().unwrap();
-            for record in batch.records(1 << 20).unwrap() {
-                let record = record.unwrap();
-                if record.offset >= from {
-                    out.push((
-                        record.offset,
-                        String::from_utf8(record.value.unwrap().to_vec()).unwrap(),
-                    ));
-                }
-            }
-        }
-        offset = read.next_offset;
-    }
-    out
+    common::records_from(log, from, 1 << 20)
+        .into_iter()
+        .map(|r| {
+            (
+                r.offset,
+                String::from_utf8(r.value.expect("a value").to_vec()).expect("utf-8"),
+            )
+        })
+        .collect()
 }
 
 #[test]

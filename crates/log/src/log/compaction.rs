@@ -272,27 +272,9 @@ impl PartitionLog {
             }
             let mut builder = RecordBatchBuilder::like(&batch)?;
             for record in kept {
-                let headers: Vec<(Bytes, Option<Bytes>)> =
-                    record.headers.iter().map(|h| (h.key, h.value)).collect();
-                let headers: Vec<(&[u8], Option<&[u8]>)> = headers
-                    .iter()
-                    .map(|(k, v)| (&k[..], v.as_deref()))
-                    .collect();
-                let delta = (record.offset - batch.base_offset()) as i32;
-                builder
-                    .append_at(
-                        delta,
-                        record.timestamp,
-                        record.key.as_deref(),
-                        record.value.as_deref(),
-                        &headers,
-                    )
-                    .map_err(|e| LogError::Storage(std::io::Error::other(e.to_string())))?;
+                builder.append_record(record)?;
             }
-            let rebuilt = builder
-                .build()
-                .map_err(|e| LogError::Storage(std::io::Error::other(e.to_string())))?;
-            out.write(&rebuilt)?;
+            out.write(&builder.build()?)?;
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use super::{
     NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, RECORD_BATCH_HEADER_BYTES, TIMESTAMP_TYPE_BIT,
     TRANSACTIONAL_BIT,
 };
-use super::{RecordBatch, TimestampType};
+use super::{Record, RecordBatch, TimestampType};
 use crate::compression::{self, Compression};
 use crate::error::{DecodeError, EncodeError};
 
@@ -176,6 +176,25 @@ impl RecordBatchBuilder {
             .ok_or(EncodeError::TooLong(self.count as usize))?;
         self.next_offset_delta = offset_delta.saturating_add(1);
         Ok(())
+    }
+
+    /// Appends a record read from another batch at its own offset (which must fall at or
+    /// after this batch's base offset and after the records appended so far).
+    pub fn append_record(&mut self, record: &Record) -> Result<(), EncodeError> {
+        let delta = i32::try_from(record.offset - self.base_offset)
+            .map_err(|_| EncodeError::OffsetsOutOfOrder(i32::MIN))?;
+        let headers: Vec<_> = record.headers.iter().collect();
+        let headers: Vec<(&[u8], Option<&[u8]>)> = headers
+            .iter()
+            .map(|h| (&h.key[..], h.value.as_deref()))
+            .collect();
+        self.append_at(
+            delta,
+            record.timestamp,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &headers,
+        )
     }
 
     /// Finishes the batch: header, (compressed) records and CRC.

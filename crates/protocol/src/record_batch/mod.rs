@@ -646,16 +646,7 @@ mod tests {
             .map(Result::unwrap)
             .filter(|r| r.offset % 2 == 1)
         {
-            let delta = (record.offset - original.base_offset()) as i32;
-            builder
-                .append_at(
-                    delta,
-                    record.timestamp,
-                    record.key.as_deref(),
-                    record.value.as_deref(),
-                    &[],
-                )
-                .unwrap();
+            builder.append_record(&record).unwrap();
         }
         assert!(
             builder.append_at(0, 0, None, None, &[]).is_err(),

@@ -208,21 +208,45 @@ fn main() {
     );
     drop(log);
 
-    // 5. Eight appenders sharing group commits.
-    let dir = root.join("group-0");
-    let (log, _, _) = open(&dir);
+    // 5. Eight appenders sharing group commits, each with 1 append in flight (waiting for
+    // each before the next), then with 4 in flight, as pipelining producers do.
+    for in_flight in [1usize, 4] {
+        group_commit(
+            &root.join(format!("group-{in_flight}")),
+            &inputs,
+            batch_bytes,
+            fsync_appends / APPENDERS * 2,
+            in_flight,
+        );
+    }
+
+    fs::remove_dir_all(&root).unwrap();
+}
+
+/// `APPENDERS` threads append durably; each appends `in_flight` batches, then waits for
+/// the last of them to be durable.
+fn group_commit(
+    dir: &Path,
+    inputs: &[Bytes],
+    batch_bytes: u64,
+    per_thread: usize,
+    in_flight: usize,
+) {
+    let (log, _, _) = open(dir);
     let shared = Arc::new(SharedLog::new(log));
-    let per_thread = fsync_appends / APPENDERS * 2;
     let started = Instant::now();
     let handles: Vec<_> = (0..APPENDERS)
         .map(|t| {
             let shared = Arc::clone(&shared);
-            let inputs = inputs.clone();
+            let inputs = inputs.to_vec();
             thread::spawn(move || {
-                for i in 0..per_thread {
-                    shared
-                        .append_durably(inputs[(t + i) % inputs.len()].clone(), 0, 0)
-                        .unwrap();
+                for i in (0..per_thread).step_by(in_flight) {
+                    let mut last = 0;
+                    for j in i..(i + in_flight).min(per_thread) {
+                        let batch = inputs[(t + j) % inputs.len()].clone();
+                        last = shared.append(batch, 0, 0).unwrap().last_offset;
+                    }
+                    shared.wait_durable(last + 1).unwrap();
                 }
             })
         })
@@ -232,19 +256,13 @@ fn main() {
     }
     let elapsed = started.elapsed();
     let total = (per_thread * APPENDERS) as u64;
-    report(
-        &format!("log: {APPENDERS} appenders, durable appends, group commit"),
-        total * batch_bytes,
-        total,
-        elapsed,
-    );
+    let what = format!("log: {APPENDERS} appenders x {in_flight} in flight, group commit");
+    report(&what, total * batch_bytes, total, elapsed);
     println!(
         "{:<58} {:>9} rounds for {total} appends",
         "log: group commit fsync rounds",
         shared.sync_rounds()
     );
-
-    fs::remove_dir_all(&root).unwrap();
 }
 
 /// Recovery after a crash costs the unflushed tail, not the log: reopen without the

@@ -7,10 +7,11 @@
 //! for it and, if not yet covered, one of them starts the next round for all of them. So
 //! under load one fsync serves many appends, and latency stays about one fsync.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 
+use crate::config::LogConfig;
 use crate::error::LogError;
 use crate::log::{AppendInfo, PartitionLog, validate_produced};
 
@@ -27,6 +28,8 @@ struct CommitState {
 /// A partition log shared by threads that append and wait for durability.
 pub struct SharedLog {
     log: Mutex<PartitionLog>,
+    /// The log's settings, readable without taking the log (validation needs them).
+    config: RwLock<LogConfig>,
     state: Mutex<CommitState>,
     flushed: Condvar,
 }
@@ -42,6 +45,7 @@ impl SharedLog {
     pub fn new(log: PartitionLog) -> Self {
         let durable_offset = log.recovery_point();
         SharedLog {
+            config: RwLock::new(log.config().clone()),
             log: Mutex::new(log),
             state: Mutex::new(CommitState {
                 durable_offset,
@@ -56,6 +60,34 @@ impl SharedLog {
         f(&mut lock(&self.log))
     }
 
+    /// Changes the log's settings (a topic config change).
+    pub fn set_config(&self, config: LogConfig) {
+        *self
+            .config
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config.clone();
+        self.with_log(|log| log.set_config(config));
+    }
+
+    /// Appends as leader without waiting for durability, for producers that pipeline:
+    /// validation runs before taking the log, so concurrent appenders overlap it. Follow
+    /// with [`Self::wait_durable`] for the last offset that must be durable.
+    pub fn append(
+        &self,
+        records: Bytes,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let validated = {
+            let config = self
+                .config
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            validate_produced(&config, records)?
+        };
+        self.with_log(|log| log.append_validated(validated, leader_epoch, now_ms))
+    }
+
     /// Appends as leader and returns once the batch is on stable storage.
     pub fn append_durably(
         &self,
@@ -63,10 +95,7 @@ impl SharedLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
-        // Validation is CPU work; do it before taking the log so appenders overlap.
-        let config = self.with_log(|log| log.config().clone());
-        let validated = validate_produced(&config, records)?;
-        let info = self.with_log(|log| log.append_validated(validated, leader_epoch, now_ms))?;
+        let info = self.append(records, leader_epoch, now_ms)?;
         self.wait_durable(info.last_offset + 1)?;
         Ok(info)
     }

@@ -389,6 +389,12 @@ impl PartitionLog {
         &self.config
     }
 
+    /// Changes the settings (a topic config change). Segment and index sizes apply to
+    /// segments created from now on.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
     /// Appends batches [`validate_produced`] already checked (against this log's
     /// settings), so that the CPU work of validation can run without holding the log.
     pub fn append_validated(

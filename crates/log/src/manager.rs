@@ -151,6 +151,13 @@ impl LogManager {
         Ok(true)
     }
 
+    /// Hands over the directory lock and every open log, for an owner that manages the
+    /// logs itself (the broker shares each behind group commit). Dropping the guard
+    /// releases the directory.
+    pub fn into_parts(self) -> (Box<dyn LockGuard>, BTreeMap<TopicPartition, PartitionLog>) {
+        (self._lock, self.logs)
+    }
+
     /// Closes every log cleanly (flush, checkpoint, clean-shutdown marker) and releases the
     /// directory. Every log is closed even if one fails; the first error is returned.
     pub fn close(self) -> Result<(), LogError> {

@@ -1,0 +1,79 @@
+//! ListOffsets (versions 1-10): the earliest (-2), latest (-1), max-timestamp (-3) or
+//! by-timestamp offset of partitions.
+
+use std::sync::Arc;
+
+use spool_protocol::ErrorCode;
+use spool_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use spool_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+
+use crate::state::BrokerState;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+/// read_committed consumers ask for offsets bounded by the last stable offset.
+const READ_COMMITTED: i8 = 1;
+
+pub fn handle(
+    state: &Arc<BrokerState>,
+    request: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let mut response = ListOffsetsPartitionResponse {
+                        partition_index: p.partition_index,
+                        timestamp: -1,
+                        offset: -1,
+                        ..Default::default()
+                    };
+                    let Some(log) = state.partition(&topic.name, p.partition_index) else {
+                        response.error_code = ErrorCode::UnknownTopicOrPartition.code();
+                        return response;
+                    };
+                    let found = log.with_log(|log| match p.timestamp {
+                        EARLIEST => Ok(Some((log.log_start_offset(), -1))),
+                        LATEST if request.isolation_level == READ_COMMITTED => {
+                            Ok(Some((log.last_stable_offset(), -1)))
+                        }
+                        LATEST => Ok(Some((log.high_watermark(), -1))),
+                        MAX_TIMESTAMP => log.max_timestamp_offset(),
+                        timestamp => log.offset_for_timestamp(timestamp).map(|found| {
+                            found.filter(|(offset, _)| *offset < log.high_watermark())
+                        }),
+                    });
+                    match found {
+                        Ok(Some((offset, timestamp))) => {
+                            response.offset = offset;
+                            response.timestamp = timestamp;
+                            if version >= 4 {
+                                response.leader_epoch = 0;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => response.error_code = e.error_code().code(),
+                    }
+                    response
+                })
+                .collect();
+            ListOffsetsTopicResponse {
+                name: topic.name,
+                partitions,
+                ..Default::default()
+            }
+        })
+        .collect();
+    ListOffsetsResponse {
+        topics,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,140 @@
+//! Metadata (versions 0-13): the broker, and the requested topics with their partitions,
+//! auto-creating missing topics when the request and `auto.create.topics.enable` allow.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use spool_protocol::ErrorCode;
+use spool_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use spool_protocol::messages::{MetadataRequest, MetadataResponse};
+
+use crate::metadata::{METADATA_TOPIC, TopicMeta};
+use crate::state::BrokerState;
+
+/// Kafka's topic name rules: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+fn topic_response(topic: &TopicMeta, version: i16) -> MetadataResponseTopic {
+    MetadataResponseTopic {
+        error_code: ErrorCode::None.code(),
+        name: Some(topic.name.clone()),
+        topic_id: if version >= 10 {
+            topic.id
+        } else {
+            Default::default()
+        },
+        is_internal: topic.name.starts_with("__"),
+        partitions: topic
+            .partitions
+            .iter()
+            .map(|p| MetadataResponsePartition {
+                error_code: ErrorCode::None.code(),
+                partition_index: p.index,
+                leader_id: p.leader,
+                leader_epoch: if version >= 7 { p.leader_epoch } else { -1 },
+                replica_nodes: p.replicas.clone(),
+                isr_nodes: p.isr.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn error_topic(name: String, error: ErrorCode) -> MetadataResponseTopic {
+    MetadataResponseTopic {
+        error_code: error.code(),
+        name: Some(name),
+        ..Default::default()
+    }
+}
+
+pub async fn handle(
+    state: &Arc<BrokerState>,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    let requested: Option<Vec<String>> = request
+        .topics
+        .map(|topics| topics.into_iter().filter_map(|t| t.name).collect());
+    // Versions before 4 always auto-create; later ones ask.
+    let allow_auto_create = state.config.auto_create_topics_enable
+        && (version < 4 || request.allow_auto_topic_creation);
+    if let (Some(names), true) = (&requested, allow_auto_create) {
+        let missing: Vec<String> = state.with_image(|image| {
+            names
+                .iter()
+                .filter(|n| {
+                    valid_topic_name(n)
+                        && !n.starts_with(METADATA_TOPIC)
+                        && image.topic(n).is_none()
+                })
+                .cloned()
+                .collect()
+        });
+        for name in missing {
+            let state = Arc::clone(state);
+            let partitions = state.config.num_partitions;
+            let created = tokio::task::spawn_blocking(move || {
+                state.create_topic(&name, partitions, &BTreeMap::new())
+            })
+            .await;
+            if !matches!(created, Ok(Ok(()))) {
+                tracing::warn!("auto-creating a topic failed: {created:?}");
+            }
+        }
+    }
+    let topics = state.with_image(|image| match &requested {
+        None => image
+            .topics()
+            .filter(|t| !t.name.starts_with(METADATA_TOPIC))
+            .map(|t| topic_response(t, version))
+            .collect(),
+        Some(names) => names
+            .iter()
+            .map(|name| match image.topic(name) {
+                Some(topic) if !name.starts_with(METADATA_TOPIC) => topic_response(topic, version),
+                _ if !valid_topic_name(name) => {
+                    error_topic(name.clone(), ErrorCode::InvalidTopicException)
+                }
+                _ => error_topic(name.clone(), ErrorCode::UnknownTopicOrPartition),
+            })
+            .collect(),
+    });
+    MetadataResponse {
+        brokers: vec![MetadataResponseBroker {
+            node_id: state.config.node_id,
+            host: state.advertised_host.clone(),
+            port: state.advertised_port,
+            ..Default::default()
+        }],
+        cluster_id: Some(state.config.cluster_id.clone()),
+        controller_id: state.config.node_id,
+        topics,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_topic_name;
+
+    #[test]
+    fn topic_names_follow_kafkas_rules() {
+        assert!(valid_topic_name("orders.v2_eu-west"));
+        assert!(!valid_topic_name(""));
+        assert!(!valid_topic_name(".."));
+        assert!(!valid_topic_name("with space"));
+        assert!(!valid_topic_name(&"x".repeat(250)));
+    }
+}

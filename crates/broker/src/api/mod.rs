@@ -1,0 +1,73 @@
+//! One module per Kafka API, each with the same shape: `handle(state, request, version)`.
+//! Only the APIs listed in [`IMPLEMENTED`] are advertised by ApiVersions; a request for
+//! any other API closes the connection, as Kafka does for APIs it does not serve.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use spool_protocol::frame::encode_response;
+use spool_protocol::header::RequestHeader;
+use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody};
+
+use crate::state::BrokerState;
+
+pub mod api_versions;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+/// The APIs this broker serves (and advertises).
+pub const IMPLEMENTED: &[ApiKey] = &[
+    ApiKey::Produce,
+    ApiKey::Fetch,
+    ApiKey::ListOffsets,
+    ApiKey::Metadata,
+    ApiKey::ApiVersions,
+];
+
+/// What to do after a request.
+pub enum Outcome {
+    Respond(Bytes),
+    /// acks=0 produce: no response is sent.
+    Silent,
+    /// A request this broker does not serve: close the connection.
+    Close,
+}
+
+pub async fn handle(state: &Arc<BrokerState>, header: RequestHeader, body: RequestBody) -> Outcome {
+    let version = header.request_api_version;
+    let response = match body {
+        RequestBody::ApiVersions(request) => {
+            ResponseBody::ApiVersions(api_versions::handle(&request, version))
+        }
+        RequestBody::Metadata(request) => {
+            ResponseBody::Metadata(metadata::handle(state, request, version).await)
+        }
+        RequestBody::Produce(request) => match produce::handle(state, request, version).await {
+            Some(response) => ResponseBody::Produce(response),
+            None => return Outcome::Silent,
+        },
+        RequestBody::Fetch(request) => {
+            ResponseBody::Fetch(fetch::handle(state, request, version).await)
+        }
+        RequestBody::ListOffsets(request) => {
+            ResponseBody::ListOffsets(list_offsets::handle(state, request, version))
+        }
+        other => {
+            tracing::debug!(
+                api = other.api_key().name(),
+                "request for an API this broker does not serve"
+            );
+            return Outcome::Close;
+        }
+    };
+    match encode_response(header.correlation_id, version, &response) {
+        Ok(bytes) => Outcome::Respond(bytes),
+        Err(e) => {
+            // A handler built a response its version cannot carry: a bug, not the client's.
+            tracing::error!(api = response.api_key().name(), version, error = %e, "response does not encode");
+            Outcome::Close
+        }
+    }
+}

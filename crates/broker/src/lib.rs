@@ -1,0 +1,15 @@
+//! Spool's broker: it serves the Kafka protocol over TCP on top of the partition logs.
+//!
+//! [`state::BrokerState`] holds the settings, the metadata store (topics as a log of
+//! metadata records) and the partition logs; [`server::serve`] runs the listener, one task
+//! per connection; [`api`] has one module per Kafka API. The binary (`spool server`) wires
+//! them to the command line.
+
+pub mod api;
+pub mod config;
+pub mod metadata;
+pub mod server;
+pub mod state;
+
+pub use config::{BrokerConfig, ConfigError};
+pub use state::{BrokerError, BrokerState};

@@ -1,0 +1,153 @@
+//! The network side: one task per connection, pipelined requests, responses in request
+//! order.
+//!
+//! A connection's reader cuts frames (refusing one over `socket.request.max.bytes` from its
+//! size prefix, before reading its body), decodes each request and spawns its handler. The
+//! handler's answer goes through a one-shot channel into a queue the writer drains in order,
+//! so slow requests (a long-polling fetch, an acks=all produce) never reorder responses.
+//! The queue's bound is the connection's in-flight limit: when it is full the reader stops
+//! reading. A connection idle for `connections.max.idle.ms` is closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use spool_protocol::DecodeError;
+use spool_protocol::frame::{FrameDecoder, decode_request, encode_response};
+use spool_protocol::messages::{ApiKey, ResponseBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::api::{self, Outcome};
+use crate::state::BrokerState;
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(
+    state: Arc<BrokerState>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let state = Arc::clone(&state);
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(state, stream, shutdown).await {
+                            tracing::debug!(%peer, error = %e, "connection closed");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("bad frame: {0}")]
+    Frame(#[from] DecodeError),
+    #[error("idle for longer than connections.max.idle.ms")]
+    Idle,
+    #[error("undecodable or unserved request")]
+    BadRequest,
+}
+
+async fn connection(
+    state: Arc<BrokerState>,
+    stream: TcpStream,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ConnectionError> {
+    stream.set_nodelay(true)?;
+    let (mut reader, mut writer) = stream.into_split();
+    let (queue, mut answers) = mpsc::channel::<oneshot::Receiver<Outcome>>(
+        state.config.queued_max_requests_per_connection.max(1),
+    );
+    let writer_task = tokio::spawn(async move {
+        while let Some(answer) = answers.recv().await {
+            match answer.await {
+                Ok(Outcome::Respond(bytes)) => writer.write_all(&bytes).await?,
+                Ok(Outcome::Silent) => {}
+                Ok(Outcome::Close) | Err(_) => break,
+            }
+        }
+        writer.shutdown().await
+    });
+
+    let decoder = FrameDecoder::new(state.config.socket_request_max_bytes);
+    let idle = Duration::from_millis(state.config.connections_max_idle_ms);
+    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    let result = loop {
+        let frame = match next_frame(&decoder, &mut buffer, &mut reader, idle, &mut shutdown).await
+        {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        let (answer_tx, answer_rx) = oneshot::channel();
+        if queue.send(answer_rx).await.is_err() {
+            break Ok(());
+        }
+        match decode_request(frame) {
+            Ok((header, body)) => {
+                let state = Arc::clone(&state);
+                tokio::spawn(async move {
+                    let _ = answer_tx.send(api::handle(&state, header, body).await);
+                });
+            }
+            Err(failed) => {
+                // An ApiVersions request of a version we do not know still gets an answer
+                // (KIP-511); anything else undecodable closes the connection, as in Kafka.
+                let answer = match failed.header {
+                    Some(header) if header.api_key() == Some(ApiKey::ApiVersions) => {
+                        let body = ResponseBody::ApiVersions(
+                            api::api_versions::unsupported_version_response(),
+                        );
+                        encode_response(header.correlation_id, 0, &body)
+                            .map_or(Outcome::Close, Outcome::Respond)
+                    }
+                    _ => Outcome::Close,
+                };
+                let close = matches!(answer, Outcome::Close);
+                let _ = answer_tx.send(answer);
+                if close {
+                    tracing::debug!(error = %failed.error, "undecodable request");
+                    break Err(ConnectionError::BadRequest);
+                }
+            }
+        }
+    };
+    drop(queue);
+    let _ = writer_task.await;
+    result
+}
+
+/// Reads until a whole frame is buffered. `None` when the peer closed or shutdown began.
+async fn next_frame(
+    decoder: &FrameDecoder,
+    buffer: &mut BytesMut,
+    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    idle: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Bytes>, ConnectionError> {
+    loop {
+        if let Some(frame) = decoder.decode(buffer)? {
+            return Ok(Some(frame));
+        }
+        tokio::select! {
+            read = tokio::time::timeout(idle, reader.read_buf(buffer)) => match read {
+                Err(_) => return Err(ConnectionError::Idle),
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            },
+            _ = shutdown.changed() => return Ok(None),
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! What every request handler shares: settings, the metadata store, and the partition
+//! logs this broker leads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use spool_log::storage::LockGuard;
+use spool_log::{
+    DiskStorage, LogConfig, LogError, LogManager, PartitionLog, SharedLog, Storage, TopicPartition,
+};
+use spool_protocol::record_batch::TimestampType;
+use thiserror::Error;
+use tokio::sync::Notify;
+
+use crate::config::BrokerConfig;
+use crate::metadata::{
+    METADATA_TOPIC, MetadataError, MetadataImage, MetadataStore, create_topic_records,
+};
+
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error("invalid topic config `{key}={value}`")]
+    InvalidConfig { key: String, value: String },
+}
+
+pub struct BrokerState {
+    pub config: BrokerConfig,
+    /// The address clients are told to use.
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    storage: Arc<dyn Storage>,
+    metadata: Mutex<MetadataStore>,
+    partitions: RwLock<HashMap<TopicPartition, Arc<SharedLog>>>,
+    /// Woken whenever records are appended, for fetches waiting on `min_bytes`.
+    pub appended: Notify,
+    _lock: Box<dyn LockGuard>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The broker's clock; only the edge reads it.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A partition log's settings: the broker's `log.*` defaults overridden by the topic's
+/// configs (Kafka's topic-level names).
+pub fn topic_log_config(
+    defaults: &LogConfig,
+    configs: &BTreeMap<String, String>,
+) -> Result<LogConfig, BrokerError> {
+    let mut config = defaults.clone();
+    for (key, value) in configs {
+        let invalid = || BrokerError::InvalidConfig {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        let number = || value.trim().parse::<i64>().map_err(|_| invalid());
+        match key.as_str() {
+            "retention.ms" => config.retention_ms = number()?,
+            "retention.bytes" => config.retention_bytes = number()?,
+            "segment.bytes" => {
+                config.segment_bytes = u64::try_from(number()?).map_err(|_| invalid())?
+            }
+            "segment.ms" => config.segment_ms = number()?,
+            "max.message.bytes" => {
+                config.max_message_bytes = u64::try_from(number()?).map_err(|_| invalid())?
+            }
+            "flush.messages" => config.flush_messages = number()?,
+            "flush.ms" => config.flush_ms = number()?,
+            "min.compaction.lag.ms" => config.min_compaction_lag_ms = number()?,
+            "max.compaction.lag.ms" => config.max_compaction_lag_ms = number()?,
+            "delete.retention.ms" => config.delete_retention_ms = number()?,
+            "cleanup.policy" => {
+                let policies: Vec<&str> = value.split(',').map(str::trim).collect();
+                if policies.iter().any(|p| *p != "delete" && *p != "compact") {
+                    return Err(invalid());
+                }
+                config.cleanup_delete = policies.contains(&"delete");
+                config.cleanup_compact = policies.contains(&"compact");
+            }
+            "message.timestamp.type" => {
+                config.message_timestamp_type = match value.as_str() {
+                    "CreateTime" => TimestampType::CreateTime,
+                    "LogAppendTime" => TimestampType::LogAppendTime,
+                    _ => return Err(invalid()),
+                }
+            }
+            // Settings the broker accepts and keeps but does not act on yet.
+            _ => {}
+        }
+    }
+    Ok(config)
+}
+
+impl BrokerState {
+    /// Opens the data directory (locked), replays the metadata log and opens every
+    /// partition log of every known topic.
+    pub fn open(
+        config: BrokerConfig,
+        advertised_host: String,
+        advertised_port: i32,
+    ) -> Result<Arc<BrokerState>, BrokerError> {
+        let storage: Arc<dyn Storage> = Arc::new(DiskStorage);
+        let now = now_ms();
+        let defaults = config.log.clone();
+        let (manager, _) = LogManager::open(
+            Arc::clone(&storage),
+            &config.data_dir,
+            |_| defaults.clone(),
+            now,
+        )?;
+        let (guard, mut logs) = manager.into_parts();
+        let metadata_tp = TopicPartition::new(METADATA_TOPIC, 0);
+        let metadata_log = match logs.remove(&metadata_tp) {
+            Some(log) => log,
+            None => open_log(
+                &storage,
+                &config.data_dir,
+                &metadata_tp,
+                LogConfig::default(),
+                now,
+            )?,
+        };
+        let metadata = MetadataStore::replay(metadata_log)?;
+        let mut partitions = HashMap::new();
+        for topic in metadata.image().topics() {
+            let log_config = topic_log_config(&config.log, &topic.configs)?;
+            for partition in &topic.partitions {
+                let tp = TopicPartition::new(topic.name.clone(), partition.index);
+                let mut log = match logs.remove(&tp) {
+                    Some(log) => log,
+                    None => open_log(&storage, &config.data_dir, &tp, log_config.clone(), now)?,
+                };
+                log.set_config(log_config.clone());
+                // One replica: everything appended is replicated to the whole ISR.
+                let end = log.log_end_offset();
+                log.advance_high_watermark(end);
+                partitions.insert(tp, Arc::new(SharedLog::new(log)));
+            }
+        }
+        Ok(Arc::new(BrokerState {
+            config,
+            advertised_host,
+            advertised_port,
+            storage,
+            metadata: Mutex::new(metadata),
+            partitions: RwLock::new(partitions),
+            appended: Notify::new(),
+            _lock: guard,
+        }))
+    }
+
+    /// Runs `f` on the current metadata image.
+    pub fn with_image<R>(&self, f: impl FnOnce(&MetadataImage) -> R) -> R {
+        f(lock(&self.metadata).image())
+    }
+
+    pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<SharedLog>> {
+        let partitions = self
+            .partitions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        partitions.get(&TopicPartition::new(topic, index)).cloned()
+    }
+
+    /// Creates a topic: records it durably in the metadata log, then creates its partition
+    /// logs. Blocking (it fsyncs): call from a blocking context.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        let log_config = topic_log_config(&self.config.log, configs)?;
+        let now = now_ms();
+        let mut metadata = lock(&self.metadata);
+        if metadata.image().topic(name).is_some() {
+            return Ok(());
+        }
+        metadata.commit(
+            &create_topic_records(name, partitions, self.config.node_id, configs),
+            now,
+        )?;
+        drop(metadata);
+        for index in 0..partitions {
+            let tp = TopicPartition::new(name, index);
+            let log = open_log(
+                &self.storage,
+                &self.config.data_dir,
+                &tp,
+                log_config.clone(),
+                now,
+            )?;
+            self.partitions
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(tp, Arc::new(SharedLog::new(log)));
+        }
+        Ok(())
+    }
+
+    /// Closes every log cleanly so the next start skips recovery.
+    pub fn close(self: Arc<Self>) -> Result<(), BrokerError> {
+        let Some(state) = Arc::into_inner(self) else {
+            return Ok(());
+        };
+        let partitions = state
+            .partitions
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (_, shared) in partitions {
+            if let Some(shared) = Arc::into_inner(shared) {
+                shared.into_inner().close()?;
+            }
+        }
+        state
+            .metadata
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .close()?;
+        Ok(())
+    }
+}
+
+fn open_log(
+    storage: &Arc<dyn Storage>,
+    data_dir: &Path,
+    tp: &TopicPartition,
+    config: LogConfig,
+    now: i64,
+) -> Result<PartitionLog, BrokerError> {
+    let (log, _) = PartitionLog::open(
+        Arc::clone(storage),
+        &data_dir.join(tp.dir_name()),
+        config,
+        now,
+    )?;
+    // The partition's folder itself must survive a crash.
+    storage.sync_dir(data_dir).map_err(LogError::from)?;
+    Ok(log)
+}

@@ -1,0 +1,208 @@
+//! `spool`: the Spool binary. `spool server` runs a broker with embedded defaults; more
+//! subcommands (topics, produce, consume, bench) follow.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use spool_broker::{BrokerConfig, BrokerState};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "spool",
+    version,
+    about = "Spool: a Kafka-compatible event-streaming platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a single-node broker (Kafka protocol on 127.0.0.1:9092, data in ./spool-data).
+    Server(ServerArgs),
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// A TOML file of settings by their Kafka names (`"num.partitions" = 6`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where partition logs and metadata live (`log.dirs`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The Kafka listener, HOST:PORT; port 0 picks a free port (`listeners`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// The admin API listener (metrics, health); accepted now, served by a later release.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Any broker setting by its Kafka name, e.g. `--set num.partitions=6`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
+}
+
+/// Settings from a TOML file: nested tables and dotted keys both become Kafka's dotted names.
+fn file_settings(path: &PathBuf) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
+        for (key, value) in table {
+            let name = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                toml::Value::Table(inner) => flatten(&name, inner, out),
+                toml::Value::String(s) => out.push((name, s.clone())),
+                other => out.push((name, other.to_string())),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    flatten("", &table, &mut out);
+    Ok(out)
+}
+
+/// `SPOOL_NUM_PARTITIONS=6` sets `num.partitions`.
+fn env_settings() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter_map(|(key, value)| {
+            key.strip_prefix("SPOOL_")
+                .map(|k| (k.to_ascii_lowercase().replace('_', "."), value))
+        })
+        .filter(|(key, _)| key != "brokers")
+        .collect()
+}
+
+fn build_config(args: &ServerArgs) -> Result<BrokerConfig, String> {
+    let mut config = BrokerConfig::default();
+    let mut settings = Vec::new();
+    if let Some(path) = &args.config {
+        settings.extend(file_settings(path)?);
+    }
+    settings.extend(env_settings());
+    for setting in &args.settings {
+        let (key, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("--set {setting}: expected KEY=VALUE"))?;
+        settings.push((key.trim().to_string(), value.to_string()));
+    }
+    if let Some(dir) = &args.data_dir {
+        settings.push(("log.dirs".into(), dir.display().to_string()));
+    }
+    if let Some(listen) = &args.listen {
+        settings.push(("listeners".into(), listen.clone()));
+    }
+    for (key, value) in settings {
+        config.set(&key, &value).map_err(|e| e.to_string())?;
+    }
+    Ok(config)
+}
+
+async fn run_server(args: ServerArgs) -> Result<(), String> {
+    let config = build_config(&args)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let advertised_host = config.advertised_host.clone().unwrap_or_else(|| {
+        if bound.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            bound.ip().to_string()
+        }
+    });
+    let advertised_port = i32::from(config.advertised_port.unwrap_or(bound.port()));
+    let data_dir = config.data_dir.clone();
+    let state = tokio::task::spawn_blocking(move || {
+        BrokerState::open(config, advertised_host, advertised_port)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("cannot open {}: {e}", data_dir.display()))?;
+    println!("spool: Kafka listener on {bound}");
+    println!("spool: data in {}", data_dir.display());
+    if let Some(admin) = args.admin_listen {
+        println!("spool: admin API on {admin} is not available in this version");
+    }
+
+    let (stop, stopped) = watch::channel(false);
+    let server = tokio::spawn(spool_broker::server::serve(
+        Arc::clone(&state),
+        listener,
+        stopped,
+    ));
+    wait_for_signal().await;
+    println!("spool: shutting down");
+    let _ = stop.send(true);
+    let _ = server.await;
+    // Connections finish their in-flight requests and drop their hold on the state.
+    for _ in 0..1000 {
+        if Arc::strong_count(&state) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::task::spawn_blocking(move || state.close())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    println!("spool: stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPOOL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("spool: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Server(args) => runtime.block_on(run_server(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spool: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

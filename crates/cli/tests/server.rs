@@ -1,0 +1,436 @@
+//! The real `spool server` binary, driven over TCP with requests built by spool-protocol:
+//! the Kafka APIs it serves, hostile frames, and a graceful restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed expectation is a failed test
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use spool_protocol::ErrorCode;
+use spool_protocol::compression::Compression;
+use spool_protocol::frame::{decode_response, encode_request};
+use spool_protocol::header::RequestHeader;
+use spool_protocol::messages::*;
+use spool_protocol::record_batch::{RecordBatchBuilder, RecordBatches};
+
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spool starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let address = loop {
+            assert!(
+                Instant::now() < deadline,
+                "spool did not report its listener"
+            );
+            let line = lines.next().expect("a line").expect("utf-8");
+            if let Some(address) = line.strip_prefix("spool: Kafka listener on ") {
+                break address.to_string();
+            }
+        };
+        // Keep draining stdout so the broker never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, address }
+    }
+
+    fn connect(&self) -> Client {
+        let stream = TcpStream::connect(&self.address).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Client {
+            stream,
+            correlation_id: 0,
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "spool exited with {exit}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    correlation_id: i32,
+}
+
+impl Client {
+    fn send(&mut self, body: RequestBody, version: i16) -> i32 {
+        self.correlation_id += 1;
+        let header = RequestHeader {
+            request_api_key: body.api_key() as i16,
+            request_api_version: version,
+            correlation_id: self.correlation_id,
+            client_id: Some("spool-test".into()),
+            unknown_tagged_fields: Vec::new(),
+        };
+        self.stream
+            .write_all(&encode_request(&header, &body).unwrap())
+            .unwrap();
+        self.correlation_id
+    }
+
+    fn receive(&mut self, api_key: ApiKey, version: i16, correlation_id: i32) -> ResponseBody {
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).unwrap();
+        let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut frame).unwrap();
+        let (header, body) = decode_response(api_key, version, Bytes::from(frame)).unwrap();
+        assert_eq!(
+            header.correlation_id, correlation_id,
+            "responses come back in request order"
+        );
+        body
+    }
+
+    fn call(&mut self, body: RequestBody, version: i16) -> ResponseBody {
+        let api_key = body.api_key();
+        let id = self.send(body, version);
+        self.receive(api_key, version, id)
+    }
+
+    /// Whether the broker has closed the connection.
+    fn closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("spool-server-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn batch(first: usize, count: usize) -> Bytes {
+    let mut builder = RecordBatchBuilder::new(Compression::Lz4);
+    for i in first..first + count {
+        builder
+            .append(
+                1_700_000_000_000 + i as i64,
+                Some(format!("key-{i}").as_bytes()),
+                Some(format!("value-{i}").as_bytes()),
+                &[],
+            )
+            .unwrap();
+    }
+    builder.build().unwrap()
+}
+
+fn metadata(client: &mut Client, topic: &str) -> MetadataResponse {
+    let request = MetadataRequest {
+        topics: Some(vec![metadata_request::MetadataRequestTopic {
+            name: Some(topic.into()),
+            ..Default::default()
+        }]),
+        allow_auto_topic_creation: true,
+        ..Default::default()
+    };
+    match client.call(RequestBody::Metadata(request), 12) {
+        ResponseBody::Metadata(response) => response,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn produce(
+    client: &mut Client,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+    acks: i16,
+) -> produce_response::PartitionProduceResponse {
+    let request = ProduceRequest {
+        acks,
+        timeout_ms: 30_000,
+        topic_data: vec![produce_request::TopicProduceData {
+            name: topic.into(),
+            partition_data: vec![produce_request::PartitionProduceData {
+                index: partition,
+                records: Some(records),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    match client.call(RequestBody::Produce(request), 9) {
+        ResponseBody::Produce(mut response) => {
+            response.responses.remove(0).partition_responses.remove(0)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn fetch(
+    client: &mut Client,
+    topic: &str,
+    offset: i64,
+    max_wait_ms: i32,
+) -> fetch_response::PartitionData {
+    let request = FetchRequest {
+        replica_id: -1,
+        max_wait_ms,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        session_epoch: -1,
+        topics: vec![fetch_request::FetchTopic {
+            topic: topic.into(),
+            partitions: vec![fetch_request::FetchPartition {
+                partition: 0,
+                fetch_offset: offset,
+                partition_max_bytes: 1 << 20,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    match client.call(RequestBody::Fetch(request), 12) {
+        ResponseBody::Fetch(mut response) => response.responses.remove(0).partitions.remove(0),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn offsets_in(records: Option<Bytes>) -> Vec<i64> {
+    RecordBatches::new(records.unwrap_or_default())
+        .flat_map(|b| {
+            b.unwrap()
+                .records(1 << 20)
+                .unwrap()
+                .map(|r| r.unwrap().offset)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn produce_fetch_and_list_offsets_through_the_real_binary_survive_a_restart() {
+    let dir = temp_dir("roundtrip");
+    let server = Server::start(&dir, &["--set", "num.partitions=3"]);
+    let mut client = server.connect();
+
+    // ApiVersions advertises what is served, Produce from version 0.
+    let ResponseBody::ApiVersions(versions) =
+        client.call(RequestBody::ApiVersions(ApiVersionsRequest::default()), 3)
+    else {
+        panic!()
+    };
+    let produce_range = versions
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::Produce as i16)
+        .expect("Produce advertised");
+    assert_eq!(produce_range.min_version, 0);
+    assert!(
+        versions
+            .api_keys
+            .iter()
+            .all(|k| k.api_key != ApiKey::JoinGroup as i16),
+        "only served APIs are advertised"
+    );
+
+    // Metadata auto-creates the topic with num.partitions partitions.
+    let response = metadata(&mut client, "orders");
+    assert_eq!(response.topics[0].error_code, ErrorCode::None.code());
+    assert_eq!(response.topics[0].partitions.len(), 3);
+    assert_ne!(response.topics[0].topic_id, spool_protocol::Uuid::ZERO);
+
+    let first = produce(&mut client, "orders", 0, batch(0, 10), -1);
+    assert_eq!((first.error_code, first.base_offset), (0, 0));
+    let second = produce(&mut client, "orders", 0, batch(10, 5), 1);
+    assert_eq!((second.error_code, second.base_offset), (0, 10));
+    let unknown = produce(&mut client, "orders", 7, batch(0, 1), 1);
+    assert_eq!(
+        unknown.error_code,
+        ErrorCode::UnknownTopicOrPartition.code()
+    );
+
+    let data = fetch(&mut client, "orders", 0, 100);
+    assert_eq!(data.high_watermark, 15);
+    assert_eq!(offsets_in(data.records), (0..15).collect::<Vec<_>>());
+    let out_of_range = fetch(&mut client, "orders", 99, 100);
+    assert_eq!(out_of_range.error_code, ErrorCode::OffsetOutOfRange.code());
+
+    let request = ListOffsetsRequest {
+        replica_id: -1,
+        topics: vec![list_offsets_request::ListOffsetsTopic {
+            name: "orders".into(),
+            partitions: vec![list_offsets_request::ListOffsetsPartition {
+                partition_index: 0,
+                timestamp: -1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let ResponseBody::ListOffsets(offsets) =
+        client.call(RequestBody::ListOffsets(request.clone()), 7)
+    else {
+        panic!()
+    };
+    assert_eq!(offsets.topics[0].partitions[0].offset, 15);
+
+    server.stop();
+    let server = Server::start(&dir, &[]);
+    let mut client = server.connect();
+    let ResponseBody::ListOffsets(offsets) = client.call(RequestBody::ListOffsets(request), 7)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        offsets.topics[0].partitions[0].offset, 15,
+        "every record survived the restart"
+    );
+    assert_eq!(
+        offsets_in(fetch(&mut client, "orders", 12, 100).records),
+        vec![10, 11, 12, 13, 14]
+    );
+    assert_eq!(
+        metadata(&mut client, "orders").topics[0].partitions.len(),
+        3,
+        "topics survived too"
+    );
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_long_poll_fetch_returns_when_data_arrives_and_pipelined_responses_keep_their_order() {
+    let dir = temp_dir("longpoll");
+    let server = Server::start(&dir, &[]);
+    let mut consumer = server.connect();
+    metadata(&mut consumer, "events");
+    // Two pipelined requests: a fetch that must wait, then a metadata request. The
+    // metadata answer may only come after the fetch's.
+    let fetch_request = FetchRequest {
+        replica_id: -1,
+        max_wait_ms: 10_000,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        session_epoch: -1,
+        topics: vec![fetch_request::FetchTopic {
+            topic: "events".into(),
+            partitions: vec![fetch_request::FetchPartition {
+                partition: 0,
+                fetch_offset: 0,
+                partition_max_bytes: 1 << 20,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let fetch_id = consumer.send(RequestBody::Fetch(fetch_request), 12);
+    let metadata_id = consumer.send(
+        RequestBody::Metadata(MetadataRequest {
+            topics: None,
+            ..Default::default()
+        }),
+        12,
+    );
+    let started = Instant::now();
+    let mut producer = server.connect();
+    produce(&mut producer, "events", 0, batch(0, 3), 1);
+    let ResponseBody::Fetch(fetched) = consumer.receive(ApiKey::Fetch, 12, fetch_id) else {
+        panic!()
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "the fetch returned when data arrived, not at max_wait_ms"
+    );
+    assert_eq!(
+        offsets_in(fetched.responses[0].partitions[0].records.clone()),
+        vec![0, 1, 2]
+    );
+    let ResponseBody::Metadata(_) = consumer.receive(ApiKey::Metadata, 12, metadata_id) else {
+        panic!()
+    };
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn hostile_frames_close_only_their_own_connection() {
+    let dir = temp_dir("hostile");
+    let server = Server::start(&dir, &[]);
+    let mut good = server.connect();
+    metadata(&mut good, "steady");
+    let hostile: [&[u8]; 4] = [
+        // A frame claiming 2 GiB: refused from its size prefix.
+        &[0x7f, 0xff, 0xff, 0xff],
+        // Metadata v4 whose topic count claims two billion entries.
+        &[
+            0, 0, 0, 14, 0, 3, 0, 4, 0, 0, 0, 1, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff,
+        ],
+        // An unknown API key.
+        &[0, 0, 0, 10, 0x7f, 0x00, 0, 0, 0, 0, 0, 1, 0xff, 0xff],
+        // Garbage.
+        &[0, 0, 0, 6, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02],
+    ];
+    for (i, bytes) in hostile.iter().enumerate() {
+        let mut bad = server.connect();
+        bad.stream.write_all(bytes).unwrap();
+        assert!(bad.closed(), "hostile frame {i} closes its connection");
+        // The well-behaved client carries on.
+        let response = produce(&mut good, "steady", 0, batch(i * 2, 2), -1);
+        assert_eq!(
+            (response.error_code, response.base_offset),
+            (0, i as i64 * 2)
+        );
+    }
+    // An ApiVersions request of a version from the future gets version 0 and the ranges.
+    let mut future = server.connect();
+    let mut frame = BytesMut::new();
+    RequestHeader {
+        request_api_key: ApiKey::ApiVersions as i16,
+        request_api_version: 99,
+        correlation_id: 5,
+        client_id: None,
+        unknown_tagged_fields: vec![],
+    }
+    .encode(&mut frame)
+    .unwrap();
+    frame.extend_from_slice(&[0, 0]);
+    let mut framed = (frame.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&frame);
+    future.stream.write_all(&framed).unwrap();
+    let ResponseBody::ApiVersions(response) = future.receive(ApiKey::ApiVersions, 0, 5) else {
+        panic!()
+    };
+    assert_eq!(response.error_code, ErrorCode::UnsupportedVersion.code());
+    assert!(!response.api_keys.is_empty());
+    let _ = future.stream.shutdown(Shutdown::Both);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,5 +1,5 @@
 //! The network side: one task per connection, pipelined requests, responses in request
-//! order.
+//! order, and produce appends in request order.
 //!
 //! A connection's reader cuts frames (refusing one over `socket.request.max.bytes` from its
 //! size prefix, before reading its body), decodes each request and spawns its handler. The
@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use spool_protocol::DecodeError;
 use spool_protocol::frame::{FrameDecoder, decode_request, encode_response};
-use spool_protocol::messages::{ApiKey, ResponseBody};
+use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -95,6 +95,16 @@ async fn connection(
             break Ok(());
         }
         match decode_request(frame) {
+            Ok((header, RequestBody::Produce(request))) => {
+                // Appends happen here, one request at a time, so pipelined produce requests
+                // reach the log in the order they were sent; waiting for durability and
+                // answering run alongside later requests.
+                let appended =
+                    api::produce::append(&state, request, header.request_api_version).await;
+                tokio::spawn(async move {
+                    let _ = answer_tx.send(api::finish_produce(header, appended).await);
+                });
+            }
             Ok((header, body)) => {
                 let state = Arc::clone(&state);
                 tokio::spawn(async move {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use spool_broker::{BrokerConfig, BrokerState};
+use spool_broker::{BrokerConfig, BrokerState, ConfigError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -90,7 +90,14 @@ fn build_config(args: &ServerArgs) -> Result<BrokerConfig, String> {
     if let Some(path) = &args.config {
         settings.extend(file_settings(path)?);
     }
-    settings.extend(env_settings());
+    // The environment is shared with other tools (SPOOL_LOG, SPOOL_BROKERS, …): a SPOOL_*
+    // name that is not a setting is not ours to refuse. Files and flags stay strict.
+    for (key, value) in env_settings() {
+        match config.set(&key, &value) {
+            Ok(()) | Err(ConfigError::Unknown(_)) => {}
+            Err(e) => return Err(format!("{e} (from the environment)")),
+        }
+    }
     for setting in &args.settings {
         let (key, value) = setting
             .split_once('=')
@@ -107,6 +114,15 @@ fn build_config(args: &ServerArgs) -> Result<BrokerConfig, String> {
         config.set(&key, &value).map_err(|e| e.to_string())?;
     }
     Ok(config)
+}
+
+/// Prints a status line. A closed stdout must not stop a broker, so errors are ignored.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(line);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
 }
 
 async fn run_server(args: ServerArgs) -> Result<(), String> {
@@ -130,10 +146,12 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("cannot open {}: {e}", data_dir.display()))?;
-    println!("spool: Kafka listener on {bound}");
-    println!("spool: data in {}", data_dir.display());
+    say(format_args!("spool: Kafka listener on {bound}"));
+    say(format_args!("spool: data in {}", data_dir.display()));
     if let Some(admin) = args.admin_listen {
-        println!("spool: admin API on {admin} is not available in this version");
+        say(format_args!(
+            "spool: admin API on {admin} is not available in this version"
+        ));
     }
 
     let (stop, stopped) = watch::channel(false);
@@ -143,7 +161,7 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
         stopped,
     ));
     wait_for_signal().await;
-    println!("spool: shutting down");
+    say(format_args!("spool: shutting down"));
     let _ = stop.send(true);
     let _ = server.await;
     // Connections finish their in-flight requests and drop their hold on the state.
@@ -157,7 +175,7 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    println!("spool: stopped cleanly");
+    say(format_args!("spool: stopped cleanly"));
     Ok(())
 }
 

@@ -434,3 +434,63 @@ fn hostile_frames_close_only_their_own_connection() {
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn pipelined_produce_requests_are_appended_in_the_order_they_were_sent() {
+    let dir = temp_dir("ordering");
+    let server = Server::start(&dir, &[]);
+    let mut client = server.connect();
+    metadata(&mut client, "ordered");
+    for acks in [1i16, -1] {
+        let base = if acks == 1 { 0 } else { 50 };
+        // Fifty requests sent back to back before any answer is read.
+        let ids: Vec<i32> = (0..50)
+            .map(|i| {
+                let request = ProduceRequest {
+                    acks,
+                    timeout_ms: 30_000,
+                    topic_data: vec![produce_request::TopicProduceData {
+                        name: "ordered".into(),
+                        partition_data: vec![produce_request::PartitionProduceData {
+                            index: 0,
+                            records: Some(batch(base + i, 1)),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                client.send(RequestBody::Produce(request), 9)
+            })
+            .collect();
+        for (i, id) in ids.into_iter().enumerate() {
+            let ResponseBody::Produce(response) = client.receive(ApiKey::Produce, 9, id) else {
+                panic!()
+            };
+            assert_eq!(
+                response.responses[0].partition_responses[0].base_offset,
+                (base + i) as i64,
+                "acks={acks}"
+            );
+        }
+    }
+    let keys: Vec<String> = RecordBatches::new(
+        fetch(&mut client, "ordered", 0, 100)
+            .records
+            .unwrap_or_default(),
+    )
+    .flat_map(|b| {
+        b.unwrap()
+            .records(1 << 20)
+            .unwrap()
+            .map(|r| String::from_utf8(r.unwrap().key.unwrap().to_vec()).unwrap())
+            .collect::<Vec<_>>()
+    })
+    .collect();
+    assert_eq!(
+        keys,
+        (0..100).map(|i| format!("key-{i}")).collect::<Vec<_>>()
+    );
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

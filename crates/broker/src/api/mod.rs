@@ -35,6 +35,26 @@ pub enum Outcome {
     Close,
 }
 
+/// Step two of a produce request whose batches `produce::append` already wrote.
+pub async fn finish_produce(header: RequestHeader, appended: produce::Appended) -> Outcome {
+    let version = header.request_api_version;
+    match produce::respond(appended, version).await {
+        None => Outcome::Silent,
+        Some(response) => encode(&header, &ResponseBody::Produce(response)),
+    }
+}
+
+fn encode(header: &RequestHeader, response: &ResponseBody) -> Outcome {
+    match encode_response(header.correlation_id, header.request_api_version, response) {
+        Ok(bytes) => Outcome::Respond(bytes),
+        Err(e) => {
+            // A handler built a response its version cannot carry: a bug, not the client's.
+            tracing::error!(api = response.api_key().name(), version = header.request_api_version, error = %e, "response does not encode");
+            Outcome::Close
+        }
+    }
+}
+
 pub async fn handle(state: &Arc<BrokerState>, header: RequestHeader, body: RequestBody) -> Outcome {
     let version = header.request_api_version;
     let response = match body {
@@ -44,10 +64,12 @@ pub async fn handle(state: &Arc<BrokerState>, header: RequestHeader, body: Reque
         RequestBody::Metadata(request) => {
             ResponseBody::Metadata(metadata::handle(state, request, version).await)
         }
-        RequestBody::Produce(request) => match produce::handle(state, request, version).await {
-            Some(response) => ResponseBody::Produce(response),
-            None => return Outcome::Silent,
-        },
+        RequestBody::Produce(request) => {
+            // Direct callers get both steps at once; the connection runs step one itself,
+            // in request order, and only then hands over (see `produce`).
+            let appended = produce::append(state, request, version).await;
+            return finish_produce(header, appended).await;
+        }
         RequestBody::Fetch(request) => {
             ResponseBody::Fetch(fetch::handle(state, request, version).await)
         }
@@ -62,12 +84,5 @@ pub async fn handle(state: &Arc<BrokerState>, header: RequestHeader, body: Reque
             return Outcome::Close;
         }
     };
-    match encode_response(header.correlation_id, version, &response) {
-        Ok(bytes) => Outcome::Respond(bytes),
-        Err(e) => {
-            // A handler built a response its version cannot carry: a bug, not the client's.
-            tracing::error!(api = response.api_key().name(), version, error = %e, "response does not encode");
-            Outcome::Close
-        }
-    }
+    encode(&header, &response)
 }

@@ -1,15 +1,36 @@
 //! Produce (versions 3-13; advertised from 0 for librdkafka, see `compat`): append record
 //! batches to partition logs. acks=0 gets no response, acks=1 is answered once the batch
 //! is in the log, acks=all (-1) once it is on stable storage (group commit).
+//!
+//! Handling has two steps. [`append`] writes the batches and runs on the connection's
+//! reader, one request at a time, so that pipelined produce requests land in the log in
+//! the order they were sent (as Kafka processes a connection's requests in order).
+//! [`respond`] waits for durability and builds the answer, concurrently with later
+//! requests, so acks=all producers that pipeline still share fsyncs.
 
 use std::sync::Arc;
 
-use spool_log::{AppendInfo, LogError};
-use spool_protocol::ErrorCode;
+use spool_log::{AppendInfo, SharedLog};
 use spool_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use spool_protocol::messages::{ProduceRequest, ProduceResponse};
+use spool_protocol::{ErrorCode, Uuid};
 
 use crate::state::{BrokerState, now_ms};
+
+/// A produce request whose batches have been appended (or refused).
+pub struct Appended {
+    acks: i16,
+    topics: Vec<AppendedTopic>,
+}
+
+/// A partition's append: its log and what the append did, or the error to answer with.
+type PartitionOutcome = Result<(Arc<SharedLog>, AppendInfo), ErrorCode>;
+
+struct AppendedTopic {
+    name: String,
+    topic_id: Uuid,
+    partitions: Vec<(i32, PartitionOutcome)>,
+}
 
 fn partition_error(index: i32, error: ErrorCode) -> PartitionProduceResponse {
     PartitionProduceResponse {
@@ -20,11 +41,8 @@ fn partition_error(index: i32, error: ErrorCode) -> PartitionProduceResponse {
     }
 }
 
-pub async fn handle(
-    state: &Arc<BrokerState>,
-    request: ProduceRequest,
-    version: i16,
-) -> Option<ProduceResponse> {
+/// Appends every batch of the request, in order. Blocking: call from a blocking context.
+fn append_blocking(state: &BrokerState, request: ProduceRequest, version: i16) -> Appended {
     let acks = request.acks;
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
@@ -34,13 +52,11 @@ pub async fn handle(
         } else {
             Some(topic.name.clone())
         };
-        // Appends run side by side on the blocking pool (they write and may fsync); their
-        // answers are collected in request order.
-        let mut pending = Vec::with_capacity(topic.partition_data.len());
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
         for partition in topic.partition_data {
             let index = partition.index;
             if !matches!(acks, -1..=1) {
-                pending.push((index, Err(ErrorCode::InvalidRequiredAcks)));
+                partitions.push((index, Err(ErrorCode::InvalidRequiredAcks)));
                 continue;
             }
             let log = name
@@ -52,47 +68,89 @@ pub async fn handle(
                 } else {
                     ErrorCode::UnknownTopicOrPartition
                 };
-                pending.push((index, Err(error)));
+                partitions.push((index, Err(error)));
                 continue;
             };
-            let task = tokio::task::spawn_blocking(move || -> Result<AppendInfo, LogError> {
-                let now = now_ms();
-                let info = if acks == -1 {
-                    log.append_durably(records, 0, now)?
-                } else {
-                    log.append(records, 0, now)?
-                };
-                // One replica: the ISR has the batch as soon as the leader does.
-                log.with_log(|l| l.advance_high_watermark(info.last_offset + 1));
-                Ok(info)
-            });
-            pending.push((index, Ok(task)));
+            let outcome = match log.append(records, 0, now_ms()) {
+                Ok(info) => {
+                    // One replica: the ISR has the batch as soon as the leader does.
+                    log.with_log(|l| l.advance_high_watermark(info.last_offset + 1));
+                    Ok((log, info))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "produce refused");
+                    Err(e.error_code())
+                }
+            };
+            partitions.push((index, outcome));
         }
-        let mut partitions = Vec::with_capacity(pending.len());
-        for (index, outcome) in pending {
+        topics.push(AppendedTopic {
+            name: topic.name,
+            topic_id: topic.topic_id,
+            partitions,
+        });
+    }
+    Appended { acks, topics }
+}
+
+/// Step one: append the request's batches (on the connection's reader, in order).
+pub async fn append(state: &Arc<BrokerState>, request: ProduceRequest, version: i16) -> Appended {
+    let state_for_append = Arc::clone(state);
+    let acks = request.acks;
+    let appended =
+        tokio::task::spawn_blocking(move || append_blocking(&state_for_append, request, version))
+            .await
+            .unwrap_or(Appended {
+                acks,
+                topics: Vec::new(),
+            });
+    state.appended.notify_waiters();
+    appended
+}
+
+/// Step two: wait for durability when acks=all, then answer (nothing for acks=0).
+pub async fn respond(appended: Appended, version: i16) -> Option<ProduceResponse> {
+    let Appended { acks, topics } = appended;
+    if acks == 0 {
+        return None;
+    }
+    let mut responses = Vec::with_capacity(topics.len());
+    for topic in topics {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for (index, outcome) in topic.partitions {
             let response = match outcome {
                 Err(error) => partition_error(index, error),
-                Ok(task) => match task.await {
-                    Ok(Ok(info)) => PartitionProduceResponse {
-                        index,
-                        error_code: ErrorCode::None.code(),
-                        base_offset: info.first_offset,
-                        log_append_time_ms: info.log_append_time_ms,
-                        log_start_offset: state
-                            .partition(name.as_deref().unwrap_or_default(), index)
-                            .map_or(0, |l| l.with_log(|l| l.log_start_offset())),
-                        ..Default::default()
-                    },
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "produce refused");
-                        partition_error(index, e.error_code())
+                Ok((log, info)) => {
+                    let durable = if acks == -1 {
+                        let waiting = Arc::clone(&log);
+                        match tokio::task::spawn_blocking(move || {
+                            waiting.wait_durable(info.last_offset + 1)
+                        })
+                        .await
+                        {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(e)) => Err(e.error_code()),
+                            Err(_) => Err(ErrorCode::UnknownServerError),
+                        }
+                    } else {
+                        Ok(())
+                    };
+                    match durable {
+                        Ok(()) => PartitionProduceResponse {
+                            index,
+                            error_code: ErrorCode::None.code(),
+                            base_offset: info.first_offset,
+                            log_append_time_ms: info.log_append_time_ms,
+                            log_start_offset: log.with_log(|l| l.log_start_offset()),
+                            ..Default::default()
+                        },
+                        Err(error) => partition_error(index, error),
                     }
-                    Err(_) => partition_error(index, ErrorCode::UnknownServerError),
-                },
+                }
             };
             partitions.push(response);
         }
-        topics.push(TopicProduceResponse {
+        responses.push(TopicProduceResponse {
             name: if version < 13 {
                 topic.name
             } else {
@@ -101,15 +159,14 @@ pub async fn handle(
             topic_id: if version >= 13 {
                 topic.topic_id
             } else {
-                Default::default()
+                Uuid::ZERO
             },
             partition_responses: partitions,
             ..Default::default()
         });
     }
-    state.appended.notify_waiters();
-    (acks != 0).then(|| ProduceResponse {
-        responses: topics,
+    Some(ProduceResponse {
+        responses,
         ..Default::default()
     })
 }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Interop tests: the real spool binary driven by real third-party clients — kcat (Debian)
+# and confluent-kafka, kafka-python, aiokafka (PyPI). Installs what it needs: kcat with
+# apt-get when missing, the Python clients into build/venv.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v kcat >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq kcat >/dev/null
+fi
+
+venv="$root/build/venv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv" 2>/dev/null || {
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  }
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check -r tests/interop/requirements.txt
+
+cargo build -q --locked -p spool
+SPOOL_BIN="$root/target/debug/spool" "$venv/bin/python" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/interop

@@ -1,0 +1,249 @@
+//! A client for tests that drive the real `spool` binary: it starts the broker, speaks the
+//! protocol with spool-protocol's types, and stops it.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use spool_protocol::compression::Compression;
+use spool_protocol::frame::{decode_response, encode_request};
+use spool_protocol::header::RequestHeader;
+use spool_protocol::messages::*;
+use spool_protocol::record_batch::{RecordBatchBuilder, RecordBatches};
+
+pub struct Server {
+    pub child: Child,
+    pub address: String,
+}
+
+impl Server {
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spool starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let address = loop {
+            assert!(
+                Instant::now() < deadline,
+                "spool did not report its listener"
+            );
+            let line = lines.next().expect("a line").expect("utf-8");
+            if let Some(address) = line.strip_prefix("spool: Kafka listener on ") {
+                break address.to_string();
+            }
+        };
+        // Keep draining stdout so the broker never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, address }
+    }
+
+    pub fn connect(&self) -> Client {
+        let stream = TcpStream::connect(&self.address).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Client {
+            stream,
+            correlation_id: 0,
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "spool exited with {exit}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    correlation_id: i32,
+}
+
+impl Client {
+    /// Sends a request; `None` when the connection is gone.
+    pub fn try_send(&mut self, body: RequestBody, version: i16) -> Option<i32> {
+        self.correlation_id += 1;
+        let header = RequestHeader {
+            request_api_key: body.api_key() as i16,
+            request_api_version: version,
+            correlation_id: self.correlation_id,
+            client_id: Some("spool-test".into()),
+            unknown_tagged_fields: Vec::new(),
+        };
+        self.stream
+            .write_all(&encode_request(&header, &body).ok()?)
+            .ok()?;
+        Some(self.correlation_id)
+    }
+
+    /// Reads the next response; `None` when the connection is gone.
+    pub fn try_receive(
+        &mut self,
+        api_key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+    ) -> Option<ResponseBody> {
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).ok()?;
+        let mut frame = vec![0u8; usize::try_from(i32::from_be_bytes(size)).ok()?];
+        self.stream.read_exact(&mut frame).ok()?;
+        let (header, body) = decode_response(api_key, version, Bytes::from(frame)).ok()?;
+        assert_eq!(
+            header.correlation_id, correlation_id,
+            "responses come back in request order"
+        );
+        Some(body)
+    }
+
+    pub fn send(&mut self, body: RequestBody, version: i16) -> i32 {
+        self.try_send(body, version).expect("request sent")
+    }
+
+    pub fn receive(&mut self, api_key: ApiKey, version: i16, correlation_id: i32) -> ResponseBody {
+        self.try_receive(api_key, version, correlation_id)
+            .expect("response received")
+    }
+
+    pub fn call(&mut self, body: RequestBody, version: i16) -> ResponseBody {
+        let api_key = body.api_key();
+        let id = self.send(body, version);
+        self.receive(api_key, version, id)
+    }
+
+    /// Whether the broker has closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("spool-server-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+pub fn batch(first: usize, count: usize) -> Bytes {
+    let mut builder = RecordBatchBuilder::new(Compression::Lz4);
+    for i in first..first + count {
+        builder
+            .append(
+                1_700_000_000_000 + i as i64,
+                Some(format!("key-{i}").as_bytes()),
+                Some(format!("value-{i}").as_bytes()),
+                &[],
+            )
+            .unwrap();
+    }
+    builder.build().unwrap()
+}
+
+pub fn metadata(client: &mut Client, topic: &str) -> MetadataResponse {
+    let request = MetadataRequest {
+        topics: Some(vec![metadata_request::MetadataRequestTopic {
+            name: Some(topic.into()),
+            ..Default::default()
+        }]),
+        allow_auto_topic_creation: true,
+        ..Default::default()
+    };
+    match client.call(RequestBody::Metadata(request), 12) {
+        ResponseBody::Metadata(response) => response,
+        other => panic!("{other:?}"),
+    }
+}
+
+pub fn produce(
+    client: &mut Client,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+    acks: i16,
+) -> produce_response::PartitionProduceResponse {
+    let request = ProduceRequest {
+        acks,
+        timeout_ms: 30_000,
+        topic_data: vec![produce_request::TopicProduceData {
+            name: topic.into(),
+            partition_data: vec![produce_request::PartitionProduceData {
+                index: partition,
+                records: Some(records),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    match client.call(RequestBody::Produce(request), 9) {
+        ResponseBody::Produce(mut response) => {
+            response.responses.remove(0).partition_responses.remove(0)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+pub fn fetch(
+    client: &mut Client,
+    topic: &str,
+    offset: i64,
+    max_wait_ms: i32,
+) -> fetch_response::PartitionData {
+    let request = FetchRequest {
+        replica_id: -1,
+        max_wait_ms,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        session_epoch: -1,
+        topics: vec![fetch_request::FetchTopic {
+            topic: topic.into(),
+            partitions: vec![fetch_request::FetchPartition {
+                partition: 0,
+                fetch_offset: offset,
+                partition_max_bytes: 1 << 20,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    match client.call(RequestBody::Fetch(request), 12) {
+        ResponseBody::Fetch(mut response) => response.responses.remove(0).partitions.remove(0),
+        other => panic!("{other:?}"),
+    }
+}
+
+pub fn offsets_in(records: Option<Bytes>) -> Vec<i64> {
+    RecordBatches::new(records.unwrap_or_default())
+        .flat_map(|b| {
+            b.unwrap()
+                .records(1 << 20)
+                .unwrap()
+                .map(|r| r.unwrap().offset)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}

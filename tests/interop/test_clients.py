@@ -119,3 +119,55 @@ def test_aiokafka_produces_and_consumes(broker):
         assert got == [b"m%d" % i for i in range(200)]
 
     asyncio.run(scenario())
+
+
+def test_confluent_admin_creates_grows_trims_and_deletes_topics(broker):
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": broker.address})
+    futures = admin.create_topics([
+        NewTopic("admin-a", num_partitions=4, replication_factor=1, config={"retention.ms": "3600000", "cleanup.policy": "delete"}),
+        NewTopic("admin-b", num_partitions=1, replication_factor=1),
+    ])
+    for future in futures.values():
+        future.result(30)
+    metadata = admin.list_topics(timeout=10)
+    assert len(metadata.topics["admin-a"].partitions) == 4
+
+    # Refusals carry Kafka's error codes (compared by number: clients name them differently).
+    TOPIC_ALREADY_EXISTS, INVALID_TOPIC_EXCEPTION, INVALID_PARTITIONS = 36, 17, 37
+    INVALID_REPLICATION_FACTOR, INVALID_CONFIG, UNKNOWN_TOPIC_OR_PARTITION = 38, 40, 3
+
+    def error_of(future):
+        try:
+            future.result(30)
+        except KafkaException as e:
+            return e.args[0].code()
+        return None
+    assert error_of(admin.create_topics([NewTopic("admin-a", 1, 1)])["admin-a"]) == TOPIC_ALREADY_EXISTS
+    assert error_of(admin.create_topics([NewTopic("bad name!", 1, 1)])["bad name!"]) == INVALID_TOPIC_EXCEPTION
+    assert error_of(admin.create_topics([NewTopic("admin-c", 1, 3)])["admin-c"]) == INVALID_REPLICATION_FACTOR
+    assert error_of(admin.create_topics([NewTopic("admin-d", 1, 1, config={"no.such.config": "1"})])["admin-d"]) == INVALID_CONFIG
+    assert error_of(admin.create_topics([NewTopic("admin-e", 2, 1)], validate_only=True)["admin-e"]) is None
+    assert "admin-e" not in admin.list_topics(timeout=10).topics, "validate_only creates nothing"
+
+    admin.create_partitions([NewPartitions("admin-b", 3)])["admin-b"].result(30)
+    assert len(admin.list_topics(timeout=10).topics["admin-b"].partitions) == 3
+    assert error_of(admin.create_partitions([NewPartitions("admin-b", 2)])["admin-b"]) == INVALID_PARTITIONS
+
+    producer = Producer({"bootstrap.servers": broker.address})
+    for i in range(100):
+        producer.produce("admin-b", value=b"%d" % i, partition=2)
+    assert producer.flush(30) == 0
+    deleted = admin.delete_records([TopicPartition("admin-b", 2, 40)])
+    [result] = [f.result(30) for f in deleted.values()]
+    assert result.low_watermark == 40
+    consumer = Consumer({"bootstrap.servers": broker.address, "group.id": "not-used"})
+    assert consumer.get_watermark_offsets(TopicPartition("admin-b", 2), timeout=10) == (40, 100)
+    consumer.close()
+
+    for future in admin.delete_topics(["admin-a"]).values():
+        future.result(30)
+    assert "admin-a" not in admin.list_topics(timeout=10).topics
+    assert error_of(admin.delete_topics(["admin-a"])["admin-a"]) == UNKNOWN_TOPIC_OR_PARTITION

@@ -112,6 +112,10 @@ async fn connection(
                 });
             }
             Err(failed) => {
+                let (api_key, api_version) = failed
+                    .header
+                    .as_ref()
+                    .map_or((-1, -1), |h| (h.request_api_key, h.request_api_version));
                 // An ApiVersions request of a version we do not know still gets an answer
                 // (KIP-511); anything else undecodable closes the connection, as in Kafka.
                 let answer = match failed.header {
@@ -127,7 +131,7 @@ async fn connection(
                 let close = matches!(answer, Outcome::Close);
                 let _ = answer_tx.send(answer);
                 if close {
-                    tracing::debug!(error = %failed.error, "undecodable request");
+                    tracing::debug!(error = %failed.error, api_key, api_version, "undecodable request");
                     break Err(ConnectionError::BadRequest);
                 }
             }

@@ -10,13 +10,15 @@ use spool_log::storage::LockGuard;
 use spool_log::{
     DiskStorage, LogConfig, LogError, LogManager, PartitionLog, SharedLog, Storage, TopicPartition,
 };
+use spool_protocol::internal::{PartitionRecord, RemoveTopicRecord};
 use spool_protocol::record_batch::TimestampType;
 use thiserror::Error;
 use tokio::sync::Notify;
 
 use crate::config::BrokerConfig;
 use crate::metadata::{
-    METADATA_TOPIC, MetadataError, MetadataImage, MetadataStore, create_topic_records,
+    METADATA_TOPIC, MetadataError, MetadataImage, MetadataRecord, MetadataStore,
+    create_topic_records,
 };
 
 #[derive(Debug, Error)]
@@ -53,6 +55,53 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The topic-level settings Kafka defines; CreateTopics and config changes accept these
+/// names and refuse others (INVALID_CONFIG).
+pub const TOPIC_CONFIG_NAMES: &[&str] = &[
+    "cleanup.policy",
+    "compression.type",
+    "delete.retention.ms",
+    "file.delete.delay.ms",
+    "flush.messages",
+    "flush.ms",
+    "follower.replication.throttled.replicas",
+    "index.interval.bytes",
+    "leader.replication.throttled.replicas",
+    "local.retention.bytes",
+    "local.retention.ms",
+    "max.compaction.lag.ms",
+    "max.message.bytes",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.type",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
+    "min.insync.replicas",
+    "preallocate",
+    "remote.storage.enable",
+    "retention.bytes",
+    "retention.ms",
+    "segment.bytes",
+    "segment.index.bytes",
+    "segment.jitter.ms",
+    "segment.ms",
+    "unclean.leader.election.enable",
+];
+
+/// Checks topic configs: known names and values the log accepts.
+pub fn validate_topic_configs(
+    defaults: &LogConfig,
+    configs: &BTreeMap<String, String>,
+) -> Result<LogConfig, String> {
+    if let Some(unknown) = configs
+        .keys()
+        .find(|k| !TOPIC_CONFIG_NAMES.contains(&k.as_str()))
+    {
+        return Err(format!("unknown topic config `{unknown}`"));
+    }
+    topic_log_config(defaults, configs).map_err(|e| e.to_string())
 }
 
 /// A partition log's settings: the broker's `log.*` defaults overridden by the topic's
@@ -196,6 +245,81 @@ impl BrokerState {
         )?;
         drop(metadata);
         for index in 0..partitions {
+            let tp = TopicPartition::new(name, index);
+            let log = open_log(
+                &self.storage,
+                &self.config.data_dir,
+                &tp,
+                log_config.clone(),
+                now,
+            )?;
+            self.partitions
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(tp, Arc::new(SharedLog::new(log)));
+        }
+        Ok(())
+    }
+
+    /// Deletes a topic: records the removal durably, then drops its partition logs and
+    /// their folders. Returns false when the topic does not exist. Blocking.
+    pub fn delete_topic(&self, name: &str) -> Result<bool, BrokerError> {
+        let mut metadata = lock(&self.metadata);
+        let Some(topic) = metadata.image().topic(name).cloned() else {
+            return Ok(false);
+        };
+        let record = RemoveTopicRecord {
+            topic_id: topic.id,
+            ..RemoveTopicRecord::default()
+        };
+        metadata.commit(&[MetadataRecord::RemoveTopic(record)], now_ms())?;
+        drop(metadata);
+        for partition in &topic.partitions {
+            let tp = TopicPartition::new(name, partition.index);
+            self.partitions
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(&tp);
+            // Requests still holding the log keep their open files; the names go now.
+            let dir = self.config.data_dir.join(tp.dir_name());
+            for file in self.storage.list(&dir).map_err(LogError::from)? {
+                self.storage
+                    .remove_file(&dir.join(file))
+                    .map_err(LogError::from)?;
+            }
+            self.storage.remove_dir(&dir).map_err(LogError::from)?;
+        }
+        self.storage
+            .sync_dir(&self.config.data_dir)
+            .map_err(LogError::from)?;
+        Ok(true)
+    }
+
+    /// Grows a topic to `count` partitions (the caller checked it is more than it has).
+    /// Blocking.
+    pub fn add_partitions(&self, name: &str, count: i32) -> Result<(), BrokerError> {
+        let mut metadata = lock(&self.metadata);
+        let Some(topic) = metadata.image().topic(name).cloned() else {
+            return Ok(());
+        };
+        let log_config = topic_log_config(&self.config.log, &topic.configs)?;
+        let now = now_ms();
+        let first_new = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
+        let records: Vec<MetadataRecord> = (first_new..count)
+            .map(|partition_id| {
+                MetadataRecord::Partition(PartitionRecord {
+                    partition_id,
+                    topic_id: topic.id,
+                    replicas: vec![self.config.node_id],
+                    isr: vec![self.config.node_id],
+                    leader: self.config.node_id,
+                    ..PartitionRecord::default()
+                })
+            })
+            .collect();
+        metadata.commit(&records, now)?;
+        drop(metadata);
+        for index in first_new..count {
             let tp = TopicPartition::new(name, index);
             let log = open_log(
                 &self.storage,

@@ -98,8 +98,7 @@ pub struct RequestDecodeError {
     pub error: DecodeError,
 }
 
-/// Decodes a request frame body (without its size prefix) into its header and body. The
-/// body must use the whole frame.
+/// Decodes a request frame body (without its size prefix) into its header and body.
 pub fn decode_request(
     mut frame: Bytes,
 ) -> Result<(RequestHeader, RequestBody), RequestDecodeError> {
@@ -114,11 +113,9 @@ pub fn decode_request(
         });
     };
     match RequestBody::decode(api_key, header.request_api_version, &mut frame) {
-        // Clients encode exactly; bytes past the end mean the frame was not understood.
-        Ok(_) if !frame.is_empty() => Err(RequestDecodeError {
-            header: Some(header),
-            error: DecodeError::TrailingBytes(frame.len()),
-        }),
+        // Bytes after the body are ignored, as Kafka ignores them: librdkafka's "all topics"
+        // Metadata request (v9+) carries three, a 4-byte placeholder it never shrinks to a
+        // 1-byte array count.
         Ok(body) => Ok((header, body)),
         Err(error) => Err(RequestDecodeError {
             header: Some(header),
@@ -212,6 +209,25 @@ mod tests {
         let (decoded_header, decoded_body) = decode_request(body_bytes).unwrap();
         assert_eq!(decoded_header, header);
         assert_eq!(decoded_body, body);
+    }
+
+    #[test]
+    fn librdkafkas_all_topics_metadata_request_with_surplus_bytes_decodes() {
+        // Captured from confluent-kafka 2.16 (librdkafka) list_topics(): Metadata v13 whose
+        // topic count is a 4-byte zero placeholder, then allow_auto_topic_creation=true.
+        let raw: &[u8] = &[
+            0x00, 0x03, 0x00, 0x0d, 0x00, 0x00, 0x00, 0x03, 0x00, 0x07, b'r', b'd', b'k', b'a',
+            b'f', b'k', b'a', 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00,
+        ];
+        let (header, body) = decode_request(Bytes::copy_from_slice(raw)).unwrap();
+        assert_eq!(
+            (header.request_api_key, header.request_api_version),
+            (3, 13)
+        );
+        let RequestBody::Metadata(metadata) = body else {
+            panic!("{body:?}")
+        };
+        assert_eq!(metadata.topics, None, "all topics");
     }
 
     #[test]

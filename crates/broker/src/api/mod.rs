@@ -12,6 +12,10 @@ use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody};
 use crate::state::BrokerState;
 
 pub mod api_versions;
+pub mod create_partitions;
+pub mod create_topics;
+pub mod delete_records;
+pub mod delete_topics;
 pub mod fetch;
 pub mod list_offsets;
 pub mod metadata;
@@ -24,6 +28,10 @@ pub const IMPLEMENTED: &[ApiKey] = &[
     ApiKey::ListOffsets,
     ApiKey::Metadata,
     ApiKey::ApiVersions,
+    ApiKey::CreateTopics,
+    ApiKey::DeleteTopics,
+    ApiKey::DeleteRecords,
+    ApiKey::CreatePartitions,
 ];
 
 /// What to do after a request.
@@ -75,6 +83,18 @@ pub async fn handle(state: &Arc<BrokerState>, header: RequestHeader, body: Reque
         }
         RequestBody::ListOffsets(request) => {
             ResponseBody::ListOffsets(list_offsets::handle(state, request, version))
+        }
+        RequestBody::CreateTopics(request) => {
+            ResponseBody::CreateTopics(create_topics::handle(state, request, version).await)
+        }
+        RequestBody::DeleteTopics(request) => {
+            ResponseBody::DeleteTopics(delete_topics::handle(state, request, version).await)
+        }
+        RequestBody::CreatePartitions(request) => {
+            ResponseBody::CreatePartitions(create_partitions::handle(state, request, version).await)
+        }
+        RequestBody::DeleteRecords(request) => {
+            ResponseBody::DeleteRecords(delete_records::handle(state, request, version).await)
         }
         other => {
             tracing::debug!(

@@ -1,0 +1,75 @@
+//! DeleteTopics (versions 1-6): delete topics by name, or (version 6) by ID.
+
+use std::sync::Arc;
+
+use spool_protocol::ErrorCode;
+use spool_protocol::Uuid;
+use spool_protocol::messages::delete_topics_response::DeletableTopicResult;
+use spool_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
+
+use crate::metadata::METADATA_TOPIC;
+use crate::state::BrokerState;
+
+pub async fn handle(
+    state: &Arc<BrokerState>,
+    request: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    // Version 6 lists (name or ID) pairs; earlier versions list names.
+    let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
+        request
+            .topics
+            .into_iter()
+            .map(|t| (t.name, t.topic_id))
+            .collect()
+    } else {
+        request
+            .topic_names
+            .into_iter()
+            .map(|n| (Some(n), Uuid::ZERO))
+            .collect()
+    };
+    let mut responses = Vec::with_capacity(targets.len());
+    for (name, topic_id) in targets {
+        let by_id = name.is_none() && topic_id != Uuid::ZERO;
+        let resolved = match &name {
+            Some(name) => Some(name.clone()),
+            None => state.with_image(|image| image.topic_by_id(&topic_id).map(|t| t.name.clone())),
+        };
+        let mut result = DeletableTopicResult {
+            name: if version >= 6 {
+                resolved.clone()
+            } else {
+                name.clone()
+            },
+            topic_id,
+            ..Default::default()
+        };
+        let outcome = match resolved.filter(|n| !n.starts_with(METADATA_TOPIC)) {
+            None => Err(if by_id {
+                ErrorCode::UnknownTopicId
+            } else {
+                ErrorCode::UnknownTopicOrPartition
+            }),
+            Some(name) => {
+                let state = Arc::clone(state);
+                match tokio::task::spawn_blocking(move || state.delete_topic(&name)).await {
+                    Ok(Ok(true)) => Ok(()),
+                    Ok(Ok(false)) => Err(ErrorCode::UnknownTopicOrPartition),
+                    _ => Err(ErrorCode::UnknownServerError),
+                }
+            }
+        };
+        if let Err(error) = outcome {
+            result.error_code = error.code();
+        }
+        if version < 6 {
+            result.topic_id = Uuid::ZERO;
+        }
+        responses.push(result);
+    }
+    DeleteTopicsResponse {
+        responses,
+        ..Default::default()
+    }
+}

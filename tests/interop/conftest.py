@@ -13,8 +13,12 @@ SPOOL = os.environ.get("SPOOL_BIN", "target/debug/spool")
 class Broker:
     def __init__(self, *settings):
         self.data_dir = tempfile.mkdtemp(prefix="spool-interop-")
+        self.settings = settings
+        self.start()
+
+    def start(self):
         args = [SPOOL, "server", "--listen", "127.0.0.1:0", "--data-dir", self.data_dir]
-        for setting in settings:
+        for setting in self.settings:
             args += ["--set", setting]
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         deadline = time.time() + 30
@@ -29,6 +33,11 @@ class Broker:
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
         assert self.process.wait(timeout=30) == 0
+
+    def restart(self):
+        """A graceful stop and a start on the same data directory (a new port)."""
+        self.stop()
+        self.start()
 
 
 @pytest.fixture

@@ -171,3 +171,56 @@ def test_confluent_admin_creates_grows_trims_and_deletes_topics(broker):
         future.result(30)
     assert "admin-a" not in admin.list_topics(timeout=10).topics
     assert error_of(admin.delete_topics(["admin-a"])["admin-a"]) == UNKNOWN_TOPIC_OR_PARTITION
+
+
+def test_confluent_admin_describes_and_alters_configs(broker):
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
+                                       ConfigSource, NewTopic, ResourceType)
+
+    admin = AdminClient({"bootstrap.servers": broker.address})
+    admin.create_topics([NewTopic("cfg", 1, 1, config={"retention.ms": "1000"})])["cfg"].result(30)
+
+    topic = ConfigResource(ResourceType.TOPIC, "cfg")
+    configs = admin.describe_configs([topic])[topic].result(30)
+    assert configs["retention.ms"].value == "1000"
+    assert configs["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    assert configs["segment.bytes"].value == "1073741824"
+    assert configs["segment.bytes"].source == ConfigSource.DEFAULT_CONFIG.value
+    # The broker's num.partitions was set on the command line: a static broker config.
+    brokers = ConfigResource(ResourceType.BROKER, "0")
+    broker_configs = admin.describe_configs([brokers])[brokers].result(30)
+    assert broker_configs["num.partitions"].value == "3"
+    assert broker_configs["num.partitions"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+
+    alter = ConfigResource(ResourceType.TOPIC, "cfg", incremental_configs=[
+        ConfigEntry("retention.ms", None, incremental_operation=AlterConfigOpType.DELETE),
+        ConfigEntry("max.message.bytes", "2000000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.APPEND),
+    ])
+    admin.incremental_alter_configs([alter])[alter].result(30)
+    configs = admin.describe_configs([topic])[topic].result(30)
+    assert configs["retention.ms"].value == "604800000"
+    assert configs["max.message.bytes"].value == "2000000"
+    assert sorted(configs["cleanup.policy"].value.split(",")) == ["compact", "delete"]
+
+    bad = ConfigResource(ResourceType.TOPIC, "cfg", incremental_configs=[
+        ConfigEntry("retention.ms", "soon", incremental_operation=AlterConfigOpType.SET)])
+    try:
+        admin.incremental_alter_configs([bad])[bad].result(30)
+        raise AssertionError("an invalid value was accepted")
+    except KafkaException as e:
+        assert e.args[0].code() == 40  # INVALID_CONFIG
+    missing = ConfigResource(ResourceType.TOPIC, "no-such-topic")
+    try:
+        admin.describe_configs([missing])[missing].result(30)
+        raise AssertionError("an unknown topic was described")
+    except KafkaException as e:
+        assert e.args[0].code() == 3  # UNKNOWN_TOPIC_OR_PARTITION
+
+    # Config changes are metadata records: they survive a restart.
+    broker.restart()
+    admin = AdminClient({"bootstrap.servers": broker.address})
+    configs = admin.describe_configs([topic])[topic].result(30)
+    assert configs["max.message.bytes"].value == "2000000"
+    assert configs["max.message.bytes"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value

@@ -50,6 +50,9 @@ pub struct BrokerConfig {
     pub cluster_id: String,
     /// Defaults for every partition log (`log.segment.bytes`, `log.retention.ms`, …).
     pub log: LogConfig,
+    /// The settings given explicitly (file, environment, flags), as given: DescribeConfigs
+    /// reports them as STATIC_BROKER_CONFIG.
+    pub explicit: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for BrokerConfig {
@@ -67,6 +70,7 @@ impl Default for BrokerConfig {
             queued_max_requests_per_connection: 100,
             cluster_id: "spool-cluster".to_string(),
             log: LogConfig::default(),
+            explicit: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -86,6 +90,58 @@ where
 }
 
 impl BrokerConfig {
+    /// Every setting by its Kafka name with its effective value, for DescribeConfigs.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let log = &self.log;
+        let policy = match (log.cleanup_delete, log.cleanup_compact) {
+            (true, true) => "compact,delete",
+            (false, true) => "compact",
+            _ => "delete",
+        };
+        let timestamp_type = match log.message_timestamp_type {
+            TimestampType::CreateTime => "CreateTime",
+            TimestampType::LogAppendTime => "LogAppendTime",
+        };
+        vec![
+            ("node.id", self.node_id.to_string()),
+            ("listeners", format!("PLAINTEXT://{}", self.listen)),
+            ("log.dirs", self.data_dir.display().to_string()),
+            ("num.partitions", self.num_partitions.to_string()),
+            (
+                "auto.create.topics.enable",
+                self.auto_create_topics_enable.to_string(),
+            ),
+            (
+                "socket.request.max.bytes",
+                self.socket_request_max_bytes.to_string(),
+            ),
+            (
+                "connections.max.idle.ms",
+                self.connections_max_idle_ms.to_string(),
+            ),
+            ("log.segment.bytes", log.segment_bytes.to_string()),
+            ("log.roll.ms", log.segment_ms.to_string()),
+            (
+                "log.index.size.max.bytes",
+                log.segment_index_bytes.to_string(),
+            ),
+            (
+                "log.index.interval.bytes",
+                log.index_interval_bytes.to_string(),
+            ),
+            ("message.max.bytes", log.max_message_bytes.to_string()),
+            ("log.message.timestamp.type", timestamp_type.to_string()),
+            ("log.retention.ms", log.retention_ms.to_string()),
+            ("log.retention.bytes", log.retention_bytes.to_string()),
+            (
+                "log.flush.interval.messages",
+                log.flush_messages.to_string(),
+            ),
+            ("log.flush.interval.ms", log.flush_ms.to_string()),
+            ("log.cleanup.policy", policy.to_string()),
+        ]
+    }
+
     /// Sets one setting by its Kafka name.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
@@ -138,6 +194,8 @@ impl BrokerConfig {
             }
             _ => return Err(ConfigError::Unknown(key.to_string())),
         }
+        self.explicit
+            .insert(key.to_string(), value.trim().to_string());
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod metadata;
 pub mod server;
 pub mod state;
+pub mod topic_configs;
 
 pub use config::{BrokerConfig, ConfigError};
 pub use state::{BrokerError, BrokerState};

@@ -10,7 +10,7 @@ use spool_log::storage::LockGuard;
 use spool_log::{
     DiskStorage, LogConfig, LogError, LogManager, PartitionLog, SharedLog, Storage, TopicPartition,
 };
-use spool_protocol::internal::{PartitionRecord, RemoveTopicRecord};
+use spool_protocol::internal::{ConfigRecord, PartitionRecord, RemoveTopicRecord};
 use spool_protocol::record_batch::TimestampType;
 use thiserror::Error;
 use tokio::sync::Notify;
@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use crate::config::BrokerConfig;
 use crate::metadata::{
     METADATA_TOPIC, MetadataError, MetadataImage, MetadataRecord, MetadataStore,
-    create_topic_records,
+    TOPIC_RESOURCE_TYPE, create_topic_records,
 };
 
 #[derive(Debug, Error)]
@@ -57,39 +57,6 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The topic-level settings Kafka defines; CreateTopics and config changes accept these
-/// names and refuse others (INVALID_CONFIG).
-pub const TOPIC_CONFIG_NAMES: &[&str] = &[
-    "cleanup.policy",
-    "compression.type",
-    "delete.retention.ms",
-    "file.delete.delay.ms",
-    "flush.messages",
-    "flush.ms",
-    "follower.replication.throttled.replicas",
-    "index.interval.bytes",
-    "leader.replication.throttled.replicas",
-    "local.retention.bytes",
-    "local.retention.ms",
-    "max.compaction.lag.ms",
-    "max.message.bytes",
-    "message.timestamp.after.max.ms",
-    "message.timestamp.before.max.ms",
-    "message.timestamp.type",
-    "min.cleanable.dirty.ratio",
-    "min.compaction.lag.ms",
-    "min.insync.replicas",
-    "preallocate",
-    "remote.storage.enable",
-    "retention.bytes",
-    "retention.ms",
-    "segment.bytes",
-    "segment.index.bytes",
-    "segment.jitter.ms",
-    "segment.ms",
-    "unclean.leader.election.enable",
-];
-
 /// Checks topic configs: known names and values the log accepts.
 pub fn validate_topic_configs(
     defaults: &LogConfig,
@@ -97,7 +64,7 @@ pub fn validate_topic_configs(
 ) -> Result<LogConfig, String> {
     if let Some(unknown) = configs
         .keys()
-        .find(|k| !TOPIC_CONFIG_NAMES.contains(&k.as_str()))
+        .find(|k| crate::topic_configs::find(k).is_none())
     {
         return Err(format!("unknown topic config `{unknown}`"));
     }
@@ -332,6 +299,51 @@ impl BrokerState {
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .insert(tp, Arc::new(SharedLog::new(log)));
+        }
+        Ok(())
+    }
+
+    /// Replaces a topic's configs with `configs` (validated by the caller): records the
+    /// changes durably, then applies them to every partition log. Blocking.
+    pub fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        let log_config = topic_log_config(&self.config.log, configs)?;
+        let mut metadata = lock(&self.metadata);
+        let Some(topic) = metadata.image().topic(name).cloned() else {
+            return Ok(());
+        };
+        let mut records = Vec::new();
+        for (key, value) in configs {
+            if topic.configs.get(key) != Some(value) {
+                records.push((key.clone(), Some(value.clone())));
+            }
+        }
+        for key in topic.configs.keys().filter(|k| !configs.contains_key(*k)) {
+            records.push((key.clone(), None));
+        }
+        let records: Vec<MetadataRecord> = records
+            .into_iter()
+            .map(|(key, value)| {
+                MetadataRecord::Config(ConfigRecord {
+                    resource_type: TOPIC_RESOURCE_TYPE,
+                    resource_name: name.to_string(),
+                    name: key,
+                    value,
+                    ..ConfigRecord::default()
+                })
+            })
+            .collect();
+        if !records.is_empty() {
+            metadata.commit(&records, now_ms())?;
+        }
+        drop(metadata);
+        for partition in &topic.partitions {
+            if let Some(log) = self.partition(name, partition.index) {
+                log.with_log(|log| log.set_config(log_config.clone()));
+            }
         }
         Ok(())
     }

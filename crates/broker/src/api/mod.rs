@@ -11,12 +11,15 @@ use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody};
 
 use crate::state::BrokerState;
 
+pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_records;
 pub mod delete_topics;
+pub mod describe_configs;
 pub mod fetch;
+pub mod incremental_alter_configs;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -32,6 +35,9 @@ pub const IMPLEMENTED: &[ApiKey] = &[
     ApiKey::DeleteTopics,
     ApiKey::DeleteRecords,
     ApiKey::CreatePartitions,
+    ApiKey::DescribeConfigs,
+    ApiKey::AlterConfigs,
+    ApiKey::IncrementalAlterConfigs,
 ];
 
 /// What to do after a request.
@@ -96,6 +102,15 @@ pub async fn handle(state: &Arc<BrokerState>, header: RequestHeader, body: Reque
         RequestBody::DeleteRecords(request) => {
             ResponseBody::DeleteRecords(delete_records::handle(state, request, version).await)
         }
+        RequestBody::DescribeConfigs(request) => {
+            ResponseBody::DescribeConfigs(describe_configs::handle(state, request, version))
+        }
+        RequestBody::AlterConfigs(request) => {
+            ResponseBody::AlterConfigs(alter_configs::handle(state, request, version).await)
+        }
+        RequestBody::IncrementalAlterConfigs(request) => ResponseBody::IncrementalAlterConfigs(
+            incremental_alter_configs::handle(state, request, version).await,
+        ),
         other => {
             tracing::debug!(
                 api = other.api_key().name(),

@@ -224,3 +224,19 @@ def test_confluent_admin_describes_and_alters_configs(broker):
     configs = admin.describe_configs([topic])[topic].result(30)
     assert configs["max.message.bytes"].value == "2000000"
     assert configs["max.message.bytes"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+
+
+def test_confluent_admin_describes_the_cluster_and_topics(broker):
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": broker.address})
+    admin.create_topics([NewTopic("described", 5, 1)])["described"].result(30)
+    cluster = admin.describe_cluster().result(30)
+    assert cluster.cluster_id == "spool-cluster"
+    assert [node.id for node in cluster.nodes] == [0]
+    assert cluster.controller.id == 0
+    [description] = [f.result(30) for f in admin.describe_topics(TopicCollection(["described"])).values()]
+    assert description.name == "described"
+    assert [p.id for p in description.partitions] == [0, 1, 2, 3, 4]
+    assert all(p.leader.id == 0 and [r.id for r in p.isr] == [0] for p in description.partitions)

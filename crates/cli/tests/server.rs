@@ -276,3 +276,166 @@ fn pipelined_produce_requests_are_appended_in_the_order_they_were_sent() {
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn cluster_log_dirs_leader_epochs_and_paginated_partitions_are_described() {
+    let dir = temp_dir("describe");
+    let server = Server::start(&dir, &["--set", "num.partitions=3"]);
+    let mut client = server.connect();
+    metadata(&mut client, "described");
+    produce(&mut client, "described", 1, batch(0, 7), -1);
+
+    let ResponseBody::DescribeCluster(cluster) = client.call(
+        RequestBody::DescribeCluster(DescribeClusterRequest {
+            endpoint_type: 1,
+            ..Default::default()
+        }),
+        2,
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            cluster.error_code,
+            cluster.controller_id,
+            cluster.brokers.len()
+        ),
+        (0, 0, 1)
+    );
+    assert_eq!(
+        cluster.brokers[0].port.to_string(),
+        server.address.rsplit(':').next().unwrap()
+    );
+    let ResponseBody::DescribeCluster(controllers) = client.call(
+        RequestBody::DescribeCluster(DescribeClusterRequest {
+            endpoint_type: 2,
+            ..Default::default()
+        }),
+        2,
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        controllers.error_code,
+        ErrorCode::UnsupportedEndpointType.code()
+    );
+
+    let epochs = |current: i32, epoch: i32| OffsetForLeaderEpochRequest {
+        replica_id: -1,
+        topics: vec![offset_for_leader_epoch_request::OffsetForLeaderTopic {
+            topic: "described".into(),
+            partitions: vec![offset_for_leader_epoch_request::OffsetForLeaderPartition {
+                partition: 1,
+                current_leader_epoch: current,
+                leader_epoch: epoch,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let ResponseBody::OffsetForLeaderEpoch(answer) =
+        client.call(RequestBody::OffsetForLeaderEpoch(epochs(0, 0)), 4)
+    else {
+        panic!()
+    };
+    let result = &answer.topics[0].partitions[0];
+    assert_eq!(
+        (result.error_code, result.leader_epoch, result.end_offset),
+        (0, 0, 7)
+    );
+    let ResponseBody::OffsetForLeaderEpoch(answer) =
+        client.call(RequestBody::OffsetForLeaderEpoch(epochs(5, 0)), 4)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        answer.topics[0].partitions[0].error_code,
+        ErrorCode::UnknownLeaderEpoch.code()
+    );
+
+    let ResponseBody::DescribeLogDirs(dirs) = client.call(
+        RequestBody::DescribeLogDirs(DescribeLogDirsRequest {
+            topics: None,
+            ..Default::default()
+        }),
+        4,
+    ) else {
+        panic!()
+    };
+    let partitions = &dirs.results[0]
+        .topics
+        .iter()
+        .find(|t| t.name == "described")
+        .unwrap()
+        .partitions;
+    assert_eq!(partitions.len(), 3);
+    assert!(
+        partitions
+            .iter()
+            .find(|p| p.partition_index == 1)
+            .unwrap()
+            .partition_size
+            > 0
+    );
+    assert_eq!(
+        partitions
+            .iter()
+            .find(|p| p.partition_index == 0)
+            .unwrap()
+            .partition_size,
+        0
+    );
+
+    // Two partitions a page: the cursor carries on where the first page stopped.
+    let page = |cursor: Option<describe_topic_partitions_request::Cursor>| {
+        DescribeTopicPartitionsRequest {
+            topics: vec![describe_topic_partitions_request::TopicRequest {
+                name: "described".into(),
+                ..Default::default()
+            }],
+            response_partition_limit: 2,
+            cursor,
+            ..Default::default()
+        }
+    };
+    let ResponseBody::DescribeTopicPartitions(first) =
+        client.call(RequestBody::DescribeTopicPartitions(page(None)), 0)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        first.topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.partition_index)
+            .collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    let cursor = first.next_cursor.expect("a next page");
+    assert_eq!(
+        (cursor.topic_name.as_str(), cursor.partition_index),
+        ("described", 2)
+    );
+    let next = describe_topic_partitions_request::Cursor {
+        topic_name: cursor.topic_name,
+        partition_index: cursor.partition_index,
+        ..Default::default()
+    };
+    let ResponseBody::DescribeTopicPartitions(second) =
+        client.call(RequestBody::DescribeTopicPartitions(page(Some(next))), 0)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        second.topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.partition_index)
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert!(second.next_cursor.is_none());
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

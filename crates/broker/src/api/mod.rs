@@ -17,11 +17,15 @@ pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_records;
 pub mod delete_topics;
+pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_log_dirs;
+pub mod describe_topic_partitions;
 pub mod fetch;
 pub mod incremental_alter_configs;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 
 /// The APIs this broker serves (and advertises).
@@ -38,6 +42,10 @@ pub const IMPLEMENTED: &[ApiKey] = &[
     ApiKey::DescribeConfigs,
     ApiKey::AlterConfigs,
     ApiKey::IncrementalAlterConfigs,
+    ApiKey::DescribeCluster,
+    ApiKey::DescribeLogDirs,
+    ApiKey::DescribeTopicPartitions,
+    ApiKey::OffsetForLeaderEpoch,
 ];
 
 /// What to do after a request.
@@ -110,6 +118,18 @@ pub async fn handle(state: &Arc<BrokerState>, header: RequestHeader, body: Reque
         }
         RequestBody::IncrementalAlterConfigs(request) => ResponseBody::IncrementalAlterConfigs(
             incremental_alter_configs::handle(state, request, version).await,
+        ),
+        RequestBody::DescribeCluster(request) => {
+            ResponseBody::DescribeCluster(describe_cluster::handle(state, request, version))
+        }
+        RequestBody::DescribeLogDirs(request) => {
+            ResponseBody::DescribeLogDirs(describe_log_dirs::handle(state, request, version))
+        }
+        RequestBody::DescribeTopicPartitions(request) => ResponseBody::DescribeTopicPartitions(
+            describe_topic_partitions::handle(state, request, version),
+        ),
+        RequestBody::OffsetForLeaderEpoch(request) => ResponseBody::OffsetForLeaderEpoch(
+            offset_for_leader_epoch::handle(state, request, version),
         ),
         other => {
             tracing::debug!(

@@ -1,0 +1,43 @@
+//! DescribeCluster (versions 0-2): the cluster ID, the controller and the brokers.
+
+use std::sync::Arc;
+
+use spool_protocol::ErrorCode;
+use spool_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use spool_protocol::messages::{DescribeClusterRequest, DescribeClusterResponse};
+
+use crate::state::BrokerState;
+
+/// `endpoint_type`: brokers (1) or controllers (2).
+const BROKERS: i8 = 1;
+
+pub fn handle(
+    state: &Arc<BrokerState>,
+    request: DescribeClusterRequest,
+    version: i16,
+) -> DescribeClusterResponse {
+    let mut response = DescribeClusterResponse {
+        cluster_id: state.config.cluster_id.clone(),
+        controller_id: state.config.node_id,
+        endpoint_type: if version >= 1 {
+            request.endpoint_type
+        } else {
+            BROKERS
+        },
+        ..Default::default()
+    };
+    if version >= 1 && request.endpoint_type != BROKERS {
+        // Controller endpoints are asked of controllers, not of brokers (KIP-919).
+        response.error_code = ErrorCode::UnsupportedEndpointType.code();
+        response.error_message =
+            Some("this broker describes brokers; ask a controller for controllers".into());
+        return response;
+    }
+    response.brokers = vec![DescribeClusterBroker {
+        broker_id: state.config.node_id,
+        host: state.advertised_host.clone(),
+        port: state.advertised_port,
+        ..Default::default()
+    }];
+    response
+}

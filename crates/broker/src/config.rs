@@ -48,6 +48,9 @@ pub struct BrokerConfig {
     pub queued_max_requests_per_connection: usize,
     /// The cluster ID reported in Metadata and DescribeCluster.
     pub cluster_id: String,
+    /// `log.retention.check.interval.ms`: how often retention, compaction, `flush.ms` and
+    /// the removal of deleted segments run.
+    pub log_retention_check_interval_ms: u64,
     /// Defaults for every partition log (`log.segment.bytes`, `log.retention.ms`, …).
     pub log: LogConfig,
     /// The settings given explicitly (file, environment, flags), as given: DescribeConfigs
@@ -69,6 +72,7 @@ impl Default for BrokerConfig {
             connections_max_idle_ms: 10 * 60 * 1000,
             queued_max_requests_per_connection: 100,
             cluster_id: "spool-cluster".to_string(),
+            log_retention_check_interval_ms: 5 * 60 * 1000,
             log: LogConfig::default(),
             explicit: std::collections::BTreeMap::new(),
         }
@@ -166,6 +170,9 @@ impl BrokerConfig {
             "socket.request.max.bytes" => self.socket_request_max_bytes = parse(key, value)?,
             "connections.max.idle.ms" => self.connections_max_idle_ms = parse(key, value)?,
             "cluster.id" => self.cluster_id = value.trim().to_string(),
+            "log.retention.check.interval.ms" => {
+                self.log_retention_check_interval_ms = parse(key, value)?
+            }
             "log.segment.bytes" => self.log.segment_bytes = parse(key, value)?,
             "log.roll.ms" => self.log.segment_ms = parse(key, value)?,
             "log.roll.hours" => {

@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use spool_log::storage::LockGuard;
 use spool_log::{
-    DiskStorage, LogConfig, LogError, LogManager, PartitionLog, SharedLog, Storage, TopicPartition,
+    DiskStorage, KeepAllBatches, LogConfig, LogError, LogManager, PartitionLog, SharedLog, Storage,
+    TopicPartition,
 };
 use spool_protocol::internal::{ConfigRecord, PartitionRecord, RemoveTopicRecord};
 use spool_protocol::record_batch::TimestampType;
@@ -346,6 +347,39 @@ impl BrokerState {
             }
         }
         Ok(())
+    }
+
+    /// One maintenance pass over every partition log: retention, removal of deleted
+    /// segments, compaction when due (never past the high watermark) and `flush.ms` /
+    /// `flush.messages`. Blocking. A log that fails is reported and skipped; the others go on.
+    pub fn maintain(&self, now_ms: i64) {
+        let logs: Vec<(TopicPartition, Arc<SharedLog>)> = {
+            let partitions = self
+                .partitions
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            partitions
+                .iter()
+                .map(|(tp, log)| (tp.clone(), Arc::clone(log)))
+                .collect()
+        };
+        for (tp, log) in logs {
+            let outcome = log.with_log(|log| -> Result<(), LogError> {
+                log.apply_retention(now_ms)?;
+                log.purge_deleted()?;
+                let high_watermark = log.high_watermark();
+                if log.needs_cleaning(now_ms, high_watermark) {
+                    log.clean(now_ms, high_watermark, &KeepAllBatches)?;
+                }
+                if log.flush_due(now_ms) {
+                    log.flush()?;
+                }
+                Ok(())
+            });
+            if let Err(e) = outcome {
+                tracing::warn!(partition = %tp, error = %e, "log maintenance failed");
+            }
+        }
     }
 
     /// Closes every log cleanly so the next start skips recovery.

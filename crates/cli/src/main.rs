@@ -158,12 +158,14 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
     let server = tokio::spawn(spool_broker::server::serve(
         Arc::clone(&state),
         listener,
-        stopped,
+        stopped.clone(),
     ));
+    let maintenance = tokio::spawn(maintain(Arc::clone(&state), stopped));
     wait_for_signal().await;
     say(format_args!("spool: shutting down"));
     let _ = stop.send(true);
     let _ = server.await;
+    let _ = maintenance.await;
     // Connections finish their in-flight requests and drop their hold on the state.
     for _ in 0..1000 {
         if Arc::strong_count(&state) == 1 {
@@ -177,6 +179,25 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     say(format_args!("spool: stopped cleanly"));
     Ok(())
+}
+
+/// Runs log maintenance (retention, compaction, flushes) every
+/// `log.retention.check.interval.ms` until shutdown.
+async fn maintain(state: Arc<BrokerState>, mut stopped: watch::Receiver<bool>) {
+    let period = Duration::from_millis(state.config.log_retention_check_interval_ms.max(1));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let state = Arc::clone(&state);
+                let now = spool_broker::state::now_ms();
+                let _ = tokio::task::spawn_blocking(move || state.maintain(now)).await;
+            }
+            _ = stopped.changed() => return,
+        }
+    }
 }
 
 async fn wait_for_signal() {

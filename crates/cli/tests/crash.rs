@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use spool_protocol::messages::*;
-use spool_protocol::record_batch::RecordBatches;
 
 mod common;
 
@@ -26,27 +25,15 @@ fn next(state: &mut u64) -> u64 {
 
 /// Every record from offset 0, as offset → key.
 fn read_back(client: &mut Client, topic: &str) -> BTreeMap<i64, String> {
-    let mut records = BTreeMap::new();
-    let mut offset = 0;
-    loop {
-        let data = fetch(client, topic, offset, 0);
-        let batches: Vec<_> = RecordBatches::new(data.records.unwrap_or_default())
-            .map(Result::unwrap)
-            .collect();
-        if batches.is_empty() {
-            return records;
-        }
-        for batch in batches {
-            for record in batch.records(1 << 20).unwrap() {
-                let record = record.unwrap();
-                records.insert(
-                    record.offset,
-                    String::from_utf8(record.key.unwrap().to_vec()).unwrap(),
-                );
-                offset = record.offset + 1;
-            }
-        }
-    }
+    records_of(client, topic)
+        .into_iter()
+        .map(|r| {
+            (
+                r.offset,
+                String::from_utf8(r.key.expect("a key").to_vec()).expect("utf-8"),
+            )
+        })
+        .collect()
 }
 
 #[test]

@@ -439,3 +439,137 @@ fn cluster_log_dirs_leader_epochs_and_paginated_partitions_are_described() {
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn create_topic(client: &mut Client, name: &str, configs: &[(&str, &str)]) {
+    let request = CreateTopicsRequest {
+        topics: vec![create_topics_request::CreatableTopic {
+            name: name.into(),
+            num_partitions: 1,
+            replication_factor: 1,
+            configs: configs
+                .iter()
+                .map(|(k, v)| create_topics_request::CreatableTopicConfig {
+                    name: (*k).into(),
+                    value: Some((*v).into()),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        timeout_ms: 30_000,
+        ..Default::default()
+    };
+    let ResponseBody::CreateTopics(response) = client.call(RequestBody::CreateTopics(request), 7)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        response.topics[0].error_code, 0,
+        "{:?}",
+        response.topics[0].error_message
+    );
+}
+
+fn earliest_offset(client: &mut Client, topic: &str) -> i64 {
+    let request = ListOffsetsRequest {
+        replica_id: -1,
+        topics: vec![list_offsets_request::ListOffsetsTopic {
+            name: topic.into(),
+            partitions: vec![list_offsets_request::ListOffsetsPartition {
+                partition_index: 0,
+                timestamp: -2,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let ResponseBody::ListOffsets(response) = client.call(RequestBody::ListOffsets(request), 7)
+    else {
+        panic!()
+    };
+    response.topics[0].partitions[0].offset
+}
+
+#[test]
+fn retention_and_compaction_run_in_the_background() {
+    let dir = temp_dir("maintenance");
+    let server = Server::start(&dir, &["--set", "log.retention.check.interval.ms=50"]);
+    let mut client = server.connect();
+    // Records stamped in 2023 are past a one-hour retention at once.
+    create_topic(
+        &mut client,
+        "expiring",
+        &[("segment.bytes", "1024"), ("retention.ms", "3600000")],
+    );
+    for i in 0..40 {
+        produce(&mut client, "expiring", 0, batch(i * 2, 2), 1);
+    }
+    // Ten keys written over and over on a compacted topic.
+    create_topic(
+        &mut client,
+        "latest",
+        &[
+            ("segment.bytes", "1024"),
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+        ],
+    );
+    for round in 0..20 {
+        let mut builder = spool_protocol::record_batch::RecordBatchBuilder::new(
+            spool_protocol::compression::Compression::None,
+        );
+        for key in 0..10 {
+            builder
+                .append(
+                    0,
+                    Some(format!("k{key}").as_bytes()),
+                    Some(format!("round-{round}").as_bytes()),
+                    &[],
+                )
+                .unwrap();
+        }
+        produce(&mut client, "latest", 0, builder.build().unwrap(), 1);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let earliest = earliest_offset(&mut client, "expiring");
+        let compacted: Vec<(String, String)> = records_of(&mut client, "latest")
+            .into_iter()
+            .map(|r| {
+                (
+                    String::from_utf8(r.key.unwrap().to_vec()).unwrap(),
+                    String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        let expired = earliest > 0;
+        // The closed segments lost their stale versions; the active segment keeps its own.
+        let cleaned = !compacted.is_empty()
+            && compacted.len() < 100
+            && compacted.iter().filter(|(k, _)| k == "k3").count() < 20;
+        if expired && cleaned {
+            assert!(earliest < 80, "the active segment stays: {earliest}");
+            let latest_k3 = compacted
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "k3")
+                .map(|(_, v)| v.clone());
+            assert_eq!(
+                latest_k3.as_deref(),
+                Some("round-19"),
+                "the latest value of every key survives"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "maintenance did not run: earliest {earliest}, {} records on the compacted topic",
+            compacted.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -247,3 +247,22 @@ pub fn offsets_in(records: Option<Bytes>) -> Vec<i64> {
         })
         .collect()
 }
+
+/// Every record of partition 0 from offset 0 to the end, fetch after fetch.
+pub fn records_of(client: &mut Client, topic: &str) -> Vec<spool_protocol::record_batch::Record> {
+    let mut records = Vec::new();
+    let mut offset = 0;
+    loop {
+        let data = fetch(client, topic, offset, 0);
+        let batches: Vec<_> = RecordBatches::new(data.records.unwrap_or_default())
+            .map(Result::unwrap)
+            .collect();
+        if batches.is_empty() {
+            return records;
+        }
+        for batch in batches {
+            offset = batch.last_offset() + 1;
+            records.extend(batch.records(1 << 20).unwrap().map(Result::unwrap));
+        }
+    }
+}

@@ -73,7 +73,11 @@ impl Default for BrokerConfig {
             queued_max_requests_per_connection: 100,
             cluster_id: "spool-cluster".to_string(),
             log_retention_check_interval_ms: 5 * 60 * 1000,
-            log: LogConfig::default(),
+            // Kafka 4's broker default: records at most an hour in the future.
+            log: LogConfig {
+                timestamp_after_max_ms: 3_600_000,
+                ..LogConfig::default()
+            },
             explicit: std::collections::BTreeMap::new(),
         }
     }
@@ -185,6 +189,12 @@ impl BrokerConfig {
                 self.log.message_timestamp_type = parse_timestamp_type(key, value)?
             }
             "log.retention.ms" => self.log.retention_ms = parse(key, value)?,
+            "log.message.timestamp.before.max.ms" => {
+                self.log.timestamp_before_max_ms = parse(key, value)?
+            }
+            "log.message.timestamp.after.max.ms" => {
+                self.log.timestamp_after_max_ms = parse(key, value)?
+            }
             "log.retention.minutes" => {
                 self.log.retention_ms = parse::<i64>(key, value)?.saturating_mul(60_000)
             }

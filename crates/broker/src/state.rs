@@ -95,6 +95,8 @@ pub fn topic_log_config(
             "max.message.bytes" => {
                 config.max_message_bytes = u64::try_from(number()?).map_err(|_| invalid())?
             }
+            "message.timestamp.before.max.ms" => config.timestamp_before_max_ms = number()?,
+            "message.timestamp.after.max.ms" => config.timestamp_after_max_ms = number()?,
             "flush.messages" => config.flush_messages = number()?,
             "flush.ms" => config.flush_ms = number()?,
             "min.compaction.lag.ms" => config.min_compaction_lag_ms = number()?,

@@ -573,3 +573,42 @@ fn retention_and_compaction_run_in_the_background() {
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn records_from_the_far_future_are_refused_with_invalid_timestamp() {
+    let dir = temp_dir("timestamps");
+    let server = Server::start(&dir, &[]);
+    let mut client = server.connect();
+    metadata(&mut client, "clocks");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut builder = spool_protocol::record_batch::RecordBatchBuilder::new(
+        spool_protocol::compression::Compression::None,
+    );
+    builder
+        .append(
+            now + 2 * 3_600_000,
+            Some(b"k"),
+            Some(b"two hours ahead"),
+            &[],
+        )
+        .unwrap();
+    let refused = produce(&mut client, "clocks", 0, builder.build().unwrap(), 1);
+    assert_eq!(
+        refused.error_code,
+        ErrorCode::InvalidTimestamp.code(),
+        "Kafka's default: at most an hour ahead"
+    );
+    let mut builder = spool_protocol::record_batch::RecordBatchBuilder::new(
+        spool_protocol::compression::Compression::None,
+    );
+    builder.append(now, Some(b"k"), Some(b"now"), &[]).unwrap();
+    assert_eq!(
+        produce(&mut client, "clocks", 0, builder.build().unwrap(), 1).base_offset,
+        0
+    );
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

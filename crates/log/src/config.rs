@@ -17,6 +17,11 @@ pub struct LogConfig {
     pub max_message_bytes: u64,
     /// `message.timestamp.type`.
     pub message_timestamp_type: TimestampType,
+    /// `message.timestamp.before.max.ms`: how far in the past a CreateTime record may be.
+    pub timestamp_before_max_ms: i64,
+    /// `message.timestamp.after.max.ms`: how far in the future a CreateTime record may be.
+    /// The log's own default is unbounded; the broker applies Kafka's (one hour).
+    pub timestamp_after_max_ms: i64,
     /// The most bytes a batch may decompress to while the log looks inside it.
     pub decompressed_batch_bytes_max: usize,
     /// `retention.ms`: delete closed segments whose newest record is older; -1 keeps all.
@@ -55,6 +60,8 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             max_message_bytes: 1024 * 1024 + 12,
             message_timestamp_type: TimestampType::CreateTime,
+            timestamp_before_max_ms: i64::MAX,
+            timestamp_after_max_ms: i64::MAX,
             decompressed_batch_bytes_max: 64 * 1024 * 1024,
             retention_ms: 7 * 24 * 60 * 60 * 1000,
             retention_bytes: -1,

@@ -19,6 +19,8 @@ pub enum LogError {
     InvalidBatch(#[from] DecodeError),
     #[error("rewriting a batch failed: {0}")]
     Rewrite(#[from] spool_protocol::EncodeError),
+    #[error("record timestamp {timestamp} is outside the allowed range around {now_ms}")]
+    InvalidTimestamp { timestamp: i64, now_ms: i64 },
     #[error("batch of {size} bytes exceeds max.message.bytes ({max})")]
     MessageTooLarge { size: u64, max: u64 },
     #[error("offset {offset} is outside the log [{log_start_offset}, {log_end_offset}]")]
@@ -36,6 +38,7 @@ impl LogError {
             LogError::Storage(_) | LogError::Offline => ErrorCode::KafkaStorageError,
             LogError::InvalidBatch(e) => batch_error_code(e),
             LogError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
+            LogError::InvalidTimestamp { .. } => ErrorCode::InvalidTimestamp,
             LogError::Rewrite(_) => ErrorCode::UnknownServerError,
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         }

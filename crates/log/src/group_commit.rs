@@ -83,7 +83,7 @@ impl SharedLog {
                 .config
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            validate_produced(&config, records)?
+            validate_produced(&config, records, now_ms)?
         };
         self.with_log(|log| log.append_validated(validated, leader_epoch, now_ms))
     }

@@ -623,3 +623,38 @@ fn segments_roll_on_segment_ms_by_record_time_even_across_restarts() {
         "61 s after the segment's first record: rolled"
     );
 }
+
+#[test]
+fn create_time_records_outside_the_timestamp_bounds_are_invalid_timestamp() {
+    let storage = MemStorage::new();
+    let config = LogConfig {
+        timestamp_after_max_ms: 3_600_000,
+        timestamp_before_max_ms: 86_400_000,
+        ..LogConfig::default()
+    };
+    let (mut log, _) = open(&storage, config);
+    let now = 1_700_000_000_000;
+    let stamped = |timestamp: i64| {
+        let mut builder = RecordBatchBuilder::new(Compression::Gzip);
+        builder
+            .append(now, Some(b"k"), Some(b"in range"), &[])
+            .unwrap();
+        builder
+            .append(timestamp, Some(b"k"), Some(b"edge"), &[])
+            .unwrap();
+        builder.build().unwrap()
+    };
+    assert!(
+        log.append_as_leader(stamped(now + 3_599_000), 0, now)
+            .is_ok()
+    );
+    let future = log
+        .append_as_leader(stamped(now + 7_200_000), 0, now)
+        .unwrap_err();
+    assert_eq!(future.error_code(), ErrorCode::InvalidTimestamp);
+    let past = log
+        .append_as_leader(stamped(now - 2 * 86_400_000), 0, now)
+        .unwrap_err();
+    assert_eq!(past.error_code(), ErrorCode::InvalidTimestamp);
+    assert_eq!(log.log_end_offset(), 2, "refused batches append nothing");
+}

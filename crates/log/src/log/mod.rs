@@ -107,9 +107,14 @@ pub struct ValidatedRecords {
 }
 
 /// Checks batches a client produced against a log's settings: structure, CRC, record
-/// counts and offsets, `max.message.bytes`, and keys on compacted topics. Pure CPU work,
-/// done before taking the log.
-pub fn validate_produced(config: &LogConfig, records: Bytes) -> Result<ValidatedRecords, LogError> {
+/// counts and offsets, `max.message.bytes`, keys on compacted topics, and (CreateTime
+/// topics) record timestamps within `message.timestamp.before/after.max.ms` of `now_ms`.
+/// Pure CPU work, done before taking the log.
+pub fn validate_produced(
+    config: &LogConfig,
+    records: Bytes,
+    now_ms: i64,
+) -> Result<ValidatedRecords, LogError> {
     let mut batches = Vec::new();
     for batch in RecordBatches::new(records.clone()) {
         let batch = batch?;
@@ -120,6 +125,9 @@ pub fn validate_produced(config: &LogConfig, records: Bytes) -> Result<Validated
             });
         }
         batch.validate_for_append(config.decompressed_batch_bytes_max)?;
+        if config.message_timestamp_type == TimestampType::CreateTime {
+            check_timestamps(config, &batch, now_ms)?;
+        }
         if config.cleanup_compact {
             for record in batch.records(config.decompressed_batch_bytes_max)? {
                 if record?.key.is_none() {
@@ -139,6 +147,26 @@ pub fn validate_produced(config: &LogConfig, records: Bytes) -> Result<Validated
         ));
     }
     Ok(ValidatedRecords { records, batches })
+}
+
+/// A batch's records must lie within the configured distance of the broker's clock. The
+/// batch's max timestamp bounds the future side; the past side needs each record, so it is
+/// only checked when bounded.
+fn check_timestamps(config: &LogConfig, batch: &RecordBatch, now_ms: i64) -> Result<(), LogError> {
+    let invalid = |timestamp| LogError::InvalidTimestamp { timestamp, now_ms };
+    if batch.max_timestamp() > now_ms.saturating_add(config.timestamp_after_max_ms) {
+        return Err(invalid(batch.max_timestamp()));
+    }
+    if config.timestamp_before_max_ms != i64::MAX {
+        let earliest = now_ms.saturating_sub(config.timestamp_before_max_ms);
+        for record in batch.records(config.decompressed_batch_bytes_max)? {
+            let record = record?;
+            if record.timestamp < earliest {
+                return Err(invalid(record.timestamp));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub struct PartitionLog {
@@ -380,7 +408,7 @@ impl PartitionLog {
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
         self.check_online()?;
-        let validated = validate_produced(&self.config, records)?;
+        let validated = validate_produced(&self.config, records, now_ms)?;
         self.append_validated(validated, leader_epoch, now_ms)
     }
 

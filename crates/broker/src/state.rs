@@ -214,7 +214,19 @@ impl BrokerState {
             now,
         )?;
         drop(metadata);
-        for index in 0..partitions {
+        self.open_partitions(name, 0..partitions, &log_config, now)?;
+        Ok(())
+    }
+
+    /// Creates (or opens) the logs of partitions `indexes` of topic `name` and serves them.
+    fn open_partitions(
+        &self,
+        name: &str,
+        indexes: std::ops::Range<i32>,
+        log_config: &LogConfig,
+        now: i64,
+    ) -> Result<(), BrokerError> {
+        for index in indexes {
             let tp = TopicPartition::new(name, index);
             let log = open_log(
                 &self.storage,
@@ -289,20 +301,7 @@ impl BrokerState {
             .collect();
         metadata.commit(&records, now)?;
         drop(metadata);
-        for index in first_new..count {
-            let tp = TopicPartition::new(name, index);
-            let log = open_log(
-                &self.storage,
-                &self.config.data_dir,
-                &tp,
-                log_config.clone(),
-                now,
-            )?;
-            self.partitions
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .insert(tp, Arc::new(SharedLog::new(log)));
-        }
+        self.open_partitions(name, first_new..count, &log_config, now)?;
         Ok(())
     }
 

@@ -4,13 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use spool_protocol::ErrorCode;
 use spool_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use spool_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
-use super::describe_configs::BROKER_RESOURCE_TYPE;
-use super::incremental_alter_configs::alter_topic;
-use crate::metadata::TOPIC_RESOURCE_TYPE;
+use super::incremental_alter_configs::alter_resource;
 use crate::state::BrokerState;
 
 pub async fn handle(
@@ -25,29 +22,14 @@ pub async fn handle(
             .iter()
             .filter_map(|c| c.value.clone().map(|v| (c.name.clone(), v)))
             .collect();
-        let outcome = match resource.resource_type {
-            TOPIC_RESOURCE_TYPE => {
-                alter_topic(
-                    state,
-                    &resource.resource_name,
-                    request.validate_only,
-                    |_| Ok(replacement),
-                )
-                .await
-            }
-            BROKER_RESOURCE_TYPE => Err((
-                ErrorCode::InvalidRequest,
-                "broker settings are static in this version".to_string(),
-            )),
-            other => Err((
-                ErrorCode::InvalidRequest,
-                format!("resource type {other} is not served"),
-            )),
-        };
-        let (error_code, error_message) = match outcome {
-            Ok(()) => (0, None),
-            Err((error, message)) => (error.code(), Some(message)),
-        };
+        let (error_code, error_message) = alter_resource(
+            state,
+            resource.resource_type,
+            &resource.resource_name,
+            request.validate_only,
+            |_| Ok(replacement),
+        )
+        .await;
         responses.push(AlterConfigsResourceResponse {
             error_code,
             error_message,

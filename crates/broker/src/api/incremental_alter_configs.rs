@@ -110,6 +110,34 @@ pub async fn alter_topic(
     }
 }
 
+/// The outcome for one resource of an alter request, as (error code, message): topics are
+/// altered with `compute`; broker settings are static in this version.
+pub async fn alter_resource(
+    state: &Arc<BrokerState>,
+    resource_type: i8,
+    name: &str,
+    validate_only: bool,
+    compute: impl FnOnce(
+        &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, (ErrorCode, String)>,
+) -> (i16, Option<String>) {
+    let outcome = match resource_type {
+        TOPIC_RESOURCE_TYPE => alter_topic(state, name, validate_only, compute).await,
+        BROKER_RESOURCE_TYPE => Err((
+            ErrorCode::InvalidRequest,
+            "broker settings are static in this version".to_string(),
+        )),
+        other => Err((
+            ErrorCode::InvalidRequest,
+            format!("resource type {other} is not served"),
+        )),
+    };
+    match outcome {
+        Ok(()) => (ErrorCode::None.code(), None),
+        Err((error, message)) => (error.code(), Some(message)),
+    }
+}
+
 pub async fn handle(
     state: &Arc<BrokerState>,
     request: IncrementalAlterConfigsRequest,
@@ -117,29 +145,14 @@ pub async fn handle(
 ) -> IncrementalAlterConfigsResponse {
     let mut responses = Vec::with_capacity(request.resources.len());
     for resource in &request.resources {
-        let outcome = match resource.resource_type {
-            TOPIC_RESOURCE_TYPE => {
-                alter_topic(
-                    state,
-                    &resource.resource_name,
-                    request.validate_only,
-                    |current| apply(current, resource),
-                )
-                .await
-            }
-            BROKER_RESOURCE_TYPE => Err((
-                ErrorCode::InvalidRequest,
-                "broker settings are static in this version".to_string(),
-            )),
-            other => Err((
-                ErrorCode::InvalidRequest,
-                format!("resource type {other} is not served"),
-            )),
-        };
-        let (error_code, error_message) = match outcome {
-            Ok(()) => (0, None),
-            Err((error, message)) => (error.code(), Some(message)),
-        };
+        let (error_code, error_message) = alter_resource(
+            state,
+            resource.resource_type,
+            &resource.resource_name,
+            request.validate_only,
+            |current| apply(current, resource),
+        )
+        .await;
         responses.push(AlterConfigsResourceResponse {
             error_code,
             error_message,

@@ -33,28 +33,51 @@ def test_kcat_lists_metadata_produces_with_headers_and_consumes_in_order(broker)
         assert all(f"key-{n % 10}" == row[2] for n, row in zip(sequence, mine))
 
 
-def test_confluent_kafka_acks_all_every_codec_read_back_by_assign(broker):
+def test_confluent_kafka_acks_all_every_codec_read_back_by_assign_and_seek(broker):
     from confluent_kafka import Consumer, Producer, TopicPartition
 
+    count = 100_000
     for codec in CODECS:
-        producer = Producer({"bootstrap.servers": broker.address, "acks": "all", "compression.type": codec, "linger.ms": 5})
-        delivered = []
-        for i in range(2000):
-            producer.produce(f"ck-{codec}", key=f"k{i}", value=f"v{i}" * 20, partition=0,
-                             on_delivery=lambda err, msg: delivered.append((err, msg.offset())))
-        assert producer.flush(30) == 0
-        assert all(err is None for err, _ in delivered)
-        assert sorted(offset for _, offset in delivered) == list(range(2000))
+        producer = Producer({"bootstrap.servers": broker.address, "acks": "all", "compression.type": codec,
+                             "linger.ms": 5, "queue.buffering.max.messages": count})
+        failures, offsets = [], []
+
+        def delivered(err, msg):
+            if err is None:
+                offsets.append(msg.offset())
+            else:
+                failures.append(err)
+
+        for i in range(count):
+            producer.produce(f"ck-{codec}", key=f"k{i}", value=f"{codec}-{i}-" * 4, partition=0, on_delivery=delivered)
+            if i % 10_000 == 0:
+                producer.poll(0)
+        assert producer.flush(120) == 0
+        assert failures == [], failures[:3]
+        assert sorted(offsets) == list(range(count)), codec
     consumer = Consumer({"bootstrap.servers": broker.address, "group.id": "not-used", "enable.auto.commit": False})
     for codec in CODECS:
-        consumer.assign([TopicPartition(f"ck-{codec}", 0, 1500)])
-        seen = []
+        # Start in the middle, read a little, then seek back to the start and read everything.
+        partition = TopicPartition(f"ck-{codec}", 0, count // 2)
+        consumer.assign([partition])
+        first = None
         deadline = time.time() + 30
-        while len(seen) < 500 and time.time() < deadline:
+        while first is None and time.time() < deadline:
             message = consumer.poll(0.5)
             if message is not None and message.error() is None:
-                seen.append((message.offset(), message.key().decode()))
-        assert seen == [(1500 + i, f"k{1500 + i}") for i in range(500)], codec
+                first = message
+        assert (first.offset(), first.key()) == (count // 2, f"k{count // 2}".encode()), codec
+        consumer.seek(TopicPartition(f"ck-{codec}", 0, 0))
+        seen = []
+        deadline = time.time() + 120
+        while len(seen) < count and time.time() < deadline:
+            for message in consumer.consume(10_000, timeout=0.5):
+                if message.error() is None:
+                    seen.append((message.offset(), message.key(), message.value()))
+        assert len(seen) == count, (codec, len(seen))
+        for offset, key, value in seen:
+            assert (key, value) == (f"k{offset}".encode(), (f"{codec}-{offset}-" * 4).encode()), (codec, offset)
+        assert [offset for offset, _, _ in seen] == list(range(count)), codec
     consumer.close()
 
 

@@ -263,3 +263,49 @@ def test_confluent_admin_describes_the_cluster_and_topics(broker):
     assert description.name == "described"
     assert [p.id for p in description.partitions] == [0, 1, 2, 3, 4]
     assert all(p.leader.id == 0 and [r.id for r in p.isr] == [0] for p in description.partitions)
+
+
+def test_kafka_python_admin_creates_and_refuses_topics(broker):
+    from kafka import KafkaConsumer
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=broker.address)
+    try:
+        admin.create_topics([NewTopic("kp-admin", num_partitions=5, replication_factor=1,
+                                      topic_configs={"retention.ms": "7200000"})], timeout_ms=10000)
+        try:
+            admin.create_topics([NewTopic("kp-admin", num_partitions=1, replication_factor=1)], timeout_ms=10000)
+            raise AssertionError("creating an existing topic must fail")
+        except TopicAlreadyExistsError:
+            pass
+        assert "kp-admin" in admin.list_topics()
+    finally:
+        admin.close()
+    consumer = KafkaConsumer(bootstrap_servers=broker.address, group_id=None)
+    assert consumer.partitions_for_topic("kp-admin") == set(range(5))
+    consumer.close()
+
+
+def test_aiokafka_admin_creates_and_refuses_topics(broker):
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    TOPIC_ALREADY_EXISTS = 36
+
+    async def scenario():
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.address)
+        await admin.start()
+        try:
+            response = await admin.create_topics([NewTopic("aio-admin", num_partitions=3, replication_factor=1)])
+            first = [(name, code) for name, code, *_ in response.topic_errors]
+            response = await admin.create_topics([NewTopic("aio-admin", num_partitions=1, replication_factor=1)])
+            second = [(name, code) for name, code, *_ in response.topic_errors]
+            described = await admin.describe_topics(["aio-admin"])
+        finally:
+            await admin.close()
+        return first, second, described
+
+    first, second, described = asyncio.run(scenario())
+    assert first == [("aio-admin", 0)]
+    assert second == [("aio-admin", TOPIC_ALREADY_EXISTS)]
+    assert len(described[0]["partitions"]) == 3

@@ -44,6 +44,8 @@ pub struct BrokerConfig {
     pub socket_request_max_bytes: usize,
     /// `connections.max.idle.ms`.
     pub connections_max_idle_ms: u64,
+    /// `max.incremental.fetch.session.cache.slots`: fetch sessions (KIP-227) kept at once.
+    pub max_incremental_fetch_session_cache_slots: usize,
     /// Requests one connection may have in flight before the broker stops reading it.
     pub queued_max_requests_per_connection: usize,
     /// The cluster ID reported in Metadata and DescribeCluster.
@@ -70,6 +72,7 @@ impl Default for BrokerConfig {
             auto_create_topics_enable: true,
             socket_request_max_bytes: 100 * 1024 * 1024,
             connections_max_idle_ms: 10 * 60 * 1000,
+            max_incremental_fetch_session_cache_slots: 1000,
             queued_max_requests_per_connection: 100,
             cluster_id: "spool-cluster".to_string(),
             log_retention_check_interval_ms: 5 * 60 * 1000,
@@ -127,6 +130,10 @@ impl BrokerConfig {
                 "connections.max.idle.ms",
                 self.connections_max_idle_ms.to_string(),
             ),
+            (
+                "max.incremental.fetch.session.cache.slots",
+                self.max_incremental_fetch_session_cache_slots.to_string(),
+            ),
             ("log.segment.bytes", log.segment_bytes.to_string()),
             ("log.roll.ms", log.segment_ms.to_string()),
             (
@@ -173,6 +180,9 @@ impl BrokerConfig {
             "auto.create.topics.enable" => self.auto_create_topics_enable = parse(key, value)?,
             "socket.request.max.bytes" => self.socket_request_max_bytes = parse(key, value)?,
             "connections.max.idle.ms" => self.connections_max_idle_ms = parse(key, value)?,
+            "max.incremental.fetch.session.cache.slots" => {
+                self.max_incremental_fetch_session_cache_slots = parse(key, value)?
+            }
             "cluster.id" => self.cluster_id = value.trim().to_string(),
             "log.retention.check.interval.ms" => {
                 self.log_retention_check_interval_ms = parse(key, value)?

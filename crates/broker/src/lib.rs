@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod fetch_session;
 pub mod metadata;
 pub mod server;
 pub mod state;

@@ -17,6 +17,7 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 use crate::config::BrokerConfig;
+use crate::fetch_session::FetchSessionCache;
 use crate::metadata::{
     METADATA_TOPIC, MetadataError, MetadataImage, MetadataRecord, MetadataStore,
     TOPIC_RESOURCE_TYPE, create_topic_records,
@@ -42,10 +43,12 @@ pub struct BrokerState {
     partitions: RwLock<HashMap<TopicPartition, Arc<SharedLog>>>,
     /// Woken whenever records are appended, for fetches waiting on `min_bytes`.
     pub appended: Notify,
+    /// Incremental fetch sessions (KIP-227).
+    pub fetch_sessions: Mutex<FetchSessionCache>,
     _lock: Box<dyn LockGuard>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -170,7 +173,15 @@ impl BrokerState {
                 partitions.insert(tp, Arc::new(SharedLog::new(log)));
             }
         }
+        let fetch_sessions = FetchSessionCache::new(
+            config.max_incremental_fetch_session_cache_slots,
+            Box::new(|| {
+                let bytes = crate::metadata::random_uuid().0;
+                i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & i32::MAX
+            }),
+        );
         Ok(Arc::new(BrokerState {
+            fetch_sessions: Mutex::new(fetch_sessions),
             config,
             advertised_host,
             advertised_port,

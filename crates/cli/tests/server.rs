@@ -612,3 +612,158 @@ fn records_from_the_far_future_are_refused_with_invalid_timestamp() {
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One fetch request in session `session`/`epoch` by topic ID (v13): `(partition, offset)`
+/// pairs to add or update and partitions to forget.
+fn session_fetch(
+    client: &mut Client,
+    topic_id: spool_protocol::Uuid,
+    session: (i32, i32),
+    partitions: &[(i32, i64)],
+    forget: &[i32],
+    max_wait_ms: i32,
+) -> FetchResponse {
+    let request = FetchRequest {
+        replica_id: -1,
+        max_wait_ms,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        session_id: session.0,
+        session_epoch: session.1,
+        topics: if partitions.is_empty() {
+            Vec::new()
+        } else {
+            vec![fetch_request::FetchTopic {
+                topic_id,
+                partitions: partitions
+                    .iter()
+                    .map(|&(partition, fetch_offset)| fetch_request::FetchPartition {
+                        partition,
+                        fetch_offset,
+                        partition_max_bytes: 1 << 20,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }]
+        },
+        forgotten_topics_data: if forget.is_empty() {
+            Vec::new()
+        } else {
+            vec![fetch_request::ForgottenTopic {
+                topic_id,
+                partitions: forget.to_vec(),
+                ..Default::default()
+            }]
+        },
+        ..Default::default()
+    };
+    match client.call(RequestBody::Fetch(request), 13) {
+        ResponseBody::Fetch(response) => response,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `(partition, offsets of the records returned)` for every partition in a response.
+fn answered(response: &FetchResponse) -> Vec<(i32, Vec<i64>)> {
+    response
+        .responses
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| (p.partition_index, offsets_in(p.records.clone())))
+        .collect()
+}
+
+#[test]
+fn incremental_fetch_sessions_answer_only_what_changed() {
+    let dir = temp_dir("sessions");
+    let server = Server::start(&dir, &["--set", "num.partitions=3"]);
+    let mut client = server.connect();
+    let topic_id = metadata(&mut client, "sessions").topics[0].topic_id;
+    produce(&mut client, "sessions", 0, batch(0, 2), -1);
+    produce(&mut client, "sessions", 1, batch(0, 2), -1);
+
+    // A full fetch asking for a session (epoch 0) gets every partition and an ID.
+    let all = [(0, 0), (1, 0), (2, 0)];
+    let full = session_fetch(&mut client, topic_id, (0, 0), &all, &[], 0);
+    assert_eq!(full.error_code, 0);
+    assert!(full.session_id > 0, "no session: {full:?}");
+    let id = full.session_id;
+    assert_eq!(
+        answered(&full),
+        vec![(0, vec![0, 1]), (1, vec![0, 1]), (2, vec![])]
+    );
+
+    // The client moves its positions; nothing else changed, so nothing is answered.
+    let quiet = session_fetch(&mut client, topic_id, (id, 1), &[(0, 2), (1, 2)], &[], 0);
+    assert_eq!((quiet.error_code, quiet.session_id), (0, id));
+    assert_eq!(answered(&quiet), vec![]);
+
+    // New records on partition 2 release a long poll that names no partition at all,
+    // and only partition 2 is answered.
+    let mut producer = server.connect();
+    let appender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        produce(&mut producer, "sessions", 2, batch(0, 1), -1)
+    });
+    let woken = session_fetch(&mut client, topic_id, (id, 2), &[], &[], 10_000);
+    assert_eq!(appender.join().unwrap().error_code, 0);
+    assert_eq!(answered(&woken), vec![(2, vec![0])]);
+    let p2 = &woken.responses[0].partitions[0];
+    assert_eq!((p2.high_watermark, p2.log_start_offset), (1, 0));
+
+    // A repeated epoch is refused; the session itself lives on.
+    let repeated = session_fetch(&mut client, topic_id, (id, 2), &[], &[], 0);
+    assert_eq!(
+        (repeated.error_code, repeated.session_id),
+        (ErrorCode::InvalidFetchSessionEpoch.code(), 0)
+    );
+    assert!(repeated.responses.is_empty());
+
+    // Forgotten partitions are no longer read: records on partition 0 go unanswered.
+    produce(&mut client, "sessions", 0, batch(2, 1), -1);
+    let forgot = session_fetch(&mut client, topic_id, (id, 3), &[(2, 1)], &[0], 0);
+    assert_eq!((forgot.error_code, forgot.session_id), (0, id));
+    assert_eq!(answered(&forgot), vec![]);
+    // Added back, it is read from the position given.
+    let added = session_fetch(&mut client, topic_id, (id, 4), &[(0, 2)], &[], 0);
+    assert_eq!(answered(&added), vec![(0, vec![2])]);
+
+    // Unknown sessions, and a session by ID continued by name, are refused.
+    let unknown = session_fetch(&mut client, topic_id, (id.wrapping_add(1), 1), &[], &[], 0);
+    assert_eq!(unknown.error_code, ErrorCode::FetchSessionIdNotFound.code());
+    let by_name = FetchRequest {
+        replica_id: -1,
+        max_bytes: 1 << 20,
+        session_id: id,
+        session_epoch: 5,
+        ..Default::default()
+    };
+    let ResponseBody::Fetch(by_name) = client.call(RequestBody::Fetch(by_name), 12) else {
+        panic!()
+    };
+    assert_eq!(
+        by_name.error_code,
+        ErrorCode::FetchSessionTopicIdError.code()
+    );
+
+    // Epoch -1 closes the session: a full answer with session ID 0, then the ID is gone.
+    let closed = session_fetch(&mut client, topic_id, (id, -1), &[(1, 0)], &[], 0);
+    assert_eq!((closed.error_code, closed.session_id), (0, 0));
+    assert_eq!(answered(&closed), vec![(1, vec![0, 1])]);
+    let gone = session_fetch(&mut client, topic_id, (id, 5), &[], &[], 0);
+    assert_eq!(gone.error_code, ErrorCode::FetchSessionIdNotFound.code());
+
+    // With no slots, nobody gets a session.
+    server.stop();
+    let server = Server::start(
+        &dir,
+        &["--set", "max.incremental.fetch.session.cache.slots=0"],
+    );
+    let mut client = server.connect();
+    let refused = session_fetch(&mut client, topic_id, (0, 0), &all, &[], 0);
+    assert_eq!((refused.error_code, refused.session_id), (0, 0));
+    assert_eq!(answered(&refused).len(), 3);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,130 +2,196 @@
 //! watermark (or the last stable offset for read_committed), within the response's and
 //! each partition's `max_bytes` (the first batch always whole). Long polling: with fewer
 //! than `min_bytes` available the request waits for appends, up to `max_wait_ms`.
-//! Incremental fetch sessions are not offered yet: every response carries session ID 0,
-//! which KIP-227 lets clients read as "send full requests".
+//! From v7, incremental fetch sessions (KIP-227): see `fetch_session`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use spool_log::LogError;
-use spool_protocol::ErrorCode;
 use spool_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use spool_protocol::messages::{FetchRequest, FetchResponse};
+use spool_protocol::{ErrorCode, Uuid};
 use tokio::time::Instant;
 
-use crate::state::BrokerState;
+use crate::fetch_session::{Context, INVALID_SESSION_ID, Outcome, PartitionKey, Reported, Wanted};
+use crate::state::{BrokerState, lock, now_ms};
 
 const READ_COMMITTED: i8 = 1;
+/// The first Fetch version with sessions.
+const SESSIONS_VERSION: i16 = 7;
+/// The first Fetch version naming topics by ID.
+const TOPIC_IDS_VERSION: i16 = 13;
 
-/// One pass over the requested partitions; returns the response and the bytes it holds.
-fn read(state: &BrokerState, request: &FetchRequest, version: i16) -> (FetchResponse, usize) {
+/// One pass over `wanted`, in order: each partition's data and the bytes read in all.
+fn read(
+    state: &BrokerState,
+    wanted: &[Wanted],
+    request: &FetchRequest,
+    version: i16,
+) -> (Vec<PartitionData>, usize) {
     let mut total = 0usize;
     let response_max = usize::try_from(request.max_bytes).unwrap_or(0);
-    let mut topics = Vec::with_capacity(request.topics.len());
-    for topic in &request.topics {
-        let name = if version >= 13 {
-            state.with_image(|image| image.topic_by_id(&topic.topic_id).map(|t| t.name.clone()))
-        } else {
-            Some(topic.topic.clone())
-        };
-        let mut partitions = Vec::with_capacity(topic.partitions.len());
-        for p in &topic.partitions {
-            let mut data = PartitionData {
-                partition_index: p.partition,
-                high_watermark: -1,
-                last_stable_offset: -1,
-                log_start_offset: -1,
-                records: Some(Default::default()),
-                ..Default::default()
-            };
-            let log = name
-                .as_deref()
-                .and_then(|name| state.partition(name, p.partition));
-            let Some(log) = log else {
-                data.error_code = if version >= 13 {
-                    ErrorCode::UnknownTopicId
-                } else {
-                    ErrorCode::UnknownTopicOrPartition
+    let mut resolved: Option<(Uuid, Option<String>)> = None;
+    let mut out = Vec::with_capacity(wanted.len());
+    for w in wanted {
+        let name = if version >= TOPIC_IDS_VERSION {
+            let id = w.key.topic_id;
+            match &resolved {
+                Some((cached, name)) if *cached == id => name.clone(),
+                _ => {
+                    let name =
+                        state.with_image(|image| image.topic_by_id(&id).map(|t| t.name.clone()));
+                    resolved = Some((id, name.clone()));
+                    name
                 }
-                .code();
-                partitions.push(data);
-                continue;
-            };
-            // Past the response's budget, partitions are listed without records.
-            let budget = if total == 0 {
-                usize::MAX
+            }
+        } else {
+            Some(w.key.topic.clone())
+        };
+        let mut data = PartitionData {
+            partition_index: w.key.partition,
+            high_watermark: -1,
+            last_stable_offset: -1,
+            log_start_offset: -1,
+            records: Some(Default::default()),
+            ..Default::default()
+        };
+        let log = name
+            .as_deref()
+            .and_then(|name| state.partition(name, w.key.partition));
+        let Some(log) = log else {
+            data.error_code = if version >= TOPIC_IDS_VERSION {
+                ErrorCode::UnknownTopicId
             } else {
-                response_max.saturating_sub(total)
+                ErrorCode::UnknownTopicOrPartition
+            }
+            .code();
+            out.push(data);
+            continue;
+        };
+        // Past the response's budget, partitions are listed without records.
+        let budget = if total == 0 {
+            usize::MAX
+        } else {
+            response_max.saturating_sub(total)
+        };
+        let partition_max = usize::try_from(w.partition_max_bytes)
+            .unwrap_or(0)
+            .min(budget);
+        let outcome = log.with_log(|log| {
+            let upper = if request.isolation_level == READ_COMMITTED {
+                log.last_stable_offset()
+            } else {
+                log.high_watermark()
             };
-            let partition_max = usize::try_from(p.partition_max_bytes)
-                .unwrap_or(0)
-                .min(budget);
-            let outcome = log.with_log(|log| {
-                let upper = if request.isolation_level == READ_COMMITTED {
-                    log.last_stable_offset()
-                } else {
-                    log.high_watermark()
-                };
-                let read = if partition_max == 0 && total > 0 {
-                    None
-                } else {
-                    Some(log.read(p.fetch_offset, partition_max as u64, upper))
-                };
-                (
-                    log.high_watermark(),
-                    log.last_stable_offset(),
-                    log.log_start_offset(),
-                    read,
-                )
-            });
-            let (high_watermark, last_stable_offset, log_start_offset, read) = outcome;
-            data.high_watermark = high_watermark;
-            data.last_stable_offset = last_stable_offset;
-            data.log_start_offset = log_start_offset;
-            match read {
-                None => {}
-                Some(Ok(read)) => {
-                    if let Some(range) = read.range {
-                        match range.to_bytes() {
-                            Ok(bytes) => {
-                                total += bytes.len();
-                                data.records = Some(bytes);
-                            }
-                            Err(e) => data.error_code = LogError::from(e).error_code().code(),
+            let read = if partition_max == 0 && total > 0 {
+                None
+            } else {
+                Some(log.read(w.fetch_offset, partition_max as u64, upper))
+            };
+            (
+                log.high_watermark(),
+                log.last_stable_offset(),
+                log.log_start_offset(),
+                read,
+            )
+        });
+        let (high_watermark, last_stable_offset, log_start_offset, read) = outcome;
+        data.high_watermark = high_watermark;
+        data.last_stable_offset = last_stable_offset;
+        data.log_start_offset = log_start_offset;
+        match read {
+            None => {}
+            Some(Ok(read)) => {
+                if let Some(range) = read.range {
+                    match range.to_bytes() {
+                        Ok(bytes) => {
+                            total += bytes.len();
+                            data.records = Some(bytes);
                         }
+                        Err(e) => data.error_code = LogError::from(e).error_code().code(),
                     }
                 }
-                Some(Err(e)) => data.error_code = e.error_code().code(),
             }
-            if request.isolation_level == READ_COMMITTED {
-                data.aborted_transactions = Some(Vec::new());
-            }
-            partitions.push(data);
+            Some(Err(e)) => data.error_code = e.error_code().code(),
         }
-        topics.push(FetchableTopicResponse {
-            topic: if version < 13 {
-                topic.topic.clone()
-            } else {
-                String::new()
-            },
-            topic_id: if version >= 13 {
-                topic.topic_id
-            } else {
-                Default::default()
-            },
-            partitions,
-            ..Default::default()
-        });
+        if request.isolation_level == READ_COMMITTED {
+            data.aborted_transactions = Some(Vec::new());
+        }
+        out.push(data);
     }
-    (
-        FetchResponse {
-            responses: topics,
-            session_id: 0,
-            ..Default::default()
+    (out, total)
+}
+
+/// The partitions a request names, in request order.
+fn requested(request: &FetchRequest, version: i16) -> Vec<Wanted> {
+    let by_id = version >= TOPIC_IDS_VERSION;
+    request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic.partitions.iter().map(move |p| Wanted {
+                key: key(by_id, &topic.topic, topic.topic_id, p.partition),
+                fetch_offset: p.fetch_offset,
+                partition_max_bytes: p.partition_max_bytes,
+            })
+        })
+        .collect()
+}
+
+fn key(by_id: bool, topic: &str, topic_id: Uuid, partition: i32) -> PartitionKey {
+    if by_id {
+        PartitionKey {
+            topic: String::new(),
+            topic_id,
+            partition,
+        }
+    } else {
+        PartitionKey {
+            topic: topic.to_string(),
+            topic_id: Uuid::ZERO,
+            partition,
+        }
+    }
+}
+
+fn outcome(data: &PartitionData) -> Outcome {
+    Outcome {
+        reported: Reported {
+            high_watermark: data.high_watermark,
+            last_stable_offset: data.last_stable_offset,
+            log_start_offset: data.log_start_offset,
         },
-        total,
-    )
+        has_records: data.records.as_ref().is_some_and(|r| !r.is_empty()),
+        error: data.error_code != 0,
+    }
+}
+
+/// Groups partitions into topics, consecutive partitions of one topic together.
+fn into_topics(partitions: Vec<(PartitionKey, PartitionData)>) -> Vec<FetchableTopicResponse> {
+    let mut topics: Vec<FetchableTopicResponse> = Vec::new();
+    for (key, data) in partitions {
+        match topics.last_mut() {
+            Some(last) if last.topic == key.topic && last.topic_id == key.topic_id => {
+                last.partitions.push(data)
+            }
+            _ => topics.push(FetchableTopicResponse {
+                topic: key.topic,
+                topic_id: key.topic_id,
+                partitions: vec![data],
+                ..Default::default()
+            }),
+        }
+    }
+    topics
+}
+
+fn error_response(error: ErrorCode) -> FetchResponse {
+    FetchResponse {
+        error_code: error.code(),
+        session_id: INVALID_SESSION_ID,
+        ..Default::default()
+    }
 }
 
 pub async fn handle(
@@ -133,23 +199,93 @@ pub async fn handle(
     request: FetchRequest,
     version: i16,
 ) -> FetchResponse {
+    let uses_topic_ids = version >= TOPIC_IDS_VERSION;
+    let wanted = requested(&request, version);
+    let context = if version < SESSIONS_VERSION {
+        Context::Sessionless
+    } else {
+        let forgotten = request
+            .forgotten_topics_data
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|&p| key(uses_topic_ids, &t.topic, t.topic_id, p))
+            })
+            .collect();
+        let began = lock(&state.fetch_sessions).begin(
+            request.session_id,
+            request.session_epoch,
+            uses_topic_ids,
+            wanted.clone(),
+            forgotten,
+            now_ms(),
+        );
+        match began {
+            Ok(context) => context,
+            Err(error) => return error_response(error),
+        }
+    };
+    let read_list = match &context {
+        Context::Incremental { partitions, .. } => partitions.as_slice(),
+        Context::Sessionless | Context::Full => wanted.as_slice(),
+    };
+    let partitions = long_poll(state, read_list, &request, version).await;
+    let mut session_id = INVALID_SESSION_ID;
+    let mut answered: Vec<(PartitionKey, PartitionData)> = read_list
+        .iter()
+        .map(|w| w.key.clone())
+        .zip(partitions)
+        .collect();
+    match &context {
+        Context::Sessionless => {}
+        Context::Full => {
+            let opened = answered
+                .iter()
+                .zip(&wanted)
+                .map(|((_, data), w)| (w.clone(), outcome(data).reported))
+                .collect();
+            session_id = lock(&state.fetch_sessions).create(uses_topic_ids, opened, now_ms());
+        }
+        Context::Incremental { id, .. } => {
+            let outcomes: Vec<(PartitionKey, Outcome)> = answered
+                .iter()
+                .map(|(key, data)| (key.clone(), outcome(data)))
+                .collect();
+            if let Some(keep) = lock(&state.fetch_sessions).finish(*id, &outcomes) {
+                session_id = *id;
+                let mut keep = keep.into_iter();
+                answered.retain(|_| keep.next().unwrap_or(false));
+            }
+        }
+    }
+    FetchResponse {
+        responses: into_topics(answered),
+        session_id,
+        ..Default::default()
+    }
+}
+
+/// Reads until `min_bytes` are there, a partition has an error, or `max_wait_ms` passed.
+async fn long_poll(
+    state: &Arc<BrokerState>,
+    wanted: &[Wanted],
+    request: &FetchRequest,
+    version: i16,
+) -> Vec<PartitionData> {
     let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
     let deadline = Instant::now() + wait;
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
     loop {
         // Register for wake-ups before reading, so an append in between is not missed.
         let appended = state.appended.notified();
-        let (response, bytes) = read(state, &request, version);
-        let errors = response
-            .responses
-            .iter()
-            .flat_map(|t| &t.partitions)
-            .any(|p| p.error_code != 0);
+        let (partitions, bytes) = read(state, wanted, request, version);
+        let errors = partitions.iter().any(|p| p.error_code != 0);
         if bytes >= min_bytes || errors || Instant::now() >= deadline {
-            return response;
+            return partitions;
         }
         if tokio::time::timeout_at(deadline, appended).await.is_err() {
-            return read(state, &request, version).0;
+            return read(state, wanted, request, version).0;
         }
     }
 }

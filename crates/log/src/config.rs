@@ -49,6 +49,9 @@ pub struct LogConfig {
     pub flush_messages: i64,
     /// `flush.ms`: flush once the oldest unflushed message is this old.
     pub flush_ms: i64,
+    /// `producer.id.expiration.ms` (a broker setting): idempotent producers idle this
+    /// long are forgotten by the partition.
+    pub producer_id_expiration_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -74,6 +77,7 @@ impl Default for LogConfig {
             cleaner_keys_max: 1_000_000,
             flush_messages: i64::MAX,
             flush_ms: i64::MAX,
+            producer_id_expiration_ms: 24 * 60 * 60 * 1000,
         }
     }
 }

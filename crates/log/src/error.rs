@@ -7,6 +7,8 @@ use spool_protocol::ErrorCode;
 use spool_protocol::record_batch::batch_error_code;
 use thiserror::Error;
 
+use crate::producer_state::ProducerError;
+
 #[derive(Debug, Error)]
 pub enum LogError {
     /// The disk failed under this log. It stays failed: nothing pretends a failed write or
@@ -23,6 +25,8 @@ pub enum LogError {
     InvalidTimestamp { timestamp: i64, now_ms: i64 },
     #[error("batch of {size} bytes exceeds max.message.bytes ({max})")]
     MessageTooLarge { size: u64, max: u64 },
+    #[error(transparent)]
+    Producer(#[from] crate::producer_state::ProducerError),
     #[error("offset {offset} is outside the log [{log_start_offset}, {log_end_offset}]")]
     OffsetOutOfRange {
         offset: i64,
@@ -41,6 +45,12 @@ impl LogError {
             LogError::InvalidTimestamp { .. } => ErrorCode::InvalidTimestamp,
             LogError::Rewrite(_) => ErrorCode::UnknownServerError,
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            LogError::Producer(ProducerError::InvalidEpoch { .. }) => {
+                ErrorCode::InvalidProducerEpoch
+            }
+            LogError::Producer(ProducerError::OutOfOrderSequence { .. }) => {
+                ErrorCode::OutOfOrderSequenceNumber
+            }
         }
     }
 }

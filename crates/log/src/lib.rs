@@ -6,7 +6,8 @@
 //! assigned by the log. It appends, reads byte ranges of segment files for zero-copy
 //! fetches, finds offsets by timestamp, truncates for replication, advances its log start
 //! offset, makes appends durable on [`PartitionLog::flush`], and recovers at open by
-//! scanning only what was not yet durable. All file access goes through [`storage`], so
+//! scanning only what was not yet durable. It also keeps idempotent producers' state
+//! ([`producer_state`]) to refuse out-of-order batches and recognise retries. All file access goes through [`storage`], so
 //! tests can inject disk faults and power cuts.
 
 pub mod config;
@@ -16,6 +17,7 @@ pub mod index;
 pub mod leader_epoch;
 pub mod log;
 pub mod manager;
+pub mod producer_state;
 pub mod segment;
 pub mod storage;
 

@@ -27,6 +27,9 @@ use crate::config::LogConfig;
 use crate::error::LogError;
 use crate::index::{IndexEntry, TimeEntry};
 use crate::leader_epoch::LeaderEpochCache;
+use crate::producer_state::{
+    Check, ProducerBatch, ProducerStateManager, parse_snapshot_file_name, snapshot_file_name,
+};
 use crate::segment::{BatchHeader, Recovered, Segment, SegmentLimits, parse_log_file_name};
 use crate::storage::{Storage, StorageFile, read_exact_at, write_atomically};
 
@@ -44,6 +47,9 @@ pub struct AppendInfo {
     /// The broker's timestamp for `LogAppendTime` topics, else -1.
     pub log_append_time_ms: i64,
     pub record_count: i64,
+    /// The batch was a producer's retry of one already in the log: nothing was written,
+    /// and the offsets are the original's.
+    pub duplicate: bool,
 }
 
 /// A range of a segment file: what a read hands to the network without copying.
@@ -191,6 +197,8 @@ pub struct PartitionLog {
     first_dirty_offset: i64,
     /// The high watermark the partition's leader or follower logic sets.
     high_watermark: i64,
+    /// Idempotent producers' sequence state, covering every batch in the log.
+    producers: ProducerStateManager,
 }
 
 /// What a flush must sync, captured under the log's lock; [`FlushTicket::sync`] does the
@@ -332,7 +340,9 @@ impl PartitionLog {
             epochs,
             first_dirty_offset,
             high_watermark: checkpointed_high_watermark.clamp(log_start_offset, log_end_offset),
+            producers: ProducerStateManager::new(),
         };
+        log.rebuild_producer_state()?;
         // Epochs that began in a tail the crash took, or below the log start, go.
         let end = log.log_end_offset();
         let start = log.log_start_offset;
@@ -434,6 +444,24 @@ impl PartitionLog {
         self.check_online()?;
         let ValidatedRecords { records, batches } = validated;
         let log_append_time = self.config.message_timestamp_type == TimestampType::LogAppendTime;
+        let producer_batches: Vec<Option<ProducerBatch>> =
+            batches.iter().map(ProducerBatch::of).collect();
+        if producer_batches.iter().any(Option::is_some) {
+            let checked: Vec<ProducerBatch> = producer_batches.iter().flatten().copied().collect();
+            if let Check::Duplicate(original) = self.producers.check(&checked)? {
+                return Ok(AppendInfo {
+                    first_offset: original.first_offset,
+                    last_offset: original.last_offset,
+                    log_append_time_ms: if log_append_time {
+                        original.max_timestamp
+                    } else {
+                        -1
+                    },
+                    record_count: original.last_offset - original.first_offset + 1,
+                    duplicate: true,
+                });
+            }
+        }
         let first_offset = self.log_end_offset();
         if self
             .epochs
@@ -473,11 +501,22 @@ impl PartitionLog {
         }
         self.write(&bytes, &headers, now_ms)?;
         self.first_unflushed_ms.get_or_insert(now_ms);
+        for (producer, header) in producer_batches.iter().zip(&headers) {
+            if let Some(producer) = producer {
+                let producer = ProducerBatch {
+                    max_timestamp: header.max_timestamp,
+                    ..*producer
+                };
+                self.producers
+                    .update(&producer, header.base_offset, header.last_offset);
+            }
+        }
         Ok(AppendInfo {
             first_offset,
             last_offset: next_offset - 1,
             log_append_time_ms: if log_append_time { now_ms } else { -1 },
             record_count: next_offset - first_offset,
+            duplicate: false,
         })
     }
 
@@ -536,7 +575,7 @@ impl PartitionLog {
         )?;
         self.segments.insert(base, segment);
         self.dir_dirty = true;
-        Ok(())
+        self.write_producer_snapshot()
     }
 
     /// Makes every appended batch durable: syncs the segments written since the last
@@ -658,7 +697,7 @@ impl PartitionLog {
         }
         self.unflushed.retain(|&b| b != base);
         self.dir_dirty = true;
-        Ok(())
+        self.prune_producer_snapshots()
     }
 
     /// Removes the files of segments deleted earlier.
@@ -744,6 +783,7 @@ impl PartitionLog {
             }
         }
         self.write_checkpoint()?;
+        self.write_producer_snapshot()?;
         if let Err(e) = write_atomically(
             self.storage.as_ref(),
             &self.dir.join(CLEAN_SHUTDOWN_FILE),
@@ -906,7 +946,9 @@ impl PartitionLog {
             self.write_epochs()?;
         }
         self.flush()?;
-        self.write_checkpoint()
+        self.write_checkpoint()?;
+        // Producer state may describe batches that are gone: rebuild it.
+        self.rebuild_producer_state()
     }
 
     /// Advances the log start offset (DeleteRecords); offsets below it can no longer be
@@ -985,4 +1027,92 @@ fn remove_segment_files(storage: &dyn Storage, dir: &Path, base: i64) -> io::Res
         }
     }
     Ok(())
+}
+
+impl PartitionLog {
+    /// Idempotent producers' state.
+    pub fn producer_state(&self) -> &ProducerStateManager {
+        &self.producers
+    }
+
+    /// Forgets producers idle longer than `producer.id.expiration.ms`.
+    pub fn remove_expired_producers(&mut self, now_ms: i64) -> usize {
+        self.producers
+            .remove_expired(now_ms, self.config.producer_id_expiration_ms)
+    }
+
+    /// Snapshot offsets present in the directory, ascending.
+    fn producer_snapshots(&self) -> Result<Vec<i64>, LogError> {
+        let mut offsets: Vec<i64> = self
+            .storage
+            .list(&self.dir)?
+            .iter()
+            .filter_map(|name| parse_snapshot_file_name(name))
+            .collect();
+        offsets.sort_unstable();
+        Ok(offsets)
+    }
+
+    /// Writes the producer state at the log end offset, durably.
+    fn write_producer_snapshot(&mut self) -> Result<(), LogError> {
+        let path = self.dir.join(snapshot_file_name(self.log_end_offset()));
+        let contents = self.producers.to_snapshot();
+        if let Err(e) = write_atomically(self.storage.as_ref(), &path, &contents) {
+            return self.fail(e);
+        }
+        self.prune_producer_snapshots()
+    }
+
+    /// Removes snapshots below the first segment, keeping the newest one always.
+    fn prune_producer_snapshots(&mut self) -> Result<(), LogError> {
+        let first_base = self.segments.keys().next().copied().unwrap_or(0);
+        let offsets = self.producer_snapshots()?;
+        let newest = offsets.last().copied();
+        for offset in offsets {
+            if offset < first_base && Some(offset) != newest {
+                self.storage
+                    .remove_file(&self.dir.join(snapshot_file_name(offset)))?;
+                self.dir_dirty = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the newest readable snapshot at or below the log end offset (snapshots past
+    /// it describe a tail that is gone, and go) and replays the batches after it.
+    fn rebuild_producer_state(&mut self) -> Result<(), LogError> {
+        let end = self.log_end_offset();
+        let mut loaded = None;
+        for offset in self.producer_snapshots()?.into_iter().rev() {
+            let path = self.dir.join(snapshot_file_name(offset));
+            if offset > end {
+                self.storage.remove_file(&path)?;
+                self.dir_dirty = true;
+                continue;
+            }
+            if loaded.is_some() {
+                continue;
+            }
+            let file = self.storage.open(&path, false)?;
+            let mut bytes = vec![0u8; file.size_bytes()? as usize];
+            read_exact_at(file.as_ref(), &mut bytes, 0)?;
+            loaded = ProducerStateManager::from_snapshot(&bytes).map(|state| (offset, state));
+        }
+        let (from, mut state) = loaded.unwrap_or((0, ProducerStateManager::new()));
+        let mut offset = from.max(self.log_start_offset);
+        while offset < end {
+            let read = self.read(offset, 1 << 20, end)?;
+            let Some(range) = read.range else { break };
+            let bytes = range.to_bytes()?;
+            for batch in RecordBatches::new(bytes) {
+                state.update_from([&batch?]);
+            }
+            if read.next_offset <= offset {
+                break;
+            }
+            offset = read.next_offset;
+        }
+        self.producers = state;
+        Ok(())
+    }
 }

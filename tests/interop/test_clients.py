@@ -101,12 +101,13 @@ def test_confluent_kafka_finds_offsets_by_time(broker):
 def test_kafka_python_produces_and_consumes(broker):
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    # kafka-python 3 turns idempotence on by default, which needs InitProducerId: served by
-    # the idempotent-producer work, not yet by this broker.
-    producer = KafkaProducer(bootstrap_servers=broker.address, acks="all", compression_type="gzip", enable_idempotence=False)
+    # kafka-python 3 turns idempotence on by default: InitProducerId and sequence numbers.
+    producer = KafkaProducer(bootstrap_servers=broker.address, acks="all", compression_type="gzip")
     futures = [producer.send("kp-topic", key=b"k%d" % i, value=b"v%d" % i, partition=1) for i in range(500)]
     producer.flush(30)
     assert [f.get(timeout=30).offset for f in futures] == list(range(500))
+    # The batches went out with a producer ID from the broker.
+    assert producer._transaction_manager.producer_id_and_epoch.producer_id >= 0
     producer.close()
     consumer = KafkaConsumer(bootstrap_servers=broker.address, group_id=None, consumer_timeout_ms=5000)
     consumer.assign([TopicPartition("kp-topic", 1)])
@@ -155,6 +156,45 @@ def test_kafka_python_consumer_uses_incremental_fetch_sessions(broker, caplog):
     answered = [int(re.search(r"with (\d+) response partitions", m).group(1)) for m in incremental]
     assert min(answered) < 3, incremental[-5:]
     assert not [m for m in messages if "unable to process the fetch request" in m or "invalid" in m]
+
+
+def test_idempotent_producers_of_every_client_write_each_record_once(broker):
+    from aiokafka import AIOKafkaProducer
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    producer = Producer({"bootstrap.servers": broker.address, "enable.idempotence": True,
+                         "linger.ms": 5, "compression.type": "lz4"})
+    delivered = []
+    for i in range(2000):
+        producer.produce("idem", key=b"k%d" % (i % 7), value=b"ck-%d" % i, partition=0,
+                         on_delivery=lambda err, msg: delivered.append((err, msg.offset())))
+        if i % 500 == 0:
+            producer.poll(0)
+    assert producer.flush(30) == 0
+    assert [err for err, _ in delivered if err is not None] == []
+    assert sorted(offset for _, offset in delivered) == list(range(2000))
+
+    async def aiokafka_idempotent():
+        p = AIOKafkaProducer(bootstrap_servers=broker.address, enable_idempotence=True)
+        await p.start()
+        try:
+            sent = [await p.send_and_wait("idem", b"ak-%d" % i, partition=0) for i in range(200)]
+            assert p._txn_manager.producer_id >= 0
+            return [m.offset for m in sent]
+        finally:
+            await p.stop()
+
+    assert asyncio.run(aiokafka_idempotent()) == list(range(2000, 2200))
+
+    consumer = Consumer({"bootstrap.servers": broker.address, "group.id": "unused", "enable.auto.commit": False})
+    consumer.assign([TopicPartition("idem", 0, 0)])
+    values = []
+    while len(values) < 2200:
+        message = consumer.poll(10)
+        assert message is not None and message.error() is None, message and message.error()
+        values.append(message.value())
+    consumer.close()
+    assert values == [b"ck-%d" % i for i in range(2000)] + [b"ak-%d" % i for i in range(200)]
 
 
 def test_aiokafka_produces_and_consumes(broker):

@@ -154,6 +154,10 @@ impl BrokerConfig {
             ),
             ("log.flush.interval.ms", log.flush_ms.to_string()),
             ("log.cleanup.policy", policy.to_string()),
+            (
+                "producer.id.expiration.ms",
+                log.producer_id_expiration_ms.to_string(),
+            ),
         ]
     }
 
@@ -214,6 +218,7 @@ impl BrokerConfig {
             "log.retention.bytes" => self.log.retention_bytes = parse(key, value)?,
             "log.flush.interval.messages" => self.log.flush_messages = parse(key, value)?,
             "log.flush.interval.ms" => self.log.flush_ms = parse(key, value)?,
+            "producer.id.expiration.ms" => self.log.producer_id_expiration_ms = parse(key, value)?,
             "log.cleanup.policy" => {
                 let policies: Vec<&str> = value.split(',').map(str::trim).collect();
                 self.log.cleanup_delete = policies.contains(&"delete");

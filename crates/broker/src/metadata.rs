@@ -14,7 +14,9 @@ use std::hash::{BuildHasher, Hasher};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use spool_log::{LogError, PartitionLog};
 use spool_protocol::compression::Compression;
-use spool_protocol::internal::{ConfigRecord, PartitionRecord, RemoveTopicRecord, TopicRecord};
+use spool_protocol::internal::{
+    ConfigRecord, PartitionRecord, ProducerIdsRecord, RemoveTopicRecord, TopicRecord,
+};
 use spool_protocol::record_batch::{RecordBatchBuilder, RecordBatches};
 use spool_protocol::{DecodeError, EncodeError, Message, Uuid};
 use thiserror::Error;
@@ -41,6 +43,9 @@ pub enum MetadataRecord {
     Partition(PartitionRecord),
     Config(ConfigRecord),
     RemoveTopic(RemoveTopicRecord),
+    /// A block of producer IDs was handed out; the next block starts at
+    /// `next_producer_id`.
+    ProducerIds(ProducerIdsRecord),
 }
 
 impl MetadataRecord {
@@ -52,6 +57,7 @@ impl MetadataRecord {
             MetadataRecord::Partition(r) => (PartitionRecord::RECORD_TYPE, r.to_bytes(0)?),
             MetadataRecord::Config(r) => (ConfigRecord::RECORD_TYPE, r.to_bytes(0)?),
             MetadataRecord::RemoveTopic(r) => (RemoveTopicRecord::RECORD_TYPE, r.to_bytes(0)?),
+            MetadataRecord::ProducerIds(r) => (ProducerIdsRecord::RECORD_TYPE, r.to_bytes(0)?),
         };
         buf.put_i16(record_type);
         buf.put_i16(0);
@@ -81,6 +87,9 @@ impl MetadataRecord {
             RemoveTopicRecord::RECORD_TYPE => {
                 MetadataRecord::RemoveTopic(RemoveTopicRecord::decode(&mut bytes, version)?)
             }
+            ProducerIdsRecord::RECORD_TYPE => {
+                MetadataRecord::ProducerIds(ProducerIdsRecord::decode(&mut bytes, version)?)
+            }
             other => return Err(DecodeError::UnknownApiKey(other)),
         })
     }
@@ -108,6 +117,7 @@ pub struct TopicMeta {
 pub struct MetadataImage {
     topics: BTreeMap<String, TopicMeta>,
     names_by_id: HashMap<Uuid, String>,
+    next_producer_id: i64,
 }
 
 impl MetadataImage {
@@ -123,6 +133,11 @@ impl MetadataImage {
 
     pub fn topics(&self) -> impl Iterator<Item = &TopicMeta> {
         self.topics.values()
+    }
+
+    /// The first producer ID no block has handed out yet.
+    pub fn next_producer_id(&self) -> i64 {
+        self.next_producer_id
     }
 
     pub fn apply(&mut self, record: &MetadataRecord) {
@@ -180,6 +195,9 @@ impl MetadataImage {
                 if let Some(name) = self.names_by_id.remove(&r.topic_id) {
                     self.topics.remove(&name);
                 }
+            }
+            MetadataRecord::ProducerIds(r) => {
+                self.next_producer_id = self.next_producer_id.max(r.next_producer_id);
             }
         }
     }

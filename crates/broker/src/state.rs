@@ -11,7 +11,9 @@ use spool_log::{
     DiskStorage, KeepAllBatches, LogConfig, LogError, LogManager, PartitionLog, SharedLog, Storage,
     TopicPartition,
 };
-use spool_protocol::internal::{ConfigRecord, PartitionRecord, RemoveTopicRecord};
+use spool_protocol::internal::{
+    ConfigRecord, PartitionRecord, ProducerIdsRecord, RemoveTopicRecord,
+};
 use spool_protocol::record_batch::TimestampType;
 use thiserror::Error;
 use tokio::sync::Notify;
@@ -45,8 +47,13 @@ pub struct BrokerState {
     pub appended: Notify,
     /// Incremental fetch sessions (KIP-227).
     pub fetch_sessions: Mutex<FetchSessionCache>,
+    /// The producer IDs this broker may still hand out: `next..end`.
+    producer_ids: Mutex<std::ops::Range<i64>>,
     _lock: Box<dyn LockGuard>,
 }
+
+/// Producer IDs taken from the metadata log at a time (Kafka's block size).
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
 
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -182,6 +189,7 @@ impl BrokerState {
         );
         Ok(Arc::new(BrokerState {
             fetch_sessions: Mutex::new(fetch_sessions),
+            producer_ids: Mutex::new(0..0),
             config,
             advertised_host,
             advertised_port,
@@ -204,6 +212,28 @@ impl BrokerState {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         partitions.get(&TopicPartition::new(topic, index)).cloned()
+    }
+
+    /// A producer ID never handed out before, for InitProducerId. IDs come in blocks of
+    /// [`PRODUCER_ID_BLOCK`] recorded in the metadata log, so none is reused after a
+    /// restart. Blocking when a new block must be recorded (it fsyncs).
+    pub fn allocate_producer_id(&self) -> Result<i64, BrokerError> {
+        let mut ids = lock(&self.producer_ids);
+        if ids.is_empty() {
+            let mut metadata = lock(&self.metadata);
+            let start = metadata.image().next_producer_id();
+            let record = ProducerIdsRecord {
+                broker_id: self.config.node_id,
+                broker_epoch: -1,
+                next_producer_id: start + PRODUCER_ID_BLOCK,
+                ..Default::default()
+            };
+            metadata.commit(&[MetadataRecord::ProducerIds(record)], now_ms())?;
+            *ids = start..start + PRODUCER_ID_BLOCK;
+        }
+        let id = ids.start;
+        ids.start += 1;
+        Ok(id)
     }
 
     /// Creates a topic: records it durably in the metadata log, then creates its partition
@@ -386,6 +416,7 @@ impl BrokerState {
                 if log.flush_due(now_ms) {
                     log.flush()?;
                 }
+                log.remove_expired_producers(now_ms);
                 Ok(())
             });
             if let Err(e) = outcome {

@@ -767,3 +767,114 @@ fn incremental_fetch_sessions_answer_only_what_changed() {
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn init_producer_id(client: &mut Client, transactional_id: Option<&str>) -> InitProducerIdResponse {
+    let request = InitProducerIdRequest {
+        transactional_id: transactional_id.map(str::to_string),
+        transaction_timeout_ms: 60_000,
+        producer_id: -1,
+        producer_epoch: -1,
+        ..Default::default()
+    };
+    match client.call(RequestBody::InitProducerId(request), 4) {
+        ResponseBody::InitProducerId(response) => response,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `count` records from producer `pid` at epoch 0 from sequence `seq`.
+fn idempotent_batch(pid: i64, seq: i32, count: usize, transactional: bool) -> bytes::Bytes {
+    let mut builder = spool_protocol::record_batch::RecordBatchBuilder::new(
+        spool_protocol::compression::Compression::Zstd,
+    )
+    .producer(pid, 0, seq)
+    .transactional(transactional);
+    for i in 0..count {
+        builder
+            .append(
+                1_700_000_000_000,
+                None,
+                Some(format!("v{i}").as_bytes()),
+                &[],
+            )
+            .unwrap();
+    }
+    builder.build().unwrap()
+}
+
+#[test]
+fn idempotent_producers_get_ids_and_retries_are_not_written_twice() {
+    let dir = temp_dir("idempotent");
+    let server = Server::start(&dir, &[]);
+    let mut client = server.connect();
+    metadata(&mut client, "idem");
+    let first = init_producer_id(&mut client, None);
+    let second = init_producer_id(&mut client, None);
+    assert_eq!((first.error_code, first.producer_epoch), (0, 0));
+    assert!(second.producer_id > first.producer_id);
+    let pid = first.producer_id;
+
+    let appended = produce(
+        &mut client,
+        "idem",
+        0,
+        idempotent_batch(pid, 0, 3, false),
+        -1,
+    );
+    assert_eq!((appended.error_code, appended.base_offset), (0, 0));
+    produce(
+        &mut client,
+        "idem",
+        0,
+        idempotent_batch(pid, 3, 2, false),
+        -1,
+    );
+    // A retry is answered with the original offsets and not written again.
+    let retry = produce(
+        &mut client,
+        "idem",
+        0,
+        idempotent_batch(pid, 0, 3, false),
+        -1,
+    );
+    assert_eq!((retry.error_code, retry.base_offset), (0, 0));
+    let gap = produce(
+        &mut client,
+        "idem",
+        0,
+        idempotent_batch(pid, 9, 1, false),
+        -1,
+    );
+    assert_eq!(gap.error_code, ErrorCode::OutOfOrderSequenceNumber.code());
+    assert_eq!(records_of(&mut client, "idem").len(), 5);
+
+    // Transactions need the coordinator, which is not served yet.
+    let txn = init_producer_id(&mut client, Some("payments-tx"));
+    assert_eq!(txn.error_code, ErrorCode::CoordinatorNotAvailable.code());
+    let txn_batch = produce(
+        &mut client,
+        "idem",
+        0,
+        idempotent_batch(pid, 5, 1, true),
+        -1,
+    );
+    assert_eq!(txn_batch.error_code, ErrorCode::InvalidTxnState.code());
+
+    // After a restart, producer IDs are never reused and retries are still recognised.
+    server.stop();
+    let server = Server::start(&dir, &[]);
+    let mut client = server.connect();
+    let after = init_producer_id(&mut client, None);
+    assert!(after.producer_id > second.producer_id, "{after:?}");
+    let retry = produce(
+        &mut client,
+        "idem",
+        0,
+        idempotent_batch(pid, 3, 2, false),
+        -1,
+    );
+    assert_eq!((retry.error_code, retry.base_offset), (0, 3));
+    assert_eq!(records_of(&mut client, "idem").len(), 5);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -23,6 +23,7 @@ pub mod describe_log_dirs;
 pub mod describe_topic_partitions;
 pub mod fetch;
 pub mod incremental_alter_configs;
+pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
@@ -46,6 +47,7 @@ pub const IMPLEMENTED: &[ApiKey] = &[
     ApiKey::DescribeLogDirs,
     ApiKey::DescribeTopicPartitions,
     ApiKey::OffsetForLeaderEpoch,
+    ApiKey::InitProducerId,
 ];
 
 /// What to do after a request.
@@ -131,6 +133,9 @@ pub async fn handle(state: &Arc<BrokerState>, header: RequestHeader, body: Reque
         RequestBody::OffsetForLeaderEpoch(request) => ResponseBody::OffsetForLeaderEpoch(
             offset_for_leader_epoch::handle(state, request, version),
         ),
+        RequestBody::InitProducerId(request) => {
+            ResponseBody::InitProducerId(init_producer_id::handle(state, request, version).await)
+        }
         other => {
             tracing::debug!(
                 api = other.api_key().name(),

@@ -1,6 +1,8 @@
 //! Produce (versions 3-13; advertised from 0 for librdkafka, see `compat`): append record
 //! batches to partition logs. acks=0 gets no response, acks=1 is answered once the batch
-//! is in the log, acks=all (-1) once it is on stable storage (group commit).
+//! is in the log, acks=all (-1) once it is on stable storage (group commit). Idempotent
+//! producers' batches are checked by the log (sequence and epoch); a retry of a batch
+//! already written is answered with the original offsets.
 //!
 //! Handling has two steps. [`append`] writes the batches and runs on the connection's
 //! reader, one request at a time, so that pipelined produce requests land in the log in
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use spool_log::{AppendInfo, SharedLog};
 use spool_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use spool_protocol::messages::{ProduceRequest, ProduceResponse};
+use spool_protocol::record_batch::RecordBatches;
 use spool_protocol::{ErrorCode, Uuid};
 
 use crate::state::{BrokerState, now_ms};
@@ -71,6 +74,12 @@ fn append_blocking(state: &BrokerState, request: ProduceRequest, version: i16) -
                 partitions.push((index, Err(error)));
                 continue;
             };
+            // Transactional batches need the transaction coordinator (not run yet): no
+            // transaction can have added this partition.
+            if RecordBatches::new(records.clone()).any(|b| b.is_ok_and(|b| b.is_transactional())) {
+                partitions.push((index, Err(ErrorCode::InvalidTxnState)));
+                continue;
+            }
             let outcome = match log.append(records, 0, now_ms()) {
                 Ok(info) => {
                     // One replica: the ISR has the batch as soon as the leader does.

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod fetch_session;
+pub mod flusher;
 pub mod metadata;
 pub mod server;
 pub mod state;

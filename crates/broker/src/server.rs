@@ -99,10 +99,10 @@ async fn connection(
                 // Appends happen here, one request at a time, so pipelined produce requests
                 // reach the log in the order they were sent; waiting for durability and
                 // answering run alongside later requests.
-                let appended =
-                    api::produce::append(&state, request, header.request_api_version).await;
+                let appended = api::produce::append(&state, request, header.request_api_version);
+                let state = Arc::clone(&state);
                 tokio::spawn(async move {
-                    let _ = answer_tx.send(api::finish_produce(header, appended).await);
+                    let _ = answer_tx.send(api::finish_produce(&state, header, appended).await);
                 });
             }
             Ok((header, body)) => {

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 use crate::config::BrokerConfig;
 use crate::fetch_session::FetchSessionCache;
+use crate::flusher::Flusher;
 use crate::metadata::{
     METADATA_TOPIC, MetadataError, MetadataImage, MetadataRecord, MetadataStore,
     TOPIC_RESOURCE_TYPE, create_topic_records,
@@ -47,6 +48,8 @@ pub struct BrokerState {
     pub appended: Notify,
     /// Incremental fetch sessions (KIP-227).
     pub fetch_sessions: Mutex<FetchSessionCache>,
+    /// Makes acks=all appends durable, all partitions together.
+    pub flusher: Flusher,
     /// The producer IDs this broker may still hand out: `next..end`.
     producer_ids: Mutex<std::ops::Range<i64>>,
     _lock: Box<dyn LockGuard>,
@@ -152,6 +155,7 @@ impl BrokerState {
             now,
         )?;
         let (guard, mut logs) = manager.into_parts();
+        let flusher = Flusher::start(storage.as_ref(), &config.data_dir).map_err(LogError::from)?;
         let metadata_tp = TopicPartition::new(METADATA_TOPIC, 0);
         let metadata_log = match logs.remove(&metadata_tp) {
             Some(log) => log,
@@ -190,6 +194,7 @@ impl BrokerState {
         Ok(Arc::new(BrokerState {
             fetch_sessions: Mutex::new(fetch_sessions),
             producer_ids: Mutex::new(0..0),
+            flusher,
             config,
             advertised_host,
             advertised_port,

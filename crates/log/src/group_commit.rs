@@ -7,13 +7,14 @@
 //! for it and, if not yet covered, one of them starts the next round for all of them. So
 //! under load one fsync serves many appends, and latency stays about one fsync.
 
+use std::io;
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 
 use crate::config::LogConfig;
 use crate::error::LogError;
-use crate::log::{AppendInfo, PartitionLog, validate_produced};
+use crate::log::{AppendInfo, FlushTicket, PartitionLog, validate_produced};
 
 #[derive(Debug, Default)]
 struct CommitState {
@@ -139,6 +140,49 @@ impl SharedLog {
         let ticket = self.with_log(PartitionLog::prepare_flush)?;
         let result = ticket.sync();
         self.with_log(|log| log.complete_flush(ticket, result))
+    }
+
+    /// Whether a failed sync took the log offline.
+    pub fn is_failed(&self) -> bool {
+        lock(&self.state).failed
+    }
+
+    /// Everything below this offset is durable.
+    pub fn durable_offset(&self) -> i64 {
+        lock(&self.state).durable_offset
+    }
+
+    /// For a flusher that syncs many logs at once: captures what this log must sync.
+    /// Follow with [`Self::complete_external_flush`] once the sync is done.
+    pub fn prepare_external_flush(&self) -> Result<FlushTicket, LogError> {
+        if lock(&self.state).failed {
+            return Err(LogError::Offline);
+        }
+        self.with_log(PartitionLog::prepare_flush)
+    }
+
+    /// Records the outcome of a sync of `ticket` done outside this log, and wakes the
+    /// appenders it made durable. Returns the new durable offset.
+    pub fn complete_external_flush(
+        &self,
+        ticket: FlushTicket,
+        result: io::Result<()>,
+    ) -> Result<i64, LogError> {
+        let outcome = self.with_log(|log| log.complete_flush(ticket, result));
+        let mut state = lock(&self.state);
+        let durable = match outcome {
+            Ok(durable_offset) => {
+                state.durable_offset = state.durable_offset.max(durable_offset);
+                Ok(state.durable_offset)
+            }
+            Err(e) => {
+                state.failed = true;
+                Err(e)
+            }
+        };
+        state.sync_rounds += 1;
+        self.flushed.notify_all();
+        durable
     }
 
     /// How many sync rounds have completed.

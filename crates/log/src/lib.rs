@@ -29,4 +29,4 @@ pub use log::{
     OpenReport, PartitionLog,
 };
 pub use manager::{LogManager, TopicPartition};
-pub use storage::{DiskStorage, Faults, MemStorage, Storage};
+pub use storage::{DiskStorage, Faults, FilesystemSync, MemStorage, Storage};

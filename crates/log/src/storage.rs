@@ -54,6 +54,32 @@ pub trait Storage: Send + Sync {
     /// Takes an exclusive lock on `path` (created if absent) for as long as the guard
     /// lives; fails with `WouldBlock` if another holder has it.
     fn lock(&self, path: &Path) -> io::Result<Box<dyn LockGuard>>;
+    /// A handle that makes everything written to the file system holding `path` durable
+    /// in one call, or `None` where the storage cannot (callers then sync file by file).
+    /// Open it before writing: it reports write-back errors from then on.
+    fn filesystem_sync(&self, path: &Path) -> io::Result<Option<Box<dyn FilesystemSync>>> {
+        let _ = path;
+        Ok(None)
+    }
+}
+
+/// Makes a whole file system durable at once: file data and directory entries alike, as
+/// [`StorageFile::sync_data`] on every file and [`Storage::sync_dir`] on every directory
+/// would. An error means some write-back since the last call failed, on any file.
+pub trait FilesystemSync: Send + Sync {
+    fn sync(&self) -> io::Result<()>;
+}
+
+/// `syncfs(2)` through a directory handle kept open. Linux reports write-back errors to
+/// `syncfs` from version 5.8.
+#[cfg(target_os = "linux")]
+struct Syncfs(File);
+
+#[cfg(target_os = "linux")]
+impl FilesystemSync for Syncfs {
+    fn sync(&self) -> io::Result<()> {
+        rustix::fs::syncfs(&self.0).map_err(io::Error::from)
+    }
 }
 
 /// Holds a lock taken with [`Storage::lock`] until dropped.
@@ -157,6 +183,11 @@ impl Storage for DiskStorage {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    #[cfg(target_os = "linux")]
+    fn filesystem_sync(&self, path: &Path) -> io::Result<Option<Box<dyn FilesystemSync>>> {
+        Ok(Some(Box::new(Syncfs(File::open(path)?))))
     }
 
     fn remove_dir(&self, dir: &Path) -> io::Result<()> {

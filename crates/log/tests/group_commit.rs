@@ -84,3 +84,38 @@ fn concurrent_durable_appends_share_fsyncs_and_survive_a_power_cut() {
         "every acknowledged append survived"
     );
 }
+
+fn one_record() -> bytes::Bytes {
+    let mut builder = RecordBatchBuilder::new(Compression::None);
+    builder.append(0, None, Some(b"v"), &[]).unwrap();
+    builder.build().unwrap()
+}
+
+#[test]
+fn a_flush_that_finishes_early_does_not_vouch_for_one_still_syncing() {
+    let storage = MemStorage::new();
+    let (mut log, _) = PartitionLog::open(
+        Arc::new(storage.clone()),
+        Path::new("/data/ledger-0"),
+        LogConfig::default(),
+        0,
+    )
+    .unwrap();
+    let start = log.recovery_point();
+    log.append_as_leader(one_record(), 0, 0).unwrap();
+    // The first flush takes the dirty segment; a second one, prepared while the first
+    // syncs, finds nothing left to sync and finishes first.
+    let first = log.prepare_flush().unwrap();
+    log.append_as_leader(one_record(), 0, 0).unwrap();
+    let second = log.prepare_flush().unwrap();
+    assert_eq!(log.complete_flush(second, Ok(())).unwrap(), start);
+    first.sync().unwrap();
+    assert_eq!(log.complete_flush(first, Ok(())).unwrap(), 2);
+    // And through the shared log's external flush the same holds.
+    let shared = SharedLog::new(log);
+    shared.append(one_record(), 0, 0).unwrap();
+    let ticket = shared.prepare_external_flush().unwrap();
+    ticket.sync().unwrap();
+    assert_eq!(shared.complete_external_flush(ticket, Ok(())).unwrap(), 3);
+    assert_eq!(shared.durable_offset(), 3);
+}

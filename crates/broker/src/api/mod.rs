@@ -60,9 +60,13 @@ pub enum Outcome {
 }
 
 /// Step two of a produce request whose batches `produce::append` already wrote.
-pub async fn finish_produce(header: RequestHeader, appended: produce::Appended) -> Outcome {
+pub async fn finish_produce(
+    state: &BrokerState,
+    header: RequestHeader,
+    appended: produce::Appended,
+) -> Outcome {
     let version = header.request_api_version;
-    match produce::respond(appended, version).await {
+    match produce::respond(state, appended, version).await {
         None => Outcome::Silent,
         Some(response) => encode(&header, &ResponseBody::Produce(response)),
     }
@@ -91,8 +95,8 @@ pub async fn handle(state: &Arc<BrokerState>, header: RequestHeader, body: Reque
         RequestBody::Produce(request) => {
             // Direct callers get both steps at once; the connection runs step one itself,
             // in request order, and only then hands over (see `produce`).
-            let appended = produce::append(state, request, version).await;
-            return finish_produce(header, appended).await;
+            let appended = produce::append(state, request, version);
+            return finish_produce(state, header, appended).await;
         }
         RequestBody::Fetch(request) => {
             ResponseBody::Fetch(fetch::handle(state, request, version).await)

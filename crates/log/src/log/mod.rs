@@ -190,6 +190,12 @@ pub struct PartitionLog {
     /// Bumped when a truncation rewrites the tail, so that a flush prepared before it
     /// cannot vouch for offsets appended after it.
     generation: u64,
+    /// Flushes prepared and not yet completed, in order of preparation: `None` while in
+    /// flight, then the offset the flush vouches for. A flush takes the files dirty when it
+    /// was prepared, so a later flush can finish first; the recovery point moves only
+    /// through flushes whose predecessors have all finished.
+    flushes: BTreeMap<u64, Option<i64>>,
+    next_flush: u64,
     /// When the oldest message not yet flushed was appended, for `flush.ms`.
     first_unflushed_ms: Option<i64>,
     epochs: LeaderEpochCache,
@@ -208,6 +214,7 @@ pub struct FlushTicket {
     dir: Option<(Arc<dyn Storage>, PathBuf)>,
     up_to: i64,
     generation: u64,
+    sequence: u64,
 }
 
 impl FlushTicket {
@@ -336,6 +343,8 @@ impl PartitionLog {
             dir_dirty: true,
             offline: false,
             generation: 0,
+            flushes: BTreeMap::new(),
+            next_flush: 0,
             first_unflushed_ms: None,
             epochs,
             first_dirty_offset,
@@ -600,11 +609,15 @@ impl PartitionLog {
         }
         let dir = std::mem::take(&mut self.dir_dirty)
             .then(|| (Arc::clone(&self.storage), self.dir.clone()));
+        let sequence = self.next_flush;
+        self.next_flush += 1;
+        self.flushes.insert(sequence, None);
         Ok(FlushTicket {
             files,
             dir,
             up_to: self.log_end_offset(),
             generation: self.generation,
+            sequence,
         })
     }
 
@@ -620,8 +633,14 @@ impl PartitionLog {
         if let Err(e) = result {
             return self.fail(e);
         }
-        if ticket.generation == self.generation {
-            self.recovery_point = self.recovery_point.max(ticket.up_to);
+        // A flush that a truncation overtook vouches for nothing.
+        let up_to = (ticket.generation == self.generation).then_some(ticket.up_to);
+        self.flushes
+            .insert(ticket.sequence, Some(up_to.unwrap_or(-1)));
+        while let Some(entry) = self.flushes.first_entry() {
+            let Some(up_to) = *entry.get() else { break };
+            entry.remove();
+            self.recovery_point = self.recovery_point.max(up_to);
         }
         if self.recovery_point >= self.log_end_offset() {
             self.first_unflushed_ms = None;

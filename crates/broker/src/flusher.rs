@@ -1,0 +1,226 @@
+//! The broker's flusher: one thread that makes acks=all appends durable for every
+//! partition at once.
+//!
+//! Produce handlers ask [`Flusher::wait_durable`] and await an answer without holding a
+//! thread. The flusher takes every request queued since its last round, captures what
+//! each of those partitions must sync, and syncs them together: with one `syncfs(2)` of
+//! the data directory's file system when more than one partition needs it (one call
+//! instead of one fdatasync per partition; it also writes back any other dirty data on
+//! that file system), or the partition's own files when only one does. Requests that
+//! arrive during a round wait for the next, so under load one sync serves many appends
+//! across partitions. A failed sync takes every partition of the round offline: nothing
+//! is acknowledged that may not be on disk.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use spool_log::storage::{FilesystemSync, Storage};
+use spool_log::{LogError, SharedLog};
+use spool_protocol::ErrorCode;
+use tokio::sync::oneshot;
+
+use crate::state::lock;
+
+struct Waiter {
+    log: Arc<SharedLog>,
+    offset: i64,
+    done: oneshot::Sender<Result<(), ErrorCode>>,
+}
+
+struct Shared {
+    pending: Mutex<Vec<Waiter>>,
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
+pub struct Flusher {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flusher {
+    /// Starts the flusher for logs under `data_dir`. Open it before the logs are written:
+    /// the file-system handle reports write-back errors from then on.
+    pub fn start(storage: &dyn Storage, data_dir: &Path) -> std::io::Result<Flusher> {
+        let filesystem = storage.filesystem_sync(data_dir)?;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("spool-flusher".into())
+                .spawn(move || run(&shared, filesystem.as_deref()))?
+        };
+        Ok(Flusher {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Returns once every offset of `log` below `offset` is on stable storage.
+    pub async fn wait_durable(&self, log: &Arc<SharedLog>, offset: i64) -> Result<(), ErrorCode> {
+        if log.durable_offset() >= offset {
+            return Ok(());
+        }
+        let (done, answer) = oneshot::channel();
+        lock(&self.shared.pending).push(Waiter {
+            log: Arc::clone(log),
+            offset,
+            done,
+        });
+        self.shared.wake.notify_one();
+        answer.await.unwrap_or(Err(ErrorCode::UnknownServerError))
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(shared: &Shared, filesystem: Option<&dyn FilesystemSync>) {
+    loop {
+        let waiters = {
+            let mut pending = lock(&shared.pending);
+            while pending.is_empty() {
+                if shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                pending = shared
+                    .wake
+                    .wait(pending)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            std::mem::take(&mut *pending)
+        };
+        let unanswered = round(waiters, filesystem);
+        if !unanswered.is_empty() {
+            lock(&shared.pending).extend(unanswered);
+        }
+    }
+}
+
+/// One round: sync every log a waiter needs, then answer the waiters. Returns those
+/// still to answer (a flush prepared elsewhere, still syncing, holds their offsets back).
+fn round(waiters: Vec<Waiter>, filesystem: Option<&dyn FilesystemSync>) -> Vec<Waiter> {
+    // The logs that need a sync, each once.
+    let mut logs: HashMap<*const SharedLog, Arc<SharedLog>> = HashMap::new();
+    for waiter in &waiters {
+        if waiter.log.durable_offset() < waiter.offset {
+            logs.entry(Arc::as_ptr(&waiter.log))
+                .or_insert_with(|| Arc::clone(&waiter.log));
+        }
+    }
+    let mut tickets = Vec::with_capacity(logs.len());
+    for log in logs.into_values() {
+        match log.prepare_external_flush() {
+            Ok(ticket) => tickets.push((log, ticket)),
+            Err(e) => tracing::warn!(error = %e, "a log cannot be flushed"),
+        }
+    }
+    match (filesystem, tickets.len()) {
+        (_, 0) => {}
+        (Some(filesystem), n) if n > 1 => {
+            let result = filesystem.sync();
+            for (log, ticket) in tickets {
+                let result = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                };
+                complete(&log, ticket, result);
+            }
+        }
+        _ => {
+            for (log, ticket) in tickets {
+                let result = ticket.sync();
+                complete(&log, ticket, result);
+            }
+        }
+    }
+    let mut unanswered = Vec::new();
+    for waiter in waiters {
+        let answer = if waiter.log.durable_offset() >= waiter.offset {
+            Ok(())
+        } else if waiter.log.is_failed()
+            || waiter.offset > waiter.log.with_log(|l| l.log_end_offset())
+        {
+            // The log is offline, or a truncation took the offset away.
+            Err(ErrorCode::KafkaStorageError)
+        } else {
+            unanswered.push(waiter);
+            continue;
+        };
+        let _ = waiter.done.send(answer);
+    }
+    unanswered
+}
+
+fn complete(log: &SharedLog, ticket: spool_log::FlushTicket, result: std::io::Result<()>) {
+    if let Err(e) = log.complete_external_flush(ticket, result) {
+        let e: LogError = e;
+        tracing::error!(error = %e, "flush failed; the partition is offline");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spool_log::{DiskStorage, LogConfig, PartitionLog};
+    use spool_protocol::compression::Compression;
+    use spool_protocol::record_batch::RecordBatchBuilder;
+
+    fn record() -> bytes::Bytes {
+        let mut builder = RecordBatchBuilder::new(Compression::None);
+        builder.append(0, None, Some(b"v"), &[]).unwrap();
+        builder.build().unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_to_many_partitions_become_durable_together() {
+        let dir = std::env::temp_dir().join(format!("spool-flusher-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(DiskStorage);
+        let flusher = Arc::new(Flusher::start(storage.as_ref(), &dir).unwrap());
+        let logs: Vec<Arc<SharedLog>> = (0..4)
+            .map(|p| {
+                let path = dir.join(format!("t-{p}"));
+                let (log, _) =
+                    PartitionLog::open(Arc::clone(&storage), &path, LogConfig::default(), 0)
+                        .unwrap();
+                Arc::new(SharedLog::new(log))
+            })
+            .collect();
+        let mut waits = Vec::new();
+        for round in 0..50 {
+            for log in &logs {
+                let info = log.append(record(), 0, 0).unwrap();
+                assert_eq!(info.first_offset, round);
+                let (flusher, log) = (Arc::clone(&flusher), Arc::clone(log));
+                waits.push(tokio::spawn(async move {
+                    flusher.wait_durable(&log, info.last_offset + 1).await
+                }));
+            }
+        }
+        for wait in waits {
+            assert_eq!(wait.await.unwrap(), Ok(()));
+        }
+        for log in &logs {
+            assert_eq!(log.durable_offset(), 50);
+            assert_eq!(log.with_log(|l| l.recovery_point()), 50);
+        }
+        drop(logs);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

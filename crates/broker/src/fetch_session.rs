@@ -44,6 +44,8 @@ pub struct Wanted {
     pub key: PartitionKey,
     pub fetch_offset: i64,
     pub partition_max_bytes: i32,
+    /// The leader epoch the client believes current; -1 when it does not say.
+    pub current_leader_epoch: i32,
 }
 
 /// What the last response told the client about a partition.
@@ -73,6 +75,7 @@ pub struct Outcome {
 struct Cached {
     fetch_offset: i64,
     partition_max_bytes: i32,
+    current_leader_epoch: i32,
     reported: Reported,
 }
 
@@ -161,6 +164,7 @@ impl FetchSessionCache {
                 Some(cached) => {
                     cached.fetch_offset = w.fetch_offset;
                     cached.partition_max_bytes = w.partition_max_bytes;
+                    cached.current_leader_epoch = w.current_leader_epoch;
                 }
                 None => {
                     session.partitions.insert(
@@ -168,6 +172,7 @@ impl FetchSessionCache {
                         Cached {
                             fetch_offset: w.fetch_offset,
                             partition_max_bytes: w.partition_max_bytes,
+                            current_leader_epoch: w.current_leader_epoch,
                             reported: Reported::UNKNOWN,
                         },
                     );
@@ -186,6 +191,7 @@ impl FetchSessionCache {
                 key: key.clone(),
                 fetch_offset: cached.fetch_offset,
                 partition_max_bytes: cached.partition_max_bytes,
+                current_leader_epoch: cached.current_leader_epoch,
             })
             .collect();
         Ok(Context::Incremental {
@@ -220,6 +226,7 @@ impl FetchSessionCache {
                     Cached {
                         fetch_offset: w.fetch_offset,
                         partition_max_bytes: w.partition_max_bytes,
+                        current_leader_epoch: w.current_leader_epoch,
                         reported,
                     },
                 )
@@ -304,6 +311,7 @@ mod tests {
             key: key(partition),
             fetch_offset: offset,
             partition_max_bytes: 1024,
+            current_leader_epoch: -1,
         }
     }
 

@@ -11,6 +11,7 @@ use spool_log::{
     DiskStorage, KeepAllBatches, LogConfig, LogError, LogManager, PartitionLog, SharedLog, Storage,
     TopicPartition,
 };
+use spool_protocol::ErrorCode;
 use spool_protocol::internal::{
     ConfigRecord, PartitionRecord, ProducerIdsRecord, RemoveTopicRecord,
 };
@@ -209,6 +210,32 @@ impl BrokerState {
     /// Runs `f` on the current metadata image.
     pub fn with_image<R>(&self, f: impl FnOnce(&MetadataImage) -> R) -> R {
         f(lock(&self.metadata).image())
+    }
+
+    /// Kafka's check of a client's `current_leader_epoch` (-1 skips it): older than the
+    /// partition's epoch is FENCED_LEADER_EPOCH, newer is UNKNOWN_LEADER_EPOCH.
+    pub fn check_leader_epoch(
+        &self,
+        topic: &str,
+        partition: i32,
+        requested: i32,
+    ) -> Result<(), ErrorCode> {
+        if requested < 0 {
+            return Ok(());
+        }
+        let current = self.with_image(|image| {
+            image.topic(topic).and_then(|t| {
+                t.partitions
+                    .iter()
+                    .find(|p| p.index == partition)
+                    .map(|p| p.leader_epoch)
+            })
+        });
+        match current {
+            Some(current) if requested < current => Err(ErrorCode::FencedLeaderEpoch),
+            Some(current) if requested > current => Err(ErrorCode::UnknownLeaderEpoch),
+            _ => Ok(()),
+        }
     }
 
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<SharedLog>> {

@@ -878,3 +878,65 @@ fn idempotent_producers_get_ids_and_retries_are_not_written_twice() {
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_clients_view_of_the_leader_epoch_is_checked_by_fetch_and_list_offsets() {
+    let dir = temp_dir("epochs");
+    let server = Server::start(&dir, &[]);
+    let mut client = server.connect();
+    metadata(&mut client, "epochs");
+    produce(&mut client, "epochs", 0, batch(0, 3), -1);
+    let fetch_at = |client: &mut Client, epoch: i32| {
+        let request = FetchRequest {
+            replica_id: -1,
+            max_bytes: 1 << 20,
+            session_epoch: -1,
+            topics: vec![fetch_request::FetchTopic {
+                topic: "epochs".into(),
+                partitions: vec![fetch_request::FetchPartition {
+                    partition: 0,
+                    current_leader_epoch: epoch,
+                    partition_max_bytes: 1 << 20,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let ResponseBody::Fetch(response) = client.call(RequestBody::Fetch(request), 12) else {
+            panic!()
+        };
+        let p = &response.responses[0].partitions[0];
+        (p.error_code, offsets_in(p.records.clone()))
+    };
+    assert_eq!(fetch_at(&mut client, 0), (0, vec![0, 1, 2]));
+    assert_eq!(fetch_at(&mut client, -1), (0, vec![0, 1, 2]));
+    assert_eq!(
+        fetch_at(&mut client, 1),
+        (ErrorCode::UnknownLeaderEpoch.code(), vec![])
+    );
+    let request = ListOffsetsRequest {
+        replica_id: -1,
+        topics: vec![list_offsets_request::ListOffsetsTopic {
+            name: "epochs".into(),
+            partitions: vec![list_offsets_request::ListOffsetsPartition {
+                partition_index: 0,
+                current_leader_epoch: 3,
+                timestamp: -1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let ResponseBody::ListOffsets(response) = client.call(RequestBody::ListOffsets(request), 7)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        response.topics[0].partitions[0].error_code,
+        ErrorCode::UnknownLeaderEpoch.code()
+    );
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -69,6 +69,13 @@ fn read(
             out.push(data);
             continue;
         };
+        let topic = name.as_deref().unwrap_or_default();
+        if let Err(error) = state.check_leader_epoch(topic, w.key.partition, w.current_leader_epoch)
+        {
+            data.error_code = error.code();
+            out.push(data);
+            continue;
+        }
         // Past the response's budget, partitions are listed without records.
         let budget = if total == 0 {
             usize::MAX
@@ -134,6 +141,7 @@ fn requested(request: &FetchRequest, version: i16) -> Vec<Wanted> {
                 key: key(by_id, &topic.topic, topic.topic_id, p.partition),
                 fetch_offset: p.fetch_offset,
                 partition_max_bytes: p.partition_max_bytes,
+                current_leader_epoch: p.current_leader_epoch,
             })
         })
         .collect()

@@ -40,6 +40,14 @@ pub fn handle(
                         response.error_code = ErrorCode::UnknownTopicOrPartition.code();
                         return response;
                     };
+                    if let Err(error) = state.check_leader_epoch(
+                        &topic.name,
+                        p.partition_index,
+                        p.current_leader_epoch,
+                    ) {
+                        response.error_code = error.code();
+                        return response;
+                    }
                     let found = log.with_log(|log| match p.timestamp {
                         EARLIEST => Ok(Some((log.log_start_offset(), -1))),
                         LATEST if request.isolation_level == READ_COMMITTED => {

@@ -31,29 +31,22 @@ pub fn handle(
                         end_offset: -1,
                         ..Default::default()
                     };
-                    let current = state.with_image(|image| {
-                        image.topic(&topic.topic).and_then(|t| {
-                            t.partitions
-                                .iter()
-                                .find(|q| q.index == p.partition)
-                                .map(|q| q.leader_epoch)
-                        })
-                    });
-                    let (Some(current), Some(log)) =
-                        (current, state.partition(&topic.topic, p.partition))
-                    else {
+                    let Some(log) = state.partition(&topic.topic, p.partition) else {
                         result.error_code = ErrorCode::UnknownTopicOrPartition.code();
                         return result;
                     };
-                    if p.current_leader_epoch >= 0 && p.current_leader_epoch < current {
-                        result.error_code = ErrorCode::FencedLeaderEpoch.code();
-                    } else if p.current_leader_epoch > current {
-                        result.error_code = ErrorCode::UnknownLeaderEpoch.code();
-                    } else {
-                        let (epoch, end_offset) =
-                            log.with_log(|log| log.end_offset_for_epoch(p.leader_epoch));
-                        result.leader_epoch = epoch;
-                        result.end_offset = end_offset;
+                    match state.check_leader_epoch(
+                        &topic.topic,
+                        p.partition,
+                        p.current_leader_epoch,
+                    ) {
+                        Err(error) => result.error_code = error.code(),
+                        Ok(()) => {
+                            let (epoch, end_offset) =
+                                log.with_log(|log| log.end_offset_for_epoch(p.leader_epoch));
+                            result.leader_epoch = epoch;
+                            result.end_offset = end_offset;
+                        }
                     }
                     result
                 })

@@ -135,12 +135,29 @@ pub fn encode_response(
         correlation_id,
         unknown_tagged_fields: Vec::new(),
     };
-    let mut buf = BytesMut::new();
+    let mut buf = BytesMut::with_capacity(size_hint(body));
     write_frame(&mut buf, |buf| {
         header.encode(buf, header_version)?;
         body.encode(buf, version)
     })?;
     Ok(buf.freeze())
+}
+
+/// Room to reserve for a response up front, so a fetch response carrying megabytes of
+/// records is written into one allocation instead of one that doubles and copies.
+fn size_hint(body: &ResponseBody) -> usize {
+    const SMALL: usize = 256;
+    const PER_PARTITION: usize = 64;
+    match body {
+        ResponseBody::Fetch(fetch) => fetch
+            .responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| PER_PARTITION + p.records.as_ref().map_or(0, |r| r.len()))
+            .sum::<usize>()
+            .saturating_add(SMALL),
+        _ => SMALL,
+    }
 }
 
 /// Decodes a response frame body (without its size prefix) of a request of `api_key` at

@@ -89,9 +89,11 @@ def measure_arrivals(address, topic, expected, ready, results):
     ready.set()
     delays, deadline = [], time.time() + 60
     while len(delays) < expected and time.time() < deadline:
-        for message in consumer.consume(1000, timeout=0.1):
-            if message.error() is None:
-                delays.append(time.time() - float(message.value()))
+        # poll returns as soon as a message is there; consume(n, timeout) would wait for
+        # n messages and add up to its timeout to every delay.
+        message = consumer.poll(0.1)
+        if message is not None and message.error() is None:
+            delays.append(time.time() - float(message.value()))
     consumer.close()
     results.put(delays)
 

@@ -471,24 +471,35 @@ fn create_topic(client: &mut Client, name: &str, configs: &[(&str, &str)]) {
 }
 
 fn earliest_offset(client: &mut Client, topic: &str) -> i64 {
+    list_offset(client, topic, -2, -1).offset
+}
+
+/// ListOffsets v7 for partition 0 at `timestamp`, as a client at `current_leader_epoch`.
+fn list_offset(
+    client: &mut Client,
+    topic: &str,
+    timestamp: i64,
+    current_leader_epoch: i32,
+) -> list_offsets_response::ListOffsetsPartitionResponse {
     let request = ListOffsetsRequest {
         replica_id: -1,
         topics: vec![list_offsets_request::ListOffsetsTopic {
             name: topic.into(),
             partitions: vec![list_offsets_request::ListOffsetsPartition {
                 partition_index: 0,
-                timestamp: -2,
+                current_leader_epoch,
+                timestamp,
                 ..Default::default()
             }],
             ..Default::default()
         }],
         ..Default::default()
     };
-    let ResponseBody::ListOffsets(response) = client.call(RequestBody::ListOffsets(request), 7)
+    let ResponseBody::ListOffsets(mut response) = client.call(RequestBody::ListOffsets(request), 7)
     else {
         panic!()
     };
-    response.topics[0].partitions[0].offset
+    response.topics.remove(0).partitions.remove(0)
 }
 
 #[test]
@@ -915,26 +926,8 @@ fn a_clients_view_of_the_leader_epoch_is_checked_by_fetch_and_list_offsets() {
         fetch_at(&mut client, 1),
         (ErrorCode::UnknownLeaderEpoch.code(), vec![])
     );
-    let request = ListOffsetsRequest {
-        replica_id: -1,
-        topics: vec![list_offsets_request::ListOffsetsTopic {
-            name: "epochs".into(),
-            partitions: vec![list_offsets_request::ListOffsetsPartition {
-                partition_index: 0,
-                current_leader_epoch: 3,
-                timestamp: -1,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let ResponseBody::ListOffsets(response) = client.call(RequestBody::ListOffsets(request), 7)
-    else {
-        panic!()
-    };
     assert_eq!(
-        response.topics[0].partitions[0].error_code,
+        list_offset(&mut client, "epochs", -1, 3).error_code,
         ErrorCode::UnknownLeaderEpoch.code()
     );
     server.stop();

@@ -1,5 +1,6 @@
 """Starts the real spool binary for the interop tests."""
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -45,3 +46,4 @@ def broker():
     b = Broker("num.partitions=3")
     yield b
     b.stop()
+    shutil.rmtree(b.data_dir, ignore_errors=True)

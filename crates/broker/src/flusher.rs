@@ -18,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use spool_log::storage::{FilesystemSync, Storage};
-use spool_log::{LogError, SharedLog};
+use spool_log::{FlushTicket, SharedLog};
 use spool_protocol::ErrorCode;
 use tokio::sync::oneshot;
 
@@ -166,9 +166,8 @@ fn round(waiters: Vec<Waiter>, filesystem: Option<&dyn FilesystemSync>) -> Vec<W
     unanswered
 }
 
-fn complete(log: &SharedLog, ticket: spool_log::FlushTicket, result: std::io::Result<()>) {
+fn complete(log: &SharedLog, ticket: FlushTicket, result: std::io::Result<()>) {
     if let Err(e) = log.complete_external_flush(ticket, result) {
-        let e: LogError = e;
         tracing::error!(error = %e, "flush failed; the partition is offline");
     }
 }

@@ -119,14 +119,6 @@ impl ProducerStateManager {
         self.producers.get(&producer_id)
     }
 
-    pub fn len(&self) -> usize {
-        self.producers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.producers.is_empty()
-    }
-
     /// Checks a leader append of `batches` (in order), each as if the ones before it
     /// were already written. A retry of a batch already in the log stops the check.
     pub fn check(&self, batches: &[ProducerBatch]) -> Result<Check, ProducerError> {

@@ -12,18 +12,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: failing loudly is right
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{Client, Server, produce_request, temp_dir};
 use spool_protocol::compression::Compression;
-use spool_protocol::frame::{decode_response, encode_request};
-use spool_protocol::header::RequestHeader;
+use spool_protocol::frame::decode_response;
 use spool_protocol::messages::*;
 use spool_protocol::record_batch::{RecordBatchBuilder, RecordBatches};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const PARTITIONS: i32 = 6;
 const RECORD: usize = 1024;
@@ -31,41 +33,7 @@ const RECORDS_PER_BATCH: usize = 900;
 const IN_FLIGHT: usize = 5;
 const LIMIT: Duration = Duration::from_secs(120);
 
-struct Conn {
-    stream: TcpStream,
-    next_id: i32,
-}
-
-impl Conn {
-    fn connect(address: &str) -> Conn {
-        let stream = TcpStream::connect(address).unwrap();
-        stream.set_nodelay(true).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        Conn { stream, next_id: 0 }
-    }
-
-    fn send(&mut self, body: &RequestBody, version: i16) -> i32 {
-        self.next_id += 1;
-        let header = RequestHeader {
-            request_api_key: body.api_key() as i16,
-            request_api_version: version,
-            correlation_id: self.next_id,
-            client_id: Some("spool-bench".into()),
-            unknown_tagged_fields: Vec::new(),
-        };
-        self.stream
-            .write_all(&encode_request(&header, body).unwrap())
-            .unwrap();
-        self.next_id
-    }
-
-    fn receive(&mut self, api_key: ApiKey, version: i16) -> ResponseBody {
-        receive(&mut self.stream, api_key, version)
-    }
-}
-
+/// The next response on a stream whose requests another thread writes.
 fn receive(stream: &mut TcpStream, api_key: ApiKey, version: i16) -> ResponseBody {
     let mut size = [0u8; 4];
     stream.read_exact(&mut size).unwrap();
@@ -74,23 +42,6 @@ fn receive(stream: &mut TcpStream, api_key: ApiKey, version: i16) -> ResponseBod
     decode_response(api_key, version, Bytes::from(frame))
         .unwrap()
         .1
-}
-
-fn produce_request(topic: &str, partition: i32, acks: i16, records: Bytes) -> RequestBody {
-    RequestBody::Produce(ProduceRequest {
-        acks,
-        timeout_ms: 30_000,
-        topic_data: vec![produce_request::TopicProduceData {
-            name: topic.into(),
-            partition_data: vec![produce_request::PartitionProduceData {
-                index: partition,
-                records: Some(records),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    })
 }
 
 fn check_produced(response: ResponseBody) {
@@ -102,7 +53,7 @@ fn check_produced(response: ResponseBody) {
 }
 
 fn create_topic(address: &str, topic: &str) {
-    let mut conn = Conn::connect(address);
+    let mut client = Client::connect(address);
     let request = RequestBody::CreateTopics(CreateTopicsRequest {
         topics: vec![create_topics_request::CreatableTopic {
             name: topic.into(),
@@ -113,8 +64,7 @@ fn create_topic(address: &str, topic: &str) {
         timeout_ms: 30_000,
         ..Default::default()
     });
-    conn.send(&request, 7);
-    let ResponseBody::CreateTopics(response) = conn.receive(ApiKey::CreateTopics, 7) else {
+    let ResponseBody::CreateTopics(response) = client.call(request, 7) else {
         panic!()
     };
     assert_eq!(response.topics[0].error_code, 0);
@@ -135,15 +85,17 @@ fn produce(address: &str, topic: &str, acks: i16, batches: usize) -> f64 {
         .map(|partition| {
             let (address, topic, batch) = (address.to_string(), topic.to_string(), batch.clone());
             std::thread::spawn(move || {
-                let mut conn = Conn::connect(&address);
-                let request = produce_request(&topic, partition, acks, batch);
+                let mut client = Client::connect(&address);
+                let request = RequestBody::Produce(produce_request(&topic, partition, acks, batch));
+                let mut in_flight = VecDeque::new();
                 let (mut sent, mut answered) = (0, 0);
                 while answered < batches && started.elapsed() < LIMIT {
                     while sent < batches && sent - answered < IN_FLIGHT {
-                        conn.send(&request, 9);
+                        in_flight.push_back(client.send(request.clone(), 9));
                         sent += 1;
                     }
-                    check_produced(conn.receive(ApiKey::Produce, 9));
+                    let id = in_flight.pop_front().unwrap();
+                    check_produced(client.receive(ApiKey::Produce, 9, id));
                     answered += 1;
                 }
                 answered
@@ -182,13 +134,13 @@ fn fetch_request(topic: &str, offsets: &[i64], max_wait_ms: i32) -> RequestBody 
 
 /// Reads every partition from 0 to `ends`; returns MB/s.
 fn consume(address: &str, topic: &str, ends: &[i64]) -> f64 {
-    let mut conn = Conn::connect(address);
+    let mut client = Client::connect(address);
     let mut offsets = vec![0i64; ends.len()];
     let mut bytes = 0usize;
     let started = Instant::now();
     while offsets.iter().zip(ends).any(|(o, e)| o < e) && started.elapsed() < LIMIT {
-        conn.send(&fetch_request(topic, &offsets, 500), 12);
-        let ResponseBody::Fetch(response) = conn.receive(ApiKey::Fetch, 12) else {
+        let ResponseBody::Fetch(response) = client.call(fetch_request(topic, &offsets, 500), 12)
+        else {
             panic!()
         };
         for p in response.responses.iter().flat_map(|t| &t.partitions) {
@@ -228,12 +180,12 @@ fn latency(address: &str, topic: &str, rate: u64, seconds: u64) -> (String, Stri
     let consumer = {
         let (address, topic) = (address.to_string(), topic.to_string());
         std::thread::spawn(move || {
-            let mut conn = Conn::connect(&address);
+            let mut client = Client::connect(&address);
             let mut offsets = vec![0i64; PARTITIONS as usize];
             let mut samples = Vec::with_capacity(total as usize);
             while (samples.len() as u64) < total && origin.elapsed() < LIMIT {
-                conn.send(&fetch_request(&topic, &offsets, 500), 12);
-                let ResponseBody::Fetch(response) = conn.receive(ApiKey::Fetch, 12) else {
+                let request = fetch_request(&topic, &offsets, 500);
+                let ResponseBody::Fetch(response) = client.call(request, 12) else {
                     panic!()
                 };
                 let now = origin.elapsed().as_nanos() as f64;
@@ -252,7 +204,7 @@ fn latency(address: &str, topic: &str, rate: u64, seconds: u64) -> (String, Stri
             samples
         })
     };
-    let mut writer = Conn::connect(address);
+    let mut writer = Client::connect(address);
     let mut reader = writer.stream.try_clone().unwrap();
     let sent_at: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
     let acks = {
@@ -279,14 +231,10 @@ fn latency(address: &str, topic: &str, rate: u64, seconds: u64) -> (String, Stri
         value[..8].copy_from_slice(&(now.duration_since(origin).as_nanos() as u64).to_be_bytes());
         let mut builder = RecordBatchBuilder::new(Compression::None);
         builder.append(now_ms(), None, Some(&value), &[]).unwrap();
-        let request = produce_request(
-            topic,
-            (i % PARTITIONS as u64) as i32,
-            -1,
-            builder.build().unwrap(),
-        );
+        let partition = (i % PARTITIONS as u64) as i32;
+        let request = produce_request(topic, partition, -1, builder.build().unwrap());
         sent_at.lock().unwrap().push_back(now);
-        writer.send(&request, 9);
+        writer.send(RequestBody::Produce(request), 9);
     }
     let acks = acks.join().unwrap();
     let ends = consumer.join().unwrap();
@@ -299,15 +247,6 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mb: usize = args
@@ -316,26 +255,9 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
-    let dir = std::env::temp_dir().join(format!("spool-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let _broker = Broker(child);
-    let address = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
-    std::thread::spawn(move || for _ in lines {});
+    let dir = temp_dir("bench");
+    let server = Server::start(&dir, &[]);
+    let address = server.address.clone();
 
     // Latency first, on a quiet broker: the throughput phases leave gigabytes of dirty
     // page cache behind, and the kernel's write-back of them would be measured too.
@@ -355,6 +277,6 @@ fn main() {
     }
     let ends = vec![(batches * RECORDS_PER_BATCH) as i64; PARTITIONS as usize];
     println!("consume: {:.0} MB/s", consume(&address, "acksall", &ends));
-    drop(_broker);
+    server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -49,14 +49,7 @@ impl Server {
     }
 
     pub fn connect(&self) -> Client {
-        let stream = TcpStream::connect(&self.address).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        Client {
-            stream,
-            correlation_id: 0,
-        }
+        Client::connect(&self.address)
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -84,6 +77,18 @@ pub struct Client {
 }
 
 impl Client {
+    pub fn connect(address: &str) -> Client {
+        let stream = TcpStream::connect(address).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Client {
+            stream,
+            correlation_id: 0,
+        }
+    }
+
     /// Sends a request; `None` when the connection is gone.
     pub fn try_send(&mut self, body: RequestBody, version: i16) -> Option<i32> {
         self.correlation_id += 1;
@@ -177,14 +182,9 @@ pub fn metadata(client: &mut Client, topic: &str) -> MetadataResponse {
     }
 }
 
-pub fn produce(
-    client: &mut Client,
-    topic: &str,
-    partition: i32,
-    records: Bytes,
-    acks: i16,
-) -> produce_response::PartitionProduceResponse {
-    let request = ProduceRequest {
+/// One batch for one partition.
+pub fn produce_request(topic: &str, partition: i32, acks: i16, records: Bytes) -> ProduceRequest {
+    ProduceRequest {
         acks,
         timeout_ms: 30_000,
         topic_data: vec![produce_request::TopicProduceData {
@@ -197,7 +197,17 @@ pub fn produce(
             ..Default::default()
         }],
         ..Default::default()
-    };
+    }
+}
+
+pub fn produce(
+    client: &mut Client,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+    acks: i16,
+) -> produce_response::PartitionProduceResponse {
+    let request = produce_request(topic, partition, acks, records);
     match client.call(RequestBody::Produce(request), 9) {
         ResponseBody::Produce(mut response) => {
             response.responses.remove(0).partition_responses.remove(0)

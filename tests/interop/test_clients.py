@@ -323,12 +323,53 @@ def test_confluent_admin_describes_and_alters_configs(broker):
     except KafkaException as e:
         assert e.args[0].code() == 3  # UNKNOWN_TOPIC_OR_PARTITION
 
+    # Dynamic broker settings (here this broker's own, resource "0"; the cluster-wide default
+    # has an empty name, which neither librdkafka nor kafka-python sends) rank above the
+    # static value and below a topic's own.
+    per_broker = ConfigResource(ResourceType.BROKER, "0", incremental_configs=[
+        ConfigEntry("log.retention.ms", "86400000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("message.max.bytes", "5000", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([per_broker])[per_broker].result(30)
+    configs = admin.describe_configs([topic])[topic].result(30)
+    assert configs["retention.ms"].value == "86400000"
+    assert configs["retention.ms"].source == ConfigSource.DYNAMIC_BROKER_CONFIG.value
+    assert configs["max.message.bytes"].value == "2000000", "the topic's own value wins"
+    broker_configs = admin.describe_configs([brokers])[brokers].result(30)
+    assert broker_configs["log.retention.ms"].source == ConfigSource.DYNAMIC_BROKER_CONFIG.value
+    assert broker_configs["message.max.bytes"].value == "5000"
+    assert broker_configs["message.max.bytes"].source == ConfigSource.DYNAMIC_BROKER_CONFIG.value
+    assert not broker_configs["message.max.bytes"].is_read_only
+    assert broker_configs["num.partitions"].is_read_only
+
+    # The lowered message.max.bytes governs a topic without its own value.
+    admin.create_topics([NewTopic("cfg-small", 1, 1)])["cfg-small"].result(30)
+    from confluent_kafka import Producer
+    delivered = []
+    producer = Producer({"bootstrap.servers": broker.address, "message.max.bytes": 1000000,
+                         "compression.type": "none", "retries": 0})
+    for size in (10000, 100):  # one batch each: the limit applies to a whole batch
+        producer.produce("cfg-small", value=b"x" * size, on_delivery=lambda err, _: delivered.append(err))
+        producer.flush(30)
+    assert [e.code() if e else None for e in delivered] == [10, None]  # MESSAGE_TOO_LARGE
+
+    # Settings read at start-up cannot change at run time: INVALID_REQUEST, as Kafka.
+    static = ConfigResource(ResourceType.BROKER, "0", incremental_configs=[
+        ConfigEntry("num.partitions", "7", incremental_operation=AlterConfigOpType.SET)])
+    try:
+        admin.incremental_alter_configs([static])[static].result(30)
+        raise AssertionError("a static broker setting was changed")
+    except KafkaException as e:
+        assert e.args[0].code() == 42  # INVALID_REQUEST
+
     # Config changes are metadata records: they survive a restart.
     broker.restart()
     admin = AdminClient({"bootstrap.servers": broker.address})
     configs = admin.describe_configs([topic])[topic].result(30)
     assert configs["max.message.bytes"].value == "2000000"
     assert configs["max.message.bytes"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    assert configs["retention.ms"].value == "86400000"
+    broker_configs = admin.describe_configs([brokers])[brokers].result(30)
+    assert broker_configs["message.max.bytes"].value == "5000"
 
 
 def test_confluent_admin_describes_the_cluster_and_topics(broker):

@@ -25,6 +25,9 @@ use thiserror::Error;
 pub const METADATA_TOPIC: &str = "__cluster_metadata";
 /// `ConfigRecord.resource_type` of a topic, as in Kafka.
 pub const TOPIC_RESOURCE_TYPE: i8 = 2;
+/// `ConfigRecord.resource_type` of a broker, as in Kafka: the resource name is a node ID,
+/// or empty for the cluster-wide default.
+pub const BROKER_RESOURCE_TYPE: i8 = 4;
 
 #[derive(Debug, Error)]
 pub enum MetadataError {
@@ -112,11 +115,13 @@ pub struct TopicMeta {
     pub configs: BTreeMap<String, String>,
 }
 
-/// Every topic the broker knows, by name.
+/// Every topic the broker knows, by name, and the dynamic broker settings.
 #[derive(Debug, Clone, Default)]
 pub struct MetadataImage {
     topics: BTreeMap<String, TopicMeta>,
     names_by_id: HashMap<Uuid, String>,
+    /// Dynamic broker settings by resource name: a node ID, or "" for the cluster default.
+    broker_configs: BTreeMap<String, BTreeMap<String, String>>,
     next_producer_id: i64,
 }
 
@@ -133,6 +138,29 @@ impl MetadataImage {
 
     pub fn topics(&self) -> impl Iterator<Item = &TopicMeta> {
         self.topics.values()
+    }
+
+    /// The dynamic broker settings of `resource_name` (a node ID, or "" for the cluster
+    /// default).
+    pub fn broker_configs(&self, resource_name: &str) -> Option<&BTreeMap<String, String>> {
+        self.broker_configs.get(resource_name)
+    }
+
+    /// The configs stored for a resource: a topic's overrides or a broker's dynamic
+    /// settings; `None` for a topic that does not exist.
+    pub fn resource_configs(
+        &self,
+        resource_type: i8,
+        resource_name: &str,
+    ) -> Option<BTreeMap<String, String>> {
+        match resource_type {
+            TOPIC_RESOURCE_TYPE => self.topic(resource_name).map(|t| t.configs.clone()),
+            _ => Some(
+                self.broker_configs(resource_name)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        }
     }
 
     /// The first producer ID no block has handed out yet.
@@ -188,6 +216,16 @@ impl MetadataImage {
                 match &r.value {
                     Some(value) => topic.configs.insert(r.name.clone(), value.clone()),
                     None => topic.configs.remove(&r.name),
+                };
+            }
+            MetadataRecord::Config(r) if r.resource_type == BROKER_RESOURCE_TYPE => {
+                let configs = self
+                    .broker_configs
+                    .entry(r.resource_name.clone())
+                    .or_default();
+                match &r.value {
+                    Some(value) => configs.insert(r.name.clone(), value.clone()),
+                    None => configs.remove(&r.name),
                 };
             }
             MetadataRecord::Config(_) => {}

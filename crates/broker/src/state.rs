@@ -23,9 +23,10 @@ use crate::config::BrokerConfig;
 use crate::fetch_session::FetchSessionCache;
 use crate::flusher::Flusher;
 use crate::metadata::{
-    METADATA_TOPIC, MetadataError, MetadataImage, MetadataRecord, MetadataStore,
-    TOPIC_RESOURCE_TYPE, create_topic_records,
+    BROKER_RESOURCE_TYPE, METADATA_TOPIC, MetadataError, MetadataImage, MetadataRecord,
+    MetadataStore, TOPIC_RESOURCE_TYPE, create_topic_records,
 };
+use crate::topic_configs;
 
 #[derive(Debug, Error)]
 pub enum BrokerError {
@@ -84,6 +85,55 @@ pub fn validate_topic_configs(
         return Err(format!("unknown topic config `{unknown}`"));
     }
     topic_log_config(defaults, configs).map_err(|e| e.to_string())
+}
+
+/// Checks a broker resource's dynamic settings: each must be one that can change while the
+/// broker runs (the broker synonym of a topic config), with a value the log accepts.
+pub fn validate_broker_configs(
+    defaults: &LogConfig,
+    configs: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    for key in configs.keys() {
+        if topic_configs::by_broker_synonym(key).is_none() {
+            let known = BrokerConfig::default()
+                .describe()
+                .iter()
+                .any(|(name, _)| name == key);
+            return Err(if known {
+                format!("cannot update `{key}` dynamically: it is read at start-up")
+            } else {
+                format!("unknown broker setting `{key}`")
+            });
+        }
+    }
+    topic_log_config(defaults, &as_topic_configs(configs))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Broker settings renamed to the topic configs they are the defaults of.
+fn as_topic_configs(configs: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    configs
+        .iter()
+        .filter_map(|(key, value)| {
+            topic_configs::by_broker_synonym(key).map(|def| (def.name.to_string(), value.clone()))
+        })
+        .collect()
+}
+
+/// The `log.*` defaults in force: the static ones, overridden by the dynamic cluster-wide
+/// settings, then by this broker's own dynamic settings.
+fn effective_log_defaults(config: &BrokerConfig, image: &MetadataImage) -> LogConfig {
+    let mut dynamic = BTreeMap::new();
+    for name in [String::new(), config.node_id.to_string()] {
+        if let Some(configs) = image.broker_configs(&name) {
+            dynamic.extend(as_topic_configs(configs));
+        }
+    }
+    topic_log_config(&config.log, &dynamic).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "ignoring the stored dynamic broker settings");
+        config.log.clone()
+    })
 }
 
 /// A partition log's settings: the broker's `log.*` defaults overridden by the topic's
@@ -169,9 +219,10 @@ impl BrokerState {
             )?,
         };
         let metadata = MetadataStore::replay(metadata_log)?;
+        let defaults = effective_log_defaults(&config, metadata.image());
         let mut partitions = HashMap::new();
         for topic in metadata.image().topics() {
-            let log_config = topic_log_config(&config.log, &topic.configs)?;
+            let log_config = topic_log_config(&defaults, &topic.configs)?;
             for partition in &topic.partitions {
                 let tp = TopicPartition::new(topic.name.clone(), partition.index);
                 let mut log = match logs.remove(&tp) {
@@ -205,6 +256,11 @@ impl BrokerState {
             appended: Notify::new(),
             _lock: guard,
         }))
+    }
+
+    /// The `log.*` defaults in force, dynamic broker settings included.
+    pub fn log_defaults(&self) -> LogConfig {
+        self.with_image(|image| effective_log_defaults(&self.config, image))
     }
 
     /// Runs `f` on the current metadata image.
@@ -276,12 +332,15 @@ impl BrokerState {
         partitions: i32,
         configs: &BTreeMap<String, String>,
     ) -> Result<(), BrokerError> {
-        let log_config = topic_log_config(&self.config.log, configs)?;
         let now = now_ms();
         let mut metadata = lock(&self.metadata);
         if metadata.image().topic(name).is_some() {
             return Ok(());
         }
+        let log_config = topic_log_config(
+            &effective_log_defaults(&self.config, metadata.image()),
+            configs,
+        )?;
         metadata.commit(
             &create_topic_records(name, partitions, self.config.node_id, configs),
             now,
@@ -357,7 +416,10 @@ impl BrokerState {
         let Some(topic) = metadata.image().topic(name).cloned() else {
             return Ok(());
         };
-        let log_config = topic_log_config(&self.config.log, &topic.configs)?;
+        let log_config = topic_log_config(
+            &effective_log_defaults(&self.config, metadata.image()),
+            &topic.configs,
+        )?;
         let now = now_ms();
         let first_new = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
         let records: Vec<MetadataRecord> = (first_new..count)
@@ -378,32 +440,33 @@ impl BrokerState {
         Ok(())
     }
 
-    /// Replaces a topic's configs with `configs` (validated by the caller): records the
-    /// changes durably, then applies them to every partition log. Blocking.
-    pub fn set_topic_configs(
+    /// Replaces the configs of a topic or broker resource with `configs` (validated by the
+    /// caller): records the changes durably, then applies them to the partition logs they
+    /// govern. Blocking.
+    pub fn set_configs(
         &self,
+        resource_type: i8,
         name: &str,
         configs: &BTreeMap<String, String>,
     ) -> Result<(), BrokerError> {
-        let log_config = topic_log_config(&self.config.log, configs)?;
         let mut metadata = lock(&self.metadata);
-        let Some(topic) = metadata.image().topic(name).cloned() else {
+        let Some(current) = metadata.image().resource_configs(resource_type, name) else {
             return Ok(());
         };
-        let mut records = Vec::new();
+        let mut changes = Vec::new();
         for (key, value) in configs {
-            if topic.configs.get(key) != Some(value) {
-                records.push((key.clone(), Some(value.clone())));
+            if current.get(key) != Some(value) {
+                changes.push((key.clone(), Some(value.clone())));
             }
         }
-        for key in topic.configs.keys().filter(|k| !configs.contains_key(*k)) {
-            records.push((key.clone(), None));
+        for key in current.keys().filter(|k| !configs.contains_key(*k)) {
+            changes.push((key.clone(), None));
         }
-        let records: Vec<MetadataRecord> = records
+        let records: Vec<MetadataRecord> = changes
             .into_iter()
             .map(|(key, value)| {
                 MetadataRecord::Config(ConfigRecord {
-                    resource_type: TOPIC_RESOURCE_TYPE,
+                    resource_type,
                     resource_name: name.to_string(),
                     name: key,
                     value,
@@ -414,10 +477,27 @@ impl BrokerState {
         if !records.is_empty() {
             metadata.commit(&records, now_ms())?;
         }
+        let defaults = effective_log_defaults(&self.config, metadata.image());
+        let governed: Vec<(String, Vec<i32>, BTreeMap<String, String>)> = metadata
+            .image()
+            .topics()
+            .filter(|t| match resource_type {
+                TOPIC_RESOURCE_TYPE => t.name == name,
+                BROKER_RESOURCE_TYPE => name.is_empty() || name == self.config.node_id.to_string(),
+                _ => false,
+            })
+            .map(|t| {
+                let indexes = t.partitions.iter().map(|p| p.index).collect();
+                (t.name.clone(), indexes, t.configs.clone())
+            })
+            .collect();
         drop(metadata);
-        for partition in &topic.partitions {
-            if let Some(log) = self.partition(name, partition.index) {
-                log.with_log(|log| log.set_config(log_config.clone()));
+        for (topic, indexes, topic_configs) in governed {
+            let log_config = topic_log_config(&defaults, &topic_configs)?;
+            for index in indexes {
+                if let Some(log) = self.partition(&topic, index) {
+                    log.set_config(log_config.clone());
+                }
             }
         }
         Ok(())

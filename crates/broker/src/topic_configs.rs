@@ -4,6 +4,8 @@
 /// DescribeConfigs' `config_source` values.
 pub mod source {
     pub const DYNAMIC_TOPIC_CONFIG: i8 = 1;
+    pub const DYNAMIC_BROKER_CONFIG: i8 = 2;
+    pub const DYNAMIC_DEFAULT_BROKER_CONFIG: i8 = 3;
     pub const STATIC_BROKER_CONFIG: i8 = 4;
     pub const DEFAULT_CONFIG: i8 = 5;
 }
@@ -167,4 +169,12 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
 
 pub fn find(name: &str) -> Option<&'static TopicConfigDef> {
     TOPIC_CONFIGS.iter().find(|d| d.name == name)
+}
+
+/// The topic config whose default the broker setting `name` supplies. These broker settings
+/// are the ones that may be changed while the broker runs (Kafka's dynamic log settings).
+pub fn by_broker_synonym(name: &str) -> Option<&'static TopicConfigDef> {
+    TOPIC_CONFIGS
+        .iter()
+        .find(|d| d.broker_synonym == Some(name))
 }

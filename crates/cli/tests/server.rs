@@ -933,3 +933,104 @@ fn a_clients_view_of_the_leader_epoch_is_checked_by_fetch_and_list_offsets() {
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// IncrementalAlterConfigs on one broker resource (`""` is the cluster default):
+/// `(name, operation, value)` changes; returns the error code.
+fn alter_broker(client: &mut Client, broker: &str, changes: &[(&str, i8, Option<&str>)]) -> i16 {
+    use incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    let request = IncrementalAlterConfigsRequest {
+        resources: vec![AlterConfigsResource {
+            resource_type: 4,
+            resource_name: broker.into(),
+            configs: changes
+                .iter()
+                .map(|(name, operation, value)| AlterableConfig {
+                    name: (*name).into(),
+                    config_operation: *operation,
+                    value: value.map(Into::into),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let ResponseBody::IncrementalAlterConfigs(response) =
+        client.call(RequestBody::IncrementalAlterConfigs(request), 1)
+    else {
+        panic!()
+    };
+    response.responses[0].error_code
+}
+
+#[test]
+fn dynamic_broker_settings_layer_over_the_static_ones_and_govern_live_topics() {
+    const SET: i8 = 0;
+    const DELETE: i8 = 1;
+    let dir = temp_dir("dynamic-broker");
+    let server = Server::start(&dir, &[]);
+    let mut client = server.connect();
+    metadata(&mut client, "governed");
+    let big = || {
+        let mut builder = spool_protocol::record_batch::RecordBatchBuilder::new(
+            spool_protocol::compression::Compression::None,
+        );
+        builder.append(0, None, Some(&[7u8; 1000]), &[]).unwrap();
+        builder.build().unwrap()
+    };
+    assert_eq!(produce(&mut client, "governed", 0, big(), 1).error_code, 0);
+
+    // The cluster default lowers the limit for every topic without its own value...
+    let limit = |value| [("message.max.bytes", SET, Some(value))];
+    assert_eq!(alter_broker(&mut client, "", &limit("200")), 0);
+    assert_eq!(
+        produce(&mut client, "governed", 0, big(), 1).error_code,
+        ErrorCode::MessageTooLarge.code()
+    );
+    // ...this broker's own value outranks it, and deleting that restores the default's.
+    assert_eq!(alter_broker(&mut client, "0", &limit("100000")), 0);
+    assert_eq!(produce(&mut client, "governed", 0, big(), 1).error_code, 0);
+    let remove = [("message.max.bytes", DELETE, None)];
+    assert_eq!(alter_broker(&mut client, "0", &remove), 0);
+    assert_eq!(
+        produce(&mut client, "governed", 0, big(), 1).error_code,
+        ErrorCode::MessageTooLarge.code()
+    );
+
+    // Every refusal of a broker change is INVALID_REQUEST, as in Kafka.
+    let invalid = ErrorCode::InvalidRequest.code();
+    assert_eq!(alter_broker(&mut client, "", &limit("lots")), invalid);
+    let read_at_start = [("num.partitions", SET, Some("4"))];
+    assert_eq!(alter_broker(&mut client, "0", &read_at_start), invalid);
+    let unknown = [("no.such.setting", SET, Some("1"))];
+    assert_eq!(alter_broker(&mut client, "0", &unknown), invalid);
+    assert_eq!(alter_broker(&mut client, "broker-0", &limit("1")), invalid);
+
+    // Describing the empty name lists the cluster-wide settings only.
+    let request = DescribeConfigsRequest {
+        resources: vec![describe_configs_request::DescribeConfigsResource {
+            resource_type: 4,
+            resource_name: String::new(),
+            configuration_keys: None,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let ResponseBody::DescribeConfigs(response) =
+        client.call(RequestBody::DescribeConfigs(request), 4)
+    else {
+        panic!()
+    };
+    let listed: Vec<(String, Option<String>, i8)> = response.results[0]
+        .configs
+        .iter()
+        .map(|c| (c.name.clone(), c.value.clone(), c.config_source))
+        .collect();
+    assert_eq!(
+        listed,
+        [("message.max.bytes".into(), Some("200".into()), 3)],
+        "DYNAMIC_DEFAULT_BROKER_CONFIG"
+    );
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,5 +1,5 @@
-//! AlterConfigs (versions 0-2): replace a topic's whole set of configs (settings not given
-//! return to their defaults). Broker settings are static in this version.
+//! AlterConfigs (versions 0-2): replace a topic's or a broker's whole set of configs
+//! (settings not given return to their defaults), with IncrementalAlterConfigs' checks.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

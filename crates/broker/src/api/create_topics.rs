@@ -87,7 +87,7 @@ fn plan(
             None => configs.remove(&config.name),
         };
     }
-    validate_topic_configs(&state.config.log, &configs)
+    validate_topic_configs(&state.log_defaults(), &configs)
         .map_err(|e| (ErrorCode::InvalidConfig, e))?;
     Ok((partitions, configs))
 }

@@ -1,6 +1,7 @@
 //! DescribeConfigs (versions 1-4): a topic's or the broker's configs, each with its source
-//! and (when asked) its synonyms: the topic's own value, the broker setting that sets the
-//! default, and Kafka's default.
+//! and (when asked) its synonyms, highest precedence first: the topic's own value, this
+//! broker's dynamic setting, the cluster-wide dynamic setting, the static setting, and
+//! Kafka's default. The empty broker name describes the cluster-wide dynamic settings.
 
 use std::sync::Arc;
 
@@ -10,17 +11,15 @@ use spool_protocol::messages::describe_configs_response::{
 };
 use spool_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
-use crate::metadata::{METADATA_TOPIC, TOPIC_RESOURCE_TYPE};
+use crate::metadata::{BROKER_RESOURCE_TYPE, METADATA_TOPIC, TOPIC_RESOURCE_TYPE};
 use crate::state::BrokerState;
-use crate::topic_configs::{ConfigType, TOPIC_CONFIGS, source};
-
-/// `resource_type` of a broker.
-pub const BROKER_RESOURCE_TYPE: i8 = 4;
+use crate::topic_configs::{self, ConfigType, TOPIC_CONFIGS, source};
 
 fn entry(
     name: &str,
     mut synonyms: Vec<DescribeConfigsSynonym>,
     kind: ConfigType,
+    read_only: bool,
     include_synonyms: bool,
 ) -> DescribeConfigsResourceResult {
     let first = synonyms.first().cloned().unwrap_or_default();
@@ -30,7 +29,7 @@ fn entry(
     DescribeConfigsResourceResult {
         name: name.to_string(),
         value: first.value,
-        read_only: false,
+        read_only,
         config_source: first.source,
         is_sensitive: false,
         synonyms,
@@ -46,6 +45,45 @@ fn synonym(name: &str, value: &str, source: i8) -> DescribeConfigsSynonym {
         source,
         ..Default::default()
     }
+}
+
+type Configs = std::collections::BTreeMap<String, String>;
+
+/// The dynamic broker settings: this broker's own, and the cluster-wide defaults.
+fn dynamic_broker_configs(state: &BrokerState) -> (Configs, Configs) {
+    state.with_image(|image| {
+        let own = image
+            .broker_configs(&state.config.node_id.to_string())
+            .cloned();
+        let cluster = image.broker_configs("").cloned();
+        (own.unwrap_or_default(), cluster.unwrap_or_default())
+    })
+}
+
+/// The broker-level values of setting `name`, highest precedence first: this broker's
+/// dynamic value, the cluster-wide dynamic value, then the static value (`statics`, when
+/// the broker reports one; it is the default unless it was set explicitly).
+fn broker_layers(
+    state: &BrokerState,
+    own: &Configs,
+    cluster: &Configs,
+    name: &str,
+    statics: Option<&String>,
+) -> Vec<DescribeConfigsSynonym> {
+    let mut layers = Vec::new();
+    if let Some(value) = own.get(name) {
+        layers.push(synonym(name, value, source::DYNAMIC_BROKER_CONFIG));
+    }
+    if let Some(value) = cluster.get(name) {
+        layers.push(synonym(name, value, source::DYNAMIC_DEFAULT_BROKER_CONFIG));
+    }
+    if let Some(value) = state.config.explicit.get(name) {
+        let value = statics.unwrap_or(value);
+        layers.push(synonym(name, value, source::STATIC_BROKER_CONFIG));
+    } else if let Some(value) = statics {
+        layers.push(synonym(name, value, source::DEFAULT_CONFIG));
+    }
+    layers
 }
 
 pub fn handle(
@@ -78,15 +116,14 @@ pub fn handle(
                     results.push(result);
                     continue;
                 };
+                let (own, cluster) = dynamic_broker_configs(state);
                 for def in TOPIC_CONFIGS.iter().filter(|d| wanted(d.name)) {
                     let mut synonyms = Vec::new();
                     if let Some(value) = topic.configs.get(def.name) {
                         synonyms.push(synonym(def.name, value, source::DYNAMIC_TOPIC_CONFIG));
                     }
-                    if let Some(broker_name) = def.broker_synonym
-                        && let Some(value) = state.config.explicit.get(broker_name)
-                    {
-                        synonyms.push(synonym(broker_name, value, source::STATIC_BROKER_CONFIG));
+                    if let Some(broker_name) = def.broker_synonym {
+                        synonyms.extend(broker_layers(state, &own, &cluster, broker_name, None));
                     }
                     synonyms.push(synonym(
                         def.broker_synonym.unwrap_or(def.name),
@@ -97,29 +134,48 @@ pub fn handle(
                         def.name,
                         synonyms,
                         def.kind,
+                        false,
                         request.include_synonyms,
                     ));
                 }
             }
-            BROKER_RESOURCE_TYPE
-                if resource.resource_name.is_empty()
-                    || resource.resource_name == state.config.node_id.to_string() =>
-            {
-                for (name, value) in state
-                    .config
-                    .describe()
-                    .into_iter()
-                    .filter(|(n, _)| wanted(n))
-                {
-                    let source = if state.config.explicit.contains_key(name) {
-                        source::STATIC_BROKER_CONFIG
-                    } else {
-                        source::DEFAULT_CONFIG
-                    };
+            BROKER_RESOURCE_TYPE if resource.resource_name.is_empty() => {
+                let (_, cluster) = dynamic_broker_configs(state);
+                for (name, value) in cluster.iter().filter(|(n, _)| wanted(n)) {
+                    let def = topic_configs::by_broker_synonym(name);
                     result.configs.push(entry(
                         name,
-                        vec![synonym(name, &value, source)],
-                        ConfigType::String,
+                        vec![synonym(name, value, source::DYNAMIC_DEFAULT_BROKER_CONFIG)],
+                        def.map_or(ConfigType::String, |d| d.kind),
+                        def.is_none(),
+                        request.include_synonyms,
+                    ));
+                }
+            }
+            BROKER_RESOURCE_TYPE if resource.resource_name == state.config.node_id.to_string() => {
+                let (own, cluster) = dynamic_broker_configs(state);
+                let statics = state.config.describe();
+                let mut names: Vec<&str> = statics.iter().map(|(n, _)| *n).collect();
+                for def in TOPIC_CONFIGS {
+                    if let Some(name) = def.broker_synonym
+                        && !names.contains(&name)
+                    {
+                        names.push(name);
+                    }
+                }
+                for name in names.into_iter().filter(|n| wanted(n)) {
+                    let def = topic_configs::by_broker_synonym(name);
+                    let value = statics.iter().find(|(n, _)| *n == name).map(|(_, v)| v);
+                    let mut synonyms = broker_layers(state, &own, &cluster, name, value);
+                    if value.is_none() {
+                        let default = def.map_or("", |d| d.default);
+                        synonyms.push(synonym(name, default, source::DEFAULT_CONFIG));
+                    }
+                    result.configs.push(entry(
+                        name,
+                        synonyms,
+                        def.map_or(ConfigType::String, |d| d.kind),
+                        def.is_none(),
                         request.include_synonyms,
                     ));
                 }

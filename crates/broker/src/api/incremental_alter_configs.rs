@@ -1,5 +1,8 @@
 //! IncrementalAlterConfigs (versions 0-1): set, delete, append to or subtract from single
-//! topic configs. Broker settings are static in this version: altering them is refused.
+//! configs of a topic, of this broker (resource name = its node ID) or of every broker (the
+//! cluster default, an empty name). Broker settings that can change at run time are the
+//! `log.*` defaults of topic configs; the others are refused with INVALID_REQUEST, as Kafka
+//! refuses every invalid broker config change.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,28 +12,45 @@ use spool_protocol::messages::incremental_alter_configs_request::AlterConfigsRes
 use spool_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use spool_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
-use super::describe_configs::BROKER_RESOURCE_TYPE;
-use crate::metadata::TOPIC_RESOURCE_TYPE;
-use crate::state::{BrokerState, validate_topic_configs};
-use crate::topic_configs::{self, ConfigType};
+use crate::metadata::{BROKER_RESOURCE_TYPE, TOPIC_RESOURCE_TYPE};
+use crate::state::{BrokerState, validate_broker_configs, validate_topic_configs};
+use crate::topic_configs::{self, ConfigType, TopicConfigDef};
 
 const SET: i8 = 0;
 const DELETE: i8 = 1;
 const APPEND: i8 = 2;
 const SUBTRACT: i8 = 3;
 
-/// The topic's configs after the requested operations, or why they cannot be applied.
+/// What a refused change to this kind of resource answers: Kafka uses INVALID_CONFIG for
+/// topics and INVALID_REQUEST for brokers.
+fn refusal(resource_type: i8) -> ErrorCode {
+    if resource_type == BROKER_RESOURCE_TYPE {
+        ErrorCode::InvalidRequest
+    } else {
+        ErrorCode::InvalidConfig
+    }
+}
+
+/// The definition of config `name` of a resource of `resource_type`, for list operations.
+fn definition(resource_type: i8, name: &str) -> Option<&'static TopicConfigDef> {
+    if resource_type == BROKER_RESOURCE_TYPE {
+        topic_configs::by_broker_synonym(name)
+    } else {
+        topic_configs::find(name)
+    }
+}
+
+/// The resource's configs after the requested operations, or why they cannot be applied.
+/// Names and values are checked afterwards, as a whole.
 fn apply(
     current: &BTreeMap<String, String>,
     resource: &AlterConfigsResource,
 ) -> Result<BTreeMap<String, String>, (ErrorCode, String)> {
     let mut configs = current.clone();
     for change in &resource.configs {
-        let def = topic_configs::find(&change.name).ok_or((
-            ErrorCode::InvalidConfig,
-            format!("unknown topic config `{}`", change.name),
-        ))?;
         let value = change.value.clone().unwrap_or_default();
+        let list = definition(resource.resource_type, &change.name)
+            .filter(|def| def.kind == ConfigType::List);
         match change.config_operation {
             SET => {
                 configs.insert(change.name.clone(), value);
@@ -38,10 +58,10 @@ fn apply(
             DELETE => {
                 configs.remove(&change.name);
             }
-            APPEND | SUBTRACT if def.kind == ConfigType::List => {
+            APPEND | SUBTRACT if list.is_some() => {
                 let existing = configs
                     .get(&change.name)
-                    .map_or(def.default, String::as_str);
+                    .map_or(list.map_or("", |def| def.default), String::as_str);
                 let mut items: Vec<String> = existing
                     .split(',')
                     .map(str::trim)
@@ -59,9 +79,9 @@ fn apply(
             }
             APPEND | SUBTRACT => {
                 return Err((
-                    ErrorCode::InvalidConfig,
+                    refusal(resource.resource_type),
                     format!(
-                        "`{}` is not a list: APPEND and SUBTRACT do not apply",
+                        "`{}` is not a known list: APPEND and SUBTRACT do not apply",
                         change.name
                     ),
                 ));
@@ -77,31 +97,57 @@ fn apply(
     Ok(configs)
 }
 
-/// Applies `compute` to a topic resource's configs and stores the result; shared by
-/// IncrementalAlterConfigs and AlterConfigs.
-pub async fn alter_topic(
+/// Applies `compute` to a resource's stored configs (a topic's overrides or a broker's
+/// dynamic settings), checks the result and stores it; shared by IncrementalAlterConfigs
+/// and AlterConfigs.
+async fn alter(
     state: &Arc<BrokerState>,
+    resource_type: i8,
     name: &str,
     validate_only: bool,
     compute: impl FnOnce(
         &BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, String>, (ErrorCode, String)>,
 ) -> Result<(), (ErrorCode, String)> {
-    let current = state
-        .with_image(|image| image.topic(name).map(|t| t.configs.clone()))
-        .ok_or((
-            ErrorCode::UnknownTopicOrPartition,
-            format!("topic `{name}` does not exist"),
-        ))?;
+    let current = match resource_type {
+        TOPIC_RESOURCE_TYPE => state
+            .with_image(|image| image.resource_configs(resource_type, name))
+            .ok_or((
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic `{name}` does not exist"),
+            ))?,
+        BROKER_RESOURCE_TYPE => {
+            if !name.is_empty() && name.parse::<u32>().is_err() {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    format!("`{name}` is not a broker ID (or empty for the cluster default)"),
+                ));
+            }
+            state
+                .with_image(|image| image.resource_configs(resource_type, name))
+                .unwrap_or_default()
+        }
+        other => {
+            return Err((
+                ErrorCode::InvalidRequest,
+                format!("resource type {other} is not served"),
+            ));
+        }
+    };
     let configs = compute(&current)?;
-    validate_topic_configs(&state.config.log, &configs)
-        .map_err(|e| (ErrorCode::InvalidConfig, e))?;
+    if resource_type == TOPIC_RESOURCE_TYPE {
+        validate_topic_configs(&state.log_defaults(), &configs).map(|_| ())
+    } else {
+        validate_broker_configs(&state.config.log, &configs)
+    }
+    .map_err(|e| (refusal(resource_type), e))?;
     if validate_only {
         return Ok(());
     }
     let state = Arc::clone(state);
     let name = name.to_string();
-    match tokio::task::spawn_blocking(move || state.set_topic_configs(&name, &configs)).await {
+    let store = move || state.set_configs(resource_type, &name, &configs);
+    match tokio::task::spawn_blocking(store).await {
         Ok(Ok(())) => Ok(()),
         other => Err((
             ErrorCode::UnknownServerError,
@@ -110,8 +156,7 @@ pub async fn alter_topic(
     }
 }
 
-/// The outcome for one resource of an alter request, as (error code, message): topics are
-/// altered with `compute`; broker settings are static in this version.
+/// The outcome for one resource of an alter request, as (error code, message).
 pub async fn alter_resource(
     state: &Arc<BrokerState>,
     resource_type: i8,
@@ -121,18 +166,7 @@ pub async fn alter_resource(
         &BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, String>, (ErrorCode, String)>,
 ) -> (i16, Option<String>) {
-    let outcome = match resource_type {
-        TOPIC_RESOURCE_TYPE => alter_topic(state, name, validate_only, compute).await,
-        BROKER_RESOURCE_TYPE => Err((
-            ErrorCode::InvalidRequest,
-            "broker settings are static in this version".to_string(),
-        )),
-        other => Err((
-            ErrorCode::InvalidRequest,
-            format!("resource type {other} is not served"),
-        )),
-    };
-    match outcome {
+    match alter(state, resource_type, name, validate_only, compute).await {
         Ok(()) => (ErrorCode::None.code(), None),
         Err((error, message)) => (error.code(), Some(message)),
     }

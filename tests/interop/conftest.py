@@ -18,18 +18,25 @@ class Broker:
         self.start()
 
     def start(self):
-        args = [SPOOL, "server", "--listen", "127.0.0.1:0", "--data-dir", self.data_dir]
+        args = [SPOOL, "server", "--data-dir", self.data_dir]
+        if not any(s.startswith("listeners=") for s in self.settings):
+            args += ["--listen", "127.0.0.1:0"]
         for setting in self.settings:
             args += ["--set", setting]
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         deadline = time.time() + 30
-        self.address = None
+        # "spool: Kafka listener [NAME] on ADDRESS" per listener (no name: PLAINTEXT), then
+        # "spool: data in DIR".
+        self.listeners = {}
         while time.time() < deadline:
             line = self.process.stdout.readline()
-            if line.startswith("spool: Kafka listener on "):
-                self.address = line.split()[-1]
+            if line.startswith("spool: Kafka listener "):
+                words = line.split()
+                self.listeners[words[3] if len(words) == 6 else "PLAINTEXT"] = words[-1]
+            elif line.startswith("spool: data in ") or not line:
                 break
-        assert self.address, "spool did not report its listener"
+        self.address = self.listeners.get("PLAINTEXT")
+        assert self.listeners, "spool did not report its listeners"
 
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
@@ -44,6 +51,17 @@ class Broker:
 @pytest.fixture
 def broker():
     b = Broker("num.partitions=3")
+    yield b
+    b.stop()
+    shutil.rmtree(b.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def two_listener_broker():
+    """PLAINTEXT advertised as 127.0.0.1, INTERNAL as localhost; both on free ports."""
+    b = Broker("listeners=PLAINTEXT://127.0.0.1:0,INTERNAL://127.0.0.1:0",
+               "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT",
+               "advertised.listeners=PLAINTEXT://127.0.0.1:0,INTERNAL://localhost:0")
     yield b
     b.stop()
     shutil.rmtree(b.data_dir, ignore_errors=True)

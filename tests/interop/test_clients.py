@@ -388,6 +388,42 @@ def test_confluent_admin_describes_the_cluster_and_topics(broker):
     assert all(p.leader.id == 0 and [r.id for r in p.isr] == [0] for p in description.partitions)
 
 
+def test_each_listener_advertises_its_own_endpoint(two_listener_broker):
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    listeners = two_listener_broker.listeners
+    assert set(listeners) == {"PLAINTEXT", "INTERNAL"}
+    assert listeners["PLAINTEXT"] != listeners["INTERNAL"]
+    seen = {}
+    for name, address in listeners.items():
+        admin = AdminClient({"bootstrap.servers": address})
+        [node] = admin.describe_cluster().result(30).nodes
+        seen[name] = (node.host, node.port)
+        [(_, metadata_broker)] = admin.list_topics(timeout=10).brokers.items()
+        assert (metadata_broker.host, metadata_broker.port) == seen[name]
+    port = lambda name: int(listeners[name].rsplit(":", 1)[1])
+    assert seen == {"PLAINTEXT": ("127.0.0.1", port("PLAINTEXT")),
+                    "INTERNAL": ("localhost", port("INTERNAL"))}
+
+    # Written through one listener, read back through the other.
+    producer = Producer({"bootstrap.servers": listeners["INTERNAL"]})
+    for i in range(10):
+        producer.produce("across", value=b"m%d" % i, partition=0)
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": listeners["PLAINTEXT"], "group.id": "not-used",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition("across", 0, 0)])
+    values = []
+    deadline = time.time() + 30
+    while len(values) < 10 and time.time() < deadline:
+        message = consumer.poll(1)
+        if message is not None and message.error() is None:
+            values.append(message.value())
+    consumer.close()
+    assert values == [b"m%d" % i for i in range(10)]
+
+
 def test_kafka_python_admin_creates_and_refuses_topics(broker):
     from kafka import KafkaConsumer
     from kafka.admin import KafkaAdminClient, NewTopic

@@ -24,16 +24,35 @@ pub enum ConfigError {
     },
 }
 
+/// One Kafka listener (`listeners`): a name and where it binds; port 0 picks a free port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+/// Where clients are told to reach a listener (`advertised.listeners`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdvertisedListener {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// The listener name a bare `HOST:PORT` gets.
+pub const DEFAULT_LISTENER: &str = "PLAINTEXT";
+
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// `node.id`.
     pub node_id: i32,
-    /// Where the Kafka listener binds (`listeners`); port 0 picks a free port.
-    pub listen: SocketAddr,
-    /// The host clients are told to connect to (`advertised.listeners`); the bound
-    /// address when unset.
-    pub advertised_host: Option<String>,
-    pub advertised_port: Option<u16>,
+    /// `listeners`: where the broker serves the Kafka protocol, by listener name.
+    pub listeners: Vec<Listener>,
+    /// `advertised.listeners`: what clients are told; when unset, every listener at its
+    /// bound address (127.0.0.1 for a wildcard bind).
+    pub advertised_listeners: Option<Vec<AdvertisedListener>>,
+    /// `listener.security.protocol.map`: each listener name's security protocol.
+    pub listener_security_protocol_map: std::collections::BTreeMap<String, String>,
     /// `log.dirs` (one directory).
     pub data_dir: PathBuf,
     /// `num.partitions`: partitions of auto-created topics.
@@ -64,9 +83,15 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             node_id: 0,
-            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
-            advertised_host: None,
-            advertised_port: None,
+            listeners: vec![Listener {
+                name: DEFAULT_LISTENER.to_string(),
+                address: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            }],
+            advertised_listeners: None,
+            listener_security_protocol_map: SECURITY_PROTOCOLS
+                .iter()
+                .map(|p| (p.to_string(), p.to_string()))
+                .collect(),
             data_dir: PathBuf::from("./spool-data"),
             num_partitions: 1,
             auto_create_topics_enable: true,
@@ -115,7 +140,31 @@ impl BrokerConfig {
         };
         vec![
             ("node.id", self.node_id.to_string()),
-            ("listeners", format!("PLAINTEXT://{}", self.listen)),
+            (
+                "listeners",
+                join(
+                    self.listeners
+                        .iter()
+                        .map(|l| format!("{}://{}", l.name, l.address)),
+                ),
+            ),
+            (
+                "advertised.listeners",
+                join(
+                    self.advertised_listeners
+                        .iter()
+                        .flatten()
+                        .map(|l| format!("{}://{}:{}", l.name, l.host, l.port)),
+                ),
+            ),
+            (
+                "listener.security.protocol.map",
+                join(
+                    self.listener_security_protocol_map
+                        .iter()
+                        .map(|(name, protocol)| format!("{name}:{protocol}")),
+                ),
+            ),
             ("log.dirs", self.data_dir.display().to_string()),
             ("num.partitions", self.num_partitions.to_string()),
             (
@@ -161,23 +210,148 @@ impl BrokerConfig {
         ]
     }
 
+    /// Checks what single settings cannot: every listener has a security protocol this
+    /// version serves (PLAINTEXT), no two listeners share a port, and every advertised
+    /// listener is a listener.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let listeners = || {
+            join(
+                self.listeners
+                    .iter()
+                    .map(|l| format!("{}://{}", l.name, l.address)),
+            )
+        };
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let Some(protocol) = self.listener_security_protocol_map.get(&listener.name) else {
+                return Err(invalid(
+                    "listeners",
+                    &listeners(),
+                    format!(
+                        "listener `{}` has no security protocol in listener.security.protocol.map",
+                        listener.name
+                    ),
+                ));
+            };
+            if protocol != "PLAINTEXT" {
+                return Err(invalid(
+                    "listeners",
+                    &listeners(),
+                    format!(
+                        "listener `{}` uses {protocol}, which this version does not serve",
+                        listener.name
+                    ),
+                ));
+            }
+            let port = listener.address.port();
+            if port != 0
+                && self.listeners[..i]
+                    .iter()
+                    .any(|other| other.address.port() == port)
+            {
+                return Err(invalid(
+                    "listeners",
+                    &listeners(),
+                    format!("two listeners use port {port}"),
+                ));
+            }
+        }
+        for advertised in self.advertised_listeners.iter().flatten() {
+            if !self.listeners.iter().any(|l| l.name == advertised.name) {
+                return Err(invalid(
+                    "advertised.listeners",
+                    &advertised.name,
+                    format!("`{}` is not one of the listeners", advertised.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What clients are told, given the addresses the listeners bound: the advertised
+    /// listeners (port 0 meaning the bound port), or every listener at its bound address,
+    /// with 127.0.0.1 for a wildcard bind.
+    pub fn endpoints(&self, bound: &[Listener]) -> Vec<AdvertisedListener> {
+        let bound_port = |name: &str| {
+            bound
+                .iter()
+                .find(|l| l.name == name)
+                .map_or(0, |l| l.address.port())
+        };
+        match &self.advertised_listeners {
+            Some(advertised) => advertised
+                .iter()
+                .map(|a| AdvertisedListener {
+                    port: if a.port == 0 {
+                        bound_port(&a.name)
+                    } else {
+                        a.port
+                    },
+                    ..a.clone()
+                })
+                .collect(),
+            None => bound
+                .iter()
+                .map(|l| AdvertisedListener {
+                    name: l.name.clone(),
+                    host: if l.address.ip().is_unspecified() {
+                        "127.0.0.1".to_string()
+                    } else {
+                        l.address.ip().to_string()
+                    },
+                    port: l.address.port(),
+                })
+                .collect(),
+        }
+    }
+
     /// Sets one setting by its Kafka name.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
             "node.id" | "broker.id" => self.node_id = parse(key, value)?,
-            "listeners" => self.listen = parse_listener(key, value)?,
-            "advertised.listeners" => {
-                let address = value.trim().rsplit("://").next().unwrap_or(value).trim();
-                let (host, port) =
-                    address
-                        .rsplit_once(':')
-                        .ok_or_else(|| ConfigError::Invalid {
-                            key: key.into(),
-                            value: value.into(),
-                            reason: "expected HOST:PORT".into(),
+            "listeners" => {
+                self.listeners = parse_listeners(key, value)?
+                    .into_iter()
+                    .map(|(name, host, port)| {
+                        let address = bind_address(&host, port).ok_or_else(|| {
+                            invalid(key, value, format!("`{host}` is not an IP address"))
                         })?;
-                self.advertised_host = Some(host.to_string());
-                self.advertised_port = Some(parse(key, port)?);
+                        Ok(Listener { name, address })
+                    })
+                    .collect::<Result<_, ConfigError>>()?;
+            }
+            "advertised.listeners" => {
+                let listeners = parse_listeners(key, value)?;
+                if let Some((_, host, _)) = listeners.iter().find(|(_, h, _)| h == "0.0.0.0") {
+                    return Err(invalid(
+                        key,
+                        value,
+                        format!("`{host}` cannot be reached: advertise a routable host"),
+                    ));
+                }
+                self.advertised_listeners = Some(
+                    listeners
+                        .into_iter()
+                        .map(|(name, host, port)| AdvertisedListener { name, host, port })
+                        .collect(),
+                );
+            }
+            "listener.security.protocol.map" => {
+                let mut map = std::collections::BTreeMap::new();
+                for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    let (name, protocol) = pair
+                        .split_once(':')
+                        .ok_or_else(|| invalid(key, value, "expected NAME:PROTOCOL,…".into()))?;
+                    let protocol = protocol.trim().to_ascii_uppercase();
+                    if !SECURITY_PROTOCOLS.contains(&protocol.as_str()) {
+                        return Err(invalid(
+                            key,
+                            value,
+                            format!("unknown security protocol `{protocol}`"),
+                        ));
+                    }
+                    map.insert(name.trim().to_ascii_uppercase(), protocol);
+                }
+                self.listener_security_protocol_map = map;
             }
             "log.dirs" | "log.dir" => self.data_dir = PathBuf::from(value.trim()),
             "num.partitions" => self.num_partitions = positive(key, value)?,
@@ -244,22 +418,67 @@ fn positive(key: &str, value: &str) -> Result<i32, ConfigError> {
     Ok(n)
 }
 
-fn parse_listener(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    // Accepts `HOST:PORT` and Kafka's `PLAINTEXT://HOST:PORT`.
-    let address = value.trim().rsplit("://").next().unwrap_or(value).trim();
-    let address = if address.starts_with(':') {
-        format!("0.0.0.0{address}")
-    } else {
-        address.to_string()
+/// Kafka's security protocols, each also a listener name that maps to itself by default.
+const SECURITY_PROTOCOLS: [&str; 4] = ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
+
+fn invalid(key: &str, value: &str, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        value: value.into(),
+        reason,
+    }
+}
+
+fn join(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join(",")
+}
+
+/// A listener list: comma-separated `NAME://HOST:PORT` (Kafka's form) or a bare `HOST:PORT`
+/// (named PLAINTEXT). Names are upper-cased and must differ. An empty host (`:9092`) binds
+/// every interface; `[::1]:9092` is an IPv6 host.
+fn parse_listeners(key: &str, value: &str) -> Result<Vec<(String, String, u16)>, ConfigError> {
+    let mut listeners: Vec<(String, String, u16)> = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, address) = match item.split_once("://") {
+            Some((name, address)) => (name.trim().to_ascii_uppercase(), address.trim()),
+            None => (DEFAULT_LISTENER.to_string(), item),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid(
+                key,
+                value,
+                format!("`{name}` is not a listener name"),
+            ));
+        }
+        let (host, port) = address
+            .rsplit_once(':')
+            .ok_or_else(|| invalid(key, value, format!("`{item}`: expected HOST:PORT")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = parse(key, port)?;
+        if listeners.iter().any(|(n, _, _)| *n == name) {
+            return Err(invalid(
+                key,
+                value,
+                format!("listener `{name}` is given twice"),
+            ));
+        }
+        listeners.push((name, host.to_string(), port));
+    }
+    if listeners.is_empty() {
+        return Err(invalid(key, value, "no listener given".into()));
+    }
+    Ok(listeners)
+}
+
+/// The socket address a listener's host binds: an IP address, `localhost`, or empty for
+/// every interface.
+fn bind_address(host: &str, port: u16) -> Option<SocketAddr> {
+    let ip = match host {
+        "" => std::net::IpAddr::from([0, 0, 0, 0]),
+        "localhost" => std::net::IpAddr::from([127, 0, 0, 1]),
+        other => other.parse().ok()?,
     };
-    let address = address.replace("localhost:", "127.0.0.1:");
-    address
-        .parse()
-        .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
-            key: key.into(),
-            value: value.into(),
-            reason: e.to_string(),
-        })
+    Some(SocketAddr::new(ip, port))
 }
 
 fn parse_timestamp_type(key: &str, value: &str) -> Result<TimestampType, ConfigError> {
@@ -287,8 +506,101 @@ mod tests {
         config.set("log.cleanup.policy", "compact,delete").unwrap();
         assert_eq!(config.num_partitions, 6);
         assert_eq!(config.log.retention_ms, 7_200_000);
-        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 0)));
+        assert_eq!(
+            config.listeners,
+            [Listener {
+                name: "PLAINTEXT".into(),
+                address: SocketAddr::from(([127, 0, 0, 1], 0))
+            }]
+        );
         assert!(config.log.cleanup_compact && config.log.cleanup_delete);
+    }
+
+    #[test]
+    fn listeners_are_named_and_advertised_per_name() {
+        let mut config = BrokerConfig::default();
+        config
+            .set("listeners", "PLAINTEXT://:9092, internal://127.0.0.1:0")
+            .unwrap();
+        config
+            .set(
+                "listener.security.protocol.map",
+                "PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT",
+            )
+            .unwrap();
+        config
+            .set(
+                "advertised.listeners",
+                "PLAINTEXT://broker.example:19092,INTERNAL://10.0.0.5:0",
+            )
+            .unwrap();
+        config.check().unwrap();
+        let bound = [
+            Listener {
+                name: "PLAINTEXT".into(),
+                address: "0.0.0.0:9092".parse().unwrap(),
+            },
+            Listener {
+                name: "INTERNAL".into(),
+                address: "127.0.0.1:40001".parse().unwrap(),
+            },
+        ];
+        let endpoints: Vec<(String, String, u16)> = config
+            .endpoints(&bound)
+            .into_iter()
+            .map(|e| (e.name, e.host, e.port))
+            .collect();
+        assert_eq!(
+            endpoints,
+            [
+                ("PLAINTEXT".into(), "broker.example".into(), 19092),
+                ("INTERNAL".into(), "10.0.0.5".into(), 40001),
+            ]
+        );
+        config.advertised_listeners = None;
+        assert_eq!(config.endpoints(&bound)[0].host, "127.0.0.1");
+    }
+
+    #[test]
+    fn listener_combinations_kafka_refuses_are_refused() {
+        let checked = |settings: &[(&str, &str)]| {
+            let mut config = BrokerConfig::default();
+            for (key, value) in settings {
+                config.set(key, value)?;
+            }
+            config.check()
+        };
+        let refused = |settings: &[(&str, &str)]| {
+            assert!(
+                matches!(checked(settings), Err(ConfigError::Invalid { .. })),
+                "{settings:?} was accepted"
+            );
+        };
+        refused(&[("listeners", "A://:1,A://:2")]);
+        refused(&[
+            (
+                "listener.security.protocol.map",
+                "PLAINTEXT:PLAINTEXT,B:PLAINTEXT",
+            ),
+            ("listeners", "PLAINTEXT://:1,B://:1"),
+        ]);
+        refused(&[("listeners", "OTHER://:1")]);
+        refused(&[("listeners", "SSL://:9093")]);
+        refused(&[("listeners", "broker.example:9092")]);
+        refused(&[("advertised.listeners", "OTHER://h:1")]);
+        refused(&[("advertised.listeners", "PLAINTEXT://0.0.0.0:1")]);
+        refused(&[("listener.security.protocol.map", "A:TLS")]);
+        assert!(checked(&[("listeners", "localhost:0,B://[::1]:0")]).is_err());
+        assert!(
+            checked(&[
+                ("listeners", "localhost:0,B://[::1]:0"),
+                (
+                    "listener.security.protocol.map",
+                    "PLAINTEXT:PLAINTEXT,B:PLAINTEXT"
+                ),
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

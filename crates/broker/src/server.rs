@@ -19,23 +19,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::api::{self, Outcome};
+use crate::api::{self, Outcome, RequestContext};
 use crate::state::BrokerState;
 
-/// Accepts connections until `shutdown` turns true.
+/// Accepts connections on the listener named `name` until `shutdown` turns true.
 pub async fn serve(
     state: Arc<BrokerState>,
     listener: TcpListener,
+    name: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let context = RequestContext {
+        listener: Arc::from(name.as_str()),
+    };
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let state = Arc::clone(&state);
                     let shutdown = shutdown.clone();
+                    let context = context.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = connection(state, stream, shutdown).await {
+                        if let Err(e) = connection(state, context, stream, shutdown).await {
                             tracing::debug!(%peer, error = %e, "connection closed");
                         }
                     });
@@ -61,6 +66,7 @@ enum ConnectionError {
 
 async fn connection(
     state: Arc<BrokerState>,
+    context: RequestContext,
     stream: TcpStream,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
@@ -107,8 +113,9 @@ async fn connection(
             }
             Ok((header, body)) => {
                 let state = Arc::clone(&state);
+                let context = context.clone();
                 tokio::spawn(async move {
-                    let _ = answer_tx.send(api::handle(&state, header, body).await);
+                    let _ = answer_tx.send(api::handle(&state, &context, header, body).await);
                 });
             }
             Err(failed) => {

@@ -19,7 +19,7 @@ use spool_protocol::record_batch::TimestampType;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use crate::config::BrokerConfig;
+use crate::config::{AdvertisedListener, BrokerConfig};
 use crate::fetch_session::FetchSessionCache;
 use crate::flusher::Flusher;
 use crate::metadata::{
@@ -40,9 +40,8 @@ pub enum BrokerError {
 
 pub struct BrokerState {
     pub config: BrokerConfig,
-    /// The address clients are told to use.
-    pub advertised_host: String,
-    pub advertised_port: i32,
+    /// What clients are told to connect to, per listener name.
+    pub endpoints: Vec<AdvertisedListener>,
     storage: Arc<dyn Storage>,
     metadata: Mutex<MetadataStore>,
     partitions: RwLock<HashMap<TopicPartition, Arc<SharedLog>>>,
@@ -193,8 +192,7 @@ impl BrokerState {
     /// partition log of every known topic.
     pub fn open(
         config: BrokerConfig,
-        advertised_host: String,
-        advertised_port: i32,
+        endpoints: Vec<AdvertisedListener>,
     ) -> Result<Arc<BrokerState>, BrokerError> {
         let storage: Arc<dyn Storage> = Arc::new(DiskStorage);
         let now = now_ms();
@@ -248,14 +246,19 @@ impl BrokerState {
             producer_ids: Mutex::new(0..0),
             flusher,
             config,
-            advertised_host,
-            advertised_port,
+            endpoints,
             storage,
             metadata: Mutex::new(metadata),
             partitions: RwLock::new(partitions),
             appended: Notify::new(),
             _lock: guard,
         }))
+    }
+
+    /// Where clients reach this broker through listener `name`; `None` when that listener
+    /// is not advertised.
+    pub fn endpoint(&self, name: &str) -> Option<&AdvertisedListener> {
+        self.endpoints.iter().find(|e| e.name == name)
     }
 
     /// The `log.*` defaults in force, dynamic broker settings included.

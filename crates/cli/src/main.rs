@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use spool_broker::config::{DEFAULT_LISTENER, Listener};
 use spool_broker::{BrokerConfig, BrokerState, ConfigError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -37,7 +38,8 @@ struct ServerArgs {
     /// Where partition logs and metadata live (`log.dirs`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// The Kafka listener, HOST:PORT; port 0 picks a free port (`listeners`).
+    /// The Kafka listener, HOST:PORT (or Kafka's `NAME://HOST:PORT,…` list); port 0 picks
+    /// a free port (`listeners`).
     #[arg(long)]
     listen: Option<String>,
     /// The admin API listener (metrics, health); accepted now, served by a later release.
@@ -113,6 +115,7 @@ fn build_config(args: &ServerArgs) -> Result<BrokerConfig, String> {
     for (key, value) in settings {
         config.set(&key, &value).map_err(|e| e.to_string())?;
     }
+    config.check().map_err(|e| e.to_string())?;
     Ok(config)
 }
 
@@ -127,26 +130,37 @@ fn say(line: std::fmt::Arguments<'_>) {
 
 async fn run_server(args: ServerArgs) -> Result<(), String> {
     let config = build_config(&args)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    let advertised_host = config.advertised_host.clone().unwrap_or_else(|| {
-        if bound.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            bound.ip().to_string()
-        }
-    });
-    let advertised_port = i32::from(config.advertised_port.unwrap_or(bound.port()));
+    let mut sockets = Vec::new();
+    let mut bound = Vec::new();
+    for listener in &config.listeners {
+        let socket = TcpListener::bind(listener.address)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", listener.address))?;
+        let address = socket.local_addr().map_err(|e| e.to_string())?;
+        bound.push(Listener {
+            name: listener.name.clone(),
+            address,
+        });
+        sockets.push((listener.name.clone(), socket));
+    }
+    let endpoints = config.endpoints(&bound);
     let data_dir = config.data_dir.clone();
-    let state = tokio::task::spawn_blocking(move || {
-        BrokerState::open(config, advertised_host, advertised_port)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("cannot open {}: {e}", data_dir.display()))?;
-    say(format_args!("spool: Kafka listener on {bound}"));
+    let state = tokio::task::spawn_blocking(move || BrokerState::open(config, endpoints))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot open {}: {e}", data_dir.display()))?;
+    for listener in &bound {
+        match listener.name.as_str() {
+            DEFAULT_LISTENER => say(format_args!(
+                "spool: Kafka listener on {}",
+                listener.address
+            )),
+            name => say(format_args!(
+                "spool: Kafka listener {name} on {}",
+                listener.address
+            )),
+        }
+    }
     say(format_args!("spool: data in {}", data_dir.display()));
     if let Some(admin) = args.admin_listen {
         say(format_args!(
@@ -155,16 +169,24 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
     }
 
     let (stop, stopped) = watch::channel(false);
-    let server = tokio::spawn(spool_broker::server::serve(
-        Arc::clone(&state),
-        listener,
-        stopped.clone(),
-    ));
+    let servers: Vec<_> = sockets
+        .into_iter()
+        .map(|(name, socket)| {
+            tokio::spawn(spool_broker::server::serve(
+                Arc::clone(&state),
+                socket,
+                name,
+                stopped.clone(),
+            ))
+        })
+        .collect();
     let maintenance = tokio::spawn(maintain(Arc::clone(&state), stopped));
     wait_for_signal().await;
     say(format_args!("spool: shutting down"));
     let _ = stop.send(true);
-    let _ = server.await;
+    for server in servers {
+        let _ = server.await;
+    }
     let _ = maintenance.await;
     // Connections finish their in-flight requests and drop their hold on the state.
     for _ in 0..1000 {

@@ -13,6 +13,7 @@ const BROKERS: i8 = 1;
 
 pub fn handle(
     state: &Arc<BrokerState>,
+    listener: &str,
     request: DescribeClusterRequest,
     version: i16,
 ) -> DescribeClusterResponse {
@@ -33,11 +34,15 @@ pub fn handle(
             Some("this broker describes brokers; ask a controller for controllers".into());
         return response;
     }
-    response.brokers = vec![DescribeClusterBroker {
-        broker_id: state.config.node_id,
-        host: state.advertised_host.clone(),
-        port: state.advertised_port,
-        ..Default::default()
-    }];
+    response.brokers = state
+        .endpoint(listener)
+        .map(|endpoint| DescribeClusterBroker {
+            broker_id: state.config.node_id,
+            host: endpoint.host.clone(),
+            port: i32::from(endpoint.port),
+            ..Default::default()
+        })
+        .into_iter()
+        .collect();
     response
 }

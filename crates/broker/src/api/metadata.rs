@@ -61,6 +61,7 @@ fn error_topic(name: String, error: ErrorCode) -> MetadataResponseTopic {
 
 pub async fn handle(
     state: &Arc<BrokerState>,
+    listener: &str,
     request: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
@@ -112,12 +113,17 @@ pub async fn handle(
             .collect(),
     });
     MetadataResponse {
-        brokers: vec![MetadataResponseBroker {
-            node_id: state.config.node_id,
-            host: state.advertised_host.clone(),
-            port: state.advertised_port,
-            ..Default::default()
-        }],
+        // Brokers are described by their endpoint on the listener the request came in on.
+        brokers: state
+            .endpoint(listener)
+            .map(|endpoint| MetadataResponseBroker {
+                node_id: state.config.node_id,
+                host: endpoint.host.clone(),
+                port: i32::from(endpoint.port),
+                ..Default::default()
+            })
+            .into_iter()
+            .collect(),
         cluster_id: Some(state.config.cluster_id.clone()),
         controller_id: state.config.node_id,
         topics,

@@ -50,6 +50,14 @@ pub const IMPLEMENTED: &[ApiKey] = &[
     ApiKey::InitProducerId,
 ];
 
+/// What a handler may need to know about the connection a request came in on.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The listener's name (`listeners`): Metadata and DescribeCluster answer with this
+    /// broker's endpoint on the same listener.
+    pub listener: Arc<str>,
+}
+
 /// What to do after a request.
 pub enum Outcome {
     Respond(Bytes),
@@ -83,15 +91,20 @@ fn encode(header: &RequestHeader, response: &ResponseBody) -> Outcome {
     }
 }
 
-pub async fn handle(state: &Arc<BrokerState>, header: RequestHeader, body: RequestBody) -> Outcome {
+pub async fn handle(
+    state: &Arc<BrokerState>,
+    context: &RequestContext,
+    header: RequestHeader,
+    body: RequestBody,
+) -> Outcome {
     let version = header.request_api_version;
     let response = match body {
         RequestBody::ApiVersions(request) => {
             ResponseBody::ApiVersions(api_versions::handle(&request, version))
         }
-        RequestBody::Metadata(request) => {
-            ResponseBody::Metadata(metadata::handle(state, request, version).await)
-        }
+        RequestBody::Metadata(request) => ResponseBody::Metadata(
+            metadata::handle(state, &context.listener, request, version).await,
+        ),
         RequestBody::Produce(request) => {
             // Direct callers get both steps at once; the connection runs step one itself,
             // in request order, and only then hands over (see `produce`).
@@ -125,9 +138,9 @@ pub async fn handle(state: &Arc<BrokerState>, header: RequestHeader, body: Reque
         RequestBody::IncrementalAlterConfigs(request) => ResponseBody::IncrementalAlterConfigs(
             incremental_alter_configs::handle(state, request, version).await,
         ),
-        RequestBody::DescribeCluster(request) => {
-            ResponseBody::DescribeCluster(describe_cluster::handle(state, request, version))
-        }
+        RequestBody::DescribeCluster(request) => ResponseBody::DescribeCluster(
+            describe_cluster::handle(state, &context.listener, request, version),
+        ),
         RequestBody::DescribeLogDirs(request) => {
             ResponseBody::DescribeLogDirs(describe_log_dirs::handle(state, request, version))
         }

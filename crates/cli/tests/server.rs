@@ -168,7 +168,7 @@ fn hostile_frames_close_only_their_own_connection() {
     let server = Server::start(&dir, &[]);
     let mut good = server.connect();
     metadata(&mut good, "steady");
-    let hostile: [&[u8]; 4] = [
+    let hostile: [&[u8]; 8] = [
         // A frame claiming 2 GiB: refused from its size prefix.
         &[0x7f, 0xff, 0xff, 0xff],
         // Metadata v4 whose topic count claims two billion entries.
@@ -177,12 +177,23 @@ fn hostile_frames_close_only_their_own_connection() {
         ],
         // An unknown API key.
         &[0, 0, 0, 10, 0x7f, 0x00, 0, 0, 0, 0, 0, 1, 0xff, 0xff],
+        // A version of Fetch from the future (only ApiVersions answers those).
+        &[0, 0, 0, 10, 0, 1, 0, 99, 0, 0, 0, 1, 0xff, 0xff],
+        // A frame too short for a request header.
+        &[0, 0, 0, 3, 0, 3, 0],
+        // A whole header, then the Metadata v4 body is missing.
+        &[0, 0, 0, 10, 0, 3, 0, 4, 0, 0, 0, 1, 0xff, 0xff],
         // Garbage.
         &[0, 0, 0, 6, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02],
+        // Half a frame, then the client stops sending.
+        &[0, 0, 0, 100, 0, 3, 0, 4, 0, 0],
     ];
     for (i, bytes) in hostile.iter().enumerate() {
         let mut bad = server.connect();
         bad.stream.write_all(bytes).unwrap();
+        if i == hostile.len() - 1 {
+            bad.stream.shutdown(Shutdown::Write).unwrap();
+        }
         assert!(bad.closed(), "hostile frame {i} closes its connection");
         // The well-behaved client carries on.
         let response = produce(&mut good, "steady", 0, batch(i * 2, 2), -1);

@@ -140,9 +140,17 @@ impl Client {
     }
 
     /// Whether the broker has closed the connection.
+    /// Whether the broker closed the connection (end of stream or a reset); a read that
+    /// times out means it is still open.
     pub fn closed(&mut self) -> bool {
         let mut byte = [0u8; 1];
-        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+        match self.stream.read(&mut byte) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod metadata;
 pub mod server;
 pub mod state;
 pub mod topic_configs;
+pub mod wakeups;
 
 pub use config::{BrokerConfig, ConfigError};
 pub use state::{BrokerError, BrokerState};

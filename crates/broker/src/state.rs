@@ -17,7 +17,6 @@ use spool_protocol::internal::{
 };
 use spool_protocol::record_batch::TimestampType;
 use thiserror::Error;
-use tokio::sync::Notify;
 
 use crate::config::{AdvertisedListener, BrokerConfig};
 use crate::fetch_session::FetchSessionCache;
@@ -27,6 +26,7 @@ use crate::metadata::{
     MetadataStore, TOPIC_RESOURCE_TYPE, create_topic_records,
 };
 use crate::topic_configs;
+use crate::wakeups::Wakeups;
 
 #[derive(Debug, Error)]
 pub enum BrokerError {
@@ -45,8 +45,8 @@ pub struct BrokerState {
     storage: Arc<dyn Storage>,
     metadata: Mutex<MetadataStore>,
     partitions: RwLock<HashMap<TopicPartition, Arc<SharedLog>>>,
-    /// Woken whenever records are appended, for fetches waiting on `min_bytes`.
-    pub appended: Notify,
+    /// Fetches waiting on `min_bytes`, woken per partition by appends.
+    pub wakeups: Wakeups,
     /// Incremental fetch sessions (KIP-227).
     pub fetch_sessions: Mutex<FetchSessionCache>,
     /// Makes acks=all appends durable, all partitions together.
@@ -250,7 +250,7 @@ impl BrokerState {
             storage,
             metadata: Mutex::new(metadata),
             partitions: RwLock::new(partitions),
-            appended: Notify::new(),
+            wakeups: Wakeups::default(),
             _lock: guard,
         }))
     }

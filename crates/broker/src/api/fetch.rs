@@ -11,6 +11,7 @@ use spool_log::LogError;
 use spool_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use spool_protocol::messages::{FetchRequest, FetchResponse};
 use spool_protocol::{ErrorCode, Uuid};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::fetch_session::{Context, INVALID_SESSION_ID, Outcome, PartitionKey, Reported, Wanted};
@@ -22,19 +23,15 @@ const SESSIONS_VERSION: i16 = 7;
 /// The first Fetch version naming topics by ID.
 const TOPIC_IDS_VERSION: i16 = 13;
 
-/// One pass over `wanted`, in order: each partition's data and the bytes read in all.
-fn read(
-    state: &BrokerState,
-    wanted: &[Wanted],
-    request: &FetchRequest,
-    version: i16,
-) -> (Vec<PartitionData>, usize) {
-    let mut total = 0usize;
-    let response_max = usize::try_from(request.max_bytes).unwrap_or(0);
+/// The topic name of each wanted partition (`None` for an unknown topic ID).
+fn topic_names(state: &BrokerState, wanted: &[Wanted], version: i16) -> Vec<Option<String>> {
     let mut resolved: Option<(Uuid, Option<String>)> = None;
-    let mut out = Vec::with_capacity(wanted.len());
-    for w in wanted {
-        let name = if version >= TOPIC_IDS_VERSION {
+    wanted
+        .iter()
+        .map(|w| {
+            if version < TOPIC_IDS_VERSION {
+                return Some(w.key.topic.clone());
+            }
             let id = w.key.topic_id;
             match &resolved {
                 Some((cached, name)) if *cached == id => name.clone(),
@@ -45,9 +42,23 @@ fn read(
                     name
                 }
             }
-        } else {
-            Some(w.key.topic.clone())
-        };
+        })
+        .collect()
+}
+
+/// One pass over `wanted` (whose topics are `names`), in order: each partition's data and
+/// the bytes read in all.
+fn read(
+    state: &BrokerState,
+    wanted: &[Wanted],
+    names: &[Option<String>],
+    request: &FetchRequest,
+    version: i16,
+) -> (Vec<PartitionData>, usize) {
+    let mut total = 0usize;
+    let response_max = usize::try_from(request.max_bytes).unwrap_or(0);
+    let mut out = Vec::with_capacity(wanted.len());
+    for (w, name) in wanted.iter().zip(names) {
         let mut data = PartitionData {
             partition_index: w.key.partition,
             high_watermark: -1,
@@ -284,16 +295,27 @@ async fn long_poll(
     let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
     let deadline = Instant::now() + wait;
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
+    let names = topic_names(state, wanted, version);
+    let partitions: Vec<(&str, i32)> = wanted
+        .iter()
+        .zip(&names)
+        .filter_map(|(w, name)| name.as_deref().map(|name| (name, w.key.partition)))
+        .collect();
+    let waiter = Arc::new(Notify::new());
     loop {
-        // Register for wake-ups before reading, so an append in between is not missed.
-        let appended = state.appended.notified();
-        let (partitions, bytes) = read(state, wanted, request, version);
-        let errors = partitions.iter().any(|p| p.error_code != 0);
+        // Register before reading, so an append in between is not missed.
+        let registration = state.wakeups.register(&partitions, &waiter);
+        let (data, bytes) = read(state, wanted, &names, request, version);
+        let errors = data.iter().any(|p| p.error_code != 0);
         if bytes >= min_bytes || errors || Instant::now() >= deadline {
-            return partitions;
+            return data;
         }
-        if tokio::time::timeout_at(deadline, appended).await.is_err() {
-            return read(state, wanted, request, version).0;
+        if tokio::time::timeout_at(deadline, waiter.notified())
+            .await
+            .is_err()
+        {
+            drop(registration);
+            return read(state, wanted, &names, request, version).0;
         }
     }
 }

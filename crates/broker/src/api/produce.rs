@@ -48,8 +48,9 @@ fn partition_error(index: i32, error: ErrorCode) -> PartitionProduceResponse {
     }
 }
 
-/// Appends every batch of the request, in order.
-fn append_all(state: &BrokerState, request: ProduceRequest, version: i16) -> Appended {
+/// Step one: append every batch of the request, in order (on the connection's reader),
+/// waking the fetches waiting on each partition written.
+pub fn append(state: &BrokerState, request: ProduceRequest, version: i16) -> Appended {
     let acks = request.acks;
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
@@ -88,6 +89,9 @@ fn append_all(state: &BrokerState, request: ProduceRequest, version: i16) -> App
                 Ok(info) => {
                     // One replica: the ISR has the batch as soon as the leader does.
                     log.with_log(|l| l.advance_high_watermark(info.last_offset + 1));
+                    state
+                        .wakeups
+                        .wake(name.as_deref().unwrap_or_default(), index);
                     Ok((log, info))
                 }
                 Err(e) => {
@@ -104,14 +108,6 @@ fn append_all(state: &BrokerState, request: ProduceRequest, version: i16) -> App
         });
     }
     Appended { acks, topics }
-}
-
-/// Step one: append the request's batches (on the connection's reader, in order), and
-/// wake waiting fetches.
-pub fn append(state: &BrokerState, request: ProduceRequest, version: i16) -> Appended {
-    let appended = append_all(state, request, version);
-    state.appended.notify_waiters();
-    appended
 }
 
 /// Step two: wait for durability when acks=all, then answer (nothing for acks=0).

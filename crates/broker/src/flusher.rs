@@ -3,13 +3,18 @@
 //!
 //! Produce handlers ask [`Flusher::wait_durable`] and await an answer without holding a
 //! thread. The flusher takes every request queued since its last round, captures what
-//! each of those partitions must sync, and syncs them together: with one `syncfs(2)` of
-//! the data directory's file system when more than one partition needs it (one call
-//! instead of one fdatasync per partition; it also writes back any other dirty data on
-//! that file system), or the partition's own files when only one does. Requests that
-//! arrive during a round wait for the next, so under load one sync serves many appends
-//! across partitions. A failed sync takes every partition of the round offline: nothing
-//! is acknowledged that may not be on disk.
+//! each of those partitions must sync, and syncs them together. Requests that arrive
+//! during a round wait for the next, so under load one round serves many appends across
+//! partitions. A failed sync takes its partitions offline: nothing is acknowledged that
+//! may not be on disk.
+//!
+//! How a round syncs several partitions depends on how much unwritten data the system
+//! holds. When it is little (at most [`SYNCFS_MAX_PENDING_BYTES`]), one `syncfs(2)` of
+//! the data directory's file system: a single journal commit, the cheapest call. When it
+//! is more, that call would also write back everything else that is dirty (acks=1
+//! partitions, other programs' files) and make these appends wait for it; the
+//! partitions' own files are then synced side by side on up to [`SYNC_WORKERS`] threads,
+//! each writing back only its partition's data. One partition is always synced alone.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -111,6 +116,13 @@ fn run(shared: &Shared, filesystem: Option<&dyn FilesystemSync>) {
     }
 }
 
+/// At most this many partitions are synced at the same time.
+pub const SYNC_WORKERS: usize = 8;
+
+/// Above this much unwritten data in the system, a round syncs partitions' own files
+/// rather than the whole file system.
+pub const SYNCFS_MAX_PENDING_BYTES: u64 = 32 << 20;
+
 /// One round: sync every log a waiter needs, then answer the waiters. Returns those
 /// still to answer (a flush prepared elsewhere, still syncing, holds their offsets back).
 fn round(waiters: Vec<Waiter>, filesystem: Option<&dyn FilesystemSync>) -> Vec<Waiter> {
@@ -129,9 +141,13 @@ fn round(waiters: Vec<Waiter>, filesystem: Option<&dyn FilesystemSync>) -> Vec<W
             Err(e) => tracing::warn!(error = %e, "a log cannot be flushed"),
         }
     }
-    match (filesystem, tickets.len()) {
-        (_, 0) => {}
-        (Some(filesystem), n) if n > 1 => {
+    let whole_filesystem = filesystem.filter(|f| {
+        tickets.len() > 1
+            && f.pending_bytes()
+                .is_some_and(|pending| pending <= SYNCFS_MAX_PENDING_BYTES)
+    });
+    match whole_filesystem {
+        Some(filesystem) => {
             let result = filesystem.sync();
             for (log, ticket) in tickets {
                 let result = match &result {
@@ -141,12 +157,7 @@ fn round(waiters: Vec<Waiter>, filesystem: Option<&dyn FilesystemSync>) -> Vec<W
                 complete(&log, ticket, result);
             }
         }
-        _ => {
-            for (log, ticket) in tickets {
-                let result = ticket.sync();
-                complete(&log, ticket, result);
-            }
-        }
+        None => sync_each(tickets),
     }
     let mut unanswered = Vec::new();
     for waiter in waiters {
@@ -172,10 +183,29 @@ fn complete(log: &SharedLog, ticket: FlushTicket, result: std::io::Result<()>) {
     }
 }
 
+/// Syncs every ticket's own files and completes it: one ticket on this thread, more on up
+/// to [`SYNC_WORKERS`] threads taking tickets in turn.
+fn sync_each(tickets: Vec<(Arc<SharedLog>, FlushTicket)>) {
+    let count = tickets.len();
+    let queue = Mutex::new(tickets.into_iter());
+    let work = || {
+        while let Some((log, ticket)) = lock(&queue).next() {
+            let synced = ticket.sync();
+            complete(&log, ticket, synced);
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..count.min(SYNC_WORKERS) {
+            scope.spawn(work);
+        }
+        work();
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spool_log::{DiskStorage, LogConfig, PartitionLog};
+    use spool_log::{DiskStorage, Faults, LogConfig, MemStorage, PartitionLog};
     use spool_protocol::compression::Compression;
     use spool_protocol::record_batch::RecordBatchBuilder;
 
@@ -221,5 +251,41 @@ mod tests {
         }
         drop(logs);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_sync_answers_with_a_storage_error_and_takes_the_partition_offline() {
+        let storage = MemStorage::new();
+        let flusher = Arc::new(Flusher::start(&storage, Path::new("/data")).unwrap());
+        let logs: Vec<Arc<SharedLog>> = (0..3)
+            .map(|p| {
+                let path = std::path::PathBuf::from(format!("/data/t-{p}"));
+                let (log, _) =
+                    PartitionLog::open(Arc::new(storage.clone()), &path, LogConfig::default(), 0)
+                        .unwrap();
+                Arc::new(SharedLog::new(log))
+            })
+            .collect();
+        for log in &logs {
+            log.append(record(), 0, 0).unwrap();
+        }
+        storage.set_faults(Faults {
+            fail_syncs: true,
+            ..Faults::default()
+        });
+        let waits: Vec<_> = logs
+            .iter()
+            .map(|log| {
+                let (flusher, log) = (Arc::clone(&flusher), Arc::clone(log));
+                tokio::spawn(async move { flusher.wait_durable(&log, 1).await })
+            })
+            .collect();
+        for wait in waits {
+            assert_eq!(wait.await.unwrap(), Err(ErrorCode::KafkaStorageError));
+        }
+        for log in &logs {
+            assert!(log.is_failed());
+            assert_eq!(log.durable_offset(), 0);
+        }
     }
 }

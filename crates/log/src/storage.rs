@@ -68,6 +68,11 @@ pub trait Storage: Send + Sync {
 /// would. An error means some write-back since the last call failed, on any file.
 pub trait FilesystemSync: Send + Sync {
     fn sync(&self) -> io::Result<()>;
+    /// About how many bytes a [`Self::sync`] would write back now, when known: dirty
+    /// pages of every file, ours or not (an upper bound; it may count other file systems).
+    fn pending_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// `syncfs(2)` through a directory handle kept open. Linux reports write-back errors to
@@ -79,6 +84,16 @@ struct Syncfs(File);
 impl FilesystemSync for Syncfs {
     fn sync(&self) -> io::Result<()> {
         rustix::fs::syncfs(&self.0).map_err(io::Error::from)
+    }
+
+    /// The system's dirty and under-write-back memory (`/proc/meminfo`).
+    fn pending_bytes(&self) -> Option<u64> {
+        let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+        let kib = |name: &str| -> Option<u64> {
+            let line = meminfo.lines().find(|l| l.starts_with(name))?;
+            line[name.len()..].split_whitespace().next()?.parse().ok()
+        };
+        Some((kib("Dirty:")? + kib("Writeback:")?) * 1024)
     }
 }
 

@@ -43,7 +43,11 @@ pub struct BrokerState {
     /// What clients are told to connect to, per listener name.
     pub endpoints: Vec<AdvertisedListener>,
     storage: Arc<dyn Storage>,
+    /// The metadata log; held while a change is recorded (an fsync).
     metadata: Mutex<MetadataStore>,
+    /// The latest committed image, replaced after each change: readers never wait for
+    /// the metadata log.
+    image: RwLock<Arc<MetadataImage>>,
     partitions: RwLock<HashMap<TopicPartition, Arc<SharedLog>>>,
     /// Fetches waiting on `min_bytes`, woken per partition by appends.
     pub wakeups: Wakeups,
@@ -248,6 +252,7 @@ impl BrokerState {
             config,
             endpoints,
             storage,
+            image: RwLock::new(Arc::new(metadata.image().clone())),
             metadata: Mutex::new(metadata),
             partitions: RwLock::new(partitions),
             wakeups: Wakeups::default(),
@@ -268,7 +273,29 @@ impl BrokerState {
 
     /// Runs `f` on the current metadata image.
     pub fn with_image<R>(&self, f: impl FnOnce(&MetadataImage) -> R) -> R {
-        f(lock(&self.metadata).image())
+        let image = Arc::clone(
+            &self
+                .image
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        f(&image)
+    }
+
+    /// Records `records` durably in the metadata log (whose lock the caller holds), then
+    /// publishes the new image to readers.
+    fn commit(
+        &self,
+        metadata: &mut MetadataStore,
+        records: &[MetadataRecord],
+        now_ms: i64,
+    ) -> Result<(), MetadataError> {
+        metadata.commit(records, now_ms)?;
+        *self
+            .image
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(metadata.image().clone());
+        Ok(())
     }
 
     /// Kafka's check of a client's `current_leader_epoch` (-1 skips it): older than the
@@ -319,7 +346,11 @@ impl BrokerState {
                 next_producer_id: start + PRODUCER_ID_BLOCK,
                 ..Default::default()
             };
-            metadata.commit(&[MetadataRecord::ProducerIds(record)], now_ms())?;
+            self.commit(
+                &mut metadata,
+                &[MetadataRecord::ProducerIds(record)],
+                now_ms(),
+            )?;
             *ids = start..start + PRODUCER_ID_BLOCK;
         }
         let id = ids.start;
@@ -344,7 +375,8 @@ impl BrokerState {
             &effective_log_defaults(&self.config, metadata.image()),
             configs,
         )?;
-        metadata.commit(
+        self.commit(
+            &mut metadata,
             &create_topic_records(name, partitions, self.config.node_id, configs),
             now,
         )?;
@@ -389,7 +421,11 @@ impl BrokerState {
             topic_id: topic.id,
             ..RemoveTopicRecord::default()
         };
-        metadata.commit(&[MetadataRecord::RemoveTopic(record)], now_ms())?;
+        self.commit(
+            &mut metadata,
+            &[MetadataRecord::RemoveTopic(record)],
+            now_ms(),
+        )?;
         drop(metadata);
         for partition in &topic.partitions {
             let tp = TopicPartition::new(name, partition.index);
@@ -437,7 +473,7 @@ impl BrokerState {
                 })
             })
             .collect();
-        metadata.commit(&records, now)?;
+        self.commit(&mut metadata, &records, now)?;
         drop(metadata);
         self.open_partitions(name, first_new..count, &log_config, now)?;
         Ok(())
@@ -478,7 +514,7 @@ impl BrokerState {
             })
             .collect();
         if !records.is_empty() {
-            metadata.commit(&records, now_ms())?;
+            self.commit(&mut metadata, &records, now_ms())?;
         }
         let defaults = effective_log_defaults(&self.config, metadata.image());
         let governed: Vec<(String, Vec<i32>, BTreeMap<String, String>)> = metadata
@@ -579,4 +615,36 @@ fn open_log(
     // The partition's folder itself must survive a crash.
     storage.sync_dir(data_dir).map_err(LogError::from)?;
     Ok(log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers_see_committed_metadata_without_waiting_for_the_metadata_log() {
+        let dir = std::env::temp_dir().join(format!("spool-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = BrokerConfig {
+            data_dir: dir.clone(),
+            ..BrokerConfig::default()
+        };
+        let state = BrokerState::open(config, Vec::new()).unwrap();
+        state.create_topic("orders", 2, &BTreeMap::new()).unwrap();
+        // A change being recorded holds the metadata log (through an fsync); reading the
+        // image meanwhile must not wait for it.
+        let recording = lock(&state.metadata);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = Arc::clone(&state);
+        std::thread::spawn(move || {
+            let partitions =
+                reader.with_image(|image| image.topic("orders").map(|t| t.partitions.len()));
+            let _ = tx.send(partitions);
+        });
+        let seen = rx.recv_timeout(std::time::Duration::from_secs(10));
+        drop(recording);
+        assert_eq!(seen, Ok(Some(2)));
+        drop(state);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -150,12 +150,19 @@ impl BrokerConfig {
             ),
             (
                 "advertised.listeners",
-                join(
-                    self.advertised_listeners
-                        .iter()
-                        .flatten()
-                        .map(|l| format!("{}://{}:{}", l.name, l.host, l.port)),
-                ),
+                match &self.advertised_listeners {
+                    Some(advertised) => join(
+                        advertised
+                            .iter()
+                            .map(|l| format!("{}://{}:{}", l.name, l.host, l.port)),
+                    ),
+                    // Unset, Kafka advertises the listeners themselves.
+                    None => join(
+                        self.listeners
+                            .iter()
+                            .map(|l| format!("{}://{}", l.name, l.address)),
+                    ),
+                },
             ),
             (
                 "listener.security.protocol.map",

@@ -298,9 +298,25 @@ impl BrokerState {
         Ok(())
     }
 
+    /// The log of partition `index` of `topic`, for a client that believes the leader
+    /// epoch is `current_leader_epoch`: UNKNOWN_TOPIC_OR_PARTITION when this broker has no
+    /// such partition, else the leader-epoch check's error.
+    pub fn leader_log(
+        &self,
+        topic: &str,
+        index: i32,
+        current_leader_epoch: i32,
+    ) -> Result<Arc<SharedLog>, ErrorCode> {
+        let log = self
+            .partition(topic, index)
+            .ok_or(ErrorCode::UnknownTopicOrPartition)?;
+        self.check_leader_epoch(topic, index, current_leader_epoch)?;
+        Ok(log)
+    }
+
     /// Kafka's check of a client's `current_leader_epoch` (-1 skips it): older than the
     /// partition's epoch is FENCED_LEADER_EPOCH, newer is UNKNOWN_LEADER_EPOCH.
-    pub fn check_leader_epoch(
+    fn check_leader_epoch(
         &self,
         topic: &str,
         partition: i32,

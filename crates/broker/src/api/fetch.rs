@@ -69,24 +69,23 @@ fn read(
         };
         let log = name
             .as_deref()
-            .and_then(|name| state.partition(name, w.key.partition));
-        let Some(log) = log else {
-            data.error_code = if version >= TOPIC_IDS_VERSION {
-                ErrorCode::UnknownTopicId
-            } else {
-                ErrorCode::UnknownTopicOrPartition
+            .ok_or(ErrorCode::UnknownTopicOrPartition)
+            .and_then(|name| state.leader_log(name, w.key.partition, w.current_leader_epoch));
+        let log = match log {
+            Ok(log) => log,
+            Err(error) => {
+                // Requests by topic ID learn of a missing partition as an unknown ID.
+                data.error_code = match error {
+                    ErrorCode::UnknownTopicOrPartition if version >= TOPIC_IDS_VERSION => {
+                        ErrorCode::UnknownTopicId
+                    }
+                    other => other,
+                }
+                .code();
+                out.push(data);
+                continue;
             }
-            .code();
-            out.push(data);
-            continue;
         };
-        let topic = name.as_deref().unwrap_or_default();
-        if let Err(error) = state.check_leader_epoch(topic, w.key.partition, w.current_leader_epoch)
-        {
-            data.error_code = error.code();
-            out.push(data);
-            continue;
-        }
         // Past the response's budget, partitions are listed without records.
         let budget = if total == 0 {
             usize::MAX

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use spool_protocol::ErrorCode;
 use spool_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -36,18 +35,17 @@ pub fn handle(
                         offset: -1,
                         ..Default::default()
                     };
-                    let Some(log) = state.partition(&topic.name, p.partition_index) else {
-                        response.error_code = ErrorCode::UnknownTopicOrPartition.code();
-                        return response;
-                    };
-                    if let Err(error) = state.check_leader_epoch(
+                    let log = match state.leader_log(
                         &topic.name,
                         p.partition_index,
                         p.current_leader_epoch,
                     ) {
-                        response.error_code = error.code();
-                        return response;
-                    }
+                        Ok(log) => log,
+                        Err(error) => {
+                            response.error_code = error.code();
+                            return response;
+                        }
+                    };
                     let found = log.with_log(|log| match p.timestamp {
                         EARLIEST => Ok(Some((log.log_start_offset(), -1))),
                         LATEST if request.isolation_level == READ_COMMITTED => {

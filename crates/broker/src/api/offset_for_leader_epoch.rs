@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use spool_protocol::ErrorCode;
 use spool_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
@@ -31,17 +30,9 @@ pub fn handle(
                         end_offset: -1,
                         ..Default::default()
                     };
-                    let Some(log) = state.partition(&topic.topic, p.partition) else {
-                        result.error_code = ErrorCode::UnknownTopicOrPartition.code();
-                        return result;
-                    };
-                    match state.check_leader_epoch(
-                        &topic.topic,
-                        p.partition,
-                        p.current_leader_epoch,
-                    ) {
+                    match state.leader_log(&topic.topic, p.partition, p.current_leader_epoch) {
                         Err(error) => result.error_code = error.code(),
-                        Ok(()) => {
+                        Ok(log) => {
                             let (epoch, end_offset) =
                                 log.with_log(|log| log.end_offset_for_epoch(p.leader_epoch));
                             result.leader_epoch = epoch;

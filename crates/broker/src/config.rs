@@ -140,14 +140,7 @@ impl BrokerConfig {
         };
         vec![
             ("node.id", self.node_id.to_string()),
-            (
-                "listeners",
-                join(
-                    self.listeners
-                        .iter()
-                        .map(|l| format!("{}://{}", l.name, l.address)),
-                ),
-            ),
+            ("listeners", self.listeners_setting()),
             (
                 "advertised.listeners",
                 match &self.advertised_listeners {
@@ -157,11 +150,7 @@ impl BrokerConfig {
                             .map(|l| format!("{}://{}:{}", l.name, l.host, l.port)),
                     ),
                     // Unset, Kafka advertises the listeners themselves.
-                    None => join(
-                        self.listeners
-                            .iter()
-                            .map(|l| format!("{}://{}", l.name, l.address)),
-                    ),
+                    None => self.listeners_setting(),
                 },
             ),
             (
@@ -217,22 +206,24 @@ impl BrokerConfig {
         ]
     }
 
+    /// `listeners` in Kafka's form, `NAME://HOST:PORT,…`.
+    fn listeners_setting(&self) -> String {
+        join(
+            self.listeners
+                .iter()
+                .map(|l| format!("{}://{}", l.name, l.address)),
+        )
+    }
+
     /// Checks what single settings cannot: every listener has a security protocol this
     /// version serves (PLAINTEXT), no two listeners share a port, and every advertised
     /// listener is a listener.
     pub fn check(&self) -> Result<(), ConfigError> {
-        let listeners = || {
-            join(
-                self.listeners
-                    .iter()
-                    .map(|l| format!("{}://{}", l.name, l.address)),
-            )
-        };
         for (i, listener) in self.listeners.iter().enumerate() {
             let Some(protocol) = self.listener_security_protocol_map.get(&listener.name) else {
                 return Err(invalid(
                     "listeners",
-                    &listeners(),
+                    &self.listeners_setting(),
                     format!(
                         "listener `{}` has no security protocol in listener.security.protocol.map",
                         listener.name
@@ -242,7 +233,7 @@ impl BrokerConfig {
             if protocol != "PLAINTEXT" {
                 return Err(invalid(
                     "listeners",
-                    &listeners(),
+                    &self.listeners_setting(),
                     format!(
                         "listener `{}` uses {protocol}, which this version does not serve",
                         listener.name
@@ -257,7 +248,7 @@ impl BrokerConfig {
             {
                 return Err(invalid(
                     "listeners",
-                    &listeners(),
+                    &self.listeners_setting(),
                     format!("two listeners use port {port}"),
                 ));
             }

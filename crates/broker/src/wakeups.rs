@@ -62,8 +62,9 @@ impl Wakeups {
         }
     }
 
-    /// How many registrations are held, for tests.
-    pub fn registered(&self) -> usize {
+    /// How many registrations are held.
+    #[cfg(test)]
+    fn registered(&self) -> usize {
         lock(&self.waiting)
             .values()
             .flat_map(HashMap::values)

@@ -99,64 +99,7 @@ fn apply(
 
 /// Applies `compute` to a resource's stored configs (a topic's overrides or a broker's
 /// dynamic settings), checks the result and stores it; shared by IncrementalAlterConfigs
-/// and AlterConfigs.
-async fn alter(
-    state: &Arc<BrokerState>,
-    resource_type: i8,
-    name: &str,
-    validate_only: bool,
-    compute: impl FnOnce(
-        &BTreeMap<String, String>,
-    ) -> Result<BTreeMap<String, String>, (ErrorCode, String)>,
-) -> Result<(), (ErrorCode, String)> {
-    let current = match resource_type {
-        TOPIC_RESOURCE_TYPE => state
-            .with_image(|image| image.resource_configs(resource_type, name))
-            .ok_or((
-                ErrorCode::UnknownTopicOrPartition,
-                format!("topic `{name}` does not exist"),
-            ))?,
-        BROKER_RESOURCE_TYPE => {
-            if !name.is_empty() && name.parse::<u32>().is_err() {
-                return Err((
-                    ErrorCode::InvalidRequest,
-                    format!("`{name}` is not a broker ID (or empty for the cluster default)"),
-                ));
-            }
-            state
-                .with_image(|image| image.resource_configs(resource_type, name))
-                .unwrap_or_default()
-        }
-        other => {
-            return Err((
-                ErrorCode::InvalidRequest,
-                format!("resource type {other} is not served"),
-            ));
-        }
-    };
-    let configs = compute(&current)?;
-    if resource_type == TOPIC_RESOURCE_TYPE {
-        validate_topic_configs(&state.log_defaults(), &configs).map(|_| ())
-    } else {
-        validate_broker_configs(&state.config.log, &configs)
-    }
-    .map_err(|e| (refusal(resource_type), e))?;
-    if validate_only {
-        return Ok(());
-    }
-    let state = Arc::clone(state);
-    let name = name.to_string();
-    let store = move || state.set_configs(resource_type, &name, &configs);
-    match tokio::task::spawn_blocking(store).await {
-        Ok(Ok(())) => Ok(()),
-        other => Err((
-            ErrorCode::UnknownServerError,
-            format!("storing the configs failed: {other:?}"),
-        )),
-    }
-}
-
-/// The outcome for one resource of an alter request, as (error code, message).
+/// and AlterConfigs. The outcome is (error code, message).
 pub async fn alter_resource(
     state: &Arc<BrokerState>,
     resource_type: i8,
@@ -166,7 +109,52 @@ pub async fn alter_resource(
         &BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, String>, (ErrorCode, String)>,
 ) -> (i16, Option<String>) {
-    match alter(state, resource_type, name, validate_only, compute).await {
+    let outcome: Result<(), (ErrorCode, String)> = async {
+        match resource_type {
+            TOPIC_RESOURCE_TYPE => {}
+            BROKER_RESOURCE_TYPE if name.is_empty() || name.parse::<u32>().is_ok() => {}
+            BROKER_RESOURCE_TYPE => {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    format!("`{name}` is not a broker ID (or empty for the cluster default)"),
+                ));
+            }
+            other => {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    format!("resource type {other} is not served"),
+                ));
+            }
+        }
+        let current = state
+            .with_image(|image| image.resource_configs(resource_type, name))
+            .ok_or((
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic `{name}` does not exist"),
+            ))?;
+        let configs = compute(&current)?;
+        if resource_type == TOPIC_RESOURCE_TYPE {
+            validate_topic_configs(&state.log_defaults(), &configs).map(|_| ())
+        } else {
+            validate_broker_configs(&state.config.log, &configs)
+        }
+        .map_err(|e| (refusal(resource_type), e))?;
+        if validate_only {
+            return Ok(());
+        }
+        let state = Arc::clone(state);
+        let name = name.to_string();
+        let store = move || state.set_configs(resource_type, &name, &configs);
+        match tokio::task::spawn_blocking(store).await {
+            Ok(Ok(())) => Ok(()),
+            other => Err((
+                ErrorCode::UnknownServerError,
+                format!("storing the configs failed: {other:?}"),
+            )),
+        }
+    }
+    .await;
+    match outcome {
         Ok(()) => (ErrorCode::None.code(), None),
         Err((error, message)) => (error.code(), Some(message)),
     }

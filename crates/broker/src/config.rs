@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use spool_log::LogConfig;
+
+use crate::group::GroupConfig;
 use spool_protocol::record_batch::TimestampType;
 use thiserror::Error;
 
@@ -72,6 +74,8 @@ pub struct BrokerConfig {
     /// `log.retention.check.interval.ms`: how often retention, compaction, `flush.ms` and
     /// the removal of deleted segments run.
     pub log_retention_check_interval_ms: u64,
+    /// The group coordinator's settings (`group.*`, `offsets.*`).
+    pub group: GroupConfig,
     /// Defaults for every partition log (`log.segment.bytes`, `log.retention.ms`, …).
     pub log: LogConfig,
     /// The settings given explicitly (file, environment, flags), as given: DescribeConfigs
@@ -101,6 +105,7 @@ impl Default for BrokerConfig {
             queued_max_requests_per_connection: 100,
             cluster_id: "spool-cluster".to_string(),
             log_retention_check_interval_ms: 5 * 60 * 1000,
+            group: GroupConfig::default(),
             // Kafka 4's broker default: records at most an hour in the future.
             log: LogConfig {
                 timestamp_after_max_ms: 3_600_000,
@@ -129,6 +134,7 @@ impl BrokerConfig {
     /// Every setting by its Kafka name with its effective value, for DescribeConfigs.
     pub fn describe(&self) -> Vec<(&'static str, String)> {
         let log = &self.log;
+        let group = &self.group;
         let policy = match (log.cleanup_delete, log.cleanup_compact) {
             (true, true) => "compact,delete",
             (false, true) => "compact",
@@ -178,6 +184,39 @@ impl BrokerConfig {
             (
                 "max.incremental.fetch.session.cache.slots",
                 self.max_incremental_fetch_session_cache_slots.to_string(),
+            ),
+            (
+                "offsets.topic.num.partitions",
+                group.offsets_topic_partitions.to_string(),
+            ),
+            (
+                "offsets.topic.segment.bytes",
+                group.offsets_topic_segment_bytes.to_string(),
+            ),
+            (
+                "group.initial.rebalance.delay.ms",
+                group.initial_rebalance_delay_ms.to_string(),
+            ),
+            (
+                "group.min.session.timeout.ms",
+                group.min_session_timeout_ms.to_string(),
+            ),
+            (
+                "group.max.session.timeout.ms",
+                group.max_session_timeout_ms.to_string(),
+            ),
+            ("group.max.size", group.max_size.to_string()),
+            (
+                "offsets.retention.minutes",
+                (group.offsets_retention_ms / 60_000).to_string(),
+            ),
+            (
+                "offsets.retention.check.interval.ms",
+                group.offsets_retention_check_interval_ms.to_string(),
+            ),
+            (
+                "offset.metadata.max.bytes",
+                group.offset_metadata_max_bytes.to_string(),
             ),
             ("log.segment.bytes", log.segment_bytes.to_string()),
             ("log.roll.ms", log.segment_ms.to_string()),
@@ -362,6 +401,31 @@ impl BrokerConfig {
             "cluster.id" => self.cluster_id = value.trim().to_string(),
             "log.retention.check.interval.ms" => {
                 self.log_retention_check_interval_ms = parse(key, value)?
+            }
+            "offsets.topic.num.partitions" => {
+                self.group.offsets_topic_partitions = positive(key, value)?
+            }
+            "offsets.topic.segment.bytes" => {
+                self.group.offsets_topic_segment_bytes = parse(key, value)?
+            }
+            "group.initial.rebalance.delay.ms" => {
+                self.group.initial_rebalance_delay_ms = parse(key, value)?
+            }
+            "group.min.session.timeout.ms" => {
+                self.group.min_session_timeout_ms = parse(key, value)?
+            }
+            "group.max.session.timeout.ms" => {
+                self.group.max_session_timeout_ms = parse(key, value)?
+            }
+            "group.max.size" => self.group.max_size = positive(key, value)? as usize,
+            "offsets.retention.minutes" => {
+                self.group.offsets_retention_ms = parse::<i64>(key, value)?.saturating_mul(60_000)
+            }
+            "offsets.retention.check.interval.ms" => {
+                self.group.offsets_retention_check_interval_ms = parse(key, value)?
+            }
+            "offset.metadata.max.bytes" => {
+                self.group.offset_metadata_max_bytes = parse(key, value)?
             }
             "log.segment.bytes" => self.log.segment_bytes = parse(key, value)?,
             "log.roll.ms" => self.log.segment_ms = parse(key, value)?,

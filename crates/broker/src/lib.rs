@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod fetch_session;
 pub mod flusher;
+pub mod group;
 pub mod metadata;
 pub mod server;
 pub mod state;

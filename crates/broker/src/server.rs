@@ -29,16 +29,17 @@ pub async fn serve(
     name: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let context = RequestContext {
-        listener: Arc::from(name.as_str()),
-    };
+    let listener_name: Arc<str> = Arc::from(name.as_str());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let state = Arc::clone(&state);
                     let shutdown = shutdown.clone();
-                    let context = context.clone();
+                    let context = RequestContext {
+                        listener: Arc::clone(&listener_name),
+                        client_host: Arc::from(format!("/{}", peer.ip())),
+                    };
                     tokio::spawn(async move {
                         if let Err(e) = connection(state, context, stream, shutdown).await {
                             tracing::debug!(%peer, error = %e, "connection closed");

@@ -21,6 +21,8 @@ use thiserror::Error;
 use crate::config::{AdvertisedListener, BrokerConfig};
 use crate::fetch_session::FetchSessionCache;
 use crate::flusher::Flusher;
+use crate::group::runtime::offsets_logs;
+use crate::group::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::metadata::{
     BROKER_RESOURCE_TYPE, METADATA_TOPIC, MetadataError, MetadataImage, MetadataRecord,
     MetadataStore, TOPIC_RESOURCE_TYPE, create_topic_records,
@@ -55,6 +57,8 @@ pub struct BrokerState {
     pub fetch_sessions: Mutex<FetchSessionCache>,
     /// Makes acks=all appends durable, all partitions together.
     pub flusher: Flusher,
+    /// Consumer groups and their committed offsets.
+    pub groups: GroupCoordinator,
     /// The producer IDs this broker may still hand out: `next..end`.
     producer_ids: Mutex<std::ops::Range<i64>>,
     _lock: Box<dyn LockGuard>,
@@ -245,7 +249,9 @@ impl BrokerState {
                 i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & i32::MAX
             }),
         );
-        Ok(Arc::new(BrokerState {
+        let groups = GroupCoordinator::new(config.group.clone());
+        let state = Arc::new(BrokerState {
+            groups,
             fetch_sessions: Mutex::new(fetch_sessions),
             producer_ids: Mutex::new(0..0),
             flusher,
@@ -257,7 +263,12 @@ impl BrokerState {
             partitions: RwLock::new(partitions),
             wakeups: Wakeups::default(),
             _lock: guard,
-        }))
+        });
+        // Groups and offsets are read back from `__consumer_offsets` on a loader thread.
+        if state.with_image(|image| image.topic(OFFSETS_TOPIC).is_some()) {
+            state.groups.attach(offsets_logs(&state), true);
+        }
+        Ok(state)
     }
 
     /// Where clients reach this broker through listener `name`; `None` when that listener
@@ -271,15 +282,19 @@ impl BrokerState {
         self.with_image(|image| effective_log_defaults(&self.config, image))
     }
 
-    /// Runs `f` on the current metadata image.
-    pub fn with_image<R>(&self, f: impl FnOnce(&MetadataImage) -> R) -> R {
-        let image = Arc::clone(
+    /// The current metadata image.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        Arc::clone(
             &self
                 .image
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
-        f(&image)
+        )
+    }
+
+    /// Runs `f` on the current metadata image.
+    pub fn with_image<R>(&self, f: impl FnOnce(&MetadataImage) -> R) -> R {
+        f(&self.image())
     }
 
     /// Records `records` durably in the metadata log (whose lock the caller holds), then
@@ -594,6 +609,8 @@ impl BrokerState {
 
     /// Closes every log cleanly so the next start skips recovery.
     pub fn close(self: Arc<Self>) -> Result<(), BrokerError> {
+        // The coordinator holds the `__consumer_offsets` logs.
+        self.groups.detach();
         let Some(state) = Arc::into_inner(self) else {
             return Ok(());
         };

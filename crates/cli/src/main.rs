@@ -180,6 +180,10 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
             ))
         })
         .collect();
+    let group_timers = tokio::spawn(spool_broker::group::runtime::run_timers(
+        Arc::clone(&state),
+        stopped.clone(),
+    ));
     let maintenance = tokio::spawn(maintain(Arc::clone(&state), stopped));
     wait_for_signal().await;
     say(format_args!("spool: shutting down"));
@@ -188,6 +192,10 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
         let _ = server.await;
     }
     let _ = maintenance.await;
+    let _ = group_timers.await;
+    // Requests parked in a group (a JoinGroup waiting for its rebalance) are answered
+    // NOT_COORDINATOR, as when Kafka unloads a coordinator, and let go of the state.
+    state.groups.detach();
     // Connections finish their in-flight requests and drop their hold on the state.
     for _ in 0..1000 {
         if Arc::strong_count(&state) == 1 {

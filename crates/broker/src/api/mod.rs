@@ -9,25 +9,37 @@ use spool_protocol::frame::encode_response;
 use spool_protocol::header::RequestHeader;
 use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody};
 
+use crate::group::shard::Client;
 use crate::state::BrokerState;
 
 pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod describe_topic_partitions;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
 pub mod incremental_alter_configs;
 pub mod init_producer_id;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod sync_group;
 
 /// The APIs this broker serves (and advertises).
 pub const IMPLEMENTED: &[ApiKey] = &[
@@ -48,6 +60,17 @@ pub const IMPLEMENTED: &[ApiKey] = &[
     ApiKey::DescribeTopicPartitions,
     ApiKey::OffsetForLeaderEpoch,
     ApiKey::InitProducerId,
+    ApiKey::FindCoordinator,
+    ApiKey::JoinGroup,
+    ApiKey::SyncGroup,
+    ApiKey::Heartbeat,
+    ApiKey::LeaveGroup,
+    ApiKey::OffsetCommit,
+    ApiKey::OffsetFetch,
+    ApiKey::ListGroups,
+    ApiKey::DescribeGroups,
+    ApiKey::DeleteGroups,
+    ApiKey::OffsetDelete,
 ];
 
 /// What a handler may need to know about the connection a request came in on.
@@ -56,6 +79,8 @@ pub struct RequestContext {
     /// The listener's name (`listeners`): Metadata and DescribeCluster answer with this
     /// broker's endpoint on the same listener.
     pub listener: Arc<str>,
+    /// The client's address as Kafka reports it in groups (`/IP`).
+    pub client_host: Arc<str>,
 }
 
 /// What to do after a request.
@@ -152,6 +177,43 @@ pub async fn handle(
         ),
         RequestBody::InitProducerId(request) => {
             ResponseBody::InitProducerId(init_producer_id::handle(state, request, version).await)
+        }
+        RequestBody::FindCoordinator(request) => ResponseBody::FindCoordinator(
+            find_coordinator::handle(state, &context.listener, request, version).await,
+        ),
+        RequestBody::JoinGroup(request) => {
+            let client = Client {
+                client_id: header.client_id.clone().unwrap_or_default(),
+                client_host: context.client_host.to_string(),
+            };
+            ResponseBody::JoinGroup(join_group::handle(state, client, request, version).await)
+        }
+        RequestBody::SyncGroup(request) => {
+            ResponseBody::SyncGroup(sync_group::handle(state, request, version).await)
+        }
+        RequestBody::Heartbeat(request) => {
+            ResponseBody::Heartbeat(heartbeat::handle(state, request, version).await)
+        }
+        RequestBody::LeaveGroup(request) => {
+            ResponseBody::LeaveGroup(leave_group::handle(state, request, version).await)
+        }
+        RequestBody::OffsetCommit(request) => {
+            ResponseBody::OffsetCommit(offset_commit::handle(state, request, version).await)
+        }
+        RequestBody::OffsetFetch(request) => {
+            ResponseBody::OffsetFetch(offset_fetch::handle(state, request, version).await)
+        }
+        RequestBody::ListGroups(request) => {
+            ResponseBody::ListGroups(list_groups::handle(state, request, version))
+        }
+        RequestBody::DescribeGroups(request) => {
+            ResponseBody::DescribeGroups(describe_groups::handle(state, request, version).await)
+        }
+        RequestBody::DeleteGroups(request) => {
+            ResponseBody::DeleteGroups(delete_groups::handle(state, request, version).await)
+        }
+        RequestBody::OffsetDelete(request) => {
+            ResponseBody::OffsetDelete(offset_delete::handle(state, request, version).await)
         }
         other => {
             tracing::debug!(

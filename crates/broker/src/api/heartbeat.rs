@@ -1,0 +1,32 @@
+//! Heartbeat (versions 0–4): keeps a classic member's session alive;
+//! REBALANCE_IN_PROGRESS tells it to rejoin.
+
+use std::sync::Arc;
+
+use spool_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
+
+use crate::state::BrokerState;
+
+pub async fn handle(
+    state: &Arc<BrokerState>,
+    request: HeartbeatRequest,
+    _version: i16,
+) -> HeartbeatResponse {
+    let error = state
+        .groups
+        .run(state, &request.group_id, |shard, now| {
+            shard.heartbeat(
+                now,
+                &request.group_id,
+                &request.member_id,
+                request.group_instance_id.as_deref(),
+                request.generation_id,
+            )
+        })
+        .await
+        .unwrap_or_else(|code| code);
+    HeartbeatResponse {
+        error_code: error.code(),
+        ..HeartbeatResponse::default()
+    }
+}

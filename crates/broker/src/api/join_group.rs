@@ -1,0 +1,44 @@
+//! JoinGroup (versions 0–9): a member joins a classic group and waits for the join phase
+//! to complete (see `group::shard`). New dynamic members from v4 first get a member ID
+//! with MEMBER_ID_REQUIRED.
+
+use std::sync::Arc;
+
+use spool_protocol::ErrorCode;
+use spool_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
+
+use crate::group::shard::{Client, Parked};
+use crate::state::BrokerState;
+
+pub async fn handle(
+    state: &Arc<BrokerState>,
+    client: Client,
+    request: JoinGroupRequest,
+    version: i16,
+) -> JoinGroupResponse {
+    let answer = state
+        .groups
+        .run_parked(state, &request.group_id, |shard, now, token| {
+            shard.join(now, token, &client, &request, version)
+        })
+        .await;
+    let mut response = match answer {
+        Ok(Parked::Join(response)) => response,
+        Ok(Parked::Sync(_)) => error(&request, ErrorCode::UnknownServerError),
+        Err(code) => error(&request, code),
+    };
+    if version < 7 {
+        // Before v7 the protocol name is not nullable.
+        response.protocol_name.get_or_insert_with(String::new);
+    }
+    response
+}
+
+fn error(request: &JoinGroupRequest, error: ErrorCode) -> JoinGroupResponse {
+    JoinGroupResponse {
+        error_code: error.code(),
+        generation_id: -1,
+        member_id: request.member_id.clone(),
+        ..JoinGroupResponse::default()
+    }
+}

@@ -1,0 +1,135 @@
+//! OffsetFetch (versions 1–9; several groups at once from v8): a group's committed
+//! offsets, of the partitions asked for or of every partition. A partition without a
+//! committed offset answers offset -1, as does every partition of a group that does not
+//! exist.
+
+use std::sync::Arc;
+
+use spool_protocol::ErrorCode;
+use spool_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use spool_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse};
+
+use crate::group::shard::{Committed, TopicOffsets};
+use crate::state::BrokerState;
+
+/// Partitions asked for by topic; `None` for every committed partition.
+type Asked = Option<Vec<(String, Vec<i32>)>>;
+
+pub async fn handle(
+    state: &Arc<BrokerState>,
+    request: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    if version >= 8 {
+        let mut groups = Vec::with_capacity(request.groups.len());
+        for group in request.groups {
+            let asked = group.topics.map(|topics| {
+                topics
+                    .into_iter()
+                    .map(|t| (t.name, t.partition_indexes))
+                    .collect()
+            });
+            let (topics, error) = match fetch(state, &group.group_id, asked).await {
+                Ok(found) => (found, ErrorCode::None),
+                Err(error) => (Vec::new(), error),
+            };
+            groups.push(OffsetFetchResponseGroup {
+                group_id: group.group_id,
+                topics: topics
+                    .into_iter()
+                    .map(|(name, partitions)| OffsetFetchResponseTopics {
+                        name,
+                        partitions: partitions
+                            .into_iter()
+                            .map(|(index, committed)| {
+                                let (offset, epoch, metadata) = values(committed);
+                                OffsetFetchResponsePartitions {
+                                    partition_index: index,
+                                    committed_offset: offset,
+                                    committed_leader_epoch: epoch,
+                                    metadata: Some(metadata),
+                                    ..OffsetFetchResponsePartitions::default()
+                                }
+                            })
+                            .collect(),
+                        ..OffsetFetchResponseTopics::default()
+                    })
+                    .collect(),
+                error_code: error.code(),
+                ..OffsetFetchResponseGroup::default()
+            });
+        }
+        return OffsetFetchResponse {
+            groups,
+            ..OffsetFetchResponse::default()
+        };
+    }
+    let asked: Asked = request.topics.map(|topics| {
+        topics
+            .into_iter()
+            .map(|t| (t.name, t.partition_indexes))
+            .collect()
+    });
+    let (found, error) = match fetch(state, &request.group_id, asked.clone()).await {
+        Ok(found) => (found, ErrorCode::None),
+        // Version 1 has no top-level error: each partition asked for carries it.
+        Err(error) if version < 2 => (
+            asked
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(t, ps)| (t, ps.into_iter().map(|p| (p, None)).collect()))
+                .collect(),
+            error,
+        ),
+        Err(error) => (Vec::new(), error),
+    };
+    let partition_error = if version < 2 { error } else { ErrorCode::None };
+    OffsetFetchResponse {
+        topics: found
+            .into_iter()
+            .map(|(name, partitions)| OffsetFetchResponseTopic {
+                name,
+                partitions: partitions
+                    .into_iter()
+                    .map(|(index, committed)| {
+                        let (offset, epoch, metadata) = values(committed);
+                        OffsetFetchResponsePartition {
+                            partition_index: index,
+                            committed_offset: offset,
+                            committed_leader_epoch: epoch,
+                            metadata: Some(metadata),
+                            error_code: partition_error.code(),
+                            ..OffsetFetchResponsePartition::default()
+                        }
+                    })
+                    .collect(),
+                ..OffsetFetchResponseTopic::default()
+            })
+            .collect(),
+        error_code: error.code(),
+        ..OffsetFetchResponse::default()
+    }
+}
+
+async fn fetch(
+    state: &Arc<BrokerState>,
+    group_id: &str,
+    asked: Asked,
+) -> Result<TopicOffsets, ErrorCode> {
+    state
+        .groups
+        .run(state, group_id, |shard, _| {
+            shard.fetch_offsets(group_id, asked.as_deref())
+        })
+        .await
+}
+
+/// Offset, leader epoch and metadata; -1, -1 and "" when nothing was committed.
+fn values(committed: Option<Committed>) -> (i64, i32, String) {
+    committed.map_or((-1, -1, String::new()), |c| {
+        (c.offset, c.leader_epoch, c.metadata)
+    })
+}

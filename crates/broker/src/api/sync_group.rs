@@ -1,0 +1,35 @@
+//! SyncGroup (versions 0–5): members wait for the leader's assignment of the generation
+//! they joined, and each gets its own part.
+
+use std::sync::Arc;
+
+use spool_protocol::ErrorCode;
+use spool_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
+
+use crate::group::shard::Parked;
+use crate::state::BrokerState;
+
+pub async fn handle(
+    state: &Arc<BrokerState>,
+    request: SyncGroupRequest,
+    _version: i16,
+) -> SyncGroupResponse {
+    let answer = state
+        .groups
+        .run_parked(state, &request.group_id, |shard, now, token| {
+            shard.sync(now, token, &request)
+        })
+        .await;
+    match answer {
+        Ok(Parked::Sync(response)) => response,
+        Ok(Parked::Join(_)) => error(ErrorCode::UnknownServerError),
+        Err(code) => error(code),
+    }
+}
+
+fn error(error: ErrorCode) -> SyncGroupResponse {
+    SyncGroupResponse {
+        error_code: error.code(),
+        ..SyncGroupResponse::default()
+    }
+}

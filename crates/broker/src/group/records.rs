@@ -1,0 +1,204 @@
+//! The records of `__consumer_offsets` in Kafka's layout: a key that starts with its record
+//! type (1 for a committed offset, 2 for a group's metadata; Kafka also reads 0 as an
+//! offset), a value that starts with its version, and no value (a tombstone) for a removal.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use spool_protocol::internal::{
+    GroupMetadataKey, GroupMetadataValue, OffsetCommitKey, OffsetCommitValue,
+};
+use spool_protocol::{DecodeError, EncodeError, Message};
+
+/// The value versions Spool writes: offsets with their leader epoch, groups with static
+/// members' instance IDs (both Kafka 2.3+ layouts, readable by every Kafka since).
+const OFFSET_VALUE_VERSION: i16 = 3;
+const GROUP_VALUE_VERSION: i16 = 3;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupRecord {
+    /// A committed offset, or its removal.
+    Offset {
+        group: String,
+        topic: String,
+        partition: i32,
+        value: Option<OffsetCommitValue>,
+    },
+    /// A classic group's membership and assignment, or its removal.
+    Group {
+        group: String,
+        value: Option<GroupMetadataValue>,
+    },
+}
+
+impl GroupRecord {
+    /// The record's key and value as stored.
+    pub fn encode(&self) -> Result<(Bytes, Option<Bytes>), EncodeError> {
+        let mut key = BytesMut::new();
+        let value = match self {
+            GroupRecord::Offset {
+                group,
+                topic,
+                partition,
+                value,
+            } => {
+                key.put_i16(OffsetCommitKey::RECORD_TYPE);
+                OffsetCommitKey {
+                    group: group.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                }
+                .encode(&mut key, 0)?;
+                value
+                    .as_ref()
+                    .map(|v| versioned(v, OFFSET_VALUE_VERSION))
+                    .transpose()?
+            }
+            GroupRecord::Group { group, value } => {
+                key.put_i16(GroupMetadataKey::RECORD_TYPE);
+                GroupMetadataKey {
+                    group: group.clone(),
+                }
+                .encode(&mut key, 0)?;
+                value
+                    .as_ref()
+                    .map(|v| versioned(v, GROUP_VALUE_VERSION))
+                    .transpose()?
+            }
+        };
+        Ok((key.freeze(), value))
+    }
+
+    /// Reads a stored record; `None` for a record type this coordinator does not keep.
+    pub fn decode(
+        mut key: Bytes,
+        value: Option<Bytes>,
+    ) -> Result<Option<GroupRecord>, DecodeError> {
+        if key.remaining() < 2 {
+            return Err(truncated(&key));
+        }
+        match key.get_i16() {
+            0 | 1 => {
+                let key = OffsetCommitKey::decode(&mut key, 0)?;
+                Ok(Some(GroupRecord::Offset {
+                    group: key.group,
+                    topic: key.topic,
+                    partition: key.partition,
+                    value: value.map(read_versioned).transpose()?,
+                }))
+            }
+            2 => {
+                let key = GroupMetadataKey::decode(&mut key, 0)?;
+                Ok(Some(GroupRecord::Group {
+                    group: key.group,
+                    value: value.map(read_versioned).transpose()?,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+fn versioned<M: Message>(message: &M, version: i16) -> Result<Bytes, EncodeError> {
+    let mut buf = BytesMut::new();
+    buf.put_i16(version);
+    message.encode(&mut buf, version)?;
+    Ok(buf.freeze())
+}
+
+fn truncated(buf: &Bytes) -> DecodeError {
+    DecodeError::Truncated {
+        needed: 2,
+        remaining: buf.remaining(),
+    }
+}
+
+fn read_versioned<M: Message>(mut buf: Bytes) -> Result<M, DecodeError> {
+    if buf.remaining() < 2 {
+        return Err(truncated(&buf));
+    }
+    let version = buf.get_i16();
+    M::decode(&mut buf, version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spool_protocol::internal::group_metadata_value::MemberMetadata;
+
+    #[test]
+    fn records_round_trip_through_their_stored_form() {
+        let records = [
+            GroupRecord::Offset {
+                group: "g".into(),
+                topic: "orders".into(),
+                partition: 3,
+                value: Some(OffsetCommitValue {
+                    offset: 42,
+                    leader_epoch: 7,
+                    metadata: "m".into(),
+                    commit_timestamp: 1_000,
+                    ..OffsetCommitValue::default()
+                }),
+            },
+            GroupRecord::Offset {
+                group: "g".into(),
+                topic: "orders".into(),
+                partition: 3,
+                value: None,
+            },
+            GroupRecord::Group {
+                group: "g".into(),
+                value: Some(GroupMetadataValue {
+                    protocol_type: "consumer".into(),
+                    generation: 4,
+                    protocol: Some("range".into()),
+                    leader: Some("m-1".into()),
+                    current_state_timestamp: 5,
+                    members: vec![MemberMetadata {
+                        member_id: "m-1".into(),
+                        group_instance_id: Some("i".into()),
+                        client_id: "c".into(),
+                        client_host: "/127.0.0.1".into(),
+                        rebalance_timeout: 300_000,
+                        session_timeout: 45_000,
+                        subscription: Bytes::from_static(b"s"),
+                        assignment: Bytes::from_static(b"a"),
+                        ..MemberMetadata::default()
+                    }],
+                    ..GroupMetadataValue::default()
+                }),
+            },
+            GroupRecord::Group {
+                group: "g".into(),
+                value: None,
+            },
+        ];
+        for record in records {
+            let (key, value) = record.encode().unwrap();
+            assert_eq!(GroupRecord::decode(key, value).unwrap(), Some(record));
+        }
+    }
+
+    #[test]
+    fn an_offset_key_is_laid_out_as_kafka_lays_it_out() {
+        let (key, value) = GroupRecord::Offset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 1,
+            value: Some(OffsetCommitValue::default()),
+        }
+        .encode()
+        .unwrap();
+        // type 1, then group and topic as i16-length strings, then the partition.
+        assert_eq!(&key[..], &[0, 1, 0, 1, b'g', 0, 1, b't', 0, 0, 0, 1]);
+        assert_eq!(&value.unwrap()[..2], &[0, 3]);
+    }
+
+    #[test]
+    fn unknown_record_types_are_skipped_and_short_keys_refused() {
+        assert_eq!(
+            GroupRecord::decode(Bytes::from_static(&[0, 9, 1, 2]), None).unwrap(),
+            None
+        );
+        assert!(GroupRecord::decode(Bytes::from_static(&[0]), None).is_err());
+    }
+}

@@ -1,0 +1,456 @@
+//! Runs the group shards against `__consumer_offsets`: a request's step runs with its
+//! shard locked, the records it produced are appended to the shard's partition in the same
+//! critical section (so the log's order is the state machine's order), and the answers it
+//! produced — to this request and to requests parked earlier — are released once the log
+//! is durable up to the end of what was appended. Answers that depend on nothing new wait
+//! the same way, so nobody is told about a commit a crash could still undo.
+//!
+//! At start every partition of `__consumer_offsets` is read back into its shard on a
+//! loader thread; requests for a shard still loading get COORDINATOR_LOAD_IN_PROGRESS. If
+//! an append fails, the shard's memory may be ahead of its log: the shard is dropped and
+//! reloaded from what the log holds, and the requests of that step are failed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use spool_log::{LogError, SharedLog};
+use spool_protocol::ErrorCode;
+use spool_protocol::compression::Compression;
+use spool_protocol::record_batch::{RecordBatchBuilder, RecordBatches};
+use tokio::sync::{oneshot, watch};
+
+use super::shard::{Effects, Parked, Token};
+use super::{GroupConfig, GroupRecord, OFFSETS_TOPIC, Shard, partition_for};
+use crate::metadata::random_uuid;
+use crate::state::{BrokerState, lock, now_ms};
+
+/// How often time advances in the shards (session timeouts, join phases, expiry).
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Records per appended batch are cut at about this many bytes, well below the topic's
+/// `max.message.bytes`.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// The largest read while loading a partition.
+const LOAD_READ_BYTES: u64 = 4 << 20;
+
+struct Slot {
+    partition: i32,
+    log: Arc<SharedLog>,
+    inner: Mutex<SlotInner>,
+}
+
+struct SlotInner {
+    /// `None` while the partition loads.
+    shard: Option<Shard>,
+    /// Parked requests by token.
+    waiters: HashMap<Token, oneshot::Sender<Parked>>,
+}
+
+/// Answers to release once the log is durable up to `end`.
+struct Release {
+    log: Arc<SharedLog>,
+    end: i64,
+    answers: Vec<(oneshot::Sender<Parked>, Parked)>,
+}
+
+pub struct GroupCoordinator {
+    config: GroupConfig,
+    /// Held while `__consumer_offsets` is created.
+    creating: Mutex<()>,
+    /// One per partition of `__consumer_offsets`, once the topic exists.
+    slots: RwLock<Vec<Arc<Slot>>>,
+    next_token: AtomicU64,
+}
+
+impl GroupCoordinator {
+    pub fn new(config: GroupConfig) -> GroupCoordinator {
+        GroupCoordinator {
+            config,
+            creating: Mutex::new(()),
+            slots: RwLock::new(Vec::new()),
+            next_token: AtomicU64::new(1),
+        }
+    }
+
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
+    }
+
+    /// The partition of `__consumer_offsets` that coordinates `group_id`.
+    pub fn partition_for(&self, group_id: &str) -> i32 {
+        partition_for(group_id, self.config.offsets_topic_partitions)
+    }
+
+    /// Whether the shards exist (the topic was created or found at start).
+    pub fn is_attached(&self) -> bool {
+        !self
+            .slots
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_empty()
+    }
+
+    /// Serves the partitions `logs` (index = partition). With `load`, each is read back
+    /// on a loader thread first; without, they start empty (a topic just created).
+    pub fn attach(&self, logs: Vec<Arc<SharedLog>>, load: bool) {
+        let mut slots = self
+            .slots
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !slots.is_empty() {
+            return;
+        }
+        *slots = logs
+            .into_iter()
+            .enumerate()
+            .map(|(i, log)| {
+                Arc::new(Slot {
+                    partition: i32::try_from(i).unwrap_or(i32::MAX),
+                    log,
+                    inner: Mutex::new(SlotInner {
+                        shard: (!load).then(|| self.new_shard()),
+                        waiters: HashMap::new(),
+                    }),
+                })
+            })
+            .collect();
+        if load {
+            let slots = slots.clone();
+            let config = self.config.clone();
+            std::thread::spawn(move || {
+                for slot in slots {
+                    load_slot(&slot, &config);
+                }
+            });
+        }
+    }
+
+    /// Drops the shards and their logs (at shutdown, so the logs can close).
+    pub fn detach(&self) {
+        self.slots
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+    }
+
+    fn new_shard(&self) -> Shard {
+        Shard::new(self.config.clone(), Box::new(random_uuid))
+    }
+
+    fn slot(&self, group_id: &str) -> Result<Arc<Slot>, ErrorCode> {
+        let slots = self
+            .slots
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let index = usize::try_from(self.partition_for(group_id)).unwrap_or(0);
+        slots
+            .get(index)
+            .cloned()
+            .ok_or(ErrorCode::CoordinatorNotAvailable)
+    }
+
+    /// Runs `step` on the shard of `group_id` and returns its result once what it wrote
+    /// (and everything before) is durable.
+    pub async fn run<R>(
+        &self,
+        state: &BrokerState,
+        group_id: &str,
+        step: impl FnOnce(&mut Shard, i64) -> R,
+    ) -> Result<R, ErrorCode> {
+        let slot = self.slot(group_id)?;
+        let (result, release) = {
+            let mut inner = lock(&slot.inner);
+            let now = now_ms();
+            let shard = inner
+                .shard
+                .as_mut()
+                .ok_or(ErrorCode::CoordinatorLoadInProgress)?;
+            let result = step(shard, now);
+            (
+                result,
+                dispatch(state, &slot, &mut inner, now, &self.config),
+            )
+        };
+        release_when_durable(state, release?).await?;
+        Ok(result)
+    }
+
+    /// Runs a step that parks its request under a fresh token (JoinGroup, SyncGroup) and
+    /// waits for the answer.
+    pub async fn run_parked(
+        &self,
+        state: &BrokerState,
+        group_id: &str,
+        step: impl FnOnce(&mut Shard, i64, Token),
+    ) -> Result<Parked, ErrorCode> {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let (sender, answer) = oneshot::channel();
+        let slot = self.slot(group_id)?;
+        let release = {
+            let mut inner = lock(&slot.inner);
+            let now = now_ms();
+            if inner.shard.is_none() {
+                return Err(ErrorCode::CoordinatorLoadInProgress);
+            }
+            inner.waiters.insert(token, sender);
+            if let Some(shard) = inner.shard.as_mut() {
+                step(shard, now, token);
+            }
+            dispatch(state, &slot, &mut inner, now, &self.config)
+        };
+        release_when_durable(state, release?).await?;
+        // A dropped sender means the shard was reset or unloaded under the request: the
+        // client looks for the coordinator again.
+        answer.await.map_err(|_| ErrorCode::NotCoordinator)
+    }
+
+    /// Reads every loaded shard (ListGroups): `f` per shard, in partition order. Shards
+    /// still loading are reported through `loading`.
+    pub fn read_all<R>(&self, mut f: impl FnMut(&Shard) -> R) -> (Vec<R>, bool) {
+        let slots = self
+            .slots
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let mut results = Vec::with_capacity(slots.len());
+        let mut loading = false;
+        for slot in slots {
+            match &lock(&slot.inner).shard {
+                Some(shard) => results.push(f(shard)),
+                None => loading = true,
+            }
+        }
+        (results, loading)
+    }
+
+    /// Advances time in every shard and releases what that produced.
+    pub async fn tick(&self, state: &BrokerState) {
+        let slots = self
+            .slots
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        for slot in slots {
+            let release = {
+                let mut inner = lock(&slot.inner);
+                let now = now_ms();
+                let Some(shard) = inner.shard.as_mut() else {
+                    continue;
+                };
+                shard.tick(now);
+                dispatch(state, &slot, &mut inner, now, &self.config)
+            };
+            if let Ok(release) = release {
+                let _ = release_when_durable(state, release).await;
+            }
+        }
+    }
+}
+
+/// Appends the shard's new records and collects the answers to release. On failure the
+/// shard is reset and reloaded from its log, and every parked request is failed.
+fn dispatch(
+    state: &BrokerState,
+    slot: &Arc<Slot>,
+    inner: &mut SlotInner,
+    now: i64,
+    config: &GroupConfig,
+) -> Result<Release, ErrorCode> {
+    let Some(shard) = inner.shard.as_mut() else {
+        return Err(ErrorCode::CoordinatorLoadInProgress);
+    };
+    let Effects { records, completed } = shard.take_effects();
+    let appended = append(&slot.log, &records, now);
+    if appended.is_ok() && !records.is_empty() {
+        state.wakeups.wake(OFFSETS_TOPIC, slot.partition);
+    }
+    match appended {
+        Ok(end) => {
+            let answers = completed
+                .into_iter()
+                .filter_map(|(token, answer)| {
+                    inner.waiters.remove(&token).map(|sender| (sender, answer))
+                })
+                .collect();
+            Ok(Release {
+                log: Arc::clone(&slot.log),
+                end,
+                answers,
+            })
+        }
+        Err(e) => {
+            tracing::error!(partition = slot.partition, error = %e, "group coordinator append failed; reloading the partition");
+            inner.shard = None;
+            inner.waiters.clear();
+            let slot = Arc::clone(slot);
+            let config = config.clone();
+            std::thread::spawn(move || load_slot(&slot, &config));
+            Err(ErrorCode::CoordinatorNotAvailable)
+        }
+    }
+}
+
+/// Appends `records` in batches; returns the log end offset after them.
+fn append(log: &SharedLog, records: &[GroupRecord], now: i64) -> Result<i64, LogError> {
+    let mut builder = RecordBatchBuilder::new(Compression::None);
+    let mut size = 0;
+    let mut end = None;
+    let mut flush = |builder: RecordBatchBuilder| -> Result<(), LogError> {
+        if builder.record_count() == 0 {
+            return Ok(());
+        }
+        let batch = builder.build().map_err(LogError::from)?;
+        let info = log.append(batch, 0, now)?;
+        // One replica: the batch is committed as soon as it is written.
+        log.with_log(|l| l.advance_high_watermark(info.last_offset + 1));
+        end = Some(info.last_offset + 1);
+        Ok(())
+    };
+    for record in records {
+        let (key, value) = record.encode().map_err(LogError::from)?;
+        size += key.len() + value.as_ref().map_or(0, Bytes::len);
+        builder
+            .append(now, Some(&key), value.as_deref(), &[])
+            .map_err(LogError::from)?;
+        if size >= BATCH_BYTES {
+            flush(std::mem::replace(
+                &mut builder,
+                RecordBatchBuilder::new(Compression::None),
+            ))?;
+            size = 0;
+        }
+    }
+    flush(builder)?;
+    Ok(match end {
+        Some(end) => end,
+        None => log.with_log(|l| l.log_end_offset()),
+    })
+}
+
+async fn release_when_durable(state: &BrokerState, release: Release) -> Result<(), ErrorCode> {
+    let durable = state.flusher.wait_durable(&release.log, release.end).await;
+    if durable.is_err() {
+        // Dropping the senders fails the parked requests.
+        return Err(ErrorCode::CoordinatorNotAvailable);
+    }
+    for (sender, answer) in release.answers {
+        let _ = sender.send(answer);
+    }
+    Ok(())
+}
+
+/// Reads a partition back into a fresh shard and serves it.
+fn load_slot(slot: &Slot, config: &GroupConfig) {
+    let started = std::time::Instant::now();
+    let now = now_ms();
+    let mut shard = Shard::new(config.clone(), Box::new(random_uuid));
+    let mut count = 0u64;
+    let end = slot.log.with_log(|l| l.log_end_offset());
+    let mut offset = slot.log.with_log(|l| l.log_start_offset());
+    while offset < end {
+        let read = slot.log.with_log(|l| l.read(offset, LOAD_READ_BYTES, end));
+        let read = match read {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::error!(partition = slot.partition, error = %e, "cannot load group partition");
+                break;
+            }
+        };
+        let Some(range) = read.range else { break };
+        let bytes = match range.to_bytes() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(partition = slot.partition, error = %e, "cannot load group partition");
+                break;
+            }
+        };
+        for batch in RecordBatches::new(bytes) {
+            let Ok(batch) = batch else { break };
+            if batch.is_control() {
+                continue;
+            }
+            let Ok(records) = batch.records(64 << 20) else {
+                continue;
+            };
+            for record in records.flatten() {
+                if record.offset < offset {
+                    continue;
+                }
+                let Some(key) = record.key else { continue };
+                match GroupRecord::decode(key, record.value) {
+                    Ok(Some(record)) => {
+                        shard.replay(record, now);
+                        count += 1;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(partition = slot.partition, error = %e, "skipping an unreadable group record")
+                    }
+                }
+            }
+        }
+        if read.next_offset <= offset {
+            break;
+        }
+        offset = read.next_offset;
+    }
+    tracing::debug!(
+        partition = slot.partition,
+        records = count,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "group partition loaded"
+    );
+    lock(&slot.inner).shard = Some(shard);
+}
+
+/// Creates `__consumer_offsets` (compacted, `offsets.topic.num.partitions` partitions) if
+/// it does not exist, and serves its shards. Blocking.
+pub fn ensure_offsets_topic(state: &BrokerState) -> Result<(), crate::BrokerError> {
+    if state.groups.is_attached() {
+        return Ok(());
+    }
+    let _creating = lock(&state.groups.creating);
+    if state.groups.is_attached() {
+        return Ok(());
+    }
+    let config = state.groups.config();
+    let configs = BTreeMap::from([
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        (
+            "segment.bytes".to_string(),
+            config.offsets_topic_segment_bytes.to_string(),
+        ),
+    ]);
+    state.create_topic(OFFSETS_TOPIC, config.offsets_topic_partitions, &configs)?;
+    // The shards of a topic found at start were attached (and loaded) then.
+    state.groups.attach(offsets_logs(state), false);
+    Ok(())
+}
+
+/// The partition logs of `__consumer_offsets`, in partition order.
+pub fn offsets_logs(state: &BrokerState) -> Vec<Arc<SharedLog>> {
+    let count = state.with_image(|image| {
+        image
+            .topic(OFFSETS_TOPIC)
+            .map_or(0, |t| t.partitions.len() as i32)
+    });
+    (0..count)
+        .filter_map(|i| state.partition(OFFSETS_TOPIC, i))
+        .collect()
+}
+
+/// Advances time in the coordinator every [`TICK`] until shutdown.
+pub async fn run_timers(state: Arc<BrokerState>, mut stopped: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => state.groups.tick(&state).await,
+            _ = stopped.changed() => return,
+        }
+    }
+}

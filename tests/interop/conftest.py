@@ -23,7 +23,10 @@ class Broker:
             args += ["--listen", "127.0.0.1:0"]
         for setting in self.settings:
             args += ["--set", setting]
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        # SPOOL_INTEROP_LOG=FILE keeps the broker's log (set SPOOL_LOG for its level).
+        log = os.environ.get("SPOOL_INTEROP_LOG")
+        stderr = open(log, "a") if log else subprocess.DEVNULL
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True)
         deadline = time.time() + 30
         # "spool: Kafka listener [NAME] on ADDRESS" per listener (no name: PLAINTEXT), then
         # "spool: data in DIR".

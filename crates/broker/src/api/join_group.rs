@@ -27,6 +27,16 @@ pub async fn handle(
         Ok(Parked::Sync(_)) => error(&request, ErrorCode::UnknownServerError),
         Err(code) => error(&request, code),
     };
+    tracing::debug!(
+        group = %request.group_id,
+        member = %request.member_id,
+        answer_member = %response.member_id,
+        error = response.error_code,
+        generation = response.generation_id,
+        leader = %response.leader,
+        members = response.members.len(),
+        "JoinGroup"
+    );
     if version < 7 {
         // Before v7 the protocol name is not nullable.
         response.protocol_name.get_or_insert_with(String::new);

@@ -22,6 +22,7 @@ use spool_protocol::messages::{ProduceRequest, ProduceResponse};
 use spool_protocol::record_batch::RecordBatches;
 use spool_protocol::{ErrorCode, Uuid};
 
+use crate::group::OFFSETS_TOPIC;
 use crate::state::{BrokerState, now_ms};
 
 /// A produce request whose batches have been appended (or refused).
@@ -65,6 +66,11 @@ pub fn append(state: &BrokerState, request: ProduceRequest, version: i16) -> App
             let index = partition.index;
             if !matches!(acks, -1..=1) {
                 partitions.push((index, Err(ErrorCode::InvalidRequiredAcks)));
+                continue;
+            }
+            // Internal topics are written by their coordinators only, as in Kafka.
+            if name.as_deref() == Some(OFFSETS_TOPIC) {
+                partitions.push((index, Err(ErrorCode::InvalidTopicException)));
                 continue;
             }
             let log = name

@@ -20,11 +20,21 @@ pub async fn handle(
             shard.sync(now, token, &request)
         })
         .await;
-    match answer {
+    let response = match answer {
         Ok(Parked::Sync(response)) => response,
         Ok(Parked::Join(_)) => error(ErrorCode::UnknownServerError),
         Err(code) => error(code),
-    }
+    };
+    tracing::debug!(
+        group = %request.group_id,
+        member = %request.member_id,
+        generation = request.generation_id,
+        assignments = request.assignments.len(),
+        error = response.error_code,
+        assignment_bytes = response.assignment.len(),
+        "SyncGroup"
+    );
+    response
 }
 
 fn error(error: ErrorCode) -> SyncGroupResponse {

@@ -8,6 +8,7 @@
 //! records and releases the responses once they are durable; at start it loads every
 //! partition back into its shard, answering COORDINATOR_LOAD_IN_PROGRESS meanwhile.
 
+pub mod lag;
 pub mod records;
 pub mod runtime;
 pub mod shard;

@@ -94,6 +94,15 @@ impl GroupCoordinator {
             .is_empty()
     }
 
+    /// Whether every shard is loaded (and there are shards).
+    pub fn is_loaded(&self) -> bool {
+        let slots = self
+            .slots
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        !slots.is_empty() && slots.iter().all(|s| lock(&s.inner).shard.is_some())
+    }
+
     /// Serves the partitions `logs` (index = partition). With `load`, each is read back
     /// on a loader thread first; without, they start empty (a topic just created).
     pub fn attach(&self, logs: Vec<Arc<SharedLog>>, load: bool) {

@@ -561,37 +561,20 @@ impl Shard {
         } else {
             request.rebalance_timeout_ms
         };
-        let mut effects = Effects::default();
-        let outcome = if member_id.is_empty() {
-            join_unknown(
-                group,
-                &config,
-                &mut effects,
-                now,
-                token,
-                client,
-                request,
-                rebalance_timeout_ms,
-                protocols,
-                fresh,
-                version,
-            )
-        } else {
-            join_known(
-                group,
-                &config,
-                &mut effects,
-                now,
-                token,
-                client,
-                request,
-                rebalance_timeout_ms,
-                protocols,
-            )
+        let join = Join {
+            config: &config,
+            now,
+            token,
+            client,
+            request,
+            rebalance_timeout_ms,
+            protocols,
         };
-        self.effects.records.extend(effects.records);
-        self.effects.completed.extend(effects.completed);
-        outcome
+        if member_id.is_empty() {
+            join_unknown(group, &mut self.effects, join, fresh, version)
+        } else {
+            join_known(group, &mut self.effects, join)
+        }
     }
 
     /// SyncGroup. The answer comes out under `token`, at once or when the leader's
@@ -1137,111 +1120,88 @@ fn validate_member(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn join_unknown(
-    group: &mut Group,
-    config: &GroupConfig,
-    effects: &mut Effects,
+/// One JoinGroup being handled: what every step of it needs.
+struct Join<'a> {
+    config: &'a GroupConfig,
     now: i64,
     token: Token,
-    client: &Client,
-    request: &JoinGroupRequest,
+    client: &'a Client,
+    request: &'a JoinGroupRequest,
     rebalance_timeout_ms: i32,
     protocols: Vec<(String, Bytes)>,
+}
+
+impl Join<'_> {
+    fn session_deadline(&self) -> i64 {
+        self.now + i64::from(self.request.session_timeout_ms)
+    }
+}
+
+fn join_unknown(
+    group: &mut Group,
+    effects: &mut Effects,
+    join: Join<'_>,
     fresh: Uuid,
     version: i16,
 ) -> Result<(), JoinRefusal> {
+    let request = join.request;
     if let Some(instance) = &request.group_instance_id
         && let Some(old_id) = group.instances.get(instance).cloned()
     {
         // A static member coming back under its instance ID replaces its old identity.
         let new_id = format!("{instance}-{fresh}");
-        replace_static_member(
-            group,
-            config,
-            effects,
-            now,
-            token,
-            &old_id,
-            &new_id,
-            request,
-            rebalance_timeout_ms,
-            protocols,
-        );
+        replace_static_member(group, effects, join, &old_id, &new_id);
         return Ok(());
     }
-    if group.is_full(config) {
+    if group.is_full(join.config) {
         return Err(JoinRefusal::new("", ErrorCode::GroupMaxSizeReached));
     }
     let prefix = request
         .group_instance_id
         .as_deref()
-        .unwrap_or(client.client_id.as_str());
+        .unwrap_or(join.client.client_id.as_str());
     let new_id = format!("{prefix}-{fresh}");
     if request.group_instance_id.is_none() && version >= 4 {
         // The member must come back with this ID before it counts (KIP-394).
         group
             .pending
-            .insert(new_id.clone(), now + i64::from(request.session_timeout_ms));
+            .insert(new_id.clone(), join.session_deadline());
         return Err(JoinRefusal::new(&new_id, ErrorCode::MemberIdRequired));
     }
-    add_member(
-        group,
-        config,
-        effects,
-        now,
-        token,
-        new_id,
-        client,
-        request,
-        rebalance_timeout_ms,
-        protocols,
-    );
+    add_member(group, effects, join, new_id);
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn join_known(
-    group: &mut Group,
-    config: &GroupConfig,
-    effects: &mut Effects,
-    now: i64,
-    token: Token,
-    client: &Client,
-    request: &JoinGroupRequest,
-    rebalance_timeout_ms: i32,
-    protocols: Vec<(String, Bytes)>,
-) -> Result<(), JoinRefusal> {
-    let member_id = request.member_id.as_str();
+fn join_known(group: &mut Group, effects: &mut Effects, join: Join<'_>) -> Result<(), JoinRefusal> {
+    let member_id = join.request.member_id.as_str();
     if group.pending.remove(member_id).is_some() {
-        if group.is_full(config) {
+        if group.is_full(join.config) {
             return Err(JoinRefusal::new(member_id, ErrorCode::GroupMaxSizeReached));
         }
-        add_member(
-            group,
-            config,
-            effects,
-            now,
-            token,
-            member_id.to_string(),
-            client,
-            request,
-            rebalance_timeout_ms,
-            protocols,
-        );
+        add_member(group, effects, join, member_id.to_string());
         return Ok(());
     }
-    validate_member(group, member_id, request.group_instance_id.as_deref())
+    validate_member(group, member_id, join.request.group_instance_id.as_deref())
         .map_err(|error| JoinRefusal::new(member_id, error))?;
     let state = group.state;
     let is_leader = group.leader.as_deref() == Some(member_id);
+    let session_deadline = join.session_deadline();
+    let Join {
+        config,
+        now,
+        token,
+        request,
+        rebalance_timeout_ms,
+        protocols,
+        ..
+    } = join;
     let Some(member) = group.members.get_mut(member_id) else {
         return Err(JoinRefusal::new(member_id, ErrorCode::UnknownMemberId));
     };
     let unchanged = member.same_protocols(&protocols);
     member.session_timeout_ms = request.session_timeout_ms;
     member.rebalance_timeout_ms = rebalance_timeout_ms;
-    member.session_deadline = now + i64::from(request.session_timeout_ms);
+    member.session_deadline = session_deadline;
     match state {
         GroupState::PreparingRebalance => {
             member.protocols = protocols;
@@ -1271,19 +1231,17 @@ fn join_known(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn add_member(
-    group: &mut Group,
-    config: &GroupConfig,
-    effects: &mut Effects,
-    now: i64,
-    token: Token,
-    member_id: String,
-    client: &Client,
-    request: &JoinGroupRequest,
-    rebalance_timeout_ms: i32,
-    protocols: Vec<(String, Bytes)>,
-) {
+fn add_member(group: &mut Group, effects: &mut Effects, join: Join<'_>, member_id: String) {
+    let session_deadline = join.session_deadline();
+    let Join {
+        config,
+        now,
+        token,
+        client,
+        request,
+        rebalance_timeout_ms,
+        protocols,
+    } = join;
     if group.members.is_empty() {
         group.protocol_type = Some(request.protocol_type.clone());
     }
@@ -1304,7 +1262,7 @@ fn add_member(
             awaiting_join: Some(token),
             awaiting_sync: None,
             synced: false,
-            session_deadline: now + i64::from(request.session_timeout_ms),
+            session_deadline,
         },
     );
     match group.state {
@@ -1324,18 +1282,12 @@ fn add_member(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn replace_static_member(
     group: &mut Group,
-    config: &GroupConfig,
     effects: &mut Effects,
-    now: i64,
-    token: Token,
+    join: Join<'_>,
     old_id: &str,
     new_id: &str,
-    request: &JoinGroupRequest,
-    rebalance_timeout_ms: i32,
-    protocols: Vec<(String, Bytes)>,
 ) {
     let Some(mut member) = group.members.remove(old_id) else {
         return;
@@ -1352,11 +1304,21 @@ fn replace_static_member(
             .completed
             .push((old, Parked::Sync(sync_error(ErrorCode::FencedInstanceId))));
     }
+    let session_deadline = join.session_deadline();
+    let Join {
+        config,
+        now,
+        token,
+        request,
+        rebalance_timeout_ms,
+        protocols,
+        ..
+    } = join;
     let unchanged = member.same_protocols(&protocols);
     member.id = new_id.to_string();
     member.session_timeout_ms = request.session_timeout_ms;
     member.rebalance_timeout_ms = rebalance_timeout_ms;
-    member.session_deadline = now + i64::from(request.session_timeout_ms);
+    member.session_deadline = session_deadline;
     member.protocols = protocols;
     if let Some(instance) = &member.instance_id {
         group.instances.insert(instance.clone(), new_id.to_string());

@@ -1,0 +1,126 @@
+//! Consumer lag: how far a group's committed offsets trail the partitions' high
+//! watermarks. The CLI (`spool group describe`) and the metrics endpoint read it here.
+
+use spool_protocol::ErrorCode;
+
+use crate::state::BrokerState;
+
+/// One partition's lag for a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    pub committed: i64,
+    pub high_watermark: i64,
+    /// Records the group has yet to commit: `high_watermark - committed`, never negative.
+    pub lag: i64,
+}
+
+/// The lag of every partition `group_id` has committed an offset for (partitions that no
+/// longer exist are left out); `None` when the group does not exist.
+pub async fn group_lag(
+    state: &BrokerState,
+    group_id: &str,
+) -> Result<Option<Vec<PartitionLag>>, ErrorCode> {
+    let committed = state
+        .groups
+        .run(state, group_id, |shard, _| shard.committed(group_id))
+        .await?;
+    Ok(committed.map(|offsets| {
+        offsets
+            .into_iter()
+            .filter_map(|((topic, partition), committed)| {
+                let log = state.partition(&topic, partition)?;
+                let high_watermark = log.with_log(|l| l.high_watermark());
+                Some(PartitionLag {
+                    lag: (high_watermark - committed).max(0),
+                    topic,
+                    partition,
+                    committed,
+                    high_watermark,
+                })
+            })
+            .collect()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use spool_protocol::messages::OffsetCommitRequest;
+    use spool_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use spool_protocol::record_batch::RecordBatchBuilder;
+
+    use super::*;
+    use crate::BrokerConfig;
+    use crate::group::runtime::ensure_offsets_topic;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lag_is_the_distance_from_the_commit_to_the_high_watermark() {
+        let dir = std::env::temp_dir().join(format!("spool-lag-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = BrokerConfig {
+            data_dir: dir.clone(),
+            ..BrokerConfig::default()
+        };
+        let state = BrokerState::open(config, Vec::new()).unwrap();
+        state.create_topic("orders", 2, &BTreeMap::new()).unwrap();
+        let log = state.partition("orders", 0).unwrap();
+        let mut builder = RecordBatchBuilder::new(spool_protocol::compression::Compression::None);
+        for i in 0..10u8 {
+            builder.append(0, None, Some(&[i]), &[]).unwrap();
+        }
+        let info = log.append(builder.build().unwrap(), 0, 0).unwrap();
+        log.with_log(|l| l.advance_high_watermark(info.last_offset + 1));
+        ensure_offsets_topic(&state).unwrap();
+        assert_eq!(group_lag(&state, "readers").await, Ok(None));
+
+        let request = OffsetCommitRequest {
+            group_id: "readers".into(),
+            generation_id_or_member_epoch: -1,
+            topics: vec![OffsetCommitRequestTopic {
+                name: "orders".into(),
+                partitions: vec![
+                    OffsetCommitRequestPartition {
+                        partition_index: 0,
+                        committed_offset: 4,
+                        ..OffsetCommitRequestPartition::default()
+                    },
+                    OffsetCommitRequestPartition {
+                        partition_index: 1,
+                        committed_offset: 0,
+                        ..OffsetCommitRequestPartition::default()
+                    },
+                ],
+                ..OffsetCommitRequestTopic::default()
+            }],
+            ..OffsetCommitRequest::default()
+        };
+        let response = state
+            .groups
+            .run(&state, "readers", |shard, now| {
+                shard.commit_offsets(now, &request, 8, &|_, _| true)
+            })
+            .await
+            .unwrap();
+        assert!(
+            response.topics[0]
+                .partitions
+                .iter()
+                .all(|p| p.error_code == 0)
+        );
+        let lag = group_lag(&state, "readers").await.unwrap().unwrap();
+        let summary: Vec<(i32, i64, i64, i64)> = lag
+            .iter()
+            .map(|l| (l.partition, l.committed, l.high_watermark, l.lag))
+            .collect();
+        assert_eq!(summary, [(0, 4, 10, 6), (1, 0, 0, 0)]);
+        state.groups.detach();
+        drop(log);
+        state.close().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

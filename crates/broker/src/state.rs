@@ -282,19 +282,15 @@ impl BrokerState {
         self.with_image(|image| effective_log_defaults(&self.config, image))
     }
 
-    /// The current metadata image.
-    pub fn image(&self) -> Arc<MetadataImage> {
-        Arc::clone(
+    /// Runs `f` on the current metadata image.
+    pub fn with_image<R>(&self, f: impl FnOnce(&MetadataImage) -> R) -> R {
+        let image = Arc::clone(
             &self
                 .image
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
-    }
-
-    /// Runs `f` on the current metadata image.
-    pub fn with_image<R>(&self, f: impl FnOnce(&MetadataImage) -> R) -> R {
-        f(&self.image())
+        );
+        f(&image)
     }
 
     /// Records `records` durably in the metadata log (whose lock the caller holds), then
@@ -650,19 +646,27 @@ fn open_log(
     Ok(log)
 }
 
+/// A broker with default settings on a fresh data directory named after `name`; the
+/// caller removes the directory.
+#[cfg(test)]
+pub(crate) fn open_in_temp_dir(name: &str) -> (Arc<BrokerState>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("spool-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = BrokerConfig {
+        data_dir: dir.clone(),
+        ..BrokerConfig::default()
+    };
+    let state = BrokerState::open(config, Vec::new()).expect("the broker opens");
+    (state, dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn readers_see_committed_metadata_without_waiting_for_the_metadata_log() {
-        let dir = std::env::temp_dir().join(format!("spool-state-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = BrokerConfig {
-            data_dir: dir.clone(),
-            ..BrokerConfig::default()
-        };
-        let state = BrokerState::open(config, Vec::new()).unwrap();
+        let (state, dir) = open_in_temp_dir("state");
         state.create_topic("orders", 2, &BTreeMap::new()).unwrap();
         // A change being recorded holds the metadata log (through an fsync); reading the
         // image meanwhile must not wait for it.

@@ -28,6 +28,7 @@ pub async fn handle(
         vec![request.key]
     };
     let error = match request.key_type {
+        GROUP if state.groups.is_attached() => ErrorCode::None,
         GROUP => {
             let creator = Arc::clone(state);
             match tokio::task::spawn_blocking(move || ensure_offsets_topic(&creator)).await {

@@ -18,12 +18,7 @@ pub async fn handle(
     request: OffsetCommitRequest,
     version: i16,
 ) -> OffsetCommitResponse {
-    let image = state.image();
-    let exists = |topic: &str, partition: i32| {
-        image
-            .topic(topic)
-            .is_some_and(|t| t.partitions.iter().any(|p| p.index == partition))
-    };
+    let exists = |topic: &str, partition: i32| state.partition(topic, partition).is_some();
     let answer = state
         .groups
         .run(state, &request.group_id, |shard, now| {

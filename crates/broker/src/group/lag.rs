@@ -55,18 +55,12 @@ mod tests {
     use spool_protocol::record_batch::RecordBatchBuilder;
 
     use super::*;
-    use crate::BrokerConfig;
     use crate::group::runtime::ensure_offsets_topic;
+    use crate::state::open_in_temp_dir;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lag_is_the_distance_from_the_commit_to_the_high_watermark() {
-        let dir = std::env::temp_dir().join(format!("spool-lag-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = BrokerConfig {
-            data_dir: dir.clone(),
-            ..BrokerConfig::default()
-        };
-        let state = BrokerState::open(config, Vec::new()).unwrap();
+        let (state, dir) = open_in_temp_dir("lag");
         state.create_topic("orders", 2, &BTreeMap::new()).unwrap();
         let log = state.partition("orders", 0).unwrap();
         let mut builder = RecordBatchBuilder::new(spool_protocol::compression::Compression::None);

@@ -121,7 +121,7 @@ impl GroupCoordinator {
                     partition: i32::try_from(i).unwrap_or(i32::MAX),
                     log,
                     inner: Mutex::new(SlotInner {
-                        shard: (!load).then(|| self.new_shard()),
+                        shard: (!load).then(|| empty_shard(&self.config)),
                         waiters: HashMap::new(),
                     }),
                 })
@@ -144,10 +144,6 @@ impl GroupCoordinator {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clear();
-    }
-
-    fn new_shard(&self) -> Shard {
-        Shard::new(self.config.clone(), Box::new(random_uuid))
     }
 
     fn slot(&self, group_id: &str) -> Result<Arc<Slot>, ErrorCode> {
@@ -352,11 +348,16 @@ async fn release_when_durable(state: &BrokerState, release: Release) -> Result<(
     Ok(())
 }
 
+/// A shard with no groups yet, its member IDs random UUIDs.
+fn empty_shard(config: &GroupConfig) -> Shard {
+    Shard::new(config.clone(), Box::new(random_uuid))
+}
+
 /// Reads a partition back into a fresh shard and serves it.
 fn load_slot(slot: &Slot, config: &GroupConfig) {
     let started = std::time::Instant::now();
     let now = now_ms();
-    let mut shard = Shard::new(config.clone(), Box::new(random_uuid));
+    let mut shard = empty_shard(config);
     let mut count = 0u64;
     let end = slot.log.with_log(|l| l.log_end_offset());
     let mut offset = slot.log.with_log(|l| l.log_start_offset());

@@ -656,7 +656,7 @@ impl Shard {
                     }
                 },
                 None if group.pending.remove(&member_id).is_some() => {
-                    maybe_complete_join(group, &self.config, &mut self.effects, now);
+                    maybe_complete_join(group, &mut self.effects, now);
                     ErrorCode::None
                 }
                 None if group.members.contains_key(&member_id) => {
@@ -1211,7 +1211,7 @@ fn join_known(group: &mut Group, effects: &mut Effects, join: Join<'_>) -> Resul
                     Parked::Join(join_error(member_id, ErrorCode::RebalanceInProgress)),
                 ));
             }
-            maybe_complete_join(group, config, effects, now);
+            maybe_complete_join(group, effects, now);
         }
         GroupState::CompletingRebalance | GroupState::Stable
             if unchanged && (state == GroupState::CompletingRebalance || !is_leader) =>
@@ -1276,7 +1276,7 @@ fn add_member(group: &mut Group, effects: &mut Effects, join: Join<'_>, member_i
                         .min(group.phase_deadline),
                 );
             }
-            maybe_complete_join(group, config, effects, now);
+            maybe_complete_join(group, effects, now);
         }
         _ => prepare_rebalance(group, config, effects, now),
     }
@@ -1339,7 +1339,7 @@ fn replace_static_member(
         GroupState::PreparingRebalance => {
             member.awaiting_join = Some(token);
             group.members.insert(new_id.to_string(), member);
-            maybe_complete_join(group, config, effects, now);
+            maybe_complete_join(group, effects, now);
         }
         _ => {
             member.awaiting_join = Some(token);
@@ -1456,22 +1456,22 @@ fn prepare_rebalance(group: &mut Group, config: &GroupConfig, effects: &mut Effe
     group.initial_delay_until = (was_empty && config.initial_rebalance_delay_ms > 0)
         .then(|| (now + config.initial_rebalance_delay_ms).min(group.phase_deadline));
     group.transition(GroupState::PreparingRebalance, now);
-    maybe_complete_join(group, config, effects, now);
+    maybe_complete_join(group, effects, now);
 }
 
 /// Ends the join phase once every member has rejoined (and any initial delay is over).
-fn maybe_complete_join(group: &mut Group, config: &GroupConfig, effects: &mut Effects, now: i64) {
+fn maybe_complete_join(group: &mut Group, effects: &mut Effects, now: i64) {
     if group.state == GroupState::PreparingRebalance
         && group.initial_delay_until.is_none()
         && group.all_joined()
     {
-        complete_join(group, config, effects, now);
+        complete_join(group, effects, now);
     }
 }
 
 /// Ends the join phase: members that did not rejoin are dropped (static members keep
 /// their place), the generation advances, the leader gets every member's metadata.
-fn complete_join(group: &mut Group, _config: &GroupConfig, effects: &mut Effects, now: i64) {
+fn complete_join(group: &mut Group, effects: &mut Effects, now: i64) {
     let missing: Vec<String> = group
         .members
         .values()
@@ -1562,7 +1562,7 @@ fn remove_member(
         GroupState::Stable | GroupState::CompletingRebalance => {
             prepare_rebalance(group, config, effects, now)
         }
-        GroupState::PreparingRebalance => maybe_complete_join(group, config, effects, now),
+        GroupState::PreparingRebalance => maybe_complete_join(group, effects, now),
         GroupState::Empty => {}
     }
 }
@@ -1588,11 +1588,11 @@ fn tick_group(group: &mut Group, config: &GroupConfig, effects: &mut Effects, no
                 && now >= until
             {
                 group.initial_delay_until = None;
-                complete_join(group, config, effects, now);
+                complete_join(group, effects, now);
             } else if group.initial_delay_until.is_none() && now >= group.phase_deadline {
-                complete_join(group, config, effects, now);
+                complete_join(group, effects, now);
             } else {
-                maybe_complete_join(group, config, effects, now);
+                maybe_complete_join(group, effects, now);
             }
         }
         GroupState::CompletingRebalance | GroupState::Stable if now >= group.phase_deadline => {

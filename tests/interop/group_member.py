@@ -3,9 +3,9 @@
     python group_member.py CLIENT BOOTSTRAP GROUP TOPIC [STRATEGY]
 
 CLIENT is confluent, confluent-consumer (KIP-848 protocol), kafka-python or aiokafka.
-The member subscribes to TOPIC, commits after every batch it processes, and reports on
-stdout, one JSON object per line:
-  {"assigned": [partitions]}   whenever its assignment changes
+The member subscribes to TOPIC (a regular expression when it starts with ^), commits after
+every batch it processes, and reports on stdout, one JSON object per line:
+  {"assigned": [partitions], "topics": [topics]}   whenever its assignment changes
   {"consumed": [values]}       after the values' offsets are committed
   {"uncommitted": [values]}    when that commit failed (the partitions moved on)
 A line "leave" on stdin makes it close cleanly (LeaveGroup) and exit; SIGKILL is how the
@@ -41,11 +41,12 @@ class Reporter:
     def __init__(self):
         self.assigned = None
 
-    def assignment(self, partitions):
-        partitions = sorted(partitions)
-        if partitions != self.assigned:
-            self.assigned = partitions
-            report(assigned=partitions)
+    def assignment(self, topic_partitions):
+        """Reports the assignment, given as objects with .topic and .partition, if it changed."""
+        pairs = sorted((tp.topic, tp.partition) for tp in topic_partitions)
+        if pairs != self.assigned:
+            self.assigned = pairs
+            report(assigned=sorted(p for _, p in pairs), topics=sorted({t for t, _ in pairs}))
 
 
 def run_confluent(protocol):
@@ -72,7 +73,7 @@ def run_confluent(protocol):
     deadline = time.time() + LIFETIME_S
     while not leaving.is_set() and time.time() < deadline:
         messages = consumer.consume(100, 0.2)
-        reporter.assignment(tp.partition for tp in consumer.assignment())
+        reporter.assignment(consumer.assignment())
         values = [m.value().decode() for m in messages if not m.error()]
         if values:
             try:
@@ -101,7 +102,7 @@ def run_kafka_python():
     deadline = time.time() + LIFETIME_S
     while not leaving.is_set() and time.time() < deadline:
         batches = consumer.poll(timeout_ms=200)
-        reporter.assignment(tp.partition for tp in consumer.assignment())
+        reporter.assignment(consumer.assignment())
         values = [r.value.decode() for records in batches.values() for r in records]
         if values:
             try:
@@ -131,7 +132,7 @@ async def run_aiokafka():
     try:
         while not leaving.is_set() and time.time() < deadline:
             batches = await consumer.getmany(timeout_ms=200)
-            reporter.assignment(tp.partition for tp in consumer.assignment())
+            reporter.assignment(consumer.assignment())
             values = [r.value.decode() for records in batches.values() for r in records]
             if values:
                 try:

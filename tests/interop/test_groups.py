@@ -6,6 +6,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,10 +21,15 @@ from conftest import Broker
 MEMBER = os.path.join(os.path.dirname(__file__), "group_member.py")
 
 
+# Consumer group members (KIP-848) have their session timeout and heartbeat interval set
+# by the broker: the same 6 s and 0.5 s the classic members ask for.
+CONSUMER_GROUPS = ("group.consumer.session.timeout.ms=6000", "group.consumer.heartbeat.interval.ms=500")
+
+
 @pytest.fixture
 def group_broker():
     # No initial delay: members that arrive one by one rebalance at once.
-    b = Broker("group.initial.rebalance.delay.ms=0")
+    b = Broker("group.initial.rebalance.delay.ms=0", *CONSUMER_GROUPS)
     yield b
     b.stop()
     shutil.rmtree(b.data_dir, ignore_errors=True)
@@ -50,6 +56,7 @@ class Member:
             args.append(strategy)
         self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.assigned = None
+        self.topics = []
         self.history = []
         self.consumed = []
         self.uncommitted = []
@@ -62,6 +69,7 @@ class Member:
             with self.lock:
                 if "assigned" in event:
                     self.assigned = event["assigned"]
+                    self.topics = event["topics"]
                     self.history.append(event["assigned"])
                 self.consumed.extend(event.get("consumed", []))
                 self.uncommitted.extend(event.get("uncommitted", []))
@@ -102,13 +110,13 @@ def delayed_group_broker():
     # Kafka's default initial delay: members starting together form one first generation.
     # (kafka-python 3.0.12 can hang for good when its first generation is followed at
     # once by a rebalance: its poll and heartbeat threads both stop after a SyncGroup.)
-    b = Broker("group.initial.rebalance.delay.ms=3000")
+    b = Broker("group.initial.rebalance.delay.ms=3000", *CONSUMER_GROUPS)
     yield b
     b.stop()
     shutil.rmtree(b.data_dir, ignore_errors=True)
 
 
-@pytest.mark.parametrize("client", ["confluent", "kafka-python", "aiokafka"])
+@pytest.mark.parametrize("client", ["confluent", "confluent-consumer", "kafka-python", "aiokafka"])
 def test_members_share_partitions_take_over_and_consume_every_message(delayed_group_broker, client):
     """Three members on six partitions get two each; when one leaves and one is killed the
     survivors take over; a new one rejoins. Meanwhile numbered messages keep coming, and
@@ -264,3 +272,74 @@ def test_admin_clients_list_describe_and_delete_groups_and_offsets(group_broker)
         assert described.state.name == "DEAD" and described.members == []
     finally:
         member.stop()
+
+
+@pytest.fixture
+def fixed_port_broker():
+    """A broker that comes back on the same port after a restart, so running clients
+    reconnect to it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    b = Broker(f"listeners=PLAINTEXT://127.0.0.1:{port}", "group.initial.rebalance.delay.ms=0", *CONSUMER_GROUPS)
+    yield b
+    b.stop()
+    shutil.rmtree(b.data_dir, ignore_errors=True)
+
+
+def test_consumer_protocol_assigns_incrementally_survives_restarts_and_follows_regex(fixed_port_broker):
+    """KIP-848 (group.protocol=consumer): the broker assigns; a new member takes partitions
+    without stopping the others; a broker restart keeps the group's epochs and assignment;
+    a regular expression subscription picks up a topic created later; the admin client
+    lists and describes the group as a consumer group."""
+    from confluent_kafka import ConsumerGroupType
+
+    group_broker = fixed_port_broker
+    topic, group = "kip848-a", "kip848"
+    create_topic(group_broker, topic, 6)
+    produce_numbers(group_broker, topic, range(60), 6)
+    members = [Member("confluent-consumer", group_broker, group, topic) for _ in range(2)]
+    admin = AdminClient({"bootstrap.servers": group_broker.address})
+    try:
+        wait_for(lambda: shares(members, [3, 3]), "3 partitions each", members=members)
+        before = [set(m.assigned) for m in members]
+        seen = [len(m.history) for m in members]
+        members.append(Member("confluent-consumer", group_broker, group, topic))
+        wait_for(lambda: shares(members, [2, 2, 2]), "2 partitions each", members=members)
+        for m, kept, n in zip(members, before, seen):
+            assert set(m.assigned) <= kept, "a member only gives partitions up"
+            assert all(m.history[n:]), f"a member was left with nothing in between: {m.history}"
+        wait_for(lambda: sum(len(m.consumed) for m in members) >= 60, "everything read", members=members)
+
+        listed = admin.list_consumer_groups(types={ConsumerGroupType.CONSUMER}).result(timeout=30)
+        assert [(g.group_id, g.type.name, g.state.name) for g in listed.valid] == [(group, "CONSUMER", "STABLE")]
+        classic = admin.list_consumer_groups(types={ConsumerGroupType.CLASSIC}).result(timeout=30)
+        assert group not in {g.group_id for g in classic.valid}
+        described = admin.describe_consumer_groups([group])[group].result(timeout=30)
+        assert (described.type.name, described.state.name, described.partition_assignor) == ("CONSUMER", "STABLE", "uniform")
+        assert sorted(len(m.assignment.topic_partitions) for m in described.members) == [2, 2, 2]
+        assert all(tp.topic == topic for m in described.members for tp in m.assignment.topic_partitions)
+
+        # The broker dies; the members carry on with the same partitions once it is back.
+        assignments = [list(m.assigned) for m in members]
+        group_broker.process.send_signal(signal.SIGKILL)
+        group_broker.process.wait(timeout=10)
+        group_broker.start()
+        produce_numbers(group_broker, topic, range(60, 120), 6)
+        wait_for(lambda: sum(len(m.consumed) for m in members) >= 120, "reading on after the restart",
+                 members=members)
+        assert [m.assigned for m in members] == assignments
+        consumed = {v for m in members for v in m.consumed}
+        assert consumed == {str(n) for n in range(120)}
+
+        # A regular expression subscription follows topics as they are created.
+        watcher = Member("confluent-consumer", group_broker, "kip848-regex", "^kip848-.*")
+        members.append(watcher)
+        wait_for(lambda: watcher.topics == [topic] and len(watcher.assigned) == 6, "the regex matches",
+                 members=members)
+        create_topic(group_broker, "kip848-b", 2)
+        wait_for(lambda: watcher.topics == [topic, "kip848-b"] and len(watcher.assigned) == 8,
+                 "the new topic is assigned", members=members)
+    finally:
+        for m in members:
+            m.stop()

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use spool_log::LogConfig;
 
 use crate::group::GroupConfig;
+use crate::group::assign::ASSIGNORS;
 use spool_protocol::record_batch::TimestampType;
 use thiserror::Error;
 
@@ -206,6 +207,22 @@ impl BrokerConfig {
                 group.max_session_timeout_ms.to_string(),
             ),
             ("group.max.size", group.max_size.to_string()),
+            (
+                "group.consumer.session.timeout.ms",
+                group.consumer_session_timeout_ms.to_string(),
+            ),
+            (
+                "group.consumer.heartbeat.interval.ms",
+                group.consumer_heartbeat_interval_ms.to_string(),
+            ),
+            (
+                "group.consumer.max.size",
+                group.consumer_max_size.to_string(),
+            ),
+            (
+                "group.consumer.assignors",
+                group.consumer_assignors.join(","),
+            ),
             (
                 "offsets.retention.minutes",
                 (group.offsets_retention_ms / 60_000).to_string(),
@@ -418,6 +435,30 @@ impl BrokerConfig {
                 self.group.max_session_timeout_ms = parse(key, value)?
             }
             "group.max.size" => self.group.max_size = positive(key, value)? as usize,
+            "group.consumer.session.timeout.ms" => {
+                self.group.consumer_session_timeout_ms = positive(key, value)?
+            }
+            "group.consumer.heartbeat.interval.ms" => {
+                self.group.consumer_heartbeat_interval_ms = positive(key, value)?
+            }
+            "group.consumer.max.size" => {
+                self.group.consumer_max_size = positive(key, value)? as usize
+            }
+            "group.consumer.assignors" => {
+                let names: Vec<String> = value
+                    .split(',')
+                    .map(|name| name.trim().to_string())
+                    .filter(|name| !name.is_empty())
+                    .collect();
+                if names.is_empty() || names.iter().any(|n| !ASSIGNORS.contains(&n.as_str())) {
+                    return Err(invalid(
+                        key,
+                        value,
+                        "the assignors are uniform and range".into(),
+                    ));
+                }
+                self.group.consumer_assignors = names;
+            }
             "offsets.retention.minutes" => {
                 self.group.offsets_retention_ms = parse::<i64>(key, value)?.saturating_mul(60_000)
             }

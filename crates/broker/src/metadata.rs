@@ -125,6 +125,26 @@ pub struct MetadataImage {
     next_producer_id: i64,
 }
 
+impl crate::group::consumer::TopicSource for MetadataImage {
+    fn topic(&self, name: &str) -> Option<(Uuid, i32)> {
+        self.topics
+            .get(name)
+            .map(|t| (t.id, t.partitions.len() as i32))
+    }
+
+    fn topic_name(&self, id: &Uuid) -> Option<String> {
+        self.names_by_id.get(id).cloned()
+    }
+
+    fn topic_names(&self) -> Vec<String> {
+        self.topics
+            .keys()
+            .filter(|name| !name.starts_with("__"))
+            .cloned()
+            .collect()
+    }
+}
+
 impl MetadataImage {
     pub fn topic(&self, name: &str) -> Option<&TopicMeta> {
         self.topics.get(name)

@@ -12,7 +12,7 @@ use crate::state::BrokerState;
 
 /// Without ACLs a client may do everything to a group: READ (3), DELETE (6) and
 /// DESCRIBE (8), as a bit field of Kafka's ACL operation codes.
-const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
+pub const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 
 pub async fn handle(
     state: &Arc<BrokerState>,

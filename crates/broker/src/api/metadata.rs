@@ -1,14 +1,16 @@
 //! Metadata (versions 0-13): the broker, and the requested topics with their partitions,
 //! auto-creating missing topics when the request and `auto.create.topics.enable` allow.
+//! From v10 a topic may be asked for by ID alone (consumers of the KIP-848 protocol learn
+//! their assignment as topic IDs); an unknown ID gets UNKNOWN_TOPIC_ID.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use spool_protocol::ErrorCode;
 use spool_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use spool_protocol::messages::{MetadataRequest, MetadataResponse};
+use spool_protocol::{ErrorCode, Uuid};
 
 use crate::metadata::{METADATA_TOPIC, TopicMeta};
 use crate::state::BrokerState;
@@ -59,15 +61,28 @@ fn error_topic(name: String, error: ErrorCode) -> MetadataResponseTopic {
     }
 }
 
+/// A topic asked for by name, or (from v10) by ID alone.
+enum Asked {
+    Name(String),
+    Id(Uuid),
+}
+
 pub async fn handle(
     state: &Arc<BrokerState>,
     listener: &str,
     request: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
-    let requested: Option<Vec<String>> = request
-        .topics
-        .map(|topics| topics.into_iter().filter_map(|t| t.name).collect());
+    let requested: Option<Vec<Asked>> = request.topics.map(|topics| {
+        topics
+            .into_iter()
+            .filter_map(|t| match t.name {
+                Some(name) => Some(Asked::Name(name)),
+                None if t.topic_id != Uuid::default() => Some(Asked::Id(t.topic_id)),
+                None => None,
+            })
+            .collect()
+    });
     // Versions before 4 always auto-create; later ones ask.
     let allow_auto_create = state.config.auto_create_topics_enable
         && (version < 4 || request.allow_auto_topic_creation);
@@ -75,6 +90,10 @@ pub async fn handle(
         let missing: Vec<String> = state.with_image(|image| {
             names
                 .iter()
+                .filter_map(|asked| match asked {
+                    Asked::Name(name) => Some(name),
+                    Asked::Id(_) => None,
+                })
                 .filter(|n| {
                     valid_topic_name(n)
                         && !n.starts_with(METADATA_TOPIC)
@@ -101,14 +120,28 @@ pub async fn handle(
             .filter(|t| !t.name.starts_with(METADATA_TOPIC))
             .map(|t| topic_response(t, version))
             .collect(),
-        Some(names) => names
+        Some(asked) => asked
             .iter()
-            .map(|name| match image.topic(name) {
-                Some(topic) if !name.starts_with(METADATA_TOPIC) => topic_response(topic, version),
-                _ if !valid_topic_name(name) => {
-                    error_topic(name.clone(), ErrorCode::InvalidTopicException)
-                }
-                _ => error_topic(name.clone(), ErrorCode::UnknownTopicOrPartition),
+            .map(|asked| match asked {
+                Asked::Id(id) => match image.topic_by_id(id) {
+                    Some(topic) if !topic.name.starts_with(METADATA_TOPIC) => {
+                        topic_response(topic, version)
+                    }
+                    _ => MetadataResponseTopic {
+                        error_code: ErrorCode::UnknownTopicId.code(),
+                        topic_id: *id,
+                        ..Default::default()
+                    },
+                },
+                Asked::Name(name) => match image.topic(name) {
+                    Some(topic) if !name.starts_with(METADATA_TOPIC) => {
+                        topic_response(topic, version)
+                    }
+                    _ if !valid_topic_name(name) => {
+                        error_topic(name.clone(), ErrorCode::InvalidTopicException)
+                    }
+                    _ => error_topic(name.clone(), ErrorCode::UnknownTopicOrPartition),
+                },
             })
             .collect(),
     });

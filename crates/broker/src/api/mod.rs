@@ -14,6 +14,8 @@ use crate::state::BrokerState;
 
 pub mod alter_configs;
 pub mod api_versions;
+pub mod consumer_group_describe;
+pub mod consumer_group_heartbeat;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
@@ -71,6 +73,8 @@ pub const IMPLEMENTED: &[ApiKey] = &[
     ApiKey::DescribeGroups,
     ApiKey::DeleteGroups,
     ApiKey::OffsetDelete,
+    ApiKey::ConsumerGroupHeartbeat,
+    ApiKey::ConsumerGroupDescribe,
 ];
 
 /// What a handler may need to know about the connection a request came in on.
@@ -188,6 +192,18 @@ pub async fn handle(
             };
             ResponseBody::JoinGroup(join_group::handle(state, client, request, version).await)
         }
+        RequestBody::ConsumerGroupHeartbeat(request) => {
+            let client = Client {
+                client_id: header.client_id.clone().unwrap_or_default(),
+                client_host: context.client_host.to_string(),
+            };
+            ResponseBody::ConsumerGroupHeartbeat(
+                consumer_group_heartbeat::handle(state, client, request, version).await,
+            )
+        }
+        RequestBody::ConsumerGroupDescribe(request) => ResponseBody::ConsumerGroupDescribe(
+            consumer_group_describe::handle(state, request).await,
+        ),
         RequestBody::SyncGroup(request) => {
             ResponseBody::SyncGroup(sync_group::handle(state, request, version).await)
         }

@@ -1,7 +1,8 @@
 //! OffsetFetch (versions 1–9; several groups at once from v8): a group's committed
 //! offsets, of the partitions asked for or of every partition. A partition without a
 //! committed offset answers offset -1, as does every partition of a group that does not
-//! exist.
+//! exist. A consumer group member asking with its member ID and epoch (v9) must be
+//! current: UNKNOWN_MEMBER_ID or STALE_MEMBER_EPOCH otherwise.
 
 use std::sync::Arc;
 
@@ -32,7 +33,8 @@ pub async fn handle(
                     .map(|t| (t.name, t.partition_indexes))
                     .collect()
             });
-            let (topics, error) = match fetch(state, &group.group_id, asked).await {
+            let member = (group.member_id.clone(), group.member_epoch);
+            let (topics, error) = match fetch(state, &group.group_id, asked, member).await {
                 Ok(found) => (found, ErrorCode::None),
                 Err(error) => (Vec::new(), error),
             };
@@ -73,7 +75,7 @@ pub async fn handle(
             .map(|t| (t.name, t.partition_indexes))
             .collect()
     });
-    let (found, error) = match fetch(state, &request.group_id, asked.clone()).await {
+    let (found, error) = match fetch(state, &request.group_id, asked.clone(), (None, -1)).await {
         Ok(found) => (found, ErrorCode::None),
         // Version 1 has no top-level error: each partition asked for carries it.
         Err(error) if version < 2 => (
@@ -114,17 +116,22 @@ pub async fn handle(
     }
 }
 
+/// The committed offsets asked for; `member` is the member ID and epoch of a consumer
+/// group member asking (v9), checked first.
 async fn fetch(
     state: &Arc<BrokerState>,
     group_id: &str,
     asked: Asked,
+    member: (Option<String>, i32),
 ) -> Result<TopicOffsets, ErrorCode> {
     state
         .groups
         .run(state, group_id, |shard, _| {
-            shard.fetch_offsets(group_id, asked.as_deref())
+            shard.check_fetching_member(group_id, member.0.as_deref(), member.1)?;
+            Ok(shard.fetch_offsets(group_id, asked.as_deref()))
         })
         .await
+        .and_then(|found| found)
 }
 
 /// Offset, leader epoch and metadata; -1, -1 and "" when nothing was committed.

@@ -8,6 +8,8 @@
 //! records and releases the responses once they are durable; at start it loads every
 //! partition back into its shard, answering COORDINATOR_LOAD_IN_PROGRESS meanwhile.
 
+pub mod assign;
+pub mod consumer;
 pub mod lag;
 pub mod records;
 pub mod runtime;
@@ -42,6 +44,15 @@ pub struct GroupConfig {
     pub offsets_retention_check_interval_ms: i64,
     /// `offset.metadata.max.bytes`: the longest metadata string a commit may carry.
     pub offset_metadata_max_bytes: usize,
+    /// `group.consumer.session.timeout.ms`: how long a consumer group member may go
+    /// without a heartbeat.
+    pub consumer_session_timeout_ms: i32,
+    /// `group.consumer.heartbeat.interval.ms`: how often consumer group members heartbeat.
+    pub consumer_heartbeat_interval_ms: i32,
+    /// `group.consumer.max.size`: members a consumer group may have.
+    pub consumer_max_size: usize,
+    /// `group.consumer.assignors`: the server-side assignors, the first the default.
+    pub consumer_assignors: Vec<String>,
 }
 
 impl Default for GroupConfig {
@@ -56,6 +67,10 @@ impl Default for GroupConfig {
             offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
             offsets_retention_check_interval_ms: 600_000,
             offset_metadata_max_bytes: 4096,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
+            consumer_max_size: i32::MAX as usize,
+            consumer_assignors: assign::ASSIGNORS.iter().map(|a| a.to_string()).collect(),
         }
     }
 }

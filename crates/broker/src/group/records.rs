@@ -1,10 +1,17 @@
 //! The records of `__consumer_offsets` in Kafka's layout: a key that starts with its record
-//! type (1 for a committed offset, 2 for a group's metadata; Kafka also reads 0 as an
-//! offset), a value that starts with its version, and no value (a tombstone) for a removal.
+//! type (1 for a committed offset, 2 for a classic group's metadata, 3 and 5–8 for a
+//! consumer group's epoch, members, target assignment and current assignments; Kafka also
+//! reads 0 as an offset), a value that starts with its version, and no value (a tombstone)
+//! for a removal.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use spool_protocol::internal::{
-    GroupMetadataKey, GroupMetadataValue, OffsetCommitKey, OffsetCommitValue,
+    ConsumerGroupCurrentMemberAssignmentKey, ConsumerGroupCurrentMemberAssignmentValue,
+    ConsumerGroupMemberMetadataKey, ConsumerGroupMemberMetadataValue, ConsumerGroupMetadataKey,
+    ConsumerGroupMetadataValue, ConsumerGroupTargetAssignmentMemberKey,
+    ConsumerGroupTargetAssignmentMemberValue, ConsumerGroupTargetAssignmentMetadataKey,
+    ConsumerGroupTargetAssignmentMetadataValue, GroupMetadataKey, GroupMetadataValue,
+    OffsetCommitKey, OffsetCommitValue,
 };
 use spool_protocol::{DecodeError, EncodeError, Message};
 
@@ -26,6 +33,34 @@ pub enum GroupRecord {
     Group {
         group: String,
         value: Option<GroupMetadataValue>,
+    },
+    /// A consumer group's epoch, or the group's removal.
+    ConsumerGroup {
+        group: String,
+        value: Option<ConsumerGroupMetadataValue>,
+    },
+    /// A consumer group member's identity and subscription, or its removal.
+    ConsumerMember {
+        group: String,
+        member: String,
+        value: Option<ConsumerGroupMemberMetadataValue>,
+    },
+    /// The epoch of a consumer group's target assignment.
+    TargetEpoch {
+        group: String,
+        value: Option<ConsumerGroupTargetAssignmentMetadataValue>,
+    },
+    /// A member's target assignment.
+    TargetMember {
+        group: String,
+        member: String,
+        value: Option<ConsumerGroupTargetAssignmentMemberValue>,
+    },
+    /// A member's current assignment and epochs.
+    CurrentAssignment {
+        group: String,
+        member: String,
+        value: Option<ConsumerGroupCurrentMemberAssignmentValue>,
     },
 }
 
@@ -63,6 +98,61 @@ impl GroupRecord {
                     .map(|v| versioned(v, GROUP_VALUE_VERSION))
                     .transpose()?
             }
+            GroupRecord::ConsumerGroup { group, value } => {
+                key.put_i16(ConsumerGroupMetadataKey::RECORD_TYPE);
+                ConsumerGroupMetadataKey {
+                    group_id: group.clone(),
+                }
+                .encode(&mut key, 0)?;
+                value.as_ref().map(|v| versioned(v, 0)).transpose()?
+            }
+            GroupRecord::ConsumerMember {
+                group,
+                member,
+                value,
+            } => {
+                key.put_i16(ConsumerGroupMemberMetadataKey::RECORD_TYPE);
+                ConsumerGroupMemberMetadataKey {
+                    group_id: group.clone(),
+                    member_id: member.clone(),
+                }
+                .encode(&mut key, 0)?;
+                value.as_ref().map(|v| versioned(v, 0)).transpose()?
+            }
+            GroupRecord::TargetEpoch { group, value } => {
+                key.put_i16(ConsumerGroupTargetAssignmentMetadataKey::RECORD_TYPE);
+                ConsumerGroupTargetAssignmentMetadataKey {
+                    group_id: group.clone(),
+                }
+                .encode(&mut key, 0)?;
+                value.as_ref().map(|v| versioned(v, 0)).transpose()?
+            }
+            GroupRecord::TargetMember {
+                group,
+                member,
+                value,
+            } => {
+                key.put_i16(ConsumerGroupTargetAssignmentMemberKey::RECORD_TYPE);
+                ConsumerGroupTargetAssignmentMemberKey {
+                    group_id: group.clone(),
+                    member_id: member.clone(),
+                }
+                .encode(&mut key, 0)?;
+                value.as_ref().map(|v| versioned(v, 0)).transpose()?
+            }
+            GroupRecord::CurrentAssignment {
+                group,
+                member,
+                value,
+            } => {
+                key.put_i16(ConsumerGroupCurrentMemberAssignmentKey::RECORD_TYPE);
+                ConsumerGroupCurrentMemberAssignmentKey {
+                    group_id: group.clone(),
+                    member_id: member.clone(),
+                }
+                .encode(&mut key, 0)?;
+                value.as_ref().map(|v| versioned(v, 0)).transpose()?
+            }
         };
         Ok((key.freeze(), value))
     }
@@ -92,7 +182,71 @@ impl GroupRecord {
                     value: value.map(read_versioned).transpose()?,
                 }))
             }
+            3 => {
+                let key = ConsumerGroupMetadataKey::decode(&mut key, 0)?;
+                Ok(Some(GroupRecord::ConsumerGroup {
+                    group: key.group_id,
+                    value: value.map(read_versioned).transpose()?,
+                }))
+            }
+            5 => {
+                let key = ConsumerGroupMemberMetadataKey::decode(&mut key, 0)?;
+                Ok(Some(GroupRecord::ConsumerMember {
+                    group: key.group_id,
+                    member: key.member_id,
+                    value: value.map(read_versioned).transpose()?,
+                }))
+            }
+            6 => {
+                let key = ConsumerGroupTargetAssignmentMetadataKey::decode(&mut key, 0)?;
+                Ok(Some(GroupRecord::TargetEpoch {
+                    group: key.group_id,
+                    value: value.map(read_versioned).transpose()?,
+                }))
+            }
+            7 => {
+                let key = ConsumerGroupTargetAssignmentMemberKey::decode(&mut key, 0)?;
+                Ok(Some(GroupRecord::TargetMember {
+                    group: key.group_id,
+                    member: key.member_id,
+                    value: value.map(read_versioned).transpose()?,
+                }))
+            }
+            8 => {
+                let key = ConsumerGroupCurrentMemberAssignmentKey::decode(&mut key, 0)?;
+                Ok(Some(GroupRecord::CurrentAssignment {
+                    group: key.group_id,
+                    member: key.member_id,
+                    value: value.map(read_versioned).transpose()?,
+                }))
+            }
             _ => Ok(None),
+        }
+    }
+
+    /// Whether the record removes what its key names.
+    pub fn is_tombstone(&self) -> bool {
+        match self {
+            GroupRecord::Offset { value, .. } => value.is_none(),
+            GroupRecord::Group { value, .. } => value.is_none(),
+            GroupRecord::ConsumerGroup { value, .. } => value.is_none(),
+            GroupRecord::ConsumerMember { value, .. } => value.is_none(),
+            GroupRecord::TargetEpoch { value, .. } => value.is_none(),
+            GroupRecord::TargetMember { value, .. } => value.is_none(),
+            GroupRecord::CurrentAssignment { value, .. } => value.is_none(),
+        }
+    }
+
+    /// The group the record belongs to.
+    pub fn group(&self) -> &str {
+        match self {
+            GroupRecord::Offset { group, .. }
+            | GroupRecord::Group { group, .. }
+            | GroupRecord::ConsumerGroup { group, .. }
+            | GroupRecord::ConsumerMember { group, .. }
+            | GroupRecord::TargetEpoch { group, .. }
+            | GroupRecord::TargetMember { group, .. }
+            | GroupRecord::CurrentAssignment { group, .. } => group,
         }
     }
 }
@@ -170,6 +324,49 @@ mod tests {
             GroupRecord::Group {
                 group: "g".into(),
                 value: None,
+            },
+            GroupRecord::ConsumerGroup {
+                group: "g".into(),
+                value: Some(ConsumerGroupMetadataValue {
+                    epoch: 9,
+                    metadata_hash: -5,
+                    ..ConsumerGroupMetadataValue::default()
+                }),
+            },
+            GroupRecord::ConsumerMember {
+                group: "g".into(),
+                member: "m".into(),
+                value: Some(ConsumerGroupMemberMetadataValue {
+                    instance_id: Some("i".into()),
+                    client_id: "c".into(),
+                    subscribed_topic_names: vec!["orders".into()],
+                    subscribed_topic_regex: Some("^pay.*".into()),
+                    rebalance_timeout_ms: 300_000,
+                    server_assignor: Some("range".into()),
+                    ..ConsumerGroupMemberMetadataValue::default()
+                }),
+            },
+            GroupRecord::TargetEpoch {
+                group: "g".into(),
+                value: Some(ConsumerGroupTargetAssignmentMetadataValue {
+                    assignment_epoch: 9,
+                    ..ConsumerGroupTargetAssignmentMetadataValue::default()
+                }),
+            },
+            GroupRecord::TargetMember {
+                group: "g".into(),
+                member: "m".into(),
+                value: None,
+            },
+            GroupRecord::CurrentAssignment {
+                group: "g".into(),
+                member: "m".into(),
+                value: Some(ConsumerGroupCurrentMemberAssignmentValue {
+                    member_epoch: 9,
+                    previous_member_epoch: 8,
+                    state: 1,
+                    ..ConsumerGroupCurrentMemberAssignmentValue::default()
+                }),
             },
         ];
         for record in records {

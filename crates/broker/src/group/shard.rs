@@ -17,6 +17,7 @@ use spool_protocol::internal::group_metadata_value::MemberMetadata;
 use spool_protocol::internal::{
     ConsumerProtocolSubscription, GroupMetadataValue, OffsetCommitValue,
 };
+use spool_protocol::messages::consumer_group_describe_response::DescribedGroup as DescribedConsumerGroup;
 use spool_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use spool_protocol::messages::join_group_response::JoinGroupResponseMember;
 use spool_protocol::messages::leave_group_response::MemberResponse;
@@ -28,12 +29,14 @@ use spool_protocol::messages::offset_delete_response::{
     OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
 };
 use spool_protocol::messages::{
-    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
-    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
-    SyncGroupRequest, SyncGroupResponse,
+    ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, SyncGroupRequest,
+    SyncGroupResponse,
 };
 use spool_protocol::{ErrorCode, Message, Uuid};
 
+use super::consumer::{self, ConsumerGroup, TopicSource};
 use super::{GroupConfig, GroupRecord};
 
 /// A group's committed offsets by topic: each partition with its offset, if any.
@@ -151,6 +154,8 @@ struct Group {
     /// complete before it.
     initial_delay_until: Option<i64>,
     offsets: BTreeMap<(String, i32), Committed>,
+    /// Set for a consumer group (the KIP-848 protocol); the classic fields are then unused.
+    consumer: Option<ConsumerGroup>,
 }
 
 impl Group {
@@ -169,6 +174,33 @@ impl Group {
             phase_deadline: i64::MAX,
             initial_delay_until: None,
             offsets: BTreeMap::new(),
+            consumer: None,
+        }
+    }
+
+    /// Drops the classic group's membership (its metadata was removed or the group
+    /// became a consumer group); the offsets stay.
+    fn clear_classic(&mut self) {
+        self.state = GroupState::Empty;
+        self.protocol_type = None;
+        self.generation = 0;
+        self.protocol = None;
+        self.leader = None;
+        self.members.clear();
+        self.instances.clear();
+        self.pending.clear();
+    }
+
+    /// Nothing left to keep: no classic or consumer membership and no offsets.
+    fn is_vacant(&self) -> bool {
+        self.protocol_type.is_none() && self.consumer.is_none() && self.offsets.is_empty()
+    }
+
+    /// Whether members of the group subscribe to `topic` (unknown counts as yes).
+    fn subscribes_to(&self, topic: &str) -> bool {
+        match &self.consumer {
+            Some(consumer) => consumer.subscribes_to(topic),
+            None => self.is_subscribed_to(topic),
         }
     }
 
@@ -435,7 +467,7 @@ impl Shard {
                 None => {
                     if let Some(g) = self.groups.get_mut(&group) {
                         g.offsets.remove(&(topic, partition));
-                        if g.protocol_type.is_none() && g.offsets.is_empty() {
+                        if g.is_vacant() {
                             self.groups.remove(&group);
                         }
                     }
@@ -486,9 +518,43 @@ impl Shard {
                     };
                 }
                 None => {
-                    self.groups.remove(&group);
+                    if let Some(g) = self.groups.get_mut(&group) {
+                        g.clear_classic();
+                        if g.is_vacant() {
+                            self.groups.remove(&group);
+                        }
+                    }
                 }
             },
+            GroupRecord::ConsumerGroup {
+                ref group,
+                value: None,
+            } => {
+                if let Some(g) = self.groups.get_mut(group) {
+                    g.consumer = None;
+                    if g.is_vacant() {
+                        self.groups.remove(group);
+                    }
+                }
+            }
+            record => {
+                let group = record.group().to_string();
+                let tombstone = record.is_tombstone();
+                let g = match self.groups.get_mut(&group) {
+                    Some(g) => g,
+                    None if tombstone => return,
+                    None => self
+                        .groups
+                        .entry(group.clone())
+                        .or_insert_with(|| Group::new(&group, now)),
+                };
+                if g.consumer.is_none() && tombstone {
+                    return;
+                }
+                g.consumer
+                    .get_or_insert_with(|| ConsumerGroup::new(now))
+                    .replay(record, now, &self.config);
+            }
         }
     }
 
@@ -546,11 +612,16 @@ impl Shard {
             .groups
             .get_mut(&request.group_id)
             .ok_or_else(|| fail(ErrorCode::UnknownMemberId))?;
+        if let Some(consumer) = &group.consumer {
+            if !consumer.members.is_empty() {
+                return Err(fail(ErrorCode::InconsistentGroupProtocol));
+            }
+            // An empty consumer group becomes a classic group.
+            self.effects.records.extend(consumer.tombstones(&group.id));
+            group.consumer = None;
+        }
         if !group.supports(&request.protocol_type, &protocols) {
-            let created = group.members.is_empty()
-                && group.offsets.is_empty()
-                && group.protocol_type.is_none();
-            if created {
+            if group.members.is_empty() && group.is_vacant() {
                 self.groups.remove(&request.group_id);
             }
             return Err(fail(ErrorCode::InconsistentGroupProtocol));
@@ -685,6 +756,137 @@ impl Shard {
         }
     }
 
+    // ---- consumer groups (KIP-848) ----
+
+    /// ConsumerGroupHeartbeat: joins, heartbeats and leaves of consumer group members,
+    /// answered at once (the records it wrote are in the effects).
+    pub fn consumer_heartbeat(
+        &mut self,
+        now: i64,
+        client: &Client,
+        request: &ConsumerGroupHeartbeatRequest,
+        version: i16,
+        topics: &dyn TopicSource,
+    ) -> ConsumerGroupHeartbeatResponse {
+        let answer = self.try_consumer_heartbeat(now, client, request, version, topics);
+        answer.unwrap_or_else(|(error, message)| ConsumerGroupHeartbeatResponse {
+            error_code: error.code(),
+            error_message: Some(message),
+            ..ConsumerGroupHeartbeatResponse::default()
+        })
+    }
+
+    fn try_consumer_heartbeat(
+        &mut self,
+        now: i64,
+        client: &Client,
+        request: &ConsumerGroupHeartbeatRequest,
+        version: i16,
+        topics: &dyn TopicSource,
+    ) -> Result<ConsumerGroupHeartbeatResponse, consumer::Refusal> {
+        consumer::validate(request, version, &self.config)?;
+        let group_id = &request.group_id;
+        let not_found = || {
+            (
+                ErrorCode::GroupIdNotFound,
+                format!("Group {group_id} is not a consumer group."),
+            )
+        };
+        if !self.groups.contains_key(group_id) {
+            if request.member_epoch != 0 {
+                return Err(not_found());
+            }
+            self.groups
+                .insert(group_id.clone(), Group::new(group_id, now));
+        }
+        let group = self.groups.get_mut(group_id).ok_or_else(not_found)?;
+        if group.consumer.is_none() {
+            if group.state != GroupState::Empty || !group.members.is_empty() {
+                return Err(not_found());
+            }
+            // An empty classic group (or one holding only offsets) becomes a consumer group.
+            if group.protocol_type.is_some() {
+                self.effects.records.push(GroupRecord::Group {
+                    group: group_id.clone(),
+                    value: None,
+                });
+                group.clear_classic();
+            }
+            group.consumer = Some(ConsumerGroup::new(now));
+        }
+        let Some(consumer_group) = group.consumer.as_mut() else {
+            return Err(not_found());
+        };
+        let new_uuid = &mut self.new_uuid;
+        let mut new_member_id = || new_uuid().to_string();
+        let mut cx = consumer::Context {
+            group_id,
+            config: &self.config,
+            now,
+            client,
+            topics,
+            records: &mut self.effects.records,
+            new_member_id: &mut new_member_id,
+        };
+        let answer = consumer_group.heartbeat(&mut cx, request);
+        if answer.is_err() && consumer_group.members.is_empty() && consumer_group.epoch == 0 {
+            // Nothing was written for a group that a refused first member would have made.
+            group.consumer = None;
+            if group.is_vacant() {
+                self.groups.remove(group_id);
+            }
+        }
+        answer
+    }
+
+    /// ConsumerGroupDescribe of one group: GROUP_ID_NOT_FOUND when it does not exist or
+    /// is a classic group.
+    pub fn describe_consumer_group(
+        &self,
+        group_id: &str,
+        topics: &dyn TopicSource,
+    ) -> DescribedConsumerGroup {
+        match self.groups.get(group_id).and_then(|g| g.consumer.as_ref()) {
+            Some(consumer) => consumer.describe(group_id, &self.config, topics),
+            None => {
+                let message = if self.groups.contains_key(group_id) {
+                    format!("Group {group_id} is not a consumer group.")
+                } else {
+                    format!("Group {group_id} not found.")
+                };
+                DescribedConsumerGroup {
+                    error_code: ErrorCode::GroupIdNotFound.code(),
+                    error_message: Some(message),
+                    group_id: group_id.to_string(),
+                    group_state: DEAD.to_string(),
+                    ..DescribedConsumerGroup::default()
+                }
+            }
+        }
+    }
+
+    /// OffsetFetch v9's member check: a consumer group member fetching with its member ID
+    /// and epoch must be current (UNKNOWN_MEMBER_ID, STALE_MEMBER_EPOCH otherwise).
+    pub fn check_fetching_member(
+        &self,
+        group_id: &str,
+        member_id: Option<&str>,
+        member_epoch: i32,
+    ) -> Result<(), ErrorCode> {
+        let Some(consumer) = self.groups.get(group_id).and_then(|g| g.consumer.as_ref()) else {
+            return Ok(());
+        };
+        let member_id = member_id.unwrap_or_default();
+        if member_id.is_empty() && member_epoch < 0 {
+            return Ok(());
+        }
+        match consumer.members.get(member_id) {
+            None => Err(ErrorCode::UnknownMemberId),
+            Some(member) if member.epoch != member_epoch => Err(ErrorCode::StaleMemberEpoch),
+            Some(_) => Ok(()),
+        }
+    }
+
     // ---- offsets ----
 
     /// OffsetCommit. `exists` tells whether a topic partition exists (others are answered
@@ -775,6 +977,27 @@ impl Shard {
         };
         let anonymous =
             generation < 0 && request.member_id.is_empty() && request.group_instance_id.is_none();
+        if let Some(consumer) = &group.consumer {
+            // Kafka's checks for a consumer group: an anonymous commit only while it is
+            // empty; a member's commit with its current member epoch (OffsetCommit v9+).
+            if generation < 0 && request.member_id.is_empty() {
+                return if consumer.members.is_empty() {
+                    Ok(())
+                } else {
+                    Err(ErrorCode::UnknownMemberId)
+                };
+            }
+            let Some(member) = consumer.members.get(&request.member_id) else {
+                return Err(ErrorCode::UnknownMemberId);
+            };
+            if version < 9 {
+                return Err(ErrorCode::UnsupportedVersion);
+            }
+            if generation != member.epoch {
+                return Err(ErrorCode::StaleMemberEpoch);
+            }
+            return Ok(());
+        }
         if anonymous {
             if group.state != GroupState::Empty {
                 return Err(ErrorCode::UnknownMemberId);
@@ -852,7 +1075,7 @@ impl Shard {
         };
         let mut topics = Vec::new();
         for topic in &request.topics {
-            let subscribed = group.is_subscribed_to(&topic.name);
+            let subscribed = group.subscribes_to(&topic.name);
             let partitions = topic
                 .partitions
                 .iter()
@@ -898,12 +1121,19 @@ impl Shard {
         };
         self.groups
             .values()
-            .filter(|g| matches(states, g.state.name()) && matches(types, "classic"))
-            .map(|g| ListedGroup {
+            .map(|g| match &g.consumer {
+                Some(consumer) => (g, "consumer", consumer.state_name(), "consumer"),
+                None => {
+                    let protocol_type = g.protocol_type.as_deref().unwrap_or_default();
+                    (g, "classic", g.state.name(), protocol_type)
+                }
+            })
+            .filter(|(_, kind, state, _)| matches(states, state) && matches(types, kind))
+            .map(|(g, kind, state, protocol_type)| ListedGroup {
                 group_id: g.id.clone(),
-                protocol_type: g.protocol_type.clone().unwrap_or_default(),
-                group_state: g.state.name().to_string(),
-                group_type: "classic".to_string(),
+                protocol_type: protocol_type.to_string(),
+                group_state: state.to_string(),
+                group_type: kind.to_string(),
                 ..ListedGroup::default()
             })
             .collect()
@@ -912,6 +1142,15 @@ impl Shard {
     /// DescribeGroups for one group; `None` when it does not exist.
     pub fn describe_group(&self, group_id: &str) -> Option<DescribedGroup> {
         let group = self.groups.get(group_id)?;
+        if group.consumer.is_some() {
+            return Some(DescribedGroup {
+                error_code: ErrorCode::GroupIdNotFound.code(),
+                error_message: Some(format!("Group {group_id} is not a classic group.")),
+                group_id: group_id.to_string(),
+                group_state: DEAD.to_string(),
+                ..DescribedGroup::default()
+            });
+        }
         let stable = group.state == GroupState::Stable;
         Some(DescribedGroup {
             error_code: ErrorCode::None.code(),
@@ -957,7 +1196,11 @@ impl Shard {
         let Some(group) = self.groups.get(group_id) else {
             return ErrorCode::GroupIdNotFound;
         };
-        if group.state != GroupState::Empty {
+        let has_members = group
+            .consumer
+            .as_ref()
+            .is_some_and(|c| !c.members.is_empty());
+        if group.state != GroupState::Empty || has_members {
             return ErrorCode::NonEmptyGroup;
         }
         if let Some(group) = self.groups.remove(group_id) {
@@ -996,7 +1239,10 @@ impl Shard {
             let Some(group) = self.groups.get_mut(&id) else {
                 continue;
             };
-            tick_group(group, &config, &mut self.effects, now);
+            match &mut group.consumer {
+                Some(consumer) => consumer.tick(&id, now, &mut self.effects.records),
+                None => tick_group(group, &config, &mut self.effects, now),
+            }
         }
         if now >= self.next_offset_check {
             self.next_offset_check = now.saturating_add(config.offsets_retention_check_interval_ms);
@@ -1018,13 +1264,21 @@ impl Shard {
                 .offsets
                 .iter()
                 .filter(|((topic, _), c)| {
-                    let base = match (group.state, &group.protocol_type) {
+                    let base = match (&group.consumer, group.state, &group.protocol_type) {
+                        // An empty consumer group's offsets age from when it became empty;
+                        // a consumer group with members loses only topics it stopped
+                        // reading.
+                        (Some(consumer), _, _) if consumer.members.is_empty() => {
+                            consumer.empty_since
+                        }
+                        (Some(consumer), _, _) if consumer.subscribes_to(topic) => return false,
+                        (Some(_), _, _) => c.commit_timestamp,
                         // An empty group's offsets age from when it became empty.
-                        (GroupState::Empty, Some(_)) => group.state_since,
+                        (None, GroupState::Empty, Some(_)) => group.state_since,
                         // A simple group's offsets age from their commit.
-                        (GroupState::Empty, None) => c.commit_timestamp,
+                        (None, GroupState::Empty, None) => c.commit_timestamp,
                         // A stable consumer group loses only topics it stopped reading.
-                        (GroupState::Stable, Some(_)) => match &unsubscribed {
+                        (None, GroupState::Stable, Some(_)) => match &unsubscribed {
                             Some(topics) if !topics.contains(topic) => c.commit_timestamp,
                             _ => return false,
                         },
@@ -1046,7 +1300,9 @@ impl Shard {
                     value: None,
                 });
             }
+            let no_members = group.consumer.as_ref().is_none_or(|c| c.members.is_empty());
             if group.state == GroupState::Empty
+                && no_members
                 && group.offsets.is_empty()
                 && group.pending.is_empty()
             {
@@ -1055,12 +1311,9 @@ impl Shard {
         }
         for id in dead {
             if let Some(group) = self.groups.remove(&id)
-                && group.protocol_type.is_some()
+                && (group.protocol_type.is_some() || group.consumer.is_some())
             {
-                self.effects.records.push(GroupRecord::Group {
-                    group: id,
-                    value: None,
-                });
+                self.effects.records.extend(remove_group_records(&group));
             }
         }
     }
@@ -1093,10 +1346,13 @@ fn remove_group_records(group: &Group) -> Vec<GroupRecord> {
             value: None,
         })
         .collect();
-    records.push(GroupRecord::Group {
-        group: group.id.clone(),
-        value: None,
-    });
+    match &group.consumer {
+        Some(consumer) => records.extend(consumer.tombstones(&group.id)),
+        None => records.push(GroupRecord::Group {
+            group: group.id.clone(),
+            value: None,
+        }),
+    }
     records
 }
 

@@ -12,6 +12,26 @@ pub mod client_quota_record;
 #[rustfmt::skip]
 pub mod config_record;
 #[rustfmt::skip]
+pub mod consumer_group_current_member_assignment_key;
+#[rustfmt::skip]
+pub mod consumer_group_current_member_assignment_value;
+#[rustfmt::skip]
+pub mod consumer_group_member_metadata_key;
+#[rustfmt::skip]
+pub mod consumer_group_member_metadata_value;
+#[rustfmt::skip]
+pub mod consumer_group_metadata_key;
+#[rustfmt::skip]
+pub mod consumer_group_metadata_value;
+#[rustfmt::skip]
+pub mod consumer_group_target_assignment_member_key;
+#[rustfmt::skip]
+pub mod consumer_group_target_assignment_member_value;
+#[rustfmt::skip]
+pub mod consumer_group_target_assignment_metadata_key;
+#[rustfmt::skip]
+pub mod consumer_group_target_assignment_metadata_value;
+#[rustfmt::skip]
 pub mod consumer_protocol_assignment;
 #[rustfmt::skip]
 pub mod consumer_protocol_subscription;
@@ -51,6 +71,16 @@ pub mod user_scram_credential_record;
 pub use access_control_entry_record::AccessControlEntryRecord;
 pub use client_quota_record::ClientQuotaRecord;
 pub use config_record::ConfigRecord;
+pub use consumer_group_current_member_assignment_key::ConsumerGroupCurrentMemberAssignmentKey;
+pub use consumer_group_current_member_assignment_value::ConsumerGroupCurrentMemberAssignmentValue;
+pub use consumer_group_member_metadata_key::ConsumerGroupMemberMetadataKey;
+pub use consumer_group_member_metadata_value::ConsumerGroupMemberMetadataValue;
+pub use consumer_group_metadata_key::ConsumerGroupMetadataKey;
+pub use consumer_group_metadata_value::ConsumerGroupMetadataValue;
+pub use consumer_group_target_assignment_member_key::ConsumerGroupTargetAssignmentMemberKey;
+pub use consumer_group_target_assignment_member_value::ConsumerGroupTargetAssignmentMemberValue;
+pub use consumer_group_target_assignment_metadata_key::ConsumerGroupTargetAssignmentMetadataKey;
+pub use consumer_group_target_assignment_metadata_value::ConsumerGroupTargetAssignmentMetadataValue;
 pub use consumer_protocol_assignment::ConsumerProtocolAssignment;
 pub use consumer_protocol_subscription::ConsumerProtocolSubscription;
 pub use feature_level_record::FeatureLevelRecord;

@@ -340,6 +340,17 @@ def test_consumer_protocol_assigns_incrementally_survives_restarts_and_follows_r
         create_topic(group_broker, "kip848-b", 2)
         wait_for(lambda: watcher.topics == [topic, "kip848-b"] and len(watcher.assigned) == 8,
                  "the new topic is assigned", members=members)
+
+        # Once its members have left, the group can be deleted (by a client connected after
+        # the restart).
+        admin = AdminClient({"bootstrap.servers": group_broker.address})
+        for m in members[:3]:
+            m.leave()
+        wait_for(lambda: admin.describe_consumer_groups([group])[group].result(timeout=30).state.name == "EMPTY",
+                 "the group empties", members=members)
+        admin.delete_consumer_groups([group])[group].result(timeout=30)
+        listed = admin.list_consumer_groups().result(timeout=30)
+        assert group not in {g.group_id for g in listed.valid}
     finally:
         for m in members:
             m.stop()

@@ -1,6 +1,6 @@
-//! The group coordinator through the real binary: the classic protocol's calls and the
-//! errors Kafka answers bad ones with, a 10 KB group ID, and committed offsets across a
-//! restart.
+//! The group coordinator through the real binary: the classic and KIP-848 protocols' calls
+//! and the errors Kafka answers bad ones with, a 10 KB group ID, and committed offsets and
+//! consumer group members across a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed expectation is a failed test
 
 use bytes::Bytes;
@@ -311,6 +311,146 @@ fn the_classic_protocol_answers_bad_calls_with_kafkas_errors_and_offsets_survive
     // The member is back in its generation after the restart.
     assert_eq!(heartbeat(&mut client, "g", &member, generation), 0);
     assert_eq!(fetch_offsets(&mut client, &long).len(), 1);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn consumer_heartbeat(
+    client: &mut Client,
+    group: &str,
+    member_id: &str,
+    epoch: i32,
+    regex: Option<&str>,
+) -> ConsumerGroupHeartbeatResponse {
+    let joining = epoch == 0;
+    let request = ConsumerGroupHeartbeatRequest {
+        group_id: group.into(),
+        member_id: member_id.into(),
+        member_epoch: epoch,
+        rebalance_timeout_ms: if joining { 10_000 } else { -1 },
+        subscribed_topic_names: (joining && regex.is_none()).then(|| vec!["orders".into()]),
+        subscribed_topic_regex: regex.map(String::from),
+        topic_partitions: joining.then(Vec::new),
+        ..ConsumerGroupHeartbeatRequest::default()
+    };
+    let ResponseBody::ConsumerGroupHeartbeat(response) =
+        client.call(RequestBody::ConsumerGroupHeartbeat(request), 1)
+    else {
+        panic!("not a ConsumerGroupHeartbeat response")
+    };
+    response
+}
+
+#[test]
+fn the_consumer_protocol_answers_bad_calls_with_kafkas_errors_and_members_survive_a_restart() {
+    let dir = temp_dir("consumer-groups");
+    let settings = ["--set", "num.partitions=2"];
+    let server = Server::start(&dir, &settings);
+    let mut client = server.connect();
+    let topic_id = metadata(&mut client, "orders").topics[0].topic_id;
+    assert_eq!(
+        find_coordinator(&mut client, &["cg"]).coordinators[0].error_code,
+        0
+    );
+
+    // The broker assigns: the one member gets both partitions, as topic IDs.
+    let joined = until_loaded(
+        || consumer_heartbeat(&mut client, "cg", "m1", 0, None),
+        |r| r.error_code == ErrorCode::CoordinatorLoadInProgress.code(),
+    );
+    assert_eq!((joined.error_code, joined.member_epoch), (0, 1));
+    let assignment = joined.assignment.expect("an assignment");
+    assert_eq!(assignment.topic_partitions[0].topic_id, topic_id);
+    assert_eq!(assignment.topic_partitions[0].partitions, [0, 1]);
+    // Consumers learn names from IDs through Metadata.
+    let by_id = MetadataRequest {
+        topics: Some(vec![metadata_request::MetadataRequestTopic {
+            name: None,
+            topic_id,
+            ..Default::default()
+        }]),
+        ..MetadataRequest::default()
+    };
+    let ResponseBody::Metadata(found) = client.call(RequestBody::Metadata(by_id), 12) else {
+        panic!("not a Metadata response")
+    };
+    assert_eq!(found.topics[0].name.as_deref(), Some("orders"));
+
+    // Bad calls get Kafka's error codes.
+    let code = |r: ConsumerGroupHeartbeatResponse| r.error_code;
+    assert_eq!(
+        code(consumer_heartbeat(&mut client, "cg", "m1", 7, None)),
+        ErrorCode::FencedMemberEpoch.code()
+    );
+    assert_eq!(
+        code(consumer_heartbeat(&mut client, "cg", "nobody", 1, None)),
+        ErrorCode::UnknownMemberId.code()
+    );
+    assert_eq!(
+        code(consumer_heartbeat(
+            &mut client,
+            "cg",
+            "m2",
+            0,
+            Some("orders-(")
+        )),
+        ErrorCode::InvalidRegularExpression.code()
+    );
+    assert_eq!(
+        code(consumer_heartbeat(&mut client, "cg", "", 0, None)),
+        ErrorCode::InvalidRequest.code()
+    );
+    assert_eq!(
+        join(&mut client, "cg", "").error_code,
+        ErrorCode::InconsistentGroupProtocol.code()
+    );
+    let long = "c".repeat(10 * 1024);
+    assert_eq!(
+        find_coordinator(&mut client, &[&long]).coordinators[0].error_code,
+        0
+    );
+    assert_eq!(
+        code(consumer_heartbeat(
+            &mut client,
+            &long,
+            "m1",
+            0,
+            Some("ord.*")
+        )),
+        0
+    );
+
+    // The member and its epoch survive a restart.
+    server.stop();
+    let server = Server::start(&dir, &settings);
+    let mut client = server.connect();
+    let again = until_loaded(
+        || consumer_heartbeat(&mut client, "cg", "m1", 1, None),
+        |r| r.error_code == ErrorCode::CoordinatorLoadInProgress.code(),
+    );
+    assert_eq!((again.error_code, again.member_epoch), (0, 1));
+    let ResponseBody::ConsumerGroupDescribe(described) = client.call(
+        RequestBody::ConsumerGroupDescribe(ConsumerGroupDescribeRequest {
+            group_ids: vec!["cg".into(), "missing".into()],
+            ..ConsumerGroupDescribeRequest::default()
+        }),
+        0,
+    ) else {
+        panic!("not a ConsumerGroupDescribe response")
+    };
+    let group = &described.groups[0];
+    assert_eq!(
+        (group.group_state.as_str(), group.members.len()),
+        ("Stable", 1)
+    );
+    assert_eq!(
+        group.members[0].assignment.topic_partitions[0].topic_name,
+        "orders"
+    );
+    assert_eq!(
+        described.groups[1].error_code,
+        ErrorCode::GroupIdNotFound.code()
+    );
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -87,6 +87,16 @@ pub struct RequestContext {
     pub client_host: Arc<str>,
 }
 
+impl RequestContext {
+    /// Who sent a request, as group members are described.
+    fn client(&self, header: &RequestHeader) -> Client {
+        Client {
+            client_id: header.client_id.clone().unwrap_or_default(),
+            client_host: self.client_host.to_string(),
+        }
+    }
+}
+
 /// What to do after a request.
 pub enum Outcome {
     Respond(Bytes),
@@ -186,17 +196,11 @@ pub async fn handle(
             find_coordinator::handle(state, &context.listener, request, version).await,
         ),
         RequestBody::JoinGroup(request) => {
-            let client = Client {
-                client_id: header.client_id.clone().unwrap_or_default(),
-                client_host: context.client_host.to_string(),
-            };
+            let client = context.client(&header);
             ResponseBody::JoinGroup(join_group::handle(state, client, request, version).await)
         }
         RequestBody::ConsumerGroupHeartbeat(request) => {
-            let client = Client {
-                client_id: header.client_id.clone().unwrap_or_default(),
-                client_host: context.client_host.to_string(),
-            };
+            let client = context.client(&header);
             ResponseBody::ConsumerGroupHeartbeat(
                 consumer_group_heartbeat::handle(state, client, request, version).await,
             )

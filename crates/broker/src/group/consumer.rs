@@ -347,16 +347,10 @@ impl ConsumerGroup {
         if request.member_epoch == LEAVE_EPOCH || request.member_epoch == STATIC_LEAVE_EPOCH {
             return self.leave(cx, request);
         }
-        let owned = request.topic_partitions.as_ref().map(|topics| {
-            let mut owned = Assignment::new();
-            for t in topics {
-                owned
-                    .entry(t.topic_id)
-                    .or_default()
-                    .extend(t.partitions.iter().copied());
-            }
-            owned
-        });
+        let owned = request
+            .topic_partitions
+            .as_ref()
+            .map(|topics| collect(topics.iter().map(|t| (t.topic_id, t.partitions.clone()))));
         let (mut member, arrival) = if request.member_epoch == 0 {
             self.joining_member(cx, request)?
         } else {
@@ -431,16 +425,11 @@ impl ConsumerGroup {
             member_epoch: member.epoch,
             heartbeat_interval_ms: cx.config.consumer_heartbeat_interval_ms,
             assignment: send.then(|| WireAssignment {
-                topic_partitions: member
-                    .assigned
-                    .iter()
-                    .filter(|(_, ps)| !ps.is_empty())
-                    .map(|(topic, ps)| WirePartitions {
-                        topic_id: *topic,
-                        partitions: ps.iter().copied().collect(),
-                        ..WirePartitions::default()
-                    })
-                    .collect(),
+                topic_partitions: lists(&member.assigned, |topic_id, partitions| WirePartitions {
+                    topic_id,
+                    partitions,
+                    ..WirePartitions::default()
+                }),
                 ..WireAssignment::default()
             }),
             ..ConsumerGroupHeartbeatResponse::default()
@@ -832,13 +821,8 @@ impl ConsumerGroup {
             } => self.assignment_epoch = value.assignment_epoch,
             GroupRecord::TargetMember { member, value, .. } => match value {
                 Some(value) => {
-                    let mut assignment = Assignment::new();
-                    for t in value.topic_partitions {
-                        assignment
-                            .entry(t.topic_id)
-                            .or_default()
-                            .extend(t.partitions);
-                    }
+                    let topics = value.topic_partitions.into_iter();
+                    let assignment = collect(topics.map(|t| (t.topic_id, t.partitions)));
                     self.target.insert(member, assignment);
                 }
                 None => {
@@ -899,16 +883,12 @@ impl ConsumerGroup {
         topics: &dyn TopicSource,
     ) -> DescribedGroup {
         let describe = |assignment: &Assignment| DescribedAssignment {
-            topic_partitions: assignment
-                .iter()
-                .filter(|(_, ps)| !ps.is_empty())
-                .map(|(topic, ps)| DescribedPartitions {
-                    topic_id: *topic,
-                    topic_name: topics.topic_name(topic).unwrap_or_default(),
-                    partitions: ps.iter().copied().collect(),
-                    ..DescribedPartitions::default()
-                })
-                .collect(),
+            topic_partitions: lists(assignment, |topic_id, partitions| DescribedPartitions {
+                topic_id,
+                topic_name: topics.topic_name(&topic_id).unwrap_or_default(),
+                partitions,
+                ..DescribedPartitions::default()
+            }),
             ..DescribedAssignment::default()
         };
         DescribedGroup {
@@ -978,27 +958,35 @@ fn metadata_hash(resolved: &BTreeMap<String, (Uuid, i32)>) -> i64 {
     hash as i64
 }
 
-fn from_stored(topics: Vec<StoredPartitions>) -> Assignment {
+/// An assignment from topic IDs with their partitions (as the protocol and records list
+/// them).
+fn collect(topics: impl Iterator<Item = (Uuid, Vec<i32>)>) -> Assignment {
     let mut assignment = Assignment::new();
-    for t in topics {
-        assignment
-            .entry(t.topic_id)
-            .or_default()
-            .extend(t.partitions);
+    for (topic, partitions) in topics {
+        assignment.entry(topic).or_default().extend(partitions);
     }
     assignment
 }
 
-fn to_stored(assignment: &Assignment) -> Vec<StoredPartitions> {
+/// The assignment's topics that have partitions, each listed by `make`.
+fn lists<T>(assignment: &Assignment, make: impl Fn(Uuid, Vec<i32>) -> T) -> Vec<T> {
     assignment
         .iter()
         .filter(|(_, ps)| !ps.is_empty())
-        .map(|(topic, ps)| StoredPartitions {
-            topic_id: *topic,
-            partitions: ps.iter().copied().collect(),
-            ..StoredPartitions::default()
-        })
+        .map(|(topic, ps)| make(*topic, ps.iter().copied().collect()))
         .collect()
+}
+
+fn from_stored(topics: Vec<StoredPartitions>) -> Assignment {
+    collect(topics.into_iter().map(|t| (t.topic_id, t.partitions)))
+}
+
+fn to_stored(assignment: &Assignment) -> Vec<StoredPartitions> {
+    lists(assignment, |topic_id, partitions| StoredPartitions {
+        topic_id,
+        partitions,
+        ..StoredPartitions::default()
+    })
 }
 
 fn member_record(group_id: &str, m: &ConsumerMember) -> GroupRecord {
@@ -1039,15 +1027,11 @@ fn target_record(group_id: &str, member_id: &str, assignment: &Assignment) -> Gr
         group: group_id.to_string(),
         member: member_id.to_string(),
         value: Some(ConsumerGroupTargetAssignmentMemberValue {
-            topic_partitions: assignment
-                .iter()
-                .filter(|(_, ps)| !ps.is_empty())
-                .map(|(topic, ps)| TargetPartitions {
-                    topic_id: *topic,
-                    partitions: ps.iter().copied().collect(),
-                    ..TargetPartitions::default()
-                })
-                .collect(),
+            topic_partitions: lists(assignment, |topic_id, partitions| TargetPartitions {
+                topic_id,
+                partitions,
+                ..TargetPartitions::default()
+            }),
             ..ConsumerGroupTargetAssignmentMemberValue::default()
         }),
     }

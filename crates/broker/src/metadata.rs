@@ -115,6 +115,13 @@ pub struct TopicMeta {
     pub configs: BTreeMap<String, String>,
 }
 
+impl TopicMeta {
+    /// Kafka's internal topics (`__consumer_offsets`, `__transaction_state`, …).
+    pub fn is_internal(&self) -> bool {
+        self.name.starts_with("__")
+    }
+}
+
 /// Every topic the broker knows, by name, and the dynamic broker settings.
 #[derive(Debug, Clone, Default)]
 pub struct MetadataImage {
@@ -138,9 +145,9 @@ impl crate::group::consumer::TopicSource for MetadataImage {
 
     fn topic_names(&self) -> Vec<String> {
         self.topics
-            .keys()
-            .filter(|name| !name.starts_with("__"))
-            .cloned()
+            .values()
+            .filter(|t| !t.is_internal())
+            .map(|t| t.name.clone())
             .collect()
     }
 }

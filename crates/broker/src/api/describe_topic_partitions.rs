@@ -82,7 +82,7 @@ pub fn handle(
         topics.push(DescribeTopicPartitionsResponseTopic {
             name: Some(name),
             topic_id: topic.id,
-            is_internal: topic.name.starts_with("__"),
+            is_internal: topic.is_internal(),
             partitions,
             ..Default::default()
         });

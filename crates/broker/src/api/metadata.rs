@@ -35,7 +35,7 @@ fn topic_response(topic: &TopicMeta, version: i16) -> MetadataResponseTopic {
         } else {
             Default::default()
         },
-        is_internal: topic.name.starts_with("__"),
+        is_internal: topic.is_internal(),
         partitions: topic
             .partitions
             .iter()

@@ -470,9 +470,7 @@ impl ConsumerGroup {
         if let Some(existing) = self.members.get(&id) {
             // A member rejoining starts over: it owns nothing until it is assigned again.
             let mut member = existing.clone();
-            for tp in member.owned() {
-                self.owners.remove(&tp);
-            }
+            self.release(&id);
             member.epoch = 0;
             member.previous_epoch = -1;
             member.state = MemberState::Stable;
@@ -594,8 +592,16 @@ impl ConsumerGroup {
         now: i64,
         records: &mut Vec<GroupRecord>,
     ) {
+        if self.forget(member_id, now) {
+            records.extend(member_tombstones(group_id, member_id));
+            self.bump(group_id, records);
+        }
+    }
+
+    /// Drops a member with its instance, target and partitions; whether it was there.
+    fn forget(&mut self, member_id: &str, now: i64) -> bool {
         let Some(member) = self.members.remove(member_id) else {
-            return;
+            return false;
         };
         if let Some(instance) = &member.instance_id
             && self.instances.get(instance).map(String::as_str) == Some(member_id)
@@ -603,12 +609,16 @@ impl ConsumerGroup {
             self.instances.remove(instance);
         }
         self.target.remove(member_id);
-        self.owners.retain(|_, owner| owner != member_id);
-        records.extend(member_tombstones(group_id, member_id));
-        self.bump(group_id, records);
+        self.release(member_id);
         if self.members.is_empty() {
             self.empty_since = now;
         }
+        true
+    }
+
+    /// Every partition `member_id` owns becomes free.
+    fn release(&mut self, member_id: &str) {
+        self.owners.retain(|_, owner| owner != member_id);
     }
 
     fn bump(&mut self, group_id: &str, records: &mut Vec<GroupRecord>) {
@@ -635,7 +645,7 @@ impl ConsumerGroup {
                 topics
                     .topic_names()
                     .into_iter()
-                    .filter(|name| self.members.values().any(|m| m.subscribes_to(name))),
+                    .filter(|name| self.subscribes_to(name)),
             );
         }
         names
@@ -803,17 +813,7 @@ impl ConsumerGroup {
                     }
                 }
                 None => {
-                    if let Some(m) = self.members.remove(&member) {
-                        if let Some(instance) = &m.instance_id
-                            && self.instances.get(instance) == Some(&member)
-                        {
-                            self.instances.remove(instance);
-                        }
-                        self.owners.retain(|_, owner| *owner != member);
-                        if self.members.is_empty() {
-                            self.empty_since = now;
-                        }
-                    }
+                    self.forget(&member, now);
                 }
             },
             GroupRecord::TargetEpoch {

@@ -200,7 +200,10 @@ impl Group {
     fn subscribes_to(&self, topic: &str) -> bool {
         match &self.consumer {
             Some(consumer) => consumer.subscribes_to(topic),
-            None => self.is_subscribed_to(topic),
+            None if self.state == GroupState::Empty => false,
+            None => self
+                .subscribed_topics()
+                .is_none_or(|topics| topics.iter().any(|t| t == topic)),
         }
     }
 
@@ -341,14 +344,6 @@ impl Group {
             topics.extend(subscription.topics);
         }
         Some(topics)
-    }
-
-    fn is_subscribed_to(&self, topic: &str) -> bool {
-        if self.state == GroupState::Empty {
-            return false;
-        }
-        self.subscribed_topics()
-            .is_none_or(|topics| topics.iter().any(|t| t == topic))
     }
 }
 

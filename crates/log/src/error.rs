@@ -51,6 +51,10 @@ impl LogError {
             LogError::Producer(ProducerError::OutOfOrderSequence { .. }) => {
                 ErrorCode::OutOfOrderSequenceNumber
             }
+            LogError::Producer(ProducerError::InvalidTxnState { .. }) => ErrorCode::InvalidTxnState,
+            LogError::Producer(ProducerError::CoordinatorFenced { .. }) => {
+                ErrorCode::TransactionCoordinatorFenced
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod manager;
 pub mod producer_state;
 pub mod segment;
 pub mod storage;
+pub mod txn_index;
 
 pub use config::LogConfig;
 pub use error::LogError;

@@ -9,21 +9,29 @@
 //!   else OUT_OF_ORDER_SEQUENCE_NUMBER. A producer the log does not know (new, expired,
 //!   or whose batches retention removed) may start at any sequence.
 //!
+//! Transactions: a producer's first transactional batch opens its transaction in the
+//! partition (at that batch's offset) and a marker (a control batch written for the
+//! coordinator) ends it. The first offset of the oldest open transaction bounds the last
+//! stable offset; a non-transactional batch from a producer with an open transaction is
+//! refused (INVALID_TXN_STATE), as is a marker from an older producer or coordinator
+//! epoch. Ending a transaction reports it, so the log can index aborted ones.
+//!
 //! The state survives restarts in snapshot files, `<offset>.snapshot`, each holding the
 //! state of every batch below its offset; opening a log loads the newest readable
 //! snapshot and replays the batches after it. Producers idle longer than
 //! `producer.id.expiration.ms` are forgotten.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use spool_protocol::record_batch::RecordBatch;
+use spool_protocol::record_batch::{ControlRecordType, RecordBatch};
 
 /// Batches remembered per producer for detecting retries (Kafka's
 /// `max.in.flight.requests.per.connection` bound for idempotence).
 pub const BATCHES_PER_PRODUCER: usize = 5;
 /// The suffix of snapshot files.
 pub const SNAPSHOT_SUFFIX: &str = "snapshot";
-const SNAPSHOT_VERSION: u16 = 1;
+/// Version 2 added each producer's open transaction and coordinator epoch.
+const SNAPSHOT_VERSION: u16 = 2;
 
 /// One remembered batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +50,10 @@ pub struct ProducerEntry {
     pub batches: VecDeque<BatchMetadata>,
     /// The newest batch's timestamp, for expiry.
     pub last_timestamp: i64,
+    /// The first offset of the producer's open transaction in this partition.
+    pub current_txn_first_offset: Option<i64>,
+    /// The coordinator epoch of the newest marker.
+    pub coordinator_epoch: i32,
 }
 
 /// Why a producer's batch was refused.
@@ -59,6 +71,20 @@ pub enum ProducerError {
         first_seq: i32,
         last_seq: i32,
     },
+    #[error("producer {producer_id} wrote outside its open transaction")]
+    InvalidTxnState { producer_id: i64 },
+    #[error("marker from coordinator epoch {epoch}, older than {current}")]
+    CoordinatorFenced { epoch: i32, current: i32 },
+}
+
+/// A transaction a marker ended in this partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    /// The marker's offset.
+    pub last_offset: i64,
+    pub aborted: bool,
 }
 
 /// What a check decided for a leader append.
@@ -77,7 +103,12 @@ pub struct ProducerBatch {
     pub first_seq: i32,
     pub last_seq: i32,
     pub max_timestamp: i64,
+    pub transactional: bool,
     pub control: bool,
+    /// For a transaction marker, whether it commits or aborts.
+    pub marker: Option<ControlRecordType>,
+    /// A marker's coordinator epoch.
+    pub coordinator_epoch: i32,
 }
 
 impl ProducerBatch {
@@ -90,15 +121,40 @@ impl ProducerBatch {
         // Sequences wrap from i32::MAX to 0.
         let last_seq = ((i64::from(first_seq) + i64::from(batch.last_offset_delta()))
             % (i64::from(i32::MAX) + 1)) as i32;
+        let (marker, coordinator_epoch) = if batch.is_control() {
+            marker_of(batch).unwrap_or((None, -1))
+        } else {
+            (None, -1)
+        };
         Some(ProducerBatch {
             producer_id: batch.producer_id(),
             epoch: batch.producer_epoch(),
             first_seq,
             last_seq,
             max_timestamp: batch.max_timestamp(),
+            transactional: batch.is_transactional(),
             control: batch.is_control(),
+            marker,
+            coordinator_epoch,
         })
     }
+}
+
+/// The marker type and coordinator epoch of a control batch: its one record's key is
+/// (version, type) and its value (version, coordinator epoch).
+fn marker_of(batch: &RecordBatch) -> Option<(Option<ControlRecordType>, i32)> {
+    let record = batch.records(64 * 1024).ok()?.next()?.ok()?;
+    let key = record.key?;
+    let kind = match i16::from_be_bytes(key.get(2..4)?.try_into().ok()?) {
+        0 => ControlRecordType::Abort,
+        1 => ControlRecordType::Commit,
+        _ => return Some((None, -1)),
+    };
+    let epoch = record
+        .value
+        .and_then(|v| v.get(2..6).and_then(|b| b.try_into().ok()))
+        .map_or(-1, i32::from_be_bytes);
+    Some((Some(kind), epoch))
 }
 
 fn in_sequence(last_seq: i32, next_seq: i32) -> bool {
@@ -108,6 +164,8 @@ fn in_sequence(last_seq: i32, next_seq: i32) -> bool {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ProducerStateManager {
     producers: HashMap<i64, ProducerEntry>,
+    /// Open transactions: first offset → producer ID.
+    ongoing: BTreeMap<i64, i64>,
 }
 
 impl ProducerStateManager {
@@ -117,6 +175,43 @@ impl ProducerStateManager {
 
     pub fn entry(&self, producer_id: i64) -> Option<&ProducerEntry> {
         self.producers.get(&producer_id)
+    }
+
+    /// Every producer's state, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = (i64, &ProducerEntry)> {
+        self.producers.iter().map(|(&id, entry)| (id, entry))
+    }
+
+    /// The first offset of the oldest open transaction.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.ongoing.keys().next().copied()
+    }
+
+    /// Checks a transaction marker for `producer_id`: it may not come from an older
+    /// producer epoch or an older coordinator epoch than the partition has seen.
+    pub fn check_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        coordinator_epoch: i32,
+    ) -> Result<(), ProducerError> {
+        let Some(entry) = self.producers.get(&producer_id) else {
+            return Ok(());
+        };
+        if epoch < entry.epoch {
+            return Err(ProducerError::InvalidEpoch {
+                producer_id,
+                epoch,
+                current: entry.epoch,
+            });
+        }
+        if coordinator_epoch < entry.coordinator_epoch {
+            return Err(ProducerError::CoordinatorFenced {
+                epoch: coordinator_epoch,
+                current: entry.coordinator_epoch,
+            });
+        }
+        Ok(())
     }
 
     /// Checks a leader append of `batches` (in order), each as if the ones before it
@@ -138,6 +233,12 @@ impl ProducerStateManager {
             let current = pending.get(&batch.producer_id).copied().or_else(|| {
                 known.map(|entry| (entry.epoch, entry.batches.back().map(|b| b.last_seq)))
             });
+            let in_txn = known.is_some_and(|e| e.current_txn_first_offset.is_some());
+            if in_txn && !batch.transactional {
+                return Err(ProducerError::InvalidTxnState {
+                    producer_id: batch.producer_id,
+                });
+            }
             if let Some((epoch, last_seq)) = current {
                 if batch.epoch < epoch {
                     return Err(ProducerError::InvalidEpoch {
@@ -165,8 +266,15 @@ impl ProducerStateManager {
     }
 
     /// Records a batch written at `first_offset..=last_offset` (by a leader append, a
-    /// replica, or recovery). A control batch only moves the producer's epoch.
-    pub fn update(&mut self, batch: &ProducerBatch, first_offset: i64, last_offset: i64) {
+    /// replica, or recovery). A transactional batch opens the producer's transaction if
+    /// none is open; a marker ends it (and is returned as the transaction it ended); other
+    /// control batches only move the producer's epoch.
+    pub fn update(
+        &mut self,
+        batch: &ProducerBatch,
+        first_offset: i64,
+        last_offset: i64,
+    ) -> Option<CompletedTxn> {
         let entry = self
             .producers
             .entry(batch.producer_id)
@@ -174,6 +282,8 @@ impl ProducerStateManager {
                 epoch: batch.epoch,
                 batches: VecDeque::new(),
                 last_timestamp: batch.max_timestamp,
+                current_txn_first_offset: None,
+                coordinator_epoch: -1,
             });
         if batch.epoch != entry.epoch {
             entry.epoch = batch.epoch;
@@ -181,7 +291,20 @@ impl ProducerStateManager {
         }
         entry.last_timestamp = entry.last_timestamp.max(batch.max_timestamp);
         if batch.control {
-            return;
+            let marker = batch.marker?;
+            entry.coordinator_epoch = entry.coordinator_epoch.max(batch.coordinator_epoch);
+            let first = entry.current_txn_first_offset.take()?;
+            self.ongoing.remove(&first);
+            return Some(CompletedTxn {
+                producer_id: batch.producer_id,
+                first_offset: first,
+                last_offset: first_offset,
+                aborted: marker == ControlRecordType::Abort,
+            });
+        }
+        if batch.transactional && entry.current_txn_first_offset.is_none() {
+            entry.current_txn_first_offset = Some(first_offset);
+            self.ongoing.insert(first_offset, batch.producer_id);
         }
         if entry.batches.len() == BATCHES_PER_PRODUCER {
             entry.batches.pop_front();
@@ -193,23 +316,23 @@ impl ProducerStateManager {
             last_offset,
             max_timestamp: batch.max_timestamp,
         });
+        None
     }
 
-    /// Records every producer batch in `batches` (stored batches with their offsets).
-    pub fn update_from<'a>(&mut self, batches: impl IntoIterator<Item = &'a RecordBatch>) {
-        for batch in batches {
-            if let Some(producer) = ProducerBatch::of(batch) {
-                self.update(&producer, batch.base_offset(), batch.last_offset());
-            }
-        }
+    /// Records a stored batch (with its offsets); returns the transaction a marker ended.
+    pub fn update_from_batch(&mut self, batch: &RecordBatch) -> Option<CompletedTxn> {
+        let producer = ProducerBatch::of(batch)?;
+        self.update(&producer, batch.base_offset(), batch.last_offset())
     }
 
-    /// Forgets producers whose newest batch is `expiration_ms` older than `now_ms`.
-    /// Returns how many went.
+    /// Forgets producers whose newest batch is `expiration_ms` older than `now_ms`, unless
+    /// they have a transaction open. Returns how many went.
     pub fn remove_expired(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
         let before = self.producers.len();
-        self.producers
-            .retain(|_, entry| now_ms.saturating_sub(entry.last_timestamp) < expiration_ms);
+        self.producers.retain(|_, entry| {
+            entry.current_txn_first_offset.is_some()
+                || now_ms.saturating_sub(entry.last_timestamp) < expiration_ms
+        });
         before - self.producers.len()
     }
 
@@ -225,6 +348,8 @@ impl ProducerStateManager {
             body.extend_from_slice(&id.to_be_bytes());
             body.extend_from_slice(&entry.epoch.to_be_bytes());
             body.extend_from_slice(&entry.last_timestamp.to_be_bytes());
+            body.extend_from_slice(&entry.current_txn_first_offset.unwrap_or(-1).to_be_bytes());
+            body.extend_from_slice(&entry.coordinator_epoch.to_be_bytes());
             body.push(entry.batches.len() as u8);
             for b in &entry.batches {
                 body.extend_from_slice(&b.first_seq.to_be_bytes());
@@ -247,15 +372,26 @@ impl ProducerStateManager {
             return None;
         }
         let mut reader = Reader(body);
-        if reader.u16()? != SNAPSHOT_VERSION {
+        let version = reader.u16()?;
+        if !(1..=SNAPSHOT_VERSION).contains(&version) {
             return None;
         }
         let count = reader.u32()?;
         let mut producers = HashMap::new();
+        let mut ongoing = BTreeMap::new();
         for _ in 0..count {
             let id = reader.i64()?;
             let epoch = reader.u16()? as i16;
             let last_timestamp = reader.i64()?;
+            let (current_txn_first_offset, coordinator_epoch) = if version >= 2 {
+                let first = reader.i64()?;
+                (Some(first).filter(|&f| f >= 0), reader.u32()? as i32)
+            } else {
+                (None, -1)
+            };
+            if let Some(first) = current_txn_first_offset {
+                ongoing.insert(first, id);
+            }
             let n = reader.u8()?;
             if usize::from(n) > BATCHES_PER_PRODUCER {
                 return None;
@@ -276,13 +412,15 @@ impl ProducerStateManager {
                     epoch,
                     batches,
                     last_timestamp,
+                    current_txn_first_offset,
+                    coordinator_epoch,
                 },
             );
         }
-        reader
-            .0
-            .is_empty()
-            .then_some(ProducerStateManager { producers })
+        reader.0.is_empty().then_some(ProducerStateManager {
+            producers,
+            ongoing,
+        })
     }
 }
 
@@ -333,7 +471,10 @@ mod tests {
             first_seq,
             last_seq: first_seq + count - 1,
             max_timestamp: 1_000,
+            transactional: false,
             control: false,
+            marker: None,
+            coordinator_epoch: -1,
         }
     }
 
@@ -401,7 +542,15 @@ mod tests {
     fn snapshots_round_trip_and_damage_is_detected() {
         let mut state = ProducerStateManager::new();
         state.update(&batch(1, 3, 0, 4), 0, 3);
-        state.update(&batch(2, 0, 9, 1), 4, 4);
+        state.update(
+            &ProducerBatch {
+                transactional: true,
+                ..batch(2, 0, 9, 1)
+            },
+            4,
+            4,
+        );
+        assert_eq!(state.first_unstable_offset(), Some(4));
         let bytes = state.to_snapshot();
         assert_eq!(
             ProducerStateManager::from_snapshot(&bytes),

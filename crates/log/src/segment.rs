@@ -16,6 +16,7 @@ use spool_protocol::record_batch::{
 
 use crate::index::{OffsetEntry, SparseIndex, TimeEntry};
 use crate::storage::{Storage, StorageFile, read_exact_at};
+use crate::txn_index::{AbortedTxn, TXN_INDEX_SUFFIX, TxnIndex};
 
 /// The file name of a segment's log file: the base offset in 20 digits, as Kafka names it.
 pub fn log_file_name(base_offset: i64) -> String {
@@ -55,6 +56,8 @@ pub struct Segment {
     size: u64,
     offset_index: SparseIndex<OffsetEntry>,
     time_index: SparseIndex<TimeEntry>,
+    /// Transactions whose abort marker is in this segment.
+    txn_index: TxnIndex,
     limits: SegmentLimits,
     bytes_since_index_entry: u64,
     /// One past the last offset in the segment (the base offset when empty).
@@ -108,6 +111,7 @@ impl Segment {
             limits.index_entries_max,
             |e: &TimeEntry| e.offset >= base_offset,
         )?;
+        let txn_index = TxnIndex::open(storage, TxnIndex::path(dir, base_offset))?;
         let segment = Segment {
             base_offset,
             dir: dir.to_path_buf(),
@@ -115,6 +119,7 @@ impl Segment {
             size: log_len,
             offset_index,
             time_index,
+            txn_index,
             limits,
             bytes_since_index_entry: 0,
             next_offset: base_offset,
@@ -137,6 +142,7 @@ impl Segment {
         segment.log.set_len(0)?;
         segment.size = 0;
         segment.forget_contents()?;
+        segment.txn_index.truncate_from(i64::MIN)?;
         Ok(segment)
     }
 
@@ -478,6 +484,7 @@ impl Segment {
         };
         let removed = self.size - first_removed.position;
         self.log.set_len(first_removed.position)?;
+        self.txn_index.truncate_from(offset)?;
         self.forget_contents()?;
         self.scan_from(0, false)?;
         Ok(removed)
@@ -491,20 +498,38 @@ impl Segment {
         Arc::clone(&self.log)
     }
 
-    /// Makes the log file and both indexes durable.
+    /// Makes the log file and the indexes durable.
     pub fn sync(&self) -> io::Result<()> {
         self.log.sync_data()?;
         self.offset_index.sync()?;
-        self.time_index.sync()
+        self.time_index.sync()?;
+        self.txn_index.sync()
     }
 
-    /// The names of this segment's files.
-    pub fn file_names(&self) -> [String; 3] {
+    /// The transactions whose abort marker lies in this segment, in marker order.
+    pub fn aborted_txns(&self) -> &[AbortedTxn] {
+        self.txn_index.entries()
+    }
+
+    /// Records an aborted transaction whose marker this segment holds.
+    pub fn add_aborted_txn(&mut self, storage: &dyn Storage, entry: AbortedTxn) -> io::Result<()> {
+        self.txn_index.append(storage, entry)
+    }
+
+    /// Forgets the aborted transactions whose marker is at or after `offset` (they are
+    /// derived again from the log).
+    pub fn forget_aborted_txns_from(&mut self, offset: i64) -> io::Result<()> {
+        self.txn_index.truncate_from(offset)
+    }
+
+    /// The names of this segment's files (the transaction index may not exist).
+    pub fn file_names(&self) -> [String; 4] {
         let stem = format!("{:020}", self.base_offset);
         [
             format!("{stem}.log"),
             format!("{stem}.index"),
             format!("{stem}.timeindex"),
+            format!("{stem}.{TXN_INDEX_SUFFIX}"),
         ]
     }
 }

@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use spool_protocol::record_batch::{RecordBatch, RecordBatchMut, RecordBatches, TimestampType};
+use spool_protocol::record_batch::{
+    ControlRecordType, RecordBatch, RecordBatchMut, RecordBatches, TimestampType,
+    build_transaction_marker,
+};
 
 mod compaction;
 
@@ -28,10 +31,12 @@ use crate::error::LogError;
 use crate::index::{IndexEntry, TimeEntry};
 use crate::leader_epoch::LeaderEpochCache;
 use crate::producer_state::{
-    Check, ProducerBatch, ProducerStateManager, parse_snapshot_file_name, snapshot_file_name,
+    Check, CompletedTxn, ProducerBatch, ProducerStateManager, parse_snapshot_file_name,
+    snapshot_file_name,
 };
 use crate::segment::{BatchHeader, Recovered, Segment, SegmentLimits, parse_log_file_name};
 use crate::storage::{Storage, StorageFile, read_exact_at, write_atomically};
+use crate::txn_index::{AbortedTxn, TXN_INDEX_SUFFIX};
 
 /// The checkpoint file of a partition: recovery point and log start offset.
 pub const CHECKPOINT_FILE: &str = "partition.checkpoint";
@@ -516,8 +521,10 @@ impl PartitionLog {
                     max_timestamp: header.max_timestamp,
                     ..*producer
                 };
-                self.producers
-                    .update(&producer, header.base_offset, header.last_offset);
+                let completed =
+                    self.producers
+                        .update(&producer, header.base_offset, header.last_offset);
+                self.index_if_aborted(completed)?;
             }
         }
         Ok(AppendInfo {
@@ -527,6 +534,95 @@ impl PartitionLog {
             record_count: next_offset - first_offset,
             duplicate: false,
         })
+    }
+
+    /// Writes a transaction marker for `producer_id`, ending its transaction in this
+    /// partition (the transaction coordinator's part of WriteTxnMarkers). A marker from an
+    /// older producer epoch is refused (INVALID_PRODUCER_EPOCH), as is one from an older
+    /// coordinator epoch (TRANSACTION_COORDINATOR_FENCED). An abort is added to the
+    /// segment's aborted-transaction index.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_marker(
+        &mut self,
+        marker: ControlRecordType,
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        self.check_online()?;
+        self.producers
+            .check_marker(producer_id, producer_epoch, coordinator_epoch)?;
+        let mut bytes = BytesMut::from(
+            &build_transaction_marker(
+                marker,
+                producer_id,
+                producer_epoch,
+                coordinator_epoch,
+                now_ms,
+            )?[..],
+        );
+        let offset = self.log_end_offset();
+        let mut view = RecordBatchMut::new(&mut bytes[..])?;
+        view.set_base_offset(offset);
+        view.set_partition_leader_epoch(leader_epoch);
+        let batch = RecordBatch::from_bytes(bytes.freeze())?;
+        let header = BatchHeader {
+            position: 0,
+            base_offset: offset,
+            last_offset: offset,
+            size: batch.size_bytes() as u64,
+            max_timestamp: now_ms,
+        };
+        self.write(batch.as_bytes(), &[header], now_ms)?;
+        self.first_unflushed_ms.get_or_insert(now_ms);
+        let completed = self.producers.update_from_batch(&batch);
+        self.index_if_aborted(completed)?;
+        Ok(AppendInfo {
+            first_offset: offset,
+            last_offset: offset,
+            log_append_time_ms: -1,
+            record_count: 1,
+            duplicate: false,
+        })
+    }
+
+    /// Adds an aborted transaction to the index of the segment holding its marker.
+    fn index_if_aborted(&mut self, completed: Option<CompletedTxn>) -> Result<(), LogError> {
+        let Some(txn) = completed.filter(|t| t.aborted) else {
+            return Ok(());
+        };
+        let entry = AbortedTxn {
+            producer_id: txn.producer_id,
+            first_offset: txn.first_offset,
+            last_offset: txn.last_offset,
+            last_stable_offset: self
+                .producers
+                .first_unstable_offset()
+                .unwrap_or(txn.last_offset + 1),
+        };
+        let storage = Arc::clone(&self.storage);
+        if let Some((_, segment)) = self.segments.range_mut(..=txn.last_offset).next_back() {
+            segment.add_aborted_txn(storage.as_ref(), entry)?;
+        }
+        Ok(())
+    }
+
+    /// The aborted transactions a read_committed reader of `from..upper` must know about:
+    /// those whose marker is at or after `from` and whose records begin before `upper`.
+    pub fn aborted_transactions(&self, from: i64, upper: i64) -> Vec<AbortedTxn> {
+        let start = self
+            .segments
+            .range(..=from)
+            .next_back()
+            .map_or(i64::MIN, |(&base, _)| base);
+        self.segments
+            .range(start..)
+            .flat_map(|(_, s)| s.aborted_txns())
+            .filter(|t| t.last_offset >= from && t.first_offset < upper)
+            .copied()
+            .collect()
     }
 
     fn write(
@@ -748,11 +844,12 @@ impl PartitionLog {
         self.high_watermark
     }
 
-    /// The last stable offset: what read_committed consumers may see. Without open
-    /// transactions it is the high watermark; the transactions work lowers it to the first
-    /// open transaction's start.
+    /// The last stable offset: what read_committed consumers may see. The high watermark,
+    /// or the first offset of the oldest open transaction if that is lower.
     pub fn last_stable_offset(&self) -> i64 {
-        self.high_watermark
+        self.producers
+            .first_unstable_offset()
+            .map_or(self.high_watermark, |first| first.min(self.high_watermark))
     }
 
     fn write_epochs(&mut self) -> Result<(), LogError> {
@@ -1039,7 +1136,7 @@ fn read_checkpoint(storage: &dyn Storage, dir: &Path) -> (i64, i64, i64, i64) {
 
 fn remove_segment_files(storage: &dyn Storage, dir: &Path, base: i64) -> io::Result<()> {
     let stem = format!("{base:020}");
-    for suffix in ["log", "index", "timeindex"] {
+    for suffix in ["log", "index", "timeindex", TXN_INDEX_SUFFIX] {
         let path = dir.join(format!("{stem}.{suffix}"));
         if storage.exists(&path) {
             storage.remove_file(&path)?;
@@ -1117,21 +1214,26 @@ impl PartitionLog {
             read_exact_at(file.as_ref(), &mut bytes, 0)?;
             loaded = ProducerStateManager::from_snapshot(&bytes).map(|state| (offset, state));
         }
-        let (from, mut state) = loaded.unwrap_or((0, ProducerStateManager::new()));
+        let (from, state) = loaded.unwrap_or((0, ProducerStateManager::new()));
         let mut offset = from.max(self.log_start_offset);
+        // Aborted transactions ended by the batches replayed are indexed again.
+        for segment in self.segments.values_mut() {
+            segment.forget_aborted_txns_from(offset)?;
+        }
+        self.producers = state;
         while offset < end {
             let read = self.read(offset, 1 << 20, end)?;
             let Some(range) = read.range else { break };
             let bytes = range.to_bytes()?;
             for batch in RecordBatches::new(bytes) {
-                state.update_from([&batch?]);
+                let completed = self.producers.update_from_batch(&batch?);
+                self.index_if_aborted(completed)?;
             }
             if read.next_offset <= offset {
                 break;
             }
             offset = read.next_offset;
         }
-        self.producers = state;
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ pub mod metadata;
 pub mod server;
 pub mod state;
 pub mod topic_configs;
+pub mod txn;
 pub mod wakeups;
 
 pub use config::{BrokerConfig, ConfigError};

@@ -1,6 +1,7 @@
 //! Fetch (versions 4-18): whole record batches from partition logs, up to the high
 //! watermark (or the last stable offset for read_committed), within the response's and
-//! each partition's `max_bytes` (the first batch always whole). Long polling: with fewer
+//! each partition's `max_bytes` (the first batch always whole). read_committed answers
+//! list the aborted transactions the returned batches overlap. Long polling: with fewer
 //! than `min_bytes` available the request waits for appends, up to `max_wait_ms`.
 //! From v7, incremental fetch sessions (KIP-227): see `fetch_session`.
 
@@ -8,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spool_log::LogError;
-use spool_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use spool_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
 use spool_protocol::messages::{FetchRequest, FetchResponse};
 use spool_protocol::{ErrorCode, Uuid};
 use tokio::sync::Notify;
@@ -106,14 +109,23 @@ fn read(
             } else {
                 Some(log.read(w.fetch_offset, partition_max as u64, upper))
             };
+            // read_committed readers drop the records of aborted transactions: they are
+            // told which ones the returned range overlaps.
+            let aborted = match &read {
+                Some(Ok(r)) if request.isolation_level == READ_COMMITTED && r.range.is_some() => {
+                    log.aborted_transactions(w.fetch_offset, r.next_offset)
+                }
+                _ => Vec::new(),
+            };
             (
                 log.high_watermark(),
                 log.last_stable_offset(),
                 log.log_start_offset(),
                 read,
+                aborted,
             )
         });
-        let (high_watermark, last_stable_offset, log_start_offset, read) = outcome;
+        let (high_watermark, last_stable_offset, log_start_offset, read, aborted) = outcome;
         data.high_watermark = high_watermark;
         data.last_stable_offset = last_stable_offset;
         data.log_start_offset = log_start_offset;
@@ -133,7 +145,16 @@ fn read(
             Some(Err(e)) => data.error_code = e.error_code().code(),
         }
         if request.isolation_level == READ_COMMITTED {
-            data.aborted_transactions = Some(Vec::new());
+            data.aborted_transactions = Some(
+                aborted
+                    .into_iter()
+                    .map(|t| AbortedTransaction {
+                        producer_id: t.producer_id,
+                        first_offset: t.first_offset,
+                        ..Default::default()
+                    })
+                    .collect(),
+            );
         }
         out.push(data);
     }

@@ -12,6 +12,7 @@ use spool_log::LogConfig;
 
 use crate::group::GroupConfig;
 use crate::group::assign::ASSIGNORS;
+use crate::txn::TxnConfig;
 use spool_protocol::record_batch::TimestampType;
 use thiserror::Error;
 
@@ -77,6 +78,8 @@ pub struct BrokerConfig {
     pub log_retention_check_interval_ms: u64,
     /// The group coordinator's settings (`group.*`, `offsets.*`).
     pub group: GroupConfig,
+    /// The transaction coordinator's settings (`transaction.*`, `transactional.id.*`).
+    pub txn: TxnConfig,
     /// Defaults for every partition log (`log.segment.bytes`, `log.retention.ms`, …).
     pub log: LogConfig,
     /// The settings given explicitly (file, environment, flags), as given: DescribeConfigs
@@ -107,6 +110,7 @@ impl Default for BrokerConfig {
             cluster_id: "spool-cluster".to_string(),
             log_retention_check_interval_ms: 5 * 60 * 1000,
             group: GroupConfig::default(),
+            txn: TxnConfig::default(),
             // Kafka 4's broker default: records at most an hour in the future.
             log: LogConfig {
                 timestamp_after_max_ms: 3_600_000,
@@ -136,6 +140,7 @@ impl BrokerConfig {
     pub fn describe(&self) -> Vec<(&'static str, String)> {
         let log = &self.log;
         let group = &self.group;
+        let txn = &self.txn;
         let policy = match (log.cleanup_delete, log.cleanup_compact) {
             (true, true) => "compact,delete",
             (false, true) => "compact",
@@ -234,6 +239,27 @@ impl BrokerConfig {
             (
                 "offset.metadata.max.bytes",
                 group.offset_metadata_max_bytes.to_string(),
+            ),
+            (
+                "transaction.state.log.num.partitions",
+                txn.topic_partitions.to_string(),
+            ),
+            (
+                "transaction.state.log.segment.bytes",
+                txn.topic_segment_bytes.to_string(),
+            ),
+            ("transaction.max.timeout.ms", txn.max_timeout_ms.to_string()),
+            (
+                "transactional.id.expiration.ms",
+                txn.id_expiration_ms.to_string(),
+            ),
+            (
+                "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+                txn.abort_timed_out_interval_ms.to_string(),
+            ),
+            (
+                "transaction.remove.expired.transaction.cleanup.interval.ms",
+                txn.remove_expired_interval_ms.to_string(),
             ),
             ("log.segment.bytes", log.segment_bytes.to_string()),
             ("log.roll.ms", log.segment_ms.to_string()),
@@ -467,6 +493,22 @@ impl BrokerConfig {
             }
             "offset.metadata.max.bytes" => {
                 self.group.offset_metadata_max_bytes = parse(key, value)?
+            }
+            "transaction.state.log.num.partitions" => {
+                self.txn.topic_partitions = positive(key, value)?
+            }
+            "transaction.state.log.segment.bytes" => {
+                self.txn.topic_segment_bytes = parse(key, value)?
+            }
+            "transaction.max.timeout.ms" => self.txn.max_timeout_ms = positive(key, value)?,
+            "transactional.id.expiration.ms" => {
+                self.txn.id_expiration_ms = i64::from(positive(key, value)?)
+            }
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms" => {
+                self.txn.abort_timed_out_interval_ms = i64::from(positive(key, value)?)
+            }
+            "transaction.remove.expired.transaction.cleanup.interval.ms" => {
+                self.txn.remove_expired_interval_ms = i64::from(positive(key, value)?)
             }
             "log.segment.bytes" => self.log.segment_bytes = parse(key, value)?,
             "log.roll.ms" => self.log.segment_ms = parse(key, value)?,

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod coordinator_log;
 pub mod fetch_session;
 pub mod flusher;
 pub mod group;

@@ -106,7 +106,8 @@ async fn connection(
                 // Appends happen here, one request at a time, so pipelined produce requests
                 // reach the log in the order they were sent; waiting for durability and
                 // answering run alongside later requests.
-                let appended = api::produce::append(&state, request, header.request_api_version);
+                let appended =
+                    api::produce::append(&state, request, header.request_api_version).await;
                 let state = Arc::clone(&state);
                 tokio::spawn(async move {
                     let _ = answer_tx.send(api::finish_produce(&state, header, appended).await);

@@ -28,6 +28,8 @@ use crate::metadata::{
     MetadataStore, TOPIC_RESOURCE_TYPE, create_topic_records,
 };
 use crate::topic_configs;
+use crate::txn::runtime::txn_logs;
+use crate::txn::{TXN_TOPIC, TxnCoordinator};
 use crate::wakeups::Wakeups;
 
 #[derive(Debug, Error)]
@@ -59,6 +61,8 @@ pub struct BrokerState {
     pub flusher: Flusher,
     /// Consumer groups and their committed offsets.
     pub groups: GroupCoordinator,
+    /// Transactional IDs and their transactions.
+    pub txns: TxnCoordinator,
     /// The producer IDs this broker may still hand out: `next..end`.
     producer_ids: Mutex<std::ops::Range<i64>>,
     _lock: Box<dyn LockGuard>,
@@ -250,8 +254,10 @@ impl BrokerState {
             }),
         );
         let groups = GroupCoordinator::new(config.group.clone());
+        let txns = TxnCoordinator::new(config.txn.clone());
         let state = Arc::new(BrokerState {
             groups,
+            txns,
             fetch_sessions: Mutex::new(fetch_sessions),
             producer_ids: Mutex::new(0..0),
             flusher,
@@ -267,6 +273,11 @@ impl BrokerState {
         // Groups and offsets are read back from `__consumer_offsets` on a loader thread.
         if state.with_image(|image| image.topic(OFFSETS_TOPIC).is_some()) {
             state.groups.attach(offsets_logs(&state), true);
+        }
+        // Transactions are read back at once: a transaction a crash left half-ended
+        // resumes with the first tick.
+        if state.with_image(|image| image.topic(TXN_TOPIC).is_some()) {
+            state.txns.attach(txn_logs(&state));
         }
         Ok(state)
     }
@@ -605,8 +616,9 @@ impl BrokerState {
 
     /// Closes every log cleanly so the next start skips recovery.
     pub fn close(self: Arc<Self>) -> Result<(), BrokerError> {
-        // The coordinator holds the `__consumer_offsets` logs.
+        // The coordinators hold the logs of their internal topics.
         self.groups.detach();
+        self.txns.detach();
         let Some(state) = Arc::into_inner(self) else {
             return Ok(());
         };

@@ -417,10 +417,10 @@ impl ProducerStateManager {
                 },
             );
         }
-        reader.0.is_empty().then_some(ProducerStateManager {
-            producers,
-            ongoing,
-        })
+        reader
+            .0
+            .is_empty()
+            .then_some(ProducerStateManager { producers, ongoing })
     }
 }
 

@@ -182,11 +182,6 @@ mod tests {
         assert_eq!(reopened.entries().len(), 1);
         assert_eq!(file.size_bytes().unwrap(), ENTRY_BYTES as u64);
         file.write_at(&[0xff, 0xff], 0).unwrap();
-        assert!(
-            TxnIndex::open(&storage, path)
-                .unwrap()
-                .entries()
-                .is_empty()
-        );
+        assert!(TxnIndex::open(&storage, path).unwrap().entries().is_empty());
     }
 }

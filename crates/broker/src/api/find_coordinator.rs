@@ -1,6 +1,7 @@
 //! FindCoordinator (versions 0–6; batched keys from v4): this broker coordinates every
-//! group, since it leads every partition of `__consumer_offsets`. The first request for a
-//! group creates that topic. Transaction coordinators are not served yet.
+//! group and every transactional ID, since it leads every partition of
+//! `__consumer_offsets` and `__transaction_state`. The first request for a group (or a
+//! transactional ID) creates its topic.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use spool_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
 
 use crate::group::runtime::ensure_offsets_topic;
 use crate::state::BrokerState;
+use crate::txn::runtime::ensure_txn_topic;
 
 /// `key_type` of a consumer group.
 const GROUP: i8 = 0;
@@ -29,18 +31,27 @@ pub async fn handle(
     };
     let error = match request.key_type {
         GROUP if state.groups.is_attached() => ErrorCode::None,
-        GROUP => {
+        TRANSACTION if state.txns.is_attached() => ErrorCode::None,
+        GROUP | TRANSACTION => {
             let creator = Arc::clone(state);
-            match tokio::task::spawn_blocking(move || ensure_offsets_topic(&creator)).await {
+            let groups = request.key_type == GROUP;
+            let created = tokio::task::spawn_blocking(move || {
+                if groups {
+                    ensure_offsets_topic(&creator)
+                } else {
+                    ensure_txn_topic(&creator)
+                }
+            })
+            .await;
+            match created {
                 Ok(Ok(())) => ErrorCode::None,
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot create the offsets topic");
+                    tracing::warn!(error = %e, "cannot create a coordinator's internal topic");
                     ErrorCode::CoordinatorNotAvailable
                 }
                 Err(_) => ErrorCode::CoordinatorNotAvailable,
             }
         }
-        TRANSACTION => ErrorCode::CoordinatorNotAvailable,
         _ => ErrorCode::InvalidRequest,
     };
     let endpoint = state.endpoint(listener);

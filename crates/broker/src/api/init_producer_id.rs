@@ -1,10 +1,9 @@
-//! InitProducerId (versions 0-5) for idempotent producers: a producer ID never handed out
-//! before, at epoch 0. As in Kafka, a request without a transactional ID always gets a
-//! fresh ID; the producer ID and epoch it may carry (v3+) are not consulted.
-//!
-//! Transactional IDs need the transaction coordinator, which this broker does not run
-//! yet: such requests are answered COORDINATOR_NOT_AVAILABLE, as Kafka answers while its
-//! transaction log is not available. An empty transactional ID is INVALID_REQUEST.
+//! InitProducerId (versions 0-5). Without a transactional ID: a producer ID never handed
+//! out before, at epoch 0 (idempotent producers; the producer ID and epoch a v3+ request
+//! may carry are not consulted, as in Kafka). With one: the transaction coordinator's
+//! answer — a new producer ID for a new transactional ID, else the epoch bumped, which
+//! fences every older instance; an ongoing transaction of the ID is aborted first.
+//! An empty transactional ID is INVALID_REQUEST.
 
 use std::sync::Arc;
 
@@ -12,6 +11,11 @@ use spool_protocol::ErrorCode;
 use spool_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 
 use crate::state::BrokerState;
+use crate::txn::for_version;
+use crate::txn::shard::{InitOutcome, Producer};
+
+/// The first version that understands PRODUCER_FENCED.
+const FENCED_SINCE: i16 = 4;
 
 fn error(code: ErrorCode) -> InitProducerIdResponse {
     InitProducerIdResponse {
@@ -22,27 +26,71 @@ fn error(code: ErrorCode) -> InitProducerIdResponse {
     }
 }
 
+fn ready(producer_id: i64, producer_epoch: i16) -> InitProducerIdResponse {
+    InitProducerIdResponse {
+        producer_id,
+        producer_epoch,
+        ..Default::default()
+    }
+}
+
 pub async fn handle(
     state: &Arc<BrokerState>,
     request: InitProducerIdRequest,
-    _version: i16,
+    version: i16,
 ) -> InitProducerIdResponse {
     match request.transactional_id.as_deref() {
         None => {}
         Some("") => return error(ErrorCode::InvalidRequest),
-        Some(_) => return error(ErrorCode::CoordinatorNotAvailable),
+        Some(id) => {
+            return match transactional(state, id, &request).await {
+                Ok(response) => response,
+                Err(code) => error(for_version(code, version, FENCED_SINCE)),
+            };
+        }
     }
     let allocating = Arc::clone(state);
     match tokio::task::spawn_blocking(move || allocating.allocate_producer_id()).await {
-        Ok(Ok(producer_id)) => InitProducerIdResponse {
-            producer_id,
-            producer_epoch: 0,
-            ..Default::default()
-        },
+        Ok(Ok(producer_id)) => ready(producer_id, 0),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "no producer ID could be recorded");
             error(ErrorCode::UnknownServerError)
         }
         Err(_) => error(ErrorCode::UnknownServerError),
     }
+}
+
+/// Asks the coordinator; when an ongoing transaction must be aborted first, aborts it and
+/// asks again (a fenced transaction takes one round).
+async fn transactional(
+    state: &Arc<BrokerState>,
+    id: &str,
+    request: &InitProducerIdRequest,
+) -> Result<InitProducerIdResponse, ErrorCode> {
+    let expected = (request.producer_id >= 0).then_some(Producer {
+        id: request.producer_id,
+        epoch: request.producer_epoch,
+    });
+    for _ in 0..2 {
+        let outcome = state
+            .txns
+            .run(state, id, |shard, now, allocate| {
+                shard.init_producer_id(id, request.transaction_timeout_ms, expected, now, allocate)
+            })
+            .await??;
+        match outcome {
+            InitOutcome::Ready {
+                producer_id,
+                producer_epoch,
+            } => return Ok(ready(producer_id, producer_epoch)),
+            InitOutcome::AbortFirst(job) => {
+                state
+                    .txns
+                    .finish(state, job)
+                    .await
+                    .map_err(|_| ErrorCode::ConcurrentTransactions)?;
+            }
+        }
+    }
+    Err(ErrorCode::ConcurrentTransactions)
 }

@@ -12,6 +12,8 @@ use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody};
 use crate::group::shard::Client;
 use crate::state::BrokerState;
 
+pub mod add_offsets_to_txn;
+pub mod add_partitions_to_txn;
 pub mod alter_configs;
 pub mod api_versions;
 pub mod consumer_group_describe;
@@ -26,6 +28,7 @@ pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod describe_topic_partitions;
+pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -42,6 +45,7 @@ pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sync_group;
+pub mod txn_offset_commit;
 
 /// The APIs this broker serves (and advertises).
 pub const IMPLEMENTED: &[ApiKey] = &[
@@ -75,6 +79,10 @@ pub const IMPLEMENTED: &[ApiKey] = &[
     ApiKey::OffsetDelete,
     ApiKey::ConsumerGroupHeartbeat,
     ApiKey::ConsumerGroupDescribe,
+    ApiKey::AddPartitionsToTxn,
+    ApiKey::AddOffsetsToTxn,
+    ApiKey::EndTxn,
+    ApiKey::TxnOffsetCommit,
 ];
 
 /// What a handler may need to know about the connection a request came in on.
@@ -147,7 +155,7 @@ pub async fn handle(
         RequestBody::Produce(request) => {
             // Direct callers get both steps at once; the connection runs step one itself,
             // in request order, and only then hands over (see `produce`).
-            let appended = produce::append(state, request, version);
+            let appended = produce::append(state, request, version).await;
             return finish_produce(state, header, appended).await;
         }
         RequestBody::Fetch(request) => {
@@ -234,6 +242,18 @@ pub async fn handle(
         }
         RequestBody::OffsetDelete(request) => {
             ResponseBody::OffsetDelete(offset_delete::handle(state, request, version).await)
+        }
+        RequestBody::AddPartitionsToTxn(request) => ResponseBody::AddPartitionsToTxn(
+            add_partitions_to_txn::handle(state, request, version).await,
+        ),
+        RequestBody::AddOffsetsToTxn(request) => {
+            ResponseBody::AddOffsetsToTxn(add_offsets_to_txn::handle(state, request, version).await)
+        }
+        RequestBody::EndTxn(request) => {
+            ResponseBody::EndTxn(end_txn::handle(state, request, version).await)
+        }
+        RequestBody::TxnOffsetCommit(request) => {
+            ResponseBody::TxnOffsetCommit(txn_offset_commit::handle(state, request, version).await)
         }
         other => {
             tracing::debug!(

@@ -2,7 +2,8 @@
 //! batches to partition logs. acks=0 gets no response, acks=1 is answered once the batch
 //! is in the log, acks=all (-1) once it is on stable storage (group commit). Idempotent
 //! producers' batches are checked by the log (sequence and epoch); a retry of a batch
-//! already written is answered with the original offsets.
+//! already written is answered with the original offsets. A transactional batch must
+//! belong to its producer's ongoing transaction (see [`join_transaction`]).
 //!
 //! Handling has two steps. [`append`] writes the batches and runs on the connection's
 //! reader, one request at a time, so that pipelined produce requests land in the log in
@@ -24,6 +25,8 @@ use spool_protocol::{ErrorCode, Uuid};
 
 use crate::group::OFFSETS_TOPIC;
 use crate::state::{BrokerState, now_ms};
+use crate::txn::TXN_TOPIC;
+use crate::txn::shard::Producer;
 
 /// A produce request whose batches have been appended (or refused).
 pub struct Appended {
@@ -49,9 +52,66 @@ fn partition_error(index: i32, error: ErrorCode) -> PartitionProduceResponse {
     }
 }
 
+/// Produce versions from which a transactional write adds its partition to the
+/// transaction itself (KIP-890 transaction version 2); older ones are verified.
+const IMPLICIT_ADD_SINCE: i16 = 12;
+
+/// A transactional write must belong to its producer's ongoing transaction. When the
+/// partition already holds that transaction, it does; otherwise the coordinator adds the
+/// partition (Produce v12+) or confirms it was added (KIP-890's verification), so a late
+/// or stray write can never open a transaction nobody will end. Errors are the ones a
+/// producer acts on: a fenced producer gets INVALID_PRODUCER_EPOCH, a transaction being
+/// ended or a coordinator loading a retriable NOT_ENOUGH_REPLICAS, as Kafka answers.
+async fn join_transaction(
+    state: &BrokerState,
+    transactional_id: Option<&str>,
+    log: &SharedLog,
+    (topic, partition): (&str, i32),
+    producer: Producer,
+    version: i16,
+) -> Result<(), ErrorCode> {
+    let Some(id) = transactional_id.filter(|id| !id.is_empty()) else {
+        return Err(ErrorCode::InvalidTxnState);
+    };
+    let open_here = log.with_log(|l| {
+        l.producer_state()
+            .entry(producer.id)
+            .is_some_and(|e| e.epoch == producer.epoch && e.current_txn_first_offset.is_some())
+    });
+    if open_here {
+        return Ok(());
+    }
+    let implicit = version >= IMPLICIT_ADD_SINCE;
+    let wanted = [(topic.to_string(), partition)];
+    let outcome = state
+        .txns
+        .run(state, id, |shard, now, _| {
+            shard.add_partitions(
+                id,
+                producer,
+                &wanted,
+                !implicit,
+                if implicit { 2 } else { 0 },
+                now,
+            )
+        })
+        .await
+        .and_then(|outcome| outcome);
+    outcome.map_err(|error| match error {
+        ErrorCode::ProducerFenced => ErrorCode::InvalidProducerEpoch,
+        ErrorCode::ConcurrentTransactions
+        | ErrorCode::CoordinatorLoadInProgress
+        | ErrorCode::CoordinatorNotAvailable
+        | ErrorCode::NotCoordinator => ErrorCode::NotEnoughReplicas,
+        ErrorCode::InvalidProducerIdMapping => ErrorCode::InvalidTxnState,
+        other => other,
+    })
+}
+
 /// Step one: append every batch of the request, in order (on the connection's reader),
-/// waking the fetches waiting on each partition written.
-pub fn append(state: &BrokerState, request: ProduceRequest, version: i16) -> Appended {
+/// waking the fetches waiting on each partition written. Only a transaction's first write
+/// to a partition waits, for the transaction coordinator.
+pub async fn append(state: &BrokerState, request: ProduceRequest, version: i16) -> Appended {
     let acks = request.acks;
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
@@ -69,7 +129,7 @@ pub fn append(state: &BrokerState, request: ProduceRequest, version: i16) -> App
                 continue;
             }
             // Internal topics are written by their coordinators only, as in Kafka.
-            if name.as_deref() == Some(OFFSETS_TOPIC) {
+            if matches!(name.as_deref(), Some(OFFSETS_TOPIC | TXN_TOPIC)) {
                 partitions.push((index, Err(ErrorCode::InvalidTopicException)));
                 continue;
             }
@@ -85,11 +145,28 @@ pub fn append(state: &BrokerState, request: ProduceRequest, version: i16) -> App
                 partitions.push((index, Err(error)));
                 continue;
             };
-            // Transactional batches need the transaction coordinator (not run yet): no
-            // transaction can have added this partition.
-            if RecordBatches::new(records.clone()).any(|b| b.is_ok_and(|b| b.is_transactional())) {
-                partitions.push((index, Err(ErrorCode::InvalidTxnState)));
-                continue;
+            let transactional = RecordBatches::new(records.clone())
+                .filter_map(Result::ok)
+                .find(|b| b.is_transactional())
+                .map(|b| Producer {
+                    id: b.producer_id(),
+                    epoch: b.producer_epoch(),
+                });
+            if let Some(producer) = transactional {
+                let topic = name.as_deref().unwrap_or_default();
+                let joined = join_transaction(
+                    state,
+                    request.transactional_id.as_deref(),
+                    &log,
+                    (topic, index),
+                    producer,
+                    version,
+                )
+                .await;
+                if let Err(error) = joined {
+                    partitions.push((index, Err(error)));
+                    continue;
+                }
             }
             let outcome = match log.append(records, 0, now_ms()) {
                 Ok(info) => {

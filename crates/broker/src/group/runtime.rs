@@ -15,27 +15,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
+use spool_log::producer_state::ProducerBatch;
 use spool_log::{LogError, SharedLog};
 use spool_protocol::ErrorCode;
-use spool_protocol::compression::Compression;
-use spool_protocol::record_batch::{RecordBatchBuilder, RecordBatches};
+use spool_protocol::record_batch::ControlRecordType;
 use tokio::sync::{oneshot, watch};
 
 use super::shard::{Effects, Parked, Token};
 use super::{GroupConfig, GroupRecord, OFFSETS_TOPIC, Shard, partition_for};
+use crate::coordinator_log::{append_records, for_each_batch, plain_batch, transactional_batch};
 use crate::metadata::random_uuid;
 use crate::state::{BrokerState, lock, now_ms};
 
 /// How often time advances in the shards (session timeouts, join phases, expiry).
 pub const TICK: Duration = Duration::from_millis(100);
-
-/// Records per appended batch are cut at about this many bytes, well below the topic's
-/// `max.message.bytes`.
-const BATCH_BYTES: usize = 256 * 1024;
-
-/// The largest read while loading a partition.
-const LOAD_READ_BYTES: u64 = 4 << 20;
 
 struct Slot {
     partition: i32,
@@ -232,6 +225,47 @@ impl GroupCoordinator {
         (results, loading)
     }
 
+    /// Writes a transaction marker to partition `partition` and applies (or drops) the
+    /// producer's pending offsets there, in one critical section. Returns the log end
+    /// offset after the marker, or `None` when the partition's producer is already past
+    /// this epoch (nothing of the transaction is open there).
+    pub fn complete_transaction(
+        &self,
+        state: &BrokerState,
+        partition: i32,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: ControlRecordType,
+    ) -> Result<Option<i64>, ErrorCode> {
+        let slot = self
+            .slots
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(usize::try_from(partition).unwrap_or(usize::MAX))
+            .cloned()
+            .ok_or(ErrorCode::CoordinatorNotAvailable)?;
+        let mut inner = lock(&slot.inner);
+        let shard = inner
+            .shard
+            .as_mut()
+            .ok_or(ErrorCode::CoordinatorLoadInProgress)?;
+        let now = now_ms();
+        let appended = slot.log.with_log(|l| {
+            let info = l.append_marker(marker, producer_id, producer_epoch, 0, 0, now)?;
+            l.advance_high_watermark(info.last_offset + 1);
+            Ok::<_, LogError>(info.last_offset + 1)
+        });
+        match appended {
+            Ok(end) => {
+                shard.complete_transaction(producer_id, marker == ControlRecordType::Commit, now);
+                state.wakeups.wake(OFFSETS_TOPIC, partition);
+                Ok(Some(end))
+            }
+            Err(e) if crate::txn::runtime::is_stale_marker(&e) => Ok(None),
+            Err(e) => Err(e.error_code()),
+        }
+    }
+
     /// Advances time in every shard and releases what that produced.
     pub async fn tick(&self, state: &BrokerState) {
         let slots = self
@@ -268,9 +302,25 @@ fn dispatch(
     let Some(shard) = inner.shard.as_mut() else {
         return Err(ErrorCode::CoordinatorLoadInProgress);
     };
-    let Effects { records, completed } = shard.take_effects();
-    let appended = append(&slot.log, &records, now);
-    if appended.is_ok() && !records.is_empty() {
+    let Effects {
+        records,
+        txn_records,
+        completed,
+    } = shard.take_effects();
+    let mut appended = append(&slot.log, &records, now);
+    for txn in &txn_records {
+        if appended.is_err() {
+            break;
+        }
+        let encoded = txn
+            .records
+            .iter()
+            .map(|record| record.encode().map_err(LogError::from));
+        appended = append_records(&slot.log, encoded, now, || {
+            transactional_batch(&slot.log, txn.producer_id, txn.producer_epoch)
+        });
+    }
+    if appended.is_ok() && !(records.is_empty() && txn_records.is_empty()) {
         state.wakeups.wake(OFFSETS_TOPIC, slot.partition);
     }
     match appended {
@@ -301,39 +351,10 @@ fn dispatch(
 
 /// Appends `records` in batches; returns the log end offset after them.
 fn append(log: &SharedLog, records: &[GroupRecord], now: i64) -> Result<i64, LogError> {
-    let mut builder = RecordBatchBuilder::new(Compression::None);
-    let mut size = 0;
-    let mut end = None;
-    let mut flush = |builder: RecordBatchBuilder| -> Result<(), LogError> {
-        if builder.record_count() == 0 {
-            return Ok(());
-        }
-        let batch = builder.build().map_err(LogError::from)?;
-        let info = log.append(batch, 0, now)?;
-        // One replica: the batch is committed as soon as it is written.
-        log.with_log(|l| l.advance_high_watermark(info.last_offset + 1));
-        end = Some(info.last_offset + 1);
-        Ok(())
-    };
-    for record in records {
-        let (key, value) = record.encode().map_err(LogError::from)?;
-        size += key.len() + value.as_ref().map_or(0, Bytes::len);
-        builder
-            .append(now, Some(&key), value.as_deref(), &[])
-            .map_err(LogError::from)?;
-        if size >= BATCH_BYTES {
-            flush(std::mem::replace(
-                &mut builder,
-                RecordBatchBuilder::new(Compression::None),
-            ))?;
-            size = 0;
-        }
-    }
-    flush(builder)?;
-    Ok(match end {
-        Some(end) => end,
-        None => log.with_log(|l| l.log_end_offset()),
-    })
+    let encoded = records
+        .iter()
+        .map(|record| record.encode().map_err(LogError::from));
+    append_records(log, encoded, now, plain_batch)
 }
 
 async fn release_when_durable(state: &BrokerState, release: Release) -> Result<(), ErrorCode> {
@@ -359,54 +380,43 @@ fn load_slot(slot: &Slot, config: &GroupConfig) {
     let now = now_ms();
     let mut shard = empty_shard(config);
     let mut count = 0u64;
-    let end = slot.log.with_log(|l| l.log_end_offset());
-    let mut offset = slot.log.with_log(|l| l.log_start_offset());
-    while offset < end {
-        let read = slot.log.with_log(|l| l.read(offset, LOAD_READ_BYTES, end));
-        let read = match read {
-            Ok(read) => read,
-            Err(e) => {
-                tracing::error!(partition = slot.partition, error = %e, "cannot load group partition");
-                break;
+    let loaded = for_each_batch(&slot.log, |batch| {
+        if batch.is_control() {
+            // A transaction's marker decides its pending offsets.
+            if let Some(producer) = ProducerBatch::of(batch)
+                && let Some(marker) = producer.marker
+            {
+                shard.complete_transaction(
+                    producer.producer_id,
+                    marker == ControlRecordType::Commit,
+                    now,
+                );
             }
+            return;
+        }
+        let Ok(records) = batch.records(64 << 20) else {
+            return;
         };
-        let Some(range) = read.range else { break };
-        let bytes = match range.to_bytes() {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::error!(partition = slot.partition, error = %e, "cannot load group partition");
-                break;
-            }
-        };
-        for batch in RecordBatches::new(bytes) {
-            let Ok(batch) = batch else { break };
-            if batch.is_control() {
-                continue;
-            }
-            let Ok(records) = batch.records(64 << 20) else {
-                continue;
-            };
-            for record in records.flatten() {
-                if record.offset < offset {
-                    continue;
+        for record in records.flatten() {
+            let Some(key) = record.key else { continue };
+            match GroupRecord::decode(key, record.value) {
+                Ok(Some(record)) if batch.is_transactional() => {
+                    shard.replay_transactional(batch.producer_id(), record);
+                    count += 1;
                 }
-                let Some(key) = record.key else { continue };
-                match GroupRecord::decode(key, record.value) {
-                    Ok(Some(record)) => {
-                        shard.replay(record, now);
-                        count += 1;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(partition = slot.partition, error = %e, "skipping an unreadable group record")
-                    }
+                Ok(Some(record)) => {
+                    shard.replay(record, now);
+                    count += 1;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(partition = slot.partition, error = %e, "skipping an unreadable group record")
                 }
             }
         }
-        if read.next_offset <= offset {
-            break;
-        }
-        offset = read.next_offset;
+    });
+    if let Err(e) = loaded {
+        tracing::error!(partition = slot.partition, error = %e, "cannot load group partition");
     }
     tracing::debug!(
         partition = slot.partition,
@@ -453,13 +463,22 @@ pub fn offsets_logs(state: &BrokerState) -> Vec<Arc<SharedLog>> {
         .collect()
 }
 
-/// Advances time in the coordinator every [`TICK`] until shutdown.
+/// Advances time in the coordinators until shutdown: the group coordinator every
+/// [`TICK`], the transaction coordinator every
+/// `transaction.abort.timed.out.transaction.cleanup.interval.ms` (and at once, so that
+/// transactions a crash left half-ended finish).
 pub async fn run_timers(state: Arc<BrokerState>, mut stopped: watch::Receiver<bool>) {
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let txn_interval = u64::try_from(state.txns.config().abort_timed_out_interval_ms)
+        .unwrap_or(10_000)
+        .max(1);
+    let mut txn_ticks = tokio::time::interval(Duration::from_millis(txn_interval));
+    txn_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticks.tick() => state.groups.tick(&state).await,
+            _ = txn_ticks.tick() => state.txns.tick(&state).await,
             _ = stopped.changed() => return,
         }
     }

@@ -36,6 +36,8 @@ use spool_protocol::messages::{
 };
 use spool_protocol::{ErrorCode, Message, Uuid};
 
+mod txn_offsets;
+
 use super::consumer::{self, ConsumerGroup, TopicSource};
 use super::{GroupConfig, GroupRecord};
 
@@ -57,8 +59,21 @@ pub enum Parked {
 #[derive(Debug, Default)]
 pub struct Effects {
     pub records: Vec<GroupRecord>,
+    /// Records to write in a producer's transactional batch (TxnOffsetCommit).
+    pub txn_records: Vec<TxnRecords>,
     pub completed: Vec<(Token, Parked)>,
 }
+
+/// Offset records a transactional producer committed, written in its batch.
+#[derive(Debug)]
+pub struct TxnRecords {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub records: Vec<GroupRecord>,
+}
+
+/// Offsets committed in open transactions, by producer: (group, topic, partition).
+type PendingOffsets = BTreeMap<(String, String, i32), Committed>;
 
 /// Who sent a request: the client ID from its header and the address it came from.
 #[derive(Debug, Clone, Default)]
@@ -398,6 +413,8 @@ pub struct Shard {
     new_uuid: Box<dyn FnMut() -> Uuid + Send>,
     effects: Effects,
     next_offset_check: i64,
+    /// Offsets of open transactions, by producer ID.
+    pending_txn: HashMap<i64, PendingOffsets>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -417,6 +434,7 @@ impl Shard {
             new_uuid,
             effects: Effects::default(),
             next_offset_check: i64::MIN,
+            pending_txn: HashMap::new(),
         }
     }
 

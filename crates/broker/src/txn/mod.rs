@@ -55,5 +55,19 @@ pub fn partition_for(transactional_id: &str, partitions: i32) -> i32 {
     crate::group::partition_for(transactional_id, partitions)
 }
 
+/// The error an older client understands: PRODUCER_FENCED (KIP-588) is answered as
+/// INVALID_PRODUCER_EPOCH to requests older than `fenced_since`, as Kafka does.
+pub fn for_version(
+    error: spool_protocol::ErrorCode,
+    version: i16,
+    fenced_since: i16,
+) -> spool_protocol::ErrorCode {
+    if error == spool_protocol::ErrorCode::ProducerFenced && version < fenced_since {
+        spool_protocol::ErrorCode::InvalidProducerEpoch
+    } else {
+        error
+    }
+}
+
 #[cfg(test)]
 mod shard_tests;

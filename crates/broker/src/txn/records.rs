@@ -58,7 +58,10 @@ impl TxnRecord {
                     });
                 }
                 let version = value.get_i16();
-                Some(TransactionLogValue::decode(&mut value, version.clamp(0, 1))?)
+                Some(TransactionLogValue::decode(
+                    &mut value,
+                    version.clamp(0, 1),
+                )?)
             }
             None => None,
         };

@@ -1,2 +1,372 @@
-//! Placeholder replaced below.
-pub struct TxnCoordinator;
+//! Runs the transaction shards against `__transaction_state`, as the group runtime runs
+//! the group shards: a step runs with its shard locked, the records it produced are
+//! appended in the same critical section, and its result is released once the log is
+//! durable up to the end of what was appended.
+//!
+//! Ending a transaction takes three durable steps: the decision (PrepareCommit or
+//! PrepareAbort), a marker in every partition of the transaction, then the completion.
+//! [`TxnCoordinator::finish`] runs the last two; EndTxn waits for all three, so a producer
+//! told its commit succeeded can rely on read_committed readers seeing it. A crash
+//! between them leaves the decision in the log: the load hands the transaction out again
+//! and the markers are written then.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use spool_log::{LogError, SharedLog};
+use spool_protocol::ErrorCode;
+use spool_protocol::record_batch::ControlRecordType;
+
+use super::records::TxnRecord;
+use super::shard::{MarkerJob, TxnShard};
+use super::{TXN_TOPIC, TxnConfig, partition_for};
+use crate::coordinator_log::{append_records, for_each_batch, plain_batch};
+use crate::group::OFFSETS_TOPIC;
+use crate::state::{BrokerState, lock, now_ms};
+
+struct Slot {
+    partition: i32,
+    log: Arc<SharedLog>,
+    /// `None` while the partition loads.
+    shard: Mutex<Option<TxnShard>>,
+}
+
+pub struct TxnCoordinator {
+    config: TxnConfig,
+    /// Held while `__transaction_state` is created.
+    creating: Mutex<()>,
+    slots: RwLock<Vec<Arc<Slot>>>,
+}
+
+impl TxnCoordinator {
+    pub fn new(config: TxnConfig) -> TxnCoordinator {
+        TxnCoordinator {
+            config,
+            creating: Mutex::new(()),
+            slots: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub fn config(&self) -> &TxnConfig {
+        &self.config
+    }
+
+    /// The partition of `__transaction_state` that coordinates `transactional_id`.
+    pub fn partition_for(&self, transactional_id: &str) -> i32 {
+        partition_for(transactional_id, self.config.topic_partitions)
+    }
+
+    fn slots(&self) -> Vec<Arc<Slot>> {
+        self.slots
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn is_attached(&self) -> bool {
+        !self.slots().is_empty()
+    }
+
+    /// Serves the partitions `logs` (index = partition), reading each back first.
+    pub fn attach(&self, logs: Vec<Arc<SharedLog>>) {
+        let mut slots = self
+            .slots
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !slots.is_empty() {
+            return;
+        }
+        *slots = logs
+            .into_iter()
+            .enumerate()
+            .map(|(i, log)| {
+                Arc::new(Slot {
+                    partition: i32::try_from(i).unwrap_or(i32::MAX),
+                    log,
+                    shard: Mutex::new(None),
+                })
+            })
+            .collect();
+        for slot in slots.iter() {
+            load_slot(slot, &self.config);
+        }
+    }
+
+    /// Drops the shards and their logs (at shutdown, so the logs can close).
+    pub fn detach(&self) {
+        self.slots
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+    }
+
+    fn slot(&self, transactional_id: &str) -> Result<Arc<Slot>, ErrorCode> {
+        let index = usize::try_from(self.partition_for(transactional_id)).unwrap_or(0);
+        self.slots
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(index)
+            .cloned()
+            .ok_or(ErrorCode::CoordinatorNotAvailable)
+    }
+
+    /// Runs `step` on the shard of `transactional_id` and returns its result once what it
+    /// wrote (and everything before) is durable. `step` gets the time and a producer ID
+    /// allocator.
+    pub async fn run<R>(
+        &self,
+        state: &BrokerState,
+        transactional_id: &str,
+        step: impl FnOnce(&mut TxnShard, i64, &mut dyn FnMut() -> Result<i64, ErrorCode>) -> R,
+    ) -> Result<R, ErrorCode> {
+        let slot = self.slot(transactional_id)?;
+        let (result, end) = {
+            let mut guard = lock(&slot.shard);
+            let shard = guard.as_mut().ok_or(ErrorCode::CoordinatorLoadInProgress)?;
+            let now = now_ms();
+            let mut allocate = || {
+                state.allocate_producer_id().map_err(|e| {
+                    tracing::warn!(error = %e, "no producer ID could be recorded");
+                    ErrorCode::UnknownServerError
+                })
+            };
+            let result = step(shard, now, &mut allocate);
+            let records = shard.take_records();
+            match append(&slot.log, &records, now) {
+                Ok(end) => (result, end),
+                Err(e) => {
+                    tracing::error!(partition = slot.partition, error = %e, "transaction coordinator append failed; reloading the partition");
+                    *guard = None;
+                    drop(guard);
+                    load_slot(&slot, &self.config);
+                    return Err(ErrorCode::CoordinatorNotAvailable);
+                }
+            }
+        };
+        state.flusher.wait_durable(&slot.log, end).await?;
+        Ok(result)
+    }
+
+    /// Writes the markers of `job` to its partitions, durably, then completes the
+    /// transaction. Returns the producer ID and epoch the client continues with. On
+    /// failure the job is handed out again by a later tick.
+    pub async fn finish(
+        &self,
+        state: &BrokerState,
+        job: MarkerJob,
+    ) -> Result<super::shard::Producer, ErrorCode> {
+        if let Err(error) = write_markers(state, &job).await {
+            tracing::warn!(transactional_id = %job.transactional_id, ?error, "transaction markers not written; retrying later");
+            let _ = self
+                .run(state, &job.transactional_id, |shard, _, _| {
+                    shard.retry_later(&job)
+                })
+                .await;
+            return Err(error);
+        }
+        self.run(state, &job.transactional_id, |shard, now, _| {
+            shard.complete(&job, now)
+        })
+        .await?
+        .ok_or(ErrorCode::ConcurrentTransactions)
+    }
+
+    /// Reads every loaded shard: `f` per shard, in partition order. Shards still loading
+    /// are reported through the flag.
+    pub fn read_all<R>(&self, mut f: impl FnMut(&TxnShard) -> R) -> (Vec<R>, bool) {
+        let mut results = Vec::new();
+        let mut loading = false;
+        for slot in self.slots() {
+            match lock(&slot.shard).as_ref() {
+                Some(shard) => results.push(f(shard)),
+                None => loading = true,
+            }
+        }
+        (results, loading)
+    }
+
+    /// Reads the shard of `transactional_id`.
+    pub fn read<R>(
+        &self,
+        transactional_id: &str,
+        f: impl FnOnce(&TxnShard) -> R,
+    ) -> Result<R, ErrorCode> {
+        let slot = self.slot(transactional_id)?;
+        let guard = lock(&slot.shard);
+        let shard = guard.as_ref().ok_or(ErrorCode::CoordinatorLoadInProgress)?;
+        Ok(f(shard))
+    }
+
+    /// Advances time in every shard: aborts timed-out transactions, resumes the ones a
+    /// crash left half-ended, removes expired IDs. Marker jobs run on their own tasks.
+    pub async fn tick(&self, state: &Arc<BrokerState>) {
+        for slot in self.slots() {
+            let jobs = {
+                let mut guard = lock(&slot.shard);
+                let Some(shard) = guard.as_mut() else {
+                    continue;
+                };
+                let now = now_ms();
+                let mut allocate = || {
+                    state
+                        .allocate_producer_id()
+                        .map_err(|_| ErrorCode::UnknownServerError)
+                };
+                let jobs = shard.tick(now, &mut allocate);
+                let records = shard.take_records();
+                match append(&slot.log, &records, now) {
+                    Ok(end) => (jobs, end),
+                    Err(e) => {
+                        tracing::error!(partition = slot.partition, error = %e, "transaction coordinator append failed; reloading the partition");
+                        *guard = None;
+                        drop(guard);
+                        load_slot(&slot, &self.config);
+                        continue;
+                    }
+                }
+            };
+            let (jobs, end) = jobs;
+            if state.flusher.wait_durable(&slot.log, end).await.is_err() {
+                continue;
+            }
+            for job in jobs {
+                let state = Arc::clone(state);
+                tokio::spawn(async move {
+                    let _ = state.txns.finish(&state, job).await;
+                });
+            }
+        }
+    }
+}
+
+/// Writes a marker for the job's producer in each of its partitions and waits until all
+/// are durable. A partition that no longer exists is skipped; one whose producer already
+/// moved past this epoch has nothing left to end.
+async fn write_markers(state: &BrokerState, job: &MarkerJob) -> Result<(), ErrorCode> {
+    let marker = if job.commit {
+        ControlRecordType::Commit
+    } else {
+        ControlRecordType::Abort
+    };
+    let mut written = Vec::with_capacity(job.partitions.len());
+    for (topic, partition) in &job.partitions {
+        let Some(log) = state.partition(topic, *partition) else {
+            continue;
+        };
+        let end = if topic == OFFSETS_TOPIC {
+            state.groups.complete_transaction(
+                state,
+                *partition,
+                job.producer_id,
+                job.producer_epoch,
+                marker,
+            )?
+        } else {
+            let appended = log.with_log(|l| {
+                let info = l.append_marker(
+                    marker,
+                    job.producer_id,
+                    job.producer_epoch,
+                    0,
+                    0,
+                    now_ms(),
+                )?;
+                l.advance_high_watermark(info.last_offset + 1);
+                Ok::<_, LogError>(info.last_offset + 1)
+            });
+            match appended {
+                Ok(end) => {
+                    state.wakeups.wake(topic, *partition);
+                    Some(end)
+                }
+                Err(e) if is_stale_marker(&e) => None,
+                Err(e) => return Err(e.error_code()),
+            }
+        };
+        if let Some(end) = end {
+            written.push((log, end));
+        }
+    }
+    for (log, end) in written {
+        state.flusher.wait_durable(&log, end).await?;
+    }
+    Ok(())
+}
+
+/// A marker the partition refused because its producer is already at a newer epoch: the
+/// transaction it would end is not open there.
+pub fn is_stale_marker(error: &LogError) -> bool {
+    matches!(
+        error.error_code(),
+        ErrorCode::InvalidProducerEpoch | ErrorCode::TransactionCoordinatorFenced
+    )
+}
+
+fn append(log: &SharedLog, records: &[TxnRecord], now: i64) -> Result<i64, LogError> {
+    let encoded = records
+        .iter()
+        .map(|record| record.encode().map_err(LogError::from));
+    append_records(log, encoded, now, plain_batch)
+}
+
+/// Reads a partition back into a fresh shard and serves it.
+fn load_slot(slot: &Slot, config: &TxnConfig) {
+    let mut shard = TxnShard::new(config.clone());
+    let loaded = for_each_batch(&slot.log, |batch| {
+        if batch.is_control() {
+            return;
+        }
+        let Ok(records) = batch.records(64 << 20) else {
+            return;
+        };
+        for record in records.flatten() {
+            let Some(key) = record.key else { continue };
+            match TxnRecord::decode(key, record.value) {
+                Ok(Some(record)) => shard.replay(record),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(partition = slot.partition, error = %e, "skipping an unreadable transaction record")
+                }
+            }
+        }
+    });
+    if let Err(e) = loaded {
+        tracing::error!(partition = slot.partition, error = %e, "cannot load transaction partition");
+    }
+    *lock(&slot.shard) = Some(shard);
+}
+
+/// Creates `__transaction_state` (compacted, `transaction.state.log.num.partitions`
+/// partitions) if it does not exist, and serves its shards. Blocking.
+pub fn ensure_txn_topic(state: &BrokerState) -> Result<(), crate::BrokerError> {
+    if state.txns.is_attached() {
+        return Ok(());
+    }
+    let _creating = lock(&state.txns.creating);
+    if state.txns.is_attached() {
+        return Ok(());
+    }
+    let config = state.txns.config();
+    let configs = BTreeMap::from([
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        (
+            "segment.bytes".to_string(),
+            config.topic_segment_bytes.to_string(),
+        ),
+    ]);
+    state.create_topic(TXN_TOPIC, config.topic_partitions, &configs)?;
+    state.txns.attach(txn_logs(state));
+    Ok(())
+}
+
+/// The partition logs of `__transaction_state`, in partition order.
+pub fn txn_logs(state: &BrokerState) -> Vec<Arc<SharedLog>> {
+    let count = state.with_image(|image| {
+        image
+            .topic(TXN_TOPIC)
+            .map_or(0, |t| t.partitions.len() as i32)
+    });
+    (0..count)
+        .filter_map(|i| state.partition(TXN_TOPIC, i))
+        .collect()
+}

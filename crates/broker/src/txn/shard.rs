@@ -174,7 +174,10 @@ pub struct MarkerJob {
 /// What InitProducerId decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InitOutcome {
-    Ready { producer_id: i64, producer_epoch: i16 },
+    Ready {
+        producer_id: i64,
+        producer_epoch: i16,
+    },
     /// An ongoing transaction was fenced and is being aborted: write these markers,
     /// complete it, and ask again.
     AbortFirst(MarkerJob),
@@ -185,7 +188,10 @@ pub enum InitOutcome {
 pub enum EndOutcome {
     /// Nothing to write (a retry of a completed end, or an empty transaction): the
     /// producer ID and epoch to continue with.
-    Done { producer_id: i64, producer_epoch: i16 },
+    Done {
+        producer_id: i64,
+        producer_epoch: i16,
+    },
     /// Write these markers, complete the transaction, then answer with its ID and epoch.
     Markers(MarkerJob),
 }

@@ -229,7 +229,12 @@ fn version_2_bumps_the_epoch_per_transaction_so_a_late_end_cannot_touch_the_next
     );
     assert_eq!(state(&shard, "t"), TxnState::Ongoing);
     assert_eq!(
-        shard.get("t").unwrap().partitions.iter().collect::<Vec<_>>(),
+        shard
+            .get("t")
+            .unwrap()
+            .partitions
+            .iter()
+            .collect::<Vec<_>>(),
         vec![&tp("b", 0)]
     );
     // An abort with nothing open still moves the epoch on.
@@ -276,7 +281,10 @@ fn epoch_overflow_moves_to_a_new_producer_id() {
     // The retry from before the switch is recognised.
     assert!(matches!(
         end(&mut shard, &mut ids, "t", next, true, true, 7),
-        Ok(EndOutcome::Done { producer_epoch: 0, .. })
+        Ok(EndOutcome::Done {
+            producer_epoch: 0,
+            ..
+        })
     ));
 }
 
@@ -338,11 +346,17 @@ fn replaying_the_records_rebuilds_the_state_and_resumes_half_ended_transactions(
     for record in records {
         reloaded.replay(record);
     }
-    assert_eq!(reloaded.get("t"), shard.get("t").map(|m| {
-        let mut m = m.clone();
-        m.last_producer_epoch = 0;
-        m
-    }).as_ref());
+    assert_eq!(
+        reloaded.get("t"),
+        shard
+            .get("t")
+            .map(|m| {
+                let mut m = m.clone();
+                m.last_producer_epoch = 0;
+                m
+            })
+            .as_ref()
+    );
     assert_eq!(reloaded.get("u"), shard.get("u"));
     // The commit whose markers were never confirmed is handed out again at once.
     let jobs = reloaded.tick(3, &mut || ids.next());

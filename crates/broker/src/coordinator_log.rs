@@ -1,0 +1,111 @@
+//! What the coordinators share about their internal topics' partitions: appending their
+//! records in batches, and reading a partition back at load.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use spool_log::{LogError, SharedLog};
+use spool_protocol::compression::Compression;
+use spool_protocol::record_batch::{RecordBatch, RecordBatchBuilder, RecordBatches};
+
+/// Records per appended batch are cut at about this many bytes, well below the topics'
+/// `max.message.bytes`.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// The largest read while loading a partition.
+const LOAD_READ_BYTES: u64 = 4 << 20;
+
+/// Appends (key, value) records in batches built by `batch` (called for each batch, after
+/// the previous one is appended); returns the log end offset after them.
+pub fn append_records(
+    log: &SharedLog,
+    records: impl IntoIterator<Item = Result<(Bytes, Option<Bytes>), LogError>>,
+    now: i64,
+    batch: impl Fn() -> RecordBatchBuilder,
+) -> Result<i64, LogError> {
+    let mut builder = batch();
+    let mut size = 0;
+    let mut end = None;
+    let mut flush = |builder: RecordBatchBuilder| -> Result<(), LogError> {
+        if builder.record_count() == 0 {
+            return Ok(());
+        }
+        let info = log.append(builder.build()?, 0, now)?;
+        // One replica: the batch is committed as soon as it is written.
+        log.with_log(|l| l.advance_high_watermark(info.last_offset + 1));
+        end = Some(info.last_offset + 1);
+        Ok(())
+    };
+    for record in records {
+        let (key, value) = record?;
+        size += key.len() + value.as_ref().map_or(0, Bytes::len);
+        builder.append(now, Some(&key), value.as_deref(), &[])?;
+        if size >= BATCH_BYTES {
+            // The next batch is made only once this one is in the log (a producer's
+            // batch takes its sequence from what the log holds).
+            flush(std::mem::replace(&mut builder, plain_batch()))?;
+            builder = batch();
+            size = 0;
+        }
+    }
+    flush(builder)?;
+    Ok(match end {
+        Some(end) => end,
+        None => log.with_log(|l| l.log_end_offset()),
+    })
+}
+
+/// The plain batch builder the coordinators write their records with.
+pub fn plain_batch() -> RecordBatchBuilder {
+    RecordBatchBuilder::new(Compression::None)
+}
+
+/// A transactional batch of `producer_id` at `producer_epoch`, its sequence following the
+/// producer's last batch in `log` (0 in a new epoch).
+pub fn transactional_batch(
+    log: &SharedLog,
+    producer_id: i64,
+    producer_epoch: i16,
+) -> RecordBatchBuilder {
+    let sequence = log.with_log(|l| {
+        l.producer_state()
+            .entry(producer_id)
+            .filter(|e| e.epoch == producer_epoch)
+            .and_then(|e| e.batches.back())
+            .map_or(0, |b| {
+                if b.last_seq == i32::MAX {
+                    0
+                } else {
+                    b.last_seq + 1
+                }
+            })
+    });
+    plain_batch()
+        .producer(producer_id, producer_epoch, sequence)
+        .transactional(true)
+}
+
+/// Hands every batch of the partition to `visit`, in order, from the log start to the
+/// log end as it was when the load began. Returns early on a read error.
+pub fn for_each_batch(
+    log: &Arc<SharedLog>,
+    mut visit: impl FnMut(&RecordBatch),
+) -> Result<(), LogError> {
+    let end = log.with_log(|l| l.log_end_offset());
+    let mut offset = log.with_log(|l| l.log_start_offset());
+    while offset < end {
+        let read = log.with_log(|l| l.read(offset, LOAD_READ_BYTES, end))?;
+        let Some(range) = read.range else { break };
+        for batch in RecordBatches::new(range.to_bytes()?) {
+            let Ok(batch) = batch else { break };
+            if batch.last_offset() >= offset {
+                visit(&batch);
+            }
+        }
+        if read.next_offset <= offset {
+            break;
+        }
+        offset = read.next_offset;
+    }
+    Ok(())
+}

@@ -27,7 +27,9 @@ pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
+pub mod describe_producers;
 pub mod describe_topic_partitions;
+pub mod describe_transactions;
 pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
@@ -38,6 +40,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_transactions;
 pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
@@ -46,6 +49,7 @@ pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sync_group;
 pub mod txn_offset_commit;
+pub mod write_txn_markers;
 
 /// The APIs this broker serves (and advertises).
 pub const IMPLEMENTED: &[ApiKey] = &[
@@ -83,6 +87,10 @@ pub const IMPLEMENTED: &[ApiKey] = &[
     ApiKey::AddOffsetsToTxn,
     ApiKey::EndTxn,
     ApiKey::TxnOffsetCommit,
+    ApiKey::WriteTxnMarkers,
+    ApiKey::DescribeProducers,
+    ApiKey::DescribeTransactions,
+    ApiKey::ListTransactions,
 ];
 
 /// What a handler may need to know about the connection a request came in on.
@@ -254,6 +262,18 @@ pub async fn handle(
         }
         RequestBody::TxnOffsetCommit(request) => {
             ResponseBody::TxnOffsetCommit(txn_offset_commit::handle(state, request, version).await)
+        }
+        RequestBody::WriteTxnMarkers(request) => {
+            ResponseBody::WriteTxnMarkers(write_txn_markers::handle(state, request, version).await)
+        }
+        RequestBody::DescribeProducers(request) => {
+            ResponseBody::DescribeProducers(describe_producers::handle(state, request, version))
+        }
+        RequestBody::DescribeTransactions(request) => ResponseBody::DescribeTransactions(
+            describe_transactions::handle(state, request, version),
+        ),
+        RequestBody::ListTransactions(request) => {
+            ResponseBody::ListTransactions(list_transactions::handle(state, request, version))
         }
         other => {
             tracing::debug!(

@@ -233,9 +233,9 @@ impl GroupCoordinator {
         &self,
         state: &BrokerState,
         partition: i32,
-        producer_id: i64,
-        producer_epoch: i16,
+        (producer_id, producer_epoch): (i64, i16),
         marker: ControlRecordType,
+        coordinator_epoch: i32,
     ) -> Result<Option<i64>, ErrorCode> {
         let slot = self
             .slots
@@ -251,7 +251,14 @@ impl GroupCoordinator {
             .ok_or(ErrorCode::CoordinatorLoadInProgress)?;
         let now = now_ms();
         let appended = slot.log.with_log(|l| {
-            let info = l.append_marker(marker, producer_id, producer_epoch, 0, 0, now)?;
+            let info = l.append_marker(
+                marker,
+                producer_id,
+                producer_epoch,
+                coordinator_epoch,
+                0,
+                now,
+            )?;
             l.advance_high_watermark(info.last_offset + 1);
             Ok::<_, LogError>(info.last_offset + 1)
         });

@@ -250,47 +250,62 @@ async fn write_markers(state: &BrokerState, job: &MarkerJob) -> Result<(), Error
     };
     let mut written = Vec::with_capacity(job.partitions.len());
     for (topic, partition) in &job.partitions {
-        let Some(log) = state.partition(topic, *partition) else {
-            continue;
-        };
-        let end = if topic == OFFSETS_TOPIC {
-            state.groups.complete_transaction(
-                state,
-                *partition,
-                job.producer_id,
-                job.producer_epoch,
-                marker,
-            )?
-        } else {
-            let appended = log.with_log(|l| {
-                let info = l.append_marker(
-                    marker,
-                    job.producer_id,
-                    job.producer_epoch,
-                    0,
-                    0,
-                    now_ms(),
-                )?;
-                l.advance_high_watermark(info.last_offset + 1);
-                Ok::<_, LogError>(info.last_offset + 1)
-            });
-            match appended {
-                Ok(end) => {
-                    state.wakeups.wake(topic, *partition);
-                    Some(end)
-                }
-                Err(e) if is_stale_marker(&e) => None,
-                Err(e) => return Err(e.error_code()),
-            }
-        };
-        if let Some(end) = end {
-            written.push((log, end));
+        let producer = (job.producer_id, job.producer_epoch);
+        if let Some(end) = write_marker(state, topic, *partition, producer, marker, 0)? {
+            written.push(end);
         }
     }
     for (log, end) in written {
         state.flusher.wait_durable(&log, end).await?;
     }
     Ok(())
+}
+
+/// Appends one transaction marker for `(producer ID, epoch)` to a partition (through the
+/// group coordinator for `__consumer_offsets`, whose pending offsets it decides) and
+/// wakes its readers. Returns the partition's log and the offset after the marker; `None`
+/// when there is nothing to end there.
+pub fn write_marker(
+    state: &BrokerState,
+    topic: &str,
+    partition: i32,
+    (producer_id, producer_epoch): (i64, i16),
+    marker: ControlRecordType,
+    coordinator_epoch: i32,
+) -> Result<Option<(Arc<SharedLog>, i64)>, ErrorCode> {
+    let Some(log) = state.partition(topic, partition) else {
+        return Ok(None);
+    };
+    if topic == OFFSETS_TOPIC {
+        let end = state.groups.complete_transaction(
+            state,
+            partition,
+            (producer_id, producer_epoch),
+            marker,
+            coordinator_epoch,
+        )?;
+        return Ok(end.map(|end| (log, end)));
+    }
+    let appended = log.with_log(|l| {
+        let info = l.append_marker(
+            marker,
+            producer_id,
+            producer_epoch,
+            coordinator_epoch,
+            0,
+            now_ms(),
+        )?;
+        l.advance_high_watermark(info.last_offset + 1);
+        Ok::<_, LogError>(info.last_offset + 1)
+    });
+    match appended {
+        Ok(end) => {
+            state.wakeups.wake(topic, partition);
+            Ok(Some((log, end)))
+        }
+        Err(e) if is_stale_marker(&e) => Ok(None),
+        Err(e) => Err(e.error_code()),
+    }
 }
 
 /// A marker the partition refused because its producer is already at a newer epoch: the

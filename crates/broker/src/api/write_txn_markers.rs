@@ -1,0 +1,79 @@
+//! WriteTxnMarkers (version 1): the request a transaction coordinator sends partition
+//! leaders to end a transaction. This broker's own coordinator writes its markers
+//! directly; the API is served for tools and for coordinators elsewhere. Each marker is
+//! durable before the answer; a partition that does not exist is
+//! UNKNOWN_TOPIC_OR_PARTITION, a marker older than the partition's producer epoch
+//! INVALID_PRODUCER_EPOCH.
+
+use std::sync::Arc;
+
+use spool_protocol::ErrorCode;
+use spool_protocol::messages::write_txn_markers_response::{
+    WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+};
+use spool_protocol::messages::{WriteTxnMarkersRequest, WriteTxnMarkersResponse};
+use spool_protocol::record_batch::ControlRecordType;
+
+use crate::state::BrokerState;
+use crate::txn::runtime::write_marker;
+
+pub async fn handle(
+    state: &Arc<BrokerState>,
+    request: WriteTxnMarkersRequest,
+    _version: i16,
+) -> WriteTxnMarkersResponse {
+    let mut markers = Vec::with_capacity(request.markers.len());
+    for marker in &request.markers {
+        let kind = if marker.transaction_result {
+            ControlRecordType::Commit
+        } else {
+            ControlRecordType::Abort
+        };
+        let producer = (marker.producer_id, marker.producer_epoch);
+        let mut topics = Vec::with_capacity(marker.topics.len());
+        for topic in &marker.topics {
+            let mut partitions = Vec::with_capacity(topic.partition_indexes.len());
+            for &partition in &topic.partition_indexes {
+                let error = if state.partition(&topic.name, partition).is_none() {
+                    ErrorCode::UnknownTopicOrPartition
+                } else {
+                    let written = write_marker(
+                        state,
+                        &topic.name,
+                        partition,
+                        producer,
+                        kind,
+                        marker.coordinator_epoch,
+                    );
+                    match written {
+                        Ok(Some((log, end))) => match state.flusher.wait_durable(&log, end).await {
+                            Ok(()) => ErrorCode::None,
+                            Err(error) => error,
+                        },
+                        Ok(None) => ErrorCode::InvalidProducerEpoch,
+                        Err(error) => error,
+                    }
+                };
+                partitions.push(WritableTxnMarkerPartitionResult {
+                    partition_index: partition,
+                    error_code: error.code(),
+                    ..Default::default()
+                });
+            }
+            topics.push(WritableTxnMarkerTopicResult {
+                name: topic.name.clone(),
+                partitions,
+                ..Default::default()
+            });
+        }
+        markers.push(WritableTxnMarkerResult {
+            producer_id: marker.producer_id,
+            topics,
+            ..Default::default()
+        });
+    }
+    WriteTxnMarkersResponse {
+        markers,
+        ..Default::default()
+    }
+}

@@ -2,6 +2,7 @@
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -49,6 +50,14 @@ class Broker:
         """A graceful stop and a start on the same data directory (a new port)."""
         self.stop()
         self.start()
+
+
+def free_port():
+    """A port nothing listens on now, for a broker that must come back on the same port
+    after a restart (so that running clients reconnect to it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import Broker
+from conftest import Broker, free_port
 
 MEMBER = os.path.join(os.path.dirname(__file__), "group_member.py")
 
@@ -278,10 +277,7 @@ def test_admin_clients_list_describe_and_delete_groups_and_offsets(group_broker)
 def fixed_port_broker():
     """A broker that comes back on the same port after a restart, so running clients
     reconnect to it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    b = Broker(f"listeners=PLAINTEXT://127.0.0.1:{port}", "group.initial.rebalance.delay.ms=0", *CONSUMER_GROUPS)
+    b = Broker(f"listeners=PLAINTEXT://127.0.0.1:{free_port()}", "group.initial.rebalance.delay.ms=0", *CONSUMER_GROUPS)
     yield b
     b.stop()
     shutil.rmtree(b.data_dir, ignore_errors=True)

@@ -2,7 +2,12 @@
 read_uncommitted consumers, consume-transform-produce with offsets in the transaction,
 zombie fencing, and transactions a timeout aborts."""
 import asyncio
+import os
+import random
 import shutil
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -10,7 +15,28 @@ from confluent_kafka import (Consumer, KafkaError, KafkaException, Producer,
                              TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import Broker
+from conftest import Broker, free_port
+
+WORKER = os.path.join(os.path.dirname(__file__), "txn_worker.py")
+
+
+# Timed-out transactions are looked for every second instead of every ten.
+TXN_SETTINGS = ("num.partitions=3", "group.initial.rebalance.delay.ms=0",
+                "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000")
+
+
+@pytest.fixture
+def restartable_broker():
+    b = Broker(f"listeners=PLAINTEXT://127.0.0.1:{free_port()}", *TXN_SETTINGS)
+    yield b
+    b.stop()
+    shutil.rmtree(b.data_dir, ignore_errors=True)
+
+
+def kill_and_restart(broker):
+    broker.process.send_signal(signal.SIGKILL)
+    broker.process.wait(timeout=10)
+    broker.start()
 
 
 @pytest.fixture
@@ -230,3 +256,88 @@ def test_a_transaction_left_open_is_aborted_by_its_timeout(txn_broker):
     while time.time() < deadline and seen[0] != ["after"]:
         seen = consume_all(txn_broker, topic, "read_committed", partitions=1, idle=1.0, expect=1)
     assert seen == {0: ["after"]}
+
+
+def test_broker_killed_mid_transaction_never_exposes_aborted_records(restartable_broker):
+    """A producer runs transactions while the broker is SIGKILLed ten times at random
+    moments. Afterwards read_committed shows every confirmed commit whole, no confirmed
+    abort, and each transaction whole or not at all; the transactions the kills left open
+    are ended by the broker alone (a later commit becomes visible, so nothing holds the
+    last stable offset)."""
+    broker = restartable_broker
+    create_topic(broker, "chaos")
+    stop_file = os.path.join(broker.data_dir, "..", f"stop-{os.getpid()}-{time.time()}")
+    worker = subprocess.Popen([sys.executable, WORKER, "chaos", broker.address, "chaos", stop_file],
+                              stdout=subprocess.PIPE, text=True)
+    rng = random.Random(int(os.environ.get("SPOOL_TEST_SEED", time.time())))
+    try:
+        for _ in range(10):
+            time.sleep(rng.uniform(0.3, 1.5))
+            kill_and_restart(broker)
+        time.sleep(2)
+    finally:
+        open(stop_file, "w").close()
+        out, _ = worker.communicate(timeout=90)
+        os.remove(stop_file)
+    outcomes = {}
+    for line in out.splitlines():
+        word, n = line.split()[:2]
+        outcomes[int(n)] = word
+    committed = {n for n, w in outcomes.items() if w == "committed"}
+    aborted = {n for n, w in outcomes.items() if w == "aborted"}
+    assert len(committed) >= 10, f"too little progress: {outcomes}"
+
+    final = Producer({"bootstrap.servers": broker.address, "transactional.id": "after-the-storm"})
+    final.init_transactions(30)
+    final.begin_transaction()
+    for p in range(3):
+        final.produce("chaos", value=f"final:{p}".encode(), partition=p)
+    final.commit_transaction(30)
+
+    deadline = time.time() + 60
+    while True:
+        seen = consume_all(broker, "chaos", "read_committed", idle=1.0)
+        if all(values and values[-1] == f"final:{p}" for p, values in seen.items()):
+            break
+        assert time.time() < deadline, "the last stable offset never passed the open transactions"
+    visible = {}
+    for p, values in seen.items():
+        numbers = [int(v.split(":")[0]) for v in values[:-1]]
+        assert numbers == sorted(numbers), f"partition {p} out of order"
+        for v in values[:-1]:
+            n, i = map(int, v.split(":"))
+            visible.setdefault(n, []).append(i)
+    assert not (aborted & visible.keys()), "an aborted transaction is visible"
+    assert committed <= visible.keys(), f"committed but missing: {sorted(committed - visible.keys())}"
+    for n, records in visible.items():
+        assert sorted(records) == list(range(6)), f"transaction {n} is not whole: {records}"
+
+
+def test_consume_transform_produce_survives_a_killed_copier(txn_broker):
+    """100k numbered messages copied from input to output by a transactional copier that
+    is SIGKILLed and restarted four times: the output equals the input exactly once, in
+    order per partition."""
+    total = 100_000
+    create_topic(txn_broker, "ledger-in")
+    create_topic(txn_broker, "ledger-out")
+    source = Producer({"bootstrap.servers": txn_broker.address, "enable.idempotence": True,
+                       "linger.ms": 20})
+    for i in range(total):
+        source.produce("ledger-in", value=str(i).encode(), partition=i % 3)
+        if i % 10_000 == 0:
+            source.poll(0)
+    source.flush(60)
+    rng = random.Random(int(os.environ.get("SPOOL_TEST_SEED", time.time())))
+    args = [sys.executable, WORKER, "copy", txn_broker.address, "ledger-in", "ledger-out", "ledger"]
+    for _ in range(4):
+        copier = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(1.0, 3.0))
+        copier.send_signal(signal.SIGKILL)
+        copier.communicate(timeout=30)
+    last = subprocess.run(args, stdout=subprocess.PIPE, text=True, timeout=300)
+    assert last.returncode == 0
+    expected = {p: [str(i) for i in range(p, total, 3)] for p in range(3)}
+    seen = consume_all(txn_broker, "ledger-out", "read_committed", expect=total)
+    for p in range(3):
+        assert len(seen[p]) == len(expected[p]), f"partition {p}: {len(seen[p])} records"
+        assert seen[p] == expected[p], f"partition {p} differs"

@@ -653,6 +653,7 @@ impl Shard {
             request,
             rebalance_timeout_ms,
             protocols,
+            version,
         };
         if member_id.is_empty() {
             join_unknown(group, &mut self.effects, join, fresh, version)
@@ -1398,6 +1399,8 @@ struct Join<'a> {
     request: &'a JoinGroupRequest,
     rebalance_timeout_ms: i32,
     protocols: Vec<(String, Bytes)>,
+    /// The JoinGroup version: KIP-814's `skip_assignment` exists from v9.
+    version: i16,
 }
 
 impl Join<'_> {
@@ -1510,6 +1513,7 @@ fn add_member(group: &mut Group, effects: &mut Effects, join: Join<'_>, member_i
         request,
         rebalance_timeout_ms,
         protocols,
+        ..
     } = join;
     if group.members.is_empty() {
         group.protocol_type = Some(request.protocol_type.clone());
@@ -1581,6 +1585,7 @@ fn replace_static_member(
         request,
         rebalance_timeout_ms,
         protocols,
+        version,
         ..
     } = join;
     let unchanged = member.same_protocols(&protocols);
@@ -1598,11 +1603,12 @@ fn replace_static_member(
     match group.state {
         GroupState::Stable if unchanged => {
             // Back with the same subscription: keep the assignment, no rebalance. The
-            // leader learns the members but is told to skip assigning (KIP-814).
+            // leader learns the members but is told to skip assigning (KIP-814, v9+);
+            // an older leader assigns, and its SyncGroup in Stable changes nothing.
             member.synced = true;
             group.members.insert(new_id.to_string(), member);
             effects.records.push(group.metadata_record());
-            let answer = group.join_response(new_id, true);
+            let answer = group.join_response(new_id, version >= 9);
             effects.completed.push((token, Parked::Join(answer)));
         }
         GroupState::PreparingRebalance => {

@@ -27,6 +27,8 @@ struct Harness {
     log: Vec<GroupRecord>,
     /// Answers released so far, by token.
     answers: Vec<(Token, Parked)>,
+    /// The JoinGroup version sent.
+    join_version: i16,
 }
 
 impl Harness {
@@ -44,6 +46,7 @@ impl Harness {
             next_token: 1,
             log: Vec::new(),
             answers: Vec::new(),
+            join_version: 5,
         }
     }
 
@@ -71,7 +74,7 @@ impl Harness {
         Some(self.answers.remove(index).1)
     }
 
-    /// Sends JoinGroup v5; returns its token.
+    /// Sends JoinGroup (v5 unless set); returns its token.
     fn send_join(&mut self, member_id: &str, instance: Option<&str>, metadata: &[u8]) -> Token {
         let token = self.next_token;
         self.next_token += 1;
@@ -93,7 +96,8 @@ impl Harness {
             client_id: "client".into(),
             client_host: "/127.0.0.1".into(),
         };
-        self.shard.join(self.now, token, &client, &request, 5);
+        self.shard
+            .join(self.now, token, &client, &request, self.join_version);
         self.collect();
         token
     }
@@ -389,12 +393,23 @@ fn a_static_member_rejoining_takes_its_place_back_and_fences_its_old_self() {
     let log_before = h.log.len();
 
     // It restarts (no LeaveGroup) and joins again under the same instance ID.
+    h.join_version = 9;
     let t = h.send_join("", Some("instance-1"), b"sub");
     let again = h.join_answer(t).expect("answered at once");
     assert_eq!(again.error_code, 0);
     assert_ne!(again.member_id, old_id);
     assert_eq!(again.generation_id, first.generation_id, "no rebalance");
     assert!(again.skip_assignment, "the leader keeps the assignment");
+    // A leader speaking JoinGroup before v9 cannot be told to skip: it assigns, and its
+    // answer must encode at its version.
+    h.join_version = 5;
+    let t = h.send_join("", Some("instance-1"), b"sub");
+    let older = h.join_answer(t).expect("answered at once");
+    assert_eq!(older.generation_id, first.generation_id, "no rebalance");
+    assert!(!older.skip_assignment);
+    let mut encoded = bytes::BytesMut::new();
+    older.encode(&mut encoded, 5).expect("a v5 answer encodes");
+    let again = older;
     assert_eq!(h.state(), Some(GroupState::Stable));
     assert!(h.log.len() > log_before, "the new member ID is recorded");
     let s = h.send_sync(&again.member_id, again.generation_id, &[]);

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -16,6 +17,7 @@ from confluent_kafka import (Consumer, KafkaError, KafkaException, Producer,
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import Broker, free_port
+from fault_proxy import FaultProxy
 
 WORKER = os.path.join(os.path.dirname(__file__), "txn_worker.py")
 
@@ -341,3 +343,69 @@ def test_consume_transform_produce_survives_a_killed_copier(txn_broker):
     for p in range(3):
         assert len(seen[p]) == len(expected[p]), f"partition {p}: {len(seen[p])} records"
         assert seen[p] == expected[p], f"partition {p} differs"
+
+
+def test_idempotent_producer_through_dropped_connections_writes_each_record_once():
+    """While an idempotent producer sends, a proxy cuts its connections 25 times, 100-250
+    ms apart, each time first swallowing the broker's answers for 50 ms, so the producer
+    retries batches the broker already wrote: the log holds every record exactly once, in
+    order, with no gap."""
+    proxy_port = free_port()
+    broker = Broker("num.partitions=3", f"listeners=PLAINTEXT://127.0.0.1:{free_port()}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{proxy_port}")
+    host, port = broker.address.rsplit(":", 1)
+    proxy = FaultProxy(host, int(port), proxy_port)
+    try:
+        create_topic_via = AdminClient({"bootstrap.servers": f"127.0.0.1:{proxy_port}"})
+        create_topic_via.create_topics([NewTopic("retried", 3)])["retried"].result(timeout=30)
+        producer = Producer({
+            "bootstrap.servers": f"127.0.0.1:{proxy_port}",
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            "batch.num.messages": 200,
+            "message.timeout.ms": 120000,
+            # Back at once after each cut, so that the cuts land on traffic.
+            "reconnect.backoff.ms": 10,
+            "reconnect.backoff.max.ms": 100,
+        })
+        failures = []
+        total = 20_000
+        # The producer has its producer ID before the faults begin.
+        producer.produce("retried", value=b"0", partition=0)
+        producer.flush(30)
+        rng = random.Random(int(os.environ.get("SPOOL_TEST_SEED", time.time())))
+        producing = threading.Event()
+        producing.set()
+
+        def cutter():
+            for _ in range(25):
+                time.sleep(rng.uniform(0.1, 0.25))
+                if not producing.is_set():
+                    return
+                proxy.cut(swallow_ms=50)
+
+        cuts = threading.Thread(target=cutter)
+        cuts.start()
+        try:
+            for i in range(1, total):
+                producer.produce("retried", value=str(i).encode(), partition=i % 3,
+                                 on_delivery=lambda err, msg: err and failures.append(err))
+                producer.poll(0)
+                if i % 50 == 0:
+                    time.sleep(0.01)
+            producer.flush(120)
+        finally:
+            producing.clear()
+            cuts.join()
+        assert failures == []
+        assert proxy.cuts >= 10, f"only {proxy.cuts} cuts while producing"
+        # Read back through the proxy (the address the broker advertises), uncut now.
+        via_proxy = Broker.__new__(Broker)
+        via_proxy.address = f"127.0.0.1:{proxy_port}"
+        seen = consume_all(via_proxy, "retried", "read_uncommitted", expect=total)
+        for p in range(3):
+            assert seen[p] == [str(i) for i in range(p, total, 3)], f"partition {p} differs"
+    finally:
+        proxy.close()
+        broker.stop()
+        shutil.rmtree(broker.data_dir, ignore_errors=True)

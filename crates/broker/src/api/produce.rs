@@ -170,6 +170,14 @@ pub async fn append(state: &BrokerState, request: ProduceRequest, version: i16) 
             }
             let outcome = match log.append(records, 0, now_ms()) {
                 Ok(info) => {
+                    if info.duplicate {
+                        tracing::debug!(
+                            topic = name.as_deref().unwrap_or_default(),
+                            partition = index,
+                            offset = info.first_offset,
+                            "a producer's retry of a batch already written"
+                        );
+                    }
                     // One replica: the ISR has the batch as soon as the leader does.
                     log.with_log(|l| l.advance_high_watermark(info.last_offset + 1));
                     state

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proptest::prelude::*;
 use spool_log::txn_index::AbortedTxn;
-use spool_log::{LogConfig, MemStorage, PartitionLog};
+use spool_log::{KeepAllBatches, LogConfig, MemStorage, PartitionLog};
 use spool_protocol::ErrorCode;
 use spool_protocol::compression::Compression;
 use spool_protocol::record_batch::{ControlRecordType, RecordBatchBuilder, RecordBatches};
@@ -187,6 +187,83 @@ fn transaction_state_survives_restarts_crashes_and_truncation() {
     assert_eq!(log.last_stable_offset(), open_at);
     log.truncate_to(open_at).unwrap();
     assert_eq!(log.last_stable_offset(), open_at);
+}
+
+fn keyed(pid: i64, seq: i32, key: &str, value: &str, transactional: bool) -> Bytes {
+    let mut builder = RecordBatchBuilder::new(Compression::None)
+        .producer(pid, 0, seq)
+        .transactional(transactional);
+    builder
+        .append(1_000, Some(key.as_bytes()), Some(value.as_bytes()), &[])
+        .unwrap();
+    builder.build().unwrap()
+}
+
+/// Every value in the log, as read_uncommitted readers see it.
+fn everything(log: &PartitionLog) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let read = log.read(offset, 1 << 20, i64::MAX).unwrap();
+        let Some(range) = read.range else { break };
+        for batch in RecordBatches::new(range.to_bytes().unwrap()) {
+            let batch = batch.unwrap();
+            if batch.is_control() {
+                continue;
+            }
+            for record in batch.records(1 << 20).unwrap() {
+                let value = record.unwrap().value.unwrap();
+                out.push(String::from_utf8(value.to_vec()).unwrap());
+            }
+        }
+        offset = read.next_offset;
+    }
+    out
+}
+
+#[test]
+fn compaction_removes_aborted_records_and_waits_for_open_transactions() {
+    let storage = MemStorage::new();
+    let config = LogConfig {
+        segment_bytes: 200,
+        cleanup_compact: true,
+        cleanup_delete: false,
+        min_compaction_lag_ms: 0,
+        ..LogConfig::default()
+    };
+    let mut log = PartitionLog::open(Arc::new(storage), Path::new(DIR), config, 0)
+        .unwrap()
+        .0;
+    // Committed, then aborted later for the same key: the committed value must survive.
+    append(&mut log, keyed(1, 0, "k1", "committed", true));
+    marker(&mut log, ControlRecordType::Commit, 1, 0);
+    append(&mut log, keyed(2, 0, "k1", "aborted", true));
+    marker(&mut log, ControlRecordType::Abort, 2, 0);
+    append(&mut log, keyed(-1, -1, "k2", "plain", false));
+    // An open transaction: its record stays until its outcome is known.
+    append(&mut log, keyed(3, 0, "k1", "open", true));
+    for i in 0..6 {
+        append(&mut log, keyed(-1, -1, &format!("pad{i}"), "pad", false));
+    }
+    assert!(log.segment_count() > 3, "{}", log.segment_count());
+    let hw = log.high_watermark();
+    log.clean(10_000, hw, &KeepAllBatches).unwrap();
+    let after = everything(&log);
+    assert!(!after.contains(&"aborted".to_string()), "{after:?}");
+    assert!(after.contains(&"committed".to_string()), "{after:?}");
+    assert!(after.contains(&"open".to_string()), "{after:?}");
+    assert_eq!(read_committed(&log), ["committed", "plain"]);
+
+    // Once it commits (and rolls out of the active segment), it supersedes the others.
+    marker(&mut log, ControlRecordType::Commit, 3, 0);
+    for i in 0..6 {
+        append(&mut log, keyed(-1, -1, &format!("pad{i}"), "pad", false));
+    }
+    let hw = log.high_watermark();
+    log.clean(20_000, hw, &KeepAllBatches).unwrap();
+    let after = everything(&log);
+    assert!(!after.contains(&"committed".to_string()), "{after:?}");
+    assert!(after.contains(&"open".to_string()), "{after:?}");
 }
 
 #[derive(Debug, Clone)]

@@ -8,9 +8,11 @@
 //! theirs, and rewritten batches keep their base offset, producer and last offset.
 //! Tombstones (null values) are kept until their segment is older than
 //! `delete.retention.ms`, so that readers catching up see the delete, and then removed.
-//! Records without a key are dropped, as Kafka's cleaner does. Control batches are kept:
-//! transaction-aware cleaning (aborted data, obsolete markers) plugs in through
-//! [`BatchFilter`].
+//! Records without a key are dropped, as Kafka's cleaner does. Transactions: the
+//! cleanable range ends at the last stable offset (an open transaction's records wait for
+//! its outcome); records of aborted transactions never count as a key's latest value and
+//! are removed. Markers are kept (removing them once their transaction's records are gone
+//! is left for later). [`BatchFilter`] lets a caller discard more.
 //!
 //! Each segment is swapped crash-safely: the cleaned copy is written to `<base>.log.cleaned`
 //! and synced, renamed to `.swap` (the commit point), then renamed over `<base>.log`. At
@@ -27,6 +29,7 @@ use super::PartitionLog;
 use crate::error::LogError;
 use crate::segment::Segment;
 use crate::storage::{Storage, StorageFile};
+use crate::txn_index::AbortedTxn;
 
 /// Decides, batch by batch, what a cleaning pass may discard beyond what keys decide. The
 /// transactions work implements it to drop aborted data and obsolete markers.
@@ -79,8 +82,14 @@ pub(super) fn finish_interrupted_swaps(storage: &dyn Storage, dir: &Path) -> Res
 
 impl PartitionLog {
     /// The offset where the cleanable range ends: the base of the first segment that is
-    /// active, reaches `upper_bound_offset`, or is younger than `min.compaction.lag.ms`.
+    /// active, reaches `upper_bound_offset` or the oldest open transaction (whose records
+    /// are not cleaned before its outcome is known), or is younger
+    /// than `min.compaction.lag.ms`.
     fn cleanable_end(&self, now_ms: i64, upper_bound_offset: i64) -> i64 {
+        let upper_bound_offset = self
+            .producers
+            .first_unstable_offset()
+            .map_or(upper_bound_offset, |first| first.min(upper_bound_offset));
         let closed = self.segments.len().saturating_sub(1);
         for segment in self.segments.values().take(closed) {
             let too_new =
@@ -145,11 +154,12 @@ impl PartitionLog {
         if end <= self.log_start_offset {
             return Ok(None);
         }
+        let aborted = AbortedBatches(self.aborted_transactions(self.log_start_offset, end));
         // With nothing new since the last pass the key map is empty, and the pass only
         // drops tombstones whose horizon has passed since.
         let dirty_from = self.first_dirty_offset.max(self.log_start_offset);
         let (latest, map_end) = if end > dirty_from {
-            self.build_offset_map(dirty_from, end)?
+            self.build_offset_map(dirty_from, end, &aborted)?
         } else {
             (HashMap::new(), end)
         };
@@ -180,7 +190,14 @@ impl PartitionLog {
                 buffer: Vec::new(),
                 written: 0,
             };
-            self.rewrite_into(segment, &mut out, &latest, map_end, horizon_passed, filter)?;
+            let keep = Keep {
+                latest: &latest,
+                map_end,
+                horizon_passed,
+                aborted: &aborted,
+                filter,
+            };
+            self.rewrite_into(segment, &mut out, &keep)?;
             let after = out.finish()?;
             report.bytes_before += before;
             report.bytes_after += after;
@@ -203,6 +220,7 @@ impl PartitionLog {
         &self,
         from: i64,
         end: i64,
+        aborted: &AbortedBatches,
     ) -> Result<(HashMap<Bytes, i64>, i64), LogError> {
         let mut latest: HashMap<Bytes, i64> = HashMap::new();
         let limit = self.config.decompressed_batch_bytes_max;
@@ -213,7 +231,8 @@ impl PartitionLog {
         {
             for batch in SegmentBatches::new(segment) {
                 let batch = batch?;
-                if batch.is_control() || batch.last_offset() < from {
+                // An aborted record never counts as a key's latest value.
+                if batch.is_control() || batch.last_offset() < from || aborted.contains(&batch) {
                     continue;
                 }
                 for record in batch.records(limit)? {
@@ -238,15 +257,19 @@ impl PartitionLog {
         &self,
         segment: &Segment,
         out: &mut ChunkWriter<'_>,
-        latest: &HashMap<Bytes, i64>,
-        map_end: i64,
-        horizon_passed: bool,
-        filter: &dyn BatchFilter,
+        keep: &Keep<'_>,
     ) -> Result<(), LogError> {
+        let Keep {
+            latest,
+            map_end,
+            horizon_passed,
+            aborted,
+            filter,
+        } = *keep;
         let limit = self.config.decompressed_batch_bytes_max;
         for batch in SegmentBatches::new(segment) {
             let batch = batch?;
-            if filter.discard_batch(&batch) {
+            if filter.discard_batch(&batch) || aborted.contains(&batch) {
                 continue;
             }
             if batch.is_control() || batch.base_offset() >= map_end {
@@ -325,6 +348,35 @@ impl PartitionLog {
             self.segments.insert(base, segment);
         }
         Ok(())
+    }
+}
+
+/// What a pass keeps of a segment: each key's latest record (per the map, which covers
+/// offsets below `map_end`), tombstones until their horizon, nothing of an aborted
+/// transaction, nothing `filter` discards.
+#[derive(Clone, Copy)]
+struct Keep<'a> {
+    latest: &'a HashMap<Bytes, i64>,
+    map_end: i64,
+    horizon_passed: bool,
+    aborted: &'a AbortedBatches,
+    filter: &'a dyn BatchFilter,
+}
+
+/// The aborted transactions of the cleanable range, to recognise their batches.
+struct AbortedBatches(Vec<AbortedTxn>);
+
+impl AbortedBatches {
+    /// Whether `batch` holds records of an aborted transaction: a transactional data
+    /// batch of the producer between the transaction's first offset and its marker.
+    fn contains(&self, batch: &RecordBatch) -> bool {
+        batch.is_transactional()
+            && !batch.is_control()
+            && self.0.iter().any(|t| {
+                t.producer_id == batch.producer_id()
+                    && t.first_offset <= batch.base_offset()
+                    && batch.last_offset() < t.last_offset
+            })
     }
 }
 

@@ -1,12 +1,15 @@
 //! What the coordinators share about their internal topics' partitions: appending their
 //! records in batches, and reading a partition back at load.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use spool_log::{LogError, SharedLog};
 use spool_protocol::compression::Compression;
 use spool_protocol::record_batch::{RecordBatch, RecordBatchBuilder, RecordBatches};
+
+use crate::state::BrokerState;
 
 /// Records per appended batch are cut at about this many bytes, well below the topics'
 /// `max.message.bytes`.
@@ -108,4 +111,28 @@ pub fn for_each_batch(
         offset = read.next_offset;
     }
     Ok(())
+}
+
+/// Creates a coordinator's internal topic: compacted, `partitions` partitions of
+/// `segment_bytes` segments (nothing if it exists).
+pub fn create_internal_topic(
+    state: &BrokerState,
+    topic: &str,
+    partitions: i32,
+    segment_bytes: u64,
+) -> Result<(), crate::BrokerError> {
+    let configs = BTreeMap::from([
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("segment.bytes".to_string(), segment_bytes.to_string()),
+    ]);
+    state.create_topic(topic, partitions, &configs)
+}
+
+/// The partition logs of an internal topic, in partition order.
+pub fn internal_topic_logs(state: &BrokerState, topic: &str) -> Vec<Arc<SharedLog>> {
+    let count =
+        state.with_image(|image| image.topic(topic).map_or(0, |t| t.partitions.len() as i32));
+    (0..count)
+        .filter_map(|i| state.partition(topic, i))
+        .collect()
 }

@@ -10,7 +10,7 @@
 //! an append fails, the shard's memory may be ahead of its log: the shard is dropped and
 //! reloaded from what the log holds, and the requests of that step are failed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -23,7 +23,10 @@ use tokio::sync::{oneshot, watch};
 
 use super::shard::{Effects, Parked, Token};
 use super::{GroupConfig, GroupRecord, OFFSETS_TOPIC, Shard, partition_for};
-use crate::coordinator_log::{append_records, for_each_batch, plain_batch, transactional_batch};
+use crate::coordinator_log::{
+    append_records, create_internal_topic, for_each_batch, internal_topic_logs, plain_batch,
+    transactional_batch,
+};
 use crate::metadata::random_uuid;
 use crate::state::{BrokerState, lock, now_ms};
 
@@ -445,14 +448,12 @@ pub fn ensure_offsets_topic(state: &BrokerState) -> Result<(), crate::BrokerErro
         return Ok(());
     }
     let config = state.groups.config();
-    let configs = BTreeMap::from([
-        ("cleanup.policy".to_string(), "compact".to_string()),
-        (
-            "segment.bytes".to_string(),
-            config.offsets_topic_segment_bytes.to_string(),
-        ),
-    ]);
-    state.create_topic(OFFSETS_TOPIC, config.offsets_topic_partitions, &configs)?;
+    create_internal_topic(
+        state,
+        OFFSETS_TOPIC,
+        config.offsets_topic_partitions,
+        config.offsets_topic_segment_bytes,
+    )?;
     // The shards of a topic found at start were attached (and loaded) then.
     state.groups.attach(offsets_logs(state), false);
     Ok(())
@@ -460,14 +461,7 @@ pub fn ensure_offsets_topic(state: &BrokerState) -> Result<(), crate::BrokerErro
 
 /// The partition logs of `__consumer_offsets`, in partition order.
 pub fn offsets_logs(state: &BrokerState) -> Vec<Arc<SharedLog>> {
-    let count = state.with_image(|image| {
-        image
-            .topic(OFFSETS_TOPIC)
-            .map_or(0, |t| t.partitions.len() as i32)
-    });
-    (0..count)
-        .filter_map(|i| state.partition(OFFSETS_TOPIC, i))
-        .collect()
+    internal_topic_logs(state, OFFSETS_TOPIC)
 }
 
 /// Advances time in the coordinators until shutdown: the group coordinator every

@@ -10,7 +10,6 @@
 //! between them leaves the decision in the log: the load hands the transaction out again
 //! and the markers are written then.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use spool_log::{LogError, SharedLog};
@@ -20,7 +19,9 @@ use spool_protocol::record_batch::ControlRecordType;
 use super::records::TxnRecord;
 use super::shard::{MarkerJob, TxnShard};
 use super::{TXN_TOPIC, TxnConfig, partition_for};
-use crate::coordinator_log::{append_records, for_each_batch, plain_batch};
+use crate::coordinator_log::{
+    append_records, create_internal_topic, for_each_batch, internal_topic_logs, plain_batch,
+};
 use crate::group::OFFSETS_TOPIC;
 use crate::state::{BrokerState, lock, now_ms};
 
@@ -362,26 +363,17 @@ pub fn ensure_txn_topic(state: &BrokerState) -> Result<(), crate::BrokerError> {
         return Ok(());
     }
     let config = state.txns.config();
-    let configs = BTreeMap::from([
-        ("cleanup.policy".to_string(), "compact".to_string()),
-        (
-            "segment.bytes".to_string(),
-            config.topic_segment_bytes.to_string(),
-        ),
-    ]);
-    state.create_topic(TXN_TOPIC, config.topic_partitions, &configs)?;
+    create_internal_topic(
+        state,
+        TXN_TOPIC,
+        config.topic_partitions,
+        config.topic_segment_bytes,
+    )?;
     state.txns.attach(txn_logs(state));
     Ok(())
 }
 
 /// The partition logs of `__transaction_state`, in partition order.
 pub fn txn_logs(state: &BrokerState) -> Vec<Arc<SharedLog>> {
-    let count = state.with_image(|image| {
-        image
-            .topic(TXN_TOPIC)
-            .map_or(0, |t| t.partitions.len() as i32)
-    });
-    (0..count)
-        .filter_map(|i| state.partition(TXN_TOPIC, i))
-        .collect()
+    internal_topic_logs(state, TXN_TOPIC)
 }

@@ -29,6 +29,7 @@ use crate::coordinator_log::{
 };
 use crate::metadata::random_uuid;
 use crate::state::{BrokerState, lock, now_ms};
+use crate::txn::runtime::append_marker;
 
 /// How often time advances in the shards (session timeouts, join phases, expiry).
 pub const TICK: Duration = Duration::from_millis(100);
@@ -253,27 +254,18 @@ impl GroupCoordinator {
             .as_mut()
             .ok_or(ErrorCode::CoordinatorLoadInProgress)?;
         let now = now_ms();
-        let appended = slot.log.with_log(|l| {
-            let info = l.append_marker(
-                marker,
-                producer_id,
-                producer_epoch,
-                coordinator_epoch,
-                0,
-                now,
-            )?;
-            l.advance_high_watermark(info.last_offset + 1);
-            Ok::<_, LogError>(info.last_offset + 1)
-        });
-        match appended {
-            Ok(end) => {
-                shard.complete_transaction(producer_id, marker == ControlRecordType::Commit, now);
-                state.wakeups.wake(OFFSETS_TOPIC, partition);
-                Ok(Some(end))
-            }
-            Err(e) if crate::txn::runtime::is_stale_marker(&e) => Ok(None),
-            Err(e) => Err(e.error_code()),
+        let end = append_marker(
+            &slot.log,
+            marker,
+            (producer_id, producer_epoch),
+            coordinator_epoch,
+            now,
+        )?;
+        if end.is_some() {
+            shard.complete_transaction(producer_id, marker == ControlRecordType::Commit, now);
+            state.wakeups.wake(OFFSETS_TOPIC, partition);
         }
+        Ok(end)
     }
 
     /// Advances time in every shard and releases what that produced.

@@ -121,31 +121,41 @@ impl TxnCoordinator {
         step: impl FnOnce(&mut TxnShard, i64, &mut dyn FnMut() -> Result<i64, ErrorCode>) -> R,
     ) -> Result<R, ErrorCode> {
         let slot = self.slot(transactional_id)?;
-        let (result, end) = {
-            let mut guard = lock(&slot.shard);
-            let shard = guard.as_mut().ok_or(ErrorCode::CoordinatorLoadInProgress)?;
-            let now = now_ms();
-            let mut allocate = || {
-                state.allocate_producer_id().map_err(|e| {
-                    tracing::warn!(error = %e, "no producer ID could be recorded");
-                    ErrorCode::UnknownServerError
-                })
-            };
-            let result = step(shard, now, &mut allocate);
-            let records = shard.take_records();
-            match append(&slot.log, &records, now) {
-                Ok(end) => (result, end),
-                Err(e) => {
-                    tracing::error!(partition = slot.partition, error = %e, "transaction coordinator append failed; reloading the partition");
-                    *guard = None;
-                    drop(guard);
-                    load_slot(&slot, &self.config);
-                    return Err(ErrorCode::CoordinatorNotAvailable);
-                }
-            }
-        };
+        let (result, end) = self.step_on(state, &slot, step)?;
         state.flusher.wait_durable(&slot.log, end).await?;
         Ok(result)
+    }
+
+    /// Runs `step` on the slot's shard and appends the records it produced, with the
+    /// shard locked; returns its result and the log end offset to wait for. If the append
+    /// fails the shard is reloaded from its log.
+    fn step_on<R>(
+        &self,
+        state: &BrokerState,
+        slot: &Slot,
+        step: impl FnOnce(&mut TxnShard, i64, &mut dyn FnMut() -> Result<i64, ErrorCode>) -> R,
+    ) -> Result<(R, i64), ErrorCode> {
+        let mut guard = lock(&slot.shard);
+        let shard = guard.as_mut().ok_or(ErrorCode::CoordinatorLoadInProgress)?;
+        let now = now_ms();
+        let mut allocate = || {
+            state.allocate_producer_id().map_err(|e| {
+                tracing::warn!(error = %e, "no producer ID could be recorded");
+                ErrorCode::UnknownServerError
+            })
+        };
+        let result = step(shard, now, &mut allocate);
+        let records = shard.take_records();
+        match append(&slot.log, &records, now) {
+            Ok(end) => Ok((result, end)),
+            Err(e) => {
+                tracing::error!(partition = slot.partition, error = %e, "transaction coordinator append failed; reloading the partition");
+                *guard = None;
+                drop(guard);
+                load_slot(slot, &self.config);
+                Err(ErrorCode::CoordinatorNotAvailable)
+            }
+        }
     }
 
     /// Writes the markers of `job` to its partitions, durably, then completes the
@@ -202,31 +212,11 @@ impl TxnCoordinator {
     /// crash left half-ended, removes expired IDs. Marker jobs run on their own tasks.
     pub async fn tick(&self, state: &Arc<BrokerState>) {
         for slot in self.slots() {
-            let jobs = {
-                let mut guard = lock(&slot.shard);
-                let Some(shard) = guard.as_mut() else {
-                    continue;
-                };
-                let now = now_ms();
-                let mut allocate = || {
-                    state
-                        .allocate_producer_id()
-                        .map_err(|_| ErrorCode::UnknownServerError)
-                };
-                let jobs = shard.tick(now, &mut allocate);
-                let records = shard.take_records();
-                match append(&slot.log, &records, now) {
-                    Ok(end) => (jobs, end),
-                    Err(e) => {
-                        tracing::error!(partition = slot.partition, error = %e, "transaction coordinator append failed; reloading the partition");
-                        *guard = None;
-                        drop(guard);
-                        load_slot(&slot, &self.config);
-                        continue;
-                    }
-                }
+            let Ok((jobs, end)) = self.step_on(state, &slot, |shard, now, allocate| {
+                shard.tick(now, allocate)
+            }) else {
+                continue;
             };
-            let (jobs, end) = jobs;
             if state.flusher.wait_durable(&slot.log, end).await.is_err() {
                 continue;
             }
@@ -287,6 +277,29 @@ pub fn write_marker(
         )?;
         return Ok(end.map(|end| (log, end)));
     }
+    let end = append_marker(
+        &log,
+        marker,
+        (producer_id, producer_epoch),
+        coordinator_epoch,
+        now_ms(),
+    )?;
+    if end.is_some() {
+        state.wakeups.wake(topic, partition);
+    }
+    Ok(end.map(|end| (log, end)))
+}
+
+/// Appends a marker to `log` and, one replica being the whole ISR, commits it. Returns the
+/// offset after it, or `None` when the partition's producer is already past this epoch
+/// (nothing of the transaction is open there).
+pub fn append_marker(
+    log: &SharedLog,
+    marker: ControlRecordType,
+    (producer_id, producer_epoch): (i64, i16),
+    coordinator_epoch: i32,
+    now: i64,
+) -> Result<Option<i64>, ErrorCode> {
     let appended = log.with_log(|l| {
         let info = l.append_marker(
             marker,
@@ -294,16 +307,13 @@ pub fn write_marker(
             producer_epoch,
             coordinator_epoch,
             0,
-            now_ms(),
+            now,
         )?;
         l.advance_high_watermark(info.last_offset + 1);
         Ok::<_, LogError>(info.last_offset + 1)
     });
     match appended {
-        Ok(end) => {
-            state.wakeups.wake(topic, partition);
-            Ok(Some((log, end)))
-        }
+        Ok(end) => Ok(Some(end)),
         Err(e) if is_stale_marker(&e) => Ok(None),
         Err(e) => Err(e.error_code()),
     }
@@ -311,7 +321,7 @@ pub fn write_marker(
 
 /// A marker the partition refused because its producer is already at a newer epoch: the
 /// transaction it would end is not open there.
-pub fn is_stale_marker(error: &LogError) -> bool {
+fn is_stale_marker(error: &LogError) -> bool {
     matches!(
         error.error_code(),
         ErrorCode::InvalidProducerEpoch | ErrorCode::TransactionCoordinatorFenced

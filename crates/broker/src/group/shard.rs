@@ -919,12 +919,14 @@ impl Shard {
             let mut partitions = Vec::with_capacity(topic.partitions.len());
             for p in &topic.partitions {
                 let metadata = p.committed_metadata.clone().unwrap_or_default();
-                let error = if let Some(error) = group_error {
+                let refused = refused_commit(
+                    group_error,
+                    exists(&topic.name, p.partition_index),
+                    &metadata,
+                    config,
+                );
+                let error = if let Some(error) = refused {
                     error
-                } else if !exists(&topic.name, p.partition_index) {
-                    ErrorCode::UnknownTopicOrPartition
-                } else if metadata.len() > config.offset_metadata_max_bytes {
-                    ErrorCode::OffsetMetadataTooLarge
                 } else {
                     let committed = Committed {
                         offset: p.committed_offset,
@@ -1330,6 +1332,25 @@ impl Shard {
                 self.effects.records.extend(remove_group_records(&group));
             }
         }
+    }
+}
+
+/// Why one partition's commit (plain or transactional) is refused, if it is: the group's
+/// error, a partition that does not exist, or metadata over `offset.metadata.max.bytes`.
+fn refused_commit(
+    group_error: Option<ErrorCode>,
+    exists: bool,
+    metadata: &str,
+    config: &GroupConfig,
+) -> Option<ErrorCode> {
+    if group_error.is_some() {
+        group_error
+    } else if !exists {
+        Some(ErrorCode::UnknownTopicOrPartition)
+    } else if metadata.len() > config.offset_metadata_max_bytes {
+        Some(ErrorCode::OffsetMetadataTooLarge)
+    } else {
+        None
     }
 }
 

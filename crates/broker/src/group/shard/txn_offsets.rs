@@ -12,7 +12,7 @@ use spool_protocol::messages::{
     OffsetCommitRequest, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 
-use super::{Committed, Group, Shard, TxnRecords, offset_record};
+use super::{Committed, Group, Shard, TxnRecords, offset_record, refused_commit};
 use crate::group::GroupRecord;
 
 impl Shard {
@@ -47,12 +47,14 @@ impl Shard {
             let mut partitions = Vec::with_capacity(topic.partitions.len());
             for p in &topic.partitions {
                 let metadata = p.committed_metadata.clone().unwrap_or_default();
-                let error = if let Some(error) = group_error {
+                let refused = refused_commit(
+                    group_error,
+                    exists(&topic.name, p.partition_index),
+                    &metadata,
+                    &self.config,
+                );
+                let error = if let Some(error) = refused {
                     error
-                } else if !exists(&topic.name, p.partition_index) {
-                    ErrorCode::UnknownTopicOrPartition
-                } else if metadata.len() > self.config.offset_metadata_max_bytes {
-                    ErrorCode::OffsetMetadataTooLarge
                 } else {
                     let committed = Committed {
                         offset: p.committed_offset,

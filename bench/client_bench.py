@@ -50,9 +50,9 @@ def start(spool, data_dir):
     return process, address, time.time() - started
 
 
-def produce(address, topic, count, acks):
+def produce(address, topic, count, acks, **config):
     producer = Producer({"bootstrap.servers": address, "acks": acks, "linger.ms": 5,
-                         "batch.size": 1 << 20, "queue.buffering.max.kbytes": 1 << 20})
+                         "batch.size": 1 << 20, "queue.buffering.max.kbytes": 1 << 20, **config})
     failures = []
     started = time.time()
     for i in range(count):
@@ -69,8 +69,9 @@ def produce(address, topic, count, acks):
     return count * len(MESSAGE) / 1e6 / (time.time() - started)
 
 
-def consume(address, topic, expected):
-    consumer = Consumer({"bootstrap.servers": address, "group.id": "bench", "enable.auto.commit": False})
+def consume(address, topic, expected, **config):
+    consumer = Consumer({"bootstrap.servers": address, "group.id": "bench", "enable.auto.commit": False,
+                         **config})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     got, started = 0, time.time()
     while got < expected and time.time() - started < 120:
@@ -78,6 +79,7 @@ def consume(address, topic, expected):
             if message.error() is None:
                 got += len(message.value())
     consumer.close()
+    assert got == expected, f"read {got} of {expected} bytes"
     return got / 1e6 / (time.time() - started)
 
 

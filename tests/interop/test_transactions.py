@@ -409,3 +409,83 @@ def test_idempotent_producer_through_dropped_connections_writes_each_record_once
         proxy.close()
         broker.stop()
         shutil.rmtree(broker.data_dir, ignore_errors=True)
+
+
+def markers_on_disk(broker, topic):
+    """The transaction markers in partition 0's segment files: record batches (v2 layout:
+    length at byte 8, attributes at byte 21) with the control bit set."""
+    directory = os.path.join(broker.data_dir, f"{topic}-0")
+    count = 0
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".log"):
+            continue
+        with open(os.path.join(directory, name), "rb") as segment:
+            data = segment.read()
+        position = 0
+        while position + 61 <= len(data):
+            length = int.from_bytes(data[position + 8:position + 12], "big")
+            attributes = int.from_bytes(data[position + 21:position + 23], "big")
+            count += bool(attributes & 0x20)
+            position += 12 + length
+    return count
+
+
+@pytest.mark.parametrize("reader", ["confluent-kafka", "kafka-python"])
+def test_compaction_removes_aborted_records_and_the_markers_no_reader_needs(reader):
+    """Twenty transactions, every other one aborted, each writing the same five keys of a
+    compacted topic: once the cleaner has run, the aborted records and every marker whose
+    records are gone have left the log, and readers of both isolation levels see each
+    key's last committed value."""
+    broker = Broker("group.initial.rebalance.delay.ms=0", "log.retention.check.interval.ms=200")
+    try:
+        admin = AdminClient({"bootstrap.servers": broker.address})
+        topic = "balances"
+        admin.create_topics([NewTopic(topic, 1, config={
+            "cleanup.policy": "compact", "segment.bytes": "6000", "delete.retention.ms": "0",
+            "min.cleanable.dirty.ratio": "0.01", "min.compaction.lag.ms": "0",
+        })])[topic].result(timeout=30)
+        producer = Producer({"bootstrap.servers": broker.address, "transactional.id": "balances"})
+        producer.init_transactions(30)
+        for n in range(20):
+            producer.begin_transaction()
+            for k in range(5):
+                producer.produce(topic, key=f"k{k}".encode(), value=f"t{n}-k{k}".encode(), partition=0)
+            producer.flush(30)
+            if n % 2 == 0:
+                producer.commit_transaction(30)
+            else:
+                producer.abort_transaction(30)
+        # Plain records roll the transactions out of the active segment, which is never cleaned.
+        plain = Producer({"bootstrap.servers": broker.address})
+        for i in range(12):
+            plain.produce(topic, key=b"pad", value=f"pad-{i}".encode() + b"." * 200, partition=0)
+        assert plain.flush(30) == 0
+        deadline = time.time() + 30
+        while markers_on_disk(broker, topic) > 1 and time.time() < deadline:
+            time.sleep(0.2)
+        # Only the last commit's marker is left: its records are the keys' latest values.
+        assert markers_on_disk(broker, topic) == 1
+        last_commit = [f"t18-k{k}" for k in range(5)]
+        for isolation in ["read_committed", "read_uncommitted"]:
+            if reader == "confluent-kafka":
+                seen = consume_all(broker, topic, isolation, partitions=1)[0]
+            else:
+                seen = kafka_python_values(broker, topic, isolation)
+            assert [v for v in seen if v.startswith("t")] == last_commit, isolation
+            assert seen[-1].startswith("pad-11")
+    finally:
+        broker.stop()
+        shutil.rmtree(broker.data_dir, ignore_errors=True)
+
+
+def kafka_python_values(broker, topic, isolation):
+    """Every value of partition 0 a kafka-python consumer with `isolation` reads."""
+    from kafka import KafkaConsumer, TopicPartition as KTopicPartition
+    consumer = KafkaConsumer(bootstrap_servers=broker.address, isolation_level=isolation,
+                             enable_auto_commit=False, consumer_timeout_ms=3000)
+    partition = KTopicPartition(topic, 0)
+    consumer.assign([partition])
+    consumer.seek_to_beginning(partition)
+    values = [message.value.decode() for message in consumer]
+    consumer.close()
+    return values

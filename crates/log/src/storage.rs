@@ -388,14 +388,18 @@ impl MemStorage {
             .map(|node| lock(node).data.clone())
     }
 
-    /// Replaces the current contents of a file (durably), for tests that corrupt files.
+    /// Sets the contents of a file (durably), creating it, for tests that corrupt files or
+    /// stage what a crash leaves behind.
     pub fn set_contents(&self, path: &Path, data: Vec<u8>) {
-        let node = lock(&self.state).files.get(path).cloned();
-        if let Some(node) = node {
-            let mut file = lock(&node);
-            file.durable = data.clone();
-            file.data = data;
-        }
+        let node = Arc::clone(
+            lock(&self.state)
+                .files
+                .entry(path.to_path_buf())
+                .or_default(),
+        );
+        let mut file = lock(&node);
+        file.durable = data.clone();
+        file.data = data;
     }
 }
 

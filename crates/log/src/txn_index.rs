@@ -134,6 +134,20 @@ impl TxnIndex {
         Ok(())
     }
 
+    /// Writes `entries` to a new file at `path` (replacing any) and makes it durable: the
+    /// index a cleaned segment takes with it.
+    pub fn write_file(
+        storage: &dyn Storage,
+        path: &Path,
+        entries: &[AbortedTxn],
+    ) -> io::Result<()> {
+        let file = storage.open(path, true)?;
+        file.set_len(0)?;
+        let bytes: Vec<u8> = entries.iter().flat_map(AbortedTxn::encode).collect();
+        file.write_at(&bytes, 0)?;
+        file.sync_data()
+    }
+
     pub fn sync(&self) -> io::Result<()> {
         match &self.file {
             Some(file) => file.sync_data(),

@@ -1,7 +1,8 @@
 //! Transactions in the partition log: open transactions hold back the last stable offset,
 //! markers end them, aborted ones are indexed per segment, and all of it survives clean
 //! restarts, crashes and truncation. A model check drives interleaved transactions of
-//! several producers and compares what a read_committed reader sees with what committed.
+//! several producers, with compaction passes and crashes in them, and compares what a
+//! read_committed reader sees with what committed.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed expectation is a failed test
 
 use std::collections::{BTreeMap, HashSet};
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proptest::prelude::*;
 use spool_log::txn_index::AbortedTxn;
-use spool_log::{KeepAllBatches, LogConfig, MemStorage, PartitionLog};
+use spool_log::{Faults, KeepAllBatches, LogConfig, MemStorage, PartitionLog, Storage};
 use spool_protocol::ErrorCode;
 use spool_protocol::compression::Compression;
 use spool_protocol::record_batch::{ControlRecordType, RecordBatchBuilder, RecordBatches};
@@ -23,8 +24,9 @@ fn batch(pid: i64, epoch: i16, seq: i32, values: &[&str], transactional: bool) -
         .producer(pid, epoch, seq)
         .transactional(transactional);
     for value in values {
+        // Every record its own key: compaction removes only what transactions decide.
         builder
-            .append(1_000, Some(b"k"), Some(value.as_bytes()), &[])
+            .append(1_000, Some(value.as_bytes()), Some(value.as_bytes()), &[])
             .unwrap();
     }
     builder.build().unwrap()
@@ -33,6 +35,9 @@ fn batch(pid: i64, epoch: i16, seq: i32, values: &[&str], transactional: bool) -
 fn open(storage: &MemStorage) -> PartitionLog {
     let config = LogConfig {
         segment_bytes: 300,
+        cleanup_compact: true,
+        min_compaction_lag_ms: 0,
+        delete_retention_ms: 0,
         ..LogConfig::default()
     };
     let mut log = PartitionLog::open(Arc::new(storage.clone()), Path::new(DIR), config, 0)
@@ -266,6 +271,142 @@ fn compaction_removes_aborted_records_and_waits_for_open_transactions() {
     assert!(after.contains(&"open".to_string()), "{after:?}");
 }
 
+/// The markers in the log: (producer ID, offset).
+fn markers(log: &PartitionLog) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let read = log.read(offset, 1 << 20, i64::MAX).unwrap();
+        let Some(range) = read.range else { break };
+        for batch in RecordBatches::new(range.to_bytes().unwrap()) {
+            let batch = batch.unwrap();
+            if batch.is_control() {
+                out.push((batch.producer_id(), batch.base_offset()));
+            }
+        }
+        offset = read.next_offset;
+    }
+    out
+}
+
+#[test]
+fn compaction_removes_markers_once_their_records_are_gone_and_the_horizon_passed() {
+    let storage = MemStorage::new();
+    let config = LogConfig {
+        segment_bytes: 200,
+        cleanup_compact: true,
+        cleanup_delete: false,
+        min_compaction_lag_ms: 0,
+        delete_retention_ms: 5_000,
+        ..LogConfig::default()
+    };
+    let dir = Path::new(DIR);
+    let open = |storage: &MemStorage| {
+        PartitionLog::open(Arc::new(storage.clone()), dir, config.clone(), 0)
+            .unwrap()
+            .0
+    };
+    let mut log = open(&storage);
+    // Producer 1 commits a value that it supersedes later; producer 2 aborts, then
+    // commits; producer 3's committed value stays the latest for its key.
+    // Two batches fit a segment: the abort marker shares one with a marker that stays.
+    append(&mut log, keyed(1, 0, "k1", "superseded", true));
+    let superseded_commit = marker(&mut log, ControlRecordType::Commit, 1, 0);
+    append(&mut log, keyed(2, 0, "k1", "aborted", true));
+    append(&mut log, keyed(3, 0, "k2", "kept", true));
+    let abort = marker(&mut log, ControlRecordType::Abort, 2, 0);
+    let kept_commit = marker(&mut log, ControlRecordType::Commit, 3, 0);
+    append(&mut log, keyed(1, 1, "k1", "newer", true));
+    let newer_commit = marker(&mut log, ControlRecordType::Commit, 1, 0);
+    append(&mut log, keyed(2, 1, "k3", "after-abort", true));
+    let after_abort_commit = marker(&mut log, ControlRecordType::Commit, 2, 0);
+    for i in 0..6 {
+        append(&mut log, keyed(-1, -1, &format!("pad{i}"), "pad", false));
+    }
+    assert!(log.segment_count() > 4, "{}", log.segment_count());
+    let committed = ["kept", "newer", "after-abort"];
+
+    // Within delete.retention.ms of the markers: records go, every marker stays.
+    log.clean(3_000, log.high_watermark(), &KeepAllBatches)
+        .unwrap();
+    let all_markers = vec![
+        (1, superseded_commit),
+        (2, abort),
+        (3, kept_commit),
+        (1, newer_commit),
+        (2, after_abort_commit),
+    ];
+    assert_eq!(markers(&log), all_markers);
+    assert_eq!(log.aborted_transactions(0, i64::MAX).len(), 1);
+    let mut seen = read_committed(&log);
+    seen.retain(|v| v != "pad");
+    assert_eq!(seen, committed);
+
+    // Past it: the markers with nothing left of their transaction go, and the abort
+    // takes its index entry along (or producer 2's later commit would read as aborted).
+    let before_clean: Vec<(String, Vec<u8>)> = storage
+        .list(dir)
+        .unwrap()
+        .into_iter()
+        .map(|name| {
+            let contents = storage.contents(&dir.join(&name)).unwrap();
+            (name, contents)
+        })
+        .collect();
+    log.clean(10_000, log.high_watermark(), &KeepAllBatches)
+        .unwrap();
+    let remaining = vec![(3, kept_commit), (1, newer_commit), (2, after_abort_commit)];
+    assert_eq!(markers(&log), remaining);
+    assert!(log.aborted_transactions(0, i64::MAX).is_empty());
+    let mut seen = read_committed(&log);
+    seen.retain(|v| v != "pad");
+    assert_eq!(seen, committed);
+    log.close().unwrap();
+    let log = open(&storage);
+    assert_eq!(markers(&log), remaining);
+    assert!(log.aborted_transactions(0, i64::MAX).is_empty());
+    drop(log);
+
+    // A crash right after the pass committed a segment (its log and transaction index
+    // renamed to `.swap`, the originals still there): opening finishes the swap.
+    let abort_segment = before_clean
+        .iter()
+        .filter(|(name, _)| name.ends_with(".txnindex"))
+        .map(|(name, _)| name.trim_end_matches(".txnindex").to_string())
+        .next()
+        .unwrap();
+    for suffix in ["log", "txnindex"] {
+        let name = format!("{abort_segment}.{suffix}");
+        let cleaned = storage.contents(&dir.join(&name)).unwrap();
+        storage.set_contents(&dir.join(format!("{name}.swap")), cleaned);
+        let old = &before_clean.iter().find(|(n, _)| *n == name).unwrap().1;
+        storage.set_contents(&dir.join(&name), old.clone());
+    }
+    let log = open(&storage);
+    assert_eq!(markers(&log), remaining);
+    assert!(log.aborted_transactions(0, i64::MAX).is_empty());
+    drop(log);
+
+    // A transaction index that reached `.swap` without its log: that pass never
+    // committed, and the old index stays with the old log.
+    for suffix in ["log", "txnindex"] {
+        let name = format!("{abort_segment}.{suffix}");
+        let old = &before_clean.iter().find(|(n, _)| *n == name).unwrap().1;
+        storage.set_contents(&dir.join(&name), old.clone());
+    }
+    storage.set_contents(
+        &dir.join(format!("{abort_segment}.txnindex.swap")),
+        Vec::new(),
+    );
+    let log = open(&storage);
+    assert!(!storage.exists(&dir.join(format!("{abort_segment}.txnindex.swap"))));
+    assert_eq!(log.aborted_transactions(0, i64::MAX).len(), 1);
+    assert!(markers(&log).contains(&(2, abort)));
+    let mut seen = read_committed(&log);
+    seen.retain(|v| v != "pad");
+    assert_eq!(seen, committed);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     /// Producer `p` writes a record (opening a transaction if none is open).
@@ -276,6 +417,10 @@ enum Op {
     Plain,
     /// Flush, lose power, reopen.
     Crash,
+    /// A compaction pass, past every marker's horizon.
+    Clean,
+    /// A compaction pass that stops after this many writes, then power is lost.
+    CrashInClean(u64),
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
@@ -285,6 +430,8 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
             3 => (0..3usize, any::<bool>()).prop_map(|(p, c)| Op::End(p, c)),
             2 => Just(Op::Plain),
             1 => Just(Op::Crash),
+            1 => Just(Op::Clean),
+            1 => (0..12u64).prop_map(Op::CrashInClean),
         ],
         1..60,
     )
@@ -331,6 +478,18 @@ proptest! {
                     log.flush().unwrap();
                     drop(log);
                     storage.crash();
+                    log = open(&storage);
+                }
+                Op::Clean => {
+                    log.clean(10_000, log.high_watermark(), &KeepAllBatches).unwrap();
+                }
+                Op::CrashInClean(writes) => {
+                    log.flush().unwrap();
+                    storage.set_faults(Faults { writes_until_error: Some(writes), ..Faults::default() });
+                    let _ = log.clean(10_000, log.high_watermark(), &KeepAllBatches);
+                    drop(log);
+                    storage.crash();
+                    storage.set_faults(Faults::default());
                     log = open(&storage);
                 }
             }

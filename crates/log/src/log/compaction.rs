@@ -11,15 +11,21 @@
 //! Records without a key are dropped, as Kafka's cleaner does. Transactions: the
 //! cleanable range ends at the last stable offset (an open transaction's records wait for
 //! its outcome); records of aborted transactions never count as a key's latest value and
-//! are removed. Markers are kept (removing them once their transaction's records are gone
-//! is left for later). [`BatchFilter`] lets a caller discard more.
+//! are removed. A marker goes, as with Kafka's cleaner, once no record of its transaction
+//! is left (all aborted, or all superseded) and its segment is older than
+//! `delete.retention.ms`, so a reader that saw the records sees the marker too; an abort
+//! marker takes its entry in the aborted-transaction index with it (a stale entry would
+//! make readers drop that producer's later records). [`BatchFilter`] lets a caller discard
+//! more.
 //!
 //! Each segment is swapped crash-safely: the cleaned copy is written to `<base>.log.cleaned`
-//! and synced, renamed to `.swap` (the commit point), then renamed over `<base>.log`. At
-//! open a `.cleaned` file is an unfinished pass and is removed; a `.swap` file is a
-//! finished one and is put in place.
+//! (and its transaction index, when markers went, to `<base>.txnindex.cleaned`) and
+//! synced; the index is renamed to `.txnindex.swap`, then the log to `.log.swap` (the
+//! commit point), then both over the originals. At open `.cleaned` files are an unfinished
+//! pass and are removed, as is a `.txnindex.swap` without its `.log.swap`; a `.log.swap`
+//! is a finished pass and is put in place with its index.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -29,7 +35,7 @@ use super::PartitionLog;
 use crate::error::LogError;
 use crate::segment::Segment;
 use crate::storage::{Storage, StorageFile};
-use crate::txn_index::AbortedTxn;
+use crate::txn_index::{AbortedTxn, TXN_INDEX_SUFFIX, TxnIndex};
 
 /// Decides, batch by batch, what a cleaning pass may discard beyond what keys decide. The
 /// transactions work implements it to drop aborted data and obsolete markers.
@@ -60,20 +66,33 @@ pub(super) const SWAP_SUFFIX: &str = ".swap";
 
 /// Finishes or discards swaps a crash interrupted; run before segments are opened.
 pub(super) fn finish_interrupted_swaps(storage: &dyn Storage, dir: &Path) -> Result<(), LogError> {
-    for name in storage.list(dir)? {
+    let names = storage.list(dir)?;
+    for name in &names {
         if name.ends_with(CLEANED_SUFFIX) {
-            storage.remove_file(&dir.join(&name))?;
-        } else if let Some(log_name) = name.strip_suffix(SWAP_SUFFIX) {
-            // The cleaned copy was complete: its indexes go (they described the old
-            // file) and it takes the segment's place.
-            let stem = log_name.trim_end_matches(".log");
+            storage.remove_file(&dir.join(name))?;
+        } else if let Some(stem) = name.strip_suffix(&format!(".log{SWAP_SUFFIX}")) {
+            // The cleaned copy was complete: its offset and time indexes go (they
+            // described the old file), its transaction index (if markers went) and the
+            // log take the segment's place, the log last.
             for suffix in ["index", "timeindex"] {
                 let path = dir.join(format!("{stem}.{suffix}"));
                 if storage.exists(&path) {
                     storage.remove_file(&path)?;
                 }
             }
-            storage.rename(&dir.join(&name), &dir.join(log_name))?;
+            let txn_index = dir.join(format!("{stem}.{TXN_INDEX_SUFFIX}"));
+            let txn_index_swap = dir.join(format!("{stem}.{TXN_INDEX_SUFFIX}{SWAP_SUFFIX}"));
+            if storage.exists(&txn_index_swap) {
+                storage.rename(&txn_index_swap, &txn_index)?;
+            }
+            storage.rename(&dir.join(name), &dir.join(format!("{stem}.log")))?;
+        }
+    }
+    // A transaction index whose log never reached `.swap`: that pass did not commit.
+    for name in &names {
+        let path = dir.join(name);
+        if name.ends_with(&format!(".{TXN_INDEX_SUFFIX}{SWAP_SUFFIX}")) && storage.exists(&path) {
+            storage.remove_file(&path)?;
         }
     }
     storage.sync_dir(dir)?;
@@ -175,6 +194,7 @@ impl PartitionLog {
             first_dirty_offset: map_end,
         };
         let bases: Vec<i64> = self.segments.range(..map_end).map(|(&b, _)| b).collect();
+        let mut markers = MarkerCleaning::default();
         for base in bases {
             let Some(segment) = self.segments.get(&base) else {
                 continue;
@@ -197,7 +217,7 @@ impl PartitionLog {
                 aborted: &aborted,
                 filter,
             };
-            self.rewrite_into(segment, &mut out, &keep)?;
+            let removed_markers = self.rewrite_into(segment, &mut out, &keep, &mut markers)?;
             let after = out.finish()?;
             report.bytes_before += before;
             report.bytes_after += after;
@@ -205,6 +225,24 @@ impl PartitionLog {
                 drop(file);
                 self.storage.remove_file(&cleaned_path)?;
                 continue;
+            }
+            let txn_index = segment
+                .aborted_txns()
+                .iter()
+                .any(|t| removed_markers.contains(&t.last_offset))
+                .then(|| {
+                    segment
+                        .aborted_txns()
+                        .iter()
+                        .filter(|t| !removed_markers.contains(&t.last_offset))
+                        .copied()
+                        .collect::<Vec<_>>()
+                });
+            if let Some(entries) = txn_index {
+                let path = self
+                    .dir
+                    .join(format!("{base:020}.{TXN_INDEX_SUFFIX}{CLEANED_SUFFIX}"));
+                TxnIndex::write_file(self.storage.as_ref(), &path, &entries)?;
             }
             self.swap_in(base, file.as_ref(), now_ms)?;
             report.segments_cleaned += 1;
@@ -252,13 +290,15 @@ impl PartitionLog {
         Ok((latest, end))
     }
 
-    /// Writes the segment's surviving records to `out`, batch by batch.
+    /// Writes the segment's surviving records to `out`, batch by batch. Returns the
+    /// offsets of the markers it removed.
     fn rewrite_into(
         &self,
         segment: &Segment,
         out: &mut ChunkWriter<'_>,
         keep: &Keep<'_>,
-    ) -> Result<(), LogError> {
+        markers: &mut MarkerCleaning,
+    ) -> Result<HashSet<i64>, LogError> {
         let Keep {
             latest,
             map_end,
@@ -267,12 +307,23 @@ impl PartitionLog {
             filter,
         } = *keep;
         let limit = self.config.decompressed_batch_bytes_max;
+        let mut removed_markers = HashSet::new();
         for batch in SegmentBatches::new(segment) {
             let batch = batch?;
             if filter.discard_batch(&batch) || aborted.contains(&batch) {
                 continue;
             }
-            if batch.is_control() || batch.base_offset() >= map_end {
+            if batch.is_control() {
+                let records_left = markers.producers_with_records.remove(&batch.producer_id());
+                if horizon_passed && !records_left && batch.base_offset() < map_end {
+                    removed_markers.insert(batch.base_offset());
+                } else {
+                    out.write(batch.as_bytes())?;
+                }
+                continue;
+            }
+            if batch.base_offset() >= map_end {
+                markers.kept(&batch);
                 out.write(batch.as_bytes())?;
                 continue;
             }
@@ -286,11 +337,12 @@ impl PartitionLog {
                 is_latest && !(r.value.is_none() && horizon_passed)
             };
             let kept: Vec<_> = records.iter().filter(|r| keep(r)).collect();
-            if kept.len() == records.len() {
-                out.write(batch.as_bytes())?;
+            if kept.is_empty() {
                 continue;
             }
-            if kept.is_empty() {
+            markers.kept(&batch);
+            if kept.len() == records.len() {
+                out.write(batch.as_bytes())?;
                 continue;
             }
             let mut builder = RecordBatchBuilder::like(&batch)?;
@@ -299,7 +351,7 @@ impl PartitionLog {
             }
             out.write(&builder.build()?)?;
         }
-        Ok(())
+        Ok(removed_markers)
     }
 
     /// Puts the cleaned copy of segment `base` in its place, crash-safely, and reloads it.
@@ -314,6 +366,20 @@ impl PartitionLog {
         let swap_path = self.dir.join(format!("{stem}.log{SWAP_SUFFIX}"));
         if let Err(e) = cleaned.sync_data() {
             return self.fail(e);
+        }
+        let txn_index = self
+            .dir
+            .join(format!("{stem}.{TXN_INDEX_SUFFIX}{CLEANED_SUFFIX}"));
+        if self.storage.exists(&txn_index) {
+            let txn_index_swap = self
+                .dir
+                .join(format!("{stem}.{TXN_INDEX_SUFFIX}{SWAP_SUFFIX}"));
+            self.storage.rename(&txn_index, &txn_index_swap)?;
+            // On disk before the log's rename: a log in place with the old index would
+            // keep entries whose markers are gone.
+            if let Err(e) = self.storage.sync_dir(&self.dir) {
+                return self.fail(e);
+            }
         }
         self.storage.rename(&cleaned_path, &swap_path)?;
         if let Err(e) = self.storage.sync_dir(&self.dir) {
@@ -361,6 +427,23 @@ struct Keep<'a> {
     horizon_passed: bool,
     aborted: &'a AbortedBatches,
     filter: &'a dyn BatchFilter,
+}
+
+/// What a pass knows of transactions as it walks the range in offset order: which
+/// producers have records of their current transaction left, so that their next marker
+/// must stay.
+#[derive(Default)]
+struct MarkerCleaning {
+    producers_with_records: HashSet<i64>,
+}
+
+impl MarkerCleaning {
+    /// Notes a batch that keeps at least one record.
+    fn kept(&mut self, batch: &RecordBatch) {
+        if batch.is_transactional() {
+            self.producers_with_records.insert(batch.producer_id());
+        }
+    }
 }
 
 /// The aborted transactions of the cleanable range, to recognise their batches.

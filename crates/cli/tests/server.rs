@@ -41,6 +41,17 @@ fn produce_fetch_and_list_offsets_through_the_real_binary_survive_a_restart() {
     advertised.sort_unstable();
     served.sort_unstable();
     assert_eq!(advertised, served, "exactly the served APIs are advertised");
+    // Transactions of KIP-890's version 2 are in force (Java clients look for this).
+    let finalized: Vec<(&str, i16, i16)> = versions
+        .finalized_features
+        .iter()
+        .map(|f| (f.name.as_str(), f.min_version_level, f.max_version_level))
+        .collect();
+    assert!(
+        finalized.contains(&("transaction.version", 2, 2)),
+        "{finalized:?}"
+    );
+    assert!(versions.finalized_features_epoch >= 0);
 
     // Metadata auto-creates the topic with num.partitions partitions.
     let response = metadata(&mut client, "orders");

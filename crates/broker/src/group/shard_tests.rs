@@ -7,9 +7,12 @@ use spool_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use spool_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use spool_protocol::messages::txn_offset_commit_request::{
+    TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+};
 use spool_protocol::messages::{
     JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, OffsetCommitRequest, SyncGroupRequest,
-    SyncGroupResponse,
+    SyncGroupResponse, TxnOffsetCommitRequest,
 };
 use spool_protocol::{ErrorCode, Uuid};
 
@@ -27,6 +30,8 @@ struct Harness {
     log: Vec<GroupRecord>,
     /// Answers released so far, by token.
     answers: Vec<(Token, Parked)>,
+    /// Records written in producers' transactional batches, as the log would hold them.
+    txn_log: Vec<TxnRecords>,
     /// The JoinGroup version sent.
     join_version: i16,
 }
@@ -46,6 +51,7 @@ impl Harness {
             next_token: 1,
             log: Vec::new(),
             answers: Vec::new(),
+            txn_log: Vec::new(),
             join_version: 5,
         }
     }
@@ -61,6 +67,7 @@ impl Harness {
         let effects = self.shard.take_effects();
         self.log.extend(effects.records);
         self.answers.extend(effects.completed);
+        self.txn_log.extend(effects.txn_records);
     }
 
     fn advance(&mut self, ms: i64) {
@@ -184,6 +191,42 @@ impl Harness {
             .commit_offsets(self.now, &request, 8, &|topic, _| topic == "orders");
         self.collect();
         response.topics[0].partitions[0].error_code
+    }
+
+    /// TxnOffsetCommit of `offset` for partition 0 of `topic` by producer `producer_id`.
+    fn txn_commit(
+        &mut self,
+        producer_id: i64,
+        member_id: &str,
+        generation: i32,
+        topic: &str,
+        offset: i64,
+    ) -> ErrorCode {
+        let request = TxnOffsetCommitRequest {
+            transactional_id: format!("txn-{producer_id}"),
+            group_id: GROUP.into(),
+            producer_id,
+            producer_epoch: 0,
+            generation_id: generation,
+            member_id: member_id.into(),
+            topics: vec![TxnOffsetCommitRequestTopic {
+                name: topic.into(),
+                partitions: vec![TxnOffsetCommitRequestPartition {
+                    partition_index: 0,
+                    committed_offset: offset,
+                    committed_leader_epoch: 3,
+                    committed_metadata: Some("meta".into()),
+                    ..TxnOffsetCommitRequestPartition::default()
+                }],
+                ..TxnOffsetCommitRequestTopic::default()
+            }],
+            ..TxnOffsetCommitRequest::default()
+        };
+        let response = self
+            .shard
+            .txn_commit_offsets(self.now, &request, &|topic, _| topic == "orders");
+        self.collect();
+        ErrorCode::from_code(response.topics[0].partitions[0].error_code).expect("a known code")
     }
 
     fn committed(&self) -> Option<i64> {
@@ -626,4 +669,109 @@ fn joins_with_bad_settings_are_refused() {
         refusal(&request),
         ErrorCode::InconsistentGroupProtocol.code()
     );
+}
+
+#[test]
+fn transactional_offsets_wait_for_their_marker_and_each_producer_is_decided_alone() {
+    let mut h = Harness::with_delay(0);
+    let (leader, _, generation) = h.stable_pair();
+    assert_eq!(h.commit(&leader, generation, 5), 0);
+    assert_eq!(
+        h.txn_commit(7, &leader, generation, "orders", 10),
+        ErrorCode::None
+    );
+    // Written in producer 7's batch, not applied: readers still see 5, and a fetch that
+    // requires stable offsets must wait.
+    assert_eq!(h.txn_log.len(), 1);
+    assert_eq!(h.txn_log[0].producer_id, 7);
+    assert!(matches!(
+        &h.txn_log[0].records[..],
+        [GroupRecord::Offset { value: Some(v), .. }] if v.offset == 10
+    ));
+    assert_eq!(h.committed(), Some(5));
+    assert!(h.shard.has_pending_offset(GROUP, "orders", 0));
+    assert!(!h.shard.has_pending_offset(GROUP, "orders", 1));
+
+    // Producer 8 commits its own offset; producer 7 aborts: only 8's offset lands.
+    assert_eq!(
+        h.txn_commit(8, &leader, generation, "orders", 20),
+        ErrorCode::None
+    );
+    h.advance(1_000);
+    h.shard.complete_transaction(7, false, h.now);
+    assert_eq!(h.committed(), Some(5), "an abort drops the pending offset");
+    assert!(
+        h.shard.has_pending_offset(GROUP, "orders", 0),
+        "8's is still open"
+    );
+    h.shard.complete_transaction(8, true, h.now);
+    assert_eq!(h.committed(), Some(20));
+    assert!(!h.shard.has_pending_offset(GROUP, "orders", 0));
+    // A marker for a producer with nothing pending here changes nothing.
+    h.shard.complete_transaction(9, true, h.now);
+    assert_eq!(h.committed(), Some(20));
+}
+
+#[test]
+fn transactional_commits_are_checked_like_commits_and_refused_ones_leave_nothing_pending() {
+    let mut h = Harness::with_delay(0);
+    let (leader, _, generation) = h.stable_pair();
+    assert_eq!(
+        h.txn_commit(7, &leader, generation - 1, "orders", 10),
+        ErrorCode::IllegalGeneration
+    );
+    assert_eq!(
+        h.txn_commit(7, "stranger", generation, "orders", 10),
+        ErrorCode::UnknownMemberId
+    );
+    assert_eq!(
+        h.txn_commit(7, &leader, generation, "deleted", 10),
+        ErrorCode::UnknownTopicOrPartition
+    );
+    assert!(h.txn_log.is_empty(), "nothing written");
+    assert!(!h.shard.has_pending_offset(GROUP, "orders", 0));
+    h.shard.complete_transaction(7, true, h.now);
+    assert_eq!(h.committed(), None);
+
+    // A simple consumer (no member, generation -1) commits through a transaction into
+    // a group nobody joined.
+    let mut simple = Harness::with_delay(0);
+    assert_eq!(simple.txn_commit(7, "", -1, "orders", 42), ErrorCode::None);
+    simple.shard.complete_transaction(7, true, simple.now);
+    assert_eq!(simple.committed(), Some(42));
+}
+
+#[test]
+fn a_load_replays_transactional_offsets_and_decides_them_by_the_markers() {
+    let mut h = Harness::with_delay(0);
+    let (leader, _, generation) = h.stable_pair();
+    assert_eq!(h.commit(&leader, generation, 5), 0);
+    assert_eq!(
+        h.txn_commit(7, &leader, generation, "orders", 10),
+        ErrorCode::None
+    );
+    assert_eq!(
+        h.txn_commit(8, &leader, generation, "orders", 20),
+        ErrorCode::None
+    );
+    // The log: the plain records, both producers' batches, then only 7's marker (commit).
+    let mut restored = Harness::with_delay(0);
+    for record in h.log.clone() {
+        restored.shard.replay(record, restored.now);
+    }
+    for batch in &h.txn_log {
+        for record in batch.records.clone() {
+            restored
+                .shard
+                .replay_transactional(batch.producer_id, record);
+        }
+    }
+    assert_eq!(restored.committed(), Some(5), "undecided offsets wait");
+    restored.shard.complete_transaction(7, true, restored.now);
+    assert_eq!(restored.committed(), Some(10));
+    // 8's transaction is still open after the load, and its abort drops its offset.
+    assert!(restored.shard.has_pending_offset(GROUP, "orders", 0));
+    restored.shard.complete_transaction(8, false, restored.now);
+    assert_eq!(restored.committed(), Some(10));
+    assert!(!restored.shard.has_pending_offset(GROUP, "orders", 0));
 }

@@ -10,6 +10,7 @@ end-to-end latency percentiles at 10k msg/s with acks=all. 1 KiB messages, one t
 partitions. Every loop is bounded in count and time.
 """
 import argparse
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -48,6 +49,19 @@ def start(spool, data_dir):
             if time.time() - started > 30:
                 raise
     return process, address, time.time() - started
+
+
+@contextlib.contextmanager
+def running(spool):
+    """A broker on a fresh data directory for the block: (process, address, start seconds)."""
+    data_dir = tempfile.mkdtemp(prefix="spool-bench-")
+    process, address, start_seconds = start(spool, data_dir)
+    try:
+        yield process, address, start_seconds
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def produce(address, topic, count, acks, **config):
@@ -130,9 +144,7 @@ def main():
     parser.add_argument("--mb", type=int, default=1024)
     parser.add_argument("--spool", default="target/release/spool")
     args = parser.parse_args()
-    data_dir = tempfile.mkdtemp(prefix="spool-bench-")
-    process, address, start_seconds = start(args.spool, data_dir)
-    try:
+    with running(args.spool) as (process, address, start_seconds):
         print(f"start to serving: {start_seconds * 1000:.0f} ms")
         time.sleep(1)
         print(f"broker RSS idle: {rss_mb(process.pid):.1f} MB")
@@ -146,10 +158,6 @@ def main():
         p50, p99, p999, n = latency(address, "latency", 10000, 5)
         print(f"end-to-end latency at 10k msg/s, acks=all: p50 {p50:.2f} ms, p99 {p99:.2f} ms, p99.9 {p999:.2f} ms ({n} messages)")
         print(f"broker RSS after: {rss_mb(process.pid):.1f} MB")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

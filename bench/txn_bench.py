@@ -12,15 +12,12 @@ with read_committed. 1 KiB messages, 6 partitions, each transaction writes to al
 Every loop is bounded in count and time.
 """
 import argparse
-import shutil
-import signal
-import tempfile
 import time
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from client_bench import MESSAGE, PARTITIONS, consume, produce, rss_mb, start
+from client_bench import MESSAGE, PARTITIONS, consume, produce, rss_mb, running
 
 
 def produce_transactions(address, topic, count, per_txn):
@@ -50,9 +47,7 @@ def main():
     parser.add_argument("--per-txn", type=int, default=100)
     parser.add_argument("--spool", default="target/release/spool")
     args = parser.parse_args()
-    data_dir = tempfile.mkdtemp(prefix="spool-bench-")
-    process, address, _ = start(args.spool, data_dir)
-    try:
+    with running(args.spool) as (process, address, _):
         admin = AdminClient({"bootstrap.servers": address})
         for topic in ["plain", "txn"]:
             admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
@@ -71,10 +66,6 @@ def main():
                                                      "group.id": f"bench-{isolation}"})
             print(f"consume {isolation}: {rate:.0f} MB/s ({args.mb} MB)")
         print(f"broker RSS after: {rss_mb(process.pid):.1f} MB")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

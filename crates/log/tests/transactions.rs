@@ -15,7 +15,9 @@ use spool_log::txn_index::AbortedTxn;
 use spool_log::{Faults, KeepAllBatches, LogConfig, MemStorage, PartitionLog, Storage};
 use spool_protocol::ErrorCode;
 use spool_protocol::compression::Compression;
-use spool_protocol::record_batch::{ControlRecordType, RecordBatchBuilder, RecordBatches};
+use spool_protocol::record_batch::{
+    ControlRecordType, RecordBatch, RecordBatchBuilder, RecordBatches,
+};
 
 const DIR: &str = "/data/orders-0";
 
@@ -204,26 +206,29 @@ fn keyed(pid: i64, seq: i32, key: &str, value: &str, transactional: bool) -> Byt
     builder.build().unwrap()
 }
 
-/// Every value in the log, as read_uncommitted readers see it.
-fn everything(log: &PartitionLog) -> Vec<String> {
+/// Every batch in the log, markers included.
+fn batches(log: &PartitionLog) -> Vec<RecordBatch> {
     let mut out = Vec::new();
     let mut offset = log.log_start_offset();
     while offset < log.log_end_offset() {
         let read = log.read(offset, 1 << 20, i64::MAX).unwrap();
         let Some(range) = read.range else { break };
-        for batch in RecordBatches::new(range.to_bytes().unwrap()) {
-            let batch = batch.unwrap();
-            if batch.is_control() {
-                continue;
-            }
-            for record in batch.records(1 << 20).unwrap() {
-                let value = record.unwrap().value.unwrap();
-                out.push(String::from_utf8(value.to_vec()).unwrap());
-            }
-        }
+        out.extend(RecordBatches::new(range.to_bytes().unwrap()).map(Result::unwrap));
         offset = read.next_offset;
     }
     out
+}
+
+/// Every value in the log, as read_uncommitted readers see it.
+fn everything(log: &PartitionLog) -> Vec<String> {
+    let data = batches(log).into_iter().filter(|b| !b.is_control());
+    data.flat_map(|batch| {
+        let records: Vec<_> = batch.records(1 << 20).unwrap().collect();
+        records
+            .into_iter()
+            .map(|r| String::from_utf8(r.unwrap().value.unwrap().to_vec()).unwrap())
+    })
+    .collect()
 }
 
 #[test]
@@ -273,20 +278,11 @@ fn compaction_removes_aborted_records_and_waits_for_open_transactions() {
 
 /// The markers in the log: (producer ID, offset).
 fn markers(log: &PartitionLog) -> Vec<(i64, i64)> {
-    let mut out = Vec::new();
-    let mut offset = log.log_start_offset();
-    while offset < log.log_end_offset() {
-        let read = log.read(offset, 1 << 20, i64::MAX).unwrap();
-        let Some(range) = read.range else { break };
-        for batch in RecordBatches::new(range.to_bytes().unwrap()) {
-            let batch = batch.unwrap();
-            if batch.is_control() {
-                out.push((batch.producer_id(), batch.base_offset()));
-            }
-        }
-        offset = read.next_offset;
-    }
-    out
+    batches(log)
+        .iter()
+        .filter(|b| b.is_control())
+        .map(|b| (b.producer_id(), b.base_offset()))
+        .collect()
 }
 
 #[test]

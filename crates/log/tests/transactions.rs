@@ -231,16 +231,22 @@ fn everything(log: &PartitionLog) -> Vec<String> {
     .collect()
 }
 
-#[test]
-fn compaction_removes_aborted_records_and_waits_for_open_transactions() {
-    let storage = MemStorage::new();
-    let config = LogConfig {
+/// A compacted log of small segments (two batches each), cleanable at once.
+fn compacted(delete_retention_ms: i64) -> LogConfig {
+    LogConfig {
         segment_bytes: 200,
         cleanup_compact: true,
         cleanup_delete: false,
         min_compaction_lag_ms: 0,
+        delete_retention_ms,
         ..LogConfig::default()
-    };
+    }
+}
+
+#[test]
+fn compaction_removes_aborted_records_and_waits_for_open_transactions() {
+    let storage = MemStorage::new();
+    let config = compacted(LogConfig::default().delete_retention_ms);
     let mut log = PartitionLog::open(Arc::new(storage), Path::new(DIR), config, 0)
         .unwrap()
         .0;
@@ -288,14 +294,7 @@ fn markers(log: &PartitionLog) -> Vec<(i64, i64)> {
 #[test]
 fn compaction_removes_markers_once_their_records_are_gone_and_the_horizon_passed() {
     let storage = MemStorage::new();
-    let config = LogConfig {
-        segment_bytes: 200,
-        cleanup_compact: true,
-        cleanup_delete: false,
-        min_compaction_lag_ms: 0,
-        delete_retention_ms: 5_000,
-        ..LogConfig::default()
-    };
+    let config = compacted(5_000);
     let dir = Path::new(DIR);
     let open = |storage: &MemStorage| {
         PartitionLog::open(Arc::new(storage.clone()), dir, config.clone(), 0)

@@ -37,8 +37,8 @@ use crate::segment::Segment;
 use crate::storage::{Storage, StorageFile};
 use crate::txn_index::{AbortedTxn, TXN_INDEX_SUFFIX, TxnIndex};
 
-/// Decides, batch by batch, what a cleaning pass may discard beyond what keys decide. The
-/// transactions work implements it to drop aborted data and obsolete markers.
+/// Decides, batch by batch, what a cleaning pass may discard beyond what keys and
+/// transactions decide.
 pub trait BatchFilter {
     /// Whether the whole batch can go.
     fn discard_batch(&self, _batch: &RecordBatch) -> bool {
@@ -238,13 +238,13 @@ impl PartitionLog {
                         .copied()
                         .collect::<Vec<_>>()
                 });
-            if let Some(entries) = txn_index {
+            if let Some(entries) = &txn_index {
                 let path = self
                     .dir
                     .join(format!("{base:020}.{TXN_INDEX_SUFFIX}{CLEANED_SUFFIX}"));
-                TxnIndex::write_file(self.storage.as_ref(), &path, &entries)?;
+                TxnIndex::write_file(self.storage.as_ref(), &path, entries)?;
             }
-            self.swap_in(base, file.as_ref(), now_ms)?;
+            self.swap_in(base, file.as_ref(), txn_index.is_some(), now_ms)?;
             report.segments_cleaned += 1;
         }
         self.first_dirty_offset = self.first_dirty_offset.max(map_end);
@@ -354,11 +354,13 @@ impl PartitionLog {
         Ok(removed_markers)
     }
 
-    /// Puts the cleaned copy of segment `base` in its place, crash-safely, and reloads it.
+    /// Puts the cleaned copy of segment `base` in its place, crash-safely, with its
+    /// cleaned transaction index if one was written, and reloads it.
     fn swap_in(
         &mut self,
         base: i64,
         cleaned: &dyn StorageFile,
+        with_txn_index: bool,
         now_ms: i64,
     ) -> Result<(), LogError> {
         let stem = format!("{base:020}");
@@ -367,10 +369,10 @@ impl PartitionLog {
         if let Err(e) = cleaned.sync_data() {
             return self.fail(e);
         }
-        let txn_index = self
-            .dir
-            .join(format!("{stem}.{TXN_INDEX_SUFFIX}{CLEANED_SUFFIX}"));
-        if self.storage.exists(&txn_index) {
+        if with_txn_index {
+            let txn_index = self
+                .dir
+                .join(format!("{stem}.{TXN_INDEX_SUFFIX}{CLEANED_SUFFIX}"));
             let txn_index_swap = self
                 .dir
                 .join(format!("{stem}.{TXN_INDEX_SUFFIX}{SWAP_SUFFIX}"));

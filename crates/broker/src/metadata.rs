@@ -1,8 +1,9 @@
 //! The broker's metadata — topics, their IDs, partitions and configs — as an image rebuilt
 //! from a log of metadata records.
 //!
-//! Changes are appended as records (`TopicRecord`, `PartitionRecord`, `ConfigRecord`,
-//! `RemoveTopicRecord`, Kafka's KRaft layouts) to the partition log `__cluster_metadata-0`
+//! Changes are appended as records (`TopicRecord`, `PartitionRecord`, `PartitionChangeRecord`,
+//! `ConfigRecord`, `RemoveTopicRecord`, the broker registration records; Kafka's KRaft
+//! layouts) to the partition log `__cluster_metadata-0`
 //! in the data directory, made durable, then applied to the in-memory image. At start the
 //! log is replayed. This is the shape the cluster work puts on a Raft quorum: the log
 //! becomes replicated, the image stays the same.
@@ -14,8 +15,11 @@ use std::hash::{BuildHasher, Hasher};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use spool_log::{LogError, PartitionLog};
 use spool_protocol::compression::Compression;
+use spool_protocol::internal::register_broker_record::BrokerEndpoint;
 use spool_protocol::internal::{
-    ConfigRecord, PartitionRecord, ProducerIdsRecord, RemoveTopicRecord, TopicRecord,
+    BrokerRegistrationChangeRecord, ConfigRecord, PartitionChangeRecord, PartitionRecord,
+    ProducerIdsRecord, RegisterBrokerRecord, RemoveTopicRecord, TopicRecord,
+    UnregisterBrokerRecord,
 };
 use spool_protocol::record_batch::{RecordBatchBuilder, RecordBatches};
 use spool_protocol::{DecodeError, EncodeError, Message, Uuid};
@@ -49,21 +53,48 @@ pub enum MetadataRecord {
     /// A block of producer IDs was handed out; the next block starts at
     /// `next_producer_id`.
     ProducerIds(ProducerIdsRecord),
+    /// A partition's leader, ISR or replicas changed.
+    PartitionChange(PartitionChangeRecord),
+    /// A broker registered (again: a new incarnation replaces the old one).
+    RegisterBroker(RegisterBrokerRecord),
+    /// A broker was fenced or unfenced, or entered controlled shutdown.
+    BrokerRegistrationChange(BrokerRegistrationChangeRecord),
+    UnregisterBroker(UnregisterBrokerRecord),
 }
 
+/// `PartitionChangeRecord.leader` when the leader does not change.
+pub const NO_LEADER_CHANGE: i32 = -2;
+/// A partition's leader when it has none.
+pub const NO_LEADER: i32 = -1;
+
 impl MetadataRecord {
-    /// The stored form: record type (i16), record version (i16), then the record.
+    /// The stored form: record type (i16), record version (i16), then the record. Each
+    /// type is written at the version that carries all of its fields here.
     pub fn encode(&self) -> Result<Bytes, EncodeError> {
         let mut buf = BytesMut::new();
-        let (record_type, body) = match self {
-            MetadataRecord::Topic(r) => (TopicRecord::RECORD_TYPE, r.to_bytes(0)?),
-            MetadataRecord::Partition(r) => (PartitionRecord::RECORD_TYPE, r.to_bytes(0)?),
-            MetadataRecord::Config(r) => (ConfigRecord::RECORD_TYPE, r.to_bytes(0)?),
-            MetadataRecord::RemoveTopic(r) => (RemoveTopicRecord::RECORD_TYPE, r.to_bytes(0)?),
-            MetadataRecord::ProducerIds(r) => (ProducerIdsRecord::RECORD_TYPE, r.to_bytes(0)?),
+        let (record_type, version, body) = match self {
+            MetadataRecord::Topic(r) => (TopicRecord::RECORD_TYPE, 0, r.to_bytes(0)?),
+            MetadataRecord::Partition(r) => (PartitionRecord::RECORD_TYPE, 0, r.to_bytes(0)?),
+            MetadataRecord::Config(r) => (ConfigRecord::RECORD_TYPE, 0, r.to_bytes(0)?),
+            MetadataRecord::RemoveTopic(r) => (RemoveTopicRecord::RECORD_TYPE, 0, r.to_bytes(0)?),
+            MetadataRecord::ProducerIds(r) => (ProducerIdsRecord::RECORD_TYPE, 0, r.to_bytes(0)?),
+            MetadataRecord::PartitionChange(r) => {
+                (PartitionChangeRecord::RECORD_TYPE, 0, r.to_bytes(0)?)
+            }
+            MetadataRecord::RegisterBroker(r) => {
+                (RegisterBrokerRecord::RECORD_TYPE, 3, r.to_bytes(3)?)
+            }
+            MetadataRecord::BrokerRegistrationChange(r) => (
+                BrokerRegistrationChangeRecord::RECORD_TYPE,
+                1,
+                r.to_bytes(1)?,
+            ),
+            MetadataRecord::UnregisterBroker(r) => {
+                (UnregisterBrokerRecord::RECORD_TYPE, 0, r.to_bytes(0)?)
+            }
         };
         buf.put_i16(record_type);
-        buf.put_i16(0);
+        buf.put_i16(version);
         buf.put_slice(&body);
         Ok(buf.freeze())
     }
@@ -93,6 +124,20 @@ impl MetadataRecord {
             ProducerIdsRecord::RECORD_TYPE => {
                 MetadataRecord::ProducerIds(ProducerIdsRecord::decode(&mut bytes, version)?)
             }
+            PartitionChangeRecord::RECORD_TYPE => {
+                MetadataRecord::PartitionChange(PartitionChangeRecord::decode(&mut bytes, version)?)
+            }
+            RegisterBrokerRecord::RECORD_TYPE => {
+                MetadataRecord::RegisterBroker(RegisterBrokerRecord::decode(&mut bytes, version)?)
+            }
+            BrokerRegistrationChangeRecord::RECORD_TYPE => {
+                MetadataRecord::BrokerRegistrationChange(BrokerRegistrationChangeRecord::decode(
+                    &mut bytes, version,
+                )?)
+            }
+            UnregisterBrokerRecord::RECORD_TYPE => MetadataRecord::UnregisterBroker(
+                UnregisterBrokerRecord::decode(&mut bytes, version)?,
+            ),
             other => return Err(DecodeError::UnknownApiKey(other)),
         })
     }
@@ -101,10 +146,46 @@ impl MetadataRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartitionMeta {
     pub index: i32,
+    /// A node ID, or [`NO_LEADER`].
     pub leader: i32,
+    /// Bumped at every change of leader.
     pub leader_epoch: i32,
+    /// Bumped at every change.
+    pub partition_epoch: i32,
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
+}
+
+impl PartitionMeta {
+    /// Applies a change: what the record sets, with the epochs bumped.
+    fn apply(&mut self, change: &PartitionChangeRecord) {
+        if let Some(isr) = &change.isr {
+            self.isr = isr.clone();
+        }
+        if let Some(replicas) = &change.replicas {
+            self.replicas = replicas.clone();
+        }
+        if change.leader != NO_LEADER_CHANGE {
+            self.leader = change.leader;
+            self.leader_epoch += 1;
+        }
+        self.partition_epoch += 1;
+    }
+}
+
+/// A registered broker, as the controller knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerMeta {
+    pub id: i32,
+    /// Given by the controller at each registration; a request carrying an older one is
+    /// from a previous incarnation.
+    pub epoch: i64,
+    pub incarnation_id: Uuid,
+    pub endpoints: Vec<BrokerEndpoint>,
+    pub rack: Option<String>,
+    /// A fenced broker leads nothing and is not in any ISR.
+    pub fenced: bool,
+    pub in_controlled_shutdown: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +211,7 @@ pub struct MetadataImage {
     /// Dynamic broker settings by resource name: a node ID, or "" for the cluster default.
     broker_configs: BTreeMap<String, BTreeMap<String, String>>,
     next_producer_id: i64,
+    brokers: BTreeMap<i32, BrokerMeta>,
 }
 
 impl crate::group::consumer::TopicSource for MetadataImage {
@@ -195,6 +277,15 @@ impl MetadataImage {
         self.next_producer_id
     }
 
+    pub fn broker(&self, id: i32) -> Option<&BrokerMeta> {
+        self.brokers.get(&id)
+    }
+
+    /// The registered brokers, by ID.
+    pub fn brokers(&self) -> impl Iterator<Item = &BrokerMeta> {
+        self.brokers.values()
+    }
+
     pub fn apply(&mut self, record: &MetadataRecord) {
         match record {
             MetadataRecord::Topic(r) => {
@@ -221,6 +312,7 @@ impl MetadataImage {
                     index: r.partition_id,
                     leader: r.leader,
                     leader_epoch: r.leader_epoch,
+                    partition_epoch: r.partition_epoch,
                     replicas: r.replicas.clone(),
                     isr: r.isr.clone(),
                 };
@@ -263,6 +355,57 @@ impl MetadataImage {
             }
             MetadataRecord::ProducerIds(r) => {
                 self.next_producer_id = self.next_producer_id.max(r.next_producer_id);
+            }
+            MetadataRecord::PartitionChange(r) => {
+                let partition = self
+                    .names_by_id
+                    .get(&r.topic_id)
+                    .and_then(|n| self.topics.get_mut(n))
+                    .and_then(|t| t.partitions.iter_mut().find(|p| p.index == r.partition_id));
+                if let Some(partition) = partition {
+                    partition.apply(r);
+                }
+            }
+            MetadataRecord::RegisterBroker(r) => {
+                self.brokers.insert(
+                    r.broker_id,
+                    BrokerMeta {
+                        id: r.broker_id,
+                        epoch: r.broker_epoch,
+                        incarnation_id: r.incarnation_id,
+                        endpoints: r.end_points.clone(),
+                        rack: r.rack.clone(),
+                        fenced: r.fenced,
+                        in_controlled_shutdown: r.in_controlled_shutdown,
+                    },
+                );
+            }
+            MetadataRecord::BrokerRegistrationChange(r) => {
+                // A change for an older registration is stale.
+                let Some(broker) = self
+                    .brokers
+                    .get_mut(&r.broker_id)
+                    .filter(|b| b.epoch == r.broker_epoch)
+                else {
+                    return;
+                };
+                match r.fenced {
+                    1 => broker.fenced = true,
+                    -1 => broker.fenced = false,
+                    _ => {}
+                }
+                if r.in_controlled_shutdown == 1 {
+                    broker.in_controlled_shutdown = true;
+                }
+            }
+            MetadataRecord::UnregisterBroker(r) => {
+                if self
+                    .brokers
+                    .get(&r.broker_id)
+                    .is_some_and(|b| b.epoch == r.broker_epoch)
+                {
+                    self.brokers.remove(&r.broker_id);
+                }
             }
         }
     }
@@ -442,6 +585,127 @@ mod tests {
                 .topic_by_id(&orders.id)
                 .map(|t| t.name.as_str()),
             Some("orders")
+        );
+    }
+
+    fn register(id: i32, epoch: i64) -> MetadataRecord {
+        MetadataRecord::RegisterBroker(RegisterBrokerRecord {
+            broker_id: id,
+            incarnation_id: Uuid::from_u128(id as u128 + 100),
+            broker_epoch: epoch,
+            end_points: vec![BrokerEndpoint {
+                name: "PLAINTEXT".into(),
+                host: "127.0.0.1".into(),
+                port: 9092 + id as u16,
+                ..Default::default()
+            }],
+            rack: Some(format!("rack-{id}")),
+            fenced: true,
+            in_controlled_shutdown: false,
+            ..Default::default()
+        })
+    }
+
+    fn fencing(id: i32, epoch: i64, fenced: i8) -> MetadataRecord {
+        MetadataRecord::BrokerRegistrationChange(BrokerRegistrationChangeRecord {
+            broker_id: id,
+            broker_epoch: epoch,
+            fenced,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn broker_and_partition_change_records_round_trip() {
+        let topic_id = Uuid::from_u128(7);
+        for record in [
+            register(1, 10),
+            fencing(1, 10, -1),
+            MetadataRecord::BrokerRegistrationChange(BrokerRegistrationChangeRecord {
+                broker_id: 2,
+                broker_epoch: 11,
+                in_controlled_shutdown: 1,
+                ..Default::default()
+            }),
+            MetadataRecord::UnregisterBroker(UnregisterBrokerRecord {
+                broker_id: 3,
+                broker_epoch: 12,
+                ..Default::default()
+            }),
+            MetadataRecord::PartitionChange(PartitionChangeRecord {
+                partition_id: 2,
+                topic_id,
+                isr: Some(vec![1, 2]),
+                leader: 2,
+                ..Default::default()
+            }),
+            MetadataRecord::PartitionChange(PartitionChangeRecord {
+                partition_id: 0,
+                topic_id,
+                ..Default::default()
+            }),
+        ] {
+            assert_eq!(
+                MetadataRecord::decode(record.encode().unwrap()).unwrap(),
+                record
+            );
+        }
+    }
+
+    #[test]
+    fn brokers_register_get_fenced_and_partitions_change_leader_and_isr() {
+        let mut image = MetadataImage::default();
+        for record in create_topic_records("orders", 1, 1, &BTreeMap::new()) {
+            image.apply(&record);
+        }
+        image.apply(&register(1, 10));
+        image.apply(&register(2, 11));
+        assert!(image.broker(1).unwrap().fenced, "brokers register fenced");
+        image.apply(&fencing(1, 10, -1));
+        image.apply(&fencing(2, 11, -1));
+        assert!(!image.broker(1).unwrap().fenced);
+        // A change for an older registration of broker 1 is ignored.
+        image.apply(&register(1, 20));
+        image.apply(&fencing(1, 10, -1));
+        assert!(image.broker(1).unwrap().fenced);
+        assert_eq!(image.broker(1).unwrap().rack.as_deref(), Some("rack-1"));
+        image.apply(&MetadataRecord::UnregisterBroker(UnregisterBrokerRecord {
+            broker_id: 2,
+            broker_epoch: 10,
+            ..Default::default()
+        }));
+        assert!(image.broker(2).is_some(), "wrong epoch: still registered");
+
+        let topic_id = image.topic("orders").unwrap().id;
+        let change = |isr: Option<Vec<i32>>, leader: i32| {
+            MetadataRecord::PartitionChange(PartitionChangeRecord {
+                partition_id: 0,
+                topic_id,
+                isr,
+                leader,
+                ..Default::default()
+            })
+        };
+        // The ISR grows: the leader and its epoch stay, the partition epoch moves.
+        image.apply(&change(Some(vec![1, 2]), NO_LEADER_CHANGE));
+        let p = &image.topic("orders").unwrap().partitions[0];
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.partition_epoch, p.isr.clone()),
+            (1, 0, 1, vec![1, 2])
+        );
+        // A new leader: both epochs move.
+        image.apply(&change(Some(vec![2]), 2));
+        let p = &image.topic("orders").unwrap().partitions[0];
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.partition_epoch, p.isr.clone()),
+            (2, 1, 2, vec![2])
+        );
+        // No leader left.
+        image.apply(&change(None, NO_LEADER));
+        let p = &image.topic("orders").unwrap().partitions[0];
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.isr.clone()),
+            (NO_LEADER, 2, vec![2])
         );
     }
 

@@ -8,6 +8,8 @@
 #[rustfmt::skip]
 pub mod access_control_entry_record;
 #[rustfmt::skip]
+pub mod broker_registration_change_record;
+#[rustfmt::skip]
 pub mod client_quota_record;
 #[rustfmt::skip]
 pub mod config_record;
@@ -66,9 +68,12 @@ pub mod transaction_log_key;
 #[rustfmt::skip]
 pub mod transaction_log_value;
 #[rustfmt::skip]
+pub mod unregister_broker_record;
+#[rustfmt::skip]
 pub mod user_scram_credential_record;
 
 pub use access_control_entry_record::AccessControlEntryRecord;
+pub use broker_registration_change_record::BrokerRegistrationChangeRecord;
 pub use client_quota_record::ClientQuotaRecord;
 pub use config_record::ConfigRecord;
 pub use consumer_group_current_member_assignment_key::ConsumerGroupCurrentMemberAssignmentKey;
@@ -98,4 +103,5 @@ pub use remove_user_scram_credential_record::RemoveUserScramCredentialRecord;
 pub use topic_record::TopicRecord;
 pub use transaction_log_key::TransactionLogKey;
 pub use transaction_log_value::TransactionLogValue;
+pub use unregister_broker_record::UnregisterBrokerRecord;
 pub use user_scram_credential_record::UserScramCredentialRecord;

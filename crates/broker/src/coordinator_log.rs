@@ -1,15 +1,82 @@
-//! What the coordinators share about their internal topics' partitions: appending their
-//! records in batches, and reading a partition back at load.
+//! What the coordinators share about their internal topics' partitions: a slot per
+//! partition, appending their records in batches, and reading a partition back at load.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
 use spool_log::{LogError, SharedLog};
+use spool_protocol::ErrorCode;
 use spool_protocol::compression::Compression;
 use spool_protocol::record_batch::{RecordBatch, RecordBatchBuilder, RecordBatches};
 
 use crate::state::BrokerState;
+
+/// A coordinator's slots, one per partition of its internal topic (index = partition);
+/// none until the topic is attached.
+pub struct Slots<T>(RwLock<Vec<Arc<T>>>);
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Slots(RwLock::new(Vec::new()))
+    }
+}
+
+impl<T> Slots<T> {
+    fn read(&self) -> RwLockReadGuard<'_, Vec<Arc<T>>> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every slot, in partition order.
+    pub fn all(&self) -> Vec<Arc<T>> {
+        self.read().clone()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// The slot of `partition`; COORDINATOR_NOT_AVAILABLE when there is none (not
+    /// attached yet, or detached).
+    pub fn get(&self, partition: i32) -> Result<Arc<T>, ErrorCode> {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|index| self.read().get(index).cloned())
+            .ok_or(ErrorCode::CoordinatorNotAvailable)
+    }
+
+    /// Makes a slot per log with `make(partition, log)`, unless there are slots already.
+    /// Returns the new slots (none if there were slots).
+    pub fn fill(
+        &self,
+        logs: Vec<Arc<SharedLog>>,
+        make: impl Fn(i32, Arc<SharedLog>) -> T,
+    ) -> Vec<Arc<T>> {
+        let mut slots = self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !slots.is_empty() {
+            return Vec::new();
+        }
+        *slots = logs
+            .into_iter()
+            .enumerate()
+            .map(|(i, log)| Arc::new(make(i32::try_from(i).unwrap_or(i32::MAX), log)))
+            .collect();
+        slots.clone()
+    }
+
+    /// Drops every slot.
+    pub fn clear(&self) {
+        self.0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+    }
+}
 
 /// Records per appended batch are cut at about this many bytes, well below the topics'
 /// `max.message.bytes`.

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use spool_log::producer_state::ProducerBatch;
@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, watch};
 use super::shard::{Effects, Parked, Token};
 use super::{GroupConfig, GroupRecord, OFFSETS_TOPIC, Shard, partition_for};
 use crate::coordinator_log::{
-    append_records, create_internal_topic, for_each_batch, internal_topic_logs, plain_batch,
+    Slots, append_records, create_internal_topic, for_each_batch, internal_topic_logs, plain_batch,
     transactional_batch,
 };
 use crate::metadata::random_uuid;
@@ -59,7 +59,7 @@ pub struct GroupCoordinator {
     /// Held while `__consumer_offsets` is created.
     creating: Mutex<()>,
     /// One per partition of `__consumer_offsets`, once the topic exists.
-    slots: RwLock<Vec<Arc<Slot>>>,
+    slots: Slots<Slot>,
     next_token: AtomicU64,
 }
 
@@ -68,7 +68,7 @@ impl GroupCoordinator {
         GroupCoordinator {
             config,
             creating: Mutex::new(()),
-            slots: RwLock::new(Vec::new()),
+            slots: Slots::default(),
             next_token: AtomicU64::new(1),
         }
     }
@@ -84,48 +84,27 @@ impl GroupCoordinator {
 
     /// Whether the shards exist (the topic was created or found at start).
     pub fn is_attached(&self) -> bool {
-        !self
-            .slots
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .is_empty()
+        !self.slots.is_empty()
     }
 
     /// Whether every shard is loaded (and there are shards).
     pub fn is_loaded(&self) -> bool {
-        let slots = self
-            .slots
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let slots = self.slots.all();
         !slots.is_empty() && slots.iter().all(|s| lock(&s.inner).shard.is_some())
     }
 
     /// Serves the partitions `logs` (index = partition). With `load`, each is read back
     /// on a loader thread first; without, they start empty (a topic just created).
     pub fn attach(&self, logs: Vec<Arc<SharedLog>>, load: bool) {
-        let mut slots = self
-            .slots
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !slots.is_empty() {
-            return;
-        }
-        *slots = logs
-            .into_iter()
-            .enumerate()
-            .map(|(i, log)| {
-                Arc::new(Slot {
-                    partition: i32::try_from(i).unwrap_or(i32::MAX),
-                    log,
-                    inner: Mutex::new(SlotInner {
-                        shard: (!load).then(|| empty_shard(&self.config)),
-                        waiters: HashMap::new(),
-                    }),
-                })
-            })
-            .collect();
-        if load {
-            let slots = slots.clone();
+        let slots = self.slots.fill(logs, |partition, log| Slot {
+            partition,
+            log,
+            inner: Mutex::new(SlotInner {
+                shard: (!load).then(|| empty_shard(&self.config)),
+                waiters: HashMap::new(),
+            }),
+        });
+        if load && !slots.is_empty() {
             let config = self.config.clone();
             std::thread::spawn(move || {
                 for slot in slots {
@@ -137,22 +116,11 @@ impl GroupCoordinator {
 
     /// Drops the shards and their logs (at shutdown, so the logs can close).
     pub fn detach(&self) {
-        self.slots
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clear();
+        self.slots.clear();
     }
 
     fn slot(&self, group_id: &str) -> Result<Arc<Slot>, ErrorCode> {
-        let slots = self
-            .slots
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let index = usize::try_from(self.partition_for(group_id)).unwrap_or(0);
-        slots
-            .get(index)
-            .cloned()
-            .ok_or(ErrorCode::CoordinatorNotAvailable)
+        self.slots.get(self.partition_for(group_id))
     }
 
     /// Runs `step` on the shard of `group_id` and returns its result once what it wrote
@@ -213,11 +181,7 @@ impl GroupCoordinator {
     /// Reads every loaded shard (ListGroups): `f` per shard, in partition order. Shards
     /// still loading are reported through `loading`.
     pub fn read_all<R>(&self, mut f: impl FnMut(&Shard) -> R) -> (Vec<R>, bool) {
-        let slots = self
-            .slots
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let slots = self.slots.all();
         let mut results = Vec::with_capacity(slots.len());
         let mut loading = false;
         for slot in slots {
@@ -241,13 +205,7 @@ impl GroupCoordinator {
         marker: ControlRecordType,
         coordinator_epoch: i32,
     ) -> Result<Option<i64>, ErrorCode> {
-        let slot = self
-            .slots
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(usize::try_from(partition).unwrap_or(usize::MAX))
-            .cloned()
-            .ok_or(ErrorCode::CoordinatorNotAvailable)?;
+        let slot = self.slots.get(partition)?;
         let mut inner = lock(&slot.inner);
         let shard = inner
             .shard
@@ -270,12 +228,7 @@ impl GroupCoordinator {
 
     /// Advances time in every shard and releases what that produced.
     pub async fn tick(&self, state: &BrokerState) {
-        let slots = self
-            .slots
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        for slot in slots {
+        for slot in self.slots.all() {
             let release = {
                 let mut inner = lock(&slot.inner);
                 let now = now_ms();

@@ -10,7 +10,7 @@
 //! between them leaves the decision in the log: the load hands the transaction out again
 //! and the markers are written then.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use spool_log::{LogError, SharedLog};
 use spool_protocol::ErrorCode;
@@ -20,7 +20,7 @@ use super::records::TxnRecord;
 use super::shard::{MarkerJob, TxnShard};
 use super::{TXN_TOPIC, TxnConfig, partition_for};
 use crate::coordinator_log::{
-    append_records, create_internal_topic, for_each_batch, internal_topic_logs, plain_batch,
+    Slots, append_records, create_internal_topic, for_each_batch, internal_topic_logs, plain_batch,
 };
 use crate::group::OFFSETS_TOPIC;
 use crate::state::{BrokerState, lock, now_ms};
@@ -36,7 +36,7 @@ pub struct TxnCoordinator {
     config: TxnConfig,
     /// Held while `__transaction_state` is created.
     creating: Mutex<()>,
-    slots: RwLock<Vec<Arc<Slot>>>,
+    slots: Slots<Slot>,
 }
 
 impl TxnCoordinator {
@@ -44,7 +44,7 @@ impl TxnCoordinator {
         TxnCoordinator {
             config,
             creating: Mutex::new(()),
-            slots: RwLock::new(Vec::new()),
+            slots: Slots::default(),
         }
     }
 
@@ -57,58 +57,29 @@ impl TxnCoordinator {
         partition_for(transactional_id, self.config.topic_partitions)
     }
 
-    fn slots(&self) -> Vec<Arc<Slot>> {
-        self.slots
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
     pub fn is_attached(&self) -> bool {
-        !self.slots().is_empty()
+        !self.slots.is_empty()
     }
 
     /// Serves the partitions `logs` (index = partition), reading each back first.
     pub fn attach(&self, logs: Vec<Arc<SharedLog>>) {
-        let mut slots = self
-            .slots
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !slots.is_empty() {
-            return;
-        }
-        *slots = logs
-            .into_iter()
-            .enumerate()
-            .map(|(i, log)| {
-                Arc::new(Slot {
-                    partition: i32::try_from(i).unwrap_or(i32::MAX),
-                    log,
-                    shard: Mutex::new(None),
-                })
-            })
-            .collect();
-        for slot in slots.iter() {
+        let slots = self.slots.fill(logs, |partition, log| Slot {
+            partition,
+            log,
+            shard: Mutex::new(None),
+        });
+        for slot in &slots {
             load_slot(slot, &self.config);
         }
     }
 
     /// Drops the shards and their logs (at shutdown, so the logs can close).
     pub fn detach(&self) {
-        self.slots
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clear();
+        self.slots.clear();
     }
 
     fn slot(&self, transactional_id: &str) -> Result<Arc<Slot>, ErrorCode> {
-        let index = usize::try_from(self.partition_for(transactional_id)).unwrap_or(0);
-        self.slots
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(index)
-            .cloned()
-            .ok_or(ErrorCode::CoordinatorNotAvailable)
+        self.slots.get(self.partition_for(transactional_id))
     }
 
     /// Runs `step` on the shard of `transactional_id` and returns its result once what it
@@ -187,7 +158,7 @@ impl TxnCoordinator {
     pub fn read_all<R>(&self, mut f: impl FnMut(&TxnShard) -> R) -> (Vec<R>, bool) {
         let mut results = Vec::new();
         let mut loading = false;
-        for slot in self.slots() {
+        for slot in self.slots.all() {
             match lock(&slot.shard).as_ref() {
                 Some(shard) => results.push(f(shard)),
                 None => loading = true,
@@ -211,7 +182,7 @@ impl TxnCoordinator {
     /// Advances time in every shard: aborts timed-out transactions, resumes the ones a
     /// crash left half-ended, removes expired IDs. Marker jobs run on their own tasks.
     pub async fn tick(&self, state: &Arc<BrokerState>) {
-        for slot in self.slots() {
+        for slot in self.slots.all() {
             let Ok((jobs, end)) = self.step_on(state, &slot, |shard, now, allocate| {
                 shard.tick(now, allocate)
             }) else {

@@ -11,12 +11,14 @@ pub mod coordinator_log;
 pub mod fetch_session;
 pub mod flusher;
 pub mod group;
-pub mod metadata;
 pub mod server;
 pub mod state;
 pub mod topic_configs;
 pub mod txn;
 pub mod wakeups;
+
+/// The metadata records and image, under the name the broker's modules use.
+pub use spool_metadata as metadata;
 
 pub use config::{BrokerConfig, ConfigError};
 pub use state::{BrokerError, BrokerState};

@@ -59,6 +59,23 @@ pub trait TopicSource {
     fn topic_names(&self) -> Vec<String>;
 }
 
+impl TopicSource for spool_metadata::MetadataImage {
+    fn topic(&self, name: &str) -> Option<(Uuid, i32)> {
+        spool_metadata::MetadataImage::topic(self, name).map(|t| (t.id, t.partitions.len() as i32))
+    }
+
+    fn topic_name(&self, id: &Uuid) -> Option<String> {
+        self.topic_by_id(id).map(|t| t.name.clone())
+    }
+
+    fn topic_names(&self) -> Vec<String> {
+        self.topics()
+            .filter(|t| !t.is_internal())
+            .map(|t| t.name.clone())
+            .collect()
+    }
+}
+
 /// Where a member is in catching up with its target assignment (Kafka's values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberState {

@@ -182,6 +182,10 @@ pub mod alter_user_scram_credentials_request;
 #[rustfmt::skip]
 pub mod alter_user_scram_credentials_response;
 #[rustfmt::skip]
+pub mod alter_partition_request;
+#[rustfmt::skip]
+pub mod alter_partition_response;
+#[rustfmt::skip]
 pub mod describe_cluster_request;
 #[rustfmt::skip]
 pub mod describe_cluster_response;
@@ -189,6 +193,18 @@ pub mod describe_cluster_response;
 pub mod describe_producers_request;
 #[rustfmt::skip]
 pub mod describe_producers_response;
+#[rustfmt::skip]
+pub mod broker_registration_request;
+#[rustfmt::skip]
+pub mod broker_registration_response;
+#[rustfmt::skip]
+pub mod broker_heartbeat_request;
+#[rustfmt::skip]
+pub mod broker_heartbeat_response;
+#[rustfmt::skip]
+pub mod unregister_broker_request;
+#[rustfmt::skip]
+pub mod unregister_broker_response;
 #[rustfmt::skip]
 pub mod describe_transactions_request;
 #[rustfmt::skip]
@@ -296,10 +312,18 @@ pub use describe_user_scram_credentials_request::DescribeUserScramCredentialsReq
 pub use describe_user_scram_credentials_response::DescribeUserScramCredentialsResponse;
 pub use alter_user_scram_credentials_request::AlterUserScramCredentialsRequest;
 pub use alter_user_scram_credentials_response::AlterUserScramCredentialsResponse;
+pub use alter_partition_request::AlterPartitionRequest;
+pub use alter_partition_response::AlterPartitionResponse;
 pub use describe_cluster_request::DescribeClusterRequest;
 pub use describe_cluster_response::DescribeClusterResponse;
 pub use describe_producers_request::DescribeProducersRequest;
 pub use describe_producers_response::DescribeProducersResponse;
+pub use broker_registration_request::BrokerRegistrationRequest;
+pub use broker_registration_response::BrokerRegistrationResponse;
+pub use broker_heartbeat_request::BrokerHeartbeatRequest;
+pub use broker_heartbeat_response::BrokerHeartbeatResponse;
+pub use unregister_broker_request::UnregisterBrokerRequest;
+pub use unregister_broker_response::UnregisterBrokerResponse;
 pub use describe_transactions_request::DescribeTransactionsRequest;
 pub use describe_transactions_response::DescribeTransactionsResponse;
 pub use list_transactions_request::ListTransactionsRequest;
@@ -358,8 +382,12 @@ pub enum ApiKey {
     AlterClientQuotas = 49,
     DescribeUserScramCredentials = 50,
     AlterUserScramCredentials = 51,
+    AlterPartition = 56,
     DescribeCluster = 60,
     DescribeProducers = 61,
+    BrokerRegistration = 62,
+    BrokerHeartbeat = 63,
+    UnregisterBroker = 64,
     DescribeTransactions = 65,
     ListTransactions = 66,
     ConsumerGroupHeartbeat = 68,
@@ -413,8 +441,12 @@ impl ApiKey {
         ApiKey::AlterClientQuotas,
         ApiKey::DescribeUserScramCredentials,
         ApiKey::AlterUserScramCredentials,
+        ApiKey::AlterPartition,
         ApiKey::DescribeCluster,
         ApiKey::DescribeProducers,
+        ApiKey::BrokerRegistration,
+        ApiKey::BrokerHeartbeat,
+        ApiKey::UnregisterBroker,
         ApiKey::DescribeTransactions,
         ApiKey::ListTransactions,
         ApiKey::ConsumerGroupHeartbeat,
@@ -467,8 +499,12 @@ impl ApiKey {
             49 => Some(ApiKey::AlterClientQuotas),
             50 => Some(ApiKey::DescribeUserScramCredentials),
             51 => Some(ApiKey::AlterUserScramCredentials),
+            56 => Some(ApiKey::AlterPartition),
             60 => Some(ApiKey::DescribeCluster),
             61 => Some(ApiKey::DescribeProducers),
+            62 => Some(ApiKey::BrokerRegistration),
+            63 => Some(ApiKey::BrokerHeartbeat),
+            64 => Some(ApiKey::UnregisterBroker),
             65 => Some(ApiKey::DescribeTransactions),
             66 => Some(ApiKey::ListTransactions),
             68 => Some(ApiKey::ConsumerGroupHeartbeat),
@@ -524,8 +560,12 @@ impl ApiKey {
             ApiKey::AlterClientQuotas => "AlterClientQuotas",
             ApiKey::DescribeUserScramCredentials => "DescribeUserScramCredentials",
             ApiKey::AlterUserScramCredentials => "AlterUserScramCredentials",
+            ApiKey::AlterPartition => "AlterPartition",
             ApiKey::DescribeCluster => "DescribeCluster",
             ApiKey::DescribeProducers => "DescribeProducers",
+            ApiKey::BrokerRegistration => "BrokerRegistration",
+            ApiKey::BrokerHeartbeat => "BrokerHeartbeat",
+            ApiKey::UnregisterBroker => "UnregisterBroker",
             ApiKey::DescribeTransactions => "DescribeTransactions",
             ApiKey::ListTransactions => "ListTransactions",
             ApiKey::ConsumerGroupHeartbeat => "ConsumerGroupHeartbeat",
@@ -580,8 +620,12 @@ impl ApiKey {
             ApiKey::AlterClientQuotas => AlterClientQuotasRequest::VERSIONS,
             ApiKey::DescribeUserScramCredentials => DescribeUserScramCredentialsRequest::VERSIONS,
             ApiKey::AlterUserScramCredentials => AlterUserScramCredentialsRequest::VERSIONS,
+            ApiKey::AlterPartition => AlterPartitionRequest::VERSIONS,
             ApiKey::DescribeCluster => DescribeClusterRequest::VERSIONS,
             ApiKey::DescribeProducers => DescribeProducersRequest::VERSIONS,
+            ApiKey::BrokerRegistration => BrokerRegistrationRequest::VERSIONS,
+            ApiKey::BrokerHeartbeat => BrokerHeartbeatRequest::VERSIONS,
+            ApiKey::UnregisterBroker => UnregisterBrokerRequest::VERSIONS,
             ApiKey::DescribeTransactions => DescribeTransactionsRequest::VERSIONS,
             ApiKey::ListTransactions => ListTransactionsRequest::VERSIONS,
             ApiKey::ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest::VERSIONS,
@@ -636,8 +680,12 @@ impl ApiKey {
             ApiKey::AlterClientQuotas => AlterClientQuotasRequest::FLEXIBLE_VERSIONS,
             ApiKey::DescribeUserScramCredentials => DescribeUserScramCredentialsRequest::FLEXIBLE_VERSIONS,
             ApiKey::AlterUserScramCredentials => AlterUserScramCredentialsRequest::FLEXIBLE_VERSIONS,
+            ApiKey::AlterPartition => AlterPartitionRequest::FLEXIBLE_VERSIONS,
             ApiKey::DescribeCluster => DescribeClusterRequest::FLEXIBLE_VERSIONS,
             ApiKey::DescribeProducers => DescribeProducersRequest::FLEXIBLE_VERSIONS,
+            ApiKey::BrokerRegistration => BrokerRegistrationRequest::FLEXIBLE_VERSIONS,
+            ApiKey::BrokerHeartbeat => BrokerHeartbeatRequest::FLEXIBLE_VERSIONS,
+            ApiKey::UnregisterBroker => UnregisterBrokerRequest::FLEXIBLE_VERSIONS,
             ApiKey::DescribeTransactions => DescribeTransactionsRequest::FLEXIBLE_VERSIONS,
             ApiKey::ListTransactions => ListTransactionsRequest::FLEXIBLE_VERSIONS,
             ApiKey::ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest::FLEXIBLE_VERSIONS,
@@ -706,8 +754,12 @@ pub enum RequestBody {
     AlterClientQuotas(AlterClientQuotasRequest),
     DescribeUserScramCredentials(DescribeUserScramCredentialsRequest),
     AlterUserScramCredentials(AlterUserScramCredentialsRequest),
+    AlterPartition(AlterPartitionRequest),
     DescribeCluster(DescribeClusterRequest),
     DescribeProducers(DescribeProducersRequest),
+    BrokerRegistration(BrokerRegistrationRequest),
+    BrokerHeartbeat(BrokerHeartbeatRequest),
+    UnregisterBroker(UnregisterBrokerRequest),
     DescribeTransactions(DescribeTransactionsRequest),
     ListTransactions(ListTransactionsRequest),
     ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest),
@@ -761,8 +813,12 @@ impl RequestBody {
             RequestBody::AlterClientQuotas(_) => ApiKey::AlterClientQuotas,
             RequestBody::DescribeUserScramCredentials(_) => ApiKey::DescribeUserScramCredentials,
             RequestBody::AlterUserScramCredentials(_) => ApiKey::AlterUserScramCredentials,
+            RequestBody::AlterPartition(_) => ApiKey::AlterPartition,
             RequestBody::DescribeCluster(_) => ApiKey::DescribeCluster,
             RequestBody::DescribeProducers(_) => ApiKey::DescribeProducers,
+            RequestBody::BrokerRegistration(_) => ApiKey::BrokerRegistration,
+            RequestBody::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
+            RequestBody::UnregisterBroker(_) => ApiKey::UnregisterBroker,
             RequestBody::DescribeTransactions(_) => ApiKey::DescribeTransactions,
             RequestBody::ListTransactions(_) => ApiKey::ListTransactions,
             RequestBody::ConsumerGroupHeartbeat(_) => ApiKey::ConsumerGroupHeartbeat,
@@ -817,8 +873,12 @@ impl RequestBody {
             ApiKey::AlterClientQuotas => RequestBody::AlterClientQuotas(AlterClientQuotasRequest::decode(buf, version)?),
             ApiKey::DescribeUserScramCredentials => RequestBody::DescribeUserScramCredentials(DescribeUserScramCredentialsRequest::decode(buf, version)?),
             ApiKey::AlterUserScramCredentials => RequestBody::AlterUserScramCredentials(AlterUserScramCredentialsRequest::decode(buf, version)?),
+            ApiKey::AlterPartition => RequestBody::AlterPartition(AlterPartitionRequest::decode(buf, version)?),
             ApiKey::DescribeCluster => RequestBody::DescribeCluster(DescribeClusterRequest::decode(buf, version)?),
             ApiKey::DescribeProducers => RequestBody::DescribeProducers(DescribeProducersRequest::decode(buf, version)?),
+            ApiKey::BrokerRegistration => RequestBody::BrokerRegistration(BrokerRegistrationRequest::decode(buf, version)?),
+            ApiKey::BrokerHeartbeat => RequestBody::BrokerHeartbeat(BrokerHeartbeatRequest::decode(buf, version)?),
+            ApiKey::UnregisterBroker => RequestBody::UnregisterBroker(UnregisterBrokerRequest::decode(buf, version)?),
             ApiKey::DescribeTransactions => RequestBody::DescribeTransactions(DescribeTransactionsRequest::decode(buf, version)?),
             ApiKey::ListTransactions => RequestBody::ListTransactions(ListTransactionsRequest::decode(buf, version)?),
             ApiKey::ConsumerGroupHeartbeat => RequestBody::ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest::decode(buf, version)?),
@@ -872,8 +932,12 @@ impl RequestBody {
             RequestBody::AlterClientQuotas(body) => body.encode(buf, version),
             RequestBody::DescribeUserScramCredentials(body) => body.encode(buf, version),
             RequestBody::AlterUserScramCredentials(body) => body.encode(buf, version),
+            RequestBody::AlterPartition(body) => body.encode(buf, version),
             RequestBody::DescribeCluster(body) => body.encode(buf, version),
             RequestBody::DescribeProducers(body) => body.encode(buf, version),
+            RequestBody::BrokerRegistration(body) => body.encode(buf, version),
+            RequestBody::BrokerHeartbeat(body) => body.encode(buf, version),
+            RequestBody::UnregisterBroker(body) => body.encode(buf, version),
             RequestBody::DescribeTransactions(body) => body.encode(buf, version),
             RequestBody::ListTransactions(body) => body.encode(buf, version),
             RequestBody::ConsumerGroupHeartbeat(body) => body.encode(buf, version),
@@ -930,8 +994,12 @@ impl RequestBody {
             ApiKey::AlterClientQuotas => RequestBody::AlterClientQuotas(AlterClientQuotasRequest::sample(rng, version)),
             ApiKey::DescribeUserScramCredentials => RequestBody::DescribeUserScramCredentials(DescribeUserScramCredentialsRequest::sample(rng, version)),
             ApiKey::AlterUserScramCredentials => RequestBody::AlterUserScramCredentials(AlterUserScramCredentialsRequest::sample(rng, version)),
+            ApiKey::AlterPartition => RequestBody::AlterPartition(AlterPartitionRequest::sample(rng, version)),
             ApiKey::DescribeCluster => RequestBody::DescribeCluster(DescribeClusterRequest::sample(rng, version)),
             ApiKey::DescribeProducers => RequestBody::DescribeProducers(DescribeProducersRequest::sample(rng, version)),
+            ApiKey::BrokerRegistration => RequestBody::BrokerRegistration(BrokerRegistrationRequest::sample(rng, version)),
+            ApiKey::BrokerHeartbeat => RequestBody::BrokerHeartbeat(BrokerHeartbeatRequest::sample(rng, version)),
+            ApiKey::UnregisterBroker => RequestBody::UnregisterBroker(UnregisterBrokerRequest::sample(rng, version)),
             ApiKey::DescribeTransactions => RequestBody::DescribeTransactions(DescribeTransactionsRequest::sample(rng, version)),
             ApiKey::ListTransactions => RequestBody::ListTransactions(ListTransactionsRequest::sample(rng, version)),
             ApiKey::ConsumerGroupHeartbeat => RequestBody::ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest::sample(rng, version)),
@@ -987,8 +1055,12 @@ pub enum ResponseBody {
     AlterClientQuotas(AlterClientQuotasResponse),
     DescribeUserScramCredentials(DescribeUserScramCredentialsResponse),
     AlterUserScramCredentials(AlterUserScramCredentialsResponse),
+    AlterPartition(AlterPartitionResponse),
     DescribeCluster(DescribeClusterResponse),
     DescribeProducers(DescribeProducersResponse),
+    BrokerRegistration(BrokerRegistrationResponse),
+    BrokerHeartbeat(BrokerHeartbeatResponse),
+    UnregisterBroker(UnregisterBrokerResponse),
     DescribeTransactions(DescribeTransactionsResponse),
     ListTransactions(ListTransactionsResponse),
     ConsumerGroupHeartbeat(ConsumerGroupHeartbeatResponse),
@@ -1042,8 +1114,12 @@ impl ResponseBody {
             ResponseBody::AlterClientQuotas(_) => ApiKey::AlterClientQuotas,
             ResponseBody::DescribeUserScramCredentials(_) => ApiKey::DescribeUserScramCredentials,
             ResponseBody::AlterUserScramCredentials(_) => ApiKey::AlterUserScramCredentials,
+            ResponseBody::AlterPartition(_) => ApiKey::AlterPartition,
             ResponseBody::DescribeCluster(_) => ApiKey::DescribeCluster,
             ResponseBody::DescribeProducers(_) => ApiKey::DescribeProducers,
+            ResponseBody::BrokerRegistration(_) => ApiKey::BrokerRegistration,
+            ResponseBody::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
+            ResponseBody::UnregisterBroker(_) => ApiKey::UnregisterBroker,
             ResponseBody::DescribeTransactions(_) => ApiKey::DescribeTransactions,
             ResponseBody::ListTransactions(_) => ApiKey::ListTransactions,
             ResponseBody::ConsumerGroupHeartbeat(_) => ApiKey::ConsumerGroupHeartbeat,
@@ -1098,8 +1174,12 @@ impl ResponseBody {
             ApiKey::AlterClientQuotas => ResponseBody::AlterClientQuotas(AlterClientQuotasResponse::decode(buf, version)?),
             ApiKey::DescribeUserScramCredentials => ResponseBody::DescribeUserScramCredentials(DescribeUserScramCredentialsResponse::decode(buf, version)?),
             ApiKey::AlterUserScramCredentials => ResponseBody::AlterUserScramCredentials(AlterUserScramCredentialsResponse::decode(buf, version)?),
+            ApiKey::AlterPartition => ResponseBody::AlterPartition(AlterPartitionResponse::decode(buf, version)?),
             ApiKey::DescribeCluster => ResponseBody::DescribeCluster(DescribeClusterResponse::decode(buf, version)?),
             ApiKey::DescribeProducers => ResponseBody::DescribeProducers(DescribeProducersResponse::decode(buf, version)?),
+            ApiKey::BrokerRegistration => ResponseBody::BrokerRegistration(BrokerRegistrationResponse::decode(buf, version)?),
+            ApiKey::BrokerHeartbeat => ResponseBody::BrokerHeartbeat(BrokerHeartbeatResponse::decode(buf, version)?),
+            ApiKey::UnregisterBroker => ResponseBody::UnregisterBroker(UnregisterBrokerResponse::decode(buf, version)?),
             ApiKey::DescribeTransactions => ResponseBody::DescribeTransactions(DescribeTransactionsResponse::decode(buf, version)?),
             ApiKey::ListTransactions => ResponseBody::ListTransactions(ListTransactionsResponse::decode(buf, version)?),
             ApiKey::ConsumerGroupHeartbeat => ResponseBody::ConsumerGroupHeartbeat(ConsumerGroupHeartbeatResponse::decode(buf, version)?),
@@ -1153,8 +1233,12 @@ impl ResponseBody {
             ResponseBody::AlterClientQuotas(body) => body.encode(buf, version),
             ResponseBody::DescribeUserScramCredentials(body) => body.encode(buf, version),
             ResponseBody::AlterUserScramCredentials(body) => body.encode(buf, version),
+            ResponseBody::AlterPartition(body) => body.encode(buf, version),
             ResponseBody::DescribeCluster(body) => body.encode(buf, version),
             ResponseBody::DescribeProducers(body) => body.encode(buf, version),
+            ResponseBody::BrokerRegistration(body) => body.encode(buf, version),
+            ResponseBody::BrokerHeartbeat(body) => body.encode(buf, version),
+            ResponseBody::UnregisterBroker(body) => body.encode(buf, version),
             ResponseBody::DescribeTransactions(body) => body.encode(buf, version),
             ResponseBody::ListTransactions(body) => body.encode(buf, version),
             ResponseBody::ConsumerGroupHeartbeat(body) => body.encode(buf, version),
@@ -1211,8 +1295,12 @@ impl ResponseBody {
             ApiKey::AlterClientQuotas => ResponseBody::AlterClientQuotas(AlterClientQuotasResponse::sample(rng, version)),
             ApiKey::DescribeUserScramCredentials => ResponseBody::DescribeUserScramCredentials(DescribeUserScramCredentialsResponse::sample(rng, version)),
             ApiKey::AlterUserScramCredentials => ResponseBody::AlterUserScramCredentials(AlterUserScramCredentialsResponse::sample(rng, version)),
+            ApiKey::AlterPartition => ResponseBody::AlterPartition(AlterPartitionResponse::sample(rng, version)),
             ApiKey::DescribeCluster => ResponseBody::DescribeCluster(DescribeClusterResponse::sample(rng, version)),
             ApiKey::DescribeProducers => ResponseBody::DescribeProducers(DescribeProducersResponse::sample(rng, version)),
+            ApiKey::BrokerRegistration => ResponseBody::BrokerRegistration(BrokerRegistrationResponse::sample(rng, version)),
+            ApiKey::BrokerHeartbeat => ResponseBody::BrokerHeartbeat(BrokerHeartbeatResponse::sample(rng, version)),
+            ApiKey::UnregisterBroker => ResponseBody::UnregisterBroker(UnregisterBrokerResponse::sample(rng, version)),
             ApiKey::DescribeTransactions => ResponseBody::DescribeTransactions(DescribeTransactionsResponse::sample(rng, version)),
             ApiKey::ListTransactions => ResponseBody::ListTransactions(ListTransactionsResponse::sample(rng, version)),
             ApiKey::ConsumerGroupHeartbeat => ResponseBody::ConsumerGroupHeartbeat(ConsumerGroupHeartbeatResponse::sample(rng, version)),

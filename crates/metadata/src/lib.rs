@@ -1,5 +1,6 @@
-//! The broker's metadata — topics, their IDs, partitions and configs — as an image rebuilt
-//! from a log of metadata records.
+//! The cluster's metadata — topics, their IDs, partitions and configs, the registered
+//! brokers — as an image rebuilt from a log of metadata records, and the [`controller`]
+//! that decides which records to write.
 //!
 //! Changes are appended as records (`TopicRecord`, `PartitionRecord`, `PartitionChangeRecord`,
 //! `ConfigRecord`, `RemoveTopicRecord`, the broker registration records; Kafka's KRaft
@@ -24,6 +25,8 @@ use spool_protocol::internal::{
 use spool_protocol::record_batch::{RecordBatchBuilder, RecordBatches};
 use spool_protocol::{DecodeError, EncodeError, Message, Uuid};
 use thiserror::Error;
+
+pub mod controller;
 
 /// The partition log that holds the metadata records.
 pub const METADATA_TOPIC: &str = "__cluster_metadata";
@@ -212,26 +215,8 @@ pub struct MetadataImage {
     broker_configs: BTreeMap<String, BTreeMap<String, String>>,
     next_producer_id: i64,
     brokers: BTreeMap<i32, BrokerMeta>,
-}
-
-impl crate::group::consumer::TopicSource for MetadataImage {
-    fn topic(&self, name: &str) -> Option<(Uuid, i32)> {
-        self.topics
-            .get(name)
-            .map(|t| (t.id, t.partitions.len() as i32))
-    }
-
-    fn topic_name(&self, id: &Uuid) -> Option<String> {
-        self.names_by_id.get(id).cloned()
-    }
-
-    fn topic_names(&self) -> Vec<String> {
-        self.topics
-            .values()
-            .filter(|t| !t.is_internal())
-            .map(|t| t.name.clone())
-            .collect()
-    }
+    /// The highest broker epoch any registration has had.
+    last_broker_epoch: i64,
 }
 
 impl MetadataImage {
@@ -284,6 +269,12 @@ impl MetadataImage {
     /// The registered brokers, by ID.
     pub fn brokers(&self) -> impl Iterator<Item = &BrokerMeta> {
         self.brokers.values()
+    }
+
+    /// The epoch the next broker registration gets: above every epoch given before, so a
+    /// request from an earlier incarnation is always recognised as stale.
+    pub fn next_broker_epoch(&self) -> i64 {
+        self.last_broker_epoch + 1
     }
 
     pub fn apply(&mut self, record: &MetadataRecord) {
@@ -367,6 +358,7 @@ impl MetadataImage {
                 }
             }
             MetadataRecord::RegisterBroker(r) => {
+                self.last_broker_epoch = self.last_broker_epoch.max(r.broker_epoch);
                 self.brokers.insert(
                     r.broker_id,
                     BrokerMeta {

@@ -12,8 +12,8 @@
 //! heartbeated, which metadata offset it must reach); they are not in the log, and a
 //! controller that becomes active gives every registered broker a fresh session.
 //!
-//! Nothing here reads a clock or does I/O: the time and the offset the first record will be
-//! written at come in as [`At`], so tests and the simulator drive it step by step.
+//! Nothing here reads a clock or does I/O: the time and the offset the records will be
+//! committed at come in as [`At`], so tests and the simulator drive it step by step.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -76,8 +76,8 @@ impl Default for ControllerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct At {
     pub now_ms: i64,
-    /// The metadata offset the first record the call returns will be written at (records
-    /// get consecutive offsets).
+    /// The metadata offset the call's records will be committed at: they go into the
+    /// metadata log as one entry.
     pub next_offset: i64,
 }
 
@@ -269,7 +269,7 @@ impl Controller {
             } else if !broker.in_controlled_shutdown {
                 records.push(change(0, 1));
                 records.extend(moved_off(image, id));
-                session.shutdown_offset = Some(at.next_offset + records.len() as i64 - 1);
+                session.shutdown_offset = Some(at.next_offset);
             } else if session
                 .shutdown_offset
                 .is_none_or(|offset| reached >= offset)

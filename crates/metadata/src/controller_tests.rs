@@ -1,5 +1,6 @@
-//! The controller driven step by step: each call's records are committed (applied to the
-//! image, given the next offsets) before the next call, as the quorum runtime does.
+//! The controller driven step by step: each call's records are committed as one entry
+//! (applied to the image, given the next offset) before the next call, as the quorum
+//! runtime does.
 
 use super::*;
 use crate::BrokerMeta;
@@ -63,6 +64,8 @@ impl Cluster {
     fn apply(&mut self, records: Vec<MetadataRecord>) {
         for record in &records {
             self.image.apply(record);
+        }
+        if !records.is_empty() {
             self.next_offset += 1;
         }
     }

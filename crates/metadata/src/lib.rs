@@ -27,6 +27,7 @@ use spool_protocol::{DecodeError, EncodeError, Message, Uuid};
 use thiserror::Error;
 
 pub mod controller;
+pub mod quorum;
 
 /// The partition log that holds the metadata records.
 pub const METADATA_TOPIC: &str = "__cluster_metadata";
@@ -275,6 +276,71 @@ impl MetadataImage {
     /// request from an earlier incarnation is always recognised as stale.
     pub fn next_broker_epoch(&self) -> i64 {
         self.last_broker_epoch + 1
+    }
+
+    /// Records that rebuild this image from nothing (a snapshot's contents).
+    pub fn to_records(&self) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        if self.next_producer_id > 0 {
+            records.push(MetadataRecord::ProducerIds(ProducerIdsRecord {
+                broker_id: -1,
+                broker_epoch: -1,
+                next_producer_id: self.next_producer_id,
+                ..Default::default()
+            }));
+        }
+        for broker in self.brokers.values() {
+            records.push(MetadataRecord::RegisterBroker(RegisterBrokerRecord {
+                broker_id: broker.id,
+                incarnation_id: broker.incarnation_id,
+                broker_epoch: broker.epoch,
+                end_points: broker.endpoints.clone(),
+                rack: broker.rack.clone(),
+                fenced: broker.fenced,
+                in_controlled_shutdown: broker.in_controlled_shutdown,
+                ..Default::default()
+            }));
+        }
+        for (resource_name, configs) in &self.broker_configs {
+            for (name, value) in configs {
+                records.push(MetadataRecord::Config(ConfigRecord {
+                    resource_type: BROKER_RESOURCE_TYPE,
+                    resource_name: resource_name.clone(),
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                    ..Default::default()
+                }));
+            }
+        }
+        for topic in self.topics.values() {
+            records.push(MetadataRecord::Topic(TopicRecord {
+                name: topic.name.clone(),
+                topic_id: topic.id,
+                ..Default::default()
+            }));
+            for (name, value) in &topic.configs {
+                records.push(MetadataRecord::Config(ConfigRecord {
+                    resource_type: TOPIC_RESOURCE_TYPE,
+                    resource_name: topic.name.clone(),
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                    ..Default::default()
+                }));
+            }
+            for p in &topic.partitions {
+                records.push(MetadataRecord::Partition(PartitionRecord {
+                    partition_id: p.index,
+                    topic_id: topic.id,
+                    replicas: p.replicas.clone(),
+                    isr: p.isr.clone(),
+                    leader: p.leader,
+                    leader_epoch: p.leader_epoch,
+                    partition_epoch: p.partition_epoch,
+                    ..Default::default()
+                }));
+            }
+        }
+        records
     }
 
     pub fn apply(&mut self, record: &MetadataRecord) {

@@ -28,6 +28,7 @@ use thiserror::Error;
 
 pub mod controller;
 pub mod quorum;
+pub mod service;
 
 /// The partition log that holds the metadata records.
 pub const METADATA_TOPIC: &str = "__cluster_metadata";

@@ -94,6 +94,11 @@ pub trait MetadataLog: Send + Sync {
     fn published(&self) -> watch::Receiver<Published>;
     /// The active controller, if known.
     fn leader(&self) -> Option<u64>;
+    /// This node's term as the active controller, or `None` when it is not the leader.
+    fn leader_term(&self) -> Option<u64>;
+    /// As the leader: waits until everything committed before the call is applied here,
+    /// and returns the applied offset.
+    fn barrier(&self) -> impl Future<Output = Result<i64, QuorumError>> + Send;
 }
 
 /// Why a message to another voter got no answer.
@@ -183,7 +188,8 @@ impl<T: Transport> RaftNetwork<Quorum> for Peer<T> {
 #[derive(Debug, Clone)]
 pub struct QuorumSettings {
     /// A follower that hears nothing from the leader for between this and twice this
-    /// starts an election (`controller.quorum.election.timeout.ms`).
+    /// (by its rank among the voters) starts an election
+    /// (`controller.quorum.election.timeout.ms`).
     pub election_timeout_ms: u64,
     /// How often the leader reaches every follower when idle.
     pub heartbeat_interval_ms: u64,
@@ -201,25 +207,35 @@ impl Default for QuorumSettings {
 /// One voter of the metadata quorum.
 pub struct QuorumNode {
     id: u64,
+    voters: BTreeMap<u64, String>,
     raft: Raft<Quorum>,
     published: watch::Receiver<Published>,
     log: LogStore,
 }
 
 impl QuorumNode {
-    /// Opens the node's log in `dir` and starts it; it takes part in elections at once.
+    /// Opens the node's log in `dir` and starts it as one of `voters` (ID → controller
+    /// address); it takes part in elections at once.
+    ///
+    /// Each voter waits a different time before standing for election: the timeout plus
+    /// its rank among the voters times timeout / voters. Equal waits that start together
+    /// (after a split vote, or on a simulated clock) would split every vote after it.
     pub async fn start<T: Transport>(
         id: u64,
+        voters: &BTreeMap<u64, String>,
         settings: &QuorumSettings,
         storage: Arc<dyn Storage>,
         dir: &Path,
         transport: T,
         clock: fn() -> i64,
     ) -> Result<QuorumNode, QuorumError> {
+        let rank = voters.keys().position(|&v| v == id).unwrap_or(0) as u64;
+        let timeout = settings.election_timeout_ms;
+        let election_timeout = timeout + rank * timeout / voters.len().max(1) as u64;
         let config = Config {
             cluster_name: "spool".into(),
-            election_timeout_min: settings.election_timeout_ms,
-            election_timeout_max: settings.election_timeout_ms * 2,
+            election_timeout_min: election_timeout,
+            election_timeout_max: election_timeout + 1,
             heartbeat_interval: settings.heartbeat_interval_ms,
             // The whole log is kept; snapshots serve voters that were away.
             max_in_snapshot_log_to_keep: u64::MAX,
@@ -241,6 +257,7 @@ impl QuorumNode {
         .map_err(|e| QuorumError::Unavailable(e.to_string()))?;
         Ok(QuorumNode {
             id,
+            voters: voters.clone(),
             raft,
             published,
             log,
@@ -251,10 +268,11 @@ impl QuorumNode {
         self.id
     }
 
-    /// Forms the quorum of `voters` (ID → controller address) if this node has never been
-    /// part of one; a node that has is left as it is.
-    pub async fn bootstrap(&self, voters: &BTreeMap<u64, String>) -> Result<(), QuorumError> {
-        let nodes: BTreeMap<u64, BasicNode> = voters
+    /// Forms the quorum of the configured voters if this node has never been part of one;
+    /// a node that has is left as it is.
+    pub async fn bootstrap(&self) -> Result<(), QuorumError> {
+        let nodes: BTreeMap<u64, BasicNode> = self
+            .voters
             .iter()
             .map(|(&id, addr)| (id, BasicNode::new(addr)))
             .collect();
@@ -302,6 +320,24 @@ impl MetadataLog for QuorumNode {
     fn leader(&self) -> Option<u64> {
         self.raft.metrics().borrow().current_leader
     }
+
+    fn leader_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        (metrics.current_leader == Some(self.id)).then_some(metrics.current_term)
+    }
+
+    async fn barrier(&self) -> Result<i64, QuorumError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(self.published.borrow().offset),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                forward,
+            ))) => Err(QuorumError::NotLeader {
+                leader: forward.leader_id,
+            }),
+            Err(e) => Err(QuorumError::Unavailable(e.to_string())),
+        }
+    }
 }
 
 /// An answer from a remote node's Raft, as the transport passes it back.
@@ -313,4 +349,4 @@ pub fn remote_error(target: u64, error: impl std::fmt::Display) -> Unanswered {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -18,14 +18,14 @@ fn clock() -> i64 {
     0
 }
 
-struct Cluster {
-    net: LocalNet,
+pub(crate) struct Cluster {
+    pub(crate) net: LocalNet,
     disks: BTreeMap<u64, MemStorage>,
-    nodes: BTreeMap<u64, QuorumNode>,
+    pub(crate) nodes: BTreeMap<u64, Arc<QuorumNode>>,
 }
 
 impl Cluster {
-    async fn start(ids: &[u64]) -> Cluster {
+    pub(crate) async fn start(ids: &[u64]) -> Cluster {
         let mut cluster = Cluster {
             net: LocalNet::default(),
             disks: ids.iter().map(|&id| (id, MemStorage::new())).collect(),
@@ -44,10 +44,11 @@ impl Cluster {
             .collect()
     }
 
-    async fn boot(&mut self, id: u64) {
+    pub(crate) async fn boot(&mut self, id: u64) {
         let disk = self.disks[&id].clone();
         let node = QuorumNode::start(
             id,
+            &self.voters(),
             &QuorumSettings::default(),
             Arc::new(disk),
             Path::new(DIR),
@@ -57,12 +58,12 @@ impl Cluster {
         .await
         .unwrap();
         self.net.register(id, node.raft().clone());
-        node.bootstrap(&self.voters()).await.unwrap();
-        self.nodes.insert(id, node);
+        node.bootstrap().await.unwrap();
+        self.nodes.insert(id, Arc::new(node));
     }
 
     /// Kills a node: whatever its disk had not synced is lost.
-    async fn crash(&mut self, id: u64) {
+    pub(crate) async fn crash(&mut self, id: u64) {
         self.net.remove(id);
         if let Some(node) = self.nodes.remove(&id) {
             let _ = node.raft.shutdown().await;
@@ -70,7 +71,7 @@ impl Cluster {
         self.disks[&id].crash();
     }
 
-    async fn leader(&self) -> u64 {
+    pub(crate) async fn leader(&self) -> u64 {
         for _ in 0..200 {
             let leaders: Vec<u64> = self
                 .nodes
@@ -173,6 +174,7 @@ async fn a_cut_off_leader_commits_nothing_and_drops_its_uncommitted_tail_on_heal
     );
 
     // The majority elects a leader and goes on.
+    let mut polls = 0;
     let new = loop {
         let found = cluster
             .nodes
@@ -183,6 +185,8 @@ async fn a_cut_off_leader_commits_nothing_and_drops_its_uncommitted_tail_on_heal
         if let Some(id) = found {
             break id;
         }
+        polls += 1;
+        assert!(polls < 300, "the majority elected no leader");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let after = cluster.commit_topic(new, "clicks").await;
@@ -244,10 +248,13 @@ async fn a_snapshot_rebuilds_the_same_image() {
     cluster.topics_at(leader, offset).await;
     let node = &cluster.nodes[&leader];
     node.raft.trigger().snapshot().await.unwrap();
+    let mut polls = 0;
     let snapshot = loop {
         if let Some(snapshot) = node.raft.metrics().borrow().snapshot {
             break snapshot;
         }
+        polls += 1;
+        assert!(polls < 300, "no snapshot was built");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(snapshot.index as i64, offset);

@@ -60,39 +60,64 @@ pub struct ControllerHandle {
     commands: mpsc::Sender<Command>,
 }
 
-fn not_controller() -> Refusal {
-    (
-        ErrorCode::NotController,
-        "This node is not the active controller.".into(),
-    )
+/// The answer of a node that is not the active controller.
+trait NotController {
+    fn not_controller() -> Self;
+}
+
+macro_rules! not_controller_by_error_code {
+    ($($response:ty),+) => {$(
+        impl NotController for $response {
+            fn not_controller() -> Self {
+                Self {
+                    error_code: ErrorCode::NotController.code(),
+                    ..Default::default()
+                }
+            }
+        }
+    )+};
+}
+
+not_controller_by_error_code!(
+    BrokerRegistrationResponse,
+    BrokerHeartbeatResponse,
+    AlterPartitionResponse,
+    ElectLeadersResponse,
+    UnregisterBrokerResponse
+);
+
+impl NotController for Result<(), Refusal> {
+    fn not_controller() -> Self {
+        Err((
+            ErrorCode::NotController,
+            "This node is not the active controller.".into(),
+        ))
+    }
 }
 
 impl ControllerHandle {
-    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+    /// Sends a command and waits for its answer; NOT_CONTROLLER if the task dropped it
+    /// (leadership lost on the way) or is gone.
+    async fn ask<T: NotController>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> T {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(command(tx)).await.ok()?;
-        rx.await.ok()
+        if self.commands.send(command(tx)).await.is_err() {
+            return T::not_controller();
+        }
+        rx.await.unwrap_or_else(|_| T::not_controller())
     }
 
     pub async fn register_broker(
         &self,
         request: BrokerRegistrationRequest,
     ) -> BrokerRegistrationResponse {
-        self.ask(|tx| Command::Register(request, tx))
-            .await
-            .unwrap_or_else(|| BrokerRegistrationResponse {
-                error_code: ErrorCode::NotController.code(),
-                ..Default::default()
-            })
+        self.ask(|tx| Command::Register(request, tx)).await
     }
 
     pub async fn heartbeat(&self, request: BrokerHeartbeatRequest) -> BrokerHeartbeatResponse {
-        self.ask(|tx| Command::Heartbeat(request, tx))
-            .await
-            .unwrap_or_else(|| BrokerHeartbeatResponse {
-                error_code: ErrorCode::NotController.code(),
-                ..Default::default()
-            })
+        self.ask(|tx| Command::Heartbeat(request, tx)).await
     }
 
     pub async fn alter_partition(
@@ -102,34 +127,18 @@ impl ControllerHandle {
     ) -> AlterPartitionResponse {
         self.ask(|tx| Command::AlterPartition(request, version, tx))
             .await
-            .unwrap_or_else(|| AlterPartitionResponse {
-                error_code: ErrorCode::NotController.code(),
-                ..Default::default()
-            })
     }
 
     pub async fn elect_leaders(&self, request: ElectLeadersRequest) -> ElectLeadersResponse {
-        self.ask(|tx| Command::ElectLeaders(request, tx))
-            .await
-            .unwrap_or_else(|| ElectLeadersResponse {
-                error_code: ErrorCode::NotController.code(),
-                ..Default::default()
-            })
+        self.ask(|tx| Command::ElectLeaders(request, tx)).await
     }
 
     pub async fn unregister_broker(&self, broker_id: i32) -> UnregisterBrokerResponse {
-        self.ask(|tx| Command::Unregister(broker_id, tx))
-            .await
-            .unwrap_or_else(|| UnregisterBrokerResponse {
-                error_code: ErrorCode::NotController.code(),
-                ..Default::default()
-            })
+        self.ask(|tx| Command::Unregister(broker_id, tx)).await
     }
 
     pub async fn create_topic(&self, topic: TopicRequest) -> Result<(), Refusal> {
-        self.ask(|tx| Command::CreateTopic(topic, tx))
-            .await
-            .unwrap_or_else(|| Err(not_controller()))
+        self.ask(|tx| Command::CreateTopic(topic, tx)).await
     }
 }
 
@@ -207,42 +216,17 @@ async fn run<L: MetadataLog>(
 }
 
 fn refuse(command: Command) {
-    let code = ErrorCode::NotController.code();
-    // A requester that went away needs no answer.
+    fn answer<T: NotController>(tx: oneshot::Sender<T>) {
+        // A requester that went away needs no answer.
+        let _ = tx.send(T::not_controller());
+    }
     match command {
-        Command::Register(_, tx) => {
-            let _ = tx.send(BrokerRegistrationResponse {
-                error_code: code,
-                ..Default::default()
-            });
-        }
-        Command::Heartbeat(_, tx) => {
-            let _ = tx.send(BrokerHeartbeatResponse {
-                error_code: code,
-                ..Default::default()
-            });
-        }
-        Command::AlterPartition(_, _, tx) => {
-            let _ = tx.send(AlterPartitionResponse {
-                error_code: code,
-                ..Default::default()
-            });
-        }
-        Command::ElectLeaders(_, tx) => {
-            let _ = tx.send(ElectLeadersResponse {
-                error_code: code,
-                ..Default::default()
-            });
-        }
-        Command::Unregister(_, tx) => {
-            let _ = tx.send(UnregisterBrokerResponse {
-                error_code: code,
-                ..Default::default()
-            });
-        }
-        Command::CreateTopic(_, tx) => {
-            let _ = tx.send(Err(not_controller()));
-        }
+        Command::Register(_, tx) => answer(tx),
+        Command::Heartbeat(_, tx) => answer(tx),
+        Command::AlterPartition(_, _, tx) => answer(tx),
+        Command::ElectLeaders(_, tx) => answer(tx),
+        Command::Unregister(_, tx) => answer(tx),
+        Command::CreateTopic(_, tx) => answer(tx),
     }
 }
 
@@ -341,7 +325,7 @@ async fn serve<L: MetadataLog>(
                         let _ = tx.send(Ok(()));
                         false
                     } else {
-                        let _ = tx.send(Err(not_controller()));
+                        let _ = tx.send(Result::not_controller());
                         true
                     }
                 }

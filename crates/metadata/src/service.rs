@@ -144,6 +144,9 @@ impl ControllerHandle {
 
 /// How often the task looks for lapsed sessions and leadership changes when idle.
 const TICK: Duration = Duration::from_millis(100);
+/// How long a new leader waits to apply what earlier leaders committed before it tries
+/// again.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts the controller task of a node whose metadata log is `log`. It runs until every
 /// handle is dropped.
@@ -179,7 +182,9 @@ async fn run<L: MetadataLog>(
             Some(term) if active.as_ref().is_some_and(|a| a.term == term) => {}
             Some(term) => {
                 active = None;
-                if log.barrier().await.is_ok() {
+                // A barrier can wait on an entry a lost leadership never commits.
+                let caught_up = tokio::time::timeout(BARRIER_TIMEOUT, log.barrier()).await;
+                if matches!(caught_up, Ok(Ok(_))) {
                     let mut controller = Controller::new(config.clone());
                     let published = log.published().borrow().clone();
                     controller.activate(

@@ -8,7 +8,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::storage::{Storage, read_exact_at, write_atomically};
+use crate::storage::{Storage, read_whole, write_atomically};
 
 pub const LEADER_EPOCH_CHECKPOINT_FILE: &str = "leader-epoch-checkpoint";
 /// Kafka's "no epoch" and "no offset".
@@ -115,10 +115,7 @@ impl LeaderEpochCache {
 }
 
 fn read_entries(storage: &dyn Storage, path: &Path) -> Option<Vec<EpochEntry>> {
-    let file = storage.open(path, false).ok()?;
-    let len = file.size_bytes().ok()?.min(1 << 20) as usize;
-    let mut bytes = vec![0u8; len];
-    read_exact_at(file.as_ref(), &mut bytes, 0).ok()?;
+    let bytes = read_whole(storage, path, 1 << 20).ok()?;
     let text = String::from_utf8(bytes).ok()?;
     let mut lines = text.lines();
     if lines.next()? != "0" {

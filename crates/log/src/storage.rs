@@ -116,6 +116,14 @@ pub fn read_exact_at(file: &dyn StorageFile, buf: &mut [u8], offset: u64) -> io:
     Ok(())
 }
 
+/// Reads a small file whole: at most its first `max_bytes`.
+pub fn read_whole(storage: &dyn Storage, path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
+    let file = storage.open(path, false)?;
+    let mut bytes = vec![0u8; file.size_bytes()?.min(max_bytes) as usize];
+    read_exact_at(file.as_ref(), &mut bytes, 0)?;
+    Ok(bytes)
+}
+
 /// Replaces `path` atomically with `contents`: write a temporary file, make it durable,
 /// rename it over `path`, then make the rename durable.
 pub fn write_atomically(storage: &dyn Storage, path: &Path, contents: &[u8]) -> io::Result<()> {

@@ -22,7 +22,7 @@ use spool_protocol::internal::{
     ProducerIdsRecord, RegisterBrokerRecord, RemoveTopicRecord, TopicRecord,
     UnregisterBrokerRecord,
 };
-use spool_protocol::record_batch::{RecordBatchBuilder, RecordBatches};
+use spool_protocol::record_batch::RecordBatchBuilder;
 use spool_protocol::{DecodeError, EncodeError, Message, Uuid};
 use thiserror::Error;
 
@@ -480,23 +480,19 @@ impl MetadataStore {
     /// Replays `log` into a fresh image.
     pub fn replay(log: PartitionLog) -> Result<MetadataStore, MetadataError> {
         let mut image = MetadataImage::default();
-        let mut offset = log.log_start_offset();
-        while offset < log.log_end_offset() {
-            let read = log.read(offset, 1 << 20, i64::MAX)?;
-            let Some(range) = read.range else { break };
-            for batch in RecordBatches::new(range.to_bytes().map_err(LogError::from)?) {
-                for record in batch?.records(64 << 20)? {
-                    let record = record?;
-                    if record.offset < offset {
-                        continue;
-                    }
-                    if let Some(value) = record.value {
-                        image.apply(&MetadataRecord::decode(value)?);
-                    }
+        let start = log.log_start_offset();
+        log.for_each_batch(start, log.log_end_offset(), |batch| {
+            for record in batch.records(64 << 20)? {
+                let record = record?;
+                if record.offset < start {
+                    continue;
+                }
+                if let Some(value) = record.value {
+                    image.apply(&MetadataRecord::decode(value)?);
                 }
             }
-            offset = read.next_offset;
-        }
+            Ok::<(), MetadataError>(())
+        })?;
         Ok(MetadataStore { log, image })
     }
 

@@ -35,7 +35,7 @@ use crate::producer_state::{
     snapshot_file_name,
 };
 use crate::segment::{BatchHeader, Recovered, Segment, SegmentLimits, parse_log_file_name};
-use crate::storage::{Storage, StorageFile, read_exact_at, write_atomically};
+use crate::storage::{Storage, StorageFile, read_exact_at, read_whole, write_atomically};
 use crate::txn_index::{AbortedTxn, TXN_INDEX_SUFFIX};
 
 /// The checkpoint file of a partition: recovery point and log start offset.
@@ -918,6 +918,29 @@ impl PartitionLog {
         }
     }
 
+    /// Hands `visit` every batch from the one that holds `from` up to `end`, in order,
+    /// reading a chunk at a time; stops at the first error of a read or of `visit`.
+    pub fn for_each_batch<E: From<LogError>>(
+        &self,
+        from: i64,
+        end: i64,
+        mut visit: impl FnMut(RecordBatch) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut offset = from;
+        while offset < end {
+            let read = self.read(offset, 1 << 20, end)?;
+            let Some(range) = read.range else { break };
+            for batch in RecordBatches::new(range.to_bytes().map_err(LogError::from)?) {
+                visit(batch.map_err(LogError::from)?)?;
+            }
+            if read.next_offset <= offset {
+                break;
+            }
+            offset = read.next_offset;
+        }
+        Ok(())
+    }
+
     /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`
     /// (the first batch is returned whole even when larger, as Kafka does), from one
     /// segment, never past `max_offset` (the high watermark or last stable offset).
@@ -1099,14 +1122,9 @@ impl PartitionLog {
 /// high watermark that replication re-establishes: start from zero.
 fn read_checkpoint(storage: &dyn Storage, dir: &Path) -> (i64, i64, i64, i64) {
     const NOTHING: (i64, i64, i64, i64) = (0, 0, 0, 0);
-    let Ok(file) = storage.open(&dir.join(CHECKPOINT_FILE), false) else {
+    let Ok(bytes) = read_whole(storage, &dir.join(CHECKPOINT_FILE), 4096) else {
         return NOTHING;
     };
-    let len = file.size_bytes().unwrap_or(0).min(4096) as usize;
-    let mut bytes = vec![0u8; len];
-    if read_exact_at(file.as_ref(), &mut bytes, 0).is_err() {
-        return NOTHING;
-    }
     let text = String::from_utf8_lossy(&bytes);
     let mut lines = text.lines();
     if lines.next() != Some(CHECKPOINT_VERSION) {
@@ -1209,9 +1227,7 @@ impl PartitionLog {
             if loaded.is_some() {
                 continue;
             }
-            let file = self.storage.open(&path, false)?;
-            let mut bytes = vec![0u8; file.size_bytes()? as usize];
-            read_exact_at(file.as_ref(), &mut bytes, 0)?;
+            let bytes = read_whole(self.storage.as_ref(), &path, u64::MAX)?;
             loaded = ProducerStateManager::from_snapshot(&bytes).map(|state| (offset, state));
         }
         let (from, state) = loaded.unwrap_or((0, ProducerStateManager::new()));

@@ -14,10 +14,10 @@ use openraft::{
     CommittedLeaderId, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftLogReader,
     RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
-use spool_log::storage::write_atomically;
+use spool_log::storage::{read_whole, write_atomically};
 use spool_log::{LogConfig, PartitionLog, Storage};
 use spool_protocol::compression::Compression;
-use spool_protocol::record_batch::{RecordBatchBuilder, RecordBatches};
+use spool_protocol::record_batch::RecordBatchBuilder;
 use tokio::sync::watch;
 
 use super::codec::{self, QuorumState};
@@ -77,17 +77,9 @@ impl LogStore {
             .map_err(|e| log_error(ErrorVerb::Read, e))?;
         let state_path = dir.join(QUORUM_STATE_FILE);
         let state = if storage.exists(&state_path) {
-            let file = storage
-                .open(&state_path, false)
+            let read = read_whole(storage.as_ref(), &state_path, 4096)
                 .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Read, e))?;
-            let len = file
-                .size_bytes()
-                .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Read, e))?;
-            let mut buf = vec![0; len.min(4096) as usize];
-            spool_log::storage::read_exact_at(file.as_ref(), &mut buf, 0)
-                .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Read, e))?;
-            let text = String::from_utf8_lossy(&buf);
-            QuorumState::decode(&text)
+            QuorumState::decode(&String::from_utf8_lossy(&read))
                 .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Read, e))?
         } else {
             QuorumState::default()
@@ -133,43 +125,27 @@ impl LogInner {
     /// The entries with indexes in `[start, end)`.
     fn entries(&self, start: u64, end: u64) -> Result<Vec<Entry<Quorum>>, StorageError<u64>> {
         let end = end.min(self.log.log_end_offset().max(0) as u64);
-        let mut offset = start.max(self.log.log_start_offset().max(0) as u64);
+        let start = start.max(self.log.log_start_offset().max(0) as u64);
         let mut entries = Vec::new();
-        while offset < end {
-            let read = self
-                .log
-                .read(offset as i64, 1 << 20, end as i64)
-                .map_err(|e| log_error(ErrorVerb::Read, e))?;
-            let Some(range) = read.range else { break };
-            let bytes = range
-                .to_bytes()
-                .map_err(|e| log_error(ErrorVerb::Read, e))?;
-            for batch in RecordBatches::new(bytes) {
-                let batch = batch.map_err(|e| log_error(ErrorVerb::Read, e))?;
+        type Failure = Box<dyn std::error::Error + Send + Sync>;
+        self.log
+            .for_each_batch(start as i64, end as i64, |batch| {
                 let term = u64::try_from(batch.partition_leader_epoch())
-                    .map_err(|_| log_error(ErrorVerb::Read, "negative term"))?;
-                for record in batch
-                    .records(64 << 20)
-                    .map_err(|e| log_error(ErrorVerb::Read, e))?
-                {
-                    let record = record.map_err(|e| log_error(ErrorVerb::Read, e))?;
+                    .map_err(|_| Failure::from("negative term"))?;
+                for record in batch.records(64 << 20)? {
+                    let record = record?;
                     let index = record.offset as u64;
-                    if index < offset || index >= end {
+                    if index < start || index >= end {
                         continue;
                     }
-                    let payload = codec::decode_payload(record.value.unwrap_or_default())
-                        .map_err(|e| log_error(ErrorVerb::Read, e))?;
                     entries.push(Entry {
                         log_id: LogId::new(CommittedLeaderId::new(term, 0), index),
-                        payload,
+                        payload: codec::decode_payload(record.value.unwrap_or_default())?,
                     });
                 }
-            }
-            if read.next_offset as u64 <= offset {
-                break;
-            }
-            offset = read.next_offset as u64;
-        }
+                Ok::<(), Failure>(())
+            })
+            .map_err(|e| log_error(ErrorVerb::Read, e))?;
         Ok(entries)
     }
 }

@@ -33,8 +33,8 @@ use spool_protocol::messages::{
 };
 
 use crate::{
-    MetadataImage, MetadataRecord, NO_LEADER, NO_LEADER_CHANGE, PartitionMeta, TopicMeta,
-    create_topic_records,
+    BrokerMeta, MetadataImage, MetadataRecord, NO_LEADER, NO_LEADER_CHANGE, PartitionMeta,
+    TopicMeta, create_topic_records,
 };
 
 /// A request refused: the error code and the message for the requester.
@@ -112,6 +112,18 @@ struct Session {
     shutdown_offset: Option<i64>,
 }
 
+impl Session {
+    /// A session starting at `at` for a broker that must catch up with everything
+    /// committed so far.
+    fn starting(at: At) -> Session {
+        Session {
+            last_heartbeat_ms: at.now_ms,
+            catch_up_offset: at.next_offset - 1,
+            shutdown_offset: None,
+        }
+    }
+}
+
 pub struct Controller {
     config: ControllerConfig,
     sessions: HashMap<i32, Session>,
@@ -132,15 +144,13 @@ impl Controller {
     /// This controller becomes the active one: every registered broker gets a full session
     /// from now, and must catch up with everything committed so far.
     pub fn activate(&mut self, image: &MetadataImage, at: At) {
-        let caught_up_at = at.next_offset - 1;
         self.sessions = image
             .brokers()
             .map(|b| {
-                let session = Session {
-                    last_heartbeat_ms: at.now_ms,
-                    catch_up_offset: caught_up_at,
-                    shutdown_offset: b.in_controlled_shutdown.then_some(caught_up_at),
-                };
+                let mut session = Session::starting(at);
+                if b.in_controlled_shutdown {
+                    session.shutdown_offset = Some(session.catch_up_offset);
+                }
                 (b.id, session)
             })
             .collect();
@@ -242,22 +252,12 @@ impl Controller {
         if broker.epoch != request.broker_epoch {
             return refuse(ErrorCode::StaleBrokerEpoch);
         }
-        let session = self.sessions.entry(id).or_insert(Session {
-            last_heartbeat_ms: at.now_ms,
-            catch_up_offset: at.next_offset - 1,
-            shutdown_offset: None,
-        });
+        let session = self.sessions.entry(id).or_insert(Session::starting(at));
         session.last_heartbeat_ms = at.now_ms;
         let reached = request.current_metadata_offset;
         let caught_up = reached >= session.catch_up_offset;
-        let change = |fenced: i8, in_controlled_shutdown: i8| {
-            MetadataRecord::BrokerRegistrationChange(BrokerRegistrationChangeRecord {
-                broker_id: id,
-                broker_epoch: broker.epoch,
-                fenced,
-                in_controlled_shutdown,
-                ..Default::default()
-            })
+        let change = |fenced, in_controlled_shutdown| {
+            registration_change(broker, fenced, in_controlled_shutdown)
         };
         let mut records = Vec::new();
         let mut fenced = broker.fenced;
@@ -316,20 +316,12 @@ impl Controller {
     /// memberships away. Call again (after committing) until it returns nothing.
     pub fn tick(&mut self, image: &MetadataImage, at: At) -> Vec<MetadataRecord> {
         for broker in image.brokers().filter(|b| !b.fenced) {
-            let session = self.sessions.entry(broker.id).or_insert(Session {
-                last_heartbeat_ms: at.now_ms,
-                catch_up_offset: at.next_offset - 1,
-                shutdown_offset: None,
-            });
+            let session = self
+                .sessions
+                .entry(broker.id)
+                .or_insert(Session::starting(at));
             if at.now_ms - session.last_heartbeat_ms > self.config.session_timeout_ms {
-                let mut records = vec![MetadataRecord::BrokerRegistrationChange(
-                    BrokerRegistrationChangeRecord {
-                        broker_id: broker.id,
-                        broker_epoch: broker.epoch,
-                        fenced: 1,
-                        ..Default::default()
-                    },
-                )];
+                let mut records = vec![registration_change(broker, 1, 0)];
                 records.extend(moved_off(image, broker.id));
                 return records;
             }
@@ -636,6 +628,22 @@ fn usable(image: &MetadataImage, id: i32) -> bool {
     image
         .broker(id)
         .is_some_and(|b| !b.fenced && !b.in_controlled_shutdown)
+}
+
+/// A change to `broker`'s registration: `fenced` 1 fences, -1 unfences, 0 leaves it;
+/// `in_controlled_shutdown` 1 enters controlled shutdown.
+fn registration_change(
+    broker: &BrokerMeta,
+    fenced: i8,
+    in_controlled_shutdown: i8,
+) -> MetadataRecord {
+    MetadataRecord::BrokerRegistrationChange(BrokerRegistrationChangeRecord {
+        broker_id: broker.id,
+        broker_epoch: broker.epoch,
+        fenced,
+        in_controlled_shutdown,
+        ..Default::default()
+    })
 }
 
 fn change(topic_id: Uuid, partition: i32, isr: Option<Vec<i32>>, leader: i32) -> MetadataRecord {

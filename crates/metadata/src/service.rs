@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::MetadataRecord;
 use crate::controller::{At, Controller, ControllerConfig, NewTopic, Outcome, Refusal};
-use crate::quorum::{MetadataLog, QuorumError};
+use crate::quorum::{MetadataLog, Published, QuorumError};
 
 /// A topic to create, owned so it can travel to the controller task.
 #[derive(Debug, Clone)]
@@ -186,14 +186,8 @@ async fn run<L: MetadataLog>(
                 let caught_up = tokio::time::timeout(BARRIER_TIMEOUT, log.barrier()).await;
                 if matches!(caught_up, Ok(Ok(_))) {
                     let mut controller = Controller::new(config.clone());
-                    let published = log.published().borrow().clone();
-                    controller.activate(
-                        &published.image,
-                        At {
-                            now_ms: now_ms(),
-                            next_offset: published.offset + 1,
-                        },
-                    );
+                    let (published, at) = head(log.as_ref(), now_ms());
+                    controller.activate(&published.image, at);
                     tracing::info!(term, offset = published.offset, "active controller");
                     active = Some(Active { term, controller });
                 }
@@ -218,6 +212,17 @@ async fn run<L: MetadataLog>(
             active = None;
         }
     }
+}
+
+/// The image as committed so far, and the moment of a decision on it: now, with its
+/// records going into the next entry.
+fn head<L: MetadataLog>(log: &L, now_ms: i64) -> (Published, At) {
+    let published = log.published().borrow().clone();
+    let at = At {
+        now_ms,
+        next_offset: published.offset + 1,
+    };
+    (published, at)
 }
 
 fn refuse(command: Command) {
@@ -256,14 +261,8 @@ async fn commit<L: MetadataLog>(
                     expected = at.next_offset,
                     "metadata entry at an unexpected offset"
                 );
-                let published = log.published().borrow().clone();
-                controller.activate(
-                    &published.image,
-                    At {
-                        now_ms: at.now_ms,
-                        next_offset: published.offset + 1,
-                    },
-                );
+                let (published, now) = head(log, at.now_ms);
+                controller.activate(&published.image, now);
             }
             true
         }
@@ -282,12 +281,8 @@ async fn serve<L: MetadataLog>(
     command: Command,
     now_ms: i64,
 ) -> bool {
-    let published = log.published().borrow().clone();
+    let (published, at) = head(log, now_ms);
     let image = published.image.as_ref();
-    let at = At {
-        now_ms,
-        next_offset: published.offset + 1,
-    };
     macro_rules! decide {
         ($outcome:expr, $tx:expr) => {{
             let Outcome { records, reply } = $outcome;
@@ -325,15 +320,13 @@ async fn serve<L: MetadataLog>(
                 },
             );
             match decided {
-                Ok(records) => {
-                    if commit(log, controller, records, at).await {
-                        let _ = tx.send(Ok(()));
-                        false
-                    } else {
-                        let _ = tx.send(Result::not_controller());
-                        true
-                    }
-                }
+                Ok(records) => decide!(
+                    Outcome {
+                        records,
+                        reply: Ok(())
+                    },
+                    tx
+                ),
                 Err(refusal) => {
                     let _ = tx.send(Err(refusal));
                     false
@@ -346,11 +339,7 @@ async fn serve<L: MetadataLog>(
 /// Fences the brokers whose sessions lapsed, one commit per broker.
 async fn tick<L: MetadataLog>(log: &L, controller: &mut Controller, now_ms: i64) -> bool {
     loop {
-        let published = log.published().borrow().clone();
-        let at = At {
-            now_ms,
-            next_offset: published.offset + 1,
-        };
+        let (published, at) = head(log, now_ms);
         let records = controller.tick(&published.image, at);
         if records.is_empty() {
             return false;

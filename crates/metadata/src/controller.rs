@@ -21,8 +21,8 @@ use spool_protocol::ErrorCode;
 use spool_protocol::Uuid;
 use spool_protocol::internal::register_broker_record::BrokerEndpoint;
 use spool_protocol::internal::{
-    BrokerRegistrationChangeRecord, PartitionChangeRecord, RegisterBrokerRecord,
-    UnregisterBrokerRecord,
+    BrokerRegistrationChangeRecord, ConfigRecord, PartitionChangeRecord, ProducerIdsRecord,
+    RegisterBrokerRecord, RemoveTopicRecord, UnregisterBrokerRecord,
 };
 use spool_protocol::messages::alter_partition_response;
 use spool_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
@@ -46,6 +46,9 @@ pub const PREFERRED_ELECTION: i8 = 0;
 /// that is not in sync (it may lose acknowledged records).
 pub const UNCLEAN_ELECTION: i8 = 1;
 
+/// Producer IDs handed to a broker at a time (Kafka's block size).
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     /// Brokers of another cluster are refused (INCONSISTENT_CLUSTER_ID).
@@ -59,6 +62,10 @@ pub struct ControllerConfig {
     /// leadership back to a broker once more than this share of the partitions it prefers
     /// are led by others.
     pub leader_imbalance_per_broker_percentage: u32,
+    /// The broker of this node (combined mode) and the incarnation running now: a
+    /// registration of that broker by another incarnation is a past life of this process,
+    /// so it gets no session when this controller activates.
+    pub local_broker: Option<(i32, Uuid)>,
 }
 
 impl Default for ControllerConfig {
@@ -68,6 +75,7 @@ impl Default for ControllerConfig {
             session_timeout_ms: 9000,
             default_replication_factor: 1,
             leader_imbalance_per_broker_percentage: 10,
+            local_broker: None,
         }
     }
 }
@@ -143,13 +151,24 @@ impl Controller {
 
     /// This controller becomes the active one: every registered broker gets a full session
     /// from now, and must catch up with everything committed so far.
+    ///
+    /// The exception is a past incarnation of this node's own broker: it is certainly gone,
+    /// so its session has already lapsed (the next tick fences it, and the running
+    /// incarnation may register at once).
     pub fn activate(&mut self, image: &MetadataImage, at: At) {
+        let timeout = self.config.session_timeout_ms;
+        let local = self.config.local_broker;
         self.sessions = image
             .brokers()
             .map(|b| {
                 let mut session = Session::starting(at);
                 if b.in_controlled_shutdown {
                     session.shutdown_offset = Some(session.catch_up_offset);
+                }
+                if local
+                    .is_some_and(|(id, incarnation)| id == b.id && incarnation != b.incarnation_id)
+                {
+                    session.last_heartbeat_ms = at.now_ms - timeout - 1;
                 }
                 (b.id, session)
             })
@@ -415,6 +434,158 @@ impl Controller {
             records.push(new_partition(image, topic_id, index as i32, replicas));
         }
         Ok(records)
+    }
+
+    /// DeleteTopics: the record that removes a topic.
+    pub fn delete_topic(
+        &self,
+        image: &MetadataImage,
+        name: &str,
+    ) -> Result<Vec<MetadataRecord>, Refusal> {
+        let topic = image.topic(name).ok_or_else(|| {
+            (
+                ErrorCode::UnknownTopicOrPartition,
+                "This server does not host this topic-partition.".to_string(),
+            )
+        })?;
+        Ok(vec![MetadataRecord::RemoveTopic(RemoveTopicRecord {
+            topic_id: topic.id,
+            ..Default::default()
+        })])
+    }
+
+    /// CreatePartitions: the records that grow a topic to `count` partitions, the new
+    /// replicas placed like a new topic's (as many as partition 0 has), or as given.
+    pub fn create_partitions(
+        &self,
+        image: &MetadataImage,
+        name: &str,
+        count: i32,
+        assignments: &[Vec<i32>],
+    ) -> Result<Vec<MetadataRecord>, Refusal> {
+        let topic = image.topic(name).ok_or_else(|| {
+            (
+                ErrorCode::UnknownTopicOrPartition,
+                "This server does not host this topic-partition.".to_string(),
+            )
+        })?;
+        let current = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
+        if count <= current {
+            return Err((
+                ErrorCode::InvalidPartitions,
+                format!(
+                    "Topic currently has {current} partitions, which is higher than the \
+                     requested {count}."
+                ),
+            ));
+        }
+        let factor = topic.partitions.first().map_or(1, |p| p.replicas.len());
+        let replicas = if assignments.is_empty() {
+            let start = image.topics().map(|t| t.partitions.len()).sum::<usize>();
+            let factor = i16::try_from(factor).unwrap_or(i16::MAX);
+            place_replicas(image, start, count - current, factor)?
+        } else {
+            if assignments.len() != (count - current) as usize {
+                return Err((
+                    ErrorCode::InvalidReplicaAssignment,
+                    format!(
+                        "Attempted to add {} additional partition(s), but only {} assignment(s) \
+                         were specified.",
+                        count - current,
+                        assignments.len()
+                    ),
+                ));
+            }
+            if assignments.iter().any(|a| a.len() != factor) {
+                return Err((
+                    ErrorCode::InvalidReplicaAssignment,
+                    format!(
+                        "The manual partition assignment includes a partition with {} \
+                         replica(s), but this is not consistent with previous partitions, \
+                         which have {factor} replica(s).",
+                        assignments
+                            .iter()
+                            .map(Vec::len)
+                            .find(|&n| n != factor)
+                            .unwrap_or(0)
+                    ),
+                ));
+            }
+            check_assignments(image, assignments)?;
+            assignments.to_vec()
+        };
+        Ok(replicas
+            .into_iter()
+            .zip(current..)
+            .map(|(replicas, index)| new_partition(image, topic.id, index, replicas))
+            .collect())
+    }
+
+    /// IncrementalAlterConfigs / AlterConfigs: the records that make a topic's or broker's
+    /// configs `configs` (checked by the caller): one per key set, changed or removed.
+    pub fn alter_configs(
+        &self,
+        image: &MetadataImage,
+        resource_type: i8,
+        name: &str,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<Vec<MetadataRecord>, Refusal> {
+        let current = image.resource_configs(resource_type, name).ok_or_else(|| {
+            (
+                ErrorCode::UnknownTopicOrPartition,
+                format!("Topic {name} does not exist."),
+            )
+        })?;
+        let record = |key: &str, value: Option<&String>| {
+            MetadataRecord::Config(ConfigRecord {
+                resource_type,
+                resource_name: name.to_string(),
+                name: key.to_string(),
+                value: value.cloned(),
+                ..Default::default()
+            })
+        };
+        let mut records: Vec<MetadataRecord> = configs
+            .iter()
+            .filter(|(key, value)| current.get(*key) != Some(*value))
+            .map(|(key, value)| record(key, Some(value)))
+            .collect();
+        records.extend(
+            current
+                .keys()
+                .filter(|key| !configs.contains_key(*key))
+                .map(|key| record(key, None)),
+        );
+        Ok(records)
+    }
+
+    /// AllocateProducerIds: the next block of producer IDs for a registered broker.
+    pub fn allocate_producer_ids(
+        &self,
+        image: &MetadataImage,
+        broker_id: i32,
+        broker_epoch: i64,
+    ) -> Outcome<Result<std::ops::Range<i64>, ErrorCode>> {
+        let refuse = |error: ErrorCode| Outcome {
+            records: Vec::new(),
+            reply: Err(error),
+        };
+        match image.broker(broker_id) {
+            None => return refuse(ErrorCode::BrokerIdNotRegistered),
+            Some(b) if b.epoch != broker_epoch => return refuse(ErrorCode::StaleBrokerEpoch),
+            Some(_) => {}
+        }
+        let start = image.next_producer_id();
+        let end = start + PRODUCER_ID_BLOCK;
+        Outcome {
+            records: vec![MetadataRecord::ProducerIds(ProducerIdsRecord {
+                broker_id,
+                broker_epoch,
+                next_producer_id: end,
+                ..Default::default()
+            })],
+            reply: Ok(start..end),
+        }
     }
 
     /// AlterPartition: a leader shrinks or grows its partitions' ISR.

@@ -804,6 +804,131 @@ fn a_new_active_controller_gives_every_broker_a_full_session() {
 }
 
 #[test]
+fn a_past_incarnation_of_this_nodes_broker_gets_no_session_from_a_new_controller() {
+    let mut c = Cluster::new();
+    c.join(1, None);
+    c.join(2, None);
+    c.create("orders", 2, 2).unwrap();
+    // Node 1 restarts (its broker has a new incarnation) and its controller activates.
+    let mut restarted = Controller::new(ControllerConfig {
+        local_broker: Some((1, Uuid::from_u128(7))),
+        ..c.controller.config().clone()
+    });
+    restarted.activate(&c.image, c.at());
+    c.controller = restarted;
+    c.tick_all();
+    assert!(c.broker(1).fenced, "the past incarnation is fenced at once");
+    assert!(!c.broker(2).fenced, "other brokers keep a full session");
+    assert!(leaders(&c, "orders").iter().all(|&l| l == 2));
+    let reply = c.register_as(1, 7, None);
+    assert_eq!(
+        reply.error_code, 0,
+        "the running incarnation registers at once"
+    );
+    c.check();
+}
+
+#[test]
+fn topics_are_deleted_grown_and_reconfigured_with_kafkas_errors() {
+    let mut c = Cluster::new();
+    for id in 1..=3 {
+        c.join(id, None);
+    }
+    c.create("orders", 2, 2).unwrap();
+    let refused = c.controller.delete_topic(&c.image, "nope").unwrap_err();
+    assert_eq!(refused.0, ErrorCode::UnknownTopicOrPartition);
+
+    let grow = |c: &Cluster, count, assignments: &[Vec<i32>]| {
+        c.controller
+            .create_partitions(&c.image, "orders", count, assignments)
+    };
+    assert_eq!(
+        grow(&c, 2, &[]).unwrap_err().0,
+        ErrorCode::InvalidPartitions
+    );
+    assert_eq!(
+        grow(&c, 4, &[vec![1, 2]]).unwrap_err().0,
+        ErrorCode::InvalidReplicaAssignment,
+        "one assignment for two new partitions"
+    );
+    assert_eq!(
+        grow(&c, 3, &[vec![1]]).unwrap_err().0,
+        ErrorCode::InvalidReplicaAssignment,
+        "fewer replicas than the topic's"
+    );
+    assert_eq!(
+        grow(&c, 3, &[vec![1, 9]]).unwrap_err().0,
+        ErrorCode::InvalidReplicaAssignment,
+        "an unknown broker"
+    );
+    let records = grow(&c, 4, &[]).unwrap();
+    c.apply(records);
+    let records = grow(&c, 5, &[vec![3, 1]]).unwrap();
+    c.apply(records);
+    let orders = c.image.topic("orders").unwrap();
+    assert_eq!(orders.partitions.len(), 5);
+    assert!(orders.partitions.iter().all(|p| p.replicas.len() == 2));
+    assert_eq!(c.partition("orders", 4).replicas, vec![3, 1]);
+    assert_eq!(c.partition("orders", 4).leader, 3);
+
+    let set = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let records = c
+        .controller
+        .alter_configs(
+            &c.image,
+            crate::TOPIC_RESOURCE_TYPE,
+            "orders",
+            &set(&[("retention.ms", "1000"), ("cleanup.policy", "compact")]),
+        )
+        .unwrap();
+    assert_eq!(records.len(), 2);
+    c.apply(records);
+    let records = c
+        .controller
+        .alter_configs(
+            &c.image,
+            crate::TOPIC_RESOURCE_TYPE,
+            "orders",
+            &set(&[("retention.ms", "1000")]),
+        )
+        .unwrap();
+    assert_eq!(records.len(), 1, "only the removal of cleanup.policy");
+    c.apply(records);
+    assert_eq!(
+        c.image.topic("orders").unwrap().configs,
+        set(&[("retention.ms", "1000")])
+    );
+
+    let records = c.controller.delete_topic(&c.image, "orders").unwrap();
+    c.apply(records);
+    assert!(c.image.topic("orders").is_none());
+    c.check();
+}
+
+#[test]
+fn producer_id_blocks_follow_each_other_for_registered_brokers_only() {
+    let mut c = Cluster::new();
+    let epoch = c.join(1, None);
+    let first = c
+        .commit(c.controller.allocate_producer_ids(&c.image, 1, epoch))
+        .unwrap();
+    let second = c
+        .commit(c.controller.allocate_producer_ids(&c.image, 1, epoch))
+        .unwrap();
+    assert_eq!(first, 0..PRODUCER_ID_BLOCK);
+    assert_eq!(second, PRODUCER_ID_BLOCK..2 * PRODUCER_ID_BLOCK);
+    let stale = c.controller.allocate_producer_ids(&c.image, 1, epoch - 1);
+    assert_eq!(stale.reply, Err(ErrorCode::StaleBrokerEpoch));
+    let unknown = c.controller.allocate_producer_ids(&c.image, 5, 0);
+    assert_eq!(unknown.reply, Err(ErrorCode::BrokerIdNotRegistered));
+}
+
+#[test]
 fn unregistering_forgets_the_broker_after_moving_its_partitions() {
     let mut c = Cluster::new();
     for id in 1..=2 {

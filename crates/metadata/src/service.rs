@@ -9,6 +9,7 @@
 //! Time is tokio's, so tests on a paused clock drive sessions without waiting.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +52,27 @@ enum Command {
     ),
     ElectLeaders(ElectLeadersRequest, oneshot::Sender<ElectLeadersResponse>),
     Unregister(i32, oneshot::Sender<UnregisterBrokerResponse>),
-    CreateTopic(TopicRequest, oneshot::Sender<Result<(), Refusal>>),
+    Admin(AdminChange, oneshot::Sender<Result<i64, Refusal>>),
+    AllocateProducerIds(i32, i64, oneshot::Sender<Result<Range<i64>, ErrorCode>>),
+}
+
+/// A change an administrator (or a broker on a client's behalf) asks for.
+#[derive(Debug, Clone)]
+pub enum AdminChange {
+    CreateTopic(TopicRequest),
+    DeleteTopic(String),
+    CreatePartitions {
+        name: String,
+        count: i32,
+        /// The new partitions' replicas, or empty to place them.
+        assignments: Vec<Vec<i32>>,
+    },
+    /// Sets a topic's or broker's configs to exactly these.
+    AlterConfigs {
+        resource_type: i8,
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
 }
 
 /// Sends requests to the node's controller task; cheap to clone.
@@ -86,12 +107,18 @@ not_controller_by_error_code!(
     UnregisterBrokerResponse
 );
 
-impl NotController for Result<(), Refusal> {
+impl NotController for Result<i64, Refusal> {
     fn not_controller() -> Self {
         Err((
             ErrorCode::NotController,
             "This node is not the active controller.".into(),
         ))
+    }
+}
+
+impl NotController for Result<Range<i64>, ErrorCode> {
+    fn not_controller() -> Self {
+        Err(ErrorCode::NotController)
     }
 }
 
@@ -137,8 +164,20 @@ impl ControllerHandle {
         self.ask(|tx| Command::Unregister(broker_id, tx)).await
     }
 
-    pub async fn create_topic(&self, topic: TopicRequest) -> Result<(), Refusal> {
-        self.ask(|tx| Command::CreateTopic(topic, tx)).await
+    /// Carries out an administrative change; the offset of the metadata entry that holds
+    /// it (or of the newest one, when nothing had to change).
+    pub async fn change(&self, change: AdminChange) -> Result<i64, Refusal> {
+        self.ask(|tx| Command::Admin(change, tx)).await
+    }
+
+    /// The next block of producer IDs for the broker with this registration.
+    pub async fn allocate_producer_ids(
+        &self,
+        broker_id: i32,
+        broker_epoch: i64,
+    ) -> Result<Range<i64>, ErrorCode> {
+        self.ask(|tx| Command::AllocateProducerIds(broker_id, broker_epoch, tx))
+            .await
     }
 }
 
@@ -236,20 +275,22 @@ fn refuse(command: Command) {
         Command::AlterPartition(_, _, tx) => answer(tx),
         Command::ElectLeaders(_, tx) => answer(tx),
         Command::Unregister(_, tx) => answer(tx),
-        Command::CreateTopic(_, tx) => answer(tx),
+        Command::Admin(_, tx) => answer(tx),
+        Command::AllocateProducerIds(_, _, tx) => answer(tx),
     }
 }
 
-/// Commits `records` (if any). Returns false when they could not be committed: this node
-/// no longer leads, and the decision is void.
+/// Commits `records` (if any) and returns the offset of their entry (of the newest entry
+/// when there are none). `None` when they could not be committed: this node no longer
+/// leads, and the decision is void.
 async fn commit<L: MetadataLog>(
     log: &L,
     controller: &mut Controller,
     records: Vec<MetadataRecord>,
     at: At,
-) -> bool {
+) -> Option<i64> {
     if records.is_empty() {
-        return true;
+        return Some(at.next_offset - 1);
     }
     match log.commit(records).await {
         Ok(offset) => {
@@ -264,12 +305,12 @@ async fn commit<L: MetadataLog>(
                 let (published, now) = head(log, at.now_ms);
                 controller.activate(&published.image, now);
             }
-            true
+            Some(offset)
         }
-        Err(QuorumError::NotLeader { .. }) | Err(QuorumError::Unavailable(_)) => false,
+        Err(QuorumError::NotLeader { .. }) | Err(QuorumError::Unavailable(_)) => None,
         Err(e @ QuorumError::Storage(_)) => {
             tracing::error!(error = %e, "metadata commit failed");
-            false
+            None
         }
     }
 }
@@ -286,7 +327,7 @@ async fn serve<L: MetadataLog>(
     macro_rules! decide {
         ($outcome:expr, $tx:expr) => {{
             let Outcome { records, reply } = $outcome;
-            if commit(log, controller, records, at).await {
+            if commit(log, controller, records, at).await.is_some() {
                 let _ = $tx.send(reply);
                 false
             } else {
@@ -308,25 +349,42 @@ async fn serve<L: MetadataLog>(
         Command::Unregister(broker_id, tx) => {
             decide!(controller.unregister_broker(image, broker_id), tx)
         }
-        Command::CreateTopic(topic, tx) => {
-            let decided = controller.create_topic(
-                image,
-                &NewTopic {
-                    name: &topic.name,
-                    partitions: topic.partitions,
-                    replication_factor: topic.replication_factor,
-                    assignments: &topic.assignments,
-                    configs: &topic.configs,
-                },
-            );
-            match decided {
-                Ok(records) => decide!(
-                    Outcome {
-                        records,
-                        reply: Ok(())
+        Command::AllocateProducerIds(broker_id, broker_epoch, tx) => decide!(
+            controller.allocate_producer_ids(image, broker_id, broker_epoch),
+            tx
+        ),
+        Command::Admin(change, tx) => {
+            let decided = match &change {
+                AdminChange::CreateTopic(topic) => controller.create_topic(
+                    image,
+                    &NewTopic {
+                        name: &topic.name,
+                        partitions: topic.partitions,
+                        replication_factor: topic.replication_factor,
+                        assignments: &topic.assignments,
+                        configs: &topic.configs,
                     },
-                    tx
                 ),
+                AdminChange::DeleteTopic(name) => controller.delete_topic(image, name),
+                AdminChange::CreatePartitions {
+                    name,
+                    count,
+                    assignments,
+                } => controller.create_partitions(image, name, *count, assignments),
+                AdminChange::AlterConfigs {
+                    resource_type,
+                    name,
+                    configs,
+                } => controller.alter_configs(image, *resource_type, name, configs),
+            };
+            match decided {
+                Ok(records) => match commit(log, controller, records, at).await {
+                    Some(offset) => {
+                        let _ = tx.send(Ok(offset));
+                        false
+                    }
+                    None => true,
+                },
                 Err(refusal) => {
                     let _ = tx.send(Err(refusal));
                     false
@@ -344,7 +402,7 @@ async fn tick<L: MetadataLog>(log: &L, controller: &mut Controller, now_ms: i64)
         if records.is_empty() {
             return false;
         }
-        if !commit(log, controller, records, at).await {
+        if commit(log, controller, records, at).await.is_none() {
             return true;
         }
     }

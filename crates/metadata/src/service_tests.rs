@@ -136,25 +136,25 @@ async fn the_active_controller_serves_brokers_and_moves_with_quorum_leadership()
         .find(|&id| id != leader)
         .unwrap();
     let refused = cluster.handles[&follower]
-        .create_topic(TopicRequest {
+        .change(AdminChange::CreateTopic(TopicRequest {
             name: "orders".into(),
             partitions: 3,
             replication_factor: -1,
             assignments: Vec::new(),
             configs: BTreeMap::new(),
-        })
+        }))
         .await;
     assert_eq!(refused.unwrap_err().0, ErrorCode::NotController);
     cluster
         .controller()
         .await
-        .create_topic(TopicRequest {
+        .change(AdminChange::CreateTopic(TopicRequest {
             name: "orders".into(),
             partitions: 3,
             replication_factor: -1,
             assignments: Vec::new(),
             configs: BTreeMap::new(),
-        })
+        }))
         .await
         .unwrap();
     let image = cluster.image();

@@ -69,12 +69,14 @@ async fn commit(state: &BrokerState, request: &OffsetCommitRequest) {
     assert!(response.topics[0].partitions[0].error_code == 0);
 }
 
-fn open(dir: &std::path::Path) -> Arc<BrokerState> {
+fn open(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> Arc<BrokerState> {
     let config = BrokerConfig {
         data_dir: dir.to_path_buf(),
         ..BrokerConfig::default()
     };
-    BrokerState::open(config, Vec::new()).unwrap()
+    runtime
+        .block_on(BrokerState::start(config, Vec::new()))
+        .unwrap()
 }
 
 fn main() {
@@ -89,8 +91,8 @@ fn main() {
         .build()
         .unwrap();
 
-    let state = open(&dir);
-    ensure_offsets_topic(&state).unwrap();
+    let state = open(&runtime, &dir);
+    runtime.block_on(ensure_offsets_topic(&state)).unwrap();
 
     // 1. Commit throughput: `committers` consumers, each committing one partition's offset
     //    and waiting for the answer before its next commit, for `seconds`.
@@ -138,10 +140,10 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     state.groups.detach();
-    state.close().unwrap();
+    runtime.block_on(state.close()).unwrap();
 
     let started = Instant::now();
-    let state = open(&dir);
+    let state = open(&runtime, &dir);
     while !state.groups.is_loaded() {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -152,7 +154,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     state.groups.detach();
-    state.close().unwrap();
+    runtime.block_on(state.close()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 
     // 3. A KIP-848 rebalance as the coordinator sees it: the join that computes the new

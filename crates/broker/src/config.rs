@@ -71,8 +71,19 @@ pub struct BrokerConfig {
     pub max_incremental_fetch_session_cache_slots: usize,
     /// Requests one connection may have in flight before the broker stops reading it.
     pub queued_max_requests_per_connection: usize,
-    /// The cluster ID reported in Metadata and DescribeCluster.
+    /// The cluster ID reported in Metadata and DescribeCluster; brokers of another
+    /// cluster cannot register with this one's controller.
     pub cluster_id: String,
+    /// `broker.rack`: replicas of a partition are spread over racks.
+    pub broker_rack: Option<String>,
+    /// `broker.session.timeout.ms`: a broker silent this long is fenced.
+    pub broker_session_timeout_ms: i64,
+    /// `broker.heartbeat.interval.ms`.
+    pub broker_heartbeat_interval_ms: u64,
+    /// `default.replication.factor`: replicas of topics created without a factor.
+    pub default_replication_factor: i16,
+    /// `controller.quorum.election.timeout.ms`.
+    pub controller_quorum_election_timeout_ms: u64,
     /// `log.retention.check.interval.ms`: how often retention, compaction, `flush.ms` and
     /// the removal of deleted segments run.
     pub log_retention_check_interval_ms: u64,
@@ -108,6 +119,11 @@ impl Default for BrokerConfig {
             max_incremental_fetch_session_cache_slots: 1000,
             queued_max_requests_per_connection: 100,
             cluster_id: "spool-cluster".to_string(),
+            broker_rack: None,
+            broker_session_timeout_ms: 9000,
+            broker_heartbeat_interval_ms: 2000,
+            default_replication_factor: 1,
+            controller_quorum_election_timeout_ms: 1000,
             log_retention_check_interval_ms: 5 * 60 * 1000,
             group: GroupConfig::default(),
             txn: TxnConfig::default(),
@@ -175,6 +191,23 @@ impl BrokerConfig {
             ),
             ("log.dirs", self.data_dir.display().to_string()),
             ("num.partitions", self.num_partitions.to_string()),
+            ("broker.rack", self.broker_rack.clone().unwrap_or_default()),
+            (
+                "broker.session.timeout.ms",
+                self.broker_session_timeout_ms.to_string(),
+            ),
+            (
+                "broker.heartbeat.interval.ms",
+                self.broker_heartbeat_interval_ms.to_string(),
+            ),
+            (
+                "default.replication.factor",
+                self.default_replication_factor.to_string(),
+            ),
+            (
+                "controller.quorum.election.timeout.ms",
+                self.controller_quorum_election_timeout_ms.to_string(),
+            ),
             (
                 "auto.create.topics.enable",
                 self.auto_create_topics_enable.to_string(),
@@ -286,6 +319,15 @@ impl BrokerConfig {
                 log.producer_id_expiration_ms.to_string(),
             ),
         ]
+    }
+
+    /// The security protocol of listener `name` as Kafka numbers them (PLAINTEXT 0, SSL 1,
+    /// SASL_PLAINTEXT 2, SASL_SSL 3).
+    pub fn security_protocol_id(&self, name: &str) -> i16 {
+        self.listener_security_protocol_map
+            .get(name)
+            .and_then(|p| SECURITY_PROTOCOLS.iter().position(|known| known == p))
+            .map_or(0, |i| i as i16)
     }
 
     /// `listeners` in Kafka's form, `NAME://HOST:PORT,…`.
@@ -442,6 +484,23 @@ impl BrokerConfig {
                 self.max_incremental_fetch_session_cache_slots = parse(key, value)?
             }
             "cluster.id" => self.cluster_id = value.trim().to_string(),
+            "broker.rack" => {
+                let rack = value.trim();
+                self.broker_rack = (!rack.is_empty()).then(|| rack.to_string());
+            }
+            "broker.session.timeout.ms" => {
+                self.broker_session_timeout_ms = i64::from(positive(key, value)?)
+            }
+            "broker.heartbeat.interval.ms" => {
+                self.broker_heartbeat_interval_ms = positive(key, value)? as u64
+            }
+            "default.replication.factor" => {
+                self.default_replication_factor = i16::try_from(positive(key, value)?)
+                    .map_err(|_| invalid(key, value, "at most 32767".into()))?
+            }
+            "controller.quorum.election.timeout.ms" => {
+                self.controller_quorum_election_timeout_ms = positive(key, value)? as u64
+            }
             "log.retention.check.interval.ms" => {
                 self.log_retention_check_interval_ms = parse(key, value)?
             }

@@ -181,8 +181,8 @@ pub fn for_each_batch(
 }
 
 /// Creates a coordinator's internal topic: compacted, `partitions` partitions of
-/// `segment_bytes` segments (nothing if it exists).
-pub fn create_internal_topic(
+/// `segment_bytes` segments, `default.replication.factor` replicas (nothing if it exists).
+pub async fn create_internal_topic(
     state: &BrokerState,
     topic: &str,
     partitions: i32,
@@ -192,7 +192,15 @@ pub fn create_internal_topic(
         ("cleanup.policy".to_string(), "compact".to_string()),
         ("segment.bytes".to_string(), segment_bytes.to_string()),
     ]);
-    state.create_topic(topic, partitions, &configs)
+    match state
+        .create_topic(topic, partitions, -1, Vec::new(), configs)
+        .await
+    {
+        Err(crate::BrokerError::Refused(spool_protocol::ErrorCode::TopicAlreadyExists, _)) => {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// The partition logs of an internal topic, in partition order.

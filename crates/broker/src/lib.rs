@@ -1,9 +1,9 @@
 //! Spool's broker: it serves the Kafka protocol over TCP on top of the partition logs.
 //!
-//! [`state::BrokerState`] holds the settings, the metadata store (topics as a log of
-//! metadata records) and the partition logs; [`server::serve`] runs the listener, one task
-//! per connection; [`api`] has one module per Kafka API. The binary (`spool server`) wires
-//! them to the command line.
+//! [`state::BrokerState`] holds the settings, this node's place in the metadata quorum
+//! ([`node`]) and the partition logs; [`server::serve`] runs the listener, one task per
+//! connection; [`api`] has one module per Kafka API. The binary (`spool server`) wires them
+//! to the command line.
 
 pub mod api;
 pub mod config;
@@ -11,6 +11,7 @@ pub mod coordinator_log;
 pub mod fetch_session;
 pub mod flusher;
 pub mod group;
+pub mod node;
 pub mod server;
 pub mod state;
 pub mod topic_configs;

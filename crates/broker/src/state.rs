@@ -2,31 +2,31 @@
 //! logs this broker leads.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use spool_log::storage::LockGuard;
 use spool_log::{
     DiskStorage, KeepAllBatches, LogConfig, LogError, LogManager, PartitionLog, SharedLog, Storage,
     TopicPartition,
 };
+use spool_metadata::controller::PRODUCER_ID_BLOCK;
+use spool_metadata::quorum::QuorumError;
+use spool_metadata::service::{AdminChange, TopicRequest};
 use spool_protocol::ErrorCode;
-use spool_protocol::internal::{
-    ConfigRecord, PartitionRecord, ProducerIdsRecord, RemoveTopicRecord,
-};
 use spool_protocol::record_batch::TimestampType;
 use thiserror::Error;
+use tokio::sync::{Notify, watch};
 
 use crate::config::{AdvertisedListener, BrokerConfig};
 use crate::fetch_session::FetchSessionCache;
 use crate::flusher::Flusher;
 use crate::group::runtime::offsets_logs;
 use crate::group::{GroupCoordinator, OFFSETS_TOPIC};
-use crate::metadata::{
-    BROKER_RESOURCE_TYPE, METADATA_TOPIC, MetadataError, MetadataImage, MetadataRecord,
-    MetadataStore, TOPIC_RESOURCE_TYPE, create_topic_records,
-};
+use crate::metadata::{METADATA_TOPIC, MetadataError, MetadataImage, TopicMeta};
+use crate::node::{self, Node};
 use crate::topic_configs;
 use crate::txn::runtime::txn_logs;
 use crate::txn::{TXN_TOPIC, TxnCoordinator};
@@ -40,6 +40,13 @@ pub enum BrokerError {
     Metadata(#[from] MetadataError),
     #[error("invalid topic config `{key}={value}`")]
     InvalidConfig { key: String, value: String },
+    #[error(transparent)]
+    Quorum(#[from] QuorumError),
+    /// The controller refused a change, with Kafka's error.
+    #[error("{0}: {1}")]
+    Refused(ErrorCode, String),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 pub struct BrokerState {
@@ -47,11 +54,15 @@ pub struct BrokerState {
     /// What clients are told to connect to, per listener name.
     pub endpoints: Vec<AdvertisedListener>,
     storage: Arc<dyn Storage>,
-    /// The metadata log; held while a change is recorded (an fsync).
-    metadata: Mutex<MetadataStore>,
-    /// The latest committed image, replaced after each change: readers never wait for
-    /// the metadata log.
+    /// This node's voter of the metadata quorum, its controller, its registration.
+    pub node: Node,
+    /// The image this broker serves: the newest committed one once its partition logs
+    /// are open. Readers never wait for the metadata log.
     image: RwLock<Arc<MetadataImage>>,
+    /// The metadata offset `image` is as of (-1 before any).
+    applied: watch::Sender<i64>,
+    /// Logs found at start that no partition of the image has claimed yet.
+    unclaimed: Mutex<BTreeMap<TopicPartition, PartitionLog>>,
     partitions: RwLock<HashMap<TopicPartition, Arc<SharedLog>>>,
     /// Fetches waiting on `min_bytes`, woken per partition by appends.
     pub wakeups: Wakeups,
@@ -63,13 +74,40 @@ pub struct BrokerState {
     pub groups: GroupCoordinator,
     /// Transactional IDs and their transactions.
     pub txns: TxnCoordinator,
-    /// The producer IDs this broker may still hand out: `next..end`.
-    producer_ids: Mutex<std::ops::Range<i64>>,
+    /// The producer IDs this broker may still hand out.
+    producer_ids: Mutex<ProducerIds>,
+    /// Held while a block of producer IDs is asked for.
+    producer_id_fetch: tokio::sync::Mutex<()>,
+    /// Wakes the task that asks for the next block ahead of need.
+    producer_ids_wanted: Arc<Notify>,
     _lock: Box<dyn LockGuard>,
 }
 
-/// Producer IDs taken from the metadata log at a time (Kafka's block size).
-pub const PRODUCER_ID_BLOCK: i64 = 1000;
+/// The blocks of producer IDs the controller gave this broker: the one in use and the
+/// next, fetched once the current one runs low.
+#[derive(Debug, Default)]
+struct ProducerIds {
+    current: Range<i64>,
+    next: Option<Range<i64>>,
+}
+
+impl ProducerIds {
+    fn take(&mut self) -> Option<i64> {
+        if self.current.is_empty() {
+            self.current = self.next.take()?;
+        }
+        self.current.next()
+    }
+
+    fn wants_more(&self) -> bool {
+        self.next.is_none() && self.current.end - self.current.start < PRODUCER_ID_BLOCK / 10
+    }
+}
+
+/// How long a change waits for this broker to apply the metadata that carries it.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long closing waits for requests and background tasks to let go of the broker.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -200,52 +238,34 @@ pub fn topic_log_config(
 }
 
 impl BrokerState {
-    /// Opens the data directory (locked), replays the metadata log and opens every
-    /// partition log of every known topic.
-    pub fn open(
+    /// Opens the data directory (locked) and joins the metadata quorum; then registers
+    /// the broker and returns once the controller has unfenced it and every partition log
+    /// it replicates is open.
+    pub async fn start(
         config: BrokerConfig,
         endpoints: Vec<AdvertisedListener>,
     ) -> Result<Arc<BrokerState>, BrokerError> {
         let storage: Arc<dyn Storage> = Arc::new(DiskStorage);
-        let now = now_ms();
-        let defaults = config.log.clone();
-        let (manager, _) = LogManager::open(
-            Arc::clone(&storage),
-            &config.data_dir,
-            |_| defaults.clone(),
-            now,
-        )?;
-        let (guard, mut logs) = manager.into_parts();
-        let flusher = Flusher::start(storage.as_ref(), &config.data_dir).map_err(LogError::from)?;
-        let metadata_tp = TopicPartition::new(METADATA_TOPIC, 0);
-        let metadata_log = match logs.remove(&metadata_tp) {
-            Some(log) => log,
-            None => open_log(
-                &storage,
+        let opening = (Arc::clone(&storage), config.clone());
+        let (guard, logs, flusher) = tokio::task::spawn_blocking(move || {
+            let (storage, config) = opening;
+            let defaults = config.log.clone();
+            let (manager, _) = LogManager::open(
+                Arc::clone(&storage),
                 &config.data_dir,
-                &metadata_tp,
-                LogConfig::default(),
-                now,
-            )?,
-        };
-        let metadata = MetadataStore::replay(metadata_log)?;
-        let defaults = effective_log_defaults(&config, metadata.image());
-        let mut partitions = HashMap::new();
-        for topic in metadata.image().topics() {
-            let log_config = topic_log_config(&defaults, &topic.configs)?;
-            for partition in &topic.partitions {
-                let tp = TopicPartition::new(topic.name.clone(), partition.index);
-                let mut log = match logs.remove(&tp) {
-                    Some(log) => log,
-                    None => open_log(&storage, &config.data_dir, &tp, log_config.clone(), now)?,
-                };
-                log.set_config(log_config.clone());
-                // One replica: everything appended is replicated to the whole ISR.
-                let end = log.log_end_offset();
-                log.advance_high_watermark(end);
-                partitions.insert(tp, Arc::new(SharedLog::new(log)));
-            }
-        }
+                |_| defaults.clone(),
+                now_ms(),
+            )?;
+            let (guard, mut logs) = manager.into_parts();
+            let flusher =
+                Flusher::start(storage.as_ref(), &config.data_dir).map_err(LogError::from)?;
+            let metadata_log = logs.remove(&TopicPartition::new(METADATA_TOPIC, 0));
+            node::set_aside_legacy_log(&storage, &config.data_dir, metadata_log)?;
+            Ok::<_, BrokerError>((guard, logs, flusher))
+        })
+        .await
+        .map_err(|e| BrokerError::Cluster(e.to_string()))??;
+        let node = Node::start(&config, Arc::clone(&storage)).await?;
         let fetch_sessions = FetchSessionCache::new(
             config.max_incremental_fetch_session_cache_slots,
             Box::new(|| {
@@ -255,21 +275,41 @@ impl BrokerState {
         );
         let groups = GroupCoordinator::new(config.group.clone());
         let txns = TxnCoordinator::new(config.txn.clone());
+        let heartbeat_interval = Duration::from_millis(config.broker_heartbeat_interval_ms);
         let state = Arc::new(BrokerState {
             groups,
             txns,
             fetch_sessions: Mutex::new(fetch_sessions),
-            producer_ids: Mutex::new(0..0),
+            producer_ids: Mutex::new(ProducerIds::default()),
+            producer_id_fetch: tokio::sync::Mutex::new(()),
+            producer_ids_wanted: Arc::new(Notify::new()),
             flusher,
             config,
             endpoints,
             storage,
-            image: RwLock::new(Arc::new(metadata.image().clone())),
-            metadata: Mutex::new(metadata),
-            partitions: RwLock::new(partitions),
+            node,
+            image: RwLock::new(Arc::new(MetadataImage::default())),
+            applied: watch::channel(-1).0,
+            unclaimed: Mutex::new(logs),
+            partitions: RwLock::new(HashMap::new()),
             wakeups: Wakeups::default(),
             _lock: guard,
         });
+        tokio::spawn(node::run_publisher(Arc::downgrade(&state)));
+        node::join(&state).await?;
+        let strays = Arc::clone(&state);
+        tokio::task::spawn_blocking(move || strays.remove_unclaimed())
+            .await
+            .map_err(|e| BrokerError::Cluster(e.to_string()))??;
+        tokio::spawn(node::run_heartbeats(
+            Arc::downgrade(&state),
+            heartbeat_interval,
+        ));
+        tokio::spawn(refill_producer_ids(
+            Arc::downgrade(&state),
+            Arc::clone(&state.producer_ids_wanted),
+        ));
+        state.producer_ids_wanted.notify_one();
         // Groups and offsets are read back from `__consumer_offsets` on a loader thread.
         if state.with_image(|image| image.topic(OFFSETS_TOPIC).is_some()) {
             state.groups.attach(offsets_logs(&state), true);
@@ -277,9 +317,84 @@ impl BrokerState {
         // Transactions are read back at once: a transaction a crash left half-ended
         // resumes with the first tick.
         if state.with_image(|image| image.topic(TXN_TOPIC).is_some()) {
-            state.txns.attach(txn_logs(&state));
+            let loading = Arc::clone(&state);
+            tokio::task::spawn_blocking(move || loading.txns.attach(txn_logs(&loading)))
+                .await
+                .map_err(|e| BrokerError::Cluster(e.to_string()))?;
         }
         Ok(state)
+    }
+
+    /// The metadata offset of the image this broker serves.
+    pub fn applied_offset(&self) -> i64 {
+        *self.applied.borrow()
+    }
+
+    pub(crate) fn set_applied(&self, offset: i64) {
+        self.applied.send_replace(offset);
+    }
+
+    /// Waits until this broker serves the image as of metadata `offset` or later.
+    pub async fn wait_applied(&self, offset: i64) -> Result<(), BrokerError> {
+        let mut applied = self.applied.subscribe();
+        match tokio::time::timeout(APPLY_TIMEOUT, applied.wait_for(|&a| a >= offset)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(BrokerError::Cluster(format!(
+                "metadata offset {offset} not applied in time"
+            ))),
+        }
+    }
+
+    /// Makes the broker serve `image`: opens the logs of the partitions it replicates
+    /// that are new, reconfigures those whose settings changed, and removes those of
+    /// deleted topics. Blocking. A log that cannot be opened is reported; the others are
+    /// served all the same.
+    pub(crate) fn apply_image(
+        &self,
+        image: Arc<MetadataImage>,
+        now: i64,
+    ) -> Result<(), BrokerError> {
+        let old = self.current_image();
+        for topic in old.topics() {
+            if image.topic_by_id(&topic.id).is_none() {
+                self.remove_topic_logs(topic)?;
+            }
+        }
+        let old_defaults = effective_log_defaults(&self.config, &old);
+        let defaults = effective_log_defaults(&self.config, &image);
+        let node = self.config.node_id;
+        let mut failed = None;
+        for topic in image.topics() {
+            let reconfigured = old_defaults != defaults
+                || old
+                    .topic_by_id(&topic.id)
+                    .is_none_or(|t| t.configs != topic.configs);
+            let log_config = topic_log_config(&defaults, &topic.configs).unwrap_or_else(|e| {
+                tracing::warn!(topic = %topic.name, error = %e, "ignoring the topic's stored configs");
+                defaults.clone()
+            });
+            for p in topic
+                .partitions
+                .iter()
+                .filter(|p| p.replicas.contains(&node))
+            {
+                match self.partition(&topic.name, p.index) {
+                    Some(log) if reconfigured => log.set_config(log_config.clone()),
+                    Some(_) => {}
+                    None => {
+                        let tp = TopicPartition::new(topic.name.clone(), p.index);
+                        if let Err(e) = self.open_partition(tp, &log_config, now) {
+                            failed = Some(e);
+                        }
+                    }
+                }
+            }
+        }
+        *self
+            .image
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = image;
+        failed.map_or(Ok(()), Err)
     }
 
     /// Where clients reach this broker through listener `name`; `None` when that listener
@@ -295,29 +410,17 @@ impl BrokerState {
 
     /// Runs `f` on the current metadata image.
     pub fn with_image<R>(&self, f: impl FnOnce(&MetadataImage) -> R) -> R {
-        let image = Arc::clone(
+        f(&self.current_image())
+    }
+
+    /// The metadata image this broker serves.
+    pub fn current_image(&self) -> Arc<MetadataImage> {
+        Arc::clone(
             &self
                 .image
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
-        f(&image)
-    }
-
-    /// Records `records` durably in the metadata log (whose lock the caller holds), then
-    /// publishes the new image to readers.
-    fn commit(
-        &self,
-        metadata: &mut MetadataStore,
-        records: &[MetadataRecord],
-        now_ms: i64,
-    ) -> Result<(), MetadataError> {
-        metadata.commit(records, now_ms)?;
-        *self
-            .image
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(metadata.image().clone());
-        Ok(())
+        )
     }
 
     /// The log of partition `index` of `topic`, for a client that believes the leader
@@ -336,28 +439,31 @@ impl BrokerState {
         Ok(log)
     }
 
-    /// Kafka's check of a client's `current_leader_epoch` (-1 skips it): older than the
-    /// partition's epoch is FENCED_LEADER_EPOCH, newer is UNKNOWN_LEADER_EPOCH.
+    /// Kafka's checks of a request to a partition leader: this broker must lead it
+    /// (NOT_LEADER_OR_FOLLOWER), and a client's `current_leader_epoch` (-1 skips it) older
+    /// than the partition's is FENCED_LEADER_EPOCH, newer is UNKNOWN_LEADER_EPOCH.
     fn check_leader_epoch(
         &self,
         topic: &str,
         partition: i32,
         requested: i32,
     ) -> Result<(), ErrorCode> {
-        if requested < 0 {
-            return Ok(());
-        }
         let current = self.with_image(|image| {
             image.topic(topic).and_then(|t| {
                 t.partitions
                     .iter()
                     .find(|p| p.index == partition)
-                    .map(|p| p.leader_epoch)
+                    .map(|p| (p.leader, p.leader_epoch))
             })
         });
         match current {
-            Some(current) if requested < current => Err(ErrorCode::FencedLeaderEpoch),
-            Some(current) if requested > current => Err(ErrorCode::UnknownLeaderEpoch),
+            Some((leader, _)) if leader != self.config.node_id => {
+                Err(ErrorCode::NotLeaderOrFollower)
+            }
+            Some((_, current)) if requested >= 0 && requested < current => {
+                Err(ErrorCode::FencedLeaderEpoch)
+            }
+            Some((_, current)) if requested > current => Err(ErrorCode::UnknownLeaderEpoch),
             _ => Ok(()),
         }
     }
@@ -370,213 +476,202 @@ impl BrokerState {
         partitions.get(&TopicPartition::new(topic, index)).cloned()
     }
 
-    /// A producer ID never handed out before, for InitProducerId. IDs come in blocks of
-    /// [`PRODUCER_ID_BLOCK`] recorded in the metadata log, so none is reused after a
-    /// restart. Blocking when a new block must be recorded (it fsyncs).
-    pub fn allocate_producer_id(&self) -> Result<i64, BrokerError> {
-        let mut ids = lock(&self.producer_ids);
-        if ids.is_empty() {
-            let mut metadata = lock(&self.metadata);
-            let start = metadata.image().next_producer_id();
-            let record = ProducerIdsRecord {
-                broker_id: self.config.node_id,
-                broker_epoch: -1,
-                next_producer_id: start + PRODUCER_ID_BLOCK,
-                ..Default::default()
-            };
-            self.commit(
-                &mut metadata,
-                &[MetadataRecord::ProducerIds(record)],
-                now_ms(),
-            )?;
-            *ids = start..start + PRODUCER_ID_BLOCK;
+    /// A producer ID never handed out before, for InitProducerId. IDs come from the
+    /// controller in blocks of [`PRODUCER_ID_BLOCK`] recorded in the metadata log, so
+    /// none is reused after a restart; this waits when a block must be asked for.
+    pub async fn allocate_producer_id(&self) -> Result<i64, BrokerError> {
+        loop {
+            if let Some(id) = self.take_producer_id() {
+                return Ok(id);
+            }
+            self.fetch_producer_ids().await?;
         }
-        let id = ids.start;
-        ids.start += 1;
-        Ok(id)
     }
 
-    /// Creates a topic: records it durably in the metadata log, then creates its partition
-    /// logs. Blocking (it fsyncs): call from a blocking context.
-    pub fn create_topic(
-        &self,
-        name: &str,
-        partitions: i32,
-        configs: &BTreeMap<String, String>,
-    ) -> Result<(), BrokerError> {
-        let now = now_ms();
-        let mut metadata = lock(&self.metadata);
-        if metadata.image().topic(name).is_some() {
+    /// A producer ID if one is at hand; else COORDINATOR_LOAD_IN_PROGRESS (clients retry)
+    /// while the next block is asked for. For callers that cannot wait.
+    pub fn try_allocate_producer_id(&self) -> Result<i64, ErrorCode> {
+        self.take_producer_id().ok_or_else(|| {
+            self.producer_ids_wanted.notify_one();
+            ErrorCode::CoordinatorLoadInProgress
+        })
+    }
+
+    fn take_producer_id(&self) -> Option<i64> {
+        let mut ids = lock(&self.producer_ids);
+        let id = ids.take();
+        if ids.wants_more() {
+            self.producer_ids_wanted.notify_one();
+        }
+        id
+    }
+
+    /// Asks the controller for the next block of producer IDs, unless one is at hand.
+    async fn fetch_producer_ids(&self) -> Result<(), BrokerError> {
+        let _fetching = self.producer_id_fetch.lock().await;
+        if !lock(&self.producer_ids).wants_more() {
             return Ok(());
         }
-        let log_config = topic_log_config(
-            &effective_log_defaults(&self.config, metadata.image()),
-            configs,
-        )?;
-        self.commit(
-            &mut metadata,
-            &create_topic_records(name, partitions, self.config.node_id, configs),
-            now,
-        )?;
-        drop(metadata);
-        self.open_partitions(name, 0..partitions, &log_config, now)?;
+        let block = self
+            .node
+            .controller
+            .allocate_producer_ids(self.config.node_id, self.node.broker_epoch())
+            .await
+            .map_err(|code| BrokerError::Refused(code, "no producer IDs".into()))?;
+        let mut ids = lock(&self.producer_ids);
+        if ids.current.is_empty() {
+            ids.current = block;
+        } else {
+            ids.next = Some(block);
+        }
         Ok(())
     }
 
-    /// Creates (or opens) the logs of partitions `indexes` of topic `name` and serves them.
-    fn open_partitions(
+    /// Has the controller carry out `change`, then waits until this broker serves the
+    /// metadata that holds it.
+    pub async fn change_metadata(&self, change: AdminChange) -> Result<(), BrokerError> {
+        let offset = self
+            .node
+            .controller
+            .change(change)
+            .await
+            .map_err(|(code, message)| BrokerError::Refused(code, message))?;
+        self.wait_applied(offset).await
+    }
+
+    /// Creates a topic (the controller places its replicas) and waits until this broker
+    /// serves it.
+    pub async fn create_topic(
         &self,
         name: &str,
-        indexes: std::ops::Range<i32>,
+        partitions: i32,
+        replication_factor: i16,
+        assignments: Vec<Vec<i32>>,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        self.change_metadata(AdminChange::CreateTopic(TopicRequest {
+            name: name.to_string(),
+            partitions,
+            replication_factor,
+            assignments,
+            configs,
+        }))
+        .await
+    }
+
+    /// Deletes a topic; its logs are removed as the deletion is applied. False when the
+    /// topic does not exist.
+    pub async fn delete_topic(&self, name: &str) -> Result<bool, BrokerError> {
+        match self
+            .change_metadata(AdminChange::DeleteTopic(name.to_string()))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(BrokerError::Refused(ErrorCode::UnknownTopicOrPartition, _)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Grows a topic to `count` partitions, placed by the controller or as `assignments`
+    /// say.
+    pub async fn add_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        assignments: Vec<Vec<i32>>,
+    ) -> Result<(), BrokerError> {
+        self.change_metadata(AdminChange::CreatePartitions {
+            name: name.to_string(),
+            count,
+            assignments,
+        })
+        .await
+    }
+
+    /// Replaces the configs of a topic or broker resource with `configs` (validated by the
+    /// caller); the partition logs they govern take them as the change is applied.
+    pub async fn set_configs(
+        &self,
+        resource_type: i8,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        self.change_metadata(AdminChange::AlterConfigs {
+            resource_type,
+            name: name.to_string(),
+            configs,
+        })
+        .await
+    }
+
+    /// Serves the log of `tp`: the one found at start if there is one, else a new one.
+    fn open_partition(
+        &self,
+        tp: TopicPartition,
         log_config: &LogConfig,
         now: i64,
     ) -> Result<(), BrokerError> {
-        for index in indexes {
-            let tp = TopicPartition::new(name, index);
-            let log = open_log(
+        let found = lock(&self.unclaimed).remove(&tp);
+        let mut log = match found {
+            Some(log) => log,
+            None => open_log(
                 &self.storage,
                 &self.config.data_dir,
                 &tp,
                 log_config.clone(),
                 now,
-            )?;
-            self.partitions
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .insert(tp, Arc::new(SharedLog::new(log)));
-        }
+            )?,
+        };
+        log.set_config(log_config.clone());
+        // One replica: everything appended is replicated to the whole ISR.
+        let end = log.log_end_offset();
+        log.advance_high_watermark(end);
+        self.partitions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(tp, Arc::new(SharedLog::new(log)));
         Ok(())
     }
 
-    /// Deletes a topic: records the removal durably, then drops its partition logs and
-    /// their folders. Returns false when the topic does not exist. Blocking.
-    pub fn delete_topic(&self, name: &str) -> Result<bool, BrokerError> {
-        let mut metadata = lock(&self.metadata);
-        let Some(topic) = metadata.image().topic(name).cloned() else {
-            return Ok(false);
-        };
-        let record = RemoveTopicRecord {
-            topic_id: topic.id,
-            ..RemoveTopicRecord::default()
-        };
-        self.commit(
-            &mut metadata,
-            &[MetadataRecord::RemoveTopic(record)],
-            now_ms(),
-        )?;
-        drop(metadata);
+    /// Stops serving a deleted topic's partitions and removes their folders.
+    fn remove_topic_logs(&self, topic: &TopicMeta) -> Result<(), BrokerError> {
         for partition in &topic.partitions {
-            let tp = TopicPartition::new(name, partition.index);
-            self.partitions
+            let tp = TopicPartition::new(topic.name.clone(), partition.index);
+            let served = self
+                .partitions
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .remove(&tp);
             // Requests still holding the log keep their open files; the names go now.
-            let dir = self.config.data_dir.join(tp.dir_name());
-            for file in self.storage.list(&dir).map_err(LogError::from)? {
-                self.storage
-                    .remove_file(&dir.join(file))
-                    .map_err(LogError::from)?;
+            if served.is_some() {
+                remove_dir_with_files(
+                    self.storage.as_ref(),
+                    &self.config.data_dir.join(tp.dir_name()),
+                )?;
             }
-            self.storage.remove_dir(&dir).map_err(LogError::from)?;
         }
         self.storage
             .sync_dir(&self.config.data_dir)
             .map_err(LogError::from)?;
-        Ok(true)
-    }
-
-    /// Grows a topic to `count` partitions (the caller checked it is more than it has).
-    /// Blocking.
-    pub fn add_partitions(&self, name: &str, count: i32) -> Result<(), BrokerError> {
-        let mut metadata = lock(&self.metadata);
-        let Some(topic) = metadata.image().topic(name).cloned() else {
-            return Ok(());
-        };
-        let log_config = topic_log_config(
-            &effective_log_defaults(&self.config, metadata.image()),
-            &topic.configs,
-        )?;
-        let now = now_ms();
-        let first_new = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
-        let records: Vec<MetadataRecord> = (first_new..count)
-            .map(|partition_id| {
-                MetadataRecord::Partition(PartitionRecord {
-                    partition_id,
-                    topic_id: topic.id,
-                    replicas: vec![self.config.node_id],
-                    isr: vec![self.config.node_id],
-                    leader: self.config.node_id,
-                    ..PartitionRecord::default()
-                })
-            })
-            .collect();
-        self.commit(&mut metadata, &records, now)?;
-        drop(metadata);
-        self.open_partitions(name, first_new..count, &log_config, now)?;
         Ok(())
     }
 
-    /// Replaces the configs of a topic or broker resource with `configs` (validated by the
-    /// caller): records the changes durably, then applies them to the partition logs they
-    /// govern. Blocking.
-    pub fn set_configs(
-        &self,
-        resource_type: i8,
-        name: &str,
-        configs: &BTreeMap<String, String>,
-    ) -> Result<(), BrokerError> {
-        let mut metadata = lock(&self.metadata);
-        let Some(current) = metadata.image().resource_configs(resource_type, name) else {
-            return Ok(());
-        };
-        let mut changes = Vec::new();
-        for (key, value) in configs {
-            if current.get(key) != Some(value) {
-                changes.push((key.clone(), Some(value.clone())));
-            }
+    /// Removes the logs found at start that the metadata, now caught up, gives this broker
+    /// no partition for: topics deleted while it was down or before their removal
+    /// finished. Blocking.
+    fn remove_unclaimed(&self) -> Result<(), BrokerError> {
+        let strays = std::mem::take(&mut *lock(&self.unclaimed));
+        for (tp, log) in strays {
+            tracing::warn!(partition = %tp, "removing the log of a partition this broker no longer has");
+            log.close()?;
+            remove_dir_with_files(
+                self.storage.as_ref(),
+                &self.config.data_dir.join(tp.dir_name()),
+            )?;
         }
-        for key in current.keys().filter(|k| !configs.contains_key(*k)) {
-            changes.push((key.clone(), None));
-        }
-        let records: Vec<MetadataRecord> = changes
-            .into_iter()
-            .map(|(key, value)| {
-                MetadataRecord::Config(ConfigRecord {
-                    resource_type,
-                    resource_name: name.to_string(),
-                    name: key,
-                    value,
-                    ..ConfigRecord::default()
-                })
-            })
-            .collect();
-        if !records.is_empty() {
-            self.commit(&mut metadata, &records, now_ms())?;
-        }
-        let defaults = effective_log_defaults(&self.config, metadata.image());
-        let governed: Vec<(String, Vec<i32>, BTreeMap<String, String>)> = metadata
-            .image()
-            .topics()
-            .filter(|t| match resource_type {
-                TOPIC_RESOURCE_TYPE => t.name == name,
-                BROKER_RESOURCE_TYPE => name.is_empty() || name == self.config.node_id.to_string(),
-                _ => false,
-            })
-            .map(|t| {
-                let indexes = t.partitions.iter().map(|p| p.index).collect();
-                (t.name.clone(), indexes, t.configs.clone())
-            })
-            .collect();
-        drop(metadata);
-        for (topic, indexes, topic_configs) in governed {
-            let log_config = topic_log_config(&defaults, &topic_configs)?;
-            for index in indexes {
-                if let Some(log) = self.partition(&topic, index) {
-                    log.set_config(log_config.clone());
-                }
-            }
-        }
+        self.storage
+            .sync_dir(&self.config.data_dir)
+            .map_err(LogError::from)?;
         Ok(())
     }
 
@@ -614,30 +709,89 @@ impl BrokerState {
         }
     }
 
-    /// Closes every log cleanly so the next start skips recovery.
-    pub fn close(self: Arc<Self>) -> Result<(), BrokerError> {
+    /// Controlled shutdown: the controller moves this broker's leadership away (bounded
+    /// wait). The broker keeps serving meanwhile.
+    pub async fn leave(&self) {
+        node::leave(self).await;
+    }
+
+    /// Closes every log cleanly so the next start skips recovery, then stops the quorum
+    /// voter.
+    pub async fn close(self: Arc<Self>) -> Result<(), BrokerError> {
         // The coordinators hold the logs of their internal topics.
         self.groups.detach();
         self.txns.detach();
-        let Some(state) = Arc::into_inner(self) else {
-            return Ok(());
-        };
-        let partitions = state
-            .partitions
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (_, shared) in partitions {
-            if let Some(shared) = Arc::into_inner(shared) {
-                shared.into_inner().close()?;
+        let wanted = Arc::clone(&self.producer_ids_wanted);
+        // Connections finish their requests and background tasks let go of the broker.
+        let mut state = self;
+        let mut waited = Duration::ZERO;
+        let state = loop {
+            match Arc::try_unwrap(state) {
+                Ok(state) => break state,
+                Err(_) if waited >= CLOSE_TIMEOUT => {
+                    return Err(BrokerError::Cluster(
+                        "the broker is still in use; its logs were not closed".into(),
+                    ));
+                }
+                Err(shared) => state = shared,
             }
-        }
-        state
-            .metadata
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .close()?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += Duration::from_millis(10);
+        };
+        // The producer-ID task finds the broker gone and ends.
+        wanted.notify_one();
+        let BrokerState {
+            partitions,
+            unclaimed,
+            node,
+            _lock,
+            ..
+        } = state;
+        tokio::task::spawn_blocking(move || -> Result<(), BrokerError> {
+            let partitions = partitions
+                .into_inner()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (_, shared) in partitions {
+                if let Some(shared) = Arc::into_inner(shared) {
+                    shared.into_inner().close()?;
+                }
+            }
+            let unclaimed = unclaimed
+                .into_inner()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (_, log) in unclaimed {
+                log.close()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| BrokerError::Cluster(e.to_string()))??;
+        node.shutdown().await?;
+        drop(_lock);
         Ok(())
     }
+}
+
+/// Fetches producer-ID blocks ahead of need whenever woken, until the broker is gone.
+async fn refill_producer_ids(state: std::sync::Weak<BrokerState>, wanted: Arc<Notify>) {
+    loop {
+        wanted.notified().await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        if let Err(e) = state.fetch_producer_ids().await {
+            tracing::warn!(error = %e, "no block of producer IDs could be fetched");
+        }
+    }
+}
+
+/// Removes a folder and the files in it.
+pub(crate) fn remove_dir_with_files(storage: &dyn Storage, dir: &Path) -> Result<(), LogError> {
+    for file in storage.list(dir)? {
+        storage.remove_file(&dir.join(file))?;
+    }
+    storage.remove_dir(dir)?;
+    Ok(())
 }
 
 fn open_log(
@@ -661,39 +815,19 @@ fn open_log(
 /// A broker with default settings on a fresh data directory named after `name`; the
 /// caller removes the directory.
 #[cfg(test)]
-pub(crate) fn open_in_temp_dir(name: &str) -> (Arc<BrokerState>, std::path::PathBuf) {
+pub(crate) async fn open_in_temp_dir(name: &str) -> (Arc<BrokerState>, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("spool-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let config = BrokerConfig {
         data_dir: dir.clone(),
         ..BrokerConfig::default()
     };
-    let state = BrokerState::open(config, Vec::new()).expect("the broker opens");
+    let state = BrokerState::start(config, Vec::new())
+        .await
+        .expect("the broker starts");
     (state, dir)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn readers_see_committed_metadata_without_waiting_for_the_metadata_log() {
-        let (state, dir) = open_in_temp_dir("state");
-        state.create_topic("orders", 2, &BTreeMap::new()).unwrap();
-        // A change being recorded holds the metadata log (through an fsync); reading the
-        // image meanwhile must not wait for it.
-        let recording = lock(&state.metadata);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = Arc::clone(&state);
-        std::thread::spawn(move || {
-            let partitions =
-                reader.with_image(|image| image.topic("orders").map(|t| t.partitions.len()));
-            let _ = tx.send(partitions);
-        });
-        let seen = rx.recv_timeout(std::time::Duration::from_secs(10));
-        drop(recording);
-        assert_eq!(seen, Ok(Some(2)));
-        drop(state);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+#[path = "state_tests.rs"]
+mod tests;

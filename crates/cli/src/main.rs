@@ -145,10 +145,9 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
     }
     let endpoints = config.endpoints(&bound);
     let data_dir = config.data_dir.clone();
-    let state = tokio::task::spawn_blocking(move || BrokerState::open(config, endpoints))
+    let state = BrokerState::start(config, endpoints)
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot open {}: {e}", data_dir.display()))?;
+        .map_err(|e| format!("cannot start on {}: {e}", data_dir.display()))?;
     for listener in &bound {
         match listener.name.as_str() {
             DEFAULT_LISTENER => say(format_args!(
@@ -187,6 +186,8 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
     let maintenance = tokio::spawn(maintain(Arc::clone(&state), stopped));
     wait_for_signal().await;
     say(format_args!("spool: shutting down"));
+    // Controlled shutdown first: leadership moves away while clients are still served.
+    state.leave().await;
     let _ = stop.send(true);
     for server in servers {
         let _ = server.await;
@@ -196,17 +197,7 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
     // Requests parked in a group (a JoinGroup waiting for its rebalance) are answered
     // NOT_COORDINATOR, as when Kafka unloads a coordinator, and let go of the state.
     state.groups.detach();
-    // Connections finish their in-flight requests and drop their hold on the state.
-    for _ in 0..1000 {
-        if Arc::strong_count(&state) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::task::spawn_blocking(move || state.close())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    state.close().await.map_err(|e| e.to_string())?;
     say(format_args!("spool: stopped cleanly"));
     Ok(())
 }

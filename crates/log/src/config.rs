@@ -3,7 +3,7 @@
 use spool_protocol::record_batch::TimestampType;
 
 /// The settings one partition log follows.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// `segment.bytes`: roll the active segment past this size.
     pub segment_bytes: u64,

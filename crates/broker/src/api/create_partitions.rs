@@ -21,47 +21,37 @@ pub async fn handle(
         };
         let current =
             state.with_image(|image| image.topic(&topic.name).map(|t| t.partitions.len() as i32));
-        let refusal = match current {
-            None => Some((
+        let assignments: Vec<Vec<i32>> = topic
+            .assignments
+            .iter()
+            .flatten()
+            .map(|a| a.broker_ids.clone())
+            .collect();
+        let outcome = match current {
+            None => Err((
                 ErrorCode::UnknownTopicOrPartition,
-                format!("topic `{}` does not exist", topic.name),
+                format!("The topic '{}' does not exist.", topic.name),
             )),
-            Some(current) if topic.count <= current => Some((
+            Some(current) if topic.count <= current => Err((
                 ErrorCode::InvalidPartitions,
                 format!(
-                    "topic currently has {current} partitions, which is not less than the requested {}",
+                    "Topic currently has {current} partitions, which is higher than the \
+                     requested {}.",
                     topic.count
                 ),
             )),
-            Some(_)
-                if topic
-                    .assignments
-                    .as_ref()
-                    .is_some_and(|a| a.iter().any(|a| a.broker_ids != [state.config.node_id])) =>
-            {
-                Some((
-                    ErrorCode::InvalidReplicaAssignment,
-                    "new partitions can only be placed on this broker".into(),
-                ))
-            }
-            Some(_) => None,
+            Some(_) if request.validate_only => Ok(()),
+            Some(_) => state
+                .add_partitions(&topic.name, topic.count, assignments)
+                .await
+                .map_err(|e| match e {
+                    crate::BrokerError::Refused(code, message) => (code, message),
+                    e => (ErrorCode::UnknownServerError, e.to_string()),
+                }),
         };
-        match refusal {
-            Some((error, message)) => {
-                result.error_code = error.code();
-                result.error_message = Some(message);
-            }
-            None if request.validate_only => {}
-            None => {
-                let state = Arc::clone(state);
-                let (name, count) = (topic.name.clone(), topic.count);
-                if !matches!(
-                    tokio::task::spawn_blocking(move || state.add_partitions(&name, count)).await,
-                    Ok(Ok(()))
-                ) {
-                    result.error_code = ErrorCode::UnknownServerError.code();
-                }
-            }
+        if let Err((error, message)) = outcome {
+            result.error_code = error.code();
+            result.error_message = Some(message);
         }
         results.push(result);
     }

@@ -15,13 +15,22 @@ use spool_protocol::messages::{
 
 use super::metadata::valid_topic_name;
 use crate::metadata::METADATA_TOPIC;
+use crate::metadata::controller::place_replicas;
 use crate::state::{BrokerState, validate_topic_configs};
 
-/// What a topic will be created with, or why it cannot be.
-fn plan(
-    state: &BrokerState,
-    topic: &CreatableTopic,
-) -> Result<(i32, BTreeMap<String, String>), (ErrorCode, String)> {
+/// What a topic is to be created with.
+struct Plan {
+    partitions: i32,
+    /// -1 for `default.replication.factor`.
+    replication_factor: i16,
+    /// The replicas of each partition in order, when the request places them.
+    assignments: Vec<Vec<i32>>,
+    configs: BTreeMap<String, String>,
+}
+
+/// What a topic will be created with, or why it cannot be. The controller checks the
+/// replicas: the factor against the registered brokers, the assignments' brokers.
+fn plan(state: &BrokerState, topic: &CreatableTopic) -> Result<Plan, (ErrorCode, String)> {
     if !valid_topic_name(&topic.name) || topic.name.starts_with(METADATA_TOPIC) {
         return Err((
             ErrorCode::InvalidTopicException,
@@ -34,14 +43,12 @@ fn plan(
             format!("topic `{}` already exists", topic.name),
         ));
     }
+    let mut assignments = Vec::new();
     let partitions = if topic.assignments.is_empty() {
-        if topic.replication_factor != -1 && topic.replication_factor != 1 {
+        if topic.replication_factor == 0 || topic.replication_factor < -1 {
             return Err((
                 ErrorCode::InvalidReplicationFactor,
-                format!(
-                    "replication factor {} is larger than the 1 available broker",
-                    topic.replication_factor
-                ),
+                "Replication factor must be larger than 0, or -1 to use the default value.".into(),
             ));
         }
         match topic.num_partitions {
@@ -61,24 +68,20 @@ fn plan(
                 "give either assignments or a partition count and replication factor".into(),
             ));
         }
-        let mut indexes: Vec<i32> = topic
-            .assignments
+        let mut sorted: Vec<_> = topic.assignments.iter().collect();
+        sorted.sort_by_key(|a| a.partition_index);
+        let consecutive = sorted
             .iter()
-            .map(|a| a.partition_index)
-            .collect();
-        indexes.sort_unstable();
-        let consecutive = indexes.iter().enumerate().all(|(i, &p)| p == i as i32);
-        let on_this_broker = topic
-            .assignments
-            .iter()
-            .all(|a| a.broker_ids == [state.config.node_id]);
-        if !consecutive || !on_this_broker {
+            .enumerate()
+            .all(|(i, a)| a.partition_index == i as i32);
+        if !consecutive {
             return Err((
                 ErrorCode::InvalidReplicaAssignment,
-                "assignments must cover partitions 0..n on this broker alone".into(),
+                "Partitions should be a consecutive 0-based integer sequence.".into(),
             ));
         }
-        i32::try_from(indexes.len()).unwrap_or(i32::MAX)
+        assignments = sorted.iter().map(|a| a.broker_ids.clone()).collect();
+        i32::try_from(assignments.len()).unwrap_or(i32::MAX)
     };
     let mut configs = BTreeMap::new();
     for config in &topic.configs {
@@ -89,7 +92,26 @@ fn plan(
     }
     validate_topic_configs(&state.log_defaults(), &configs)
         .map_err(|e| (ErrorCode::InvalidConfig, e))?;
-    Ok((partitions, configs))
+    Ok(Plan {
+        partitions,
+        replication_factor: topic.replication_factor,
+        assignments,
+        configs,
+    })
+}
+
+/// For `validate_only`: whether the controller could place the replicas now.
+fn validate_placement(
+    state: &BrokerState,
+    plan: &Plan,
+    factor: i16,
+) -> Result<(), (ErrorCode, String)> {
+    if !plan.assignments.is_empty() {
+        return Ok(());
+    }
+    state
+        .with_image(|image| place_replicas(image, 0, plan.partitions, factor))
+        .map(|_| ())
 }
 
 pub async fn handle(
@@ -124,23 +146,41 @@ pub async fn handle(
                 result.error_code = error.code();
                 result.error_message = Some(message);
             }
-            Ok((partitions, configs)) => {
-                if !request.validate_only {
-                    let state = Arc::clone(state);
-                    let name = topic.name.clone();
-                    let created = tokio::task::spawn_blocking(move || {
-                        state.create_topic(&name, partitions, &configs)
-                    })
-                    .await;
-                    if !matches!(created, Ok(Ok(()))) {
-                        result.error_code = ErrorCode::UnknownServerError.code();
-                        result.error_message =
-                            Some(format!("creating the topic failed: {created:?}"));
+            Ok(plan) => {
+                let factor = match plan.assignments.first() {
+                    Some(replicas) => i16::try_from(replicas.len()).unwrap_or(i16::MAX),
+                    None if plan.replication_factor == -1 => {
+                        state.config.default_replication_factor
                     }
+                    None => plan.replication_factor,
+                };
+                let outcome = if request.validate_only {
+                    validate_placement(state, &plan, factor)
+                } else {
+                    state
+                        .create_topic(
+                            &topic.name,
+                            plan.partitions,
+                            plan.replication_factor,
+                            plan.assignments,
+                            plan.configs,
+                        )
+                        .await
+                        .map_err(|e| match e {
+                            crate::BrokerError::Refused(code, message) => (code, message),
+                            e => (
+                                ErrorCode::UnknownServerError,
+                                format!("creating the topic failed: {e}"),
+                            ),
+                        })
+                };
+                if let Err((error, message)) = outcome {
+                    result.error_code = error.code();
+                    result.error_message = Some(message);
                 }
                 if version >= 5 && result.error_code == 0 {
-                    result.num_partitions = partitions;
-                    result.replication_factor = 1;
+                    result.num_partitions = plan.partitions;
+                    result.replication_factor = factor;
                 }
                 if version >= 7 && result.error_code == 0 && !request.validate_only {
                     result.topic_id = state

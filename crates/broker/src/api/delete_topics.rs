@@ -51,14 +51,12 @@ pub async fn handle(
             } else {
                 ErrorCode::UnknownTopicOrPartition
             }),
-            Some(name) => {
-                let state = Arc::clone(state);
-                match tokio::task::spawn_blocking(move || state.delete_topic(&name)).await {
-                    Ok(Ok(true)) => Ok(()),
-                    Ok(Ok(false)) => Err(ErrorCode::UnknownTopicOrPartition),
-                    _ => Err(ErrorCode::UnknownServerError),
-                }
-            }
+            Some(name) => match state.delete_topic(&name).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(ErrorCode::UnknownTopicOrPartition),
+                Err(crate::BrokerError::Refused(code, _)) => Err(code),
+                Err(_) => Err(ErrorCode::UnknownServerError),
+            },
         };
         if let Err(error) = outcome {
             result.error_code = error.code();

@@ -33,23 +33,17 @@ pub async fn handle(
         GROUP if state.groups.is_attached() => ErrorCode::None,
         TRANSACTION if state.txns.is_attached() => ErrorCode::None,
         GROUP | TRANSACTION => {
-            let creator = Arc::clone(state);
-            let groups = request.key_type == GROUP;
-            let created = tokio::task::spawn_blocking(move || {
-                if groups {
-                    ensure_offsets_topic(&creator)
-                } else {
-                    ensure_txn_topic(&creator)
-                }
-            })
-            .await;
+            let created = if request.key_type == GROUP {
+                ensure_offsets_topic(state).await
+            } else {
+                ensure_txn_topic(state).await
+            };
             match created {
-                Ok(Ok(())) => ErrorCode::None,
-                Ok(Err(e)) => {
+                Ok(()) => ErrorCode::None,
+                Err(e) => {
                     tracing::warn!(error = %e, "cannot create a coordinator's internal topic");
                     ErrorCode::CoordinatorNotAvailable
                 }
-                Err(_) => ErrorCode::CoordinatorNotAvailable,
             }
         }
         _ => ErrorCode::InvalidRequest,

@@ -142,14 +142,12 @@ pub async fn alter_resource(
         if validate_only {
             return Ok(());
         }
-        let state = Arc::clone(state);
-        let name = name.to_string();
-        let store = move || state.set_configs(resource_type, &name, &configs);
-        match tokio::task::spawn_blocking(store).await {
-            Ok(Ok(())) => Ok(()),
-            other => Err((
+        match state.set_configs(resource_type, name, configs).await {
+            Ok(()) => Ok(()),
+            Err(crate::BrokerError::Refused(code, message)) => Err((code, message)),
+            Err(e) => Err((
                 ErrorCode::UnknownServerError,
-                format!("storing the configs failed: {other:?}"),
+                format!("storing the configs failed: {e}"),
             )),
         }
     }

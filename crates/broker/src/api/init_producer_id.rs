@@ -49,14 +49,12 @@ pub async fn handle(
             };
         }
     }
-    let allocating = Arc::clone(state);
-    match tokio::task::spawn_blocking(move || allocating.allocate_producer_id()).await {
-        Ok(Ok(producer_id)) => ready(producer_id, 0),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "no producer ID could be recorded");
-            error(ErrorCode::UnknownServerError)
+    match state.allocate_producer_id().await {
+        Ok(producer_id) => ready(producer_id, 0),
+        Err(e) => {
+            tracing::warn!(error = %e, "no producer ID could be had");
+            error(ErrorCode::CoordinatorLoadInProgress)
         }
-        Err(_) => error(ErrorCode::UnknownServerError),
     }
 }
 

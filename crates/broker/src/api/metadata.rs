@@ -12,7 +12,7 @@ use spool_protocol::messages::metadata_response::{
 use spool_protocol::messages::{MetadataRequest, MetadataResponse};
 use spool_protocol::{ErrorCode, Uuid};
 
-use crate::metadata::{METADATA_TOPIC, TopicMeta};
+use crate::metadata::{METADATA_TOPIC, NO_LEADER, TopicMeta};
 use crate::state::BrokerState;
 
 /// Kafka's topic name rules: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -40,7 +40,11 @@ fn topic_response(topic: &TopicMeta, version: i16) -> MetadataResponseTopic {
             .partitions
             .iter()
             .map(|p| MetadataResponsePartition {
-                error_code: ErrorCode::None.code(),
+                error_code: if p.leader == NO_LEADER {
+                    ErrorCode::LeaderNotAvailable.code()
+                } else {
+                    ErrorCode::None.code()
+                },
                 partition_index: p.index,
                 leader_id: p.leader,
                 leader_epoch: if version >= 7 { p.leader_epoch } else { -1 },
@@ -103,14 +107,13 @@ pub async fn handle(
                 .collect()
         });
         for name in missing {
-            let state = Arc::clone(state);
             let partitions = state.config.num_partitions;
-            let created = tokio::task::spawn_blocking(move || {
-                state.create_topic(&name, partitions, &BTreeMap::new())
-            })
-            .await;
-            if !matches!(created, Ok(Ok(()))) {
-                tracing::warn!("auto-creating a topic failed: {created:?}");
+            let created = state
+                .create_topic(&name, partitions, -1, Vec::new(), BTreeMap::new())
+                .await;
+            match created {
+                Ok(()) | Err(crate::BrokerError::Refused(ErrorCode::TopicAlreadyExists, _)) => {}
+                Err(e) => tracing::warn!(topic = %name, error = %e, "auto-creating a topic failed"),
             }
         }
     }

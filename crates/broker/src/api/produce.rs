@@ -135,12 +135,12 @@ pub async fn append(state: &BrokerState, request: ProduceRequest, version: i16) 
             }
             let log = name
                 .as_deref()
-                .and_then(|name| state.partition(name, index));
-            let (Some(log), Some(records)) = (log, partition.records) else {
-                let error = if name.is_none() && version >= 13 {
-                    ErrorCode::UnknownTopicId
-                } else {
-                    ErrorCode::UnknownTopicOrPartition
+                .map(|name| state.leader_log(name, index, -1));
+            let (Some(Ok(log)), Some(records)) = (log.clone(), partition.records) else {
+                let error = match log {
+                    None if version >= 13 => ErrorCode::UnknownTopicId,
+                    Some(Err(error)) => error,
+                    _ => ErrorCode::UnknownTopicOrPartition,
                 };
                 partitions.push((index, Err(error)));
                 continue;

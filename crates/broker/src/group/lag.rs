@@ -60,8 +60,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lag_is_the_distance_from_the_commit_to_the_high_watermark() {
-        let (state, dir) = open_in_temp_dir("lag");
-        state.create_topic("orders", 2, &BTreeMap::new()).unwrap();
+        let (state, dir) = open_in_temp_dir("lag").await;
+        state
+            .create_topic("orders", 2, -1, Vec::new(), BTreeMap::new())
+            .await
+            .unwrap();
         let log = state.partition("orders", 0).unwrap();
         let mut builder = RecordBatchBuilder::new(spool_protocol::compression::Compression::None);
         for i in 0..10u8 {
@@ -69,7 +72,7 @@ mod tests {
         }
         let info = log.append(builder.build().unwrap(), 0, 0).unwrap();
         log.with_log(|l| l.advance_high_watermark(info.last_offset + 1));
-        ensure_offsets_topic(&state).unwrap();
+        ensure_offsets_topic(&state).await.unwrap();
         assert_eq!(group_lag(&state, "readers").await, Ok(None));
 
         let request = OffsetCommitRequest {
@@ -114,7 +117,7 @@ mod tests {
         assert_eq!(summary, [(0, 4, 10, 6), (1, 0, 0, 0)]);
         state.groups.detach();
         drop(log);
-        state.close().unwrap();
+        state.close().await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

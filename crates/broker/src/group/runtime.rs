@@ -57,7 +57,7 @@ struct Release {
 pub struct GroupCoordinator {
     config: GroupConfig,
     /// Held while `__consumer_offsets` is created.
-    creating: Mutex<()>,
+    creating: tokio::sync::Mutex<()>,
     /// One per partition of `__consumer_offsets`, once the topic exists.
     slots: Slots<Slot>,
     next_token: AtomicU64,
@@ -67,7 +67,7 @@ impl GroupCoordinator {
     pub fn new(config: GroupConfig) -> GroupCoordinator {
         GroupCoordinator {
             config,
-            creating: Mutex::new(()),
+            creating: tokio::sync::Mutex::new(()),
             slots: Slots::default(),
             next_token: AtomicU64::new(1),
         }
@@ -383,12 +383,12 @@ fn load_slot(slot: &Slot, config: &GroupConfig) {
 }
 
 /// Creates `__consumer_offsets` (compacted, `offsets.topic.num.partitions` partitions) if
-/// it does not exist, and serves its shards. Blocking.
-pub fn ensure_offsets_topic(state: &BrokerState) -> Result<(), crate::BrokerError> {
+/// it does not exist, and serves its shards.
+pub async fn ensure_offsets_topic(state: &BrokerState) -> Result<(), crate::BrokerError> {
     if state.groups.is_attached() {
         return Ok(());
     }
-    let _creating = lock(&state.groups.creating);
+    let _creating = state.groups.creating.lock().await;
     if state.groups.is_attached() {
         return Ok(());
     }
@@ -398,7 +398,8 @@ pub fn ensure_offsets_topic(state: &BrokerState) -> Result<(), crate::BrokerErro
         OFFSETS_TOPIC,
         config.offsets_topic_partitions,
         config.offsets_topic_segment_bytes,
-    )?;
+    )
+    .await?;
     // The shards of a topic found at start were attached (and loaded) then.
     state.groups.attach(offsets_logs(state), false);
     Ok(())

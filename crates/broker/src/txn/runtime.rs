@@ -35,7 +35,7 @@ struct Slot {
 pub struct TxnCoordinator {
     config: TxnConfig,
     /// Held while `__transaction_state` is created.
-    creating: Mutex<()>,
+    creating: tokio::sync::Mutex<()>,
     slots: Slots<Slot>,
 }
 
@@ -43,7 +43,7 @@ impl TxnCoordinator {
     pub fn new(config: TxnConfig) -> TxnCoordinator {
         TxnCoordinator {
             config,
-            creating: Mutex::new(()),
+            creating: tokio::sync::Mutex::new(()),
             slots: Slots::default(),
         }
     }
@@ -109,12 +109,7 @@ impl TxnCoordinator {
         let mut guard = lock(&slot.shard);
         let shard = guard.as_mut().ok_or(ErrorCode::CoordinatorLoadInProgress)?;
         let now = now_ms();
-        let mut allocate = || {
-            state.allocate_producer_id().map_err(|e| {
-                tracing::warn!(error = %e, "no producer ID could be recorded");
-                ErrorCode::UnknownServerError
-            })
-        };
+        let mut allocate = || state.try_allocate_producer_id();
         let result = step(shard, now, &mut allocate);
         let records = shard.take_records();
         match append(&slot.log, &records, now) {
@@ -334,12 +329,12 @@ fn load_slot(slot: &Slot, config: &TxnConfig) {
 }
 
 /// Creates `__transaction_state` (compacted, `transaction.state.log.num.partitions`
-/// partitions) if it does not exist, and serves its shards. Blocking.
-pub fn ensure_txn_topic(state: &BrokerState) -> Result<(), crate::BrokerError> {
+/// partitions) if it does not exist, and serves its shards.
+pub async fn ensure_txn_topic(state: &BrokerState) -> Result<(), crate::BrokerError> {
     if state.txns.is_attached() {
         return Ok(());
     }
-    let _creating = lock(&state.txns.creating);
+    let _creating = state.txns.creating.lock().await;
     if state.txns.is_attached() {
         return Ok(());
     }
@@ -349,7 +344,8 @@ pub fn ensure_txn_topic(state: &BrokerState) -> Result<(), crate::BrokerError> {
         TXN_TOPIC,
         config.topic_partitions,
         config.topic_segment_bytes,
-    )?;
+    )
+    .await?;
     state.txns.attach(txn_logs(state));
     Ok(())
 }

@@ -114,3 +114,33 @@ impl Transport for LocalEndpoint {
             .map_err(|e| remote_error(target, e))
     }
 }
+
+/// The transport of the only voter of a quorum: there is nobody to reach.
+pub struct Alone;
+
+impl Transport for Alone {
+    async fn vote(
+        &self,
+        target: u64,
+        _request: VoteRequest<u64>,
+    ) -> Result<VoteResponse<u64>, Unanswered> {
+        Err(remote_error(target, "no other voter is configured"))
+    }
+
+    async fn append(
+        &self,
+        target: u64,
+        _request: AppendEntriesRequest<Quorum>,
+    ) -> Result<AppendEntriesResponse<u64>, Unanswered> {
+        Err(remote_error(target, "no other voter is configured"))
+    }
+
+    async fn snapshot(
+        &self,
+        target: u64,
+        _vote: Vote<u64>,
+        _snapshot: Snapshot<Quorum>,
+    ) -> Result<SnapshotResponse<u64>, Unanswered> {
+        Err(remote_error(target, "no other voter is configured"))
+    }
+}

@@ -271,6 +271,9 @@ impl QuorumNode {
     /// Forms the quorum of the configured voters if this node has never been part of one;
     /// a node that has is left as it is.
     pub async fn bootstrap(&self) -> Result<(), QuorumError> {
+        if !self.log.is_pristine() {
+            return Ok(());
+        }
         let nodes: BTreeMap<u64, BasicNode> = self
             .voters
             .iter()

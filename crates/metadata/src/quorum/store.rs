@@ -110,6 +110,14 @@ impl LogStore {
             .write_checkpoint()
             .map_err(|e| log_error(ErrorVerb::Write, e))
     }
+
+    /// Whether this log has never been part of a quorum: no vote, no entry.
+    pub fn is_pristine(&self) -> bool {
+        let inner = self.lock();
+        inner.state.vote.is_none()
+            && inner.state.last_purged.is_none()
+            && inner.log.log_end_offset() == 0
+    }
 }
 
 impl LogInner {

@@ -83,6 +83,15 @@ pub struct BrokerState {
     _lock: Box<dyn LockGuard>,
 }
 
+/// A broker as clients are told of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveBroker {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+}
+
 /// The blocks of producer IDs the controller gave this broker: the one in use and the
 /// next, fetched once the current one runs low.
 #[derive(Debug, Default)]
@@ -401,6 +410,26 @@ impl BrokerState {
     /// is not advertised.
     pub fn endpoint(&self, name: &str) -> Option<&AdvertisedListener> {
         self.endpoints.iter().find(|e| e.name == name)
+    }
+
+    /// The brokers clients may use, as reached through listener `name`: the registered,
+    /// unfenced ones that have such a listener, by ID.
+    pub fn live_brokers(&self, name: &str) -> Vec<LiveBroker> {
+        self.with_image(|image| {
+            image
+                .brokers()
+                .filter(|b| !b.fenced)
+                .filter_map(|b| {
+                    let endpoint = b.endpoints.iter().find(|e| e.name == name)?;
+                    Some(LiveBroker {
+                        id: b.id,
+                        host: endpoint.host.clone(),
+                        port: endpoint.port,
+                        rack: b.rack.clone(),
+                    })
+                })
+                .collect()
+        })
     }
 
     /// The `log.*` defaults in force, dynamic broker settings included.

@@ -76,11 +76,33 @@ async fn topic_changes_reach_the_logs_and_survive_a_restart() {
     let committed = state.node.quorum.published().borrow().offset;
     state.wait_applied(committed).await.unwrap();
     assert!(state.with_image(|i| i.broker(0).unwrap().fenced));
+    assert!(
+        state.live_brokers("PLAINTEXT").is_empty(),
+        "a fenced broker is not offered to clients"
+    );
     state.close().await.unwrap();
 
-    let state = BrokerState::start(config_in(&dir), Vec::new())
-        .await
-        .unwrap();
+    let config = BrokerConfig {
+        broker_rack: Some("eu-west-1a".into()),
+        ..config_in(&dir)
+    };
+    let endpoint = AdvertisedListener {
+        name: "PLAINTEXT".into(),
+        host: "broker-0.example".into(),
+        port: 9092,
+    };
+    let state = BrokerState::start(config, vec![endpoint]).await.unwrap();
+    assert_eq!(
+        state.live_brokers("PLAINTEXT"),
+        vec![LiveBroker {
+            id: 0,
+            host: "broker-0.example".into(),
+            port: 9092,
+            rack: Some("eu-west-1a".into()),
+        }],
+        "the registration carries the endpoints and rack"
+    );
+    assert!(state.live_brokers("INTERNAL").is_empty());
     let orders = state.with_image(|i| i.topic("orders").cloned()).unwrap();
     assert_eq!(orders.partitions.len(), 3);
     assert_eq!(orders.configs["retention.ms"], "60000");

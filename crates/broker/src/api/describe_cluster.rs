@@ -35,14 +35,15 @@ pub fn handle(
         return response;
     }
     response.brokers = state
-        .endpoint(listener)
-        .map(|endpoint| DescribeClusterBroker {
-            broker_id: state.config.node_id,
-            host: endpoint.host.clone(),
-            port: i32::from(endpoint.port),
+        .live_brokers(listener)
+        .into_iter()
+        .map(|b| DescribeClusterBroker {
+            broker_id: b.id,
+            host: b.host,
+            port: i32::from(b.port),
+            rack: b.rack,
             ..Default::default()
         })
-        .into_iter()
         .collect();
     response
 }

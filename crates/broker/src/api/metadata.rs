@@ -12,7 +12,7 @@ use spool_protocol::messages::metadata_response::{
 use spool_protocol::messages::{MetadataRequest, MetadataResponse};
 use spool_protocol::{ErrorCode, Uuid};
 
-use crate::metadata::{METADATA_TOPIC, NO_LEADER, TopicMeta};
+use crate::metadata::{METADATA_TOPIC, MetadataImage, NO_LEADER, TopicMeta};
 use crate::state::BrokerState;
 
 /// Kafka's topic name rules: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -26,7 +26,9 @@ pub fn valid_topic_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-fn topic_response(topic: &TopicMeta, version: i16) -> MetadataResponseTopic {
+/// A topic as Metadata describes it; replicas on brokers that are fenced or gone are
+/// offline.
+fn topic_response(image: &MetadataImage, topic: &TopicMeta, version: i16) -> MetadataResponseTopic {
     MetadataResponseTopic {
         error_code: ErrorCode::None.code(),
         name: Some(topic.name.clone()),
@@ -50,6 +52,12 @@ fn topic_response(topic: &TopicMeta, version: i16) -> MetadataResponseTopic {
                 leader_epoch: if version >= 7 { p.leader_epoch } else { -1 },
                 replica_nodes: p.replicas.clone(),
                 isr_nodes: p.isr.clone(),
+                offline_replicas: p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|&r| image.broker(r).is_none_or(|b| b.fenced))
+                    .collect(),
                 ..Default::default()
             })
             .collect(),
@@ -121,14 +129,14 @@ pub async fn handle(
         None => image
             .topics()
             .filter(|t| !t.name.starts_with(METADATA_TOPIC))
-            .map(|t| topic_response(t, version))
+            .map(|t| topic_response(image, t, version))
             .collect(),
         Some(asked) => asked
             .iter()
             .map(|asked| match asked {
                 Asked::Id(id) => match image.topic_by_id(id) {
                     Some(topic) if !topic.name.starts_with(METADATA_TOPIC) => {
-                        topic_response(topic, version)
+                        topic_response(image, topic, version)
                     }
                     _ => MetadataResponseTopic {
                         error_code: ErrorCode::UnknownTopicId.code(),
@@ -138,7 +146,7 @@ pub async fn handle(
                 },
                 Asked::Name(name) => match image.topic(name) {
                     Some(topic) if !name.starts_with(METADATA_TOPIC) => {
-                        topic_response(topic, version)
+                        topic_response(image, topic, version)
                     }
                     _ if !valid_topic_name(name) => {
                         error_topic(name.clone(), ErrorCode::InvalidTopicException)
@@ -151,14 +159,15 @@ pub async fn handle(
     MetadataResponse {
         // Brokers are described by their endpoint on the listener the request came in on.
         brokers: state
-            .endpoint(listener)
-            .map(|endpoint| MetadataResponseBroker {
-                node_id: state.config.node_id,
-                host: endpoint.host.clone(),
-                port: i32::from(endpoint.port),
+            .live_brokers(listener)
+            .into_iter()
+            .map(|b| MetadataResponseBroker {
+                node_id: b.id,
+                host: b.host,
+                port: i32::from(b.port),
+                rack: b.rack,
                 ..Default::default()
             })
-            .into_iter()
             .collect(),
         cluster_id: Some(state.config.cluster_id.clone()),
         controller_id: state.config.node_id,

@@ -6,7 +6,7 @@
 //!   `quorum-state`, and the state machine that builds the image.
 //! - [`codec`]: the stored form of entries, votes and snapshots.
 //! - [`Transport`]: how a node reaches the other voters; [`local::LocalNet`] connects nodes
-//!   of one process (tests), the controller listener connects processes.
+//!   of one process (tests), [`tcp`] connects processes through their controller listeners.
 //! - [`QuorumNode`]: one node of the quorum, the [`MetadataLog`] the rest of Spool uses.
 //!
 //! The voters are fixed by configuration (`controller.quorum.voters`), as in KRaft: every
@@ -15,6 +15,7 @@
 pub mod codec;
 pub mod local;
 pub mod store;
+pub mod tcp;
 
 use std::collections::BTreeMap;
 use std::future::Future;

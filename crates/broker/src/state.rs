@@ -673,16 +673,21 @@ impl BrokerState {
                 .remove(&tp);
             // Requests still holding the log keep their open files; the names go now.
             if served.is_some() {
-                remove_dir_with_files(
-                    self.storage.as_ref(),
-                    &self.config.data_dir.join(tp.dir_name()),
-                )?;
+                self.remove_partition_dir(&tp)?;
             }
         }
         self.storage
             .sync_dir(&self.config.data_dir)
             .map_err(LogError::from)?;
         Ok(())
+    }
+
+    /// Removes a partition's folder and its files (the caller syncs the data directory).
+    fn remove_partition_dir(&self, tp: &TopicPartition) -> Result<(), LogError> {
+        remove_dir_with_files(
+            self.storage.as_ref(),
+            &self.config.data_dir.join(tp.dir_name()),
+        )
     }
 
     /// Removes the logs found at start that the metadata, now caught up, gives this broker
@@ -693,10 +698,7 @@ impl BrokerState {
         for (tp, log) in strays {
             tracing::warn!(partition = %tp, "removing the log of a partition this broker no longer has");
             log.close()?;
-            remove_dir_with_files(
-                self.storage.as_ref(),
-                &self.config.data_dir.join(tp.dir_name()),
-            )?;
+            self.remove_partition_dir(&tp)?;
         }
         self.storage
             .sync_dir(&self.config.data_dir)

@@ -67,7 +67,8 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens the log in `dir` (created if missing) and its quorum state.
+    /// Opens the log in `dir` (created if missing) and its quorum state (written at once
+    /// if missing).
     pub fn open(
         storage: Arc<dyn Storage>,
         dir: &Path,
@@ -84,7 +85,8 @@ impl LogStore {
         } else {
             QuorumState::default()
         };
-        Ok(LogStore {
+        let fresh = !storage.exists(&state_path);
+        let store = LogStore {
             inner: Arc::new(Mutex::new(LogInner {
                 log,
                 storage,
@@ -93,7 +95,13 @@ impl LogStore {
                 committed: None,
                 clock,
             })),
-        })
+        };
+        // The state file is written before the first entry, so a quorum log never lacks
+        // it: a log of records without one is from before the quorum.
+        if fresh {
+            store.lock().save_state()?;
+        }
+        Ok(store)
     }
 
     fn lock(&self) -> MutexGuard<'_, LogInner> {

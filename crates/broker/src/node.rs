@@ -218,7 +218,7 @@ async fn migrate_legacy_log(
         );
     }
     tokio::task::spawn_blocking(move || -> Result<(), LogError> {
-        crate::state::remove_dir_with_files(storage.as_ref(), &aside)?;
+        spool_log::storage::remove_dir_with_files(storage.as_ref(), &aside)?;
         storage.sync_dir(aside.parent().unwrap_or(Path::new(".")))?;
         Ok(())
     })

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use spool_log::storage::LockGuard;
+use spool_log::storage::{LockGuard, remove_dir_with_files};
 use spool_log::{
     DiskStorage, KeepAllBatches, LogConfig, LogError, LogManager, PartitionLog, SharedLog, Storage,
     TopicPartition,
@@ -684,10 +684,10 @@ impl BrokerState {
 
     /// Removes a partition's folder and its files (the caller syncs the data directory).
     fn remove_partition_dir(&self, tp: &TopicPartition) -> Result<(), LogError> {
-        remove_dir_with_files(
+        Ok(remove_dir_with_files(
             self.storage.as_ref(),
             &self.config.data_dir.join(tp.dir_name()),
-        )
+        )?)
     }
 
     /// Removes the logs found at start that the metadata, now caught up, gives this broker
@@ -814,15 +814,6 @@ async fn refill_producer_ids(state: std::sync::Weak<BrokerState>, wanted: Arc<No
             tracing::warn!(error = %e, "no block of producer IDs could be fetched");
         }
     }
-}
-
-/// Removes a folder and the files in it.
-pub(crate) fn remove_dir_with_files(storage: &dyn Storage, dir: &Path) -> Result<(), LogError> {
-    for file in storage.list(dir)? {
-        storage.remove_file(&dir.join(file))?;
-    }
-    storage.remove_dir(dir)?;
-    Ok(())
 }
 
 fn open_log(

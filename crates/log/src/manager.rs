@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::config::LogConfig;
 use crate::error::LogError;
 use crate::log::{OpenReport, PartitionLog};
-use crate::storage::{LockGuard, Storage};
+use crate::storage::{LockGuard, Storage, remove_dir_with_files};
 
 /// The name of the lock file in a data directory.
 pub const LOCK_FILE: &str = ".lock";
@@ -143,10 +143,7 @@ impl LogManager {
         };
         let dir = log.dir().to_path_buf();
         drop(log);
-        for name in self.storage.list(&dir)? {
-            self.storage.remove_file(&dir.join(name))?;
-        }
-        self.storage.remove_dir(&dir)?;
+        remove_dir_with_files(self.storage.as_ref(), &dir)?;
         self.storage.sync_dir(&self.data_dir)?;
         Ok(true)
     }

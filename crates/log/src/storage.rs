@@ -116,6 +116,14 @@ pub fn read_exact_at(file: &dyn StorageFile, buf: &mut [u8], offset: u64) -> io:
     Ok(())
 }
 
+/// Removes a folder and the files in it (a partition's folder has no subfolders).
+pub fn remove_dir_with_files(storage: &dyn Storage, dir: &Path) -> io::Result<()> {
+    for name in storage.list(dir)? {
+        storage.remove_file(&dir.join(name))?;
+    }
+    storage.remove_dir(dir)
+}
+
 /// Reads a small file whole: at most its first `max_bytes`.
 pub fn read_whole(storage: &dyn Storage, path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
     let file = storage.open(path, false)?;

@@ -31,7 +31,7 @@ use spool_protocol::{ErrorCode, Uuid};
 use tokio::time::Instant;
 
 use crate::config::BrokerConfig;
-use crate::state::{BrokerError, BrokerState, now_ms};
+use crate::state::{BrokerError, BrokerState, blocking, now_ms, when_unique};
 
 /// Where a metadata log from before the quorum is kept until it has been migrated. Not a
 /// partition folder name, so the log manager leaves it alone.
@@ -41,6 +41,8 @@ pub const LEGACY_METADATA_DIR: &str = "__cluster_metadata-legacy";
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a broker in controlled shutdown waits for the controller's permission.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long stopping waits for the controller task to let go of the quorum.
+const QUORUM_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Between tries while joining or leaving.
 const RETRY: Duration = Duration::from_millis(50);
 
@@ -113,16 +115,15 @@ impl Node {
             quorum, controller, ..
         } = self;
         drop(controller);
-        let mut quorum = quorum;
-        for _ in 0..100 {
-            match Arc::try_unwrap(quorum) {
-                Ok(node) => return Ok(node.shutdown().await?),
-                Err(shared) => quorum = shared,
+        match when_unique(quorum, QUORUM_RELEASE_TIMEOUT).await {
+            Ok(node) => Ok(node.shutdown().await?),
+            Err(_) => {
+                tracing::warn!(
+                    "the metadata quorum is still in use; stopping without closing its log"
+                );
+                Ok(())
             }
-            tokio::time::sleep(RETRY).await;
         }
-        tracing::warn!("the metadata quorum is still in use; stopping without closing its log");
-        Ok(())
     }
 }
 
@@ -198,15 +199,14 @@ async fn migrate_legacy_log(
     quorum.barrier().await?;
     let reading = Arc::clone(&storage);
     let dir = aside.clone();
-    let image = tokio::task::spawn_blocking(move || -> Result<_, BrokerError> {
+    let image = blocking(move || {
         let (log, _) = PartitionLog::open(reading, &dir, Default::default(), now_ms())?;
         let store = MetadataStore::replay(log)?;
         let image = store.image().clone();
         store.close()?;
         Ok(image)
     })
-    .await
-    .map_err(|e| BrokerError::Cluster(e.to_string()))??;
+    .await?;
     let records = image.to_records();
     if quorum.published().borrow().image.to_records().is_empty() && !records.is_empty() {
         let count = records.len();
@@ -217,14 +217,13 @@ async fn migrate_legacy_log(
             "metadata migrated into the quorum log"
         );
     }
-    tokio::task::spawn_blocking(move || -> Result<(), LogError> {
-        spool_log::storage::remove_dir_with_files(storage.as_ref(), &aside)?;
-        storage.sync_dir(aside.parent().unwrap_or(Path::new(".")))?;
-        Ok(())
+    let data_dir = data_dir.to_path_buf();
+    blocking(move || {
+        spool_log::storage::remove_dir_with_files(storage.as_ref(), &aside)
+            .and_then(|()| storage.sync_dir(&data_dir))
+            .map_err(|e| BrokerError::Log(e.into()))
     })
     .await
-    .map_err(|e| BrokerError::Cluster(e.to_string()))??;
-    Ok(())
 }
 
 /// Applies every image the quorum publishes to the broker, in order, until the quorum
@@ -241,16 +240,8 @@ pub async fn run_publisher(state: Weak<BrokerState>) {
         if current.offset > broker.applied_offset() {
             let applying = Arc::clone(&broker);
             let image = Arc::clone(&current.image);
-            let applied =
-                tokio::task::spawn_blocking(move || applying.apply_image(image, now_ms())).await;
-            match applied {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(offset = current.offset, error = %e, "applying metadata failed")
-                }
-                Err(e) => {
-                    tracing::error!(offset = current.offset, error = %e, "applying metadata failed")
-                }
+            if let Err(e) = blocking(move || applying.apply_image(image, now_ms())).await {
+                tracing::error!(offset = current.offset, error = %e, "applying metadata failed");
             }
             broker.set_applied(current.offset);
         }

@@ -256,7 +256,7 @@ impl BrokerState {
     ) -> Result<Arc<BrokerState>, BrokerError> {
         let storage: Arc<dyn Storage> = Arc::new(DiskStorage);
         let opening = (Arc::clone(&storage), config.clone());
-        let (guard, logs, flusher) = tokio::task::spawn_blocking(move || {
+        let (guard, logs, flusher) = blocking(move || {
             let (storage, config) = opening;
             let defaults = config.log.clone();
             let (manager, _) = LogManager::open(
@@ -270,10 +270,9 @@ impl BrokerState {
                 Flusher::start(storage.as_ref(), &config.data_dir).map_err(LogError::from)?;
             let metadata_log = logs.remove(&TopicPartition::new(METADATA_TOPIC, 0));
             node::set_aside_legacy_log(&storage, &config.data_dir, metadata_log)?;
-            Ok::<_, BrokerError>((guard, logs, flusher))
+            Ok((guard, logs, flusher))
         })
-        .await
-        .map_err(|e| BrokerError::Cluster(e.to_string()))??;
+        .await?;
         let node = Node::start(&config, Arc::clone(&storage)).await?;
         let fetch_sessions = FetchSessionCache::new(
             config.max_incremental_fetch_session_cache_slots,
@@ -307,9 +306,7 @@ impl BrokerState {
         tokio::spawn(node::run_publisher(Arc::downgrade(&state)));
         node::join(&state).await?;
         let strays = Arc::clone(&state);
-        tokio::task::spawn_blocking(move || strays.remove_unclaimed())
-            .await
-            .map_err(|e| BrokerError::Cluster(e.to_string()))??;
+        blocking(move || strays.remove_unclaimed()).await?;
         tokio::spawn(node::run_heartbeats(
             Arc::downgrade(&state),
             heartbeat_interval,
@@ -327,9 +324,11 @@ impl BrokerState {
         // resumes with the first tick.
         if state.with_image(|image| image.topic(TXN_TOPIC).is_some()) {
             let loading = Arc::clone(&state);
-            tokio::task::spawn_blocking(move || loading.txns.attach(txn_logs(&loading)))
-                .await
-                .map_err(|e| BrokerError::Cluster(e.to_string()))?;
+            blocking(move || {
+                loading.txns.attach(txn_logs(&loading));
+                Ok(())
+            })
+            .await?;
         }
         Ok(state)
     }
@@ -754,20 +753,10 @@ impl BrokerState {
         self.txns.detach();
         let wanted = Arc::clone(&self.producer_ids_wanted);
         // Connections finish their requests and background tasks let go of the broker.
-        let mut state = self;
-        let mut waited = Duration::ZERO;
-        let state = loop {
-            match Arc::try_unwrap(state) {
-                Ok(state) => break state,
-                Err(_) if waited >= CLOSE_TIMEOUT => {
-                    return Err(BrokerError::Cluster(
-                        "the broker is still in use; its logs were not closed".into(),
-                    ));
-                }
-                Err(shared) => state = shared,
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            waited += Duration::from_millis(10);
+        let Ok(state) = when_unique(self, CLOSE_TIMEOUT).await else {
+            return Err(BrokerError::Cluster(
+                "the broker is still in use; its logs were not closed".into(),
+            ));
         };
         // The producer-ID task finds the broker gone and ends.
         wanted.notify_one();
@@ -778,7 +767,7 @@ impl BrokerState {
             _lock,
             ..
         } = state;
-        tokio::task::spawn_blocking(move || -> Result<(), BrokerError> {
+        blocking(move || {
             let partitions = partitions
                 .into_inner()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -795,11 +784,33 @@ impl BrokerState {
             }
             Ok(())
         })
-        .await
-        .map_err(|e| BrokerError::Cluster(e.to_string()))??;
+        .await?;
         node.shutdown().await?;
         drop(_lock);
         Ok(())
+    }
+}
+
+/// Runs blocking work (disk I/O) on tokio's blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, BrokerError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BrokerError::Cluster(format!("blocking work failed: {e}")))?
+}
+
+/// Takes the value back once every other holder of `shared` has let go, waiting at most
+/// `timeout`; hands `shared` back if some holder has not.
+pub(crate) async fn when_unique<T>(mut shared: Arc<T>, timeout: Duration) -> Result<T, Arc<T>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match Arc::try_unwrap(shared) {
+            Ok(value) => return Ok(value),
+            Err(still) if tokio::time::Instant::now() >= deadline => return Err(still),
+            Err(still) => shared = still,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -49,6 +49,17 @@ pub enum BrokerError {
     Cluster(String),
 }
 
+impl BrokerError {
+    /// The error code and message for a client: the controller's refusal as it is, any
+    /// other failure as UNKNOWN_SERVER_ERROR saying what `failed`.
+    pub fn into_refusal(self, failed: &str) -> (ErrorCode, String) {
+        match self {
+            BrokerError::Refused(code, message) => (code, message),
+            e => (ErrorCode::UnknownServerError, format!("{failed}: {e}")),
+        }
+    }
+}
+
 pub struct BrokerState {
     pub config: BrokerConfig,
     /// What clients are told to connect to, per listener name.

@@ -463,22 +463,7 @@ impl Controller {
         count: i32,
         assignments: &[Vec<i32>],
     ) -> Result<Vec<MetadataRecord>, Refusal> {
-        let topic = image.topic(name).ok_or_else(|| {
-            (
-                ErrorCode::UnknownTopicOrPartition,
-                "This server does not host this topic-partition.".to_string(),
-            )
-        })?;
-        let current = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
-        if count <= current {
-            return Err((
-                ErrorCode::InvalidPartitions,
-                format!(
-                    "Topic currently has {current} partitions, which is higher than the \
-                     requested {count}."
-                ),
-            ));
-        }
+        let (topic, current) = check_partition_growth(image, name, count)?;
         let factor = topic.partitions.first().map_or(1, |p| p.replicas.len());
         let replicas = if assignments.is_empty() {
             let start = image.topics().map(|t| t.partitions.len()).sum::<usize>();
@@ -789,6 +774,31 @@ impl Controller {
         }
         records
     }
+}
+
+/// Whether topic `name` may grow to `count` partitions; the topic and its current count.
+pub fn check_partition_growth<'a>(
+    image: &'a MetadataImage,
+    name: &str,
+    count: i32,
+) -> Result<(&'a TopicMeta, i32), Refusal> {
+    let topic = image.topic(name).ok_or_else(|| {
+        (
+            ErrorCode::UnknownTopicOrPartition,
+            format!("The topic '{name}' does not exist."),
+        )
+    })?;
+    let current = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
+    if count <= current {
+        return Err((
+            ErrorCode::InvalidPartitions,
+            format!(
+                "Topic currently has {current} partitions, which is higher than the requested \
+                 {count}."
+            ),
+        ));
+    }
+    Ok((topic, current))
 }
 
 /// A partition and its topic.

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use spool_protocol::ErrorCode;
 use spool_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use spool_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 
+use crate::metadata::controller::check_partition_growth;
 use crate::state::BrokerState;
 
 pub async fn handle(
@@ -19,35 +19,21 @@ pub async fn handle(
             name: topic.name.clone(),
             ..Default::default()
         };
-        let current =
-            state.with_image(|image| image.topic(&topic.name).map(|t| t.partitions.len() as i32));
         let assignments: Vec<Vec<i32>> = topic
             .assignments
             .iter()
             .flatten()
             .map(|a| a.broker_ids.clone())
             .collect();
-        let outcome = match current {
-            None => Err((
-                ErrorCode::UnknownTopicOrPartition,
-                format!("The topic '{}' does not exist.", topic.name),
-            )),
-            Some(current) if topic.count <= current => Err((
-                ErrorCode::InvalidPartitions,
-                format!(
-                    "Topic currently has {current} partitions, which is higher than the \
-                     requested {}.",
-                    topic.count
-                ),
-            )),
-            Some(_) if request.validate_only => Ok(()),
-            Some(_) => state
+        let outcome = if request.validate_only {
+            state.with_image(|image| {
+                check_partition_growth(image, &topic.name, topic.count).map(|_| ())
+            })
+        } else {
+            state
                 .add_partitions(&topic.name, topic.count, assignments)
                 .await
-                .map_err(|e| match e {
-                    crate::BrokerError::Refused(code, message) => (code, message),
-                    e => (ErrorCode::UnknownServerError, e.to_string()),
-                }),
+                .map_err(|e| e.into_refusal("adding partitions failed"))
         };
         if let Err((error, message)) = outcome {
             result.error_code = error.code();

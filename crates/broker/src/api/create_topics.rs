@@ -166,13 +166,7 @@ pub async fn handle(
                             plan.configs,
                         )
                         .await
-                        .map_err(|e| match e {
-                            crate::BrokerError::Refused(code, message) => (code, message),
-                            e => (
-                                ErrorCode::UnknownServerError,
-                                format!("creating the topic failed: {e}"),
-                            ),
-                        })
+                        .map_err(|e| e.into_refusal("creating the topic failed"))
                 };
                 if let Err((error, message)) = outcome {
                     result.error_code = error.code();

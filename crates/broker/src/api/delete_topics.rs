@@ -54,8 +54,7 @@ pub async fn handle(
             Some(name) => match state.delete_topic(&name).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(ErrorCode::UnknownTopicOrPartition),
-                Err(crate::BrokerError::Refused(code, _)) => Err(code),
-                Err(_) => Err(ErrorCode::UnknownServerError),
+                Err(e) => Err(e.into_refusal("deleting the topic failed").0),
             },
         };
         if let Err(error) = outcome {

@@ -142,14 +142,10 @@ pub async fn alter_resource(
         if validate_only {
             return Ok(());
         }
-        match state.set_configs(resource_type, name, configs).await {
-            Ok(()) => Ok(()),
-            Err(crate::BrokerError::Refused(code, message)) => Err((code, message)),
-            Err(e) => Err((
-                ErrorCode::UnknownServerError,
-                format!("storing the configs failed: {e}"),
-            )),
-        }
+        state
+            .set_configs(resource_type, name, configs)
+            .await
+            .map_err(|e| e.into_refusal("storing the configs failed"))
     }
     .await;
     match outcome {

@@ -75,7 +75,7 @@ fn open(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> Arc<BrokerS
         ..BrokerConfig::default()
     };
     runtime
-        .block_on(BrokerState::start(config, Vec::new()))
+        .block_on(BrokerState::start(config, Vec::new(), None))
         .unwrap()
 }
 

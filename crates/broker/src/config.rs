@@ -43,6 +43,22 @@ pub struct AdvertisedListener {
     pub port: u16,
 }
 
+/// A controller of the metadata quorum (`controller.quorum.voters`): its node ID and its
+/// controller listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Voter {
+    /// `host:port`, as a TCP connection is opened to it.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
 /// The listener name a bare `HOST:PORT` gets.
 pub const DEFAULT_LISTENER: &str = "PLAINTEXT";
 
@@ -84,6 +100,17 @@ pub struct BrokerConfig {
     pub default_replication_factor: i16,
     /// `controller.quorum.election.timeout.ms`.
     pub controller_quorum_election_timeout_ms: u64,
+    /// `controller.quorum.voters`: the controllers of the metadata quorum. Empty: this
+    /// node is a quorum of one.
+    pub controller_quorum_voters: Vec<Voter>,
+    /// `controller.listener.names`: listeners that serve the quorum and the controller,
+    /// not Kafka clients.
+    pub controller_listener_names: Vec<String>,
+    /// `process.roles`: this version runs every node as broker and controller.
+    pub process_roles: Vec<String>,
+    /// `inter.broker.listener.name`: the listener brokers reach each other on; unset, the
+    /// first listener that is not a controller listener.
+    pub inter_broker_listener_name: Option<String>,
     /// `log.retention.check.interval.ms`: how often retention, compaction, `flush.ms` and
     /// the removal of deleted segments run.
     pub log_retention_check_interval_ms: u64,
@@ -107,9 +134,11 @@ impl Default for BrokerConfig {
                 address: SocketAddr::from(([127, 0, 0, 1], 9092)),
             }],
             advertised_listeners: None,
+            // Kafka's default map: each protocol by its own name, and CONTROLLER.
             listener_security_protocol_map: SECURITY_PROTOCOLS
                 .iter()
                 .map(|p| (p.to_string(), p.to_string()))
+                .chain([(CONTROLLER_LISTENER.to_string(), "PLAINTEXT".to_string())])
                 .collect(),
             data_dir: PathBuf::from("./spool-data"),
             num_partitions: 1,
@@ -124,6 +153,10 @@ impl Default for BrokerConfig {
             broker_heartbeat_interval_ms: 2000,
             default_replication_factor: 1,
             controller_quorum_election_timeout_ms: 1000,
+            controller_quorum_voters: Vec::new(),
+            controller_listener_names: vec![CONTROLLER_LISTENER.to_string()],
+            process_roles: vec!["broker".to_string(), "controller".to_string()],
+            inter_broker_listener_name: None,
             log_retention_check_interval_ms: 5 * 60 * 1000,
             group: GroupConfig::default(),
             txn: TxnConfig::default(),
@@ -208,6 +241,20 @@ impl BrokerConfig {
                 "controller.quorum.election.timeout.ms",
                 self.controller_quorum_election_timeout_ms.to_string(),
             ),
+            (
+                "controller.quorum.voters",
+                join(
+                    self.controller_quorum_voters
+                        .iter()
+                        .map(|v| format!("{}@{}:{}", v.id, v.host, v.port)),
+                ),
+            ),
+            (
+                "controller.listener.names",
+                self.controller_listener_names.join(","),
+            ),
+            ("process.roles", self.process_roles.join(",")),
+            ("inter.broker.listener.name", self.inter_broker_listener()),
             (
                 "auto.create.topics.enable",
                 self.auto_create_topics_enable.to_string(),
@@ -385,13 +432,105 @@ impl BrokerConfig {
                     format!("`{}` is not one of the listeners", advertised.name),
                 ));
             }
+            if self.is_controller_listener(&advertised.name) {
+                return Err(invalid(
+                    "advertised.listeners",
+                    &advertised.name,
+                    format!("`{}` is a controller listener", advertised.name),
+                ));
+            }
+        }
+        if !self
+            .listeners
+            .iter()
+            .any(|l| !self.is_controller_listener(&l.name))
+        {
+            return Err(invalid(
+                "listeners",
+                &self.listeners_setting(),
+                "no listener serves Kafka clients".into(),
+            ));
+        }
+        if let Some(name) = &self.inter_broker_listener_name
+            && !self
+                .listeners
+                .iter()
+                .any(|l| &l.name == name && !self.is_controller_listener(name))
+        {
+            return Err(invalid(
+                "inter.broker.listener.name",
+                name,
+                format!("`{name}` is not one of the listeners serving brokers"),
+            ));
+        }
+        let roles = self.process_roles.join(",");
+        if !(self.process_roles.iter().any(|r| r == "broker")
+            && self.process_roles.iter().any(|r| r == "controller"))
+        {
+            return Err(invalid(
+                "process.roles",
+                &roles,
+                "this version runs every node as both broker and controller".into(),
+            ));
+        }
+        if !self.controller_quorum_voters.is_empty() {
+            let voters = join(
+                self.controller_quorum_voters
+                    .iter()
+                    .map(|v| format!("{}@{}", v.id, v.address())),
+            );
+            if !self
+                .controller_quorum_voters
+                .iter()
+                .any(|v| v.id == self.node_id)
+            {
+                return Err(invalid(
+                    "controller.quorum.voters",
+                    &voters,
+                    format!("node.id {} is not among the voters", self.node_id),
+                ));
+            }
+            if self.controller_listener().is_none() {
+                return Err(invalid(
+                    "listeners",
+                    &self.listeners_setting(),
+                    format!(
+                        "a controller needs a listener named in controller.listener.names ({})",
+                        self.controller_listener_names.join(",")
+                    ),
+                ));
+            }
         }
         Ok(())
     }
 
+    /// The listener other brokers are reached on (`inter.broker.listener.name`).
+    pub fn inter_broker_listener(&self) -> String {
+        self.inter_broker_listener_name.clone().unwrap_or_else(|| {
+            self.listeners
+                .iter()
+                .find(|l| !self.is_controller_listener(&l.name))
+                .map_or_else(|| DEFAULT_LISTENER.to_string(), |l| l.name.clone())
+        })
+    }
+
+    /// Whether listener `name` serves the quorum and the controller rather than clients.
+    pub fn is_controller_listener(&self, name: &str) -> bool {
+        self.controller_listener_names
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    /// The listener the quorum and the controller are served on, if any.
+    pub fn controller_listener(&self) -> Option<&Listener> {
+        self.listeners
+            .iter()
+            .find(|l| self.is_controller_listener(&l.name))
+    }
+
     /// What clients are told, given the addresses the listeners bound: the advertised
-    /// listeners (port 0 meaning the bound port), or every listener at its bound address,
-    /// with 127.0.0.1 for a wildcard bind.
+    /// listeners (port 0 meaning the bound port), or every listener but the controller's
+    /// at its bound address, with 127.0.0.1 for a wildcard bind.
     pub fn endpoints(&self, bound: &[Listener]) -> Vec<AdvertisedListener> {
         let bound_port = |name: &str| {
             bound
@@ -413,6 +552,7 @@ impl BrokerConfig {
                 .collect(),
             None => bound
                 .iter()
+                .filter(|l| !self.is_controller_listener(&l.name))
                 .map(|l| AdvertisedListener {
                     name: l.name.clone(),
                     host: if l.address.ip().is_unspecified() {
@@ -500,6 +640,28 @@ impl BrokerConfig {
             }
             "controller.quorum.election.timeout.ms" => {
                 self.controller_quorum_election_timeout_ms = positive(key, value)? as u64
+            }
+            "controller.quorum.voters" => self.controller_quorum_voters = parse_voters(key, value)?,
+            "inter.broker.listener.name" => {
+                let name = value.trim().to_ascii_uppercase();
+                self.inter_broker_listener_name = (!name.is_empty()).then_some(name);
+            }
+            "controller.listener.names" => {
+                self.controller_listener_names = names(value);
+            }
+            "process.roles" => {
+                let roles = names(value)
+                    .into_iter()
+                    .map(|r| r.to_ascii_lowercase())
+                    .collect::<Vec<_>>();
+                if roles.is_empty() || roles.iter().any(|r| r != "broker" && r != "controller") {
+                    return Err(invalid(
+                        key,
+                        value,
+                        "the roles are broker and controller".into(),
+                    ));
+                }
+                self.process_roles = roles;
             }
             "log.retention.check.interval.ms" => {
                 self.log_retention_check_interval_ms = parse(key, value)?
@@ -623,6 +785,43 @@ fn positive(key: &str, value: &str) -> Result<i32, ConfigError> {
 }
 
 /// Kafka's security protocols, each also a listener name that maps to itself by default.
+/// The controller listener's name unless `controller.listener.names` says otherwise.
+pub const CONTROLLER_LISTENER: &str = "CONTROLLER";
+
+/// A comma-separated list, trimmed, without empty items.
+fn names(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `id@host:port,…`.
+fn parse_voters(key: &str, value: &str) -> Result<Vec<Voter>, ConfigError> {
+    let mut voters: Vec<Voter> = Vec::new();
+    for item in names(value) {
+        let bad = || invalid(key, value, format!("`{item}` is not ID@HOST:PORT"));
+        let (id, address) = item.split_once('@').ok_or_else(bad)?;
+        let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+        let id: i32 = id.trim().parse().map_err(|_| bad())?;
+        let port: u16 = port.trim().parse().map_err(|_| bad())?;
+        if id < 0 || port == 0 || host.is_empty() {
+            return Err(bad());
+        }
+        if voters.iter().any(|v| v.id == id) {
+            return Err(invalid(key, value, format!("voter {id} is listed twice")));
+        }
+        voters.push(Voter {
+            id,
+            host: host.trim_matches(['[', ']']).to_string(),
+            port,
+        });
+    }
+    Ok(voters)
+}
+
 const SECURITY_PROTOCOLS: [&str; 4] = ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
 
 fn invalid(key: &str, value: &str, reason: String) -> ConfigError {
@@ -822,5 +1021,70 @@ mod tests {
             config.set("auto.create.topics.enable", "maybe"),
             Err(ConfigError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn a_cluster_node_names_its_voters_and_its_controller_listener() {
+        let mut config = BrokerConfig::default();
+        config
+            .set("controller.quorum.voters", "1@127.0.0.1:9093, 2@[::1]:9094")
+            .unwrap();
+        assert_eq!(
+            config.controller_quorum_voters,
+            vec![
+                Voter {
+                    id: 1,
+                    host: "127.0.0.1".into(),
+                    port: 9093
+                },
+                Voter {
+                    id: 2,
+                    host: "::1".into(),
+                    port: 9094
+                },
+            ]
+        );
+        for bad in ["1@host", "x@h:1", "1@h:0", "-1@h:1", "1@h:1,1@g:2", "h:1"] {
+            assert!(
+                config.set("controller.quorum.voters", bad).is_err(),
+                "{bad}"
+            );
+        }
+        // node.id 0 is not a voter, and there is no controller listener yet.
+        let refused = config.check().unwrap_err().to_string();
+        assert!(
+            refused.contains("node.id 0 is not among the voters"),
+            "{refused}"
+        );
+        config.set("node.id", "1").unwrap();
+        let refused = config.check().unwrap_err().to_string();
+        assert!(refused.contains("controller.listener.names"), "{refused}");
+        config
+            .set(
+                "listeners",
+                "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093",
+            )
+            .unwrap();
+        config.check().unwrap();
+        assert_eq!(
+            config.controller_listener().map(|l| l.address.port()),
+            Some(9093)
+        );
+        // The controller listener is neither advertised nor advertisable.
+        let bound: Vec<Listener> = config.listeners.clone();
+        let endpoints = config.endpoints(&bound);
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(endpoints[0].name, "PLAINTEXT");
+        config
+            .set("advertised.listeners", "CONTROLLER://127.0.0.1:9093")
+            .unwrap();
+        assert!(config.check().is_err());
+        // Only combined nodes for now.
+        let mut config = BrokerConfig::default();
+        config.set("process.roles", "controller").unwrap();
+        assert!(config.check().is_err());
+        assert!(config.set("process.roles", "observer").is_err());
+        config.set("process.roles", "broker,controller").unwrap();
+        config.check().unwrap();
     }
 }

@@ -12,18 +12,18 @@ use spool_protocol::record_batch::{RecordBatch, RecordBatchBuilder, RecordBatche
 
 use crate::state::BrokerState;
 
-/// A coordinator's slots, one per partition of its internal topic (index = partition);
-/// none until the topic is attached.
-pub struct Slots<T>(RwLock<Vec<Arc<T>>>);
+/// A coordinator's slots: one per partition of its internal topic that this broker
+/// leads.
+pub struct Slots<T>(RwLock<BTreeMap<i32, Arc<T>>>);
 
 impl<T> Default for Slots<T> {
     fn default() -> Self {
-        Slots(RwLock::new(Vec::new()))
+        Slots(RwLock::new(BTreeMap::new()))
     }
 }
 
 impl<T> Slots<T> {
-    fn read(&self) -> RwLockReadGuard<'_, Vec<Arc<T>>> {
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<i32, Arc<T>>> {
         self.0
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -31,42 +31,39 @@ impl<T> Slots<T> {
 
     /// Every slot, in partition order.
     pub fn all(&self) -> Vec<Arc<T>> {
-        self.read().clone()
+        self.read().values().cloned().collect()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
-    }
-
-    /// The slot of `partition`; COORDINATOR_NOT_AVAILABLE when there is none (not
-    /// attached yet, or detached).
+    /// The slot of `partition`; NOT_COORDINATOR when this broker does not lead it (the
+    /// client looks for the coordinator again).
     pub fn get(&self, partition: i32) -> Result<Arc<T>, ErrorCode> {
-        usize::try_from(partition)
-            .ok()
-            .and_then(|index| self.read().get(index).cloned())
-            .ok_or(ErrorCode::CoordinatorNotAvailable)
+        self.read()
+            .get(&partition)
+            .cloned()
+            .ok_or(ErrorCode::NotCoordinator)
     }
 
-    /// Makes a slot per log with `make(partition, log)`, unless there are slots already.
-    /// Returns the new slots (none if there were slots).
-    pub fn fill(
+    /// Makes the slots those of `led` (partition, log): a new slot, made by
+    /// `make(partition, log)`, for each partition without one, and none for partitions
+    /// no longer led. Returns the new slots.
+    pub fn follow(
         &self,
-        logs: Vec<Arc<SharedLog>>,
+        led: Vec<(i32, Arc<SharedLog>)>,
         make: impl Fn(i32, Arc<SharedLog>) -> T,
     ) -> Vec<Arc<T>> {
         let mut slots = self
             .0
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !slots.is_empty() {
-            return Vec::new();
+        let keep: std::collections::BTreeSet<i32> = led.iter().map(|(p, _)| *p).collect();
+        slots.retain(|partition, _| keep.contains(partition));
+        let mut added = Vec::new();
+        for (partition, log) in led {
+            if let std::collections::btree_map::Entry::Vacant(entry) = slots.entry(partition) {
+                added.push(Arc::clone(entry.insert(Arc::new(make(partition, log)))));
+            }
         }
-        *slots = logs
-            .into_iter()
-            .enumerate()
-            .map(|(i, log)| Arc::new(make(i32::try_from(i).unwrap_or(i32::MAX), log)))
-            .collect();
-        slots.clone()
+        added
     }
 
     /// Drops every slot.
@@ -203,11 +200,20 @@ pub async fn create_internal_topic(
     }
 }
 
-/// The partition logs of an internal topic, in partition order.
-pub fn internal_topic_logs(state: &BrokerState, topic: &str) -> Vec<Arc<SharedLog>> {
-    let count =
-        state.with_image(|image| image.topic(topic).map_or(0, |t| t.partitions.len() as i32));
-    (0..count)
-        .filter_map(|i| state.partition(topic, i))
+/// The partitions of an internal topic that this broker leads, with their logs, in
+/// partition order.
+pub fn led_partitions(state: &BrokerState, topic: &str) -> Vec<(i32, Arc<SharedLog>)> {
+    let node = state.config.node_id;
+    let led: Vec<i32> = state.with_image(|image| {
+        image.topic(topic).map_or_else(Vec::new, |t| {
+            t.partitions
+                .iter()
+                .filter(|p| p.leader == node)
+                .map(|p| p.index)
+                .collect()
+        })
+    });
+    led.into_iter()
+        .filter_map(|i| Some((i, state.partition(topic, i)?)))
         .collect()
 }

@@ -12,6 +12,7 @@ pub mod fetch_session;
 pub mod flusher;
 pub mod group;
 pub mod node;
+pub mod peers;
 pub mod server;
 pub mod state;
 pub mod topic_configs;

@@ -22,12 +22,16 @@ use spool_log::{LogError, PartitionLog, Storage};
 use spool_metadata::controller::ControllerConfig;
 use spool_metadata::quorum::local::Alone;
 use spool_metadata::quorum::store::QUORUM_STATE_FILE;
+use spool_metadata::quorum::tcp::{self, TcpTransport};
 use spool_metadata::quorum::{MetadataLog, QuorumNode, QuorumSettings};
-use spool_metadata::service::{self, ControllerHandle};
+use spool_metadata::service::{self, ControllerHandle, Forwarder};
 use spool_metadata::{METADATA_TOPIC, MetadataStore, random_uuid};
 use spool_protocol::messages::broker_registration_request::Listener;
 use spool_protocol::messages::{BrokerHeartbeatRequest, BrokerRegistrationRequest};
 use spool_protocol::{ErrorCode, Uuid};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::BrokerConfig;
@@ -37,12 +41,17 @@ use crate::state::{BrokerError, BrokerState, blocking, now_ms, when_unique};
 /// partition folder name, so the log manager leaves it alone.
 pub const LEGACY_METADATA_DIR: &str = "__cluster_metadata-legacy";
 
-/// How long a broker may take to register and be unfenced before start-up fails.
+/// How long a node alone in its quorum may take to register and be unfenced before
+/// start-up fails. A node of a cluster waits as long as the quorum takes to form (its
+/// other voters may not have started yet), saying so every [`WAITING_NOTICE`].
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+const WAITING_NOTICE: Duration = Duration::from_secs(10);
 /// How long a broker in controlled shutdown waits for the controller's permission.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long stopping waits for the controller task to let go of the quorum.
 const QUORUM_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request forwarded to the active controller on another node waits.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between tries while joining or leaving.
 const RETRY: Duration = Duration::from_millis(50);
 
@@ -55,36 +64,61 @@ pub struct Node {
     broker_epoch: AtomicI64,
     /// Set once controlled shutdown begins: heartbeats stop asking to be unfenced.
     leaving: AtomicBool,
+    /// Stops the controller listener, and the listener's task.
+    listener: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 impl Node {
-    /// Opens the quorum log in the data directory and joins the quorum.
+    /// Opens the quorum log in the data directory and joins the quorum of
+    /// `controller.quorum.voters` (alone when there are none). `listener` is the bound
+    /// controller listener, which serves the other voters and their brokers.
     pub async fn start(
         config: &BrokerConfig,
         storage: Arc<dyn Storage>,
+        listener: Option<TcpListener>,
     ) -> Result<Node, BrokerError> {
         let id = node_id(config)?;
-        let voters = BTreeMap::from([(id, String::new())]);
         let settings = QuorumSettings {
             election_timeout_ms: config.controller_quorum_election_timeout_ms,
             ..QuorumSettings::default()
         };
         let dir = metadata_dir(&config.data_dir);
-        let quorum = QuorumNode::start(
-            id,
-            &voters,
-            &settings,
-            Arc::clone(&storage),
-            &dir,
-            Alone,
-            now_ms,
-        )
-        .await?;
+        let voters: BTreeMap<u64, String> = config
+            .controller_quorum_voters
+            .iter()
+            .filter_map(|v| Some((u64::try_from(v.id).ok()?, v.address())))
+            .collect();
+        let quorum = if voters.is_empty() {
+            let alone = BTreeMap::from([(id, String::new())]);
+            QuorumNode::start(
+                id,
+                &alone,
+                &settings,
+                Arc::clone(&storage),
+                &dir,
+                Alone,
+                now_ms,
+            )
+            .await?
+        } else {
+            // Raft messages wait at most an election timeout for their answer.
+            let timeout = Duration::from_millis(settings.election_timeout_ms.max(500));
+            let transport = TcpTransport::new(&voters, timeout);
+            QuorumNode::start(
+                id,
+                &voters,
+                &settings,
+                Arc::clone(&storage),
+                &dir,
+                transport,
+                now_ms,
+            )
+            .await?
+        };
         quorum.bootstrap().await?;
         let quorum = Arc::new(quorum);
-        migrate_legacy_log(&quorum, storage, &config.data_dir).await?;
         let incarnation = random_uuid();
-        let controller = service::spawn(
+        let mut controller = service::spawn(
             Arc::clone(&quorum),
             ControllerConfig {
                 cluster_id: config.cluster_id.clone(),
@@ -94,13 +128,34 @@ impl Node {
                 ..ControllerConfig::default()
             },
         );
-        Ok(Node {
+        let listener = listener.map(|socket| {
+            let (stop, stopped) = watch::channel(false);
+            let serving = tokio::spawn(tcp::serve(
+                quorum.raft().clone(),
+                Some(controller.local()),
+                socket,
+                stopped,
+            ));
+            (stop, serving)
+        });
+        if !voters.is_empty() {
+            let raft = quorum.raft().clone();
+            controller = controller.with_forwarder(Forwarder {
+                me: id,
+                leader: Box::new(move || raft.metrics().borrow().current_leader),
+                remote: TcpTransport::new(&voters, FORWARD_TIMEOUT),
+            });
+        }
+        let node = Node {
             quorum,
             controller,
             incarnation,
             broker_epoch: AtomicI64::new(-1),
             leaving: AtomicBool::new(false),
-        })
+            listener,
+        };
+        migrate_legacy_log(&node.quorum, storage, &config.data_dir).await?;
+        Ok(node)
     }
 
     /// The epoch the controller gave this broker's registration (-1 before it has one).
@@ -112,8 +167,15 @@ impl Node {
     /// when its handle is dropped).
     pub async fn shutdown(self) -> Result<(), BrokerError> {
         let Node {
-            quorum, controller, ..
+            quorum,
+            controller,
+            listener,
+            ..
         } = self;
+        if let Some((stop, serving)) = listener {
+            let _ = stop.send(true);
+            let _ = serving.await;
+        }
         drop(controller);
         match when_unique(quorum, QUORUM_RELEASE_TIMEOUT).await {
             Ok(node) => Ok(node.shutdown().await?),
@@ -321,7 +383,33 @@ fn heartbeat_request(state: &BrokerState, want_shut_down: bool) -> BrokerHeartbe
 /// the broker has applied the metadata the unfencing committed: after this the broker may
 /// serve clients.
 pub async fn join(state: &BrokerState) -> Result<(), BrokerError> {
-    let deadline = Instant::now() + JOIN_TIMEOUT;
+    let deadline = if state.config.controller_quorum_voters.len() > 1 {
+        // Far enough to be never; notices say what the node waits for.
+        Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+    } else {
+        Instant::now() + JOIN_TIMEOUT
+    };
+    let notices = tokio::spawn(waiting_notices(state.config.controller_quorum_voters.len()));
+    let joined = join_until(state, deadline).await;
+    notices.abort();
+    joined
+}
+
+/// Says every [`WAITING_NOTICE`] that the broker still waits for the controller.
+async fn waiting_notices(voters: usize) {
+    let mut waited = Duration::ZERO;
+    loop {
+        tokio::time::sleep(WAITING_NOTICE).await;
+        waited += WAITING_NOTICE;
+        tracing::warn!(
+            waited_s = waited.as_secs(),
+            voters,
+            "still waiting to join: the controller quorum needs a majority of its voters"
+        );
+    }
+}
+
+async fn join_until(state: &BrokerState, deadline: Instant) -> Result<(), BrokerError> {
     register(state, deadline).await?;
     loop {
         let reply = state
@@ -387,11 +475,13 @@ pub async fn leave(state: &BrokerState) {
     state.node.leaving.store(true, Ordering::Release);
     let deadline = Instant::now() + LEAVE_TIMEOUT;
     while Instant::now() < deadline {
-        let reply = state
+        let heartbeat = state
             .node
             .controller
-            .heartbeat(heartbeat_request(state, true))
-            .await;
+            .heartbeat(heartbeat_request(state, true));
+        let Ok(reply) = tokio::time::timeout_at(deadline, heartbeat).await else {
+            break;
+        };
         if reply.error_code == ErrorCode::None.code() && reply.should_shut_down {
             return;
         }

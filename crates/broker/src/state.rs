@@ -16,20 +16,23 @@ use spool_metadata::controller::PRODUCER_ID_BLOCK;
 use spool_metadata::quorum::QuorumError;
 use spool_metadata::service::{AdminChange, TopicRequest};
 use spool_protocol::ErrorCode;
+use spool_protocol::messages::{RequestBody, ResponseBody};
 use spool_protocol::record_batch::TimestampType;
 use thiserror::Error;
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{AdvertisedListener, BrokerConfig};
 use crate::fetch_session::FetchSessionCache;
 use crate::flusher::Flusher;
+use crate::group::GroupCoordinator;
 use crate::group::runtime::offsets_logs;
-use crate::group::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::metadata::{METADATA_TOPIC, MetadataError, MetadataImage, TopicMeta};
 use crate::node::{self, Node};
+use crate::peers::{PeerError, Peers};
 use crate::topic_configs;
+use crate::txn::TxnCoordinator;
 use crate::txn::runtime::txn_logs;
-use crate::txn::{TXN_TOPIC, TxnCoordinator};
 use crate::wakeups::Wakeups;
 
 #[derive(Debug, Error)]
@@ -60,6 +63,10 @@ impl BrokerError {
     }
 }
 
+/// How long a request to another broker waits for its answer (Kafka's
+/// `request.timeout.ms` default).
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct BrokerState {
     pub config: BrokerConfig,
     /// What clients are told to connect to, per listener name.
@@ -85,6 +92,8 @@ pub struct BrokerState {
     pub groups: GroupCoordinator,
     /// Transactional IDs and their transactions.
     pub txns: TxnCoordinator,
+    /// Connections to the other brokers.
+    peers: Peers,
     /// The producer IDs this broker may still hand out.
     producer_ids: Mutex<ProducerIds>,
     /// Held while a block of producer IDs is asked for.
@@ -264,6 +273,7 @@ impl BrokerState {
     pub async fn start(
         config: BrokerConfig,
         endpoints: Vec<AdvertisedListener>,
+        controller_listener: Option<TcpListener>,
     ) -> Result<Arc<BrokerState>, BrokerError> {
         let storage: Arc<dyn Storage> = Arc::new(DiskStorage);
         let opening = (Arc::clone(&storage), config.clone());
@@ -284,7 +294,7 @@ impl BrokerState {
             Ok((guard, logs, flusher))
         })
         .await?;
-        let node = Node::start(&config, Arc::clone(&storage)).await?;
+        let node = Node::start(&config, Arc::clone(&storage), controller_listener).await?;
         let fetch_sessions = FetchSessionCache::new(
             config.max_incremental_fetch_session_cache_slots,
             Box::new(|| {
@@ -292,6 +302,7 @@ impl BrokerState {
                 i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & i32::MAX
             }),
         );
+        let peers = Peers::new(format!("spool-broker-{}", config.node_id), PEER_TIMEOUT);
         let groups = GroupCoordinator::new(config.group.clone());
         let txns = TxnCoordinator::new(config.txn.clone());
         let heartbeat_interval = Duration::from_millis(config.broker_heartbeat_interval_ms);
@@ -306,6 +317,7 @@ impl BrokerState {
             config,
             endpoints,
             storage,
+            peers,
             node,
             image: RwLock::new(Arc::new(MetadataImage::default())),
             applied: watch::channel(-1).0,
@@ -327,20 +339,6 @@ impl BrokerState {
             Arc::clone(&state.producer_ids_wanted),
         ));
         state.producer_ids_wanted.notify_one();
-        // Groups and offsets are read back from `__consumer_offsets` on a loader thread.
-        if state.with_image(|image| image.topic(OFFSETS_TOPIC).is_some()) {
-            state.groups.attach(offsets_logs(&state), true);
-        }
-        // Transactions are read back at once: a transaction a crash left half-ended
-        // resumes with the first tick.
-        if state.with_image(|image| image.topic(TXN_TOPIC).is_some()) {
-            let loading = Arc::clone(&state);
-            blocking(move || {
-                loading.txns.attach(txn_logs(&loading));
-                Ok(())
-            })
-            .await?;
-        }
         Ok(state)
     }
 
@@ -413,6 +411,11 @@ impl BrokerState {
             .image
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = image;
+        // The coordinators serve the internal partitions this broker leads: groups are
+        // read back on a loader thread, transactions at once (so that one a crash left
+        // half-ended resumes with the first tick).
+        self.groups.follow(offsets_logs(self));
+        self.txns.follow(txn_logs(self));
         failed.map_or(Ok(()), Err)
     }
 
@@ -513,6 +516,46 @@ impl BrokerState {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         partitions.get(&TopicPartition::new(topic, index)).cloned()
+    }
+
+    /// The leader (a node ID, or -1 when it has none) and leader epoch of partition
+    /// `index` of `topic`; `None` when the cluster has no such partition.
+    pub fn partition_leader(&self, topic: &str, index: i32) -> Option<(i32, i32)> {
+        self.with_image(|image| {
+            image
+                .topic(topic)?
+                .partitions
+                .iter()
+                .find(|p| p.index == index)
+                .map(|p| (p.leader, p.leader_epoch))
+        })
+    }
+
+    /// Sends a request to broker `id` on the inter-broker listener.
+    pub async fn send_to_broker(
+        &self,
+        id: i32,
+        body: RequestBody,
+        version: i16,
+    ) -> Result<ResponseBody, PeerError> {
+        let listener = self.config.inter_broker_listener();
+        let broker = self
+            .live_brokers(&listener)
+            .into_iter()
+            .find(|b| b.id == id)
+            .ok_or(PeerError::NoEndpoint(id))?;
+        self.peers
+            .send(&broker.host, broker.port, body, version)
+            .await
+    }
+
+    /// Whether the cluster has partition `index` of `topic` (wherever its replicas are).
+    pub fn has_partition(&self, topic: &str, index: i32) -> bool {
+        self.with_image(|image| {
+            image
+                .topic(topic)
+                .is_some_and(|t| t.partitions.iter().any(|p| p.index == index))
+        })
     }
 
     /// A producer ID never handed out before, for InitProducerId. IDs come from the
@@ -866,7 +909,7 @@ pub(crate) async fn open_in_temp_dir(name: &str) -> (Arc<BrokerState>, std::path
         data_dir: dir.clone(),
         ..BrokerConfig::default()
     };
-    let state = BrokerState::start(config, Vec::new())
+    let state = BrokerState::start(config, Vec::new(), None)
         .await
         .expect("the broker starts");
     (state, dir)

@@ -91,7 +91,9 @@ async fn topic_changes_reach_the_logs_and_survive_a_restart() {
         host: "broker-0.example".into(),
         port: 9092,
     };
-    let state = BrokerState::start(config, vec![endpoint]).await.unwrap();
+    let state = BrokerState::start(config, vec![endpoint], None)
+        .await
+        .unwrap();
     assert_eq!(
         state.live_brokers("PLAINTEXT"),
         vec![LiveBroker {
@@ -159,7 +161,7 @@ async fn a_metadata_log_from_before_the_quorum_is_migrated_once() {
     clicks.close().unwrap();
 
     for round in 0..2 {
-        let state = BrokerState::start(config_in(&dir), Vec::new())
+        let state = BrokerState::start(config_in(&dir), Vec::new(), None)
             .await
             .unwrap();
         let clicks = state.with_image(|i| i.topic("clicks").cloned()).unwrap();

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod dev;
+
 use clap::{Parser, Subcommand};
 use spool_broker::config::{DEFAULT_LISTENER, Listener};
 use spool_broker::{BrokerConfig, BrokerState, ConfigError};
@@ -26,8 +28,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a single-node broker (Kafka protocol on 127.0.0.1:9092, data in ./spool-data).
+    /// Run a broker (Kafka protocol on 127.0.0.1:9092, data in ./spool-data); alone, or
+    /// one node of a cluster with `controller.quorum.voters`.
     Server(ServerArgs),
+    /// Development tools.
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Run a local cluster: one `spool server` process per node on loopback.
+    Cluster(dev::ClusterArgs),
 }
 
 #[derive(clap::Args)]
@@ -132,11 +144,16 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
     let config = build_config(&args)?;
     let mut sockets = Vec::new();
     let mut bound = Vec::new();
+    let mut controller = None;
     for listener in &config.listeners {
         let socket = TcpListener::bind(listener.address)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", listener.address))?;
         let address = socket.local_addr().map_err(|e| e.to_string())?;
+        if config.is_controller_listener(&listener.name) {
+            controller = Some((socket, address));
+            continue;
+        }
         bound.push(Listener {
             name: listener.name.clone(),
             address,
@@ -145,7 +162,11 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
     }
     let endpoints = config.endpoints(&bound);
     let data_dir = config.data_dir.clone();
-    let state = BrokerState::start(config, endpoints)
+    let (controller, controller_address) = controller.unzip();
+    if let Some(address) = controller_address {
+        say(format_args!("spool: controller listener on {address}"));
+    }
+    let state = BrokerState::start(config, endpoints, controller)
         .await
         .map_err(|e| format!("cannot start on {}: {e}", data_dir.display()))?;
     for listener in &bound {
@@ -257,6 +278,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Server(args) => runtime.block_on(run_server(args)),
+        Command::Dev(DevCommand::Cluster(args)) => runtime.block_on(dev::run_cluster(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -882,9 +882,10 @@ fn idempotent_producers_get_ids_and_retries_are_not_written_twice() {
     assert_eq!(gap.error_code, ErrorCode::OutOfOrderSequenceNumber.code());
     assert_eq!(records_of(&mut client, "idem").len(), 5);
 
-    // Transactions need the coordinator, which is not served yet.
+    // Transactions need the coordinator: before FindCoordinator created its topic, no
+    // broker coordinates the ID.
     let txn = init_producer_id(&mut client, Some("payments-tx"));
-    assert_eq!(txn.error_code, ErrorCode::CoordinatorNotAvailable.code());
+    assert_eq!(txn.error_code, ErrorCode::NotCoordinator.code());
     let txn_batch = produce(
         &mut client,
         "idem",

@@ -28,6 +28,7 @@ use thiserror::Error;
 
 pub mod controller;
 pub mod quorum;
+pub mod remote;
 pub mod service;
 
 /// The partition log that holds the metadata records.

@@ -27,7 +27,7 @@ use crate::controller::{At, Controller, ControllerConfig, NewTopic, Outcome, Ref
 use crate::quorum::{MetadataLog, Published, QuorumError};
 
 /// A topic to create, owned so it can travel to the controller task.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TopicRequest {
     pub name: String,
     pub partitions: i32,
@@ -36,49 +36,33 @@ pub struct TopicRequest {
     pub configs: BTreeMap<String, String>,
 }
 
-enum Command {
-    Register(
-        BrokerRegistrationRequest,
-        oneshot::Sender<BrokerRegistrationResponse>,
-    ),
-    Heartbeat(
-        BrokerHeartbeatRequest,
-        oneshot::Sender<BrokerHeartbeatResponse>,
-    ),
-    AlterPartition(
-        AlterPartitionRequest,
-        i16,
-        oneshot::Sender<AlterPartitionResponse>,
-    ),
-    ElectLeaders(ElectLeadersRequest, oneshot::Sender<ElectLeadersResponse>),
-    Unregister(i32, oneshot::Sender<UnregisterBrokerResponse>),
-    Admin(AdminChange, oneshot::Sender<Result<i64, Refusal>>),
-    AllocateProducerIds(i32, i64, oneshot::Sender<Result<Range<i64>, ErrorCode>>),
+/// A request to the active controller, as it travels to the controller task (and, from
+/// another node, over the controller listener: see [`crate::remote`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Register(BrokerRegistrationRequest),
+    Heartbeat(BrokerHeartbeatRequest),
+    /// The request and the version it came in (the version changes how it is read).
+    AlterPartition(AlterPartitionRequest, i16),
+    ElectLeaders(ElectLeadersRequest),
+    Unregister(i32),
+    Admin(AdminChange),
+    /// The next block of producer IDs for the broker with this ID and epoch.
+    AllocateProducerIds(i32, i64),
 }
 
-/// A change an administrator (or a broker on a client's behalf) asks for.
-#[derive(Debug, Clone)]
-pub enum AdminChange {
-    CreateTopic(TopicRequest),
-    DeleteTopic(String),
-    CreatePartitions {
-        name: String,
-        count: i32,
-        /// The new partitions' replicas, or empty to place them.
-        assignments: Vec<Vec<i32>>,
-    },
-    /// Sets a topic's or broker's configs to exactly these.
-    AlterConfigs {
-        resource_type: i8,
-        name: String,
-        configs: BTreeMap<String, String>,
-    },
-}
-
-/// Sends requests to the node's controller task; cheap to clone.
-#[derive(Clone)]
-pub struct ControllerHandle {
-    commands: mpsc::Sender<Command>,
+/// The controller's answer to a [`Request`] of the same kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Register(BrokerRegistrationResponse),
+    Heartbeat(BrokerHeartbeatResponse),
+    AlterPartition(AlterPartitionResponse),
+    ElectLeaders(ElectLeadersResponse),
+    Unregister(UnregisterBrokerResponse),
+    /// The offset of the metadata entry that holds the change (of the newest one when
+    /// nothing had to change), or why the change was refused.
+    Admin(Result<i64, Refusal>),
+    AllocateProducerIds(Result<Range<i64>, ErrorCode>),
 }
 
 /// The answer of a node that is not the active controller.
@@ -122,29 +106,136 @@ impl NotController for Result<Range<i64>, ErrorCode> {
     }
 }
 
-impl ControllerHandle {
-    /// Sends a command and waits for its answer; NOT_CONTROLLER if the task dropped it
-    /// (leadership lost on the way) or is gone.
-    async fn ask<T: NotController>(
-        &self,
-        command: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> T {
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(command(tx)).await.is_err() {
-            return T::not_controller();
+impl Request {
+    /// The answer of a node that is not the active controller (or cannot reach it).
+    pub fn not_controller(&self) -> Reply {
+        match self {
+            Request::Register(_) => Reply::Register(NotController::not_controller()),
+            Request::Heartbeat(_) => Reply::Heartbeat(NotController::not_controller()),
+            Request::AlterPartition(..) => Reply::AlterPartition(NotController::not_controller()),
+            Request::ElectLeaders(_) => Reply::ElectLeaders(NotController::not_controller()),
+            Request::Unregister(_) => Reply::Unregister(NotController::not_controller()),
+            Request::Admin(_) => Reply::Admin(NotController::not_controller()),
+            Request::AllocateProducerIds(..) => {
+                Reply::AllocateProducerIds(NotController::not_controller())
+            }
         }
-        rx.await.unwrap_or_else(|_| T::not_controller())
+    }
+}
+
+type Command = (Request, oneshot::Sender<Reply>);
+
+/// A change an administrator (or a broker on a client's behalf) asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdminChange {
+    CreateTopic(TopicRequest),
+    DeleteTopic(String),
+    CreatePartitions {
+        name: String,
+        count: i32,
+        /// The new partitions' replicas, or empty to place them.
+        assignments: Vec<Vec<i32>>,
+    },
+    /// Sets a topic's or broker's configs to exactly these.
+    AlterConfigs {
+        resource_type: i8,
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
+}
+
+/// Sends requests to the active controller; cheap to clone. The node's own controller
+/// task serves them while this node leads the quorum; otherwise they are forwarded to the
+/// active controller's listener, if a [`Forwarder`] is set.
+#[derive(Clone)]
+pub struct ControllerHandle {
+    commands: mpsc::Sender<Command>,
+    forwarder: Option<Arc<Forwarder>>,
+}
+
+/// Reaches the active controller on another node.
+pub struct Forwarder {
+    /// This node's ID.
+    pub me: u64,
+    /// The active controller, as far as this node knows.
+    pub leader: Box<dyn Fn() -> Option<u64> + Send + Sync>,
+    pub remote: crate::quorum::tcp::TcpTransport,
+}
+
+/// Asks, and takes the reply of the request's kind; NOT_CONTROLLER for a reply of another
+/// kind (which a well-behaved controller never sends).
+macro_rules! expect_reply {
+    ($self:ident, $request:expr, $variant:ident) => {{
+        match $self.ask($request).await {
+            Reply::$variant(reply) => reply,
+            _ => NotController::not_controller(),
+        }
+    }};
+}
+
+impl ControllerHandle {
+    /// The same controller task without forwarding: what the controller listener uses,
+    /// so that a request never travels on from the node it was sent to.
+    pub fn local(&self) -> ControllerHandle {
+        ControllerHandle {
+            commands: self.commands.clone(),
+            forwarder: None,
+        }
+    }
+
+    /// Forwards requests to the active controller when it is on another node.
+    pub fn with_forwarder(self, forwarder: Forwarder) -> ControllerHandle {
+        ControllerHandle {
+            forwarder: Some(Arc::new(forwarder)),
+            ..self
+        }
+    }
+
+    /// Sends a request to the active controller and waits for its answer; NOT_CONTROLLER
+    /// when there is none, it cannot be reached, or it lost leadership on the way.
+    pub async fn ask(&self, request: Request) -> Reply {
+        if let Some(forwarder) = &self.forwarder {
+            match (forwarder.leader)() {
+                Some(leader) if leader != forwarder.me => {
+                    return match forwarder.remote.ask(leader, &request).await {
+                        Ok(reply) => reply,
+                        Err(e) => {
+                            tracing::debug!(leader, error = %e, "active controller unreachable");
+                            request.not_controller()
+                        }
+                    };
+                }
+                _ => {}
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let refused = request.not_controller();
+        if self.commands.send((request, tx)).await.is_err() {
+            return refused;
+        }
+        // A leader cut off from the other voters cannot commit: the request waits for a
+        // majority that may never come.
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(answer) => answer.unwrap_or(refused),
+            Err(_) => match refused {
+                Reply::Admin(_) => Reply::Admin(Err((
+                    ErrorCode::RequestTimedOut,
+                    "The metadata change was not committed in time.".into(),
+                ))),
+                other => other,
+            },
+        }
     }
 
     pub async fn register_broker(
         &self,
         request: BrokerRegistrationRequest,
     ) -> BrokerRegistrationResponse {
-        self.ask(|tx| Command::Register(request, tx)).await
+        expect_reply!(self, Request::Register(request), Register)
     }
 
     pub async fn heartbeat(&self, request: BrokerHeartbeatRequest) -> BrokerHeartbeatResponse {
-        self.ask(|tx| Command::Heartbeat(request, tx)).await
+        expect_reply!(self, Request::Heartbeat(request), Heartbeat)
     }
 
     pub async fn alter_partition(
@@ -152,22 +243,25 @@ impl ControllerHandle {
         request: AlterPartitionRequest,
         version: i16,
     ) -> AlterPartitionResponse {
-        self.ask(|tx| Command::AlterPartition(request, version, tx))
-            .await
+        expect_reply!(
+            self,
+            Request::AlterPartition(request, version),
+            AlterPartition
+        )
     }
 
     pub async fn elect_leaders(&self, request: ElectLeadersRequest) -> ElectLeadersResponse {
-        self.ask(|tx| Command::ElectLeaders(request, tx)).await
+        expect_reply!(self, Request::ElectLeaders(request), ElectLeaders)
     }
 
     pub async fn unregister_broker(&self, broker_id: i32) -> UnregisterBrokerResponse {
-        self.ask(|tx| Command::Unregister(broker_id, tx)).await
+        expect_reply!(self, Request::Unregister(broker_id), Unregister)
     }
 
     /// Carries out an administrative change; the offset of the metadata entry that holds
     /// it (or of the newest one, when nothing had to change).
     pub async fn change(&self, change: AdminChange) -> Result<i64, Refusal> {
-        self.ask(|tx| Command::Admin(change, tx)).await
+        expect_reply!(self, Request::Admin(change), Admin)
     }
 
     /// The next block of producer IDs for the broker with this registration.
@@ -176,11 +270,16 @@ impl ControllerHandle {
         broker_id: i32,
         broker_epoch: i64,
     ) -> Result<Range<i64>, ErrorCode> {
-        self.ask(|tx| Command::AllocateProducerIds(broker_id, broker_epoch, tx))
-            .await
+        expect_reply!(
+            self,
+            Request::AllocateProducerIds(broker_id, broker_epoch),
+            AllocateProducerIds
+        )
     }
 }
 
+/// How long a request waits for the controller task's answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the task looks for lapsed sessions and leadership changes when idle.
 const TICK: Duration = Duration::from_millis(100);
 /// How long a new leader waits to apply what earlier leaders committed before it tries
@@ -192,7 +291,10 @@ const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn spawn<L: MetadataLog + 'static>(log: Arc<L>, config: ControllerConfig) -> ControllerHandle {
     let (commands, rx) = mpsc::channel(256);
     tokio::spawn(run(log, config, rx));
-    ControllerHandle { commands }
+    ControllerHandle {
+        commands,
+        forwarder: None,
+    }
 }
 
 struct Active {
@@ -264,20 +366,9 @@ fn head<L: MetadataLog>(log: &L, now_ms: i64) -> (Published, At) {
     (published, at)
 }
 
-fn refuse(command: Command) {
-    fn answer<T: NotController>(tx: oneshot::Sender<T>) {
-        // A requester that went away needs no answer.
-        let _ = tx.send(T::not_controller());
-    }
-    match command {
-        Command::Register(_, tx) => answer(tx),
-        Command::Heartbeat(_, tx) => answer(tx),
-        Command::AlterPartition(_, _, tx) => answer(tx),
-        Command::ElectLeaders(_, tx) => answer(tx),
-        Command::Unregister(_, tx) => answer(tx),
-        Command::Admin(_, tx) => answer(tx),
-        Command::AllocateProducerIds(_, _, tx) => answer(tx),
-    }
+fn refuse((request, tx): Command) {
+    // A requester that went away needs no answer.
+    let _ = tx.send(request.not_controller());
 }
 
 /// Commits `records` (if any) and returns the offset of their entry (of the newest entry
@@ -324,36 +415,40 @@ async fn serve<L: MetadataLog>(
 ) -> bool {
     let (published, at) = head(log, now_ms);
     let image = published.image.as_ref();
+    let (request, tx) = command;
     macro_rules! decide {
-        ($outcome:expr, $tx:expr) => {{
+        ($outcome:expr, $variant:ident) => {{
             let Outcome { records, reply } = $outcome;
             if commit(log, controller, records, at).await.is_some() {
-                let _ = $tx.send(reply);
+                let _ = tx.send(Reply::$variant(reply));
                 false
             } else {
                 true
             }
         }};
     }
-    match command {
-        Command::Register(request, tx) => {
-            decide!(controller.register_broker(image, &request, at), tx)
+    match request {
+        Request::Register(request) => {
+            decide!(controller.register_broker(image, &request, at), Register)
         }
-        Command::Heartbeat(request, tx) => decide!(controller.heartbeat(image, &request, at), tx),
-        Command::AlterPartition(request, version, tx) => {
-            decide!(controller.alter_partition(image, &request, version), tx)
+        Request::Heartbeat(request) => {
+            decide!(controller.heartbeat(image, &request, at), Heartbeat)
         }
-        Command::ElectLeaders(request, tx) => {
-            decide!(controller.elect_leaders(image, &request), tx)
-        }
-        Command::Unregister(broker_id, tx) => {
-            decide!(controller.unregister_broker(image, broker_id), tx)
-        }
-        Command::AllocateProducerIds(broker_id, broker_epoch, tx) => decide!(
-            controller.allocate_producer_ids(image, broker_id, broker_epoch),
-            tx
+        Request::AlterPartition(request, version) => decide!(
+            controller.alter_partition(image, &request, version),
+            AlterPartition
         ),
-        Command::Admin(change, tx) => {
+        Request::ElectLeaders(request) => {
+            decide!(controller.elect_leaders(image, &request), ElectLeaders)
+        }
+        Request::Unregister(broker_id) => {
+            decide!(controller.unregister_broker(image, broker_id), Unregister)
+        }
+        Request::AllocateProducerIds(broker_id, broker_epoch) => decide!(
+            controller.allocate_producer_ids(image, broker_id, broker_epoch),
+            AllocateProducerIds
+        ),
+        Request::Admin(change) => {
             let decided = match &change {
                 AdminChange::CreateTopic(topic) => controller.create_topic(
                     image,
@@ -380,13 +475,13 @@ async fn serve<L: MetadataLog>(
             match decided {
                 Ok(records) => match commit(log, controller, records, at).await {
                     Some(offset) => {
-                        let _ = tx.send(Ok(offset));
+                        let _ = tx.send(Reply::Admin(Ok(offset)));
                         false
                     }
                     None => true,
                 },
                 Err(refusal) => {
-                    let _ = tx.send(Err(refusal));
+                    let _ = tx.send(Reply::Admin(Err(refusal)));
                     false
                 }
             }

@@ -1,7 +1,9 @@
 //! AddPartitionsToTxn (versions 0-5): partitions join a producer's transaction before it
 //! writes to them. Up to v3 a client adds partitions to its own transaction; from v4 a
 //! request may carry several transactions and ask only to verify that the partitions are
-//! already in them (`verify_only`, KIP-890's check before a transactional write).
+//! already in them (`verify_only`, KIP-890's check before a transactional write); such
+//! requests come from partition leaders, which without `verify_only` add the partition a
+//! transaction version 2 producer wrote to.
 //! A partition that does not exist is UNKNOWN_TOPIC_OR_PARTITION and the others of its
 //! transaction OPERATION_NOT_ATTEMPTED, as in Kafka.
 
@@ -65,7 +67,7 @@ async fn add(
         .iter()
         .flat_map(|t| t.partitions.iter().map(|&p| (t.name.clone(), p)))
         .collect();
-    let unknown = |topic: &str, partition: i32| state.partition(topic, partition).is_none();
+    let unknown = |topic: &str, partition: i32| !state.has_partition(topic, partition);
     let error = if partitions.iter().any(|(t, p)| unknown(t, *p)) {
         None
     } else {
@@ -74,10 +76,24 @@ async fn add(
             epoch: transaction.producer_epoch,
         };
         let id = transaction.transactional_id.as_str();
+        // From v4 only partition leaders send this: without `verify_only` a leader adds
+        // the partition a transaction version 2 producer wrote to.
+        let txn_version = if version >= BATCHED_SINCE && !transaction.verify_only {
+            2
+        } else {
+            0
+        };
         let outcome = state
             .txns
             .run(state, id, |shard, now, _| {
-                shard.add_partitions(id, producer, &partitions, transaction.verify_only, 0, now)
+                shard.add_partitions(
+                    id,
+                    producer,
+                    &partitions,
+                    transaction.verify_only,
+                    txn_version,
+                    now,
+                )
             })
             .await;
         Some(match outcome {

@@ -1,7 +1,7 @@
-//! FindCoordinator (versions 0–6; batched keys from v4): this broker coordinates every
-//! group and every transactional ID, since it leads every partition of
-//! `__consumer_offsets` and `__transaction_state`. The first request for a group (or a
-//! transactional ID) creates its topic.
+//! FindCoordinator (versions 0–6; batched keys from v4): a group's coordinator is the
+//! leader of its partition of `__consumer_offsets`, a transactional ID's that of its
+//! partition of `__transaction_state`. The first request for a group (or a transactional
+//! ID) creates the topic.
 
 use std::sync::Arc;
 
@@ -9,8 +9,10 @@ use spool_protocol::ErrorCode;
 use spool_protocol::messages::find_coordinator_response::Coordinator;
 use spool_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
 
+use crate::group::OFFSETS_TOPIC;
 use crate::group::runtime::ensure_offsets_topic;
 use crate::state::BrokerState;
+use crate::txn::TXN_TOPIC;
 use crate::txn::runtime::ensure_txn_topic;
 
 /// `key_type` of a consumer group.
@@ -29,55 +31,75 @@ pub async fn handle(
     } else {
         vec![request.key]
     };
-    let error = match request.key_type {
-        GROUP if state.groups.is_attached() => ErrorCode::None,
-        TRANSACTION if state.txns.is_attached() => ErrorCode::None,
-        GROUP | TRANSACTION => {
-            let created = if request.key_type == GROUP {
-                ensure_offsets_topic(state).await
-            } else {
-                ensure_txn_topic(state).await
-            };
-            match created {
-                Ok(()) => ErrorCode::None,
-                Err(e) => {
+    let created = match request.key_type {
+        GROUP => ensure_offsets_topic(state).await,
+        TRANSACTION => ensure_txn_topic(state).await,
+        _ => Err(crate::BrokerError::Refused(
+            ErrorCode::InvalidRequest,
+            String::new(),
+        )),
+    };
+    let brokers = state.live_brokers(listener);
+    let locate = |key: &str| -> Result<(i32, String, i32), ErrorCode> {
+        if let Err(e) = &created {
+            return Err(match e {
+                crate::BrokerError::Refused(ErrorCode::InvalidRequest, _) => {
+                    ErrorCode::InvalidRequest
+                }
+                e => {
                     tracing::warn!(error = %e, "cannot create a coordinator's internal topic");
                     ErrorCode::CoordinatorNotAvailable
                 }
-            }
+            });
         }
-        _ => ErrorCode::InvalidRequest,
+        let (topic, partition) = if request.key_type == GROUP {
+            (OFFSETS_TOPIC, state.groups.partition_for(key))
+        } else {
+            (TXN_TOPIC, state.txns.partition_for(key))
+        };
+        let leader = state
+            .with_image(|image| {
+                let topic = image.topic(topic)?;
+                let index = usize::try_from(partition).ok()?;
+                topic.partitions.get(index).map(|p| p.leader)
+            })
+            .ok_or(ErrorCode::CoordinatorNotAvailable)?;
+        brokers
+            .iter()
+            .find(|b| b.id == leader)
+            .map(|b| (b.id, b.host.clone(), i32::from(b.port)))
+            .ok_or(ErrorCode::CoordinatorNotAvailable)
     };
-    let endpoint = state.endpoint(listener);
-    let error = match (error, endpoint) {
-        (ErrorCode::None, None) => ErrorCode::CoordinatorNotAvailable,
-        (error, _) => error,
+    let answer = |key: &str| match locate(key) {
+        Ok((node_id, host, port)) => (ErrorCode::None, node_id, host, port),
+        Err(error) => (error, -1, String::new(), -1),
     };
-    let (node_id, host, port) = match (error, endpoint) {
-        (ErrorCode::None, Some(e)) => (state.config.node_id, e.host.clone(), i32::from(e.port)),
-        _ => (-1, String::new(), -1),
-    };
-    let message = (error != ErrorCode::None).then(|| error.message().to_string());
+    let message =
+        |error: ErrorCode| (error != ErrorCode::None).then(|| error.message().to_string());
     if version >= 4 {
         FindCoordinatorResponse {
             coordinators: keys
                 .into_iter()
-                .map(|key| Coordinator {
-                    key,
-                    node_id,
-                    host: host.clone(),
-                    port,
-                    error_code: error.code(),
-                    error_message: message.clone(),
-                    ..Coordinator::default()
+                .map(|key| {
+                    let (error, node_id, host, port) = answer(&key);
+                    Coordinator {
+                        key,
+                        node_id,
+                        host,
+                        port,
+                        error_code: error.code(),
+                        error_message: message(error),
+                        ..Coordinator::default()
+                    }
                 })
                 .collect(),
             ..FindCoordinatorResponse::default()
         }
     } else {
+        let (error, node_id, host, port) = answer(keys.first().map_or("", String::as_str));
         FindCoordinatorResponse {
             error_code: error.code(),
-            error_message: message,
+            error_message: message(error),
             node_id,
             host,
             port,

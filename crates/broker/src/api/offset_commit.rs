@@ -18,7 +18,7 @@ pub async fn handle(
     request: OffsetCommitRequest,
     version: i16,
 ) -> OffsetCommitResponse {
-    let exists = |topic: &str, partition: i32| state.partition(topic, partition).is_some();
+    let exists = |topic: &str, partition: i32| state.has_partition(topic, partition);
     let answer = state
         .groups
         .run(state, &request.group_id, |shard, now| {

@@ -26,6 +26,7 @@ use spool_protocol::{ErrorCode, Uuid};
 use crate::group::OFFSETS_TOPIC;
 use crate::state::{BrokerState, now_ms};
 use crate::txn::TXN_TOPIC;
+use crate::txn::runtime::join_or_verify;
 use crate::txn::shard::Producer;
 
 /// A produce request whose batches have been appended (or refused).
@@ -82,21 +83,7 @@ async fn join_transaction(
         return Ok(());
     }
     let implicit = version >= IMPLICIT_ADD_SINCE;
-    let wanted = [(topic.to_string(), partition)];
-    let outcome = state
-        .txns
-        .run(state, id, |shard, now, _| {
-            shard.add_partitions(
-                id,
-                producer,
-                &wanted,
-                !implicit,
-                if implicit { 2 } else { 0 },
-                now,
-            )
-        })
-        .await
-        .and_then(|outcome| outcome);
+    let outcome = join_or_verify(state, id, producer, (topic, partition), implicit).await;
     outcome.map_err(|error| match error {
         ErrorCode::ProducerFenced => ErrorCode::InvalidProducerEpoch,
         ErrorCode::ConcurrentTransactions

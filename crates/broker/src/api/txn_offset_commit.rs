@@ -15,6 +15,7 @@ use spool_protocol::messages::{TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 
 use crate::group::OFFSETS_TOPIC;
 use crate::state::BrokerState;
+use crate::txn::runtime::join_or_verify;
 use crate::txn::shard::Producer;
 
 /// The first version of transaction version 2, which adds the partition itself.
@@ -25,34 +26,18 @@ pub async fn handle(
     request: TxnOffsetCommitRequest,
     version: i16,
 ) -> TxnOffsetCommitResponse {
-    let partition = (
-        OFFSETS_TOPIC.to_string(),
-        state.groups.partition_for(&request.group_id),
-    );
+    let partition = state.groups.partition_for(&request.group_id);
     let producer = Producer {
         id: request.producer_id,
         epoch: request.producer_epoch,
     };
     let id = request.transactional_id.as_str();
     let implicit = version >= IMPLICIT_ADD_SINCE;
-    let in_txn = state
-        .txns
-        .run(state, id, |shard, now, _| {
-            shard.add_partitions(
-                id,
-                producer,
-                std::slice::from_ref(&partition),
-                !implicit,
-                if implicit { 2 } else { 0 },
-                now,
-            )
-        })
-        .await
-        .and_then(|outcome| outcome);
+    let in_txn = join_or_verify(state, id, producer, (OFFSETS_TOPIC, partition), implicit).await;
     if let Err(code) = in_txn {
         return error(&request, code);
     }
-    let exists = |topic: &str, partition: i32| state.partition(topic, partition).is_some();
+    let exists = |topic: &str, partition: i32| state.has_partition(topic, partition);
     state
         .groups
         .run(state, &request.group_id, |shard, now| {

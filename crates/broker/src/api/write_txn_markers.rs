@@ -1,9 +1,9 @@
 //! WriteTxnMarkers (version 1): the request a transaction coordinator sends partition
-//! leaders to end a transaction. This broker's own coordinator writes its markers
-//! directly; the API is served for tools and for coordinators elsewhere. Each marker is
-//! durable before the answer; a partition that does not exist is
-//! UNKNOWN_TOPIC_OR_PARTITION, a marker older than the partition's producer epoch
-//! INVALID_PRODUCER_EPOCH.
+//! leaders to end a transaction. A coordinator writes the markers of the partitions its
+//! own broker leads directly and sends this for the others. Each marker is durable before
+//! the answer; a partition that does not exist here is UNKNOWN_TOPIC_OR_PARTITION, one
+//! led by another broker NOT_LEADER_OR_FOLLOWER, a marker older than the partition's
+//! producer epoch (nothing of the transaction open) INVALID_PRODUCER_EPOCH.
 
 use std::sync::Arc;
 
@@ -34,8 +34,12 @@ pub async fn handle(
         for topic in &marker.topics {
             let mut partitions = Vec::with_capacity(topic.partition_indexes.len());
             for &partition in &topic.partition_indexes {
-                let error = if state.partition(&topic.name, partition).is_none() {
+                let leader = state.partition_leader(&topic.name, partition);
+                let error = if leader.is_none() || state.partition(&topic.name, partition).is_none()
+                {
                     ErrorCode::UnknownTopicOrPartition
+                } else if leader.is_some_and(|(id, _)| id != state.config.node_id) {
+                    ErrorCode::NotLeaderOrFollower
                 } else {
                     let written = write_marker(
                         state,

@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, watch};
 use super::shard::{Effects, Parked, Token};
 use super::{GroupConfig, GroupRecord, OFFSETS_TOPIC, Shard, partition_for};
 use crate::coordinator_log::{
-    Slots, append_records, create_internal_topic, for_each_batch, internal_topic_logs, plain_batch,
+    Slots, append_records, create_internal_topic, for_each_batch, led_partitions, plain_batch,
     transactional_batch,
 };
 use crate::metadata::random_uuid;
@@ -82,29 +82,25 @@ impl GroupCoordinator {
         partition_for(group_id, self.config.offsets_topic_partitions)
     }
 
-    /// Whether the shards exist (the topic was created or found at start).
-    pub fn is_attached(&self) -> bool {
-        !self.slots.is_empty()
-    }
-
     /// Whether every shard is loaded (and there are shards).
     pub fn is_loaded(&self) -> bool {
         let slots = self.slots.all();
         !slots.is_empty() && slots.iter().all(|s| lock(&s.inner).shard.is_some())
     }
 
-    /// Serves the partitions `logs` (index = partition). With `load`, each is read back
-    /// on a loader thread first; without, they start empty (a topic just created).
-    pub fn attach(&self, logs: Vec<Arc<SharedLog>>, load: bool) {
-        let slots = self.slots.fill(logs, |partition, log| Slot {
+    /// Serves the partitions `led` (partition, log) and no others: a partition newly led
+    /// is read back on a loader thread first; one no longer led is dropped, and requests
+    /// parked on it are answered NOT_COORDINATOR.
+    pub fn follow(&self, led: Vec<(i32, Arc<SharedLog>)>) {
+        let slots = self.slots.follow(led, |partition, log| Slot {
             partition,
             log,
             inner: Mutex::new(SlotInner {
-                shard: (!load).then(|| empty_shard(&self.config)),
+                shard: None,
                 waiters: HashMap::new(),
             }),
         });
-        if load && !slots.is_empty() {
+        if !slots.is_empty() {
             let config = self.config.clone();
             std::thread::spawn(move || {
                 for slot in slots {
@@ -385,11 +381,12 @@ fn load_slot(slot: &Slot, config: &GroupConfig) {
 /// Creates `__consumer_offsets` (compacted, `offsets.topic.num.partitions` partitions) if
 /// it does not exist, and serves its shards.
 pub async fn ensure_offsets_topic(state: &BrokerState) -> Result<(), crate::BrokerError> {
-    if state.groups.is_attached() {
+    let exists = || state.with_image(|image| image.topic(OFFSETS_TOPIC).is_some());
+    if exists() {
         return Ok(());
     }
     let _creating = state.groups.creating.lock().await;
-    if state.groups.is_attached() {
+    if exists() {
         return Ok(());
     }
     let config = state.groups.config();
@@ -400,14 +397,13 @@ pub async fn ensure_offsets_topic(state: &BrokerState) -> Result<(), crate::Brok
         config.offsets_topic_segment_bytes,
     )
     .await?;
-    // The shards of a topic found at start were attached (and loaded) then.
-    state.groups.attach(offsets_logs(state), false);
+    // Applying the new topic gave this broker the shards of the partitions it leads.
     Ok(())
 }
 
-/// The partition logs of `__consumer_offsets`, in partition order.
-pub fn offsets_logs(state: &BrokerState) -> Vec<Arc<SharedLog>> {
-    internal_topic_logs(state, OFFSETS_TOPIC)
+/// The partitions of `__consumer_offsets` this broker leads, with their logs.
+pub fn offsets_logs(state: &BrokerState) -> Vec<(i32, Arc<SharedLog>)> {
+    led_partitions(state, OFFSETS_TOPIC)
 }
 
 /// Advances time in the coordinators until shutdown: the group coordinator every

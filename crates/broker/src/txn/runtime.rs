@@ -10,17 +10,27 @@
 //! between them leaves the decision in the log: the load hands the transaction out again
 //! and the markers are written then.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use spool_log::{LogError, SharedLog};
 use spool_protocol::ErrorCode;
+use spool_protocol::messages::add_partitions_to_txn_request::{
+    AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+};
+use spool_protocol::messages::write_txn_markers_request::{
+    WritableTxnMarker, WritableTxnMarkerTopic,
+};
+use spool_protocol::messages::{
+    AddPartitionsToTxnRequest, RequestBody, ResponseBody, WriteTxnMarkersRequest,
+};
 use spool_protocol::record_batch::ControlRecordType;
 
 use super::records::TxnRecord;
-use super::shard::{MarkerJob, TxnShard};
+use super::shard::{MarkerJob, Producer, TopicPartition, TxnShard};
 use super::{TXN_TOPIC, TxnConfig, partition_for};
 use crate::coordinator_log::{
-    Slots, append_records, create_internal_topic, for_each_batch, internal_topic_logs, plain_batch,
+    Slots, append_records, create_internal_topic, for_each_batch, led_partitions, plain_batch,
 };
 use crate::group::OFFSETS_TOPIC;
 use crate::state::{BrokerState, lock, now_ms};
@@ -57,13 +67,10 @@ impl TxnCoordinator {
         partition_for(transactional_id, self.config.topic_partitions)
     }
 
-    pub fn is_attached(&self) -> bool {
-        !self.slots.is_empty()
-    }
-
-    /// Serves the partitions `logs` (index = partition), reading each back first.
-    pub fn attach(&self, logs: Vec<Arc<SharedLog>>) {
-        let slots = self.slots.fill(logs, |partition, log| Slot {
+    /// Serves the partitions `led` (partition, log) and no others, reading each newly led
+    /// partition back first (blocking).
+    pub fn follow(&self, led: Vec<(i32, Arc<SharedLog>)>) {
+        let slots = self.slots.follow(led, |partition, log| Slot {
             partition,
             log,
             shard: Mutex::new(None),
@@ -197,25 +204,189 @@ impl TxnCoordinator {
 }
 
 /// Writes a marker for the job's producer in each of its partitions and waits until all
-/// are durable. A partition that no longer exists is skipped; one whose producer already
-/// moved past this epoch has nothing left to end.
+/// are durable: directly in the partitions this broker leads, with WriteTxnMarkers to the
+/// leaders of the others. A partition that no longer exists is skipped; one whose producer
+/// already moved past this epoch has nothing left to end. Any other failure fails the job
+/// (a later tick hands it out again).
 async fn write_markers(state: &BrokerState, job: &MarkerJob) -> Result<(), ErrorCode> {
     let marker = if job.commit {
         ControlRecordType::Commit
     } else {
         ControlRecordType::Abort
     };
+    let producer = (job.producer_id, job.producer_epoch);
+    let coordinator_epoch = state
+        .partition_leader(TXN_TOPIC, state.txns.partition_for(&job.transactional_id))
+        .map_or(0, |(_, epoch)| epoch);
+    let me = state.config.node_id;
     let mut written = Vec::with_capacity(job.partitions.len());
-    for (topic, partition) in &job.partitions {
-        let producer = (job.producer_id, job.producer_epoch);
-        if let Some(end) = write_marker(state, topic, *partition, producer, marker, 0)? {
-            written.push(end);
+    let mut elsewhere: BTreeMap<i32, Vec<&TopicPartition>> = BTreeMap::new();
+    for tp in &job.partitions {
+        let (topic, partition) = tp;
+        match state.partition_leader(topic, *partition) {
+            None => {}
+            Some((leader, _)) if leader == me => {
+                if let Some(end) = write_marker(
+                    state,
+                    topic,
+                    *partition,
+                    producer,
+                    marker,
+                    coordinator_epoch,
+                )? {
+                    written.push(end);
+                }
+            }
+            Some((leader, _)) if leader < 0 => return Err(ErrorCode::NotLeaderOrFollower),
+            Some((leader, _)) => elsewhere.entry(leader).or_default().push(tp),
+        }
+    }
+    for (leader, partitions) in elsewhere {
+        let request = WriteTxnMarkersRequest {
+            markers: vec![WritableTxnMarker {
+                producer_id: job.producer_id,
+                producer_epoch: job.producer_epoch,
+                transaction_result: job.commit,
+                topics: by_topic(&partitions),
+                coordinator_epoch,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let answer = state
+            .send_to_broker(leader, RequestBody::WriteTxnMarkers(request), 1)
+            .await;
+        let response = match answer {
+            Ok(ResponseBody::WriteTxnMarkers(response)) => response,
+            Ok(_) => return Err(ErrorCode::UnknownServerError),
+            Err(e) => {
+                tracing::debug!(leader, error = %e, "transaction markers not sent");
+                return Err(ErrorCode::NetworkException);
+            }
+        };
+        for topic in response.markers.iter().flat_map(|m| &m.topics) {
+            for p in &topic.partitions {
+                match ErrorCode::from_code(p.error_code) {
+                    // Nothing of the transaction is open there (any more).
+                    Some(ErrorCode::None) | Some(ErrorCode::InvalidProducerEpoch) => {}
+                    Some(ErrorCode::UnknownTopicOrPartition)
+                        if state
+                            .partition_leader(&topic.name, p.partition_index)
+                            .is_none() => {}
+                    Some(error) => return Err(error),
+                    None => return Err(ErrorCode::UnknownServerError),
+                }
+            }
         }
     }
     for (log, end) in written {
         state.flusher.wait_durable(&log, end).await?;
     }
     Ok(())
+}
+
+/// Has the coordinator of `id` add the partition to the producer's transaction
+/// (`implicit`: transaction version 2) or verify that it was added (KIP-890): this
+/// broker's own coordinator if it leads the ID's partition of `__transaction_state`, else
+/// the leader's, with AddPartitionsToTxn v5 as a Kafka partition leader sends it.
+pub async fn join_or_verify(
+    state: &BrokerState,
+    id: &str,
+    producer: Producer,
+    (topic, partition): (&str, i32),
+    implicit: bool,
+) -> Result<(), ErrorCode> {
+    let wanted = [(topic.to_string(), partition)];
+    match state.partition_leader(TXN_TOPIC, state.txns.partition_for(id)) {
+        Some((leader, _)) if leader == state.config.node_id => state
+            .txns
+            .run(state, id, |shard, now, _| {
+                shard.add_partitions(
+                    id,
+                    producer,
+                    &wanted,
+                    !implicit,
+                    if implicit { 2 } else { 0 },
+                    now,
+                )
+            })
+            .await
+            .and_then(|outcome| outcome),
+        Some((leader, _)) if leader >= 0 => {
+            add_remotely(state, leader, id, producer, (topic, partition), implicit).await
+        }
+        _ => Err(ErrorCode::CoordinatorNotAvailable),
+    }
+}
+
+async fn add_remotely(
+    state: &BrokerState,
+    leader: i32,
+    id: &str,
+    producer: Producer,
+    (topic, partition): (&str, i32),
+    implicit: bool,
+) -> Result<(), ErrorCode> {
+    let request = AddPartitionsToTxnRequest {
+        transactions: vec![AddPartitionsToTxnTransaction {
+            transactional_id: id.to_string(),
+            producer_id: producer.id,
+            producer_epoch: producer.epoch,
+            verify_only: !implicit,
+            topics: vec![AddPartitionsToTxnTopic {
+                name: topic.to_string(),
+                partitions: vec![partition],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let answer = state
+        .send_to_broker(leader, RequestBody::AddPartitionsToTxn(request), 5)
+        .await;
+    let response = match answer {
+        Ok(ResponseBody::AddPartitionsToTxn(response)) => response,
+        Ok(_) => return Err(ErrorCode::UnknownServerError),
+        Err(e) => {
+            tracing::debug!(leader, error = %e, "transaction coordinator unreachable");
+            return Err(ErrorCode::CoordinatorNotAvailable);
+        }
+    };
+    if response.error_code != ErrorCode::None.code() {
+        return Err(
+            ErrorCode::from_code(response.error_code).unwrap_or(ErrorCode::UnknownServerError)
+        );
+    }
+    let code = response
+        .results_by_transaction
+        .iter()
+        .flat_map(|t| &t.topic_results)
+        .flat_map(|t| &t.results_by_partition)
+        .map(|p| p.partition_error_code)
+        .find(|&code| code != ErrorCode::None.code())
+        .unwrap_or(ErrorCode::None.code());
+    match ErrorCode::from_code(code) {
+        Some(ErrorCode::None) => Ok(()),
+        Some(error) => Err(error),
+        None => Err(ErrorCode::UnknownServerError),
+    }
+}
+
+/// Partitions grouped by topic, as WriteTxnMarkers lists them.
+fn by_topic(partitions: &[&TopicPartition]) -> Vec<WritableTxnMarkerTopic> {
+    let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (topic, partition) in partitions {
+        topics.entry(topic).or_default().push(*partition);
+    }
+    topics
+        .into_iter()
+        .map(|(name, partition_indexes)| WritableTxnMarkerTopic {
+            name: name.to_string(),
+            partition_indexes,
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// Appends one transaction marker for `(producer ID, epoch)` to a partition (through the
@@ -331,11 +502,12 @@ fn load_slot(slot: &Slot, config: &TxnConfig) {
 /// Creates `__transaction_state` (compacted, `transaction.state.log.num.partitions`
 /// partitions) if it does not exist, and serves its shards.
 pub async fn ensure_txn_topic(state: &BrokerState) -> Result<(), crate::BrokerError> {
-    if state.txns.is_attached() {
+    let exists = || state.with_image(|image| image.topic(TXN_TOPIC).is_some());
+    if exists() {
         return Ok(());
     }
     let _creating = state.txns.creating.lock().await;
-    if state.txns.is_attached() {
+    if exists() {
         return Ok(());
     }
     let config = state.txns.config();
@@ -346,11 +518,11 @@ pub async fn ensure_txn_topic(state: &BrokerState) -> Result<(), crate::BrokerEr
         config.topic_segment_bytes,
     )
     .await?;
-    state.txns.attach(txn_logs(state));
+    // Applying the new topic gave this broker the shards of the partitions it leads.
     Ok(())
 }
 
-/// The partition logs of `__transaction_state`, in partition order.
-pub fn txn_logs(state: &BrokerState) -> Vec<Arc<SharedLog>> {
-    internal_topic_logs(state, TXN_TOPIC)
+/// The partitions of `__transaction_state` this broker leads, with their logs.
+pub fn txn_logs(state: &BrokerState) -> Vec<(i32, Arc<SharedLog>)> {
+    led_partitions(state, TXN_TOPIC)
 }

@@ -41,10 +41,10 @@ const RECORDS: i8 = 1;
 const MEMBERSHIP: i8 = 2;
 
 /// Reads with a length check before every read.
-struct Reader(Bytes);
+pub(crate) struct Reader(pub(crate) Bytes);
 
 impl Reader {
-    fn need(&self, n: usize) -> Result<(), CodecError> {
+    pub(crate) fn need(&self, n: usize) -> Result<(), CodecError> {
         if self.0.remaining() < n {
             return Err(CodecError(format!(
                 "needs {n} more bytes, {} left",
@@ -54,29 +54,29 @@ impl Reader {
         Ok(())
     }
 
-    fn i8(&mut self) -> Result<i8, CodecError> {
+    pub(crate) fn i8(&mut self) -> Result<i8, CodecError> {
         self.need(1)?;
         Ok(self.0.get_i8())
     }
 
-    fn i16(&mut self) -> Result<i16, CodecError> {
+    pub(crate) fn i16(&mut self) -> Result<i16, CodecError> {
         self.need(2)?;
         Ok(self.0.get_i16())
     }
 
-    fn i32(&mut self) -> Result<i32, CodecError> {
+    pub(crate) fn i32(&mut self) -> Result<i32, CodecError> {
         self.need(4)?;
         Ok(self.0.get_i32())
     }
 
-    fn i64(&mut self) -> Result<i64, CodecError> {
+    pub(crate) fn i64(&mut self) -> Result<i64, CodecError> {
         self.need(8)?;
         Ok(self.0.get_i64())
     }
 
     /// A count of items each at least `item_bytes` long: never more than what is left
     /// could hold.
-    fn count(&mut self, item_bytes: usize) -> Result<usize, CodecError> {
+    pub(crate) fn count(&mut self, item_bytes: usize) -> Result<usize, CodecError> {
         let count = self.i32()?;
         let count =
             usize::try_from(count).map_err(|_| CodecError(format!("negative count {count}")))?;
@@ -84,12 +84,12 @@ impl Reader {
         Ok(count)
     }
 
-    fn bytes(&mut self, len: usize) -> Result<Bytes, CodecError> {
+    pub(crate) fn bytes(&mut self, len: usize) -> Result<Bytes, CodecError> {
         self.need(len)?;
         Ok(self.0.split_to(len))
     }
 
-    fn finish(self) -> Result<(), CodecError> {
+    pub(crate) fn finish(self) -> Result<(), CodecError> {
         if self.0.has_remaining() {
             return Err(CodecError(format!(
                 "{} bytes left over",
@@ -203,7 +203,7 @@ fn read_records(r: &mut Reader) -> Result<Vec<MetadataRecord>, CodecError> {
     Ok(records)
 }
 
-fn len_i32(len: usize) -> Result<i32, CodecError> {
+pub(crate) fn len_i32(len: usize) -> Result<i32, CodecError> {
     i32::try_from(len).map_err(|_| CodecError(format!("{len} items do not fit")))
 }
 

@@ -26,6 +26,8 @@ use tokio::sync::{Mutex, watch};
 
 use super::codec::{CodecError, rpc};
 use super::{Quorum, Transport, Unanswered, remote_error};
+use crate::remote;
+use crate::service::{ControllerHandle, Reply, Request};
 
 /// The largest frame either side reads: a snapshot of a large image fits.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
@@ -33,6 +35,8 @@ pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 const VOTE: i8 = 1;
 const APPEND: i8 = 2;
 const SNAPSHOT: i8 = 3;
+/// A request for the active controller (see [`crate::remote`]).
+const CONTROLLER: i8 = 4;
 
 const ANSWERED: i8 = 0;
 const REFUSED: i8 = 1;
@@ -79,17 +83,25 @@ fn split(mut frame: Bytes) -> Result<(i32, i8, Bytes), CodecError> {
     Ok((correlation, tag, frame))
 }
 
-/// Serves the Raft messages other voters send to `raft`, on `listener`, until `shutdown`
-/// turns true.
-pub async fn serve(raft: Raft<Quorum>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+/// Serves, on `listener` until `shutdown` turns true, the Raft messages other voters send
+/// to `raft`, and the controller requests other nodes' brokers send to `controller` (this
+/// node's controller task: it answers NOT_CONTROLLER unless this node leads).
+pub async fn serve(
+    raft: Raft<Quorum>,
+    controller: Option<ControllerHandle>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let controller = controller.map(|c| c.local());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let raft = raft.clone();
+                    let controller = controller.clone();
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = connection(raft, stream, shutdown).await {
+                        if let Err(e) = connection(raft, controller, stream, shutdown).await {
                             tracing::debug!(%peer, error = %e, "controller connection closed");
                         }
                     });
@@ -103,6 +115,7 @@ pub async fn serve(raft: Raft<Quorum>, listener: TcpListener, mut shutdown: watc
 
 async fn connection(
     raft: Raft<Quorum>,
+    controller: Option<ControllerHandle>,
     mut stream: TcpStream,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -117,7 +130,7 @@ async fn connection(
         };
         let (correlation, kind, body) =
             split(frame).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let answer = answer(&raft, kind, body).await;
+        let answer = answer(&raft, controller.as_ref(), kind, body).await;
         match answer {
             Ok(body) => write_frame(&mut stream, correlation, ANSWERED, &body).await?,
             Err(reason) => {
@@ -128,8 +141,19 @@ async fn connection(
 }
 
 /// Passes one message to the local Raft; its answer, or why there is none.
-async fn answer(raft: &Raft<Quorum>, kind: i8, body: Bytes) -> Result<Bytes, String> {
+async fn answer(
+    raft: &Raft<Quorum>,
+    controller: Option<&ControllerHandle>,
+    kind: i8,
+    body: Bytes,
+) -> Result<Bytes, String> {
     match kind {
+        CONTROLLER => {
+            let controller = controller.ok_or("no controller on this listener")?;
+            let request = remote::decode_request(body).map_err(|e| e.to_string())?;
+            let reply = controller.ask(request.clone()).await;
+            remote::encode_reply(&request, &reply).map_err(|e| e.to_string())
+        }
         VOTE => {
             let request = rpc::decode_vote_request(body).map_err(|e| e.to_string())?;
             let response = raft.vote(request).await.map_err(|e| e.to_string())?;
@@ -237,6 +261,15 @@ impl TcpTransport {
     }
 }
 
+impl TcpTransport {
+    /// Sends a request to the controller task of voter `target`.
+    pub async fn ask(&self, target: u64, request: &Request) -> Result<Reply, Unanswered> {
+        let body = remote::encode_request(request).map_err(|e| remote_error(target, e))?;
+        let answer = self.call(target, CONTROLLER, body, self.timeout).await?;
+        remote::decode_reply(request, answer).map_err(|e| remote_error(target, e))
+    }
+}
+
 impl Transport for TcpTransport {
     async fn vote(
         &self,
@@ -319,7 +352,7 @@ mod tests {
             )
             .await
             .unwrap();
-            tokio::spawn(serve(node.raft().clone(), listener, stopped.clone()));
+            tokio::spawn(serve(node.raft().clone(), None, listener, stopped.clone()));
             node.bootstrap().await.unwrap();
             nodes.insert(id, node);
         }

@@ -1,0 +1,134 @@
+//! Requests from this broker to the other brokers, over their inter-broker listener
+//! (`inter.broker.listener.name`) and the Kafka protocol, as a Kafka client would send
+//! them: the transaction coordinator's WriteTxnMarkers to partition leaders.
+//!
+//! One connection per broker address, opened when first needed and dropped on any error
+//! (the next request opens a new one); requests on a connection go one at a time. A
+//! request unanswered within its timeout counts as failed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use spool_protocol::frame::{FrameDecoder, decode_response, encode_request};
+use spool_protocol::header::RequestHeader;
+use spool_protocol::messages::{RequestBody, ResponseBody};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The largest answer read from another broker.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, Error)]
+pub enum PeerError {
+    #[error("broker {0} has no endpoint on the inter-broker listener")]
+    NoEndpoint(i32),
+    #[error("{address}: {reason}")]
+    Failed { address: String, reason: String },
+}
+
+struct Connection {
+    stream: TcpStream,
+    buffer: BytesMut,
+    next_correlation: i32,
+}
+
+/// Connections to other brokers, by address; shared by every sender.
+pub struct Peers {
+    client_id: String,
+    timeout: Duration,
+    connections: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
+}
+
+impl Peers {
+    /// `client_id` names this broker in the requests' headers.
+    pub fn new(client_id: String, timeout: Duration) -> Peers {
+        Peers {
+            client_id,
+            timeout,
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, address: &str) -> Arc<tokio::sync::Mutex<Option<Connection>>> {
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(connections.entry(address.to_string()).or_default())
+    }
+
+    /// Sends `body` at `version` to the broker at `host:port` and returns its answer.
+    pub async fn send(
+        &self,
+        host: &str,
+        port: u16,
+        body: RequestBody,
+        version: i16,
+    ) -> Result<ResponseBody, PeerError> {
+        let address = format!("{host}:{port}");
+        let failed = |reason: String| PeerError::Failed {
+            address: address.clone(),
+            reason,
+        };
+        let slot = self.slot(&address);
+        let mut connection = slot.lock().await;
+        let api_key = body.api_key();
+        let exchange = async {
+            if connection.is_none() {
+                let stream = TcpStream::connect(&address).await?;
+                stream.set_nodelay(true)?;
+                *connection = Some(Connection {
+                    stream,
+                    buffer: BytesMut::new(),
+                    next_correlation: 0,
+                });
+            }
+            let Some(open) = connection.as_mut() else {
+                return Err(std::io::Error::other("no connection"));
+            };
+            open.next_correlation = open.next_correlation.wrapping_add(1);
+            let correlation_id = open.next_correlation;
+            let header = RequestHeader {
+                request_api_key: api_key as i16,
+                request_api_version: version,
+                correlation_id,
+                client_id: Some(self.client_id.clone()),
+                unknown_tagged_fields: Default::default(),
+            };
+            let frame = encode_request(&header, &body).map_err(std::io::Error::other)?;
+            open.stream.write_all(&frame).await?;
+            let decoder = FrameDecoder::new(MAX_RESPONSE_BYTES);
+            let frame = loop {
+                if let Some(frame) = decoder
+                    .decode(&mut open.buffer)
+                    .map_err(std::io::Error::other)?
+                {
+                    break frame;
+                }
+                if open.stream.read_buf(&mut open.buffer).await? == 0 {
+                    return Err(std::io::Error::other("connection closed"));
+                }
+            };
+            let (header, response) =
+                decode_response(api_key, version, frame).map_err(std::io::Error::other)?;
+            if header.correlation_id != correlation_id {
+                return Err(std::io::Error::other("answer to another request"));
+            }
+            Ok(response)
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => {
+                *connection = None;
+                Err(failed(e.to_string()))
+            }
+            Err(_) => {
+                *connection = None;
+                Err(failed("no answer in time".into()))
+            }
+        }
+    }
+}

@@ -45,33 +45,46 @@ impl<T> Slots<T> {
 
     /// Makes the slots those of `led` (partition, log): a new slot, made by
     /// `make(partition, log)`, for each partition without one, and none for partitions
-    /// no longer led. Returns the new slots.
+    /// no longer led. Returns the new slots and the removed ones (which requests still
+    /// holding them may reach: the caller retires them).
     pub fn follow(
         &self,
         led: Vec<(i32, Arc<SharedLog>)>,
         make: impl Fn(i32, Arc<SharedLog>) -> T,
-    ) -> Vec<Arc<T>> {
+    ) -> (Vec<Arc<T>>, Vec<Arc<T>>) {
         let mut slots = self
             .0
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let keep: std::collections::BTreeSet<i32> = led.iter().map(|(p, _)| *p).collect();
-        slots.retain(|partition, _| keep.contains(partition));
+        let removed: Vec<i32> = slots
+            .keys()
+            .copied()
+            .filter(|p| !keep.contains(p))
+            .collect();
+        let removed = removed
+            .into_iter()
+            .filter_map(|p| slots.remove(&p))
+            .collect();
         let mut added = Vec::new();
         for (partition, log) in led {
             if let std::collections::btree_map::Entry::Vacant(entry) = slots.entry(partition) {
                 added.push(Arc::clone(entry.insert(Arc::new(make(partition, log)))));
             }
         }
-        added
+        (added, removed)
     }
 
-    /// Drops every slot.
-    pub fn clear(&self) {
-        self.0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clear();
+    /// Drops every slot; returns them, for the caller to retire.
+    pub fn clear(&self) -> Vec<Arc<T>> {
+        std::mem::take(
+            &mut *self
+                .0
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+        .into_values()
+        .collect()
     }
 }
 

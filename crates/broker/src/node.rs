@@ -50,8 +50,6 @@ const WAITING_NOTICE: Duration = Duration::from_secs(10);
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long stopping waits for the controller task to let go of the quorum.
 const QUORUM_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a request forwarded to the active controller on another node waits.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between tries while joining or leaving.
 const RETRY: Duration = Duration::from_millis(50);
 
@@ -140,10 +138,17 @@ impl Node {
         });
         if !voters.is_empty() {
             let raft = quorum.raft().clone();
+            let sessions = Duration::from_millis(
+                u64::try_from(config.broker_session_timeout_ms / 3).unwrap_or(1000),
+            );
             controller = controller.with_forwarder(Forwarder {
                 me: id,
                 leader: Box::new(move || raft.metrics().borrow().current_leader),
-                remote: TcpTransport::new(&voters, FORWARD_TIMEOUT),
+                sessions: TcpTransport::new(&voters, sessions.max(RETRY)),
+                changes: TcpTransport::new(
+                    &voters,
+                    service::REQUEST_TIMEOUT + Duration::from_secs(5),
+                ),
             });
         }
         let node = Node {
@@ -187,11 +192,6 @@ impl Node {
             }
         }
     }
-}
-
-/// The error code as a known error (an unknown one counts as UNKNOWN_SERVER_ERROR).
-fn code(code: i16) -> ErrorCode {
-    ErrorCode::from_code(code).unwrap_or(ErrorCode::UnknownServerError)
 }
 
 fn node_id(config: &BrokerConfig) -> Result<u64, BrokerError> {
@@ -345,7 +345,7 @@ async fn register(state: &BrokerState, deadline: Instant) -> Result<(), BrokerEr
             .controller
             .register_broker(registration(state))
             .await;
-        match code(reply.error_code) {
+        match ErrorCode::from_wire(reply.error_code) {
             ErrorCode::None => {
                 state
                     .node
@@ -417,7 +417,7 @@ async fn join_until(state: &BrokerState, deadline: Instant) -> Result<(), Broker
             .controller
             .heartbeat(heartbeat_request(state, false))
             .await;
-        match code(reply.error_code) {
+        match ErrorCode::from_wire(reply.error_code) {
             ErrorCode::None if !reply.is_fenced => break,
             ErrorCode::None | ErrorCode::NotController => {}
             ErrorCode::StaleBrokerEpoch | ErrorCode::BrokerIdNotRegistered => {
@@ -456,7 +456,7 @@ pub async fn run_heartbeats(state: Weak<BrokerState>, interval: Duration) {
             .controller
             .heartbeat(heartbeat_request(&state, false))
             .await;
-        match code(reply.error_code) {
+        match ErrorCode::from_wire(reply.error_code) {
             ErrorCode::None | ErrorCode::NotController => {}
             ErrorCode::StaleBrokerEpoch | ErrorCode::BrokerIdNotRegistered => {
                 let deadline = Instant::now() + interval;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use spool_protocol::frame::{FrameDecoder, decode_response, encode_request};
 use spool_protocol::header::RequestHeader;
-use spool_protocol::messages::{RequestBody, ResponseBody};
+use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -33,6 +33,8 @@ struct Connection {
     stream: TcpStream,
     buffer: BytesMut,
     next_correlation: i32,
+    /// A request was sent and its answer not yet read.
+    in_flight: bool,
 }
 
 /// Connections to other brokers, by address; shared by every sender.
@@ -74,9 +76,16 @@ impl Peers {
             reason,
         };
         let slot = self.slot(&address);
-        let mut connection = slot.lock().await;
         let api_key = body.api_key();
+        // The wait for the connection counts toward the timeout: requests to one broker
+        // go one at a time.
         let exchange = async {
+            let mut connection = slot.lock().await;
+            // A connection whose last request was abandoned half-way (its caller timed
+            // out) may still carry that answer: it is not reused.
+            if connection.as_ref().is_some_and(|c| c.in_flight) {
+                *connection = None;
+            }
             if connection.is_none() {
                 let stream = TcpStream::connect(&address).await?;
                 stream.set_nodelay(true)?;
@@ -84,51 +93,68 @@ impl Peers {
                     stream,
                     buffer: BytesMut::new(),
                     next_correlation: 0,
+                    in_flight: false,
                 });
             }
             let Some(open) = connection.as_mut() else {
                 return Err(std::io::Error::other("no connection"));
             };
-            open.next_correlation = open.next_correlation.wrapping_add(1);
-            let correlation_id = open.next_correlation;
-            let header = RequestHeader {
-                request_api_key: api_key as i16,
-                request_api_version: version,
-                correlation_id,
-                client_id: Some(self.client_id.clone()),
-                unknown_tagged_fields: Default::default(),
-            };
-            let frame = encode_request(&header, &body).map_err(std::io::Error::other)?;
-            open.stream.write_all(&frame).await?;
-            let decoder = FrameDecoder::new(MAX_RESPONSE_BYTES);
-            let frame = loop {
-                if let Some(frame) = decoder
-                    .decode(&mut open.buffer)
-                    .map_err(std::io::Error::other)?
-                {
-                    break frame;
+            open.in_flight = true;
+            let answered = self.exchange(open, api_key, &body, version).await;
+            match answered {
+                Ok(response) => {
+                    open.in_flight = false;
+                    Ok(response)
                 }
-                if open.stream.read_buf(&mut open.buffer).await? == 0 {
-                    return Err(std::io::Error::other("connection closed"));
+                Err(e) => {
+                    *connection = None;
+                    Err(e)
                 }
-            };
-            let (header, response) =
-                decode_response(api_key, version, frame).map_err(std::io::Error::other)?;
-            if header.correlation_id != correlation_id {
-                return Err(std::io::Error::other("answer to another request"));
             }
-            Ok(response)
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => {
-                *connection = None;
-                Err(failed(e.to_string()))
-            }
-            Err(_) => {
-                *connection = None;
-                Err(failed("no answer in time".into()))
-            }
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Err(_) => Err(failed("no answer in time".into())),
         }
+    }
+
+    /// Writes one request on `open` and reads its answer.
+    async fn exchange(
+        &self,
+        open: &mut Connection,
+        api_key: ApiKey,
+        body: &RequestBody,
+        version: i16,
+    ) -> std::io::Result<ResponseBody> {
+        open.next_correlation = open.next_correlation.wrapping_add(1);
+        let correlation_id = open.next_correlation;
+        let header = RequestHeader {
+            request_api_key: api_key as i16,
+            request_api_version: version,
+            correlation_id,
+            client_id: Some(self.client_id.clone()),
+            unknown_tagged_fields: Default::default(),
+        };
+        let frame = encode_request(&header, body).map_err(std::io::Error::other)?;
+        open.stream.write_all(&frame).await?;
+        let decoder = FrameDecoder::new(MAX_RESPONSE_BYTES);
+        let frame = loop {
+            if let Some(frame) = decoder
+                .decode(&mut open.buffer)
+                .map_err(std::io::Error::other)?
+            {
+                break frame;
+            }
+            if open.stream.read_buf(&mut open.buffer).await? == 0 {
+                return Err(std::io::Error::other("connection closed"));
+            }
+        };
+        let (header, response) =
+            decode_response(api_key, version, frame).map_err(std::io::Error::other)?;
+        if header.correlation_id != correlation_id {
+            return Err(std::io::Error::other("answer to another request"));
+        }
+        Ok(response)
     }
 }

@@ -175,3 +175,60 @@ async fn a_metadata_log_from_before_the_quorum_is_migrated_once() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// When this broker stops leading a partition of `__consumer_offsets`, a JoinGroup parked
+/// on it is answered NOT_COORDINATOR (the client looks for the new coordinator), as is
+/// every later request for its groups.
+#[tokio::test]
+async fn requests_on_a_partition_no_longer_led_get_not_coordinator() {
+    use crate::group::shard::Client;
+    use spool_protocol::messages::JoinGroupRequest;
+    use spool_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+
+    let (state, dir) = open_in_temp_dir("state-retire").await;
+    crate::group::runtime::ensure_offsets_topic(&state)
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if state.groups.is_loaded() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(state.groups.is_loaded());
+    let joining = tokio::spawn({
+        let state = Arc::clone(&state);
+        async move {
+            let request = JoinGroupRequest {
+                group_id: "payments".into(),
+                session_timeout_ms: 10_000,
+                rebalance_timeout_ms: 10_000,
+                protocol_type: "consumer".into(),
+                protocols: vec![JoinGroupRequestProtocol {
+                    name: "range".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let client = Client {
+                client_id: "test".into(),
+                client_host: "/127.0.0.1".into(),
+            };
+            // Version 3: no member ID round trip; the first member waits out
+            // group.initial.rebalance.delay.ms.
+            crate::api::join_group::handle(&state, client, request, 3).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!joining.is_finished(), "the join is parked");
+    state.groups.follow(Vec::new());
+    let answer = tokio::time::timeout(Duration::from_secs(5), joining)
+        .await
+        .expect("the parked join is answered")
+        .unwrap();
+    assert_eq!(answer.error_code, ErrorCode::NotCoordinator.code());
+    let later = state.groups.run(&state, "payments", |_, _| ()).await;
+    assert_eq!(later.err(), Some(ErrorCode::NotCoordinator));
+    state.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{say, wait_for_signal};
+use crate::{listen_for_stop, say};
 
 /// The controller listeners sit this far above the Kafka listeners.
 pub const CONTROLLER_PORT_OFFSET: u16 = 100;
@@ -194,6 +194,9 @@ pub async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
     let offsets: Vec<u64> = (0..args.nodes)
         .map(|i| std::fs::metadata(log_path(&args.data_dir, i)).map_or(0, |m| m.len()))
         .collect();
+    // Listening for Ctrl-C and SIGTERM starts before the first child: a signal in
+    // between stops the children too.
+    let mut signal = listen_for_stop();
     let mut nodes = Vec::new();
     for i in 0..args.nodes {
         match start_node(&args, i) {
@@ -210,8 +213,6 @@ pub async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
             log_path(&args.data_dir, i).display()
         ));
     }
-    let signal = wait_for_signal();
-    tokio::pin!(signal);
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut ready = false;
     loop {

@@ -276,10 +276,6 @@ pub fn encode_reply(request: &Request, reply: &Reply) -> Result<Bytes, CodecErro
     Ok(buf.freeze())
 }
 
-fn error_code(code: i16) -> ErrorCode {
-    ErrorCode::from_code(code).unwrap_or(ErrorCode::UnknownServerError)
-}
-
 pub fn decode_reply(request: &Request, bytes: Bytes) -> Result<Reply, CodecError> {
     let mut r = Reader(bytes);
     let answered = r.i8()?;
@@ -318,7 +314,7 @@ pub fn decode_reply(request: &Request, bytes: Bytes) -> Result<Reply, CodecError
             let reply = if code == ErrorCode::None.code() {
                 Ok(r.i64()?)
             } else {
-                Err((error_code(code), read_string(&mut r)?))
+                Err((ErrorCode::from_wire(code), read_string(&mut r)?))
             };
             r.finish()?;
             Reply::Admin(reply)
@@ -328,7 +324,7 @@ pub fn decode_reply(request: &Request, bytes: Bytes) -> Result<Reply, CodecError
             let reply = if code == ErrorCode::None.code() {
                 Ok(r.i64()?..r.i64()?)
             } else {
-                Err(error_code(code))
+                Err(ErrorCode::from_wire(code))
             };
             r.finish()?;
             Reply::AllocateProducerIds(reply)

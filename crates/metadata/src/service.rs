@@ -107,6 +107,22 @@ impl NotController for Result<Range<i64>, ErrorCode> {
 }
 
 impl Request {
+    /// The answer when the controller took too long: REQUEST_TIMED_OUT for an
+    /// administrative change (it may still be committed), else NOT_CONTROLLER.
+    pub fn timed_out(&self) -> Reply {
+        Request::timed_out_of(self.not_controller())
+    }
+
+    fn timed_out_of(refused: Reply) -> Reply {
+        match refused {
+            Reply::Admin(_) => Reply::Admin(Err((
+                ErrorCode::RequestTimedOut,
+                "The metadata change was not committed in time.".into(),
+            ))),
+            other => other,
+        }
+    }
+
     /// The answer of a node that is not the active controller (or cannot reach it).
     pub fn not_controller(&self) -> Reply {
         match self {
@@ -159,7 +175,12 @@ pub struct Forwarder {
     pub me: u64,
     /// The active controller, as far as this node knows.
     pub leader: Box<dyn Fn() -> Option<u64> + Send + Sync>,
-    pub remote: crate::quorum::tcp::TcpTransport,
+    /// For registrations and heartbeats, which must not wait behind a slow change (a
+    /// late heartbeat gets the broker fenced); with a timeout well under the session.
+    pub sessions: crate::quorum::tcp::TcpTransport,
+    /// For everything else; with a timeout longer than [`REQUEST_TIMEOUT`], so that the
+    /// controller's own answer arrives first.
+    pub changes: crate::quorum::tcp::TcpTransport,
 }
 
 /// Asks, and takes the reply of the request's kind; NOT_CONTROLLER for a reply of another
@@ -197,11 +218,19 @@ impl ControllerHandle {
         if let Some(forwarder) = &self.forwarder {
             match (forwarder.leader)() {
                 Some(leader) if leader != forwarder.me => {
-                    return match forwarder.remote.ask(leader, &request).await {
+                    let transport = match request {
+                        Request::Register(_) | Request::Heartbeat(_) => &forwarder.sessions,
+                        _ => &forwarder.changes,
+                    };
+                    return match transport.ask(leader, &request).await {
                         Ok(reply) => reply,
                         Err(e) => {
                             tracing::debug!(leader, error = %e, "active controller unreachable");
-                            request.not_controller()
+                            if e.timed_out {
+                                request.timed_out()
+                            } else {
+                                request.not_controller()
+                            }
                         }
                     };
                 }
@@ -217,13 +246,7 @@ impl ControllerHandle {
         // majority that may never come.
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(answer) => answer.unwrap_or(refused),
-            Err(_) => match refused {
-                Reply::Admin(_) => Reply::Admin(Err((
-                    ErrorCode::RequestTimedOut,
-                    "The metadata change was not committed in time.".into(),
-                ))),
-                other => other,
-            },
+            Err(_) => Request::timed_out_of(refused),
         }
     }
 
@@ -279,7 +302,7 @@ impl ControllerHandle {
 }
 
 /// How long a request waits for the controller task's answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the task looks for lapsed sessions and leadership changes when idle.
 const TICK: Duration = Duration::from_millis(100);
 /// How long a new leader waits to apply what earlier leaders committed before it tries

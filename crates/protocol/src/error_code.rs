@@ -39,6 +39,15 @@ macro_rules! error_codes {
                 }
             }
 
+            /// The error code a peer sent: one Kafka 4.1 does not define counts as
+            /// UNKNOWN_SERVER_ERROR.
+            pub const fn from_wire(code: i16) -> ErrorCode {
+                match ErrorCode::from_code(code) {
+                    Some(known) => known,
+                    None => ErrorCode::UnknownServerError,
+                }
+            }
+
             /// Kafka's name for the code, e.g. `"OFFSET_OUT_OF_RANGE"`.
             pub const fn name(self) -> &'static str {
                 match self {

@@ -57,12 +57,8 @@ pub async fn handle(
         } else {
             (TXN_TOPIC, state.txns.partition_for(key))
         };
-        let leader = state
-            .with_image(|image| {
-                let topic = image.topic(topic)?;
-                let index = usize::try_from(partition).ok()?;
-                topic.partitions.get(index).map(|p| p.leader)
-            })
+        let (leader, _) = state
+            .partition_leader(topic, partition)
             .ok_or(ErrorCode::CoordinatorNotAvailable)?;
         brokers
             .iter()

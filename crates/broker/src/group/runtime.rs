@@ -45,6 +45,31 @@ struct SlotInner {
     shard: Option<Shard>,
     /// Parked requests by token.
     waiters: HashMap<Token, oneshot::Sender<Parked>>,
+    /// Set once this broker stopped serving the partition: requests still holding the
+    /// slot get NOT_COORDINATOR and nothing more is appended through it.
+    retired: bool,
+}
+
+impl SlotInner {
+    /// The shard, if it serves requests: NOT_COORDINATOR once retired, else
+    /// COORDINATOR_LOAD_IN_PROGRESS while loading.
+    fn serving(&mut self) -> Result<&mut Shard, ErrorCode> {
+        if self.retired {
+            return Err(ErrorCode::NotCoordinator);
+        }
+        self.shard
+            .as_mut()
+            .ok_or(ErrorCode::CoordinatorLoadInProgress)
+    }
+}
+
+/// Stops serving a slot: its shard goes, and requests parked on it are answered
+/// NOT_COORDINATOR (their senders are dropped).
+fn retire(slot: &Slot) {
+    let mut inner = lock(&slot.inner);
+    inner.retired = true;
+    inner.shard = None;
+    inner.waiters.clear();
 }
 
 /// Answers to release once the log is durable up to `end`.
@@ -89,17 +114,21 @@ impl GroupCoordinator {
     }
 
     /// Serves the partitions `led` (partition, log) and no others: a partition newly led
-    /// is read back on a loader thread first; one no longer led is dropped, and requests
+    /// is read back on a loader thread first; one no longer led is retired, and requests
     /// parked on it are answered NOT_COORDINATOR.
     pub fn follow(&self, led: Vec<(i32, Arc<SharedLog>)>) {
-        let slots = self.slots.follow(led, |partition, log| Slot {
+        let (slots, removed) = self.slots.follow(led, |partition, log| Slot {
             partition,
             log,
             inner: Mutex::new(SlotInner {
                 shard: None,
                 waiters: HashMap::new(),
+                retired: false,
             }),
         });
+        for slot in &removed {
+            retire(slot);
+        }
         if !slots.is_empty() {
             let config = self.config.clone();
             std::thread::spawn(move || {
@@ -110,9 +139,12 @@ impl GroupCoordinator {
         }
     }
 
-    /// Drops the shards and their logs (at shutdown, so the logs can close).
+    /// Drops the shards and their logs (at shutdown, so the logs can close); parked
+    /// requests are answered NOT_COORDINATOR.
     pub fn detach(&self) {
-        self.slots.clear();
+        for slot in self.slots.clear() {
+            retire(&slot);
+        }
     }
 
     fn slot(&self, group_id: &str) -> Result<Arc<Slot>, ErrorCode> {
@@ -131,11 +163,7 @@ impl GroupCoordinator {
         let (result, release) = {
             let mut inner = lock(&slot.inner);
             let now = now_ms();
-            let shard = inner
-                .shard
-                .as_mut()
-                .ok_or(ErrorCode::CoordinatorLoadInProgress)?;
-            let result = step(shard, now);
+            let result = step(inner.serving()?, now);
             (
                 result,
                 dispatch(state, &slot, &mut inner, now, &self.config),
@@ -159,11 +187,9 @@ impl GroupCoordinator {
         let release = {
             let mut inner = lock(&slot.inner);
             let now = now_ms();
-            if inner.shard.is_none() {
-                return Err(ErrorCode::CoordinatorLoadInProgress);
-            }
+            inner.serving()?;
             inner.waiters.insert(token, sender);
-            if let Some(shard) = inner.shard.as_mut() {
+            if let Ok(shard) = inner.serving() {
                 step(shard, now, token);
             }
             dispatch(state, &slot, &mut inner, now, &self.config)
@@ -203,10 +229,7 @@ impl GroupCoordinator {
     ) -> Result<Option<i64>, ErrorCode> {
         let slot = self.slots.get(partition)?;
         let mut inner = lock(&slot.inner);
-        let shard = inner
-            .shard
-            .as_mut()
-            .ok_or(ErrorCode::CoordinatorLoadInProgress)?;
+        let shard = inner.serving()?;
         let now = now_ms();
         let end = append_marker(
             &slot.log,
@@ -292,9 +315,11 @@ fn dispatch(
             tracing::error!(partition = slot.partition, error = %e, "group coordinator append failed; reloading the partition");
             inner.shard = None;
             inner.waiters.clear();
-            let slot = Arc::clone(slot);
-            let config = config.clone();
-            std::thread::spawn(move || load_slot(&slot, &config));
+            if !inner.retired {
+                let slot = Arc::clone(slot);
+                let config = config.clone();
+                std::thread::spawn(move || load_slot(&slot, &config));
+            }
             Err(ErrorCode::CoordinatorNotAvailable)
         }
     }
@@ -375,7 +400,10 @@ fn load_slot(slot: &Slot, config: &GroupConfig) {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "group partition loaded"
     );
-    lock(&slot.inner).shard = Some(shard);
+    let mut inner = lock(&slot.inner);
+    if !inner.retired {
+        inner.shard = Some(shard);
+    }
 }
 
 /// Creates `__consumer_offsets` (compacted, `offsets.topic.num.partitions` partitions) if

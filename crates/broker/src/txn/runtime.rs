@@ -11,6 +11,7 @@
 //! and the markers are written then.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use spool_log::{LogError, SharedLog};
@@ -40,6 +41,26 @@ struct Slot {
     log: Arc<SharedLog>,
     /// `None` while the partition loads.
     shard: Mutex<Option<TxnShard>>,
+    /// Set (with `shard` locked) once this broker stopped serving the partition:
+    /// requests still holding the slot get NOT_COORDINATOR.
+    retired: AtomicBool,
+}
+
+impl Slot {
+    /// The shard under `guard`, if it serves requests: NOT_COORDINATOR once retired, else
+    /// COORDINATOR_LOAD_IN_PROGRESS while loading.
+    fn serving<'a>(&self, guard: &'a mut Option<TxnShard>) -> Result<&'a mut TxnShard, ErrorCode> {
+        if self.retired.load(Ordering::Acquire) {
+            return Err(ErrorCode::NotCoordinator);
+        }
+        guard.as_mut().ok_or(ErrorCode::CoordinatorLoadInProgress)
+    }
+
+    fn retire(&self) {
+        let mut guard = lock(&self.shard);
+        self.retired.store(true, Ordering::Release);
+        *guard = None;
+    }
 }
 
 pub struct TxnCoordinator {
@@ -70,11 +91,15 @@ impl TxnCoordinator {
     /// Serves the partitions `led` (partition, log) and no others, reading each newly led
     /// partition back first (blocking).
     pub fn follow(&self, led: Vec<(i32, Arc<SharedLog>)>) {
-        let slots = self.slots.follow(led, |partition, log| Slot {
+        let (slots, removed) = self.slots.follow(led, |partition, log| Slot {
             partition,
             log,
             shard: Mutex::new(None),
+            retired: AtomicBool::new(false),
         });
+        for slot in &removed {
+            slot.retire();
+        }
         for slot in &slots {
             load_slot(slot, &self.config);
         }
@@ -82,7 +107,9 @@ impl TxnCoordinator {
 
     /// Drops the shards and their logs (at shutdown, so the logs can close).
     pub fn detach(&self) {
-        self.slots.clear();
+        for slot in self.slots.clear() {
+            slot.retire();
+        }
     }
 
     fn slot(&self, transactional_id: &str) -> Result<Arc<Slot>, ErrorCode> {
@@ -114,7 +141,7 @@ impl TxnCoordinator {
         step: impl FnOnce(&mut TxnShard, i64, &mut dyn FnMut() -> Result<i64, ErrorCode>) -> R,
     ) -> Result<(R, i64), ErrorCode> {
         let mut guard = lock(&slot.shard);
-        let shard = guard.as_mut().ok_or(ErrorCode::CoordinatorLoadInProgress)?;
+        let shard = slot.serving(&mut guard)?;
         let now = now_ms();
         let mut allocate = || state.try_allocate_producer_id();
         let result = step(shard, now, &mut allocate);
@@ -176,9 +203,8 @@ impl TxnCoordinator {
         f: impl FnOnce(&TxnShard) -> R,
     ) -> Result<R, ErrorCode> {
         let slot = self.slot(transactional_id)?;
-        let guard = lock(&slot.shard);
-        let shard = guard.as_ref().ok_or(ErrorCode::CoordinatorLoadInProgress)?;
-        Ok(f(shard))
+        let mut guard = lock(&slot.shard);
+        Ok(f(slot.serving(&mut guard)?))
     }
 
     /// Advances time in every shard: aborts timed-out transactions, resumes the ones a
@@ -226,6 +252,10 @@ async fn write_markers(state: &BrokerState, job: &MarkerJob) -> Result<(), Error
         match state.partition_leader(topic, *partition) {
             None => {}
             Some((leader, _)) if leader == me => {
+                // Led here but not open (its log failed): not done; a later tick retries.
+                if state.partition(topic, *partition).is_none() {
+                    return Err(ErrorCode::NotLeaderOrFollower);
+                }
                 if let Some(end) = write_marker(
                     state,
                     topic,
@@ -264,17 +294,25 @@ async fn write_markers(state: &BrokerState, job: &MarkerJob) -> Result<(), Error
                 return Err(ErrorCode::NetworkException);
             }
         };
+        let answered: usize = response
+            .markers
+            .iter()
+            .flat_map(|m| &m.topics)
+            .map(|t| t.partitions.len())
+            .sum();
+        if answered != partitions.len() {
+            return Err(ErrorCode::UnknownServerError);
+        }
         for topic in response.markers.iter().flat_map(|m| &m.topics) {
             for p in &topic.partitions {
-                match ErrorCode::from_code(p.error_code) {
+                match ErrorCode::from_wire(p.error_code) {
                     // Nothing of the transaction is open there (any more).
-                    Some(ErrorCode::None) | Some(ErrorCode::InvalidProducerEpoch) => {}
-                    Some(ErrorCode::UnknownTopicOrPartition)
+                    ErrorCode::None | ErrorCode::InvalidProducerEpoch => {}
+                    ErrorCode::UnknownTopicOrPartition
                         if state
                             .partition_leader(&topic.name, p.partition_index)
                             .is_none() => {}
-                    Some(error) => return Err(error),
-                    None => return Err(ErrorCode::UnknownServerError),
+                    error => return Err(error),
                 }
             }
         }
@@ -354,9 +392,7 @@ async fn add_remotely(
         }
     };
     if response.error_code != ErrorCode::None.code() {
-        return Err(
-            ErrorCode::from_code(response.error_code).unwrap_or(ErrorCode::UnknownServerError)
-        );
+        return Err(ErrorCode::from_wire(response.error_code));
     }
     let code = response
         .results_by_transaction
@@ -366,10 +402,9 @@ async fn add_remotely(
         .map(|p| p.partition_error_code)
         .find(|&code| code != ErrorCode::None.code())
         .unwrap_or(ErrorCode::None.code());
-    match ErrorCode::from_code(code) {
-        Some(ErrorCode::None) => Ok(()),
-        Some(error) => Err(error),
-        None => Err(ErrorCode::UnknownServerError),
+    match ErrorCode::from_wire(code) {
+        ErrorCode::None => Ok(()),
+        error => Err(error),
     }
 }
 
@@ -496,7 +531,10 @@ fn load_slot(slot: &Slot, config: &TxnConfig) {
     if let Err(e) = loaded {
         tracing::error!(partition = slot.partition, error = %e, "cannot load transaction partition");
     }
-    *lock(&slot.shard) = Some(shard);
+    let mut guard = lock(&slot.shard);
+    if !slot.retired.load(Ordering::Acquire) {
+        *guard = Some(shard);
+    }
 }
 
 /// Creates `__transaction_state` (compacted, `transaction.state.log.num.partitions`

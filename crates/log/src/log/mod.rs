@@ -536,6 +536,87 @@ impl PartitionLog {
         })
     }
 
+    /// Appends batches fetched from the partition's leader, as a follower replica: they
+    /// keep the offsets, leader epochs and timestamps the leader gave them. Every batch's
+    /// checksum is checked and each must begin where the one before ended, the first at
+    /// the log end offset (else OFFSET_OUT_OF_RANGE, and nothing is written). An
+    /// incomplete last batch (a fetch response may end inside one) is left for the next
+    /// fetch. The leader-epoch cache learns each newer epoch at its first offset; producer
+    /// state and the aborted-transaction index follow the batches as in recovery. Nothing
+    /// is deduplicated: the leader did that. `None` when no complete batch came.
+    pub fn append_as_follower(
+        &mut self,
+        records: Bytes,
+        now_ms: i64,
+    ) -> Result<Option<AppendInfo>, LogError> {
+        self.check_online()?;
+        let first_offset = self.log_end_offset();
+        let mut rest = records.clone();
+        let mut batches = Vec::new();
+        let mut headers = Vec::new();
+        let mut position = 0usize;
+        let mut next_offset = first_offset;
+        while rest.len() >= 12 {
+            let declared = i32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]);
+            let size = usize::try_from(declared)
+                .unwrap_or(usize::MAX)
+                .saturating_add(12);
+            if rest.len() < size {
+                break;
+            }
+            let batch = RecordBatch::split_first(&mut rest)?;
+            batch.verify_crc()?;
+            if batch.base_offset() != next_offset {
+                return Err(LogError::OffsetOutOfRange {
+                    offset: batch.base_offset(),
+                    log_start_offset: self.log_start_offset,
+                    log_end_offset: next_offset,
+                });
+            }
+            let last_offset = batch.base_offset() + i64::from(batch.last_offset_delta());
+            headers.push(BatchHeader {
+                position: position as u64,
+                base_offset: batch.base_offset(),
+                last_offset,
+                size: batch.size_bytes() as u64,
+                max_timestamp: batch.max_timestamp(),
+            });
+            position += batch.size_bytes();
+            next_offset = last_offset + 1;
+            batches.push(batch);
+        }
+        if batches.is_empty() {
+            return Ok(None);
+        }
+        let mut learned = false;
+        for batch in &batches {
+            let epoch = batch.partition_leader_epoch();
+            if self
+                .epochs
+                .latest_epoch()
+                .is_none_or(|latest| epoch > latest)
+            {
+                learned |= self.epochs.assign(epoch, batch.base_offset());
+            }
+        }
+        if learned {
+            self.write_epochs()?;
+        }
+        self.write(&records[..position], &headers, now_ms)?;
+        self.first_unflushed_ms.get_or_insert(now_ms);
+        for batch in &batches {
+            let completed = self.producers.update_from_batch(batch);
+            self.index_if_aborted(completed)?;
+        }
+        Ok(Some(AppendInfo {
+            first_offset,
+            last_offset: next_offset - 1,
+            log_append_time_ms: -1,
+            record_count: next_offset - first_offset,
+            duplicate: false,
+        }))
+    }
+
     /// Writes a transaction marker for `producer_id`, ending its transaction in this
     /// partition (the transaction coordinator's part of WriteTxnMarkers). A marker from an
     /// older producer epoch is refused (INVALID_PRODUCER_EPOCH), as is one from an older

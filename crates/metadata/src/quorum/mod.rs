@@ -108,6 +108,9 @@ pub trait MetadataLog: Send + Sync {
 pub struct Unanswered {
     pub target: u64,
     pub reason: String,
+    /// The message was sent (or waited to be) but no answer came in time: the remote
+    /// side may still act on it.
+    pub timed_out: bool,
 }
 
 /// How a node reaches the other voters.
@@ -349,6 +352,7 @@ pub fn remote_error(target: u64, error: impl std::fmt::Display) -> Unanswered {
     Unanswered {
         target,
         reason: error.to_string(),
+        timed_out: false,
     }
 }
 

@@ -179,9 +179,17 @@ async fn answer(
     }
 }
 
+struct Connection {
+    stream: TcpStream,
+    /// The last correlation number used.
+    next: i32,
+    /// A message was sent and its answer not yet read.
+    in_flight: bool,
+}
+
 struct Peer {
     address: String,
-    stream: Mutex<Option<(TcpStream, i32)>>,
+    stream: Mutex<Option<Connection>>,
 }
 
 /// How a voter reaches the others over TCP.
@@ -222,41 +230,62 @@ impl TcpTransport {
             .peers
             .get(&target)
             .ok_or_else(|| remote_error(target, "not a configured voter"))?;
-        let mut slot = peer.stream.lock().await;
+        // The wait for the connection counts toward the timeout: messages to one voter
+        // go one at a time.
         let exchange = async {
+            let mut slot = peer.stream.lock().await;
+            // A connection whose last exchange was abandoned half-way (its caller timed
+            // out) may still carry that answer: it is not reused.
+            if slot.as_ref().is_some_and(|c| c.in_flight) {
+                *slot = None;
+            }
             if slot.is_none() {
                 let stream = TcpStream::connect(&peer.address).await?;
                 stream.set_nodelay(true)?;
-                *slot = Some((stream, 0));
+                *slot = Some(Connection {
+                    stream,
+                    next: 0,
+                    in_flight: false,
+                });
             }
-            let Some((stream, next)) = slot.as_mut() else {
+            let Some(connection) = slot.as_mut() else {
                 return Err(std::io::Error::other("no connection"));
             };
-            *next = next.wrapping_add(1);
-            let correlation = *next;
-            write_frame(stream, correlation, kind, &body).await?;
-            let frame = read_frame(stream)
-                .await?
-                .ok_or_else(|| std::io::Error::other("connection closed"))?;
-            let (answered, status, body) =
-                split(frame).map_err(|e| std::io::Error::other(e.to_string()))?;
-            if answered != correlation {
-                return Err(std::io::Error::other("answer to another message"));
+            connection.next = connection.next.wrapping_add(1);
+            let correlation = connection.next;
+            connection.in_flight = true;
+            let answered = async {
+                write_frame(&mut connection.stream, correlation, kind, &body).await?;
+                let frame = read_frame(&mut connection.stream)
+                    .await?
+                    .ok_or_else(|| std::io::Error::other("connection closed"))?;
+                let (answered, status, body) =
+                    split(frame).map_err(|e| std::io::Error::other(e.to_string()))?;
+                if answered != correlation {
+                    return Err(std::io::Error::other("answer to another message"));
+                }
+                Ok((status, body))
             }
-            Ok((status, body))
+            .await;
+            match answered {
+                Ok(answer) => {
+                    connection.in_flight = false;
+                    Ok(answer)
+                }
+                Err(e) => {
+                    *slot = None;
+                    Err(e)
+                }
+            }
         };
-        let result = tokio::time::timeout(timeout, exchange).await;
-        match result {
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok((ANSWERED, body))) => Ok(body),
             Ok(Ok((_, reason))) => Err(remote_error(target, String::from_utf8_lossy(&reason))),
-            Ok(Err(e)) => {
-                *slot = None;
-                Err(remote_error(target, e))
-            }
-            Err(_) => {
-                *slot = None;
-                Err(remote_error(target, "no answer in time"))
-            }
+            Ok(Err(e)) => Err(remote_error(target, e)),
+            Err(_) => Err(Unanswered {
+                timed_out: true,
+                ..remote_error(target, "no answer in time")
+            }),
         }
     }
 }

@@ -692,11 +692,7 @@ impl BrokerConfig {
                 self.group.consumer_max_size = positive(key, value)? as usize
             }
             "group.consumer.assignors" => {
-                let names: Vec<String> = value
-                    .split(',')
-                    .map(|name| name.trim().to_string())
-                    .filter(|name| !name.is_empty())
-                    .collect();
+                let names = names(value);
                 if names.is_empty() || names.iter().any(|n| !ASSIGNORS.contains(&n.as_str())) {
                     return Err(invalid(
                         key,

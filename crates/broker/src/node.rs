@@ -336,9 +336,9 @@ fn registration(state: &BrokerState) -> BrokerRegistrationRequest {
     }
 }
 
-/// Registers the broker with the active controller, retrying while there is none or while
-/// another incarnation's session is alive.
-async fn register(state: &BrokerState, deadline: Instant) -> Result<(), BrokerError> {
+/// Registers the broker with the active controller, retrying (until `deadline`, if any)
+/// while there is none or while another incarnation's session is alive.
+async fn register(state: &BrokerState, deadline: Option<Instant>) -> Result<(), BrokerError> {
     loop {
         let reply = state
             .node
@@ -354,7 +354,7 @@ async fn register(state: &BrokerState, deadline: Instant) -> Result<(), BrokerEr
                 return Ok(());
             }
             ErrorCode::NotController | ErrorCode::DuplicateBrokerRegistration
-                if Instant::now() < deadline =>
+                if !passed(deadline) =>
             {
                 tokio::time::sleep(RETRY).await;
             }
@@ -383,20 +383,17 @@ fn heartbeat_request(state: &BrokerState, want_shut_down: bool) -> BrokerHeartbe
 /// the broker has applied the metadata the unfencing committed: after this the broker may
 /// serve clients.
 pub async fn join(state: &BrokerState) -> Result<(), BrokerError> {
-    let deadline = if state.config.controller_quorum_voters.len() > 1 {
-        // Far enough to be never; notices say what the node waits for.
-        Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
-    } else {
-        Instant::now() + JOIN_TIMEOUT
-    };
-    let notices = tokio::spawn(waiting_notices(state.config.controller_quorum_voters.len()));
-    let joined = join_until(state, deadline).await;
-    notices.abort();
-    joined
+    let voters = state.config.controller_quorum_voters.len();
+    let deadline = (voters <= 1).then(|| Instant::now() + JOIN_TIMEOUT);
+    tokio::select! {
+        joined = join_until(state, deadline) => joined,
+        never = waiting_notices(voters) => match never {},
+    }
 }
 
-/// Says every [`WAITING_NOTICE`] that the broker still waits for the controller.
-async fn waiting_notices(voters: usize) {
+/// Says every [`WAITING_NOTICE`] that the broker still waits for the controller; never
+/// ends.
+async fn waiting_notices(voters: usize) -> std::convert::Infallible {
     let mut waited = Duration::ZERO;
     loop {
         tokio::time::sleep(WAITING_NOTICE).await;
@@ -409,7 +406,12 @@ async fn waiting_notices(voters: usize) {
     }
 }
 
-async fn join_until(state: &BrokerState, deadline: Instant) -> Result<(), BrokerError> {
+/// Whether `deadline` (none: no limit) has passed.
+fn passed(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() > d)
+}
+
+async fn join_until(state: &BrokerState, deadline: Option<Instant>) -> Result<(), BrokerError> {
     register(state, deadline).await?;
     loop {
         let reply = state
@@ -429,7 +431,7 @@ async fn join_until(state: &BrokerState, deadline: Instant) -> Result<(), Broker
                 )));
             }
         }
-        if Instant::now() > deadline {
+        if passed(deadline) {
             return Err(BrokerError::Cluster(
                 "the controller did not unfence this broker in time".into(),
             ));
@@ -459,7 +461,7 @@ pub async fn run_heartbeats(state: Weak<BrokerState>, interval: Duration) {
         match ErrorCode::from_wire(reply.error_code) {
             ErrorCode::None | ErrorCode::NotController => {}
             ErrorCode::StaleBrokerEpoch | ErrorCode::BrokerIdNotRegistered => {
-                let deadline = Instant::now() + interval;
+                let deadline = Some(Instant::now() + interval);
                 if let Err(e) = register(&state, deadline).await {
                     tracing::warn!(error = %e, "registering again failed");
                 }

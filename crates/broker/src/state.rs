@@ -551,11 +551,7 @@ impl BrokerState {
 
     /// Whether the cluster has partition `index` of `topic` (wherever its replicas are).
     pub fn has_partition(&self, topic: &str, index: i32) -> bool {
-        self.with_image(|image| {
-            image
-                .topic(topic)
-                .is_some_and(|t| t.partitions.iter().any(|p| p.index == index))
-        })
+        self.partition_leader(topic, index).is_some()
     }
 
     /// A producer ID never handed out before, for InitProducerId. IDs come from the

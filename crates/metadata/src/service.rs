@@ -110,16 +110,12 @@ impl Request {
     /// The answer when the controller took too long: REQUEST_TIMED_OUT for an
     /// administrative change (it may still be committed), else NOT_CONTROLLER.
     pub fn timed_out(&self) -> Reply {
-        Request::timed_out_of(self.not_controller())
-    }
-
-    fn timed_out_of(refused: Reply) -> Reply {
-        match refused {
-            Reply::Admin(_) => Reply::Admin(Err((
+        match self {
+            Request::Admin(_) => Reply::Admin(Err((
                 ErrorCode::RequestTimedOut,
                 "The metadata change was not committed in time.".into(),
             ))),
-            other => other,
+            other => other.not_controller(),
         }
     }
 
@@ -239,6 +235,7 @@ impl ControllerHandle {
         }
         let (tx, rx) = oneshot::channel();
         let refused = request.not_controller();
+        let timed_out = request.timed_out();
         if self.commands.send((request, tx)).await.is_err() {
             return refused;
         }
@@ -246,7 +243,7 @@ impl ControllerHandle {
         // majority that may never come.
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(answer) => answer.unwrap_or(refused),
-            Err(_) => Request::timed_out_of(refused),
+            Err(_) => timed_out,
         }
     }
 

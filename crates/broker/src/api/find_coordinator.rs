@@ -31,27 +31,24 @@ pub async fn handle(
     } else {
         vec![request.key]
     };
+    // The coordinators' internal topic exists (created now if need be), or every key
+    // gets the same error.
     let created = match request.key_type {
         GROUP => ensure_offsets_topic(state).await,
         TRANSACTION => ensure_txn_topic(state).await,
-        _ => Err(crate::BrokerError::Refused(
-            ErrorCode::InvalidRequest,
-            String::new(),
-        )),
+        _ => Ok(()),
+    };
+    let ready = match (request.key_type, created) {
+        (GROUP | TRANSACTION, Ok(())) => Ok(()),
+        (GROUP | TRANSACTION, Err(e)) => {
+            tracing::warn!(error = %e, "cannot create a coordinator's internal topic");
+            Err(ErrorCode::CoordinatorNotAvailable)
+        }
+        _ => Err(ErrorCode::InvalidRequest),
     };
     let brokers = state.live_brokers(listener);
     let locate = |key: &str| -> Result<(i32, String, i32), ErrorCode> {
-        if let Err(e) = &created {
-            return Err(match e {
-                crate::BrokerError::Refused(ErrorCode::InvalidRequest, _) => {
-                    ErrorCode::InvalidRequest
-                }
-                e => {
-                    tracing::warn!(error = %e, "cannot create a coordinator's internal topic");
-                    ErrorCode::CoordinatorNotAvailable
-                }
-            });
-        }
+        ready?;
         let (topic, partition) = if request.key_type == GROUP {
             (OFFSETS_TOPIC, state.groups.partition_for(key))
         } else {

@@ -114,18 +114,26 @@ impl GroupCoordinator {
     }
 
     /// Serves the partitions `led` (partition, log) and no others: a partition newly led
-    /// is read back on a loader thread first; one no longer led is retired, and requests
-    /// parked on it are answered NOT_COORDINATOR.
+    /// is read back on a loader thread first (an empty one, such as a topic just created,
+    /// serves at once); one no longer led is retired, and requests parked on it are
+    /// answered NOT_COORDINATOR.
     pub fn follow(&self, led: Vec<(i32, Arc<SharedLog>)>) {
-        let (slots, removed) = self.slots.follow(led, |partition, log| Slot {
-            partition,
-            log,
-            inner: Mutex::new(SlotInner {
-                shard: None,
-                waiters: HashMap::new(),
-                retired: false,
-            }),
+        let (slots, removed) = self.slots.follow(led, |partition, log| {
+            let empty = log.with_log(|l| l.log_end_offset() == 0);
+            Slot {
+                partition,
+                log,
+                inner: Mutex::new(SlotInner {
+                    shard: empty.then(|| empty_shard(&self.config)),
+                    waiters: HashMap::new(),
+                    retired: false,
+                }),
+            }
         });
+        let slots: Vec<Arc<Slot>> = slots
+            .into_iter()
+            .filter(|slot| lock(&slot.inner).shard.is_none())
+            .collect();
         for slot in &removed {
             retire(slot);
         }

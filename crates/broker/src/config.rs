@@ -100,6 +100,8 @@ pub struct BrokerConfig {
     pub default_replication_factor: i16,
     /// `controller.quorum.election.timeout.ms`.
     pub controller_quorum_election_timeout_ms: u64,
+    /// How followers copy partitions from their leaders (`replica.*`).
+    pub replication: ReplicationConfig,
     /// `controller.quorum.voters`: the controllers of the metadata quorum. Empty: this
     /// node is a quorum of one.
     pub controller_quorum_voters: Vec<Voter>,
@@ -123,6 +125,44 @@ pub struct BrokerConfig {
     /// The settings given explicitly (file, environment, flags), as given: DescribeConfigs
     /// reports them as STATIC_BROKER_CONFIG.
     pub explicit: std::collections::BTreeMap<String, String>,
+}
+
+/// Replication settings, Kafka's names and defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicationConfig {
+    /// `replica.lag.time.max.ms`: a follower that has not caught up for this long leaves
+    /// the ISR.
+    pub lag_time_max_ms: i64,
+    /// `replica.fetch.wait.max.ms`: how long a follower's fetch waits for new data.
+    pub fetch_wait_max_ms: i32,
+    /// `replica.fetch.min.bytes`.
+    pub fetch_min_bytes: i32,
+    /// `replica.fetch.max.bytes`: per partition.
+    pub fetch_max_bytes: i32,
+    /// `replica.fetch.response.max.bytes`.
+    pub fetch_response_max_bytes: i32,
+    /// `replica.fetch.backoff.ms`: the pause after a failed fetch.
+    pub fetch_backoff_ms: u64,
+    /// `offsets.topic.replication.factor`, capped at the brokers registered when the topic
+    /// is created (so that one broker alone serves groups).
+    pub offsets_topic_replication_factor: i16,
+    /// `transaction.state.log.replication.factor`, capped likewise.
+    pub transaction_state_log_replication_factor: i16,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            lag_time_max_ms: 30_000,
+            fetch_wait_max_ms: 500,
+            fetch_min_bytes: 1,
+            fetch_max_bytes: 1024 * 1024,
+            fetch_response_max_bytes: 10 * 1024 * 1024,
+            fetch_backoff_ms: 1000,
+            offsets_topic_replication_factor: 3,
+            transaction_state_log_replication_factor: 3,
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -153,6 +193,7 @@ impl Default for BrokerConfig {
             broker_heartbeat_interval_ms: 2000,
             default_replication_factor: 1,
             controller_quorum_election_timeout_ms: 1000,
+            replication: ReplicationConfig::default(),
             controller_quorum_voters: Vec::new(),
             controller_listener_names: vec![CONTROLLER_LISTENER.to_string()],
             process_roles: vec!["broker".to_string(), "controller".to_string()],
@@ -190,6 +231,7 @@ impl BrokerConfig {
         let log = &self.log;
         let group = &self.group;
         let txn = &self.txn;
+        let replication = &self.replication;
         let policy = match (log.cleanup_delete, log.cleanup_compact) {
             (true, true) => "compact,delete",
             (false, true) => "compact",
@@ -254,6 +296,40 @@ impl BrokerConfig {
                 self.controller_listener_names.join(","),
             ),
             ("process.roles", self.process_roles.join(",")),
+            (
+                "replica.lag.time.max.ms",
+                replication.lag_time_max_ms.to_string(),
+            ),
+            (
+                "replica.fetch.wait.max.ms",
+                replication.fetch_wait_max_ms.to_string(),
+            ),
+            (
+                "replica.fetch.min.bytes",
+                replication.fetch_min_bytes.to_string(),
+            ),
+            (
+                "replica.fetch.max.bytes",
+                replication.fetch_max_bytes.to_string(),
+            ),
+            (
+                "replica.fetch.response.max.bytes",
+                replication.fetch_response_max_bytes.to_string(),
+            ),
+            (
+                "replica.fetch.backoff.ms",
+                replication.fetch_backoff_ms.to_string(),
+            ),
+            (
+                "offsets.topic.replication.factor",
+                replication.offsets_topic_replication_factor.to_string(),
+            ),
+            (
+                "transaction.state.log.replication.factor",
+                replication
+                    .transaction_state_log_replication_factor
+                    .to_string(),
+            ),
             ("inter.broker.listener.name", self.inter_broker_listener()),
             (
                 "auto.create.topics.enable",
@@ -360,6 +436,7 @@ impl BrokerConfig {
                 log.flush_messages.to_string(),
             ),
             ("log.flush.interval.ms", log.flush_ms.to_string()),
+            ("min.insync.replicas", log.min_insync_replicas.to_string()),
             ("log.cleanup.policy", policy.to_string()),
             (
                 "producer.id.expiration.ms",
@@ -634,10 +711,7 @@ impl BrokerConfig {
             "broker.heartbeat.interval.ms" => {
                 self.broker_heartbeat_interval_ms = positive(key, value)? as u64
             }
-            "default.replication.factor" => {
-                self.default_replication_factor = i16::try_from(positive(key, value)?)
-                    .map_err(|_| invalid(key, value, "at most 32767".into()))?
-            }
+            "default.replication.factor" => self.default_replication_factor = factor(key, value)?,
             "controller.quorum.election.timeout.ms" => {
                 self.controller_quorum_election_timeout_ms = positive(key, value)? as u64
             }
@@ -755,6 +829,23 @@ impl BrokerConfig {
             "log.flush.interval.messages" => self.log.flush_messages = parse(key, value)?,
             "log.flush.interval.ms" => self.log.flush_ms = parse(key, value)?,
             "producer.id.expiration.ms" => self.log.producer_id_expiration_ms = parse(key, value)?,
+            "min.insync.replicas" => self.log.min_insync_replicas = positive(key, value)?,
+            "replica.lag.time.max.ms" => {
+                self.replication.lag_time_max_ms = i64::from(positive(key, value)?)
+            }
+            "replica.fetch.wait.max.ms" => self.replication.fetch_wait_max_ms = parse(key, value)?,
+            "replica.fetch.min.bytes" => self.replication.fetch_min_bytes = positive(key, value)?,
+            "replica.fetch.max.bytes" => self.replication.fetch_max_bytes = positive(key, value)?,
+            "replica.fetch.response.max.bytes" => {
+                self.replication.fetch_response_max_bytes = positive(key, value)?
+            }
+            "replica.fetch.backoff.ms" => self.replication.fetch_backoff_ms = parse(key, value)?,
+            "offsets.topic.replication.factor" => {
+                self.replication.offsets_topic_replication_factor = factor(key, value)?
+            }
+            "transaction.state.log.replication.factor" => {
+                self.replication.transaction_state_log_replication_factor = factor(key, value)?
+            }
             "log.cleanup.policy" => {
                 let policies: Vec<&str> = value.split(',').map(str::trim).collect();
                 self.log.cleanup_delete = policies.contains(&"delete");
@@ -766,6 +857,11 @@ impl BrokerConfig {
             .insert(key.to_string(), value.trim().to_string());
         Ok(())
     }
+}
+
+/// A replication factor: 1 to 32767.
+fn factor(key: &str, value: &str) -> Result<i16, ConfigError> {
+    i16::try_from(positive(key, value)?).map_err(|_| invalid(key, value, "at most 32767".into()))
 }
 
 fn positive(key: &str, value: &str) -> Result<i32, ConfigError> {

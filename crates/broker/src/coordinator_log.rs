@@ -110,8 +110,9 @@ pub fn append_records(
         if builder.record_count() == 0 {
             return Ok(());
         }
-        let info = log.append(builder.build()?, 0, now)?;
-        // One replica: the batch is committed as soon as it is written.
+        let epoch = log.with_log(|l| l.leader_epoch());
+        let info = log.append(builder.build()?, epoch, now)?;
+        // Committed at once when this broker is in sync alone; else as the ISR follows.
         log.with_log(|l| l.advance_high_watermark(info.last_offset + 1));
         end = Some(info.last_offset + 1);
         Ok(())
@@ -133,6 +134,15 @@ pub fn append_records(
         Some(end) => end,
         None => log.with_log(|l| l.log_end_offset()),
     })
+}
+
+/// The error a coordinator answers when its write did not reach the ISR: clients look
+/// for the coordinator again when it moved, and retry otherwise (Kafka's mapping).
+pub fn as_coordinator_error(error: ErrorCode) -> ErrorCode {
+    match error {
+        ErrorCode::NotLeaderOrFollower => ErrorCode::NotCoordinator,
+        _ => ErrorCode::CoordinatorNotAvailable,
+    }
 }
 
 /// The plain batch builder the coordinators write their records with.
@@ -191,19 +201,30 @@ pub fn for_each_batch(
 }
 
 /// Creates a coordinator's internal topic: compacted, `partitions` partitions of
-/// `segment_bytes` segments, `default.replication.factor` replicas (nothing if it exists).
+/// `segment_bytes` segments, `replication_factor` replicas or as many as there are usable
+/// brokers if fewer (nothing if it exists).
 pub async fn create_internal_topic(
     state: &BrokerState,
     topic: &str,
     partitions: i32,
     segment_bytes: u64,
+    replication_factor: i16,
 ) -> Result<(), crate::BrokerError> {
+    let usable = state.with_image(|image| {
+        image
+            .brokers()
+            .filter(|b| !b.fenced && !b.in_controlled_shutdown)
+            .count()
+    });
+    let replication_factor = replication_factor
+        .min(i16::try_from(usable).unwrap_or(i16::MAX))
+        .max(1);
     let configs = BTreeMap::from([
         ("cleanup.policy".to_string(), "compact".to_string()),
         ("segment.bytes".to_string(), segment_bytes.to_string()),
     ]);
     match state
-        .create_topic(topic, partitions, -1, Vec::new(), configs)
+        .create_topic(topic, partitions, replication_factor, Vec::new(), configs)
         .await
     {
         Err(crate::BrokerError::Refused(spool_protocol::ErrorCode::TopicAlreadyExists, _)) => {

@@ -70,17 +70,40 @@ impl Flusher {
 
     /// Returns once every offset of `log` below `offset` is on stable storage.
     pub async fn wait_durable(&self, log: &Arc<SharedLog>, offset: i64) -> Result<(), ErrorCode> {
-        if log.durable_offset() >= offset {
-            return Ok(());
+        let mut outcomes = self.wait_all_durable(vec![(Arc::clone(log), offset)]).await;
+        outcomes.pop().unwrap_or(Err(ErrorCode::UnknownServerError))
+    }
+
+    /// Waits until each log is durable below its offset, all in the same rounds; the
+    /// outcome of each, in order.
+    pub async fn wait_all_durable(
+        &self,
+        logs: Vec<(Arc<SharedLog>, i64)>,
+    ) -> Vec<Result<(), ErrorCode>> {
+        let mut answers = Vec::with_capacity(logs.len());
+        {
+            let mut pending = lock(&self.shared.pending);
+            for (log, offset) in logs {
+                if log.durable_offset() >= offset {
+                    answers.push(None);
+                    continue;
+                }
+                let (done, answer) = oneshot::channel();
+                pending.push(Waiter { log, offset, done });
+                answers.push(Some(answer));
+            }
         }
-        let (done, answer) = oneshot::channel();
-        lock(&self.shared.pending).push(Waiter {
-            log: Arc::clone(log),
-            offset,
-            done,
-        });
-        self.shared.wake.notify_one();
-        answer.await.unwrap_or(Err(ErrorCode::UnknownServerError))
+        if answers.iter().any(Option::is_some) {
+            self.shared.wake.notify_one();
+        }
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            outcomes.push(match answer {
+                None => Ok(()),
+                Some(answer) => answer.await.unwrap_or(Err(ErrorCode::UnknownServerError)),
+            });
+        }
+        outcomes
     }
 }
 

@@ -13,6 +13,8 @@ pub mod flusher;
 pub mod group;
 pub mod node;
 pub mod peers;
+pub mod replica;
+pub mod replica_fetcher;
 pub mod server;
 pub mod state;
 pub mod topic_configs;

@@ -305,6 +305,7 @@ pub async fn run_publisher(state: Weak<BrokerState>) {
             if let Err(e) = blocking(move || applying.apply_image(image, now_ms())).await {
                 tracing::error!(offset = current.offset, error = %e, "applying metadata failed");
             }
+            crate::replica_fetcher::ensure_fetchers(&broker);
             broker.set_applied(current.offset);
         }
         drop(broker);

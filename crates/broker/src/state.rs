@@ -1,7 +1,7 @@
 //! What every request handler shares: settings, the metadata store, and the partition
 //! logs this broker leads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -30,6 +30,7 @@ use crate::group::runtime::offsets_logs;
 use crate::metadata::{METADATA_TOPIC, MetadataError, MetadataImage, TopicMeta};
 use crate::node::{self, Node};
 use crate::peers::{PeerError, Peers};
+use crate::replica::Replica;
 use crate::topic_configs;
 use crate::txn::TxnCoordinator;
 use crate::txn::runtime::txn_logs;
@@ -81,7 +82,8 @@ pub struct BrokerState {
     applied: watch::Sender<i64>,
     /// Logs found at start that no partition of the image has claimed yet.
     unclaimed: Mutex<BTreeMap<TopicPartition, PartitionLog>>,
-    partitions: RwLock<HashMap<TopicPartition, Arc<SharedLog>>>,
+    /// The replicas this broker holds, each with its log.
+    partitions: RwLock<HashMap<TopicPartition, Arc<Replica>>>,
     /// Fetches waiting on `min_bytes`, woken per partition by appends.
     pub wakeups: Wakeups,
     /// Incremental fetch sessions (KIP-227).
@@ -94,6 +96,8 @@ pub struct BrokerState {
     pub txns: TxnCoordinator,
     /// Connections to the other brokers.
     peers: Peers,
+    /// The source brokers a replica fetcher runs for.
+    pub fetchers: Mutex<BTreeSet<i32>>,
     /// The producer IDs this broker may still hand out.
     producer_ids: Mutex<ProducerIds>,
     /// Held while a block of producer IDs is asked for.
@@ -135,6 +139,9 @@ impl ProducerIds {
 
 /// How long a change waits for this broker to apply the metadata that carries it.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the broker's own acks=all writes wait for the ISR (Kafka's
+/// `request.timeout.ms` default).
+const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long closing waits for requests and background tasks to let go of the broker.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -241,6 +248,12 @@ pub fn topic_log_config(
             "message.timestamp.after.max.ms" => config.timestamp_after_max_ms = number()?,
             "flush.messages" => config.flush_messages = number()?,
             "flush.ms" => config.flush_ms = number()?,
+            "min.insync.replicas" => {
+                config.min_insync_replicas = i32::try_from(number()?)
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(invalid)?
+            }
             "min.compaction.lag.ms" => config.min_compaction_lag_ms = number()?,
             "max.compaction.lag.ms" => config.max_compaction_lag_ms = number()?,
             "delete.retention.ms" => config.delete_retention_ms = number()?,
@@ -318,6 +331,7 @@ impl BrokerState {
             endpoints,
             storage,
             peers,
+            fetchers: Mutex::new(BTreeSet::new()),
             node,
             image: RwLock::new(Arc::new(MetadataImage::default())),
             applied: watch::channel(-1).0,
@@ -333,6 +347,10 @@ impl BrokerState {
         tokio::spawn(node::run_heartbeats(
             Arc::downgrade(&state),
             heartbeat_interval,
+        ));
+        tokio::spawn(crate::replica_fetcher::run_isr_checks(
+            Arc::downgrade(&state),
+            state.config.replication.lag_time_max_ms,
         ));
         tokio::spawn(refill_producer_ids(
             Arc::downgrade(&state),
@@ -395,15 +413,27 @@ impl BrokerState {
                 .iter()
                 .filter(|p| p.replicas.contains(&node))
             {
-                match self.partition(&topic.name, p.index) {
-                    Some(log) if reconfigured => log.set_config(log_config.clone()),
-                    Some(_) => {}
+                let replica = match self.replica(&topic.name, p.index) {
+                    Some(replica) => {
+                        if reconfigured {
+                            replica.log.set_config(log_config.clone());
+                        }
+                        replica
+                    }
                     None => {
                         let tp = TopicPartition::new(topic.name.clone(), p.index);
-                        if let Err(e) = self.open_partition(tp, &log_config, now) {
-                            failed = Some(e);
+                        match self.open_partition(tp, &log_config, now) {
+                            Ok(replica) => replica,
+                            Err(e) => {
+                                failed = Some(e);
+                                continue;
+                            }
                         }
                     }
+                };
+                if let Err(e) = replica.apply(p, now) {
+                    tracing::error!(topic = %topic.name, partition = p.index, error = %e, "the replica could not take its part");
+                    failed = Some(e.into());
                 }
             }
         }
@@ -474,11 +504,22 @@ impl BrokerState {
         index: i32,
         current_leader_epoch: i32,
     ) -> Result<Arc<SharedLog>, ErrorCode> {
-        let log = self
-            .partition(topic, index)
+        self.leader_replica(topic, index, current_leader_epoch)
+            .map(|r| Arc::clone(&r.log))
+    }
+
+    /// This broker's replica of a partition it leads; errors as [`Self::leader_log`].
+    pub fn leader_replica(
+        &self,
+        topic: &str,
+        index: i32,
+        current_leader_epoch: i32,
+    ) -> Result<Arc<Replica>, ErrorCode> {
+        let replica = self
+            .replica(topic, index)
             .ok_or(ErrorCode::UnknownTopicOrPartition)?;
         self.check_leader_epoch(topic, index, current_leader_epoch)?;
-        Ok(log)
+        Ok(replica)
     }
 
     /// Kafka's checks of a request to a partition leader: this broker must lead it
@@ -511,11 +552,28 @@ impl BrokerState {
     }
 
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<SharedLog>> {
+        self.replica(topic, index).map(|r| Arc::clone(&r.log))
+    }
+
+    /// This broker's replica of partition `index` of `topic`.
+    pub fn replica(&self, topic: &str, index: i32) -> Option<Arc<Replica>> {
         let partitions = self
             .partitions
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         partitions.get(&TopicPartition::new(topic, index)).cloned()
+    }
+
+    /// Every replica this broker holds.
+    pub fn replicas(&self) -> Vec<(TopicPartition, Arc<Replica>)> {
+        let partitions = self
+            .partitions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        partitions
+            .iter()
+            .map(|(tp, replica)| (tp.clone(), Arc::clone(replica)))
+            .collect()
     }
 
     /// The leader (a node ID, or -1 when it has none) and leader epoch of partition
@@ -538,20 +596,44 @@ impl BrokerState {
         body: RequestBody,
         version: i16,
     ) -> Result<ResponseBody, PeerError> {
+        let (host, port) = self.broker_endpoint(id).ok_or(PeerError::NoEndpoint(id))?;
+        self.peers.send(&host, port, body, version).await
+    }
+
+    /// Where broker `id` listens for other brokers; `None` unless it is registered,
+    /// unfenced and has the inter-broker listener.
+    pub fn broker_endpoint(&self, id: i32) -> Option<(String, u16)> {
         let listener = self.config.inter_broker_listener();
-        let broker = self
-            .live_brokers(&listener)
+        self.live_brokers(&listener)
             .into_iter()
             .find(|b| b.id == id)
-            .ok_or(PeerError::NoEndpoint(id))?;
-        self.peers
-            .send(&broker.host, broker.port, body, version)
-            .await
+            .map(|b| (b.host, b.port))
     }
 
     /// Whether the cluster has partition `index` of `topic` (wherever its replicas are).
     pub fn has_partition(&self, topic: &str, index: i32) -> bool {
         self.partition_leader(topic, index).is_some()
+    }
+
+    /// Waits until the offsets below `end` of a partition this broker leads are durable
+    /// here and held by every in-sync replica: acks=all for the broker's own writes
+    /// (coordinator records, transaction markers). Errors as [`Replica::wait_committed`].
+    pub async fn wait_replicated(
+        &self,
+        topic: &str,
+        partition: i32,
+        end: i64,
+    ) -> Result<(), ErrorCode> {
+        let replica = self
+            .replica(topic, partition)
+            .ok_or(ErrorCode::NotLeaderOrFollower)?;
+        let epoch = replica
+            .leader_epoch()
+            .ok_or(ErrorCode::NotLeaderOrFollower)?;
+        self.flusher.wait_durable(&replica.log, end).await?;
+        replica
+            .wait_committed(epoch, end, REPLICATION_TIMEOUT)
+            .await
     }
 
     /// A producer ID never handed out before, for InitProducerId. IDs come from the
@@ -688,7 +770,7 @@ impl BrokerState {
         tp: TopicPartition,
         log_config: &LogConfig,
         now: i64,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Arc<Replica>, BrokerError> {
         let found = lock(&self.unclaimed).remove(&tp);
         let mut log = match found {
             Some(log) => log,
@@ -701,14 +783,15 @@ impl BrokerState {
             )?,
         };
         log.set_config(log_config.clone());
-        // One replica: everything appended is replicated to the whole ISR.
-        let end = log.log_end_offset();
-        log.advance_high_watermark(end);
+        let replica = Arc::new(Replica::new(
+            self.config.node_id,
+            Arc::new(SharedLog::new(log)),
+        ));
         self.partitions
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(tp, Arc::new(SharedLog::new(log)));
-        Ok(())
+            .insert(tp, Arc::clone(&replica));
+        Ok(replica)
     }
 
     /// Stops serving a deleted topic's partitions and removes their folders.
@@ -759,17 +842,8 @@ impl BrokerState {
     /// segments, compaction when due (never past the high watermark) and `flush.ms` /
     /// `flush.messages`. Blocking. A log that fails is reported and skipped; the others go on.
     pub fn maintain(&self, now_ms: i64) {
-        let logs: Vec<(TopicPartition, Arc<SharedLog>)> = {
-            let partitions = self
-                .partitions
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            partitions
-                .iter()
-                .map(|(tp, log)| (tp.clone(), Arc::clone(log)))
-                .collect()
-        };
-        for (tp, log) in logs {
+        for (tp, replica) in self.replicas() {
+            let log = &replica.log;
             let outcome = log.with_log(|log| -> Result<(), LogError> {
                 log.apply_retention(now_ms)?;
                 log.purge_deleted()?;
@@ -821,8 +895,9 @@ impl BrokerState {
             let partitions = partitions
                 .into_inner()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for (_, shared) in partitions {
-                if let Some(shared) = Arc::into_inner(shared) {
+            for (_, replica) in partitions {
+                if let Some(shared) = Arc::into_inner(replica).and_then(|r| Arc::into_inner(r.log))
+                {
                     shared.into_inner().close()?;
                 }
             }

@@ -52,6 +52,9 @@ pub struct LogConfig {
     /// `producer.id.expiration.ms` (a broker setting): idempotent producers idle this
     /// long are forgotten by the partition.
     pub producer_id_expiration_ms: i64,
+    /// `min.insync.replicas`: an acks=all write needs this many in-sync replicas. The
+    /// log keeps it for the partition's leader; it does not act on it.
+    pub min_insync_replicas: i32,
 }
 
 impl Default for LogConfig {
@@ -78,6 +81,7 @@ impl Default for LogConfig {
             flush_messages: i64::MAX,
             flush_ms: i64::MAX,
             producer_id_expiration_ms: 24 * 60 * 60 * 1000,
+            min_insync_replicas: 1,
         }
     }
 }

@@ -143,6 +143,26 @@ impl SharedLog {
     }
 
     /// Whether a failed sync took the log offline.
+    /// Removes everything at and after `offset` (see [`PartitionLog::truncate_to`]). What
+    /// was durable above it no longer counts: offsets written there anew must be synced.
+    pub fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
+        let mut state = lock(&self.state);
+        let truncated = self.with_log(|log| {
+            log.truncate_to(offset)?;
+            Ok::<_, LogError>(log.log_end_offset())
+        });
+        match truncated {
+            Ok(end) => {
+                state.durable_offset = state.durable_offset.min(end);
+                Ok(())
+            }
+            Err(e) => {
+                state.failed = true;
+                Err(e)
+            }
+        }
+    }
+
     pub fn is_failed(&self) -> bool {
         lock(&self.state).failed
     }

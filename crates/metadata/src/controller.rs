@@ -998,7 +998,7 @@ pub fn place_replicas(
         let k = start + i;
         let first = k % n;
         let step = if n > 1 { 1 + (k / n) % (n - 1) } else { 0 };
-        let followers: Vec<i32> = (0..n - 1)
+        let followers: Vec<i32> = (0..n)
             .map(|j| brokers[(first + step + j) % n])
             .filter(|&b| b != brokers[first])
             .collect();

@@ -503,6 +503,29 @@ fn an_unclean_election_is_only_done_when_asked_for() {
 }
 
 #[test]
+fn every_partition_gets_as_many_distinct_replicas_as_asked() {
+    for brokers in 1..=6 {
+        let mut c = Cluster::new();
+        for id in 1..=brokers {
+            c.join(id, None);
+        }
+        for factor in 1..=brokers as i16 {
+            let name = format!("t{factor}");
+            c.create(&name, 50, factor).unwrap();
+            for p in &c.image.topic(&name).unwrap().partitions {
+                let distinct: BTreeSet<i32> = p.replicas.iter().copied().collect();
+                assert_eq!(
+                    p.replicas.len(),
+                    factor as usize,
+                    "{brokers} brokers: {p:?}"
+                );
+                assert_eq!(distinct.len(), factor as usize, "{brokers} brokers: {p:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn replicas_are_placed_across_racks_with_leaders_spread_evenly() {
     let mut c = Cluster::new();
     for (id, rack) in [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c"), (6, "c")] {

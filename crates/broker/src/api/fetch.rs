@@ -4,13 +4,19 @@
 //! list the aborted transactions the returned batches overlap. Long polling: with fewer
 //! than `min_bytes` available the request waits for appends, up to `max_wait_ms`.
 //! From v7, incremental fetch sessions (KIP-227): see `fetch_session`.
+//!
+//! A fetch from another broker (`replica_id`, or `replica_state` from v15) is a follower
+//! replicating the partitions this broker leads: it reads up to the log end offset, and
+//! its fetch offset tells the leader what the follower holds (see `replica`). A follower
+//! whose last fetched epoch ends earlier here than its fetch offset gets the diverging
+//! epoch instead of records, and truncates.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use spool_log::LogError;
 use spool_protocol::messages::fetch_response::{
-    AbortedTransaction, FetchableTopicResponse, PartitionData,
+    AbortedTransaction, EpochEndOffset, FetchableTopicResponse, PartitionData,
 };
 use spool_protocol::messages::{FetchRequest, FetchResponse};
 use spool_protocol::{ErrorCode, Uuid};
@@ -18,6 +24,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::fetch_session::{Context, INVALID_SESSION_ID, Outcome, PartitionKey, Reported, Wanted};
+use crate::replica::diverging_epoch;
 use crate::state::{BrokerState, lock, now_ms};
 
 const READ_COMMITTED: i8 = 1;
@@ -25,6 +32,8 @@ const READ_COMMITTED: i8 = 1;
 const SESSIONS_VERSION: i16 = 7;
 /// The first Fetch version naming topics by ID.
 const TOPIC_IDS_VERSION: i16 = 13;
+/// The first Fetch version carrying a follower's ID in `replica_state`.
+const REPLICA_STATE_VERSION: i16 = 15;
 
 /// The topic name of each wanted partition (`None` for an unknown topic ID).
 fn topic_names(state: &BrokerState, wanted: &[Wanted], version: i16) -> Vec<Option<String>> {
@@ -238,6 +247,14 @@ pub async fn handle(
     request: FetchRequest,
     version: i16,
 ) -> FetchResponse {
+    let replica_id = if version >= REPLICA_STATE_VERSION {
+        request.replica_state.replica_id
+    } else {
+        request.replica_id
+    };
+    if replica_id >= 0 {
+        return replica_fetch(state, &request, version, replica_id).await;
+    }
     let uses_topic_ids = version >= TOPIC_IDS_VERSION;
     let wanted = requested(&request, version);
     let context = if version < SESSIONS_VERSION {
@@ -312,22 +329,39 @@ async fn long_poll(
     request: &FetchRequest,
     version: i16,
 ) -> Vec<PartitionData> {
-    let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
-    let deadline = Instant::now() + wait;
-    let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
     let names = topic_names(state, wanted, version);
     let partitions: Vec<(&str, i32)> = wanted
         .iter()
         .zip(&names)
         .filter_map(|(w, name)| name.as_deref().map(|name| (name, w.key.partition)))
         .collect();
+    wait_for_data(state, &partitions, request, || {
+        read(state, wanted, &names, request, version)
+    })
+    .await
+}
+
+/// Runs `read` (partitions' data, bytes read) until it finds `min_bytes`, a partition
+/// has an error, or `max_wait_ms` passed; appends to `partitions` wake it early.
+async fn wait_for_data(
+    state: &BrokerState,
+    partitions: &[(&str, i32)],
+    request: &FetchRequest,
+    mut read: impl FnMut() -> (Vec<PartitionData>, usize),
+) -> Vec<PartitionData> {
+    let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
+    let deadline = Instant::now() + wait;
+    let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
     let waiter = Arc::new(Notify::new());
     loop {
         // Register before reading, so an append in between is not missed.
-        let registration = state.wakeups.register(&partitions, &waiter);
-        let (data, bytes) = read(state, wanted, &names, request, version);
-        let errors = data.iter().any(|p| p.error_code != 0);
-        if bytes >= min_bytes || errors || Instant::now() >= deadline {
+        let registration = state.wakeups.register(partitions, &waiter);
+        let (data, bytes) = read();
+        // An error or a diverging epoch is answered at once.
+        let urgent = data
+            .iter()
+            .any(|p| p.error_code != 0 || p.diverging_epoch != EpochEndOffset::default());
+        if bytes >= min_bytes || urgent || Instant::now() >= deadline {
             return data;
         }
         if tokio::time::timeout_at(deadline, waiter.notified())
@@ -335,7 +369,161 @@ async fn long_poll(
             .is_err()
         {
             drop(registration);
-            return read(state, wanted, &names, request, version).0;
+            return read().0;
         }
     }
+}
+
+/// A follower's fetch (sessionless, by topic name or ID as its version says): records
+/// how far the follower got, then reads up to each log end offset.
+async fn replica_fetch(
+    state: &Arc<BrokerState>,
+    request: &FetchRequest,
+    version: i16,
+    follower: i32,
+) -> FetchResponse {
+    let wanted = requested(request, version);
+    let names = topic_names(state, &wanted, version);
+    let last_fetched: Vec<i32> = request
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| p.last_fetched_epoch))
+        .collect();
+    let partitions: Vec<(&str, i32)> = wanted
+        .iter()
+        .zip(&names)
+        .filter_map(|(w, name)| name.as_deref().map(|name| (name, w.key.partition)))
+        .collect();
+    let mut first = true;
+    let data = wait_for_data(state, &partitions, request, || {
+        let mut total = 0;
+        let response_max = usize::try_from(request.max_bytes).unwrap_or(0);
+        let data = wanted
+            .iter()
+            .zip(&names)
+            .zip(&last_fetched)
+            .map(|((w, name), &last_fetched_epoch)| {
+                let budget = if total == 0 {
+                    usize::MAX
+                } else {
+                    response_max.saturating_sub(total)
+                };
+                let (data, bytes) = read_for_follower(
+                    state,
+                    (name.as_deref(), w, last_fetched_epoch),
+                    follower,
+                    first,
+                    budget,
+                );
+                total += bytes;
+                data
+            })
+            .collect();
+        first = false;
+        (data, total)
+    })
+    .await;
+    let answered = wanted.iter().map(|w| w.key.clone()).zip(data).collect();
+    FetchResponse {
+        responses: into_topics(answered),
+        session_id: INVALID_SESSION_ID,
+        ..Default::default()
+    }
+}
+
+/// One partition of a follower's fetch, within `budget` bytes: the diverging epoch when
+/// the follower's log parted from this one, else the records from its fetch offset up to
+/// the log end offset. When `record` is set, what the follower holds is recorded (not for
+/// a diverged log, whose offsets mean nothing here).
+fn read_for_follower(
+    state: &Arc<BrokerState>,
+    (name, wanted, last_fetched_epoch): (Option<&str>, &Wanted, i32),
+    follower: i32,
+    record: bool,
+    budget: usize,
+) -> (PartitionData, usize) {
+    let mut data = PartitionData {
+        partition_index: wanted.key.partition,
+        high_watermark: -1,
+        last_stable_offset: -1,
+        log_start_offset: -1,
+        records: Some(Default::default()),
+        ..Default::default()
+    };
+    let replica = name
+        .ok_or(ErrorCode::UnknownTopicOrPartition)
+        .and_then(|name| {
+            state.leader_replica(name, wanted.key.partition, wanted.current_leader_epoch)
+        });
+    let replica = match replica {
+        Ok(replica) => replica,
+        Err(error) => {
+            data.error_code = error.code();
+            return (data, 0);
+        }
+    };
+    let offset = wanted.fetch_offset;
+    let (diverging, end) = replica.log.with_log(|log| {
+        (
+            diverging_epoch(log, last_fetched_epoch, offset),
+            log.log_end_offset(),
+        )
+    });
+    if record && diverging.is_none() && offset <= end {
+        match replica.follower_fetched(follower, offset, now_ms()) {
+            Ok(note) => {
+                let name = name.unwrap_or_default();
+                if note.high_watermark_moved {
+                    state.wakeups.wake(name, wanted.key.partition);
+                }
+                if let Some(change) = note.expand {
+                    crate::replica_fetcher::send_isr_change(
+                        state,
+                        name,
+                        wanted.key.partition,
+                        &replica,
+                        change,
+                    );
+                }
+            }
+            Err(error) => {
+                data.error_code = error.code();
+                return (data, 0);
+            }
+        }
+    }
+    let partition_max = usize::try_from(wanted.partition_max_bytes)
+        .unwrap_or(0)
+        .min(budget);
+    let read = replica.log.with_log(|log| {
+        data.high_watermark = log.high_watermark();
+        data.last_stable_offset = log.last_stable_offset();
+        data.log_start_offset = log.log_start_offset();
+        match diverging {
+            Some(_) => None,
+            None => Some(log.read(offset, partition_max as u64, log.log_end_offset())),
+        }
+    });
+    if let Some((epoch, end_offset)) = diverging {
+        data.diverging_epoch.epoch = epoch;
+        data.diverging_epoch.end_offset = end_offset;
+        return (data, 0);
+    }
+    let mut bytes = 0;
+    match read {
+        Some(Ok(read)) => {
+            if let Some(range) = read.range {
+                match range.to_bytes() {
+                    Ok(records) => {
+                        bytes = records.len();
+                        data.records = Some(records);
+                    }
+                    Err(e) => data.error_code = LogError::from(e).error_code().code(),
+                }
+            }
+        }
+        Some(Err(e)) => data.error_code = e.error_code().code(),
+        None => {}
+    }
+    (data, bytes)
 }

@@ -16,6 +16,7 @@
 //! concurrently with later requests, so acks=all producers that pipeline share fsyncs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use spool_log::{AppendInfo, SharedLog};
 use spool_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -24,6 +25,7 @@ use spool_protocol::record_batch::RecordBatches;
 use spool_protocol::{ErrorCode, Uuid};
 
 use crate::group::OFFSETS_TOPIC;
+use crate::replica::Replica;
 use crate::state::{BrokerState, now_ms};
 use crate::txn::TXN_TOPIC;
 use crate::txn::runtime::join_or_verify;
@@ -32,11 +34,14 @@ use crate::txn::shard::Producer;
 /// A produce request whose batches have been appended (or refused).
 pub struct Appended {
     acks: i16,
+    /// How long an acks=all answer may wait for the ISR.
+    timeout: Duration,
     topics: Vec<AppendedTopic>,
 }
 
-/// A partition's append: its log and what the append did, or the error to answer with.
-type PartitionOutcome = Result<(Arc<SharedLog>, AppendInfo), ErrorCode>;
+/// A partition's append: its replica, what the append did and the leader epoch it was
+/// stamped with; or the error to answer with.
+type PartitionOutcome = Result<(Arc<Replica>, AppendInfo, i32), ErrorCode>;
 
 struct AppendedTopic {
     name: String,
@@ -120,11 +125,11 @@ pub async fn append(state: &BrokerState, request: ProduceRequest, version: i16) 
                 partitions.push((index, Err(ErrorCode::InvalidTopicException)));
                 continue;
             }
-            let log = name
+            let replica = name
                 .as_deref()
-                .map(|name| state.leader_log(name, index, -1));
-            let (Some(Ok(log)), Some(records)) = (log.clone(), partition.records) else {
-                let error = match log {
+                .map(|name| state.leader_replica(name, index, -1));
+            let (Some(Ok(replica)), Some(records)) = (replica.clone(), partition.records) else {
+                let error = match replica {
                     None if version >= 13 => ErrorCode::UnknownTopicId,
                     Some(Err(error)) => error,
                     _ => ErrorCode::UnknownTopicOrPartition,
@@ -144,7 +149,7 @@ pub async fn append(state: &BrokerState, request: ProduceRequest, version: i16) 
                 let joined = join_transaction(
                     state,
                     request.transactional_id.as_deref(),
-                    &log,
+                    &replica.log,
                     (topic, index),
                     producer,
                     version,
@@ -155,8 +160,8 @@ pub async fn append(state: &BrokerState, request: ProduceRequest, version: i16) 
                     continue;
                 }
             }
-            let outcome = match log.append(records, 0, now_ms()) {
-                Ok(info) => {
+            let outcome = match replica.append_as_leader(records, acks, now_ms()) {
+                Ok((info, epoch)) => {
                     if info.duplicate {
                         tracing::debug!(
                             topic = name.as_deref().unwrap_or_default(),
@@ -165,17 +170,12 @@ pub async fn append(state: &BrokerState, request: ProduceRequest, version: i16) 
                             "a producer's retry of a batch already written"
                         );
                     }
-                    // One replica: the ISR has the batch as soon as the leader does.
-                    log.with_log(|l| l.advance_high_watermark(info.last_offset + 1));
                     state
                         .wakeups
                         .wake(name.as_deref().unwrap_or_default(), index);
-                    Ok((log, info))
+                    Ok((replica, info, epoch))
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "produce refused");
-                    Err(e.error_code())
-                }
+                Err(error) => Err(error),
             };
             partitions.push((index, outcome));
         }
@@ -185,7 +185,11 @@ pub async fn append(state: &BrokerState, request: ProduceRequest, version: i16) 
             partitions,
         });
     }
-    Appended { acks, topics }
+    Appended {
+        acks,
+        timeout: Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0)),
+        topics,
+    }
 }
 
 /// Step two: wait for durability when acks=all, then answer (nothing for acks=0).
@@ -194,7 +198,11 @@ pub async fn respond(
     appended: Appended,
     version: i16,
 ) -> Option<ProduceResponse> {
-    let Appended { acks, topics } = appended;
+    let Appended {
+        acks,
+        timeout,
+        topics,
+    } = appended;
     if acks == 0 {
         return None;
     }
@@ -204,9 +212,14 @@ pub async fn respond(
         for (index, outcome) in topic.partitions {
             let response = match outcome {
                 Err(error) => partition_error(index, error),
-                Ok((log, info)) => {
+                Ok((replica, info, epoch)) => {
+                    let log = &replica.log;
+                    let end = info.last_offset + 1;
                     let durable = if acks == -1 {
-                        state.flusher.wait_durable(&log, info.last_offset + 1).await
+                        match state.flusher.wait_durable(log, end).await {
+                            Ok(()) => replica.wait_committed(epoch, end, timeout).await,
+                            Err(error) => Err(error),
+                        }
                     } else {
                         Ok(())
                     };

@@ -50,10 +50,12 @@ pub async fn handle(
                         marker.coordinator_epoch,
                     );
                     match written {
-                        Ok(Some((log, end))) => match state.flusher.wait_durable(&log, end).await {
-                            Ok(()) => ErrorCode::None,
-                            Err(error) => error,
-                        },
+                        Ok(Some(end)) => {
+                            match state.wait_replicated(&topic.name, partition, end).await {
+                                Ok(()) => ErrorCode::None,
+                                Err(error) => error,
+                            }
+                        }
                         Ok(None) => ErrorCode::InvalidProducerEpoch,
                         Err(error) => error,
                     }

@@ -24,8 +24,8 @@ use tokio::sync::{oneshot, watch};
 use super::shard::{Effects, Parked, Token};
 use super::{GroupConfig, GroupRecord, OFFSETS_TOPIC, Shard, partition_for};
 use crate::coordinator_log::{
-    Slots, append_records, create_internal_topic, for_each_batch, led_partitions, plain_batch,
-    transactional_batch,
+    Slots, append_records, as_coordinator_error, create_internal_topic, for_each_batch,
+    led_partitions, plain_batch, transactional_batch,
 };
 use crate::metadata::random_uuid;
 use crate::state::{BrokerState, lock, now_ms};
@@ -74,7 +74,7 @@ fn retire(slot: &Slot) {
 
 /// Answers to release once the log is durable up to `end`.
 struct Release {
-    log: Arc<SharedLog>,
+    partition: i32,
     end: i64,
     answers: Vec<(oneshot::Sender<Parked>, Parked)>,
 }
@@ -314,7 +314,7 @@ fn dispatch(
                 })
                 .collect();
             Ok(Release {
-                log: Arc::clone(&slot.log),
+                partition: slot.partition,
                 end,
                 answers,
             })
@@ -342,10 +342,12 @@ fn append(log: &SharedLog, records: &[GroupRecord], now: i64) -> Result<i64, Log
 }
 
 async fn release_when_durable(state: &BrokerState, release: Release) -> Result<(), ErrorCode> {
-    let durable = state.flusher.wait_durable(&release.log, release.end).await;
-    if durable.is_err() {
+    let replicated = state
+        .wait_replicated(OFFSETS_TOPIC, release.partition, release.end)
+        .await;
+    if let Err(error) = replicated {
         // Dropping the senders fails the parked requests.
-        return Err(ErrorCode::CoordinatorNotAvailable);
+        return Err(as_coordinator_error(error));
     }
     for (sender, answer) in release.answers {
         let _ = sender.send(answer);
@@ -431,6 +433,7 @@ pub async fn ensure_offsets_topic(state: &BrokerState) -> Result<(), crate::Brok
         OFFSETS_TOPIC,
         config.offsets_topic_partitions,
         config.offsets_topic_segment_bytes,
+        state.config.replication.offsets_topic_replication_factor,
     )
     .await?;
     // Applying the new topic gave this broker the shards of the partitions it leads.

@@ -31,7 +31,8 @@ use super::records::TxnRecord;
 use super::shard::{MarkerJob, Producer, TopicPartition, TxnShard};
 use super::{TXN_TOPIC, TxnConfig, partition_for};
 use crate::coordinator_log::{
-    Slots, append_records, create_internal_topic, for_each_batch, led_partitions, plain_batch,
+    Slots, append_records, as_coordinator_error, create_internal_topic, for_each_batch,
+    led_partitions, plain_batch,
 };
 use crate::group::OFFSETS_TOPIC;
 use crate::state::{BrokerState, lock, now_ms};
@@ -127,7 +128,10 @@ impl TxnCoordinator {
     ) -> Result<R, ErrorCode> {
         let slot = self.slot(transactional_id)?;
         let (result, end) = self.step_on(state, &slot, step)?;
-        state.flusher.wait_durable(&slot.log, end).await?;
+        state
+            .wait_replicated(TXN_TOPIC, slot.partition, end)
+            .await
+            .map_err(as_coordinator_error)?;
         Ok(result)
     }
 
@@ -216,7 +220,11 @@ impl TxnCoordinator {
             }) else {
                 continue;
             };
-            if state.flusher.wait_durable(&slot.log, end).await.is_err() {
+            if state
+                .wait_replicated(TXN_TOPIC, slot.partition, end)
+                .await
+                .is_err()
+            {
                 continue;
             }
             for job in jobs {
@@ -264,7 +272,7 @@ async fn write_markers(state: &BrokerState, job: &MarkerJob) -> Result<(), Error
                     marker,
                     coordinator_epoch,
                 )? {
-                    written.push(end);
+                    written.push((topic, *partition, end));
                 }
             }
             Some((leader, _)) if leader < 0 => return Err(ErrorCode::NotLeaderOrFollower),
@@ -317,8 +325,8 @@ async fn write_markers(state: &BrokerState, job: &MarkerJob) -> Result<(), Error
             }
         }
     }
-    for (log, end) in written {
-        state.flusher.wait_durable(&log, end).await?;
+    for (topic, partition, end) in written {
+        state.wait_replicated(topic, partition, end).await?;
     }
     Ok(())
 }
@@ -426,8 +434,8 @@ fn by_topic(partitions: &[&TopicPartition]) -> Vec<WritableTxnMarkerTopic> {
 
 /// Appends one transaction marker for `(producer ID, epoch)` to a partition (through the
 /// group coordinator for `__consumer_offsets`, whose pending offsets it decides) and
-/// wakes its readers. Returns the partition's log and the offset after the marker; `None`
-/// when there is nothing to end there.
+/// wakes its readers. Returns the offset after the marker; `None` when there is nothing
+/// to end there.
 pub fn write_marker(
     state: &BrokerState,
     topic: &str,
@@ -435,7 +443,7 @@ pub fn write_marker(
     (producer_id, producer_epoch): (i64, i16),
     marker: ControlRecordType,
     coordinator_epoch: i32,
-) -> Result<Option<(Arc<SharedLog>, i64)>, ErrorCode> {
+) -> Result<Option<i64>, ErrorCode> {
     let Some(log) = state.partition(topic, partition) else {
         return Ok(None);
     };
@@ -447,7 +455,7 @@ pub fn write_marker(
             marker,
             coordinator_epoch,
         )?;
-        return Ok(end.map(|end| (log, end)));
+        return Ok(end);
     }
     let end = append_marker(
         &log,
@@ -459,11 +467,11 @@ pub fn write_marker(
     if end.is_some() {
         state.wakeups.wake(topic, partition);
     }
-    Ok(end.map(|end| (log, end)))
+    Ok(end)
 }
 
-/// Appends a marker to `log` and, one replica being the whole ISR, commits it. Returns the
-/// offset after it, or `None` when the partition's producer is already past this epoch
+/// Appends a marker to `log`, stamped with the leader epoch, and advances the high
+/// watermark as far as the ISR allows. Returns the offset after it, or `None` when the partition's producer is already past this epoch
 /// (nothing of the transaction is open there).
 pub fn append_marker(
     log: &SharedLog,
@@ -478,7 +486,7 @@ pub fn append_marker(
             producer_id,
             producer_epoch,
             coordinator_epoch,
-            0,
+            l.leader_epoch(),
             now,
         )?;
         l.advance_high_watermark(info.last_offset + 1);
@@ -554,6 +562,10 @@ pub async fn ensure_txn_topic(state: &BrokerState) -> Result<(), crate::BrokerEr
         TXN_TOPIC,
         config.topic_partitions,
         config.topic_segment_bytes,
+        state
+            .config
+            .replication
+            .transaction_state_log_replication_factor,
     )
     .await?;
     // Applying the new topic gave this broker the shards of the partitions it leads.

@@ -208,6 +208,10 @@ pub struct PartitionLog {
     first_dirty_offset: i64,
     /// The high watermark the partition's leader or follower logic sets.
     high_watermark: i64,
+    /// On a leader with other in-sync replicas: the highest offset all of them are known
+    /// to hold. The high watermark never passes it. `None` on a follower and on a leader
+    /// in sync alone.
+    replica_floor: Option<i64>,
     /// Idempotent producers' sequence state, covering every batch in the log.
     producers: ProducerStateManager,
 }
@@ -354,6 +358,7 @@ impl PartitionLog {
             epochs,
             first_dirty_offset,
             high_watermark: checkpointed_high_watermark.clamp(log_start_offset, log_end_offset),
+            replica_floor: None,
             producers: ProducerStateManager::new(),
         };
         log.rebuild_producer_state()?;
@@ -918,11 +923,36 @@ impl PartitionLog {
     /// cuts the log below it); capped at the log end offset. It is persisted with the next
     /// checkpoint. Returns the new value.
     pub fn advance_high_watermark(&mut self, offset: i64) -> i64 {
-        let capped = offset.min(self.log_end_offset());
+        let capped = offset
+            .min(self.log_end_offset())
+            .min(self.replica_floor.unwrap_or(i64::MAX));
         if capped > self.high_watermark {
             self.high_watermark = capped;
         }
         self.high_watermark
+    }
+
+    /// Caps the high watermark at what the other in-sync replicas hold (see
+    /// `replica_floor`); `None` lifts the cap.
+    pub fn set_replica_floor(&mut self, floor: Option<i64>) {
+        self.replica_floor = floor;
+    }
+
+    /// The leader epoch appends are stamped with: the latest epoch this log knows (0 for
+    /// a log that has none).
+    pub fn leader_epoch(&self) -> i32 {
+        self.epochs.latest_epoch().unwrap_or(0)
+    }
+
+    /// Makes `epoch` begin at the log end offset, as a replica does on becoming the
+    /// partition's leader, so that followers can find where their logs diverge before the
+    /// leader has written anything. An epoch not newer than the latest is ignored.
+    pub fn begin_leader_epoch(&mut self, epoch: i32) -> Result<(), LogError> {
+        self.check_online()?;
+        if self.epochs.assign(epoch, self.log_end_offset()) {
+            self.write_epochs()?;
+        }
+        Ok(())
     }
 
     /// The last stable offset: what read_committed consumers may see. The high watermark,
@@ -1125,6 +1155,10 @@ impl PartitionLog {
     pub fn truncate_to(&mut self, offset: i64) -> Result<(), LogError> {
         self.check_online()?;
         if offset >= self.log_end_offset() {
+            // An epoch that began at the end and wrote nothing is cut all the same.
+            if offset == self.log_end_offset() && self.epochs.truncate_from_end(offset) {
+                self.write_epochs()?;
+            }
             return Ok(());
         }
         self.generation += 1;

@@ -1,0 +1,357 @@
+//! The replica fetcher: how a follower copies its partitions from their leaders, and how
+//! a leader has the controller record ISR changes.
+//!
+//! One task per source broker fetches every partition this broker follows from it, with
+//! Fetch as a Kafka follower sends it (`replica_id`, `last_fetched_epoch`), on its own
+//! connection. Each round appends what came (keeping the leader's offsets and epochs),
+//! truncates a tail the leader says diverged, and makes the appended data durable before
+//! the next fetch: the next fetch's offset tells the leader what this broker holds, and it
+//! counts toward acks=all only once it is on disk here. A partition that fails waits
+//! `replica.fetch.backoff.ms` (a mismatch of leader epochs, which the metadata resolves,
+//! a short moment) while the others go on. The task ends when it has nothing left to
+//! fetch; [`ensure_fetchers`] starts the missing ones after each metadata change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use spool_log::{SharedLog, TopicPartition};
+use spool_protocol::ErrorCode;
+use spool_protocol::messages::alter_partition_request::{self, AlterPartitionRequest};
+use spool_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use spool_protocol::messages::fetch_response::EpochEndOffset;
+use spool_protocol::messages::{FetchRequest, FetchResponse, RequestBody, ResponseBody};
+use tokio::time::Instant;
+
+use crate::peers::Peers;
+use crate::replica::{Divergence, IsrChange, Replica};
+use crate::state::{BrokerState, blocking, lock, now_ms};
+
+/// The Fetch version followers send: topics by name, the follower's ID in the body, and
+/// diverging epochs in the answer.
+const FETCH_VERSION: i16 = 12;
+/// The AlterPartition version leaders send (ISR members with their broker epochs).
+const ALTER_PARTITION_VERSION: i16 = 3;
+/// How long a fetch waits for its answer beyond the leader's own wait.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pause after a leader-epoch mismatch: one side's metadata is about to catch up.
+const EPOCH_MISMATCH_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A partition this broker follows from a source broker, at the epoch it follows.
+struct Followed {
+    tp: TopicPartition,
+    replica: Arc<Replica>,
+    epoch: i32,
+}
+
+fn followed_from(state: &BrokerState, source: i32) -> Vec<Followed> {
+    state
+        .replicas()
+        .into_iter()
+        .filter_map(|(tp, replica)| {
+            let (leader, epoch) = replica.following()?;
+            (leader == source).then_some(Followed { tp, replica, epoch })
+        })
+        .collect()
+}
+
+/// Starts a fetcher for each broker this one follows partitions from and has none for.
+pub fn ensure_fetchers(state: &Arc<BrokerState>) {
+    let leaders: std::collections::BTreeSet<i32> = state
+        .replicas()
+        .iter()
+        .filter_map(|(_, replica)| replica.following().map(|(leader, _)| leader))
+        .collect();
+    let mut running = lock(&state.fetchers);
+    for leader in leaders {
+        if running.insert(leader) {
+            tokio::spawn(run(Arc::downgrade(state), leader));
+        }
+    }
+}
+
+async fn run(weak: Weak<BrokerState>, source: i32) {
+    let mut peers: Option<Peers> = None;
+    // Partitions set aside after an error: until when, and at which epoch (a new epoch
+    // ends the pause).
+    let mut paused: HashMap<TopicPartition, (Instant, i32)> = HashMap::new();
+    loop {
+        let Some(state) = weak.upgrade() else {
+            return;
+        };
+        let followed = {
+            let mut running = lock(&state.fetchers);
+            let followed = followed_from(&state, source);
+            if followed.is_empty() {
+                running.remove(&source);
+                return;
+            }
+            followed
+        };
+        let config = state.config.replication.clone();
+        let now = Instant::now();
+        paused.retain(|tp, (until, epoch)| {
+            *until > now && followed.iter().any(|f| f.tp == *tp && f.epoch == *epoch)
+        });
+        let ready: Vec<Followed> = followed
+            .into_iter()
+            .filter(|f| !paused.contains_key(&f.tp))
+            .collect();
+        let backoff = Duration::from_millis(config.fetch_backoff_ms);
+        let endpoint = state.broker_endpoint(source).filter(|_| !ready.is_empty());
+        let Some((host, port)) = endpoint else {
+            drop(state);
+            let resume = paused.values().map(|(until, _)| *until).min();
+            let wake = resume.map_or(now + backoff, |until| until.min(now + backoff));
+            tokio::time::sleep_until(wake).await;
+            continue;
+        };
+        let request = fetch_request(&state, &ready);
+        let peers = peers.get_or_insert_with(|| {
+            Peers::new(
+                format!("spool-replica-fetcher-{}", state.config.node_id),
+                FETCH_TIMEOUT,
+            )
+        });
+        drop(state);
+        let answer = peers
+            .send(&host, port, RequestBody::Fetch(request), FETCH_VERSION)
+            .await;
+        let response = match answer {
+            Ok(ResponseBody::Fetch(response)) if response.error_code == 0 => response,
+            Ok(ResponseBody::Fetch(response)) => {
+                let error = ErrorCode::from_wire(response.error_code);
+                tracing::warn!(source, ?error, "replica fetch refused");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+            Ok(_) => {
+                tracing::warn!(source, "replica fetch answered with another API");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(source, error = %e, "replica fetch failed");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        let Some(state) = weak.upgrade() else {
+            return;
+        };
+        for (tp, epoch, error) in apply_response(&state, source, ready, response).await {
+            let pause = match error {
+                ErrorCode::UnknownLeaderEpoch
+                | ErrorCode::FencedLeaderEpoch
+                | ErrorCode::NotLeaderOrFollower
+                | ErrorCode::UnknownTopicOrPartition => EPOCH_MISMATCH_BACKOFF,
+                _ => {
+                    tracing::warn!(partition = %tp, source, ?error, "replica fetch of a partition failed");
+                    backoff
+                }
+            };
+            paused.insert(tp, (Instant::now() + pause, epoch));
+        }
+    }
+}
+
+/// A follower's fetch of `followed`, each from its log end offset.
+fn fetch_request(state: &BrokerState, followed: &[Followed]) -> FetchRequest {
+    let config = &state.config.replication;
+    let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+    for f in followed {
+        let partition = f.replica.log.with_log(|log| FetchPartition {
+            partition: f.tp.partition,
+            current_leader_epoch: f.epoch,
+            fetch_offset: log.log_end_offset(),
+            last_fetched_epoch: log.leader_epochs().latest_epoch().unwrap_or(-1),
+            log_start_offset: log.log_start_offset(),
+            partition_max_bytes: config.fetch_max_bytes,
+            ..Default::default()
+        });
+        topics.entry(&f.tp.topic).or_default().push(partition);
+    }
+    FetchRequest {
+        replica_id: state.config.node_id,
+        max_wait_ms: config.fetch_wait_max_ms,
+        min_bytes: config.fetch_min_bytes,
+        max_bytes: config.fetch_response_max_bytes,
+        isolation_level: 0,
+        session_id: 0,
+        // Sessionless.
+        session_epoch: -1,
+        topics: topics
+            .into_iter()
+            .map(|(topic, partitions)| FetchTopic {
+                topic: topic.to_string(),
+                partitions,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Appends (or truncates) what the leader sent, then waits until the appended data is
+/// durable. Returns the partitions that failed, with the epoch they were fetched at.
+async fn apply_response(
+    state: &Arc<BrokerState>,
+    source: i32,
+    ready: Vec<Followed>,
+    response: FetchResponse,
+) -> Vec<(TopicPartition, i32, ErrorCode)> {
+    let applied = blocking(move || Ok(apply_blocking(source, &ready, response))).await;
+    let Ok((mut failed, appended)) = applied else {
+        return Vec::new();
+    };
+    let logs: Vec<(Arc<SharedLog>, i64)> = appended
+        .iter()
+        .map(|(_, _, log, end)| (Arc::clone(log), *end))
+        .collect();
+    let durable = state.flusher.wait_all_durable(logs).await;
+    for ((tp, epoch, _, _), outcome) in appended.into_iter().zip(durable) {
+        match outcome {
+            Ok(()) => state.wakeups.wake(&tp.topic, tp.partition),
+            Err(error) => failed.push((tp, epoch, error)),
+        }
+    }
+    failed
+}
+
+type Appended = Vec<(TopicPartition, i32, Arc<SharedLog>, i64)>;
+
+fn apply_blocking(
+    source: i32,
+    ready: &[Followed],
+    response: FetchResponse,
+) -> (Vec<(TopicPartition, i32, ErrorCode)>, Appended) {
+    let mut failed = Vec::new();
+    let mut appended = Vec::new();
+    let now = now_ms();
+    for topic in response.responses {
+        for p in topic.partitions {
+            let Some(f) = ready
+                .iter()
+                .find(|f| f.tp.topic == topic.topic && f.tp.partition == p.partition_index)
+            else {
+                continue;
+            };
+            let error = ErrorCode::from_wire(p.error_code);
+            if error != ErrorCode::None {
+                failed.push((f.tp.clone(), f.epoch, error));
+                continue;
+            }
+            let following = (source, f.epoch);
+            let outcome = if p.diverging_epoch != EpochEndOffset::default() {
+                let divergence = Divergence {
+                    epoch: p.diverging_epoch.epoch,
+                    end_offset: p.diverging_epoch.end_offset,
+                };
+                f.replica
+                    .truncate_diverged(following, divergence)
+                    .map(|_| None)
+            } else {
+                let records = p.records.unwrap_or_default();
+                let had_records = !records.is_empty();
+                f.replica
+                    .append_from_leader(following, records, p.high_watermark, now)
+                    .map(|end| had_records.then_some(end))
+            };
+            match outcome {
+                Ok(Some(end)) => {
+                    appended.push((f.tp.clone(), f.epoch, Arc::clone(&f.replica.log), end))
+                }
+                Ok(None) => {}
+                Err(error) => failed.push((f.tp.clone(), f.epoch, error)),
+            }
+        }
+    }
+    (failed, appended)
+}
+
+/// Has the controller record the ISR a leader chose for partition `partition` of
+/// `topic`, in the background. Should the controller refuse (or not answer), the change
+/// is dropped and the leader asks again when the need arises.
+pub fn send_isr_change(
+    state: &Arc<BrokerState>,
+    topic: &str,
+    partition: i32,
+    replica: &Arc<Replica>,
+    change: IsrChange,
+) {
+    let Some(topic_id) = state.with_image(|image| image.topic(topic).map(|t| t.id)) else {
+        replica.isr_change_failed(&change);
+        return;
+    };
+    let new_isr_with_epochs = state.with_image(|image| {
+        change
+            .isr
+            .iter()
+            .map(|&b| alter_partition_request::BrokerState {
+                broker_id: b,
+                broker_epoch: image.broker(b).map_or(-1, |meta| meta.epoch),
+                ..Default::default()
+            })
+            .collect()
+    });
+    let request = AlterPartitionRequest {
+        broker_id: state.config.node_id,
+        broker_epoch: state.node.broker_epoch(),
+        topics: vec![alter_partition_request::TopicData {
+            topic_name: topic.to_string(),
+            topic_id,
+            partitions: vec![alter_partition_request::PartitionData {
+                partition_index: partition,
+                leader_epoch: change.leader_epoch,
+                new_isr_with_epochs,
+                partition_epoch: change.partition_epoch,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let controller = state.node.controller.clone();
+    let replica = Arc::clone(replica);
+    let topic = topic.to_string();
+    tokio::spawn(async move {
+        let response = controller
+            .alter_partition(request, ALTER_PARTITION_VERSION)
+            .await;
+        let error = match ErrorCode::from_wire(response.error_code) {
+            ErrorCode::None => response
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .map(|p| ErrorCode::from_wire(p.error_code))
+                .find(|&e| e != ErrorCode::None)
+                .unwrap_or(ErrorCode::None),
+            error => error,
+        };
+        if error == ErrorCode::None {
+            tracing::info!(%topic, partition, isr = ?change.isr, "ISR changed");
+        } else {
+            tracing::info!(%topic, partition, isr = ?change.isr, ?error, "ISR change refused");
+            replica.isr_change_failed(&change);
+        }
+    });
+}
+
+/// Takes the followers that stopped keeping up out of the ISR of every partition this
+/// broker leads, checking every half `replica.lag.time.max.ms` (as Kafka does), until
+/// the broker is gone.
+pub async fn run_isr_checks(state: Weak<BrokerState>, lag_max_ms: i64) {
+    let interval = Duration::from_millis(u64::try_from(lag_max_ms / 2).unwrap_or(0).max(10));
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let now = now_ms();
+        for (tp, replica) in state.replicas() {
+            if let Some(change) = replica.shrink_lagging(now, lag_max_ms) {
+                send_isr_change(&state, &tp.topic, tp.partition, &replica, change);
+            }
+        }
+    }
+}

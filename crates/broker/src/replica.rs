@@ -33,6 +33,9 @@ use tokio::time::Instant;
 
 use crate::state::lock;
 
+/// How long a leader waits before asking again for an ISR change the controller refused.
+pub const ISR_RETRY_BACKOFF_MS: i64 = 100;
+
 /// A replica's part in its partition.
 #[derive(Debug)]
 enum Role {
@@ -53,6 +56,8 @@ struct Leading {
     isr: Vec<i32>,
     /// An ISR this leader has asked the controller for and not yet seen applied.
     pending_isr: Option<Vec<i32>>,
+    /// After a refused ISR change, none is asked for before this time.
+    isr_retry_at_ms: i64,
     /// Where this leader epoch began: a follower must hold at least this much to rejoin
     /// the ISR.
     epoch_start: i64,
@@ -199,6 +204,7 @@ impl Replica {
                     replicas: p.replicas.clone(),
                     isr: p.isr.clone(),
                     pending_isr: None,
+                    isr_retry_at_ms: 0,
                     epoch_start,
                     followers: others.map(|r| (r, Progress::new(now))).collect(),
                 });
@@ -354,6 +360,7 @@ impl Replica {
         let high_watermark = self.log.with_log(|l| l.high_watermark());
         let joins = !leading.maximal_isr().contains(&follower)
             && leading.pending_isr.is_none()
+            && now >= leading.isr_retry_at_ms
             && end >= high_watermark
             && end >= leading.epoch_start;
         let expand = joins.then(|| {
@@ -383,7 +390,7 @@ impl Replica {
         let Role::Leader(leading) = &mut *role else {
             return None;
         };
-        if leading.pending_isr.is_some() {
+        if leading.pending_isr.is_some() || now < leading.isr_retry_at_ms {
             return None;
         }
         let leader_end = self.log.with_log(|l| l.log_end_offset());
@@ -409,14 +416,15 @@ impl Replica {
         })
     }
 
-    /// The controller refused or never answered `change`: it is no longer pending, so
-    /// that it can be asked again.
-    pub fn isr_change_failed(&self, change: &IsrChange) {
+    /// The controller refused or never answered `change`: it is no longer pending, and
+    /// may be asked again after [`ISR_RETRY_BACKOFF_MS`].
+    pub fn isr_change_failed(&self, change: &IsrChange, now: i64) {
         let mut role = lock(&self.role);
         if let Role::Leader(leading) = &mut *role
             && leading.pending_isr.as_ref() == Some(&change.isr)
         {
             leading.pending_isr = None;
+            leading.isr_retry_at_ms = now.saturating_add(ISR_RETRY_BACKOFF_MS);
             self.update_high_watermark(leading);
         }
         drop(role);

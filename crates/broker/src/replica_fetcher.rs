@@ -280,7 +280,7 @@ pub fn send_isr_change(
     change: IsrChange,
 ) {
     let Some(topic_id) = state.with_image(|image| image.topic(topic).map(|t| t.id)) else {
-        replica.isr_change_failed(&change);
+        replica.isr_change_failed(&change, now_ms());
         return;
     };
     let new_isr_with_epochs = state.with_image(|image| {
@@ -298,7 +298,6 @@ pub fn send_isr_change(
         broker_id: state.config.node_id,
         broker_epoch: state.node.broker_epoch(),
         topics: vec![alter_partition_request::TopicData {
-            topic_name: topic.to_string(),
             topic_id,
             partitions: vec![alter_partition_request::PartitionData {
                 partition_index: partition,
@@ -332,7 +331,7 @@ pub fn send_isr_change(
             tracing::info!(%topic, partition, isr = ?change.isr, "ISR changed");
         } else {
             tracing::info!(%topic, partition, isr = ?change.isr, ?error, "ISR change refused");
-            replica.isr_change_failed(&change);
+            replica.isr_change_failed(&change, now_ms());
         }
     });
 }

@@ -284,8 +284,16 @@ fn a_caught_up_follower_joins_the_isr_and_a_lagging_one_leaves_it() {
     leader.append_as_leader(records(&["c"]), 1, 1_000).unwrap();
     leader.follower_fetched(2, 3, 1_000).unwrap();
     assert_eq!(high_watermark(&leader), 2);
-    leader.isr_change_failed(&change);
+    leader.isr_change_failed(&change, 1_000);
     assert_eq!(high_watermark(&leader), 3);
+    // Asked again only after a pause.
+    assert_eq!(leader.follower_fetched(3, 3, 1_050).unwrap().expand, None);
+    let change = leader
+        .follower_fetched(3, 3, 1_100)
+        .unwrap()
+        .expand
+        .unwrap();
+    assert_eq!(change.isr, vec![1, 2, 3]);
 
     // The controller records it; then broker 3 stops fetching.
     leader.apply(&meta(1, 1, 2, &[1, 2, 3]), 1_000).unwrap();

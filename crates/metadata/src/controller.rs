@@ -72,7 +72,7 @@ impl Default for ControllerConfig {
     fn default() -> ControllerConfig {
         ControllerConfig {
             cluster_id: String::new(),
-            session_timeout_ms: 9000,
+            session_timeout_ms: 1500,
             default_replication_factor: 1,
             leader_imbalance_per_broker_percentage: 10,
             local_broker: None,
@@ -599,10 +599,17 @@ impl Controller {
             } else {
                 image.topic(&topic_data.topic_name)
             };
-            let mut topic_reply = alter_partition_response::TopicData {
-                topic_name: topic_data.topic_name.clone(),
-                topic_id: topic_data.topic_id,
-                ..Default::default()
+            // Topics are named up to version 1, identified from version 2.
+            let mut topic_reply = if version >= 2 {
+                alter_partition_response::TopicData {
+                    topic_id: topic_data.topic_id,
+                    ..Default::default()
+                }
+            } else {
+                alter_partition_response::TopicData {
+                    topic_name: topic_data.topic_name.clone(),
+                    ..Default::default()
+                }
             };
             for data in &topic_data.partitions {
                 let mut partition_reply = alter_partition_response::PartitionData {

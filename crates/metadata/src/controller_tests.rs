@@ -246,7 +246,12 @@ impl Cluster {
         let outcome = self
             .controller
             .alter_partition(&self.image, request, version);
-        self.commit(outcome)
+        let reply = self.commit(outcome);
+        // The reply goes back over the wire at the request's version.
+        let mut wire = bytes::BytesMut::new();
+        spool_protocol::Message::encode(&reply, &mut wire, version)
+            .expect("the reply fits its version");
+        reply
     }
 
     fn elect(

@@ -30,6 +30,7 @@ pub mod describe_log_dirs;
 pub mod describe_producers;
 pub mod describe_topic_partitions;
 pub mod describe_transactions;
+pub mod elect_leaders;
 pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
@@ -66,6 +67,7 @@ pub const IMPLEMENTED: &[ApiKey] = &[
     ApiKey::AlterConfigs,
     ApiKey::IncrementalAlterConfigs,
     ApiKey::DescribeCluster,
+    ApiKey::ElectLeaders,
     ApiKey::DescribeLogDirs,
     ApiKey::DescribeTopicPartitions,
     ApiKey::OffsetForLeaderEpoch,
@@ -193,6 +195,9 @@ pub async fn handle(
         RequestBody::IncrementalAlterConfigs(request) => ResponseBody::IncrementalAlterConfigs(
             incremental_alter_configs::handle(state, request, version).await,
         ),
+        RequestBody::ElectLeaders(request) => {
+            ResponseBody::ElectLeaders(elect_leaders::handle(state, request, version).await)
+        }
         RequestBody::DescribeCluster(request) => ResponseBody::DescribeCluster(
             describe_cluster::handle(state, &context.listener, request, version),
         ),

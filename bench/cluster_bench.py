@@ -71,7 +71,9 @@ class Cluster:
                                  stderr=log, text=True, env=env)
         while True:
             line = child.stdout.readline()
-            assert line, f"node {node} stopped"
+            if not line:
+                with open(os.path.join(self.dir, f"node-{node}.log"), errors="replace") as f:
+                    raise AssertionError(f"node {node} stopped: {f.read()[-2000:]}")
             if line.startswith("spool: data in "):
                 return child
 
@@ -94,9 +96,10 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def time_to_write(bootstrap, topic, act):
-    """Runs `act`, then produces one acks=all message to partition 0 of `topic` at a time
-    until one is acknowledged; returns the seconds from `act` to that acknowledgement."""
+def time_to_write(bootstrap, topic, act, moved_from=None, survivor=None):
+    """Runs `act`, then produces one acks=all message to partition 0 of `topic` (once the
+    metadata on `survivor` shows a leader other than `moved_from`, if given) and returns
+    the seconds from `act` to its acknowledgement."""
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,
                          "retry.backoff.ms": 10, "retry.backoff.max.ms": 20,
                          "topic.metadata.refresh.interval.ms": 100,
@@ -108,6 +111,14 @@ def time_to_write(bootstrap, topic, act):
     acked = []
     started = time.time()
     act()
+    if moved_from is not None:
+        admin = AdminClient({"bootstrap.servers": survivor})
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            metadata = admin.list_topics(topic=topic, timeout=5)
+            if metadata.topics[topic].partitions[0].leader not in (moved_from, -1):
+                break
+            time.sleep(0.005)
     producer.produce(topic, b"after", partition=0,
                      on_delivery=lambda e, m: acked.append((e, time.time())))
     producer.flush(30)
@@ -147,9 +158,21 @@ def main():
                     [victim] + others], config=rf3)])[topic].result(30)
                 time.sleep(1)
                 pid = cluster.node_pid(victim)
-                sig = signal.SIGKILL if kind == "kill" else signal.SIGTERM
-                times.append(time_to_write(cluster.bootstrap, topic,
-                                           lambda: os.kill(pid, sig)))
+                survivor = f"127.0.0.1:{BASE_PORT + others[0]}"
+                if kind == "kill":
+                    times.append(time_to_write(cluster.bootstrap, topic,
+                                               lambda: os.kill(pid, signal.SIGKILL)))
+                else:
+                    times.append(time_to_write(cluster.bootstrap, topic,
+                                               lambda: os.kill(pid, signal.SIGTERM),
+                                               moved_from=victim, survivor=survivor))
+                # The old process must be gone (and reaped, if started here) first.
+                ours = [c for c in restarted if c.pid == pid]
+                if ours:
+                    ours[0].wait(timeout=60)
+                gone_by = time.time() + 60
+                while os.path.exists(f"/proc/{pid}") and time.time() < gone_by:
+                    time.sleep(0.05)
                 restarted.append(cluster.restart(victim))
                 time.sleep(2)
         fmt = lambda xs: ", ".join(f"{x * 1000:.0f}" for x in xs)

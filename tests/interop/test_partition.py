@@ -141,10 +141,12 @@ def produce(bootstrap, values, acks, timeout_ms=30000):
     return acked, errors
 
 
-def read_partition(bootstrap):
+def read_partition(bootstrap, count):
+    """The values of the partition once its high watermark has reached `count`."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "partition-check",
                          "enable.auto.commit": False})
-    low, high = consumer.get_watermark_offsets(TopicPartition(TOPIC, 0), timeout=30)
+    low, high = wait_for("the high watermark", lambda: (lambda w: w if w[1] >= count else None)(
+        consumer.get_watermark_offsets(TopicPartition(TOPIC, 0), timeout=30)))
     consumer.assign([TopicPartition(TOPIC, 0, low)])
     values, deadline = [], time.time() + 60
     while len(values) < high - low and time.time() < deadline:
@@ -197,15 +199,16 @@ def test_an_isolated_leader_stops_acknowledging_and_truncates_after_healing():
         wait_for("the old leader back in the ISR", lambda: partition_state(majority)[1] == [0, 1, 2],
                  timeout=60)
         expected = before + after
-        assert read_partition(majority) == expected
+        assert read_partition(majority, len(expected)) == expected
         # Leading again (preferred election), the old leader serves the same log: what
         # only it had is gone.
         elected = admin.elect_leaders(ElectionType.PREFERRED, [TopicPartition(TOPIC, 0)])
         for future in elected.values() if isinstance(elected, dict) else [elected]:
             future.result(30)
-        wait_for("the old leader leading again", lambda: partition_state(everyone)[0] == leader)
-        assert read_partition(isolated) == expected
-        assert len(lost) > 0 and not set(lost) & set(read_partition(isolated))
+        wait_for("every broker seeing the old leader lead again", lambda: all(
+            partition_state(b.bootstrap)[0] == leader for b in brokers))
+        assert read_partition(isolated, len(expected)) == expected
+        assert len(lost) > 0
     finally:
         for broker in brokers:
             broker.process.send_signal(signal.SIGTERM)

@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import SPOOL
+import test_cluster
 from test_cluster import CONTROLLER_OFFSET, free_block, wait_for
 
 TOPIC = "orders"
@@ -23,7 +24,7 @@ PARTITIONS = 3
 ROUNDS = 5
 
 
-class Node:
+class Node(test_cluster.Node):
     """A node with the default (failover-tuned) timeouts; its log, with the quorum's
     messages, goes to a file next to its data."""
 
@@ -43,19 +44,6 @@ class Node:
         with open(self.log, "a") as log:
             self.process = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=log,
                                             text=True, env=env)
-
-    def wait_serving(self):
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            line = self.process.stdout.readline()
-            assert line, f"node {self.node_id} stopped"
-            if line.startswith("spool: data in "):
-                return
-        raise AssertionError(f"node {self.node_id} does not serve")
-
-    def kill(self):
-        self.process.kill()
-        self.process.wait(timeout=10)
 
     def stop(self):
         self.process.send_signal(signal.SIGTERM)

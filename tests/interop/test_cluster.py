@@ -97,6 +97,17 @@ def consume_all(bootstrap, topic, group, count):
     return seen
 
 
+def wait_serving(process, name):
+    """Waits for a `spool server` child to report that it serves ("spool: data in")."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        assert line, f"{name} stopped"
+        if line.startswith("spool: data in "):
+            return
+    raise AssertionError(f"{name} does not serve")
+
+
 class DevCluster:
     def __init__(self, nodes):
         self.dir = tempfile.mkdtemp(prefix="spool-interop-cluster-")
@@ -264,13 +275,7 @@ class Node:
                                         stderr=subprocess.DEVNULL, text=True)
 
     def wait_serving(self):
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            line = self.process.stdout.readline()
-            assert line, f"node {self.node_id} stopped"
-            if line.startswith("spool: data in "):
-                return
-        raise AssertionError(f"node {self.node_id} does not serve")
+        wait_serving(self.process, f"node {self.node_id}")
 
     def kill(self):
         self.process.kill()

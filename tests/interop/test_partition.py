@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka import ElectionType
 
 from conftest import SPOOL
-from test_cluster import wait_for
+from test_cluster import wait_for, wait_serving
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None,
@@ -102,13 +102,7 @@ class Broker:
         self.bootstrap = f"{address}:{KAFKA_PORT}"
 
     def wait_serving(self):
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            line = self.process.stdout.readline()
-            assert line, f"broker {self.i} stopped"
-            if line.startswith("spool: data in "):
-                return
-        raise AssertionError(f"broker {self.i} does not serve")
+        wait_serving(self.process, f"broker {self.i}")
 
     def controller_term(self):
         with open(self.log, errors="replace") as log:

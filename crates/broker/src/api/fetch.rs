@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use spool_log::LogError;
+use spool_log::{LogError, LogRead};
 use spool_protocol::messages::fetch_response::{
     AbortedTransaction, EpochEndOffset, FetchableTopicResponse, PartitionData,
 };
@@ -58,6 +58,53 @@ fn topic_names(state: &BrokerState, wanted: &[Wanted], version: i16) -> Vec<Opti
         .collect()
 }
 
+/// A partition's answer before anything is known of it: no offsets, no records.
+fn empty_partition(index: i32) -> PartitionData {
+    PartitionData {
+        partition_index: index,
+        high_watermark: -1,
+        last_stable_offset: -1,
+        log_start_offset: -1,
+        records: Some(Default::default()),
+        ..Default::default()
+    }
+}
+
+/// What a partition may still take of a response of `response_max` bytes of which
+/// `total` are used: the first partition with data always gets its first batch whole.
+fn budget(total: usize, response_max: usize) -> usize {
+    if total == 0 {
+        usize::MAX
+    } else {
+        response_max.saturating_sub(total)
+    }
+}
+
+/// Puts what a log read returned into `data` (its records, or its error); the bytes
+/// added.
+fn put_records(data: &mut PartitionData, read: Option<Result<LogRead, LogError>>) -> usize {
+    match read {
+        Some(Ok(LogRead {
+            range: Some(range), ..
+        })) => match range.to_bytes() {
+            Ok(bytes) => {
+                let added = bytes.len();
+                data.records = Some(bytes);
+                added
+            }
+            Err(e) => {
+                data.error_code = LogError::from(e).error_code().code();
+                0
+            }
+        },
+        Some(Err(e)) => {
+            data.error_code = e.error_code().code();
+            0
+        }
+        Some(Ok(_)) | None => 0,
+    }
+}
+
 /// One pass over `wanted` (whose topics are `names`), in order: each partition's data and
 /// the bytes read in all.
 fn read(
@@ -71,14 +118,7 @@ fn read(
     let response_max = usize::try_from(request.max_bytes).unwrap_or(0);
     let mut out = Vec::with_capacity(wanted.len());
     for (w, name) in wanted.iter().zip(names) {
-        let mut data = PartitionData {
-            partition_index: w.key.partition,
-            high_watermark: -1,
-            last_stable_offset: -1,
-            log_start_offset: -1,
-            records: Some(Default::default()),
-            ..Default::default()
-        };
+        let mut data = empty_partition(w.key.partition);
         let log = name
             .as_deref()
             .ok_or(ErrorCode::UnknownTopicOrPartition)
@@ -99,14 +139,9 @@ fn read(
             }
         };
         // Past the response's budget, partitions are listed without records.
-        let budget = if total == 0 {
-            usize::MAX
-        } else {
-            response_max.saturating_sub(total)
-        };
         let partition_max = usize::try_from(w.partition_max_bytes)
             .unwrap_or(0)
-            .min(budget);
+            .min(budget(total, response_max));
         let outcome = log.with_log(|log| {
             let upper = if request.isolation_level == READ_COMMITTED {
                 log.last_stable_offset()
@@ -138,21 +173,7 @@ fn read(
         data.high_watermark = high_watermark;
         data.last_stable_offset = last_stable_offset;
         data.log_start_offset = log_start_offset;
-        match read {
-            None => {}
-            Some(Ok(read)) => {
-                if let Some(range) = read.range {
-                    match range.to_bytes() {
-                        Ok(bytes) => {
-                            total += bytes.len();
-                            data.records = Some(bytes);
-                        }
-                        Err(e) => data.error_code = LogError::from(e).error_code().code(),
-                    }
-                }
-            }
-            Some(Err(e)) => data.error_code = e.error_code().code(),
-        }
+        total += put_records(&mut data, read);
         if request.isolation_level == READ_COMMITTED {
             data.aborted_transactions = Some(
                 aborted
@@ -322,6 +343,15 @@ pub async fn handle(
     }
 }
 
+/// The wanted partitions whose topic is known, by name, for the wakeups.
+fn named_partitions<'a>(wanted: &[Wanted], names: &'a [Option<String>]) -> Vec<(&'a str, i32)> {
+    wanted
+        .iter()
+        .zip(names)
+        .filter_map(|(w, name)| name.as_deref().map(|name| (name, w.key.partition)))
+        .collect()
+}
+
 /// Reads until `min_bytes` are there, a partition has an error, or `max_wait_ms` passed.
 async fn long_poll(
     state: &Arc<BrokerState>,
@@ -330,11 +360,7 @@ async fn long_poll(
     version: i16,
 ) -> Vec<PartitionData> {
     let names = topic_names(state, wanted, version);
-    let partitions: Vec<(&str, i32)> = wanted
-        .iter()
-        .zip(&names)
-        .filter_map(|(w, name)| name.as_deref().map(|name| (name, w.key.partition)))
-        .collect();
+    let partitions = named_partitions(wanted, &names);
     wait_for_data(state, &partitions, request, || {
         read(state, wanted, &names, request, version)
     })
@@ -389,11 +415,7 @@ async fn replica_fetch(
         .iter()
         .flat_map(|t| t.partitions.iter().map(|p| p.last_fetched_epoch))
         .collect();
-    let partitions: Vec<(&str, i32)> = wanted
-        .iter()
-        .zip(&names)
-        .filter_map(|(w, name)| name.as_deref().map(|name| (name, w.key.partition)))
-        .collect();
+    let partitions = named_partitions(&wanted, &names);
     let mut first = true;
     let data = wait_for_data(state, &partitions, request, || {
         let mut total = 0;
@@ -403,17 +425,12 @@ async fn replica_fetch(
             .zip(&names)
             .zip(&last_fetched)
             .map(|((w, name), &last_fetched_epoch)| {
-                let budget = if total == 0 {
-                    usize::MAX
-                } else {
-                    response_max.saturating_sub(total)
-                };
                 let (data, bytes) = read_for_follower(
                     state,
                     (name.as_deref(), w, last_fetched_epoch),
                     follower,
                     first,
-                    budget,
+                    budget(total, response_max),
                 );
                 total += bytes;
                 data
@@ -442,14 +459,7 @@ fn read_for_follower(
     record: bool,
     budget: usize,
 ) -> (PartitionData, usize) {
-    let mut data = PartitionData {
-        partition_index: wanted.key.partition,
-        high_watermark: -1,
-        last_stable_offset: -1,
-        log_start_offset: -1,
-        records: Some(Default::default()),
-        ..Default::default()
-    };
+    let mut data = empty_partition(wanted.key.partition);
     let replica = name
         .ok_or(ErrorCode::UnknownTopicOrPartition)
         .and_then(|name| {
@@ -509,21 +519,6 @@ fn read_for_follower(
         data.diverging_epoch.end_offset = end_offset;
         return (data, 0);
     }
-    let mut bytes = 0;
-    match read {
-        Some(Ok(read)) => {
-            if let Some(range) = read.range {
-                match range.to_bytes() {
-                    Ok(records) => {
-                        bytes = records.len();
-                        data.records = Some(records);
-                    }
-                    Err(e) => data.error_code = LogError::from(e).error_code().code(),
-                }
-            }
-        }
-        Some(Err(e)) => data.error_code = e.error_code().code(),
-        None => {}
-    }
+    let bytes = put_records(&mut data, read);
     (data, bytes)
 }

@@ -10,6 +10,7 @@ use spool_protocol::ErrorCode;
 use spool_protocol::compression::Compression;
 use spool_protocol::record_batch::{RecordBatch, RecordBatchBuilder, RecordBatches};
 
+use crate::replica::{Replica, WriteError};
 use crate::state::BrokerState;
 
 /// A coordinator's slots: one per partition of its internal topic that this broker
@@ -43,14 +44,14 @@ impl<T> Slots<T> {
             .ok_or(ErrorCode::NotCoordinator)
     }
 
-    /// Makes the slots those of `led` (partition, log): a new slot, made by
-    /// `make(partition, log)`, for each partition without one, and none for partitions
+    /// Makes the slots those of `led` (partition, replica): a new slot, made by
+    /// `make(partition, replica)`, for each partition without one, and none for partitions
     /// no longer led. Returns the new slots and the removed ones (which requests still
     /// holding them may reach: the caller retires them).
     pub fn follow(
         &self,
-        led: Vec<(i32, Arc<SharedLog>)>,
-        make: impl Fn(i32, Arc<SharedLog>) -> T,
+        led: Vec<(i32, Arc<Replica>)>,
+        make: impl Fn(i32, Arc<Replica>) -> T,
     ) -> (Vec<Arc<T>>, Vec<Arc<T>>) {
         let mut slots = self
             .0
@@ -67,9 +68,9 @@ impl<T> Slots<T> {
             .filter_map(|p| slots.remove(&p))
             .collect();
         let mut added = Vec::new();
-        for (partition, log) in led {
+        for (partition, replica) in led {
             if let std::collections::btree_map::Entry::Vacant(entry) = slots.entry(partition) {
-                added.push(Arc::clone(entry.insert(Arc::new(make(partition, log)))));
+                added.push(Arc::clone(entry.insert(Arc::new(make(partition, replica)))));
             }
         }
         (added, removed)
@@ -95,32 +96,47 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// The largest read while loading a partition.
 const LOAD_READ_BYTES: u64 = 4 << 20;
 
-/// Appends (key, value) records in batches built by `batch` (called for each batch, after
-/// the previous one is appended); returns the log end offset after them.
+/// Where a coordinator's write ended: the offset after it, and the leader epoch it was
+/// written under (to wait for the ISR under, [`BrokerState::wait_replicated`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub end: i64,
+    pub epoch: i32,
+}
+
+/// Appends (key, value) records as the partition's leader, in batches built by `batch`
+/// (called for each batch, after the previous one is appended). Every batch is written
+/// under the same leader epoch, or the write stops with NOT_LEADER_OR_FOLLOWER.
 pub fn append_records(
-    log: &SharedLog,
+    replica: &Replica,
     records: impl IntoIterator<Item = Result<(Bytes, Option<Bytes>), LogError>>,
     now: i64,
     batch: impl Fn() -> RecordBatchBuilder,
-) -> Result<i64, LogError> {
+) -> Result<Written, WriteError> {
     let mut builder = batch();
     let mut size = 0;
-    let mut end = None;
-    let mut flush = |builder: RecordBatchBuilder| -> Result<(), LogError> {
+    let mut written: Option<Written> = None;
+    let mut flush = |builder: RecordBatchBuilder| -> Result<(), WriteError> {
         if builder.record_count() == 0 {
             return Ok(());
         }
-        let epoch = log.with_log(|l| l.leader_epoch());
-        let info = log.append(builder.build()?, epoch, now)?;
-        // Committed at once when this broker is in sync alone; else as the ISR follows.
-        log.with_log(|l| l.advance_high_watermark(info.last_offset + 1));
-        end = Some(info.last_offset + 1);
+        let records = builder.build().map_err(LogError::from)?;
+        let (end, epoch) = replica.write_as_leader(|l, epoch| {
+            let info = l.append_as_leader(records, epoch, now)?;
+            Ok((info.last_offset + 1, info.last_offset + 1))
+        })?;
+        if written.is_some_and(|w| w.epoch != epoch) {
+            return Err(WriteError::NotLeader);
+        }
+        written = Some(Written { end, epoch });
         Ok(())
     };
     for record in records {
         let (key, value) = record?;
         size += key.len() + value.as_ref().map_or(0, Bytes::len);
-        builder.append(now, Some(&key), value.as_deref(), &[])?;
+        builder
+            .append(now, Some(&key), value.as_deref(), &[])
+            .map_err(LogError::from)?;
         if size >= BATCH_BYTES {
             // The next batch is made only once this one is in the log (a producer's
             // batch takes its sequence from what the log holds).
@@ -130,10 +146,16 @@ pub fn append_records(
         }
     }
     flush(builder)?;
-    Ok(match end {
-        Some(end) => end,
-        None => log.with_log(|l| l.log_end_offset()),
-    })
+    match written {
+        Some(written) => Ok(written),
+        None => {
+            let (end, epoch) = replica.write_as_leader(|l, _| {
+                let end = l.log_end_offset();
+                Ok((end, end))
+            })?;
+            Ok(Written { end, epoch })
+        }
+    }
 }
 
 /// The error a coordinator answers when its write did not reach the ISR: clients look
@@ -234,9 +256,9 @@ pub async fn create_internal_topic(
     }
 }
 
-/// The partitions of an internal topic that this broker leads, with their logs, in
+/// The partitions of an internal topic that this broker leads, with their replicas, in
 /// partition order.
-pub fn led_partitions(state: &BrokerState, topic: &str) -> Vec<(i32, Arc<SharedLog>)> {
+pub fn led_partitions(state: &BrokerState, topic: &str) -> Vec<(i32, Arc<Replica>)> {
     let node = state.config.node_id;
     let led: Vec<i32> = state.with_image(|image| {
         image.topic(topic).map_or_else(Vec::new, |t| {
@@ -248,6 +270,6 @@ pub fn led_partitions(state: &BrokerState, topic: &str) -> Vec<(i32, Arc<SharedL
         })
     });
     led.into_iter()
-        .filter_map(|i| Some((i, state.partition(topic, i)?)))
+        .filter_map(|i| Some((i, state.replica(topic, i)?)))
         .collect()
 }

@@ -126,11 +126,36 @@ pub struct FetchNote {
     pub expand: Option<IsrChange>,
 }
 
+/// Where the leader's log stood at a follower's fetch, as the fetch response says.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaderOffsets {
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
 /// Where a follower's log diverged from the leader's, as a fetch response says.
 #[derive(Debug, Clone, Copy)]
 pub struct Divergence {
     pub epoch: i32,
     pub end_offset: i64,
+}
+
+/// Why [`Replica::write_as_leader`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("this broker does not lead the partition")]
+    NotLeader,
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl WriteError {
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            WriteError::NotLeader => ErrorCode::NotLeaderOrFollower,
+            WriteError::Log(e) => e.error_code(),
+        }
+    }
 }
 
 pub struct Replica {
@@ -278,6 +303,30 @@ impl Replica {
         self.log
             .with_log(|l| l.advance_high_watermark(info.last_offset + 1));
         Ok((info, leading.epoch))
+    }
+
+    /// Runs `write` on the log with the leader epoch while this broker leads: the
+    /// broker's own writes (coordinator records, transaction markers). `write` returns
+    /// what it wrote and the offset after it; the high watermark advances that far as the
+    /// ISR allows. The role cannot change meanwhile, so nothing is stamped with an epoch
+    /// this broker no longer leads at. Returns `write`'s result and the epoch to wait
+    /// under ([`Self::wait_committed`]); NOT_LEADER_OR_FOLLOWER, with nothing written,
+    /// when this broker does not lead.
+    pub fn write_as_leader<R>(
+        &self,
+        write: impl FnOnce(&mut PartitionLog, i32) -> Result<(R, i64), LogError>,
+    ) -> Result<(R, i32), WriteError> {
+        let role = lock(&self.role);
+        let Role::Leader(leading) = &*role else {
+            return Err(WriteError::NotLeader);
+        };
+        let epoch = leading.epoch;
+        let written = self.log.with_log(|l| {
+            let (written, end) = write(l, epoch)?;
+            l.advance_high_watermark(end);
+            Ok::<_, LogError>(written)
+        })?;
+        Ok((written, epoch))
     }
 
     fn min_insync_replicas(&self) -> usize {
@@ -431,15 +480,16 @@ impl Replica {
         self.notify();
     }
 
-    /// Appends batches fetched from `leader` at `epoch`, as a follower, and moves the high
-    /// watermark to the leader's (within what this log holds). Nothing is appended when
-    /// this replica no longer follows that leader at that epoch (NOT_LEADER_OR_FOLLOWER).
+    /// Appends batches fetched from `leader` at `epoch`, as a follower, moves the high
+    /// watermark to the leader's (within what this log holds) and the log start offset up
+    /// to the leader's (records deleted there go here too). Nothing is appended when this
+    /// replica no longer follows that leader at that epoch (NOT_LEADER_OR_FOLLOWER).
     /// Returns the log end offset after the append. Blocking.
     pub fn append_from_leader(
         &self,
         (leader, epoch): (i32, i32),
         records: Bytes,
-        leader_high_watermark: i64,
+        leader_at: LeaderOffsets,
         now: i64,
     ) -> Result<i64, ErrorCode> {
         let role = lock(&self.role);
@@ -452,10 +502,55 @@ impl Replica {
                 if !records.is_empty() {
                     l.append_as_follower(records, now)?;
                 }
-                l.advance_high_watermark(leader_high_watermark);
+                l.advance_high_watermark(leader_at.high_watermark);
+                if leader_at.log_start_offset > l.log_start_offset()
+                    && leader_at.log_start_offset <= l.log_end_offset()
+                {
+                    l.advance_log_start_offset(leader_at.log_start_offset)?;
+                }
                 Ok::<_, LogError>(l.log_end_offset())
             })
             .map_err(|e| e.error_code())
+    }
+
+    /// The leader answered OFFSET_OUT_OF_RANGE to a fetch from this log's end. When the
+    /// log ends below the leader's log start offset, the leader no longer has what would
+    /// continue it: the log is emptied and starts there. Otherwise (the log runs past the
+    /// leader's) it is cut to the leader's high watermark, below which the two agree.
+    /// Returns whether the log changed. Blocking.
+    pub fn reset_out_of_range(
+        &self,
+        (leader, epoch): (i32, i32),
+        leader_at: LeaderOffsets,
+    ) -> Result<bool, ErrorCode> {
+        let role = lock(&self.role);
+        if !matches!(&*role, Role::Follower { leader: l, epoch: e } if *l == leader && *e == epoch)
+        {
+            return Err(ErrorCode::NotLeaderOrFollower);
+        }
+        let end = self.log.with_log(|l| l.log_end_offset());
+        if end < leader_at.log_start_offset {
+            tracing::info!(
+                from = end,
+                to = leader_at.log_start_offset,
+                "log ends below the leader's log start; starting over there"
+            );
+            self.log
+                .truncate_fully_and_start_at(leader_at.log_start_offset)
+                .map_err(|e| e.error_code())?;
+        } else if leader_at.high_watermark >= 0 && end > leader_at.high_watermark {
+            tracing::info!(
+                from = end,
+                to = leader_at.high_watermark,
+                "log runs past the leader's; truncating to its high watermark"
+            );
+            self.log
+                .truncate_to(leader_at.high_watermark)
+                .map_err(|e| e.error_code())?;
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Truncates the tail that diverged from the leader's log, Kafka's way: to where the

@@ -24,7 +24,7 @@ use spool_protocol::messages::{FetchRequest, FetchResponse, RequestBody, Respons
 use tokio::time::Instant;
 
 use crate::peers::Peers;
-use crate::replica::{Divergence, IsrChange, Replica};
+use crate::replica::{Divergence, IsrChange, LeaderOffsets, Replica};
 use crate::state::{BrokerState, blocking, lock, now_ms};
 
 /// The Fetch version followers send: topics by name, the follower's ID in the body, and
@@ -236,12 +236,26 @@ fn apply_blocking(
             else {
                 continue;
             };
+            let following = (source, f.epoch);
+            let leader_at = LeaderOffsets {
+                high_watermark: p.high_watermark,
+                log_start_offset: p.log_start_offset,
+            };
             let error = ErrorCode::from_wire(p.error_code);
+            if error == ErrorCode::OffsetOutOfRange {
+                // Refetched at once from the new log end; a reset that changed nothing
+                // waits like any failure.
+                match f.replica.reset_out_of_range(following, leader_at) {
+                    Ok(true) => {}
+                    Ok(false) => failed.push((f.tp.clone(), f.epoch, error)),
+                    Err(error) => failed.push((f.tp.clone(), f.epoch, error)),
+                }
+                continue;
+            }
             if error != ErrorCode::None {
                 failed.push((f.tp.clone(), f.epoch, error));
                 continue;
             }
-            let following = (source, f.epoch);
             let outcome = if p.diverging_epoch != EpochEndOffset::default() {
                 let divergence = Divergence {
                     epoch: p.diverging_epoch.epoch,
@@ -254,7 +268,7 @@ fn apply_blocking(
                 let records = p.records.unwrap_or_default();
                 let had_records = !records.is_empty();
                 f.replica
-                    .append_from_leader(following, records, p.high_watermark, now)
+                    .append_from_leader(following, records, leader_at, now)
                     .map(|end| had_records.then_some(end))
             };
             match outcome {

@@ -53,6 +53,20 @@ fn high_watermark(replica: &Replica) -> i64 {
     replica.log.with_log(|l| l.high_watermark())
 }
 
+/// A leader with a log from offset 0 and this high watermark.
+fn at(high_watermark: i64) -> LeaderOffsets {
+    LeaderOffsets {
+        high_watermark,
+        log_start_offset: 0,
+    }
+}
+
+fn log_offsets(replica: &Replica) -> (i64, i64) {
+    replica
+        .log
+        .with_log(|l| (l.log_start_offset(), l.log_end_offset()))
+}
+
 /// Everything `replica` holds from `from`, as a follower's fetch reads it.
 fn fetched(replica: &Replica, from: i64) -> Bytes {
     replica.log.with_log(|l| {
@@ -176,7 +190,12 @@ fn a_follower_copies_the_leaders_log_and_takes_its_high_watermark() {
     follower.apply(&meta(1, 4, 1, &[1, 2]), 1_000).unwrap();
     assert_eq!(follower.following(), Some((1, 4)));
     let end = follower
-        .append_from_leader((1, 4), fetched(&leader, 0), high_watermark(&leader), 1_000)
+        .append_from_leader(
+            (1, 4),
+            fetched(&leader, 0),
+            at(high_watermark(&leader)),
+            1_000,
+        )
         .unwrap();
     assert_eq!(end, 3);
     assert_eq!(fetched(&follower, 0), fetched(&leader, 0));
@@ -188,7 +207,7 @@ fn a_follower_copies_the_leaders_log_and_takes_its_high_watermark() {
     // What a stale fetcher brings for an older leader epoch is not appended.
     assert_eq!(
         follower
-            .append_from_leader((1, 3), fetched(&leader, 0), 3, 1_000)
+            .append_from_leader((1, 3), fetched(&leader, 0), at(3), 1_000)
             .unwrap_err(),
         ErrorCode::NotLeaderOrFollower
     );
@@ -207,7 +226,7 @@ fn a_deposed_leader_truncates_its_diverged_tail_and_copies_the_new_leaders_log()
         .unwrap();
     let new = replica(&storage, 2, 1);
     new.apply(&meta(1, 1, 1, &[1, 2]), 1_000).unwrap();
-    new.append_from_leader((1, 1), fetched(&old, 0), 0, 1_000)
+    new.append_from_leader((1, 1), fetched(&old, 0), at(0), 1_000)
         .unwrap();
     old.follower_fetched(2, 2, 1_000).unwrap();
     assert_eq!(high_watermark(&old), 2);
@@ -253,7 +272,7 @@ fn a_deposed_leader_truncates_its_diverged_tail_and_copies_the_new_leaders_log()
             .with_log(|l| diverging_epoch(l, last_epoch, fetch_offset)),
         None
     );
-    old.append_from_leader((2, 2), fetched(&new, fetch_offset), 0, 1_000)
+    old.append_from_leader((2, 2), fetched(&new, fetch_offset), at(0), 1_000)
         .unwrap();
     assert_eq!(fetched(&old, 0), fetched(&new, 0));
 }
@@ -308,4 +327,116 @@ fn a_caught_up_follower_joins_the_isr_and_a_lagging_one_leaves_it() {
         None,
         "already pending"
     );
+}
+
+/// Compaction left gaps between the leader's batches: the follower keeps them as gaps,
+/// at the leader's offsets.
+#[test]
+fn a_follower_copies_a_log_with_offset_gaps() {
+    let storage = MemStorage::new();
+    let follower = replica(&storage, 2, 1);
+    follower.apply(&meta(1, 1, 1, &[1, 2]), 1_000).unwrap();
+    let batch = |base: i64, values: &[&str]| {
+        let mut builder = RecordBatchBuilder::new(Compression::None)
+            .base_offset(base)
+            .partition_leader_epoch(1);
+        for value in values {
+            builder
+                .append(1_000, None, Some(value.as_bytes()), &[])
+                .unwrap();
+        }
+        builder.build().unwrap()
+    };
+    let fetched_bytes: Bytes = [batch(3, &["d"]), batch(7, &["h", "i"])].concat().into();
+    let end = follower
+        .append_from_leader((1, 1), fetched_bytes.clone(), at(9), 1_000)
+        .unwrap();
+    assert_eq!(end, 9);
+    assert_eq!(fetched(&follower, 0), fetched_bytes);
+    assert_eq!(fetched(&follower, 5), batch(7, &["h", "i"]));
+    // Offsets never go back.
+    assert_eq!(
+        follower
+            .append_from_leader((1, 1), batch(8, &["x"]), at(9), 1_000)
+            .unwrap_err(),
+        ErrorCode::OffsetOutOfRange
+    );
+    assert_eq!(log_offsets(&follower), (0, 9));
+}
+
+/// Records deleted on the leader (DeleteRecords, retention) go on the follower too; a
+/// follower whose log ends below the leader's log start starts over there.
+#[test]
+fn a_follower_follows_the_leaders_log_start_offset() {
+    let storage = MemStorage::new();
+    let leader = replica(&storage, 1, 1);
+    leader.apply(&meta(1, 1, 1, &[1]), 1_000).unwrap();
+    for value in ["a", "b", "c", "d"] {
+        leader
+            .append_as_leader(records(&[value]), 1, 1_000)
+            .unwrap();
+    }
+    let follower = replica(&storage, 2, 1);
+    follower.apply(&meta(1, 1, 1, &[1]), 1_000).unwrap();
+    follower
+        .append_from_leader((1, 1), fetched(&leader, 0), at(4), 1_000)
+        .unwrap();
+    leader
+        .log
+        .with_log(|l| l.advance_log_start_offset(2))
+        .unwrap();
+    let leader_at = LeaderOffsets {
+        high_watermark: 4,
+        log_start_offset: 2,
+    };
+    follower
+        .append_from_leader((1, 1), Bytes::new(), leader_at, 1_000)
+        .unwrap();
+    assert_eq!(log_offsets(&follower), (2, 4));
+
+    let behind = replica(&storage, 3, 1);
+    behind.apply(&meta(1, 1, 1, &[1]), 1_000).unwrap();
+    behind
+        .append_from_leader((1, 1), Bytes::new(), at(4), 1_000)
+        .unwrap();
+    let read_below_start = leader.log.with_log(|l| l.read(0, 1 << 20, 4).map(|_| ()));
+    assert_eq!(
+        read_below_start.unwrap_err().error_code(),
+        ErrorCode::OffsetOutOfRange
+    );
+    assert!(behind.reset_out_of_range((1, 1), leader_at).unwrap());
+    assert_eq!(log_offsets(&behind), (2, 2));
+    assert!(
+        !behind.reset_out_of_range((1, 1), leader_at).unwrap(),
+        "nothing more to reset"
+    );
+    behind
+        .append_from_leader((1, 1), fetched(&leader, 2), leader_at, 1_000)
+        .unwrap();
+    assert_eq!(log_offsets(&behind), (2, 4));
+    assert_eq!(fetched(&behind, 2), fetched(&leader, 2));
+    assert_eq!(high_watermark(&behind), 4);
+}
+
+/// The broker's own writes (coordinator records, markers) go in only while it leads,
+/// stamped with its epoch.
+#[test]
+fn only_a_leader_writes_its_own_records() {
+    let storage = MemStorage::new();
+    let replica = replica(&storage, 1, 1);
+    replica.apply(&meta(2, 3, 1, &[1, 2]), 1_000).unwrap();
+    let write = |l: &mut PartitionLog, epoch: i32| {
+        let info = l.append_as_leader(records(&["x"]), epoch, 1_000)?;
+        Ok((info.last_offset, info.last_offset + 1))
+    };
+    assert!(matches!(
+        replica.write_as_leader(write),
+        Err(WriteError::NotLeader)
+    ));
+    assert_eq!(log_offsets(&replica), (0, 0));
+    replica.apply(&meta(1, 4, 2, &[1]), 1_000).unwrap();
+    let (last, epoch) = replica.write_as_leader(write).unwrap();
+    assert_eq!((last, epoch), (0, 4));
+    assert_eq!(high_watermark(&replica), 1);
+    assert_eq!(replica.log.with_log(|l| l.end_offset_for_epoch(4)), (4, 1));
 }

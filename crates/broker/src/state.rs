@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{AdvertisedListener, BrokerConfig};
+use crate::coordinator_log::Written;
 use crate::fetch_session::FetchSessionCache;
 use crate::flusher::Flusher;
 use crate::group::GroupCoordinator;
@@ -615,24 +616,22 @@ impl BrokerState {
         self.partition_leader(topic, index).is_some()
     }
 
-    /// Waits until the offsets below `end` of a partition this broker leads are durable
-    /// here and held by every in-sync replica: acks=all for the broker's own writes
-    /// (coordinator records, transaction markers). Errors as [`Replica::wait_committed`].
+    /// Waits until what the broker wrote to a partition it leads (coordinator records,
+    /// transaction markers) is durable here and held by every in-sync replica: acks=all
+    /// for its own writes. Errors as [`Replica::wait_committed`]; NOT_LEADER_OR_FOLLOWER
+    /// once the partition is led at another epoch than the write's.
     pub async fn wait_replicated(
         &self,
         topic: &str,
         partition: i32,
-        end: i64,
+        written: Written,
     ) -> Result<(), ErrorCode> {
         let replica = self
             .replica(topic, partition)
             .ok_or(ErrorCode::NotLeaderOrFollower)?;
-        let epoch = replica
-            .leader_epoch()
-            .ok_or(ErrorCode::NotLeaderOrFollower)?;
-        self.flusher.wait_durable(&replica.log, end).await?;
+        self.flusher.wait_durable(&replica.log, written.end).await?;
         replica
-            .wait_committed(epoch, end, REPLICATION_TIMEOUT)
+            .wait_committed(written.epoch, written.end, REPLICATION_TIMEOUT)
             .await
     }
 

@@ -120,8 +120,16 @@ impl SharedLog {
             }
             state.flushing = true;
             drop(state);
-            let outcome = self.flush_round();
+            let synced = self.with_log(PartitionLog::prepare_flush).map(|ticket| {
+                let result = ticket.sync();
+                (ticket, result)
+            });
             state = lock(&self.state);
+            // Completed under the state lock, as truncation runs, so that a truncation
+            // cannot fall between the flush's outcome and its record here.
+            let outcome = synced.and_then(|(ticket, result)| {
+                self.with_log(|log| log.complete_flush(ticket, result))
+            });
             state.flushing = false;
             state.sync_rounds += 1;
             match outcome {
@@ -134,15 +142,6 @@ impl SharedLog {
         }
     }
 
-    /// One sync of everything appended so far; the log is locked only to capture and to
-    /// record, not during the sync.
-    fn flush_round(&self) -> Result<i64, LogError> {
-        let ticket = self.with_log(PartitionLog::prepare_flush)?;
-        let result = ticket.sync();
-        self.with_log(|log| log.complete_flush(ticket, result))
-    }
-
-    /// Whether a failed sync took the log offline.
     /// Removes everything at and after `offset` (see [`PartitionLog::truncate_to`]). What
     /// was durable above it no longer counts: offsets written there anew must be synced.
     pub fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
@@ -163,6 +162,23 @@ impl SharedLog {
         }
     }
 
+    /// Empties the log and starts it at `offset` (see
+    /// [`PartitionLog::truncate_fully_and_start_at`]); nothing above it is durable.
+    pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), LogError> {
+        let mut state = lock(&self.state);
+        match self.with_log(|log| log.truncate_fully_and_start_at(offset)) {
+            Ok(()) => {
+                state.durable_offset = offset;
+                Ok(())
+            }
+            Err(e) => {
+                state.failed = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a failed sync took the log offline.
     pub fn is_failed(&self) -> bool {
         lock(&self.state).failed
     }
@@ -188,8 +204,9 @@ impl SharedLog {
         ticket: FlushTicket,
         result: io::Result<()>,
     ) -> Result<i64, LogError> {
-        let outcome = self.with_log(|log| log.complete_flush(ticket, result));
+        // The state lock first, as truncation takes it (see `wait_durable`).
         let mut state = lock(&self.state);
+        let outcome = self.with_log(|log| log.complete_flush(ticket, result));
         let durable = match outcome {
             Ok(durable_offset) => {
                 state.durable_offset = state.durable_offset.max(durable_offset);

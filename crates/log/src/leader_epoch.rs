@@ -88,6 +88,11 @@ impl LeaderEpochCache {
         self.entries.len() != before
     }
 
+    /// Forgets every epoch (the log was emptied).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
     /// Drops the epochs wholly below `start_offset` and moves the first remaining one's
     /// start up to it (the log start offset advanced). Returns whether the cache changed.
     pub fn truncate_from_start(&mut self, start_offset: i64) -> bool {

@@ -121,13 +121,22 @@ fn a_fetch_that_does_not_line_up_or_is_damaged_writes_nothing() {
     let storage = MemStorage::new();
     let leader = leader(&storage);
     let mut follower = open(&storage, "/follower/orders-0");
-    // Starting past the follower's end: a gap.
-    let later = fetched(&leader, 2);
+    // Starting before the follower's end: offsets would go back.
+    let first = fetched(&leader, 0);
+    let first_len = {
+        let len = i32::from_be_bytes([first[8], first[9], first[10], first[11]]);
+        12 + len as usize
+    };
+    follower
+        .append_as_follower(first.slice(..first_len), 1_000)
+        .unwrap();
+    assert_eq!(follower.log_end_offset(), 2);
     assert!(matches!(
-        follower.append_as_follower(later, 1_000),
+        follower.append_as_follower(first.clone(), 1_000),
         Err(LogError::OffsetOutOfRange { .. })
     ));
-    assert_eq!(follower.log_end_offset(), 0);
+    assert_eq!(follower.log_end_offset(), 2);
+    let mut follower = open(&storage, "/follower/orders-1");
     // A flipped byte in the second batch: its checksum fails, and not even the first
     // batch is written.
     let served = fetched(&leader, 0);
@@ -151,4 +160,74 @@ fn a_fetch_that_does_not_line_up_or_is_damaged_writes_nothing() {
             .is_none()
     );
     assert_eq!(follower.log_end_offset(), 0);
+}
+
+fn at(base: i64, values: &[&str]) -> Bytes {
+    let mut builder = RecordBatchBuilder::new(Compression::None)
+        .base_offset(base)
+        .partition_leader_epoch(2);
+    for value in values {
+        builder
+            .append(1_000, None, Some(value.as_bytes()), &[])
+            .unwrap();
+    }
+    builder.build().unwrap()
+}
+
+/// Compaction on the leader leaves gaps between batches, however wide: the follower keeps
+/// each batch at its offset, starting a segment where a gap is too wide for the indexes'
+/// relative offsets, and reads the same after a restart.
+#[test]
+fn a_follower_keeps_the_leaders_offset_gaps() {
+    let storage = MemStorage::new();
+    let mut follower = open(&storage, "/follower/orders-0");
+    let far = 5_000_000_000;
+    let fetched_bytes: Bytes = [at(3, &["d"]), at(10, &["k"]), at(far, &["z"])]
+        .concat()
+        .into();
+    follower
+        .append_as_follower(fetched_bytes.clone(), 1_000)
+        .unwrap();
+    assert_eq!(follower.log_end_offset(), far + 1);
+    assert_eq!(follower.segment_count(), 2);
+    assert_eq!(fetched(&follower, 0), fetched_bytes);
+    assert_eq!(fetched(&follower, 11), at(far, &["z"]));
+    follower.close().unwrap();
+    let follower = open(&storage, "/follower/orders-0");
+    assert_eq!(follower.log_end_offset(), far + 1);
+    assert_eq!(
+        fetched(&follower, 4),
+        fetched_bytes.slice(at(3, &["d"]).len()..)
+    );
+}
+
+/// A follower whose log ends below the leader's log start empties its log and starts
+/// there, and stays so after a restart.
+#[test]
+fn a_follower_starts_over_at_the_leaders_log_start() {
+    let storage = MemStorage::new();
+    let leader = leader(&storage);
+    let mut follower = open(&storage, "/follower/orders-0");
+    follower
+        .append_as_follower(at(0, &["old-1", "old-2"]), 1_000)
+        .unwrap();
+    follower.truncate_fully_and_start_at(7).unwrap();
+    assert_eq!(
+        (follower.log_start_offset(), follower.log_end_offset()),
+        (7, 7)
+    );
+    assert_eq!(follower.high_watermark(), 7);
+    assert_eq!(follower.leader_epochs().latest_epoch(), None);
+    follower
+        .append_as_follower(fetched(&leader, 7), 1_000)
+        .unwrap();
+    assert_eq!(fetched(&follower, 7), fetched(&leader, 7));
+    let end = follower.log_end_offset();
+    follower.close().unwrap();
+    let follower = open(&storage, "/follower/orders-0");
+    assert_eq!(
+        (follower.log_start_offset(), follower.log_end_offset()),
+        (7, end)
+    );
+    assert_eq!(fetched(&follower, 7), fetched(&leader, 7));
 }

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use spool_log::LogError;
 use spool_log::producer_state::ProducerBatch;
-use spool_log::{LogError, SharedLog};
 use spool_protocol::ErrorCode;
 use spool_protocol::record_batch::ControlRecordType;
 use tokio::sync::{oneshot, watch};
@@ -24,10 +24,11 @@ use tokio::sync::{oneshot, watch};
 use super::shard::{Effects, Parked, Token};
 use super::{GroupConfig, GroupRecord, OFFSETS_TOPIC, Shard, partition_for};
 use crate::coordinator_log::{
-    Slots, append_records, as_coordinator_error, create_internal_topic, for_each_batch,
+    Slots, Written, append_records, as_coordinator_error, create_internal_topic, for_each_batch,
     led_partitions, plain_batch, transactional_batch,
 };
 use crate::metadata::random_uuid;
+use crate::replica::{Replica, WriteError};
 use crate::state::{BrokerState, lock, now_ms};
 use crate::txn::runtime::append_marker;
 
@@ -36,7 +37,7 @@ pub const TICK: Duration = Duration::from_millis(100);
 
 struct Slot {
     partition: i32,
-    log: Arc<SharedLog>,
+    replica: Arc<Replica>,
     inner: Mutex<SlotInner>,
 }
 
@@ -72,10 +73,10 @@ fn retire(slot: &Slot) {
     inner.waiters.clear();
 }
 
-/// Answers to release once the log is durable up to `end`.
+/// Answers to release once what was written is on every in-sync replica.
 struct Release {
     partition: i32,
-    end: i64,
+    written: Written,
     answers: Vec<(oneshot::Sender<Parked>, Parked)>,
 }
 
@@ -113,16 +114,16 @@ impl GroupCoordinator {
         !slots.is_empty() && slots.iter().all(|s| lock(&s.inner).shard.is_some())
     }
 
-    /// Serves the partitions `led` (partition, log) and no others: a partition newly led
+    /// Serves the partitions `led` (partition, replica) and no others: a partition newly led
     /// is read back on a loader thread first (an empty one, such as a topic just created,
     /// serves at once); one no longer led is retired, and requests parked on it are
     /// answered NOT_COORDINATOR.
-    pub fn follow(&self, led: Vec<(i32, Arc<SharedLog>)>) {
-        let (slots, removed) = self.slots.follow(led, |partition, log| {
-            let empty = log.with_log(|l| l.log_end_offset() == 0);
+    pub fn follow(&self, led: Vec<(i32, Arc<Replica>)>) {
+        let (slots, removed) = self.slots.follow(led, |partition, replica| {
+            let empty = replica.log.with_log(|l| l.log_end_offset() == 0);
             Slot {
                 partition,
-                log,
+                replica,
                 inner: Mutex::new(SlotInner {
                     shard: empty.then(|| empty_shard(&self.config)),
                     waiters: HashMap::new(),
@@ -224,8 +225,8 @@ impl GroupCoordinator {
     }
 
     /// Writes a transaction marker to partition `partition` and applies (or drops) the
-    /// producer's pending offsets there, in one critical section. Returns the log end
-    /// offset after the marker, or `None` when the partition's producer is already past
+    /// producer's pending offsets there, in one critical section. Returns where the
+    /// marker ended, or `None` when the partition's producer is already past
     /// this epoch (nothing of the transaction is open there).
     pub fn complete_transaction(
         &self,
@@ -234,13 +235,13 @@ impl GroupCoordinator {
         (producer_id, producer_epoch): (i64, i16),
         marker: ControlRecordType,
         coordinator_epoch: i32,
-    ) -> Result<Option<i64>, ErrorCode> {
+    ) -> Result<Option<Written>, ErrorCode> {
         let slot = self.slots.get(partition)?;
         let mut inner = lock(&slot.inner);
         let shard = inner.serving()?;
         let now = now_ms();
         let end = append_marker(
-            &slot.log,
+            &slot.replica,
             marker,
             (producer_id, producer_epoch),
             coordinator_epoch,
@@ -289,7 +290,7 @@ fn dispatch(
         txn_records,
         completed,
     } = shard.take_effects();
-    let mut appended = append(&slot.log, &records, now);
+    let mut appended = append(&slot.replica, &records, now);
     for txn in &txn_records {
         if appended.is_err() {
             break;
@@ -298,15 +299,15 @@ fn dispatch(
             .records
             .iter()
             .map(|record| record.encode().map_err(LogError::from));
-        appended = append_records(&slot.log, encoded, now, || {
-            transactional_batch(&slot.log, txn.producer_id, txn.producer_epoch)
+        appended = append_records(&slot.replica, encoded, now, || {
+            transactional_batch(&slot.replica.log, txn.producer_id, txn.producer_epoch)
         });
     }
     if appended.is_ok() && !(records.is_empty() && txn_records.is_empty()) {
         state.wakeups.wake(OFFSETS_TOPIC, slot.partition);
     }
     match appended {
-        Ok(end) => {
+        Ok(written) => {
             let answers = completed
                 .into_iter()
                 .filter_map(|(token, answer)| {
@@ -315,7 +316,7 @@ fn dispatch(
                 .collect();
             Ok(Release {
                 partition: slot.partition,
-                end,
+                written,
                 answers,
             })
         }
@@ -328,22 +329,22 @@ fn dispatch(
                 let config = config.clone();
                 std::thread::spawn(move || load_slot(&slot, &config));
             }
-            Err(ErrorCode::CoordinatorNotAvailable)
+            Err(as_coordinator_error(e.error_code()))
         }
     }
 }
 
-/// Appends `records` in batches; returns the log end offset after them.
-fn append(log: &SharedLog, records: &[GroupRecord], now: i64) -> Result<i64, LogError> {
+/// Appends `records` in batches as the partition's leader.
+fn append(replica: &Replica, records: &[GroupRecord], now: i64) -> Result<Written, WriteError> {
     let encoded = records
         .iter()
         .map(|record| record.encode().map_err(LogError::from));
-    append_records(log, encoded, now, plain_batch)
+    append_records(replica, encoded, now, plain_batch)
 }
 
 async fn release_when_durable(state: &BrokerState, release: Release) -> Result<(), ErrorCode> {
     let replicated = state
-        .wait_replicated(OFFSETS_TOPIC, release.partition, release.end)
+        .wait_replicated(OFFSETS_TOPIC, release.partition, release.written)
         .await;
     if let Err(error) = replicated {
         // Dropping the senders fails the parked requests.
@@ -366,7 +367,7 @@ fn load_slot(slot: &Slot, config: &GroupConfig) {
     let now = now_ms();
     let mut shard = empty_shard(config);
     let mut count = 0u64;
-    let loaded = for_each_batch(&slot.log, |batch| {
+    let loaded = for_each_batch(&slot.replica.log, |batch| {
         if batch.is_control() {
             // A transaction's marker decides its pending offsets.
             if let Some(producer) = ProducerBatch::of(batch)
@@ -440,8 +441,8 @@ pub async fn ensure_offsets_topic(state: &BrokerState) -> Result<(), crate::Brok
     Ok(())
 }
 
-/// The partitions of `__consumer_offsets` this broker leads, with their logs.
-pub fn offsets_logs(state: &BrokerState) -> Vec<(i32, Arc<SharedLog>)> {
+/// The partitions of `__consumer_offsets` this broker leads, with their replicas.
+pub fn offsets_logs(state: &BrokerState) -> Vec<(i32, Arc<Replica>)> {
     led_partitions(state, OFFSETS_TOPIC)
 }
 

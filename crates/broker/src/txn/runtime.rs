@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use spool_log::{LogError, SharedLog};
+use spool_log::LogError;
 use spool_protocol::ErrorCode;
 use spool_protocol::messages::add_partitions_to_txn_request::{
     AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
@@ -31,15 +31,16 @@ use super::records::TxnRecord;
 use super::shard::{MarkerJob, Producer, TopicPartition, TxnShard};
 use super::{TXN_TOPIC, TxnConfig, partition_for};
 use crate::coordinator_log::{
-    Slots, append_records, as_coordinator_error, create_internal_topic, for_each_batch,
+    Slots, Written, append_records, as_coordinator_error, create_internal_topic, for_each_batch,
     led_partitions, plain_batch,
 };
 use crate::group::OFFSETS_TOPIC;
+use crate::replica::{Replica, WriteError};
 use crate::state::{BrokerState, lock, now_ms};
 
 struct Slot {
     partition: i32,
-    log: Arc<SharedLog>,
+    replica: Arc<Replica>,
     /// `None` while the partition loads.
     shard: Mutex<Option<TxnShard>>,
     /// Set (with `shard` locked) once this broker stopped serving the partition:
@@ -89,12 +90,12 @@ impl TxnCoordinator {
         partition_for(transactional_id, self.config.topic_partitions)
     }
 
-    /// Serves the partitions `led` (partition, log) and no others, reading each newly led
-    /// partition back first (blocking).
-    pub fn follow(&self, led: Vec<(i32, Arc<SharedLog>)>) {
-        let (slots, removed) = self.slots.follow(led, |partition, log| Slot {
+    /// Serves the partitions `led` (partition, replica) and no others, reading each newly
+    /// led partition back first (blocking).
+    pub fn follow(&self, led: Vec<(i32, Arc<Replica>)>) {
+        let (slots, removed) = self.slots.follow(led, |partition, replica| Slot {
             partition,
-            log,
+            replica,
             shard: Mutex::new(None),
             retired: AtomicBool::new(false),
         });
@@ -127,9 +128,9 @@ impl TxnCoordinator {
         step: impl FnOnce(&mut TxnShard, i64, &mut dyn FnMut() -> Result<i64, ErrorCode>) -> R,
     ) -> Result<R, ErrorCode> {
         let slot = self.slot(transactional_id)?;
-        let (result, end) = self.step_on(state, &slot, step)?;
+        let (result, written) = self.step_on(state, &slot, step)?;
         state
-            .wait_replicated(TXN_TOPIC, slot.partition, end)
+            .wait_replicated(TXN_TOPIC, slot.partition, written)
             .await
             .map_err(as_coordinator_error)?;
         Ok(result)
@@ -143,21 +144,21 @@ impl TxnCoordinator {
         state: &BrokerState,
         slot: &Slot,
         step: impl FnOnce(&mut TxnShard, i64, &mut dyn FnMut() -> Result<i64, ErrorCode>) -> R,
-    ) -> Result<(R, i64), ErrorCode> {
+    ) -> Result<(R, Written), ErrorCode> {
         let mut guard = lock(&slot.shard);
         let shard = slot.serving(&mut guard)?;
         let now = now_ms();
         let mut allocate = || state.try_allocate_producer_id();
         let result = step(shard, now, &mut allocate);
         let records = shard.take_records();
-        match append(&slot.log, &records, now) {
-            Ok(end) => Ok((result, end)),
+        match append(&slot.replica, &records, now) {
+            Ok(written) => Ok((result, written)),
             Err(e) => {
                 tracing::error!(partition = slot.partition, error = %e, "transaction coordinator append failed; reloading the partition");
                 *guard = None;
                 drop(guard);
                 load_slot(slot, &self.config);
-                Err(ErrorCode::CoordinatorNotAvailable)
+                Err(as_coordinator_error(e.error_code()))
             }
         }
     }
@@ -215,13 +216,13 @@ impl TxnCoordinator {
     /// crash left half-ended, removes expired IDs. Marker jobs run on their own tasks.
     pub async fn tick(&self, state: &Arc<BrokerState>) {
         for slot in self.slots.all() {
-            let Ok((jobs, end)) = self.step_on(state, &slot, |shard, now, allocate| {
+            let Ok((jobs, written)) = self.step_on(state, &slot, |shard, now, allocate| {
                 shard.tick(now, allocate)
             }) else {
                 continue;
             };
             if state
-                .wait_replicated(TXN_TOPIC, slot.partition, end)
+                .wait_replicated(TXN_TOPIC, slot.partition, written)
                 .await
                 .is_err()
             {
@@ -434,8 +435,8 @@ fn by_topic(partitions: &[&TopicPartition]) -> Vec<WritableTxnMarkerTopic> {
 
 /// Appends one transaction marker for `(producer ID, epoch)` to a partition (through the
 /// group coordinator for `__consumer_offsets`, whose pending offsets it decides) and
-/// wakes its readers. Returns the offset after the marker; `None` when there is nothing
-/// to end there.
+/// wakes its readers. Returns where the marker ended; `None` when there is nothing to end
+/// there.
 pub fn write_marker(
     state: &BrokerState,
     topic: &str,
@@ -443,58 +444,57 @@ pub fn write_marker(
     (producer_id, producer_epoch): (i64, i16),
     marker: ControlRecordType,
     coordinator_epoch: i32,
-) -> Result<Option<i64>, ErrorCode> {
-    let Some(log) = state.partition(topic, partition) else {
+) -> Result<Option<Written>, ErrorCode> {
+    let Some(replica) = state.replica(topic, partition) else {
         return Ok(None);
     };
     if topic == OFFSETS_TOPIC {
-        let end = state.groups.complete_transaction(
+        return state.groups.complete_transaction(
             state,
             partition,
             (producer_id, producer_epoch),
             marker,
             coordinator_epoch,
-        )?;
-        return Ok(end);
+        );
     }
-    let end = append_marker(
-        &log,
+    let written = append_marker(
+        &replica,
         marker,
         (producer_id, producer_epoch),
         coordinator_epoch,
         now_ms(),
     )?;
-    if end.is_some() {
+    if written.is_some() {
         state.wakeups.wake(topic, partition);
     }
-    Ok(end)
+    Ok(written)
 }
 
-/// Appends a marker to `log`, stamped with the leader epoch, and advances the high
-/// watermark as far as the ISR allows. Returns the offset after it, or `None` when the partition's producer is already past this epoch
-/// (nothing of the transaction is open there).
+/// Appends a marker as the partition's leader, stamped with its leader epoch, and
+/// advances the high watermark as far as the ISR allows. Returns where it ended, or
+/// `None` when the partition's producer is already past this epoch (nothing of the
+/// transaction is open there).
 pub fn append_marker(
-    log: &SharedLog,
+    replica: &Replica,
     marker: ControlRecordType,
     (producer_id, producer_epoch): (i64, i16),
     coordinator_epoch: i32,
     now: i64,
-) -> Result<Option<i64>, ErrorCode> {
-    let appended = log.with_log(|l| {
+) -> Result<Option<Written>, ErrorCode> {
+    let appended = replica.write_as_leader(|l, epoch| {
         let info = l.append_marker(
             marker,
             producer_id,
             producer_epoch,
             coordinator_epoch,
-            l.leader_epoch(),
+            epoch,
             now,
         )?;
-        l.advance_high_watermark(info.last_offset + 1);
-        Ok::<_, LogError>(info.last_offset + 1)
+        Ok((info.last_offset + 1, info.last_offset + 1))
     });
     match appended {
-        Ok(end) => Ok(Some(end)),
-        Err(e) if is_stale_marker(&e) => Ok(None),
+        Ok((end, epoch)) => Ok(Some(Written { end, epoch })),
+        Err(WriteError::Log(e)) if is_stale_marker(&e) => Ok(None),
         Err(e) => Err(e.error_code()),
     }
 }
@@ -508,17 +508,17 @@ fn is_stale_marker(error: &LogError) -> bool {
     )
 }
 
-fn append(log: &SharedLog, records: &[TxnRecord], now: i64) -> Result<i64, LogError> {
+fn append(replica: &Replica, records: &[TxnRecord], now: i64) -> Result<Written, WriteError> {
     let encoded = records
         .iter()
         .map(|record| record.encode().map_err(LogError::from));
-    append_records(log, encoded, now, plain_batch)
+    append_records(replica, encoded, now, plain_batch)
 }
 
 /// Reads a partition back into a fresh shard and serves it.
 fn load_slot(slot: &Slot, config: &TxnConfig) {
     let mut shard = TxnShard::new(config.clone());
-    let loaded = for_each_batch(&slot.log, |batch| {
+    let loaded = for_each_batch(&slot.replica.log, |batch| {
         if batch.is_control() {
             return;
         }
@@ -572,7 +572,7 @@ pub async fn ensure_txn_topic(state: &BrokerState) -> Result<(), crate::BrokerEr
     Ok(())
 }
 
-/// The partitions of `__transaction_state` this broker leads, with their logs.
-pub fn txn_logs(state: &BrokerState) -> Vec<(i32, Arc<SharedLog>)> {
+/// The partitions of `__transaction_state` this broker leads, with their replicas.
+pub fn txn_logs(state: &BrokerState) -> Vec<(i32, Arc<Replica>)> {
     led_partitions(state, TXN_TOPIC)
 }

@@ -543,8 +543,9 @@ impl PartitionLog {
 
     /// Appends batches fetched from the partition's leader, as a follower replica: they
     /// keep the offsets, leader epochs and timestamps the leader gave them. Every batch's
-    /// checksum is checked and each must begin where the one before ended, the first at
-    /// the log end offset (else OFFSET_OUT_OF_RANGE, and nothing is written). An
+    /// checksum is checked and none may begin before the one before ended, the first
+    /// before the log end offset (else OFFSET_OUT_OF_RANGE, and nothing is written); gaps
+    /// that compaction left in the leader's log stay gaps here. An
     /// incomplete last batch (a fetch response may end inside one) is left for the next
     /// fetch. The leader-epoch cache learns each newer epoch at its first offset; producer
     /// state and the aborted-transaction index follow the batches as in recovery. Nothing
@@ -571,7 +572,8 @@ impl PartitionLog {
             }
             let batch = RecordBatch::split_first(&mut rest)?;
             batch.verify_crc()?;
-            if batch.base_offset() != next_offset {
+            // Offsets may skip ahead (compaction removed batches on the leader), never back.
+            if batch.base_offset() < next_offset {
                 return Err(LogError::OffsetOutOfRange {
                     offset: batch.base_offset(),
                     log_start_offset: self.log_start_offset,
@@ -722,7 +724,11 @@ impl PartitionLog {
             .map(|h| h.max_timestamp)
             .max()
             .unwrap_or(now_ms);
-        self.maybe_roll(bytes.len() as u64, now_ms, incoming_max_timestamp)?;
+        let offsets = match (headers.first(), headers.last()) {
+            (Some(first), Some(last)) => (first.base_offset, last.last_offset),
+            _ => (self.log_end_offset(), self.log_end_offset()),
+        };
+        self.maybe_roll(bytes.len() as u64, now_ms, incoming_max_timestamp, offsets)?;
         let Some((&base, active)) = self.segments.iter_mut().next_back() else {
             return Err(LogError::Offline);
         };
@@ -736,19 +742,25 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Starts a new segment when the active one is full, too old, or too far below the
+    /// incoming batches (`offsets`: their first and last offsets) for its indexes, which
+    /// hold offsets relative to its base in 32 bits: a follower's batches can follow a gap
+    /// that compaction left in the leader's log.
     fn maybe_roll(
         &mut self,
         incoming_bytes: u64,
         now_ms: i64,
         incoming_max_timestamp: i64,
+        (first_offset, last_offset): (i64, i64),
     ) -> Result<(), LogError> {
-        let Some(active) = self.active() else {
+        let Some((&active_base, active)) = self.segments.iter().next_back() else {
             return Ok(());
         };
+        let too_far = last_offset.saturating_sub(active_base) > i64::from(i32::MAX);
         let too_old = !active.is_empty()
             && active.time_waited_for_roll(now_ms, incoming_max_timestamp)?
                 >= self.config.segment_ms;
-        if !active.is_full_for(incoming_bytes, self.config.segment_bytes) && !too_old {
+        if !active.is_full_for(incoming_bytes, self.config.segment_bytes) && !too_old && !too_far {
             return Ok(());
         }
         // The outgoing segment is complete: make it and its indexes durable now, so that a
@@ -756,7 +768,11 @@ impl PartitionLog {
         if let Err(e) = active.sync() {
             return self.fail(e);
         }
-        let base = active.next_offset();
+        let base = if too_far {
+            first_offset
+        } else {
+            active.next_offset()
+        };
         let segment = Segment::create(
             self.storage.as_ref(),
             &self.dir,
@@ -1203,6 +1219,46 @@ impl PartitionLog {
         self.write_checkpoint()?;
         // Producer state may describe batches that are gone: rebuild it.
         self.rebuild_producer_state()
+    }
+
+    /// Empties the log and makes it start at `offset`, for a follower whose log ends below
+    /// its leader's log start offset: what it holds cannot be continued, and the leader no
+    /// longer has what lies between (Kafka's truncate-fully-and-start-at). The leader-epoch
+    /// cache and producer state go with the data.
+    pub fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<(), LogError> {
+        self.check_online()?;
+        self.generation += 1;
+        let bases: Vec<i64> = self.segments.keys().copied().collect();
+        for base in bases {
+            drop(self.segments.remove(&base));
+            remove_segment_files(self.storage.as_ref(), &self.dir, base)?;
+        }
+        for snapshot in self.producer_snapshots()? {
+            self.storage
+                .remove_file(&self.dir.join(snapshot_file_name(snapshot)))?;
+        }
+        self.unflushed.clear();
+        self.dir_dirty = true;
+        let segment = Segment::create(
+            self.storage.as_ref(),
+            &self.dir,
+            offset,
+            limits(&self.config),
+            0,
+        )?;
+        self.segments.insert(offset, segment);
+        self.unflushed.push(offset);
+        self.log_start_offset = offset;
+        self.recovery_point = offset;
+        self.high_watermark = offset;
+        self.first_dirty_offset = offset;
+        self.first_unflushed_ms = None;
+        self.epochs.clear();
+        self.write_epochs()?;
+        self.flush()?;
+        self.write_checkpoint()?;
+        self.producers = ProducerStateManager::new();
+        Ok(())
     }
 
     /// Advances the log start offset (DeleteRecords); offsets below it can no longer be

@@ -582,7 +582,10 @@ impl Replica {
 /// The leader's side of a follower's fetch from `fetch_offset` whose last batch was of
 /// `last_fetched_epoch` (-1: none): when that epoch ends earlier in the leader's log than
 /// the follower's log, or the leader does not know it, the epoch and end offset the
-/// follower must truncate to (Kafka's diverging epoch); `None` when the logs agree.
+/// follower must truncate to (Kafka's diverging epoch); `None` when the logs agree. When
+/// the leader knows no epoch that old (its log start passed them all) there is nothing to
+/// name, as in Kafka: the fetch goes on, and one from below the log start offset gets
+/// OFFSET_OUT_OF_RANGE.
 pub fn diverging_epoch(
     log: &PartitionLog,
     last_fetched_epoch: i32,
@@ -592,7 +595,7 @@ pub fn diverging_epoch(
         return None;
     }
     let (epoch, end) = log.end_offset_for_epoch(last_fetched_epoch);
-    (epoch < last_fetched_epoch || end < fetch_offset).then_some((epoch, end))
+    (epoch >= 0 && (epoch < last_fetched_epoch || end < fetch_offset)).then_some((epoch, end))
 }
 
 /// Where a follower's log must be cut, given the leader's divergence answer.

@@ -34,6 +34,8 @@ const FETCH_VERSION: i16 = 12;
 const ALTER_PARTITION_VERSION: i16 = 3;
 /// How long a fetch waits for its answer beyond the leader's own wait.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// The shortest pause after a failure, whatever `replica.fetch.backoff.ms` says.
+const MIN_BACKOFF_MS: u64 = 10;
 /// The pause after a leader-epoch mismatch: one side's metadata is about to catch up.
 const EPOCH_MISMATCH_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -50,7 +52,12 @@ fn followed_from(state: &BrokerState, source: i32) -> Vec<Followed> {
         .into_iter()
         .filter_map(|(tp, replica)| {
             let (leader, epoch) = replica.following()?;
-            (leader == source).then_some(Followed { tp, replica, epoch })
+            // A log that failed takes no more writes (the disk is the operator's now).
+            (leader == source && !replica.log.is_failed()).then_some(Followed {
+                tp,
+                replica,
+                epoch,
+            })
         })
         .collect()
 }
@@ -97,7 +104,7 @@ async fn run(weak: Weak<BrokerState>, source: i32) {
             .into_iter()
             .filter(|f| !paused.contains_key(&f.tp))
             .collect();
-        let backoff = Duration::from_millis(config.fetch_backoff_ms);
+        let backoff = Duration::from_millis(config.fetch_backoff_ms.max(MIN_BACKOFF_MS));
         let endpoint = state.broker_endpoint(source).filter(|_| !ready.is_empty());
         let Some((host, port)) = endpoint else {
             drop(state);
@@ -113,6 +120,9 @@ async fn run(weak: Weak<BrokerState>, source: i32) {
                 FETCH_TIMEOUT,
             )
         });
+        // No replica is held across the wait: a broker shutting down closes the logs.
+        let asked: Vec<(TopicPartition, i32)> =
+            ready.into_iter().map(|f| (f.tp, f.epoch)).collect();
         drop(state);
         let answer = peers
             .send(&host, port, RequestBody::Fetch(request), FETCH_VERSION)
@@ -139,6 +149,13 @@ async fn run(weak: Weak<BrokerState>, source: i32) {
         let Some(state) = weak.upgrade() else {
             return;
         };
+        let ready = asked
+            .into_iter()
+            .filter_map(|(tp, epoch)| {
+                let replica = state.replica(&tp.topic, tp.partition)?;
+                Some(Followed { tp, replica, epoch })
+            })
+            .collect();
         for (tp, epoch, error) in apply_response(&state, source, ready, response).await {
             let pause = match error {
                 ErrorCode::UnknownLeaderEpoch

@@ -894,10 +894,10 @@ impl BrokerState {
             let partitions = partitions
                 .into_inner()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for (_, replica) in partitions {
-                if let Some(shared) = Arc::into_inner(replica).and_then(|r| Arc::into_inner(r.log))
-                {
-                    shared.into_inner().close()?;
+            for (tp, replica) in partitions {
+                match Arc::into_inner(replica).and_then(|r| Arc::into_inner(r.log)) {
+                    Some(shared) => shared.into_inner().close()?,
+                    None => tracing::warn!(partition = %tp, "log still in use at shutdown; left to recovery"),
                 }
             }
             let unclaimed = unclaimed

@@ -46,6 +46,8 @@ fn meta(leader: i32, leader_epoch: i32, partition_epoch: i32, isr: &[i32]) -> Pa
         partition_epoch,
         replicas: vec![1, 2, 3],
         isr: isr.to_vec(),
+        adding_replicas: Vec::new(),
+        removing_replicas: Vec::new(),
     }
 }
 

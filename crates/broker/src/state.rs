@@ -396,6 +396,7 @@ impl BrokerState {
                 self.remove_topic_logs(topic)?;
             }
         }
+        self.remove_moved_replicas(&image, now)?;
         let old_defaults = effective_log_defaults(&self.config, &old);
         let defaults = effective_log_defaults(&self.config, &image);
         let node = self.config.node_id;
@@ -810,6 +811,41 @@ impl BrokerState {
         self.storage
             .sync_dir(&self.config.data_dir)
             .map_err(LogError::from)?;
+        Ok(())
+    }
+
+    /// Removes the replicas a reassignment moved off this broker: each stops taking part
+    /// (writes waiting on it as leader are answered NOT_LEADER_OR_FOLLOWER) and its log
+    /// goes.
+    fn remove_moved_replicas(&self, image: &MetadataImage, now: i64) -> Result<(), BrokerError> {
+        let node = self.config.node_id;
+        let mut removed = false;
+        for (tp, replica) in self.replicas() {
+            let Some(p) = image
+                .topic(&tp.topic)
+                .and_then(|t| t.partitions.iter().find(|p| p.index == tp.partition))
+            else {
+                continue;
+            };
+            if p.replicas.contains(&node) {
+                continue;
+            }
+            tracing::info!(partition = %tp, replicas = ?p.replicas, "replica moved off this broker; removing its log");
+            self.partitions
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(&tp);
+            if let Err(e) = replica.apply(p, now) {
+                tracing::warn!(partition = %tp, error = %e, "the removed replica could not step down");
+            }
+            self.remove_partition_dir(&tp)?;
+            removed = true;
+        }
+        if removed {
+            self.storage
+                .sync_dir(&self.config.data_dir)
+                .map_err(LogError::from)?;
+        }
         Ok(())
     }
 

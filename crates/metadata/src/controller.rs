@@ -24,14 +24,19 @@ use spool_protocol::internal::{
     BrokerRegistrationChangeRecord, ConfigRecord, PartitionChangeRecord, ProducerIdsRecord,
     RegisterBrokerRecord, RemoveTopicRecord, UnregisterBrokerRecord,
 };
+use spool_protocol::messages::alter_partition_reassignments_response::{
+    ReassignablePartitionResponse, ReassignableTopicResponse,
+};
 use spool_protocol::messages::alter_partition_response;
 use spool_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use spool_protocol::messages::{
-    AlterPartitionRequest, AlterPartitionResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, AlterPartitionRequest,
+    AlterPartitionResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
     BrokerRegistrationRequest, BrokerRegistrationResponse, ElectLeadersRequest,
     ElectLeadersResponse, UnregisterBrokerResponse,
 };
 
+use crate::reassignment;
 use crate::{
     BrokerMeta, MetadataImage, MetadataRecord, NO_LEADER, NO_LEADER_CHANGE, PartitionMeta,
     TopicMeta, create_topic_records,
@@ -644,20 +649,23 @@ impl Controller {
                             None => continue,
                         };
                         let isr: Vec<i32> = new_isr.iter().map(|&(b, _)| b).collect();
-                        let mut partition_epoch = p.partition_epoch;
+                        let mut next = p.clone();
                         if isr != p.isr {
-                            records.push(change(
-                                t.id,
-                                p.index,
-                                Some(isr.clone()),
-                                NO_LEADER_CHANGE,
-                            ));
-                            partition_epoch += 1;
+                            // An ISR that holds every target replica completes a
+                            // reassignment in the same change.
+                            let record = reassignment::complete_with_isr(image, t.id, p, &isr)
+                                .unwrap_or_else(|| {
+                                    change(t.id, p.index, Some(isr.clone()), NO_LEADER_CHANGE)
+                                });
+                            if let MetadataRecord::PartitionChange(r) = &record {
+                                next.apply(r);
+                            }
+                            records.push(record);
                         }
-                        partition_reply.leader_id = p.leader;
-                        partition_reply.leader_epoch = p.leader_epoch;
-                        partition_reply.isr = isr;
-                        partition_reply.partition_epoch = partition_epoch;
+                        partition_reply.leader_id = next.leader;
+                        partition_reply.leader_epoch = next.leader_epoch;
+                        partition_reply.isr = next.isr;
+                        partition_reply.partition_epoch = next.partition_epoch;
                     }
                 }
                 topic_reply.partitions.push(partition_reply);
@@ -743,6 +751,72 @@ impl Controller {
             if !result.partition_result.is_empty() {
                 reply.replica_election_results.push(result);
             }
+        }
+        Outcome { records, reply }
+    }
+
+    /// AlterPartitionReassignments (KIP-455): starts (or replaces) the reassignment of each
+    /// partition named with replicas, cancels it for each named without. See
+    /// [`reassignment`].
+    pub fn alter_partition_reassignments(
+        &self,
+        image: &MetadataImage,
+        request: &AlterPartitionReassignmentsRequest,
+    ) -> Outcome<AlterPartitionReassignmentsResponse> {
+        let mut reply = AlterPartitionReassignmentsResponse {
+            allow_replication_factor_change: request.allow_replication_factor_change,
+            ..Default::default()
+        };
+        let mut records = Vec::new();
+        let mut seen = BTreeSet::new();
+        for topic in &request.topics {
+            let mut topic_reply = ReassignableTopicResponse {
+                name: topic.name.clone(),
+                ..Default::default()
+            };
+            for wanted in &topic.partitions {
+                let index = wanted.partition_index;
+                let found = image.topic(&topic.name).and_then(|t| {
+                    t.partitions
+                        .iter()
+                        .find(|p| p.index == index)
+                        .map(|p| (t, p))
+                });
+                let decided = match found {
+                    _ if !seen.insert((topic.name.clone(), index)) => Err((
+                        ErrorCode::InvalidRequest,
+                        format!("The partition {}-{index} is named twice.", topic.name),
+                    )),
+                    None => Err((
+                        ErrorCode::UnknownTopicOrPartition,
+                        format!("The partition {}-{index} does not exist.", topic.name),
+                    )),
+                    Some((t, p)) => match &wanted.replicas {
+                        Some(target) => reassignment::start(
+                            image,
+                            (t.id, &t.name),
+                            p,
+                            target,
+                            request.allow_replication_factor_change,
+                        ),
+                        None => reassignment::cancel(image, (t.id, &t.name), p).map(Some),
+                    },
+                };
+                let (error, message) = match decided {
+                    Ok(record) => {
+                        records.extend(record);
+                        (ErrorCode::None, None)
+                    }
+                    Err((error, message)) => (error, Some(message)),
+                };
+                topic_reply.partitions.push(ReassignablePartitionResponse {
+                    partition_index: index,
+                    error_code: error.code(),
+                    error_message: message,
+                    ..Default::default()
+                });
+            }
+            reply.responses.push(topic_reply);
         }
         Outcome { records, reply }
     }

@@ -1087,3 +1087,163 @@ proptest! {
         }
     }
 }
+
+fn reassign(
+    c: &mut Cluster,
+    topic: &str,
+    index: i32,
+    replicas: Option<&[i32]>,
+    allow_rf_change: bool,
+) -> (ErrorCode, Option<String>) {
+    use spool_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    let request = AlterPartitionReassignmentsRequest {
+        allow_replication_factor_change: allow_rf_change,
+        topics: vec![ReassignableTopic {
+            name: topic.into(),
+            partitions: vec![ReassignablePartition {
+                partition_index: index,
+                replicas: replicas.map(<[i32]>::to_vec),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let outcome = c
+        .controller
+        .alter_partition_reassignments(&c.image, &request);
+    let reply = c.commit(outcome);
+    let p = &reply.responses[0].partitions[0];
+    (ErrorCode::from_wire(p.error_code), p.error_message.clone())
+}
+
+/// Moving {1,2,3} to {2,3,4}: broker 4 is added and 1 marked for removal; leadership
+/// (on 1) moves to 2 once 4 has joined the ISR, and the reassignment completes then.
+#[test]
+fn a_reassignment_adds_the_new_replicas_then_drops_the_old_once_they_are_in_sync() {
+    let mut c = Cluster::new();
+    for id in 1..=4 {
+        c.join(id, None);
+    }
+    c.create_placed("orders", &[vec![1, 2, 3]]).unwrap();
+    assert_eq!(
+        reassign(&mut c, "orders", 0, Some(&[2, 3, 4]), true).0,
+        ErrorCode::None
+    );
+    let p = c.partition("orders", 0);
+    assert_eq!(p.replicas, vec![2, 3, 4, 1]);
+    assert_eq!(p.adding_replicas, vec![4]);
+    assert_eq!(p.removing_replicas, vec![1]);
+    assert_eq!((p.leader, p.leader_epoch), (1, 0));
+    assert_eq!(p.isr, vec![1, 2, 3]);
+    assert_eq!(p.target_replicas(), vec![2, 3, 4]);
+    assert_eq!(p.original_replicas(), vec![2, 3, 1]);
+
+    // Broker 4 catches up: the leader adds it to the ISR, which completes the move.
+    let reply = c.alter_isr("orders", 0, &[1, 2, 3, 4]);
+    assert_eq!(reply.error_code, 0);
+    let p = c.partition("orders", 0);
+    assert_eq!(p.replicas, vec![2, 3, 4]);
+    assert_eq!(p.isr, vec![2, 3, 4]);
+    assert!(!p.is_reassigning());
+    assert_eq!((p.leader, p.leader_epoch), (2, 1));
+    assert_eq!(
+        (reply.leader_id, reply.leader_epoch, reply.isr.clone()),
+        (2, 1, vec![2, 3, 4]),
+        "the old leader learns it no longer leads"
+    );
+    assert_eq!(reply.partition_epoch, p.partition_epoch);
+}
+
+#[test]
+fn a_reassignment_can_be_cancelled_replaced_and_listed_back() {
+    let mut c = Cluster::new();
+    for id in 1..=5 {
+        c.join(id, None);
+    }
+    c.create_placed("orders", &[vec![1, 2, 3]]).unwrap();
+    assert_eq!(
+        reassign(&mut c, "orders", 0, None, true).0,
+        ErrorCode::NoReassignmentInProgress
+    );
+    reassign(&mut c, "orders", 0, Some(&[1, 2, 4]), true);
+    // Replaced before 4 caught up: now from {1,2,3} to {1,2,5}, and 4 is dropped.
+    let p = c.partition("orders", 0);
+    assert_eq!(p.adding_replicas, vec![4]);
+    assert_eq!(
+        reassign(&mut c, "orders", 0, Some(&[1, 2, 5]), true).0,
+        ErrorCode::None
+    );
+    let p = c.partition("orders", 0);
+    assert_eq!(p.replicas, vec![1, 2, 5, 3]);
+    assert_eq!(p.adding_replicas, vec![5]);
+    assert_eq!(p.removing_replicas, vec![3]);
+    // Cancelled: back to where it began.
+    assert_eq!(reassign(&mut c, "orders", 0, None, true).0, ErrorCode::None);
+    let p = c.partition("orders", 0);
+    assert_eq!(p.replicas, vec![1, 2, 3]);
+    assert!(!p.is_reassigning());
+    assert_eq!(p.isr, vec![1, 2, 3]);
+    assert_eq!(p.leader, 1);
+}
+
+#[test]
+fn a_reassignment_that_only_removes_or_reorders_completes_at_once() {
+    let mut c = Cluster::new();
+    for id in 1..=3 {
+        c.join(id, None);
+    }
+    c.create_placed("orders", &[vec![1, 2, 3]]).unwrap();
+    reassign(&mut c, "orders", 0, Some(&[3, 2]), true);
+    let p = c.partition("orders", 0);
+    assert_eq!(p.replicas, vec![3, 2]);
+    assert_eq!(p.isr, vec![2, 3]);
+    assert!(!p.is_reassigning());
+    assert_eq!(
+        p.leader, 3,
+        "the leader was removed: the first target replica leads"
+    );
+    // Unchanged: nothing to do, no record.
+    let before = c.next_offset;
+    assert_eq!(
+        reassign(&mut c, "orders", 0, Some(&[3, 2]), true).0,
+        ErrorCode::None
+    );
+    assert_eq!(c.next_offset, before);
+}
+
+#[test]
+fn a_reassignment_names_distinct_registered_brokers_and_keeps_the_factor_when_asked() {
+    let mut c = Cluster::new();
+    for id in 1..=3 {
+        c.join(id, None);
+    }
+    c.create_placed("orders", &[vec![1, 2]]).unwrap();
+    let refused = |c: &mut Cluster, replicas: &[i32], allow: bool| {
+        reassign(c, "orders", 0, Some(replicas), allow).0
+    };
+    assert_eq!(
+        refused(&mut c, &[], true),
+        ErrorCode::InvalidReplicaAssignment
+    );
+    assert_eq!(
+        refused(&mut c, &[1, 1], true),
+        ErrorCode::InvalidReplicaAssignment
+    );
+    assert_eq!(
+        refused(&mut c, &[1, 9], true),
+        ErrorCode::InvalidReplicaAssignment
+    );
+    assert_eq!(
+        refused(&mut c, &[1, 2, 3], false),
+        ErrorCode::InvalidReplicationFactor
+    );
+    assert_eq!(
+        reassign(&mut c, "nope", 0, Some(&[1]), true).0,
+        ErrorCode::UnknownTopicOrPartition
+    );
+    assert_eq!(c.partition("orders", 0).replicas, vec![1, 2]);
+    assert_eq!(refused(&mut c, &[2, 3], false), ErrorCode::None);
+}

@@ -28,6 +28,7 @@ use thiserror::Error;
 
 pub mod controller;
 pub mod quorum;
+mod reassignment;
 pub mod remote;
 pub mod service;
 
@@ -158,11 +159,39 @@ pub struct PartitionMeta {
     pub leader_epoch: i32,
     /// Bumped at every change.
     pub partition_epoch: i32,
+    /// During a reassignment: every current and target replica, the targets first.
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
+    /// During a reassignment: the target replicas not yet in the ISR at its start.
+    pub adding_replicas: Vec<i32>,
+    /// During a reassignment: the replicas that go once it completes.
+    pub removing_replicas: Vec<i32>,
 }
 
 impl PartitionMeta {
+    /// Whether a reassignment is under way.
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding_replicas.is_empty() || !self.removing_replicas.is_empty()
+    }
+
+    /// The replicas once the reassignment (if any) completes.
+    pub fn target_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.removing_replicas.contains(r))
+            .collect()
+    }
+
+    /// The replicas before the reassignment (if any) began.
+    pub fn original_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.adding_replicas.contains(r))
+            .collect()
+    }
+
     /// Applies a change: what the record sets, with the epochs bumped.
     fn apply(&mut self, change: &PartitionChangeRecord) {
         if let Some(isr) = &change.isr {
@@ -170,6 +199,12 @@ impl PartitionMeta {
         }
         if let Some(replicas) = &change.replicas {
             self.replicas = replicas.clone();
+        }
+        if let Some(adding) = &change.adding_replicas {
+            self.adding_replicas = adding.clone();
+        }
+        if let Some(removing) = &change.removing_replicas {
+            self.removing_replicas = removing.clone();
         }
         if change.leader != NO_LEADER_CHANGE {
             self.leader = change.leader;
@@ -335,6 +370,8 @@ impl MetadataImage {
                     topic_id: topic.id,
                     replicas: p.replicas.clone(),
                     isr: p.isr.clone(),
+                    adding_replicas: p.adding_replicas.clone(),
+                    removing_replicas: p.removing_replicas.clone(),
                     leader: p.leader,
                     leader_epoch: p.leader_epoch,
                     partition_epoch: p.partition_epoch,
@@ -374,6 +411,8 @@ impl MetadataImage {
                     partition_epoch: r.partition_epoch,
                     replicas: r.replicas.clone(),
                     isr: r.isr.clone(),
+                    adding_replicas: r.adding_replicas.clone(),
+                    removing_replicas: r.removing_replicas.clone(),
                 };
                 match topic
                     .partitions

@@ -4,7 +4,8 @@
 //!
 //! A request is `kind i8` then its body; a reply is the same kind then its body. Kafka's
 //! controller APIs travel as their Kafka bodies (BrokerRegistration v4, BrokerHeartbeat
-//! v1, AlterPartition at the version the request came in, ElectLeaders v2); the rest as
+//! v1, AlterPartition at the version the request came in, ElectLeaders v2,
+//! AlterPartitionReassignments v1); the rest as
 //! plain big-endian fields, strings as `len i32, UTF-8`.
 
 use std::collections::BTreeMap;
@@ -13,7 +14,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use spool_protocol::ErrorCode;
 use spool_protocol::Message;
 use spool_protocol::messages::{
-    AlterPartitionRequest, AlterPartitionResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, AlterPartitionRequest,
+    AlterPartitionResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
     BrokerRegistrationRequest, BrokerRegistrationResponse, ElectLeadersRequest,
     ElectLeadersResponse, UnregisterBrokerResponse,
 };
@@ -28,10 +30,12 @@ const ELECT_LEADERS: i8 = 4;
 const UNREGISTER: i8 = 5;
 const ADMIN: i8 = 6;
 const ALLOCATE_PRODUCER_IDS: i8 = 7;
+const REASSIGN: i8 = 8;
 
 const REGISTRATION_VERSION: i16 = 4;
 const HEARTBEAT_VERSION: i16 = 1;
 const ELECT_LEADERS_VERSION: i16 = 2;
+const REASSIGN_VERSION: i16 = 1;
 
 const CREATE_TOPIC: i8 = 1;
 const DELETE_TOPIC: i8 = 2;
@@ -47,6 +51,7 @@ fn kind(request: &Request) -> i8 {
         Request::Unregister(_) => UNREGISTER,
         Request::Admin(_) => ADMIN,
         Request::AllocateProducerIds(..) => ALLOCATE_PRODUCER_IDS,
+        Request::AlterPartitionReassignments(_) => REASSIGN,
     }
 }
 
@@ -200,6 +205,7 @@ pub fn encode_request(request: &Request) -> Result<Bytes, CodecError> {
             buf.put_i32(*broker_id);
             buf.put_i64(*epoch);
         }
+        Request::AlterPartitionReassignments(r) => put_message(&mut buf, r, REASSIGN_VERSION)?,
     }
     Ok(buf.freeze())
 }
@@ -238,6 +244,9 @@ pub fn decode_request(bytes: Bytes) -> Result<Request, CodecError> {
             r.finish()?;
             Request::AllocateProducerIds(id, epoch)
         }
+        REASSIGN => Request::AlterPartitionReassignments(read_message::<
+            AlterPartitionReassignmentsRequest,
+        >(r, REASSIGN_VERSION)?),
         other => return Err(CodecError(format!("unknown controller request {other}"))),
     };
     Ok(request)
@@ -272,6 +281,7 @@ pub fn encode_reply(request: &Request, reply: &Reply) -> Result<Bytes, CodecErro
             buf.put_i64(range.end);
         }
         Reply::AllocateProducerIds(Err(code)) => buf.put_i16(code.code()),
+        Reply::AlterPartitionReassignments(r) => put_message(&mut buf, r, REASSIGN_VERSION)?,
     }
     Ok(buf.freeze())
 }
@@ -301,6 +311,9 @@ pub fn decode_reply(request: &Request, bytes: Bytes) -> Result<Reply, CodecError
             r,
             ELECT_LEADERS_VERSION,
         )?),
+        Request::AlterPartitionReassignments(_) => Reply::AlterPartitionReassignments(
+            read_message::<AlterPartitionReassignmentsResponse>(r, REASSIGN_VERSION)?,
+        ),
         Request::Unregister(_) => {
             let error_code = r.i16()?;
             r.finish()?;
@@ -370,6 +383,10 @@ mod tests {
                 2,
             ),
             Request::ElectLeaders(ElectLeadersRequest::default()),
+            Request::AlterPartitionReassignments(AlterPartitionReassignmentsRequest {
+                allow_replication_factor_change: false,
+                ..Default::default()
+            }),
             Request::Unregister(5),
             Request::Admin(AdminChange::CreateTopic(TopicRequest {
                 name: "orders".into(),

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use spool_protocol::ErrorCode;
 use spool_protocol::messages::{
-    AlterPartitionRequest, AlterPartitionResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, AlterPartitionRequest,
+    AlterPartitionResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
     BrokerRegistrationRequest, BrokerRegistrationResponse, ElectLeadersRequest,
     ElectLeadersResponse, UnregisterBrokerResponse,
 };
@@ -45,6 +46,7 @@ pub enum Request {
     /// The request and the version it came in (the version changes how it is read).
     AlterPartition(AlterPartitionRequest, i16),
     ElectLeaders(ElectLeadersRequest),
+    AlterPartitionReassignments(AlterPartitionReassignmentsRequest),
     Unregister(i32),
     Admin(AdminChange),
     /// The next block of producer IDs for the broker with this ID and epoch.
@@ -58,6 +60,7 @@ pub enum Reply {
     Heartbeat(BrokerHeartbeatResponse),
     AlterPartition(AlterPartitionResponse),
     ElectLeaders(ElectLeadersResponse),
+    AlterPartitionReassignments(AlterPartitionReassignmentsResponse),
     Unregister(UnregisterBrokerResponse),
     /// The offset of the metadata entry that holds the change (of the newest one when
     /// nothing had to change), or why the change was refused.
@@ -88,6 +91,7 @@ not_controller_by_error_code!(
     BrokerHeartbeatResponse,
     AlterPartitionResponse,
     ElectLeadersResponse,
+    AlterPartitionReassignmentsResponse,
     UnregisterBrokerResponse
 );
 
@@ -126,6 +130,9 @@ impl Request {
             Request::Heartbeat(_) => Reply::Heartbeat(NotController::not_controller()),
             Request::AlterPartition(..) => Reply::AlterPartition(NotController::not_controller()),
             Request::ElectLeaders(_) => Reply::ElectLeaders(NotController::not_controller()),
+            Request::AlterPartitionReassignments(_) => {
+                Reply::AlterPartitionReassignments(NotController::not_controller())
+            }
             Request::Unregister(_) => Reply::Unregister(NotController::not_controller()),
             Request::Admin(_) => Reply::Admin(NotController::not_controller()),
             Request::AllocateProducerIds(..) => {
@@ -272,6 +279,17 @@ impl ControllerHandle {
 
     pub async fn elect_leaders(&self, request: ElectLeadersRequest) -> ElectLeadersResponse {
         expect_reply!(self, Request::ElectLeaders(request), ElectLeaders)
+    }
+
+    pub async fn alter_partition_reassignments(
+        &self,
+        request: AlterPartitionReassignmentsRequest,
+    ) -> AlterPartitionReassignmentsResponse {
+        expect_reply!(
+            self,
+            Request::AlterPartitionReassignments(request),
+            AlterPartitionReassignments
+        )
     }
 
     pub async fn unregister_broker(&self, broker_id: i32) -> UnregisterBrokerResponse {
@@ -461,6 +479,10 @@ async fn serve<L: MetadataLog>(
         Request::ElectLeaders(request) => {
             decide!(controller.elect_leaders(image, &request), ElectLeaders)
         }
+        Request::AlterPartitionReassignments(request) => decide!(
+            controller.alter_partition_reassignments(image, &request),
+            AlterPartitionReassignments
+        ),
         Request::Unregister(broker_id) => {
             decide!(controller.unregister_broker(image, broker_id), Unregister)
         }

@@ -15,6 +15,7 @@ use crate::state::BrokerState;
 pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
 pub mod alter_configs;
+pub mod alter_partition_reassignments;
 pub mod api_versions;
 pub mod consumer_group_describe;
 pub mod consumer_group_heartbeat;
@@ -41,6 +42,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_partition_reassignments;
 pub mod list_transactions;
 pub mod metadata;
 pub mod offset_commit;
@@ -68,6 +70,8 @@ pub const IMPLEMENTED: &[ApiKey] = &[
     ApiKey::IncrementalAlterConfigs,
     ApiKey::DescribeCluster,
     ApiKey::ElectLeaders,
+    ApiKey::AlterPartitionReassignments,
+    ApiKey::ListPartitionReassignments,
     ApiKey::DescribeLogDirs,
     ApiKey::DescribeTopicPartitions,
     ApiKey::OffsetForLeaderEpoch,
@@ -197,6 +201,16 @@ pub async fn handle(
         ),
         RequestBody::ElectLeaders(request) => {
             ResponseBody::ElectLeaders(elect_leaders::handle(state, request, version).await)
+        }
+        RequestBody::AlterPartitionReassignments(request) => {
+            ResponseBody::AlterPartitionReassignments(
+                alter_partition_reassignments::handle(state, request, version).await,
+            )
+        }
+        RequestBody::ListPartitionReassignments(request) => {
+            ResponseBody::ListPartitionReassignments(list_partition_reassignments::handle(
+                state, request, version,
+            ))
         }
         RequestBody::DescribeCluster(request) => ResponseBody::DescribeCluster(
             describe_cluster::handle(state, &context.listener, request, version),

@@ -1,0 +1,175 @@
+"""Partition reassignment on four `spool server` processes, driven with kafka-python's
+admin client (AlterPartitionReassignments, ListPartitionReassignments) while a
+confluent-kafka idempotent acks=all producer writes: a move to a broker that is down stays
+listed until cancelled; a move from brokers {0,1,2} to {1,2,3}, which takes the leadership
+away from broker 0, loses and duplicates nothing and stalls the producer only for the
+leader switch; broker 0 then drops its copy."""
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition as CTopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from kafka import TopicPartition
+from kafka.admin import KafkaAdminClient
+
+from test_cluster import CONTROLLER_OFFSET, free_block, wait_for
+from test_replication import Node
+
+TOPIC = "moves"
+# The longest the producer may go without an acknowledgement during the move.
+MAX_STALL_S = 5.0
+
+
+class Writer:
+    """Writes keys 0, 1, 2, … to partition 0 (idempotent, acks=all) until stopped; records
+    each acknowledgement's offset and when it came."""
+
+    def __init__(self, bootstrap):
+        self.bootstrap = bootstrap
+        self.acked = {}
+        self.ack_times = []
+        self.errors = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+        self.thread.start()
+
+    def run(self):
+        producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True,
+                             "acks": "all", "linger.ms": 5})
+
+        def report(err, msg):
+            if err is not None:
+                self.errors.append(str(err))
+            else:
+                self.acked[int(msg.key())] = msg.offset()
+                self.ack_times.append(time.monotonic())
+
+        key = 0
+        while not self.stopping.is_set():
+            if key - len(self.acked) - len(self.errors) < 1000:
+                producer.produce(TOPIC, key=str(key), value=f"move-{key}" * 20, partition=0,
+                                 on_delivery=report)
+                key += 1
+            producer.poll(0.002)
+        assert producer.flush(120) == 0
+
+    def progresses(self, count=500):
+        before = len(self.acked)
+        wait_for("acknowledgements", lambda: len(self.acked) >= before + count, timeout=60)
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(timeout=180)
+        assert not self.thread.is_alive()
+
+    def longest_stall(self, since):
+        times = [t for t in self.ack_times if t >= since]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+def replicas(admin):
+    """Partition 0's (replicas, leader, sorted ISR) as the metadata says."""
+    p = admin.list_topics(topic=TOPIC, timeout=10).topics[TOPIC].partitions[0]
+    return p.replicas, p.leader, sorted(p.isrs)
+
+
+def read_partition(bootstrap):
+    """Every record of partition 0 from the start: {key: [offset, …]}."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "verify-moves",
+                         "enable.auto.commit": False})
+    _, high = consumer.get_watermark_offsets(CTopicPartition(TOPIC, 0), timeout=10)
+    consumer.assign([CTopicPartition(TOPIC, 0, 0)])
+    seen = {}
+    offset = 0
+    deadline = time.time() + 60
+    while offset < high and time.time() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None or msg.error():
+            continue
+        seen.setdefault(int(msg.key()), []).append(msg.offset())
+        offset = msg.offset() + 1
+    consumer.close()
+    assert offset >= high, f"read up to {offset} of {high}"
+    return seen
+
+
+def test_a_partition_moves_to_other_brokers_under_load_without_loss():
+    root = tempfile.mkdtemp(prefix="spool-interop-moves-")
+    base = free_block(4)
+    voters = ",".join(f"{i}@127.0.0.1:{base + CONTROLLER_OFFSET + i}" for i in range(4))
+    nodes = [Node(root, i, base, voters) for i in range(4)]
+    writer = None
+    try:
+        for node in nodes:
+            node.wait_serving()
+        bootstrap = ",".join(f"127.0.0.1:{n.port}" for n in nodes)
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        topic = NewTopic(TOPIC, num_partitions=1, replica_assignment=[[0, 1, 2]],
+                         config={"min.insync.replicas": "2"})
+        admin.create_topics([topic])[TOPIC].result(30)
+        wait_for("the partition's ISR", lambda: replicas(admin) == ([0, 1, 2], 0, [0, 1, 2]))
+        tp = TopicPartition(TOPIC, 0)
+
+        # A move to a broker that is down (registered, fenced) cannot complete: it is
+        # listed as under way until cancelled, and the partition keeps serving meanwhile.
+        nodes[3].stop()
+        # (kafka-python gives up on a request sent to a broker it knew that went down.)
+        live = ",".join(f"127.0.0.1:{n.port}" for n in nodes[:3])
+        kadmin = KafkaAdminClient(bootstrap_servers=live, request_timeout_ms=30000)
+        assert kadmin.alter_partition_reassignments({tp: [0, 1, 3]}) == {tp: None}
+        ongoing = kadmin.list_partition_reassignments()
+        assert ongoing == {tp: {"replicas": [0, 1, 3, 2], "adding_replicas": [3],
+                                "removing_replicas": [2]}}, ongoing
+        assert kadmin.list_partition_reassignments({TOPIC: [0]}) == ongoing
+        writer = Writer(bootstrap)
+        writer.progresses()
+        assert kadmin.alter_partition_reassignments({tp: None}) == {tp: None}
+        assert kadmin.list_partition_reassignments() == {}
+        assert replicas(admin) == ([0, 1, 2], 0, [0, 1, 2])
+        # Cancelling again: nothing is under way.
+        refused = kadmin.alter_partition_reassignments({tp: None})
+        assert refused[tp].__name__ == "NoReassignmentInProgressError", refused
+        kadmin.close()
+        nodes[3].start()
+        nodes[3].wait_serving()
+        writer.progresses()
+        kadmin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+
+        # The move itself, leader included, while the producer writes.
+        started = time.monotonic()
+        assert kadmin.alter_partition_reassignments({tp: [1, 2, 3]}) == {tp: None}
+        wait_for("the move to complete", lambda: kadmin.list_partition_reassignments() == {},
+                 timeout=60)
+        wait_for("the new replicas in sync", lambda: replicas(admin)[0] == [1, 2, 3]
+                 and replicas(admin)[2] == [1, 2, 3])
+        _, leader, _ = replicas(admin)
+        assert leader in (1, 2, 3)
+        writer.progresses()
+        moved_in = time.monotonic() - started
+        writer.stop()
+        stall = writer.longest_stall(started)
+        print(f"move completed in {moved_in:.2f} s; longest producer stall {stall:.3f} s")
+
+        assert writer.errors == [], writer.errors[:5]
+        seen = read_partition(bootstrap)
+        assert len(writer.acked) > 1000
+        for key, offset in writer.acked.items():
+            assert seen.get(key) == [offset], (key, offset, seen.get(key))
+        assert stall < MAX_STALL_S, f"the producer stalled {stall:.2f} s"
+        # Broker 0 no longer holds the partition.
+        wait_for("broker 0 to drop its copy",
+                 lambda: not os.path.exists(os.path.join(root, "node-0", f"{TOPIC}-0")))
+        assert os.path.exists(os.path.join(root, "node-3", f"{TOPIC}-0"))
+        kadmin.close()
+    finally:
+        if writer is not None and writer.thread.is_alive():
+            writer.stopping.set()
+            writer.thread.join(timeout=60)
+        for node in nodes:
+            if node.process.poll() is None:
+                node.process.kill()
+                node.process.wait(timeout=10)
+        shutil.rmtree(root, ignore_errors=True)

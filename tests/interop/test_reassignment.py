@@ -173,3 +173,74 @@ def test_a_partition_moves_to_other_brokers_under_load_without_loss():
                 node.process.kill()
                 node.process.wait(timeout=10)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_throttled_move_copies_at_the_set_rate():
+    """With `*.replication.throttled.replicas=*` on the topic and both rates at 300 kB/s set
+    on each broker, moving 1.5 MB to a new broker takes seconds, not the fraction of a second
+    it takes unthrottled; the copy is whole."""
+    from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource,
+                                       ResourceType)
+    root = tempfile.mkdtemp(prefix="spool-interop-throttle-")
+    base = free_block(4)
+    voters = ",".join(f"{i}@127.0.0.1:{base + CONTROLLER_OFFSET + i}" for i in range(4))
+    nodes = [Node(root, i, base, voters) for i in range(4)]
+    try:
+        for node in nodes:
+            node.wait_serving()
+        bootstrap = ",".join(f"127.0.0.1:{n.port}" for n in nodes)
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic(TOPIC, num_partitions=1,
+                                      replica_assignment=[[0, 1, 2]])])[TOPIC].result(30)
+        wait_for("the partition's ISR", lambda: replicas(admin) == ([0, 1, 2], 0, [0, 1, 2]))
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 20})
+        for i in range(1500):
+            producer.produce(TOPIC, key=str(i), value=os.urandom(1000), partition=0)
+            producer.poll(0)
+        assert producer.flush(60) == 0
+
+        def alter(resource, entries):
+            resource.incremental_configs = [
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                for k, v in entries.items()]
+            for future in admin.incremental_alter_configs([resource]).values():
+                future.result(30)
+
+        alter(ConfigResource(ResourceType.TOPIC, TOPIC),
+              {"leader.replication.throttled.replicas": "*",
+               "follower.replication.throttled.replicas": "*"})
+        for node in nodes:
+            alter(ConfigResource(ResourceType.BROKER, str(node.node_id)),
+                  {"leader.replication.throttled.rate": "300000",
+                   "follower.replication.throttled.rate": "300000"})
+        described = admin.describe_configs([ConfigResource(ResourceType.BROKER, "2")])
+        rate = list(described.values())[0].result(30)["leader.replication.throttled.rate"]
+        assert (rate.value, rate.is_read_only) == ("300000", False), rate
+        time.sleep(0.5)  # every broker applies the settings
+        kadmin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+        tp = TopicPartition(TOPIC, 0)
+        started = time.monotonic()
+        assert kadmin.alter_partition_reassignments({tp: [1, 2, 3]}) == {tp: None}
+        time.sleep(1.5)
+        assert tp in kadmin.list_partition_reassignments(), "still copying"
+        wait_for("the move to complete", lambda: kadmin.list_partition_reassignments() == {},
+                 timeout=60)
+        took = time.monotonic() - started
+        print(f"1.5 MB moved at 300 kB/s in {took:.2f} s")
+        # A second's burst, then 300 kB/s: at least about 4 s for 1.5 MB.
+        assert took > 3.0, took
+        wait_for("the new replicas in sync", lambda: replicas(admin)[2] == [1, 2, 3])
+        kadmin.close()
+        consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{nodes[3].port}",
+                             "group.id": "check-throttled"})
+        low, high = consumer.get_watermark_offsets(CTopicPartition(TOPIC, 0), timeout=10)
+        consumer.close()
+        assert (low, high) == (0, 1500)
+        assert os.path.getsize(os.path.join(root, "node-3", f"{TOPIC}-0",
+                                            "00000000000000000000.log")) > 1_500_000
+    finally:
+        for node in nodes:
+            if node.process.poll() is None:
+                node.process.kill()
+                node.process.wait(timeout=10)
+        shutil.rmtree(root, ignore_errors=True)

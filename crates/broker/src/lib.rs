@@ -17,6 +17,7 @@ pub mod replica;
 pub mod replica_fetcher;
 pub mod server;
 pub mod state;
+pub mod throttle;
 pub mod topic_configs;
 pub mod txn;
 pub mod wakeups;

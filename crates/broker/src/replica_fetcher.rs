@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use crate::peers::Peers;
 use crate::replica::{Divergence, IsrChange, LeaderOffsets, Replica};
 use crate::state::{BrokerState, blocking, lock, now_ms};
+use crate::throttle;
 
 /// The Fetch version followers send: topics by name, the follower's ID in the body, and
 /// diverging epochs in the answer.
@@ -36,6 +37,8 @@ const ALTER_PARTITION_VERSION: i16 = 3;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// The shortest pause after a failure, whatever `replica.fetch.backoff.ms` says.
 const MIN_BACKOFF_MS: u64 = 10;
+/// The pause when every partition left to fetch is throttled and over the rate.
+const THROTTLE_PAUSE: Duration = Duration::from_millis(100);
 /// The pause after a leader-epoch mismatch: one side's metadata is about to catch up.
 const EPOCH_MISMATCH_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -100,10 +103,19 @@ async fn run(weak: Weak<BrokerState>, source: i32) {
         paused.retain(|tp, (until, epoch)| {
             *until > now && followed.iter().any(|f| f.tp == *tp && f.epoch == *epoch)
         });
-        let ready: Vec<Followed> = followed
+        let mut ready: Vec<Followed> = followed
             .into_iter()
             .filter(|f| !paused.contains_key(&f.tp))
             .collect();
+        let throttled = follower_throttled(&state, &ready);
+        if !throttled.is_empty() && state.follower_quota.exceeded() {
+            ready.retain(|f| !throttled.contains(&f.tp));
+            if ready.is_empty() {
+                drop(state);
+                tokio::time::sleep(THROTTLE_PAUSE).await;
+                continue;
+            }
+        }
         let backoff = Duration::from_millis(config.fetch_backoff_ms.max(MIN_BACKOFF_MS));
         let endpoint = state.broker_endpoint(source).filter(|_| !ready.is_empty());
         let Some((host, port)) = endpoint else {
@@ -156,6 +168,18 @@ async fn run(weak: Weak<BrokerState>, source: i32) {
                 Some(Followed { tp, replica, epoch })
             })
             .collect();
+        let throttled_bytes: usize = response
+            .responses
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+            .filter(|(t, p)| {
+                throttled
+                    .iter()
+                    .any(|tp| tp.topic == t.topic && tp.partition == p.partition_index)
+            })
+            .map(|(_, p)| p.records.as_ref().map_or(0, |r| r.len()))
+            .sum();
+        state.follower_quota.record(throttled_bytes);
         for (tp, epoch, error) in apply_response(&state, source, ready, response).await {
             let pause = match error {
                 ErrorCode::UnknownLeaderEpoch
@@ -170,6 +194,31 @@ async fn run(weak: Weak<BrokerState>, source: i32) {
             paused.insert(tp, (Instant::now() + pause, epoch));
         }
     }
+}
+
+/// The partitions of `followed` whose copying this follower throttles: it is not in their
+/// ISR and their topic's `follower.replication.throttled.replicas` names its replica.
+fn follower_throttled(state: &BrokerState, followed: &[Followed]) -> Vec<TopicPartition> {
+    let me = state.config.node_id;
+    state.with_image(|image| {
+        followed
+            .iter()
+            .filter(|f| {
+                image.topic(&f.tp.topic).is_some_and(|t| {
+                    throttle::is_throttled(
+                        &t.configs,
+                        throttle::FOLLOWER_REPLICAS,
+                        f.tp.partition,
+                        me,
+                    ) && t
+                        .partitions
+                        .iter()
+                        .any(|p| p.index == f.tp.partition && !p.isr.contains(&me))
+                })
+            })
+            .map(|f| f.tp.clone())
+            .collect()
+    })
 }
 
 /// A follower's fetch of `followed`, each from its log end offset.

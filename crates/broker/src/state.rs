@@ -32,6 +32,7 @@ use crate::metadata::{METADATA_TOPIC, MetadataError, MetadataImage, TopicMeta};
 use crate::node::{self, Node};
 use crate::peers::{PeerError, Peers};
 use crate::replica::Replica;
+use crate::throttle::{self, Quota};
 use crate::topic_configs;
 use crate::txn::TxnCoordinator;
 use crate::txn::runtime::txn_logs;
@@ -99,6 +100,9 @@ pub struct BrokerState {
     peers: Peers,
     /// The source brokers a replica fetcher runs for.
     pub fetchers: Mutex<BTreeSet<i32>>,
+    /// `leader.replication.throttled.rate` and `follower.replication.throttled.rate`.
+    pub leader_quota: Quota,
+    pub follower_quota: Quota,
     /// The producer IDs this broker may still hand out.
     producer_ids: Mutex<ProducerIds>,
     /// Held while a block of producer IDs is asked for.
@@ -179,7 +183,13 @@ pub fn validate_broker_configs(
     defaults: &LogConfig,
     configs: &BTreeMap<String, String>,
 ) -> Result<(), String> {
-    for key in configs.keys() {
+    for (key, value) in configs {
+        if throttle::RATES.contains(&key.as_str()) {
+            if value.trim().parse::<i64>().map_or(true, |rate| rate < 0) {
+                return Err(format!("`{key}` must be a number of bytes per second"));
+            }
+            continue;
+        }
         if topic_configs::by_broker_synonym(key).is_none() {
             let known = BrokerConfig::default()
                 .describe()
@@ -333,6 +343,8 @@ impl BrokerState {
             storage,
             peers,
             fetchers: Mutex::new(BTreeSet::new()),
+            leader_quota: Quota::default(),
+            follower_quota: Quota::default(),
             node,
             image: RwLock::new(Arc::new(MetadataImage::default())),
             applied: watch::channel(-1).0,
@@ -397,9 +409,13 @@ impl BrokerState {
             }
         }
         self.remove_moved_replicas(&image, now)?;
+        let node = self.config.node_id;
+        self.leader_quota
+            .set_rate(throttle::rate(&image, node, throttle::LEADER_RATE));
+        self.follower_quota
+            .set_rate(throttle::rate(&image, node, throttle::FOLLOWER_RATE));
         let old_defaults = effective_log_defaults(&self.config, &old);
         let defaults = effective_log_defaults(&self.config, &image);
-        let node = self.config.node_id;
         let mut failed = None;
         for topic in image.topics() {
             let reconfigured = old_defaults != defaults

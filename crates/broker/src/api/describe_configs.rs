@@ -163,19 +163,31 @@ pub fn handle(
                         names.push(name);
                     }
                 }
+                names.extend(crate::throttle::RATES);
                 for name in names.into_iter().filter(|n| wanted(n)) {
                     let def = topic_configs::by_broker_synonym(name);
+                    // The throttle rates: dynamic, unlimited by default.
+                    let rate = crate::throttle::RATES.contains(&name);
                     let value = statics.iter().find(|(n, _)| *n == name).map(|(_, v)| v);
                     let mut synonyms = broker_layers(state, &own, &cluster, name, value);
                     if value.is_none() {
-                        let default = def.map_or("", |d| d.default);
+                        let default = match def {
+                            Some(d) => d.default,
+                            None if rate => "9223372036854775807",
+                            None => "",
+                        };
                         synonyms.push(synonym(name, default, source::DEFAULT_CONFIG));
                     }
+                    let kind = match def {
+                        Some(d) => d.kind,
+                        None if rate => ConfigType::Long,
+                        None => ConfigType::String,
+                    };
                     result.configs.push(entry(
                         name,
                         synonyms,
-                        def.map_or(ConfigType::String, |d| d.kind),
-                        def.is_none(),
+                        kind,
+                        def.is_none() && !rate,
                         request.include_synonyms,
                     ));
                 }

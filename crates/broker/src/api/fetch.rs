@@ -24,8 +24,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::fetch_session::{Context, INVALID_SESSION_ID, Outcome, PartitionKey, Reported, Wanted};
-use crate::replica::diverging_epoch;
+use crate::replica::{Replica, diverging_epoch};
 use crate::state::{BrokerState, lock, now_ms};
+use crate::throttle;
 
 const READ_COMMITTED: i8 = 1;
 /// The first Fetch version with sessions.
@@ -505,12 +506,15 @@ fn read_for_follower(
     let partition_max = usize::try_from(wanted.partition_max_bytes)
         .unwrap_or(0)
         .min(budget);
+    let throttled = leader_throttles(state, name, wanted.key.partition, &replica, follower);
+    let held_back = throttled && state.leader_quota.exceeded();
     let read = replica.log.with_log(|log| {
         data.high_watermark = log.high_watermark();
         data.last_stable_offset = log.last_stable_offset();
         data.log_start_offset = log.log_start_offset();
         match diverging {
             Some(_) => None,
+            None if held_back => None,
             None => Some(log.read(offset, partition_max as u64, log.log_end_offset())),
         }
     });
@@ -520,5 +524,28 @@ fn read_for_follower(
         return (data, 0);
     }
     let bytes = put_records(&mut data, read);
+    if throttled {
+        state.leader_quota.record(bytes);
+    }
     (data, bytes)
+}
+
+/// Whether this leader throttles what `follower` copies of the partition: it is not in
+/// the ISR and the topic's `leader.replication.throttled.replicas` names this broker's
+/// replica.
+fn leader_throttles(
+    state: &BrokerState,
+    name: Option<&str>,
+    partition: i32,
+    replica: &Replica,
+    follower: i32,
+) -> bool {
+    let Some(name) = name else { return false };
+    let me = state.config.node_id;
+    replica.isr().is_some_and(|isr| !isr.contains(&follower))
+        && state.with_image(|image| {
+            image.topic(name).is_some_and(|t| {
+                throttle::is_throttled(&t.configs, throttle::LEADER_REPLICAS, partition, me)
+            })
+        })
 }

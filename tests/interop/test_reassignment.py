@@ -6,7 +6,6 @@ away from broker 0, loses and duplicates nothing and stalls the producer only fo
 leader switch; broker 0 then drops its copy."""
 import os
 import shutil
-import tempfile
 import threading
 import time
 
@@ -15,8 +14,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from test_cluster import CONTROLLER_OFFSET, free_block, wait_for
-from test_replication import Node
+from test_cluster import wait_for
+from test_replication import kill_all, start_nodes
 
 TOPIC = "moves"
 # The longest the producer may go without an acknowledgement during the move.
@@ -97,15 +96,9 @@ def read_partition(bootstrap):
 
 
 def test_a_partition_moves_to_other_brokers_under_load_without_loss():
-    root = tempfile.mkdtemp(prefix="spool-interop-moves-")
-    base = free_block(4)
-    voters = ",".join(f"{i}@127.0.0.1:{base + CONTROLLER_OFFSET + i}" for i in range(4))
-    nodes = [Node(root, i, base, voters) for i in range(4)]
+    root, nodes, bootstrap = start_nodes("spool-interop-moves-", 4)
     writer = None
     try:
-        for node in nodes:
-            node.wait_serving()
-        bootstrap = ",".join(f"127.0.0.1:{n.port}" for n in nodes)
         admin = AdminClient({"bootstrap.servers": bootstrap})
         topic = NewTopic(TOPIC, num_partitions=1, replica_assignment=[[0, 1, 2]],
                          config={"min.insync.replicas": "2"})
@@ -168,10 +161,7 @@ def test_a_partition_moves_to_other_brokers_under_load_without_loss():
         if writer is not None and writer.thread.is_alive():
             writer.stopping.set()
             writer.thread.join(timeout=60)
-        for node in nodes:
-            if node.process.poll() is None:
-                node.process.kill()
-                node.process.wait(timeout=10)
+        kill_all(nodes)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -181,14 +171,8 @@ def test_a_throttled_move_copies_at_the_set_rate():
     it takes unthrottled; the copy is whole."""
     from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource,
                                        ResourceType)
-    root = tempfile.mkdtemp(prefix="spool-interop-throttle-")
-    base = free_block(4)
-    voters = ",".join(f"{i}@127.0.0.1:{base + CONTROLLER_OFFSET + i}" for i in range(4))
-    nodes = [Node(root, i, base, voters) for i in range(4)]
+    root, nodes, bootstrap = start_nodes("spool-interop-throttle-", 4)
     try:
-        for node in nodes:
-            node.wait_serving()
-        bootstrap = ",".join(f"127.0.0.1:{n.port}" for n in nodes)
         admin = AdminClient({"bootstrap.servers": bootstrap})
         admin.create_topics([NewTopic(TOPIC, num_partitions=1,
                                       replica_assignment=[[0, 1, 2]])])[TOPIC].result(30)
@@ -239,8 +223,5 @@ def test_a_throttled_move_copies_at_the_set_rate():
         assert os.path.getsize(os.path.join(root, "node-3", f"{TOPIC}-0",
                                             "00000000000000000000.log")) > 1_500_000
     finally:
-        for node in nodes:
-            if node.process.poll() is None:
-                node.process.kill()
-                node.process.wait(timeout=10)
+        kill_all(nodes)
         shutil.rmtree(root, ignore_errors=True)

@@ -56,6 +56,30 @@ class Node(test_cluster.Node):
         return [int(t) for t in re.findall(r"active controller term=(\d+)", text)]
 
 
+def start_nodes(prefix, count):
+    """`count` nodes, each a voter, all serving: (data root, nodes, bootstrap list). The
+    caller stops them; if one fails to start, the others are killed here."""
+    root = tempfile.mkdtemp(prefix=prefix)
+    base = free_block(count)
+    voters = ",".join(f"{i}@127.0.0.1:{base + CONTROLLER_OFFSET + i}" for i in range(count))
+    nodes = [Node(root, i, base, voters) for i in range(count)]
+    try:
+        for node in nodes:
+            node.wait_serving()
+    except BaseException:
+        kill_all(nodes)
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return root, nodes, ",".join(f"127.0.0.1:{n.port}" for n in nodes)
+
+
+def kill_all(nodes):
+    for node in nodes:
+        if node.process.poll() is None:
+            node.process.kill()
+            node.process.wait(timeout=10)
+
+
 def active_controller(nodes):
     running = [n for n in nodes if n.process.poll() is None]
     terms = {n.node_id: max(n.controller_terms(), default=-1) for n in running}
@@ -156,15 +180,9 @@ def read_log(bootstrap):
 
 
 def test_killing_leaders_followers_and_the_controller_loses_no_acknowledged_record():
-    root = tempfile.mkdtemp(prefix="spool-interop-replication-")
-    base = free_block(3)
-    voters = ",".join(f"{i}@127.0.0.1:{base + CONTROLLER_OFFSET + i}" for i in range(3))
-    nodes = [Node(root, i, base, voters) for i in range(3)]
+    root, nodes, bootstrap = start_nodes("spool-interop-replication-", 3)
     load = None
     try:
-        for node in nodes:
-            node.wait_serving()
-        bootstrap = ",".join(f"127.0.0.1:{n.port}" for n in nodes)
         admin = AdminClient({"bootstrap.servers": bootstrap})
         admin.create_topics([NewTopic(TOPIC, PARTITIONS, 3, config={
             "min.insync.replicas": "2"})])[TOPIC].result(timeout=30)

@@ -480,6 +480,22 @@ impl Replica {
         self.notify();
     }
 
+    /// The role, locked, while this replica follows `leader` at `epoch`;
+    /// NOT_LEADER_OR_FOLLOWER otherwise (what a fetcher brought for an older epoch is
+    /// dropped).
+    fn following_at(
+        &self,
+        leader: i32,
+        epoch: i32,
+    ) -> Result<std::sync::MutexGuard<'_, Role>, ErrorCode> {
+        let role = lock(&self.role);
+        if matches!(&*role, Role::Follower { leader: l, epoch: e } if *l == leader && *e == epoch) {
+            Ok(role)
+        } else {
+            Err(ErrorCode::NotLeaderOrFollower)
+        }
+    }
+
     /// Appends batches fetched from `leader` at `epoch`, as a follower, moves the high
     /// watermark to the leader's (within what this log holds) and the log start offset up
     /// to the leader's (records deleted there go here too). Nothing is appended when this
@@ -492,11 +508,7 @@ impl Replica {
         leader_at: LeaderOffsets,
         now: i64,
     ) -> Result<i64, ErrorCode> {
-        let role = lock(&self.role);
-        if !matches!(&*role, Role::Follower { leader: l, epoch: e } if *l == leader && *e == epoch)
-        {
-            return Err(ErrorCode::NotLeaderOrFollower);
-        }
+        let _role = self.following_at(leader, epoch)?;
         self.log
             .with_log(|l| {
                 if !records.is_empty() {
@@ -523,11 +535,7 @@ impl Replica {
         (leader, epoch): (i32, i32),
         leader_at: LeaderOffsets,
     ) -> Result<bool, ErrorCode> {
-        let role = lock(&self.role);
-        if !matches!(&*role, Role::Follower { leader: l, epoch: e } if *l == leader && *e == epoch)
-        {
-            return Err(ErrorCode::NotLeaderOrFollower);
-        }
+        let _role = self.following_at(leader, epoch)?;
         let end = self.log.with_log(|l| l.log_end_offset());
         if end < leader_at.log_start_offset {
             tracing::info!(
@@ -562,11 +570,7 @@ impl Replica {
         (leader, epoch): (i32, i32),
         divergence: Divergence,
     ) -> Result<i64, ErrorCode> {
-        let role = lock(&self.role);
-        if !matches!(&*role, Role::Follower { leader: l, epoch: e } if *l == leader && *e == epoch)
-        {
-            return Err(ErrorCode::NotLeaderOrFollower);
-        }
+        let _role = self.following_at(leader, epoch)?;
         let target = self.log.with_log(|l| truncation_point(l, divergence));
         tracing::info!(
             to = target,

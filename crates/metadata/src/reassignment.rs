@@ -65,22 +65,8 @@ pub fn start(
         .copied()
         .filter(|r| !target.contains(r))
         .collect();
-    // Replicas an earlier reassignment was adding and this one does not want leave the
-    // ISR (unless nothing else is in it).
-    let mut isr: Vec<i32> = p
-        .isr
-        .iter()
-        .copied()
-        .filter(|r| replicas.contains(r))
-        .collect();
-    if isr.is_empty() {
-        isr = p.isr.clone();
-    }
-    let leader = if replicas.contains(&p.leader) {
-        p.leader
-    } else {
-        first_usable(image, &replicas, &isr)
-    };
+    // Replicas an earlier reassignment was adding and this one does not want leave.
+    let (isr, leader) = within(image, p, &replicas);
     let next = Next {
         replicas,
         isr,
@@ -109,22 +95,7 @@ pub fn cancel(
         ));
     }
     let replicas = p.original_replicas();
-    let mut isr: Vec<i32> = p
-        .isr
-        .iter()
-        .copied()
-        .filter(|r| replicas.contains(r))
-        .collect();
-    if isr.is_empty() {
-        // Only replicas being added are in sync: they stay, so that the partition keeps
-        // one replica known to have everything.
-        isr = p.isr.clone();
-    }
-    let leader = if replicas.contains(&p.leader) {
-        p.leader
-    } else {
-        first_usable(image, &replicas, &isr)
-    };
+    let (isr, leader) = within(image, p, &replicas);
     let next = Next {
         replicas,
         isr,
@@ -159,6 +130,27 @@ pub fn complete_with_isr(
         leader: p.leader,
     };
     Some(record(topic_id, p, complete_if_caught_up(image, next)))
+}
+
+/// `p`'s ISR and leader once its replicas are `replicas`: the ISR without the others
+/// (unless only they are in sync: the partition keeps a replica known to have
+/// everything), and a new leader from it if the leader's broker is not among them.
+fn within(image: &MetadataImage, p: &PartitionMeta, replicas: &[i32]) -> (Vec<i32>, i32) {
+    let mut isr: Vec<i32> = p
+        .isr
+        .iter()
+        .copied()
+        .filter(|r| replicas.contains(r))
+        .collect();
+    if isr.is_empty() {
+        isr = p.isr.clone();
+    }
+    let leader = if replicas.contains(&p.leader) {
+        p.leader
+    } else {
+        first_usable(image, replicas, &isr)
+    };
+    (isr, leader)
 }
 
 /// `next` completed when every target replica is in its ISR, else as it is.

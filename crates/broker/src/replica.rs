@@ -255,6 +255,18 @@ impl Replica {
         })
     }
 
+    /// Stops taking part: the replica was moved off this broker. It follows nobody, so
+    /// no fetch answer is applied to it any more, and writes waiting on it as leader are
+    /// answered NOT_LEADER_OR_FOLLOWER.
+    pub fn retire(&self) {
+        *lock(&self.role) = Role::Follower {
+            leader: -1,
+            epoch: -1,
+        };
+        self.log.with_log(|l| l.set_replica_floor(None));
+        self.notify();
+    }
+
     /// The leader epoch when this broker leads the partition.
     pub fn leader_epoch(&self) -> Option<i32> {
         match &*lock(&self.role) {

@@ -408,7 +408,7 @@ impl BrokerState {
                 self.remove_topic_logs(topic)?;
             }
         }
-        self.remove_moved_replicas(&image, now)?;
+        self.remove_moved_replicas(&image)?;
         let node = self.config.node_id;
         self.leader_quota
             .set_rate(throttle::rate(&image, node, throttle::LEADER_RATE));
@@ -833,7 +833,7 @@ impl BrokerState {
     /// Removes the replicas a reassignment moved off this broker: each stops taking part
     /// (writes waiting on it as leader are answered NOT_LEADER_OR_FOLLOWER) and its log
     /// goes.
-    fn remove_moved_replicas(&self, image: &MetadataImage, now: i64) -> Result<(), BrokerError> {
+    fn remove_moved_replicas(&self, image: &MetadataImage) -> Result<(), BrokerError> {
         let node = self.config.node_id;
         let mut removed = false;
         for (tp, replica) in self.replicas() {
@@ -851,9 +851,7 @@ impl BrokerState {
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .remove(&tp);
-            if let Err(e) = replica.apply(p, now) {
-                tracing::warn!(partition = %tp, error = %e, "the removed replica could not step down");
-            }
+            replica.retire();
             self.remove_partition_dir(&tp)?;
             removed = true;
         }

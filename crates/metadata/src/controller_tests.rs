@@ -1247,3 +1247,34 @@ fn a_reassignment_names_distinct_registered_brokers_and_keeps_the_factor_when_as
     assert_eq!(c.partition("orders", 0).replicas, vec![1, 2]);
     assert_eq!(refused(&mut c, &[2, 3], false), ErrorCode::None);
 }
+
+/// Cancelling (or replacing) would leave replicas none of which is in sync: only broker
+/// 3, being added, caught up before 1 and 2 were fenced. Refused, and nothing changes;
+/// completing the move is still possible.
+#[test]
+fn a_reassignment_that_would_leave_no_in_sync_replica_is_refused() {
+    let mut c = Cluster::new();
+    for id in 1..=4 {
+        c.join(id, None);
+    }
+    c.create_placed("orders", &[vec![1, 2]]).unwrap();
+    reassign(&mut c, "orders", 0, Some(&[3, 4]), true);
+    assert_eq!(c.alter_isr("orders", 0, &[1, 2, 3]).error_code, 0);
+    c.run_for(TIMEOUT + 2000, &[1, 2]);
+    let before = c.partition("orders", 0);
+    assert_eq!((before.isr.clone(), before.leader), (vec![3], 3));
+    assert_eq!(
+        reassign(&mut c, "orders", 0, None, true).0,
+        ErrorCode::InvalidReplicaAssignment
+    );
+    assert_eq!(
+        reassign(&mut c, "orders", 0, Some(&[1, 2, 4]), true).0,
+        ErrorCode::InvalidReplicaAssignment
+    );
+    assert_eq!(c.partition("orders", 0), before);
+    assert_eq!(
+        reassign(&mut c, "orders", 0, Some(&[3]), true).0,
+        ErrorCode::None
+    );
+    assert_eq!(c.partition("orders", 0).replicas, vec![3]);
+}

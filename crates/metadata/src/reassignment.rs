@@ -66,7 +66,7 @@ pub fn start(
         .filter(|r| !target.contains(r))
         .collect();
     // Replicas an earlier reassignment was adding and this one does not want leave.
-    let (isr, leader) = within(image, p, &replicas);
+    let (isr, leader) = within(image, p, &replicas)?;
     let next = Next {
         replicas,
         isr,
@@ -95,7 +95,7 @@ pub fn cancel(
         ));
     }
     let replicas = p.original_replicas();
-    let (isr, leader) = within(image, p, &replicas);
+    let (isr, leader) = within(image, p, &replicas)?;
     let next = Next {
         replicas,
         isr,
@@ -132,25 +132,37 @@ pub fn complete_with_isr(
     Some(record(topic_id, p, complete_if_caught_up(image, next)))
 }
 
-/// `p`'s ISR and leader once its replicas are `replicas`: the ISR without the others
-/// (unless only they are in sync: the partition keeps a replica known to have
-/// everything), and a new leader from it if the leader's broker is not among them.
-fn within(image: &MetadataImage, p: &PartitionMeta, replicas: &[i32]) -> (Vec<i32>, i32) {
-    let mut isr: Vec<i32> = p
+/// `p`'s ISR and leader once its replicas are `replicas`: the ISR without the others, and
+/// a new leader from it if the leader's broker is not among them. Refused
+/// (INVALID_REPLICA_ASSIGNMENT) when no in-sync replica would remain: the replicas left
+/// would not be known to hold everything acknowledged, and the ones dropped would delete
+/// their copies.
+fn within(
+    image: &MetadataImage,
+    p: &PartitionMeta,
+    replicas: &[i32],
+) -> Result<(Vec<i32>, i32), Refusal> {
+    let isr: Vec<i32> = p
         .isr
         .iter()
         .copied()
         .filter(|r| replicas.contains(r))
         .collect();
     if isr.is_empty() {
-        isr = p.isr.clone();
+        return Err((
+            ErrorCode::InvalidReplicaAssignment,
+            format!(
+                "Partition {} would have no in-sync replica among {replicas:?}: its ISR is {:?}.",
+                p.index, p.isr
+            ),
+        ));
     }
     let leader = if replicas.contains(&p.leader) {
         p.leader
     } else {
         first_usable(image, replicas, &isr)
     };
-    (isr, leader)
+    Ok((isr, leader))
 }
 
 /// `next` completed when every target replica is in its ISR, else as it is.

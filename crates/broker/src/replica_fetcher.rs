@@ -199,6 +199,9 @@ async fn run(weak: Weak<BrokerState>, source: i32) {
 /// The partitions of `followed` whose copying this follower throttles: it is not in their
 /// ISR and their topic's `follower.replication.throttled.replicas` names its replica.
 fn follower_throttled(state: &BrokerState, followed: &[Followed]) -> Vec<TopicPartition> {
+    if !state.follower_quota.is_limited() {
+        return Vec::new();
+    }
     let me = state.config.node_id;
     state.with_image(|image| {
         followed

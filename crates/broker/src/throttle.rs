@@ -49,6 +49,12 @@ impl Quota {
         }
     }
 
+    /// Whether a rate is set (else nothing is ever held back, and which replicas a topic
+    /// throttles need not be looked up).
+    pub fn is_limited(&self) -> bool {
+        self.rate().is_some()
+    }
+
     fn rate(&self) -> Option<f64> {
         let rate = self.rate.load(Ordering::Relaxed);
         (rate != i64::MAX).then_some(rate as f64)

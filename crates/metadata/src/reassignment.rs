@@ -142,12 +142,7 @@ fn within(
     p: &PartitionMeta,
     replicas: &[i32],
 ) -> Result<(Vec<i32>, i32), Refusal> {
-    let isr: Vec<i32> = p
-        .isr
-        .iter()
-        .copied()
-        .filter(|r| replicas.contains(r))
-        .collect();
+    let (isr, leader) = narrowed(image, &p.isr, p.leader, replicas);
     if isr.is_empty() {
         return Err((
             ErrorCode::InvalidReplicaAssignment,
@@ -157,12 +152,23 @@ fn within(
             ),
         ));
     }
-    let leader = if replicas.contains(&p.leader) {
-        p.leader
+    Ok((isr, leader))
+}
+
+/// The members of `isr` among `replicas`, and `leader` if it is one of them, else the
+/// first usable of `replicas` among them (or no leader).
+fn narrowed(image: &MetadataImage, isr: &[i32], leader: i32, replicas: &[i32]) -> (Vec<i32>, i32) {
+    let isr: Vec<i32> = isr
+        .iter()
+        .copied()
+        .filter(|r| replicas.contains(r))
+        .collect();
+    let leader = if isr.contains(&leader) {
+        leader
     } else {
         first_usable(image, replicas, &isr)
     };
-    Ok((isr, leader))
+    (isr, leader)
 }
 
 /// `next` completed when every target replica is in its ISR, else as it is.
@@ -176,17 +182,7 @@ fn complete_if_caught_up(image: &MetadataImage, next: Next) -> Next {
     if !target.iter().all(|r| next.isr.contains(r)) {
         return next;
     }
-    let isr: Vec<i32> = next
-        .isr
-        .iter()
-        .copied()
-        .filter(|r| target.contains(r))
-        .collect();
-    let leader = if target.contains(&next.leader) && isr.contains(&next.leader) {
-        next.leader
-    } else {
-        first_usable(image, &target, &isr)
-    };
+    let (isr, leader) = narrowed(image, &next.isr, next.leader, &target);
     Next {
         replicas: target,
         isr,

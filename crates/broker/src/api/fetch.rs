@@ -542,7 +542,8 @@ fn leader_throttles(
 ) -> bool {
     let Some(name) = name else { return false };
     let me = state.config.node_id;
-    replica.isr().is_some_and(|isr| !isr.contains(&follower))
+    state.leader_quota.is_limited()
+        && replica.isr().is_some_and(|isr| !isr.contains(&follower))
         && state.with_image(|image| {
             image.topic(name).is_some_and(|t| {
                 throttle::is_throttled(&t.configs, throttle::LEADER_REPLICAS, partition, me)

@@ -21,7 +21,7 @@
 //! after it (NOT_ENOUGH_REPLICAS_AFTER_APPEND).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -131,6 +131,17 @@ pub struct FetchNote {
 pub struct LeaderOffsets {
     pub high_watermark: i64,
     pub log_start_offset: i64,
+}
+
+/// What a follower's fetch asked: from which leader, at which of its epochs, from which
+/// offset (the follower's log end then). Its answer applies only while all three still
+/// hold, as in Kafka's fetcher: a replica that changed in between (truncated, recreated
+/// under the same name, moved away and back) drops it and fetches again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fetched {
+    pub leader: i32,
+    pub epoch: i32,
+    pub offset: i64,
 }
 
 /// Where a follower's log diverged from the leader's, as a fetch response says.
@@ -492,35 +503,33 @@ impl Replica {
         self.notify();
     }
 
-    /// The role, locked, while this replica follows `leader` at `epoch`;
-    /// NOT_LEADER_OR_FOLLOWER otherwise (what a fetcher brought for an older epoch is
-    /// dropped).
-    fn following_at(
-        &self,
-        leader: i32,
-        epoch: i32,
-    ) -> Result<std::sync::MutexGuard<'_, Role>, ErrorCode> {
+    /// The role, locked, while this replica follows `fetched.leader` at `fetched.epoch`
+    /// and its log still ends where the fetch started; NOT_LEADER_OR_FOLLOWER otherwise
+    /// (the answer is dropped and the partition fetched again).
+    fn following_at(&self, fetched: Fetched) -> Result<MutexGuard<'_, Role>, ErrorCode> {
         let role = lock(&self.role);
-        if matches!(&*role, Role::Follower { leader: l, epoch: e } if *l == leader && *e == epoch) {
+        let follows = matches!(&*role, Role::Follower { leader, epoch }
+            if *leader == fetched.leader && *epoch == fetched.epoch);
+        if follows && self.log.with_log(|l| l.log_end_offset()) == fetched.offset {
             Ok(role)
         } else {
             Err(ErrorCode::NotLeaderOrFollower)
         }
     }
 
-    /// Appends batches fetched from `leader` at `epoch`, as a follower, moves the high
+    /// Appends batches a fetch brought (see [`Fetched`]), as a follower, moves the high
     /// watermark to the leader's (within what this log holds) and the log start offset up
-    /// to the leader's (records deleted there go here too). Nothing is appended when this
-    /// replica no longer follows that leader at that epoch (NOT_LEADER_OR_FOLLOWER).
-    /// Returns the log end offset after the append. Blocking.
+    /// to the leader's (records deleted there go here too). Nothing is appended when the
+    /// fetch no longer applies (NOT_LEADER_OR_FOLLOWER). Returns the log end offset after
+    /// the append. Blocking.
     pub fn append_from_leader(
         &self,
-        (leader, epoch): (i32, i32),
+        fetched: Fetched,
         records: Bytes,
         leader_at: LeaderOffsets,
         now: i64,
     ) -> Result<i64, ErrorCode> {
-        let _role = self.following_at(leader, epoch)?;
+        let _role = self.following_at(fetched)?;
         self.log
             .with_log(|l| {
                 if !records.is_empty() {
@@ -544,10 +553,10 @@ impl Replica {
     /// Returns whether the log changed. Blocking.
     pub fn reset_out_of_range(
         &self,
-        (leader, epoch): (i32, i32),
+        fetched: Fetched,
         leader_at: LeaderOffsets,
     ) -> Result<bool, ErrorCode> {
-        let _role = self.following_at(leader, epoch)?;
+        let _role = self.following_at(fetched)?;
         let end = self.log.with_log(|l| l.log_end_offset());
         if end < leader_at.log_start_offset {
             tracing::info!(
@@ -579,10 +588,10 @@ impl Replica {
     /// nothing is known, to the high watermark. Blocking.
     pub fn truncate_diverged(
         &self,
-        (leader, epoch): (i32, i32),
+        fetched: Fetched,
         divergence: Divergence,
     ) -> Result<i64, ErrorCode> {
-        let _role = self.following_at(leader, epoch)?;
+        let _role = self.following_at(fetched)?;
         let target = self.log.with_log(|l| truncation_point(l, divergence));
         tracing::info!(
             to = target,

@@ -24,7 +24,7 @@ use spool_protocol::messages::{FetchRequest, FetchResponse, RequestBody, Respons
 use tokio::time::Instant;
 
 use crate::peers::Peers;
-use crate::replica::{Divergence, IsrChange, LeaderOffsets, Replica};
+use crate::replica::{Divergence, Fetched, IsrChange, LeaderOffsets, Replica};
 use crate::state::{BrokerState, blocking, lock, now_ms};
 use crate::throttle;
 
@@ -42,11 +42,23 @@ const THROTTLE_PAUSE: Duration = Duration::from_millis(100);
 /// The pause after a leader-epoch mismatch: one side's metadata is about to catch up.
 const EPOCH_MISMATCH_BACKOFF: Duration = Duration::from_millis(50);
 
-/// A partition this broker follows from a source broker, at the epoch it follows.
+/// A partition this broker follows from a source broker, at the epoch it follows, and
+/// the offset its fetch starts from (its log end when the fetch is built).
 struct Followed {
     tp: TopicPartition,
     replica: Arc<Replica>,
     epoch: i32,
+    fetch_offset: i64,
+}
+
+impl Followed {
+    fn fetched(&self, source: i32) -> Fetched {
+        Fetched {
+            leader: source,
+            epoch: self.epoch,
+            offset: self.fetch_offset,
+        }
+    }
 }
 
 fn followed_from(state: &BrokerState, source: i32) -> Vec<Followed> {
@@ -60,6 +72,7 @@ fn followed_from(state: &BrokerState, source: i32) -> Vec<Followed> {
                 tp,
                 replica,
                 epoch,
+                fetch_offset: -1,
             })
         })
         .collect()
@@ -125,16 +138,19 @@ async fn run(weak: Weak<BrokerState>, source: i32) {
             tokio::time::sleep_until(wake).await;
             continue;
         };
-        let request = fetch_request(&state, &ready);
+        let request = fetch_request(&state, &mut ready);
         let peers = peers.get_or_insert_with(|| {
             Peers::new(
                 format!("spool-replica-fetcher-{}", state.config.node_id),
                 FETCH_TIMEOUT,
             )
         });
-        // No replica is held across the wait: a broker shutting down closes the logs.
-        let asked: Vec<(TopicPartition, i32)> =
-            ready.into_iter().map(|f| (f.tp, f.epoch)).collect();
+        // No replica is held across the wait: a broker shutting down closes the logs. The
+        // answer goes to the very replicas asked for, not to new ones of the same name.
+        let asked: Vec<(TopicPartition, i32, i64, Weak<Replica>)> = ready
+            .into_iter()
+            .map(|f| (f.tp, f.epoch, f.fetch_offset, Arc::downgrade(&f.replica)))
+            .collect();
         drop(state);
         let answer = peers
             .send(&host, port, RequestBody::Fetch(request), FETCH_VERSION)
@@ -163,9 +179,13 @@ async fn run(weak: Weak<BrokerState>, source: i32) {
         };
         let ready = asked
             .into_iter()
-            .filter_map(|(tp, epoch)| {
-                let replica = state.replica(&tp.topic, tp.partition)?;
-                Some(Followed { tp, replica, epoch })
+            .filter_map(|(tp, epoch, fetch_offset, replica)| {
+                Some(Followed {
+                    tp,
+                    replica: replica.upgrade()?,
+                    epoch,
+                    fetch_offset,
+                })
             })
             .collect();
         let throttled_bytes: usize = response
@@ -224,11 +244,11 @@ fn follower_throttled(state: &BrokerState, followed: &[Followed]) -> Vec<TopicPa
     })
 }
 
-/// A follower's fetch of `followed`, each from its log end offset.
-fn fetch_request(state: &BrokerState, followed: &[Followed]) -> FetchRequest {
+/// A follower's fetch of `followed`, each from its log end offset (noted in each).
+fn fetch_request(state: &BrokerState, followed: &mut [Followed]) -> FetchRequest {
     let config = &state.config.replication;
     let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
-    for f in followed {
+    for f in followed.iter_mut() {
         let partition = f.replica.log.with_log(|log| FetchPartition {
             partition: f.tp.partition,
             current_leader_epoch: f.epoch,
@@ -238,6 +258,7 @@ fn fetch_request(state: &BrokerState, followed: &[Followed]) -> FetchRequest {
             partition_max_bytes: config.fetch_max_bytes,
             ..Default::default()
         });
+        f.fetch_offset = partition.fetch_offset;
         topics.entry(&f.tp.topic).or_default().push(partition);
     }
     FetchRequest {
@@ -305,7 +326,7 @@ fn apply_blocking(
             else {
                 continue;
             };
-            let following = (source, f.epoch);
+            let following = f.fetched(source);
             let leader_at = LeaderOffsets {
                 high_watermark: p.high_watermark,
                 log_start_offset: p.log_start_offset,

@@ -25,6 +25,15 @@ fn records(values: &[&str]) -> Bytes {
     builder.build().unwrap()
 }
 
+/// A fetch from `leader` at `epoch` that starts at `replica`'s log end.
+fn from_end(replica: &Replica, leader: i32, epoch: i32) -> Fetched {
+    Fetched {
+        leader,
+        epoch,
+        offset: replica.log.with_log(|l| l.log_end_offset()),
+    }
+}
+
 fn replica(storage: &MemStorage, me: i32, min_isr: i32) -> Replica {
     let config = LogConfig {
         min_insync_replicas: min_isr,
@@ -193,7 +202,7 @@ fn a_follower_copies_the_leaders_log_and_takes_its_high_watermark() {
     assert_eq!(follower.following(), Some((1, 4)));
     let end = follower
         .append_from_leader(
-            (1, 4),
+            from_end(&follower, 1, 4),
             fetched(&leader, 0),
             at(high_watermark(&leader)),
             1_000,
@@ -209,9 +218,33 @@ fn a_follower_copies_the_leaders_log_and_takes_its_high_watermark() {
     // What a stale fetcher brings for an older leader epoch is not appended.
     assert_eq!(
         follower
-            .append_from_leader((1, 3), fetched(&leader, 0), at(3), 1_000)
+            .append_from_leader(from_end(&follower, 1, 3), fetched(&leader, 0), at(3), 1_000)
             .unwrap_err(),
         ErrorCode::NotLeaderOrFollower
+    );
+    assert_eq!(follower.log.with_log(|l| l.log_end_offset()), 3);
+    // Nor is an answer to a fetch from an offset where the log no longer ends (the
+    // replica changed while the fetch was out).
+    let stale = Fetched {
+        leader: 1,
+        epoch: 4,
+        offset: 0,
+    };
+    assert_eq!(
+        follower
+            .append_from_leader(stale, fetched(&leader, 0), at(3), 1_000)
+            .unwrap_err(),
+        ErrorCode::NotLeaderOrFollower
+    );
+    assert_eq!(
+        follower.truncate_diverged(
+            stale,
+            Divergence {
+                epoch: 1,
+                end_offset: 0
+            }
+        ),
+        Err(ErrorCode::NotLeaderOrFollower)
     );
     assert_eq!(follower.log.with_log(|l| l.log_end_offset()), 3);
 }
@@ -228,7 +261,7 @@ fn a_deposed_leader_truncates_its_diverged_tail_and_copies_the_new_leaders_log()
         .unwrap();
     let new = replica(&storage, 2, 1);
     new.apply(&meta(1, 1, 1, &[1, 2]), 1_000).unwrap();
-    new.append_from_leader((1, 1), fetched(&old, 0), at(0), 1_000)
+    new.append_from_leader(from_end(&new, 1, 1), fetched(&old, 0), at(0), 1_000)
         .unwrap();
     old.follower_fetched(2, 2, 1_000).unwrap();
     assert_eq!(high_watermark(&old), 2);
@@ -258,7 +291,7 @@ fn a_deposed_leader_truncates_its_diverged_tail_and_copies_the_new_leaders_log()
     );
     let (epoch, end_offset) = diverging.unwrap();
     let cut = old
-        .truncate_diverged((2, 2), Divergence { epoch, end_offset })
+        .truncate_diverged(from_end(&old, 2, 2), Divergence { epoch, end_offset })
         .unwrap();
     assert_eq!(cut, 2);
 
@@ -274,8 +307,13 @@ fn a_deposed_leader_truncates_its_diverged_tail_and_copies_the_new_leaders_log()
             .with_log(|l| diverging_epoch(l, last_epoch, fetch_offset)),
         None
     );
-    old.append_from_leader((2, 2), fetched(&new, fetch_offset), at(0), 1_000)
-        .unwrap();
+    old.append_from_leader(
+        from_end(&old, 2, 2),
+        fetched(&new, fetch_offset),
+        at(0),
+        1_000,
+    )
+    .unwrap();
     assert_eq!(fetched(&old, 0), fetched(&new, 0));
 }
 
@@ -351,7 +389,12 @@ fn a_follower_copies_a_log_with_offset_gaps() {
     };
     let fetched_bytes: Bytes = [batch(3, &["d"]), batch(7, &["h", "i"])].concat().into();
     let end = follower
-        .append_from_leader((1, 1), fetched_bytes.clone(), at(9), 1_000)
+        .append_from_leader(
+            from_end(&follower, 1, 1),
+            fetched_bytes.clone(),
+            at(9),
+            1_000,
+        )
         .unwrap();
     assert_eq!(end, 9);
     assert_eq!(fetched(&follower, 0), fetched_bytes);
@@ -359,7 +402,7 @@ fn a_follower_copies_a_log_with_offset_gaps() {
     // Offsets never go back.
     assert_eq!(
         follower
-            .append_from_leader((1, 1), batch(8, &["x"]), at(9), 1_000)
+            .append_from_leader(from_end(&follower, 1, 1), batch(8, &["x"]), at(9), 1_000)
             .unwrap_err(),
         ErrorCode::OffsetOutOfRange
     );
@@ -381,7 +424,7 @@ fn a_follower_follows_the_leaders_log_start_offset() {
     let follower = replica(&storage, 2, 1);
     follower.apply(&meta(1, 1, 1, &[1]), 1_000).unwrap();
     follower
-        .append_from_leader((1, 1), fetched(&leader, 0), at(4), 1_000)
+        .append_from_leader(from_end(&follower, 1, 1), fetched(&leader, 0), at(4), 1_000)
         .unwrap();
     leader
         .log
@@ -392,28 +435,39 @@ fn a_follower_follows_the_leaders_log_start_offset() {
         log_start_offset: 2,
     };
     follower
-        .append_from_leader((1, 1), Bytes::new(), leader_at, 1_000)
+        .append_from_leader(from_end(&follower, 1, 1), Bytes::new(), leader_at, 1_000)
         .unwrap();
     assert_eq!(log_offsets(&follower), (2, 4));
 
     let behind = replica(&storage, 3, 1);
     behind.apply(&meta(1, 1, 1, &[1]), 1_000).unwrap();
     behind
-        .append_from_leader((1, 1), Bytes::new(), at(4), 1_000)
+        .append_from_leader(from_end(&behind, 1, 1), Bytes::new(), at(4), 1_000)
         .unwrap();
     let read_below_start = leader.log.with_log(|l| l.read(0, 1 << 20, 4).map(|_| ()));
     assert_eq!(
         read_below_start.unwrap_err().error_code(),
         ErrorCode::OffsetOutOfRange
     );
-    assert!(behind.reset_out_of_range((1, 1), leader_at).unwrap());
+    assert!(
+        behind
+            .reset_out_of_range(from_end(&behind, 1, 1), leader_at)
+            .unwrap()
+    );
     assert_eq!(log_offsets(&behind), (2, 2));
     assert!(
-        !behind.reset_out_of_range((1, 1), leader_at).unwrap(),
+        !behind
+            .reset_out_of_range(from_end(&behind, 1, 1), leader_at)
+            .unwrap(),
         "nothing more to reset"
     );
     behind
-        .append_from_leader((1, 1), fetched(&leader, 2), leader_at, 1_000)
+        .append_from_leader(
+            from_end(&behind, 1, 1),
+            fetched(&leader, 2),
+            leader_at,
+            1_000,
+        )
         .unwrap();
     assert_eq!(log_offsets(&behind), (2, 4));
     assert_eq!(fetched(&behind, 2), fetched(&leader, 2));

@@ -408,7 +408,7 @@ impl BrokerState {
                 self.remove_topic_logs(topic)?;
             }
         }
-        self.remove_moved_replicas(&image)?;
+        self.remove_moved_replicas(&image);
         let node = self.config.node_id;
         self.leader_quota
             .set_rate(throttle::rate(&image, node, throttle::LEADER_RATE));
@@ -833,7 +833,7 @@ impl BrokerState {
     /// Removes the replicas a reassignment moved off this broker: each stops taking part
     /// (writes waiting on it as leader are answered NOT_LEADER_OR_FOLLOWER) and its log
     /// goes.
-    fn remove_moved_replicas(&self, image: &MetadataImage) -> Result<(), BrokerError> {
+    fn remove_moved_replicas(&self, image: &MetadataImage) {
         let node = self.config.node_id;
         let mut removed = false;
         for (tp, replica) in self.replicas() {
@@ -852,15 +852,16 @@ impl BrokerState {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .remove(&tp);
             replica.retire();
-            self.remove_partition_dir(&tp)?;
+            // The replica is gone from the map either way: a folder that stays is left to
+            // the stray-log cleanup at the next start, and the image is still applied.
+            if let Err(e) = self.remove_partition_dir(&tp) {
+                tracing::error!(partition = %tp, error = %e, "removing a moved replica's log failed");
+            }
             removed = true;
         }
-        if removed {
-            self.storage
-                .sync_dir(&self.config.data_dir)
-                .map_err(LogError::from)?;
+        if removed && let Err(e) = self.storage.sync_dir(&self.config.data_dir) {
+            tracing::error!(error = %e, "syncing the data directory after removing moved replicas failed");
         }
-        Ok(())
     }
 
     /// Removes a partition's folder and its files (the caller syncs the data directory).

@@ -1030,7 +1030,14 @@ fn dynamic_broker_settings_layer_over_the_static_ones_and_govern_live_topics() {
     assert_eq!(alter_broker(&mut client, "0", &unknown), invalid);
     assert_eq!(alter_broker(&mut client, "broker-0", &limit("1")), invalid);
 
-    // Describing the empty name lists the cluster-wide settings only.
+    // Describing the empty name lists the cluster-wide settings only, each with its type;
+    // the throttle rates are dynamic Long settings like the others.
+    let rate = [(
+        "follower.replication.throttled.rate",
+        SET,
+        Some("1000000000"),
+    )];
+    assert_eq!(alter_broker(&mut client, "", &rate), 0);
     let request = DescribeConfigsRequest {
         resources: vec![describe_configs_request::DescribeConfigsResource {
             resource_type: 4,
@@ -1045,15 +1052,33 @@ fn dynamic_broker_settings_layer_over_the_static_ones_and_govern_live_topics() {
     else {
         panic!()
     };
-    let listed: Vec<(String, Option<String>, i8)> = response.results[0]
+    let listed: Vec<(String, Option<String>, i8, i8, bool)> = response.results[0]
         .configs
         .iter()
-        .map(|c| (c.name.clone(), c.value.clone(), c.config_source))
+        .map(|c| {
+            let value = c.value.clone();
+            (
+                c.name.clone(),
+                value,
+                c.config_source,
+                c.config_type,
+                c.read_only,
+            )
+        })
         .collect();
+    // Source 3 is DYNAMIC_DEFAULT_BROKER_CONFIG; type 5 LONG, 3 INT.
     assert_eq!(
         listed,
-        [("message.max.bytes".into(), Some("200".into()), 3)],
-        "DYNAMIC_DEFAULT_BROKER_CONFIG"
+        [
+            (
+                "follower.replication.throttled.rate".into(),
+                Some("1000000000".into()),
+                3,
+                5,
+                false
+            ),
+            ("message.max.bytes".into(), Some("200".into()), 3, 3, false)
+        ]
     );
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);

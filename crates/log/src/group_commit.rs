@@ -8,6 +8,7 @@
 //! under load one fsync serves many appends, and latency stays about one fsync.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
@@ -21,7 +22,6 @@ struct CommitState {
     /// Everything below this offset is durable.
     durable_offset: i64,
     flushing: bool,
-    failed: bool,
     /// Completed sync rounds, for tests and benchmarks.
     sync_rounds: u64,
 }
@@ -33,6 +33,9 @@ pub struct SharedLog {
     config: RwLock<LogConfig>,
     state: Mutex<CommitState>,
     flushed: Condvar,
+    /// Set (under `state`) once a failed sync or truncation took the log offline; read
+    /// without the lock, which truncations hold across an fsync.
+    failed: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -53,6 +56,7 @@ impl SharedLog {
                 ..CommitState::default()
             }),
             flushed: Condvar::new(),
+            failed: AtomicBool::new(false),
         }
     }
 
@@ -105,7 +109,7 @@ impl SharedLog {
     pub fn wait_durable(&self, offset: i64) -> Result<(), LogError> {
         let mut state = lock(&self.state);
         loop {
-            if state.failed {
+            if self.is_failed() {
                 return Err(LogError::Offline);
             }
             if state.durable_offset >= offset {
@@ -136,7 +140,7 @@ impl SharedLog {
                 Ok(durable_offset) => {
                     state.durable_offset = state.durable_offset.max(durable_offset)
                 }
-                Err(_) => state.failed = true,
+                Err(_) => self.failed.store(true, Ordering::Release),
             }
             self.flushed.notify_all();
         }
@@ -156,7 +160,7 @@ impl SharedLog {
                 Ok(())
             }
             Err(e) => {
-                state.failed = true;
+                self.failed.store(true, Ordering::Release);
                 Err(e)
             }
         }
@@ -172,7 +176,7 @@ impl SharedLog {
                 Ok(())
             }
             Err(e) => {
-                state.failed = true;
+                self.failed.store(true, Ordering::Release);
                 Err(e)
             }
         }
@@ -180,7 +184,7 @@ impl SharedLog {
 
     /// Whether a failed sync took the log offline.
     pub fn is_failed(&self) -> bool {
-        lock(&self.state).failed
+        self.failed.load(Ordering::Acquire)
     }
 
     /// Everything below this offset is durable.
@@ -191,7 +195,7 @@ impl SharedLog {
     /// For a flusher that syncs many logs at once: captures what this log must sync.
     /// Follow with [`Self::complete_external_flush`] once the sync is done.
     pub fn prepare_external_flush(&self) -> Result<FlushTicket, LogError> {
-        if lock(&self.state).failed {
+        if self.is_failed() {
             return Err(LogError::Offline);
         }
         self.with_log(PartitionLog::prepare_flush)
@@ -213,7 +217,7 @@ impl SharedLog {
                 Ok(state.durable_offset)
             }
             Err(e) => {
-                state.failed = true;
+                self.failed.store(true, Ordering::Release);
                 Err(e)
             }
         };

@@ -189,6 +189,7 @@ fn a_follower_keeps_the_leaders_offset_gaps() {
         .append_as_follower(fetched_bytes.clone(), 1_000)
         .unwrap();
     assert_eq!(follower.log_end_offset(), far + 1);
+    // The first two batches share the first segment; the far one starts the second.
     assert_eq!(follower.segment_count(), 2);
     assert_eq!(fetched(&follower, 0), fetched_bytes);
     assert_eq!(fetched(&follower, 11), at(far, &["z"]));
@@ -199,6 +200,22 @@ fn a_follower_keeps_the_leaders_offset_gaps() {
         fetched(&follower, 4),
         fetched_bytes.slice(at(3, &["d"]).len()..)
     );
+}
+
+/// The base offset is outside a batch's checksum: one whose offsets would run past
+/// `i64::MAX` is refused, and nothing of the fetch is written.
+#[test]
+fn a_follower_refuses_offsets_past_the_largest() {
+    let storage = MemStorage::new();
+    let mut follower = open(&storage, "/follower/orders-0");
+    let fetched_bytes: Bytes = [at(3, &["d"]), at(i64::MAX - 1, &["y", "z"])]
+        .concat()
+        .into();
+    assert!(matches!(
+        follower.append_as_follower(fetched_bytes, 1_000),
+        Err(LogError::InvalidBatch(_))
+    ));
+    assert_eq!(follower.log_end_offset(), 0);
 }
 
 /// A follower whose log ends below the leader's log start empties its log and starts

@@ -653,10 +653,11 @@ impl Controller {
                         if isr != p.isr {
                             // An ISR that holds every target replica completes a
                             // reassignment in the same change.
-                            let record = reassignment::complete_with_isr(image, t.id, p, &isr)
-                                .unwrap_or_else(|| {
-                                    change(t.id, p.index, Some(isr.clone()), NO_LEADER_CHANGE)
-                                });
+                            let record = reassignment::with_completion(
+                                image,
+                                p,
+                                change(t.id, p.index, Some(isr.clone()), NO_LEADER_CHANGE),
+                            );
                             if let MetadataRecord::PartitionChange(r) = &record {
                                 next.apply(r);
                             }
@@ -1000,7 +1001,10 @@ fn elect(
         return Ok(change(topic.id, p.index, None, in_sync));
     }
     match p.replicas.iter().find(|&&r| usable(image, r)) {
-        Some(&any) => Ok(change(topic.id, p.index, Some(vec![any]), any)),
+        Some(&any) => {
+            let unclean = change(topic.id, p.index, Some(vec![any]), any);
+            Ok(reassignment::with_completion(image, p, unclean))
+        }
         None => Err((
             ErrorCode::EligibleLeadersNotAvailable,
             format!("No replica of {name} is available."),

@@ -1278,3 +1278,30 @@ fn a_reassignment_that_would_leave_no_in_sync_replica_is_refused() {
     );
     assert_eq!(c.partition("orders", 0).replicas, vec![3]);
 }
+
+#[test]
+fn an_unclean_election_that_puts_every_target_in_sync_completes_the_reassignment() {
+    let mut c = Cluster::new();
+    for id in 1..=2 {
+        c.join(id, None);
+    }
+    c.create_placed("ledger", &[vec![1]]).unwrap();
+    reassign(&mut c, "ledger", 0, Some(&[2]), true);
+    c.run_for(TIMEOUT + 1000, &[1]);
+    let p = c.partition("ledger", 0);
+    assert_eq!((p.leader, p.isr.clone()), (NO_LEADER, vec![1]));
+    assert!(p.is_reassigning());
+
+    let reply = c.elect(UNCLEAN_ELECTION, Some(vec![("ledger", vec![0])]));
+    assert_eq!(
+        reply.replica_election_results[0].partition_result[0].error_code,
+        0
+    );
+    let p = c.partition("ledger", 0);
+    assert_eq!(
+        (p.leader, p.isr.clone(), p.replicas.clone()),
+        (2, vec![2], vec![2])
+    );
+    assert!(!p.is_reassigning(), "{p:?}");
+    c.check();
+}

@@ -106,30 +106,37 @@ pub fn cancel(
     Ok(record(topic_id, p, next))
 }
 
-/// For an ISR change of a partition being reassigned: the change that also completes the
-/// reassignment when the new ISR holds every target replica; `None` when it does not (or
-/// no reassignment is under way).
-pub fn complete_with_isr(
+/// `change` (of partition `p`), also completing `p`'s reassignment when the ISR it sets
+/// holds every target replica. Every ISR change goes through here, whatever made it: a
+/// leader's AlterPartition, or an unclean election that leaves one replica in sync.
+pub fn with_completion(
     image: &MetadataImage,
-    topic_id: Uuid,
     p: &PartitionMeta,
-    isr: &[i32],
-) -> Option<MetadataRecord> {
-    if !p.is_reassigning() {
-        return None;
+    change: MetadataRecord,
+) -> MetadataRecord {
+    let MetadataRecord::PartitionChange(r) = &change else {
+        return change;
+    };
+    if r.isr.is_none() || !p.is_reassigning() {
+        return change;
     }
-    let target = p.target_replicas();
-    if !target.iter().all(|r| isr.contains(r)) {
-        return None;
+    let mut changed = p.clone();
+    changed.apply(r);
+    if !changed
+        .target_replicas()
+        .iter()
+        .all(|t| changed.isr.contains(t))
+    {
+        return change;
     }
     let next = Next {
-        replicas: p.replicas.clone(),
-        isr: isr.to_vec(),
-        adding: p.adding_replicas.clone(),
-        removing: p.removing_replicas.clone(),
-        leader: p.leader,
+        replicas: changed.replicas,
+        isr: changed.isr,
+        adding: changed.adding_replicas,
+        removing: changed.removing_replicas,
+        leader: changed.leader,
     };
-    Some(record(topic_id, p, complete_if_caught_up(image, next)))
+    record(r.topic_id, p, complete_if_caught_up(image, next))
 }
 
 /// `p`'s ISR and leader once its replicas are `replicas`: the ISR without the others, and

@@ -86,6 +86,17 @@ fn broker_layers(
     layers
 }
 
+/// The type of broker setting `name`, and whether it is read-only: only the broker
+/// defaults of topic settings and the throttle rates (dynamic, unlimited by default) can
+/// change at run time.
+fn broker_kind(name: &str) -> (ConfigType, bool) {
+    match topic_configs::by_broker_synonym(name) {
+        Some(def) => (def.kind, false),
+        None if crate::throttle::RATES.contains(&name) => (ConfigType::Long, false),
+        None => (ConfigType::String, true),
+    }
+}
+
 pub fn handle(
     state: &Arc<BrokerState>,
     request: DescribeConfigsRequest,
@@ -142,12 +153,12 @@ pub fn handle(
             BROKER_RESOURCE_TYPE if resource.resource_name.is_empty() => {
                 let (_, cluster) = dynamic_broker_configs(state);
                 for (name, value) in cluster.iter().filter(|(n, _)| wanted(n)) {
-                    let def = topic_configs::by_broker_synonym(name);
+                    let (kind, read_only) = broker_kind(name);
                     result.configs.push(entry(
                         name,
                         vec![synonym(name, value, source::DYNAMIC_DEFAULT_BROKER_CONFIG)],
-                        def.map_or(ConfigType::String, |d| d.kind),
-                        def.is_none(),
+                        kind,
+                        read_only,
                         request.include_synonyms,
                     ));
                 }
@@ -165,29 +176,22 @@ pub fn handle(
                 }
                 names.extend(crate::throttle::RATES);
                 for name in names.into_iter().filter(|n| wanted(n)) {
-                    let def = topic_configs::by_broker_synonym(name);
-                    // The throttle rates: dynamic, unlimited by default.
-                    let rate = crate::throttle::RATES.contains(&name);
                     let value = statics.iter().find(|(n, _)| *n == name).map(|(_, v)| v);
                     let mut synonyms = broker_layers(state, &own, &cluster, name, value);
+                    let (kind, read_only) = broker_kind(name);
                     if value.is_none() {
-                        let default = match def {
-                            Some(d) => d.default,
-                            None if rate => "9223372036854775807",
+                        let default = match topic_configs::by_broker_synonym(name) {
+                            Some(def) => def.default,
+                            None if !read_only => "9223372036854775807", // a throttle rate
                             None => "",
                         };
                         synonyms.push(synonym(name, default, source::DEFAULT_CONFIG));
                     }
-                    let kind = match def {
-                        Some(d) => d.kind,
-                        None if rate => ConfigType::Long,
-                        None => ConfigType::String,
-                    };
                     result.configs.push(entry(
                         name,
                         synonyms,
                         kind,
-                        def.is_none() && !rate,
+                        read_only,
                         request.include_synonyms,
                     ));
                 }

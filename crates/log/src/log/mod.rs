@@ -580,7 +580,15 @@ impl PartitionLog {
                     log_end_offset: next_offset,
                 });
             }
-            let last_offset = batch.base_offset() + i64::from(batch.last_offset_delta());
+            // The CRC does not cover the base offset, and nothing guarantees the delta is
+            // sane: a batch that would end before it starts, or past i64::MAX, is corrupt.
+            let last_offset = u32::try_from(batch.last_offset_delta())
+                .ok()
+                .and_then(|delta| batch.base_offset().checked_add(i64::from(delta)))
+                .filter(|&last| last < i64::MAX)
+                .ok_or(spool_protocol::DecodeError::CorruptRecordBatch(
+                    "offsets out of range for a follower append",
+                ))?;
             headers.push(BatchHeader {
                 position: position as u64,
                 base_offset: batch.base_offset(),
@@ -609,7 +617,27 @@ impl PartitionLog {
         if learned {
             self.write_epochs()?;
         }
-        self.write(&records[..position], &headers, now_ms)?;
+        // Each write goes to one segment, whose indexes hold offsets relative to its base
+        // in 32 bits: batches spread wider than that (gaps compaction left) go in runs.
+        let mut run_start = 0;
+        while run_start < headers.len() {
+            let first = &headers[run_start];
+            let run_end = headers[run_start..]
+                .iter()
+                .position(|h| h.last_offset - first.base_offset > i64::from(i32::MAX))
+                .map_or(headers.len(), |n| run_start + n);
+            let from = first.position;
+            let run: Vec<BatchHeader> = headers[run_start..run_end]
+                .iter()
+                .map(|h| BatchHeader {
+                    position: h.position - from,
+                    ..*h
+                })
+                .collect();
+            let to = run.last().map_or(from, |h| from + h.position + h.size);
+            self.write(&records[from as usize..to as usize], &run, now_ms)?;
+            run_start = run_end;
+        }
         self.first_unflushed_ms.get_or_insert(now_ms);
         for batch in &batches {
             let completed = self.producers.update_from_batch(batch);

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use spool_log::{LogError, PartitionLog, Storage};
 use spool_metadata::controller::ControllerConfig;
+use spool_metadata::net::{self, Network};
 use spool_metadata::quorum::local::Alone;
 use spool_metadata::quorum::store::QUORUM_STATE_FILE;
 use spool_metadata::quorum::tcp::{self, TcpTransport};
@@ -29,7 +30,6 @@ use spool_metadata::{METADATA_TOPIC, MetadataStore, random_uuid};
 use spool_protocol::messages::broker_registration_request::Listener;
 use spool_protocol::messages::{BrokerHeartbeatRequest, BrokerRegistrationRequest};
 use spool_protocol::{ErrorCode, Uuid};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -69,11 +69,13 @@ pub struct Node {
 impl Node {
     /// Opens the quorum log in the data directory and joins the quorum of
     /// `controller.quorum.voters` (alone when there are none). `listener` is the bound
-    /// controller listener, which serves the other voters and their brokers.
+    /// controller listener, which serves the other voters and their brokers; the other
+    /// voters are reached over `net`.
     pub async fn start(
         config: &BrokerConfig,
         storage: Arc<dyn Storage>,
-        listener: Option<TcpListener>,
+        listener: Option<Box<dyn net::Listener>>,
+        net: &Arc<dyn Network>,
     ) -> Result<Node, BrokerError> {
         let id = node_id(config)?;
         let settings = QuorumSettings {
@@ -101,7 +103,7 @@ impl Node {
         } else {
             // Raft messages wait at most an election timeout for their answer.
             let timeout = Duration::from_millis(settings.election_timeout_ms.max(500));
-            let transport = TcpTransport::new(&voters, timeout);
+            let transport = TcpTransport::new(&voters, timeout, Arc::clone(net));
             QuorumNode::start(
                 id,
                 &voters,
@@ -144,10 +146,11 @@ impl Node {
             controller = controller.with_forwarder(Forwarder {
                 me: id,
                 leader: Box::new(move || raft.metrics().borrow().current_leader),
-                sessions: TcpTransport::new(&voters, sessions.max(RETRY)),
+                sessions: TcpTransport::new(&voters, sessions.max(RETRY), Arc::clone(net)),
                 changes: TcpTransport::new(
                     &voters,
                     service::REQUEST_TIMEOUT + Duration::from_secs(5),
+                    Arc::clone(net),
                 ),
             });
         }

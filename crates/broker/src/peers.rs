@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use spool_metadata::net::{BoxStream, Network};
 use spool_protocol::frame::{FrameDecoder, decode_response, encode_request};
 use spool_protocol::header::RequestHeader;
 use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// The largest answer read from another broker.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
@@ -30,7 +30,7 @@ pub enum PeerError {
 }
 
 struct Connection {
-    stream: TcpStream,
+    stream: BoxStream,
     buffer: BytesMut,
     next_correlation: i32,
     /// A request was sent and its answer not yet read.
@@ -41,15 +41,18 @@ struct Connection {
 pub struct Peers {
     client_id: String,
     timeout: Duration,
+    net: Arc<dyn Network>,
     connections: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
 }
 
 impl Peers {
-    /// `client_id` names this broker in the requests' headers.
-    pub fn new(client_id: String, timeout: Duration) -> Peers {
+    /// `client_id` names this broker in the requests' headers; connections are opened
+    /// over `net`.
+    pub fn new(client_id: String, timeout: Duration, net: Arc<dyn Network>) -> Peers {
         Peers {
             client_id,
             timeout,
+            net,
             connections: Mutex::new(HashMap::new()),
         }
     }
@@ -87,8 +90,7 @@ impl Peers {
                 *connection = None;
             }
             if connection.is_none() {
-                let stream = TcpStream::connect(&address).await?;
-                stream.set_nodelay(true)?;
+                let stream = self.net.connect(&address).await?;
                 *connection = Some(Connection {
                     stream,
                     buffer: BytesMut::new(),

@@ -143,6 +143,7 @@ async fn run(weak: Weak<BrokerState>, source: i32) {
             Peers::new(
                 format!("spool-replica-fetcher-{}", state.config.node_id),
                 FETCH_TIMEOUT,
+                Arc::clone(&state.net),
             )
         });
         // No replica is held across the wait: a broker shutting down closes the logs. The

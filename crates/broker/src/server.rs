@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use spool_metadata::net::{BoxStream, Listener};
 use spool_protocol::DecodeError;
 use spool_protocol::frame::{FrameDecoder, decode_request, encode_response};
 use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::{self, Outcome, RequestContext};
@@ -25,7 +25,7 @@ use crate::state::BrokerState;
 /// Accepts connections on the listener named `name` until `shutdown` turns true.
 pub async fn serve(
     state: Arc<BrokerState>,
-    listener: TcpListener,
+    listener: Box<dyn Listener>,
     name: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -68,11 +68,10 @@ enum ConnectionError {
 async fn connection(
     state: Arc<BrokerState>,
     context: RequestContext,
-    stream: TcpStream,
+    stream: BoxStream,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
-    stream.set_nodelay(true)?;
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let (queue, mut answers) = mpsc::channel::<oneshot::Receiver<Outcome>>(
         state.config.queued_max_requests_per_connection.max(1),
     );
@@ -155,7 +154,7 @@ async fn connection(
 async fn next_frame(
     decoder: &FrameDecoder,
     buffer: &mut BytesMut,
-    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    reader: &mut (impl AsyncRead + Unpin),
     idle: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<Bytes>, ConnectionError> {

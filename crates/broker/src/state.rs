@@ -13,13 +13,13 @@ use spool_log::{
     TopicPartition,
 };
 use spool_metadata::controller::PRODUCER_ID_BLOCK;
+use spool_metadata::net::{Listener, Network, Tcp};
 use spool_metadata::quorum::QuorumError;
 use spool_metadata::service::{AdminChange, TopicRequest};
 use spool_protocol::ErrorCode;
 use spool_protocol::messages::{RequestBody, ResponseBody};
 use spool_protocol::record_batch::TimestampType;
 use thiserror::Error;
-use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{AdvertisedListener, BrokerConfig};
@@ -70,11 +70,19 @@ impl BrokerError {
 /// `request.timeout.ms` default).
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The disk and network a broker runs over.
+pub struct Io {
+    pub storage: Arc<dyn Storage>,
+    pub net: Arc<dyn Network>,
+}
+
 pub struct BrokerState {
     pub config: BrokerConfig,
     /// What clients are told to connect to, per listener name.
     pub endpoints: Vec<AdvertisedListener>,
     storage: Arc<dyn Storage>,
+    /// How this broker reaches the others.
+    pub net: Arc<dyn Network>,
     /// This node's voter of the metadata quorum, its controller, its registration.
     pub node: Node,
     /// The image this broker serves: the newest committed one once its partition logs
@@ -297,9 +305,24 @@ impl BrokerState {
     pub async fn start(
         config: BrokerConfig,
         endpoints: Vec<AdvertisedListener>,
-        controller_listener: Option<TcpListener>,
+        controller_listener: Option<tokio::net::TcpListener>,
     ) -> Result<Arc<BrokerState>, BrokerError> {
-        let storage: Arc<dyn Storage> = Arc::new(DiskStorage);
+        let listener = controller_listener.map(|l| Box::new(l) as Box<dyn Listener>);
+        let io = Io {
+            storage: Arc::new(DiskStorage),
+            net: Arc::new(Tcp),
+        };
+        BrokerState::start_with(config, endpoints, listener, io).await
+    }
+
+    /// [`BrokerState::start`] over the given disk and network (the simulation's).
+    pub async fn start_with(
+        config: BrokerConfig,
+        endpoints: Vec<AdvertisedListener>,
+        controller_listener: Option<Box<dyn Listener>>,
+        io: Io,
+    ) -> Result<Arc<BrokerState>, BrokerError> {
+        let Io { storage, net } = io;
         let opening = (Arc::clone(&storage), config.clone());
         let (guard, logs, flusher) = blocking(move || {
             let (storage, config) = opening;
@@ -318,7 +341,7 @@ impl BrokerState {
             Ok((guard, logs, flusher))
         })
         .await?;
-        let node = Node::start(&config, Arc::clone(&storage), controller_listener).await?;
+        let node = Node::start(&config, Arc::clone(&storage), controller_listener, &net).await?;
         let fetch_sessions = FetchSessionCache::new(
             config.max_incremental_fetch_session_cache_slots,
             Box::new(|| {
@@ -326,7 +349,11 @@ impl BrokerState {
                 i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & i32::MAX
             }),
         );
-        let peers = Peers::new(format!("spool-broker-{}", config.node_id), PEER_TIMEOUT);
+        let peers = Peers::new(
+            format!("spool-broker-{}", config.node_id),
+            PEER_TIMEOUT,
+            Arc::clone(&net),
+        );
         let groups = GroupCoordinator::new(config.group.clone());
         let txns = TxnCoordinator::new(config.txn.clone());
         let heartbeat_interval = Duration::from_millis(config.broker_heartbeat_interval_ms);
@@ -341,6 +368,7 @@ impl BrokerState {
             config,
             endpoints,
             storage,
+            net,
             peers,
             fetchers: Mutex::new(BTreeSet::new()),
             leader_quota: Quota::default(),

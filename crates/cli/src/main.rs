@@ -194,7 +194,7 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
         .map(|(name, socket)| {
             tokio::spawn(spool_broker::server::serve(
                 Arc::clone(&state),
-                socket,
+                Box::new(socket),
                 name,
                 stopped.clone(),
             ))

@@ -27,6 +27,7 @@ use spool_protocol::{DecodeError, EncodeError, Message, Uuid};
 use thiserror::Error;
 
 pub mod controller;
+pub mod net;
 pub mod quorum;
 mod reassignment;
 pub mod remote;

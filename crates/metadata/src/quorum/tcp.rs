@@ -11,6 +11,7 @@
 //! A message unanswered within the timeout counts as lost.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -21,11 +22,11 @@ use openraft::raft::{
 };
 use openraft::storage::Snapshot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, watch};
 
 use super::codec::{CodecError, rpc};
 use super::{Quorum, Transport, Unanswered, remote_error};
+use crate::net::{BoxStream, Listener, Network};
 use crate::remote;
 use crate::service::{ControllerHandle, Reply, Request};
 
@@ -42,7 +43,7 @@ const ANSWERED: i8 = 0;
 const REFUSED: i8 = 1;
 
 /// Reads one frame (after its size) or `None` when the peer closed between frames.
-async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Option<Bytes>> {
+async fn read_frame(stream: &mut BoxStream) -> std::io::Result<Option<Bytes>> {
     let size = match stream.read_i32().await {
         Ok(size) => size,
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
@@ -58,7 +59,7 @@ async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Option<Bytes>> {
 }
 
 async fn write_frame(
-    stream: &mut TcpStream,
+    stream: &mut BoxStream,
     correlation: i32,
     tag: i8,
     body: &[u8],
@@ -89,7 +90,7 @@ fn split(mut frame: Bytes) -> Result<(i32, i8, Bytes), CodecError> {
 pub async fn serve(
     raft: Raft<Quorum>,
     controller: Option<ControllerHandle>,
-    listener: TcpListener,
+    listener: Box<dyn Listener>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let controller = controller.map(|c| c.local());
@@ -116,10 +117,9 @@ pub async fn serve(
 async fn connection(
     raft: Raft<Quorum>,
     controller: Option<ControllerHandle>,
-    mut stream: TcpStream,
+    mut stream: BoxStream,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
     loop {
         let frame = tokio::select! {
             frame = read_frame(&mut stream) => frame?,
@@ -180,7 +180,7 @@ async fn answer(
 }
 
 struct Connection {
-    stream: TcpStream,
+    stream: BoxStream,
     /// The last correlation number used.
     next: i32,
     /// A message was sent and its answer not yet read.
@@ -196,12 +196,18 @@ struct Peer {
 pub struct TcpTransport {
     peers: BTreeMap<u64, Peer>,
     timeout: Duration,
+    net: Arc<dyn Network>,
 }
 
 impl TcpTransport {
     /// `voters` maps each voter to its controller listener's `host:port`; a message waits
-    /// at most `timeout` for its answer (snapshots ten times as long).
-    pub fn new(voters: &BTreeMap<u64, String>, timeout: Duration) -> TcpTransport {
+    /// at most `timeout` for its answer (snapshots ten times as long). Connections are
+    /// opened over `net`.
+    pub fn new(
+        voters: &BTreeMap<u64, String>,
+        timeout: Duration,
+        net: Arc<dyn Network>,
+    ) -> TcpTransport {
         TcpTransport {
             peers: voters
                 .iter()
@@ -216,6 +222,7 @@ impl TcpTransport {
                 })
                 .collect(),
             timeout,
+            net,
         }
     }
 
@@ -240,8 +247,7 @@ impl TcpTransport {
                 *slot = None;
             }
             if slot.is_none() {
-                let stream = TcpStream::connect(&peer.address).await?;
-                stream.set_nodelay(true)?;
+                let stream = self.net.connect(&peer.address).await?;
                 *slot = Some(Connection {
                     stream,
                     next: 0,
@@ -336,13 +342,13 @@ impl Transport for TcpTransport {
 mod tests {
     use std::path::PathBuf;
 
-    use std::sync::Arc;
-
     use spool_log::DiskStorage;
     use spool_protocol::internal::ProducerIdsRecord;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
     use crate::MetadataRecord;
+    use crate::net::Tcp;
     use crate::quorum::{MetadataLog, QuorumNode, QuorumSettings};
 
     fn clock() -> i64 {
@@ -376,11 +382,12 @@ mod tests {
                 &settings,
                 Arc::new(DiskStorage),
                 &root.join(format!("node-{id}")),
-                TcpTransport::new(&voters, Duration::from_millis(500)),
+                TcpTransport::new(&voters, Duration::from_millis(500), Arc::new(Tcp)),
                 clock,
             )
             .await
             .unwrap();
+            let listener = Box::new(listener);
             tokio::spawn(serve(node.raft().clone(), None, listener, stopped.clone()));
             node.bootstrap().await.unwrap();
             nodes.insert(id, node);

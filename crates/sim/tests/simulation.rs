@@ -1,0 +1,62 @@
+//! The cluster simulation over many seeds: 200 by default, split over four tests so they
+//! run side by side. `SPOOL_SIM_SEEDS=N` runs seeds 1..=N instead (the long mode, e.g.
+//! `SPOOL_SIM_SEEDS=5000 cargo test --release -p spool-sim`); `SPOOL_SIM_SEED=S` runs seed
+//! S alone, to replay a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed expectation is a failed test
+
+use spool_sim::{Settings, run};
+
+const SHARDS: u64 = 4;
+
+/// The seeds shard `shard` of [`SHARDS`] runs.
+fn seeds(shard: u64) -> Vec<u64> {
+    let one = std::env::var("SPOOL_SIM_SEED").ok();
+    if let Some(seed) = one.and_then(|s| s.parse().ok()) {
+        return if shard == 0 { vec![seed] } else { Vec::new() };
+    }
+    let count: u64 = std::env::var("SPOOL_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    (1..=count).filter(|s| s % SHARDS == shard).collect()
+}
+
+fn run_shard(shard: u64) {
+    for seed in seeds(shard) {
+        let started = std::time::Instant::now();
+        match run(&Settings::new(seed)) {
+            Ok(report) => eprintln!("seed {seed}: {report:?} in {:?}", started.elapsed()),
+            Err(e) => panic!("{e}\nreplay: SPOOL_SIM_SEED={seed} cargo test -p spool-sim"),
+        }
+    }
+}
+
+#[test]
+fn a_cluster_without_faults_acknowledges_every_record() {
+    let settings = Settings {
+        faults: false,
+        ..Settings::new(0)
+    };
+    let report = run(&settings).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.acked, settings.records, "{report:?}");
+}
+
+#[test]
+fn the_invariants_hold_under_seeded_faults_0() {
+    run_shard(0);
+}
+
+#[test]
+fn the_invariants_hold_under_seeded_faults_1() {
+    run_shard(1);
+}
+
+#[test]
+fn the_invariants_hold_under_seeded_faults_2() {
+    run_shard(2);
+}
+
+#[test]
+fn the_invariants_hold_under_seeded_faults_3() {
+    run_shard(3);
+}

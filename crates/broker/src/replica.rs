@@ -557,7 +557,8 @@ impl Replica {
         leader_at: LeaderOffsets,
     ) -> Result<bool, ErrorCode> {
         let _role = self.following_at(fetched)?;
-        let end = self.log.with_log(|l| l.log_end_offset());
+        // The log still ends where the fetch started (checked under the role lock).
+        let end = fetched.offset;
         if end < leader_at.log_start_offset {
             tracing::info!(
                 from = end,

@@ -51,17 +51,12 @@ struct Incarnation {
     alive: Arc<AtomicBool>,
 }
 
-fn gone() -> io::Error {
-    io::Error::other("simulated power cut")
-}
-
-impl Incarnation {
-    fn check(&self) -> io::Result<()> {
-        if self.alive.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err(gone())
-        }
+/// Fails once the incarnation the handle belongs to has ended.
+fn check(alive: &AtomicBool) -> io::Result<()> {
+    if alive.load(Ordering::Acquire) {
+        Ok(())
+    } else {
+        Err(io::Error::other("simulated power cut"))
     }
 }
 
@@ -70,42 +65,32 @@ struct File {
     alive: Arc<AtomicBool>,
 }
 
-impl File {
-    fn check(&self) -> io::Result<()> {
-        if self.alive.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err(gone())
-        }
-    }
-}
-
 impl StorageFile for File {
     fn size_bytes(&self) -> io::Result<u64> {
-        self.check()?;
+        check(&self.alive)?;
         self.inner.size_bytes()
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.check()?;
+        check(&self.alive)?;
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.check()?;
+        check(&self.alive)?;
         self.inner.write_at(buf, offset)
     }
     fn sync_data(&self) -> io::Result<()> {
-        self.check()?;
+        check(&self.alive)?;
         self.inner.sync_data()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.check()?;
+        check(&self.alive)?;
         self.inner.set_len(len)
     }
 }
 
 impl Storage for Incarnation {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
-        self.check()?;
+        check(&self.alive)?;
         Ok(Arc::new(File {
             inner: self.mem.open(path, create)?,
             alive: Arc::clone(&self.alive),
@@ -115,31 +100,31 @@ impl Storage for Incarnation {
         self.alive.load(Ordering::Acquire) && self.mem.exists(path)
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.check()?;
+        check(&self.alive)?;
         self.mem.list(dir)
     }
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.check()?;
+        check(&self.alive)?;
         self.mem.create_dir_all(dir)
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.check()?;
+        check(&self.alive)?;
         self.mem.remove_file(path)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.check()?;
+        check(&self.alive)?;
         self.mem.rename(from, to)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.check()?;
+        check(&self.alive)?;
         self.mem.sync_dir(dir)
     }
     fn remove_dir(&self, dir: &Path) -> io::Result<()> {
-        self.check()?;
+        check(&self.alive)?;
         self.mem.remove_dir(dir)
     }
     fn lock(&self, path: &Path) -> io::Result<Box<dyn LockGuard>> {
-        self.check()?;
+        check(&self.alive)?;
         self.mem.lock(path)
     }
     fn filesystem_sync(&self, _path: &Path) -> io::Result<Option<Box<dyn FilesystemSync>>> {

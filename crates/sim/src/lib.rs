@@ -32,6 +32,8 @@ use crate::net::{SimListener, SimNet};
 pub const TOPIC: &str = "sim";
 const KAFKA_PORT: u16 = 9092;
 const CONTROLLER_PORT: u16 = 9093;
+/// Simulated time per step: the invariants are checked after each.
+const TICK: Duration = Duration::from_millis(5);
 /// Where a node keeps the partition's log.
 const PARTITION_DIR: &str = "/data/sim-0";
 
@@ -145,7 +147,7 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
     let mut rng = Rng::new(settings.seed);
     let mut sim = turmoil::Builder::new()
         .rng_seed(settings.seed)
-        .tick_duration(Duration::from_millis(5))
+        .tick_duration(TICK)
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(if settings.faults { 30 } else { 2 }))
         .simulation_duration(settings.faulty + settings.settle + Duration::from_secs(120))
@@ -194,14 +196,12 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
     let mut report = Report::default();
     let mut down: Vec<Option<Duration>> = vec![None; settings.nodes];
     let mut cut: Option<(usize, Duration)> = None;
-    let tick = Duration::from_millis(5);
-    let mut now = Duration::ZERO;
     let end = settings.faulty + settings.settle;
     loop {
         let finished = sim
             .step()
             .map_err(|e| fail(format!("a host failed: {e}")))?;
-        now += tick;
+        let now = sim.elapsed();
         report.steps += 1;
         // Crashed nodes come back when their time is up.
         for (i, until) in down.iter_mut().enumerate() {
@@ -266,7 +266,11 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
             }
         }
         checker
-            .step(&registry, &acked, report.steps)
+            .step(
+                &registry,
+                &acked,
+                report.steps.is_multiple_of(invariants::DEEP_EVERY),
+            )
             .map_err(&fail)?;
         if finished && now >= end {
             break;

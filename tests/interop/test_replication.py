@@ -28,7 +28,7 @@ class Node(test_cluster.Node):
     """A node with the default (failover-tuned) timeouts; its log, with the quorum's
     messages, goes to a file next to its data."""
 
-    def __init__(self, root, node_id, base, voters):
+    def __init__(self, root, node_id, base, voters, settings=()):
         self.node_id = node_id
         self.port = base + node_id
         self.log = os.path.join(root, f"node-{node_id}.log")
@@ -36,6 +36,8 @@ class Node(test_cluster.Node):
                      "--listen", f"PLAINTEXT://127.0.0.1:{self.port},"
                      f"CONTROLLER://127.0.0.1:{base + CONTROLLER_OFFSET + node_id}",
                      "--set", f"node.id={node_id}", "--set", f"controller.quorum.voters={voters}"]
+        for setting in settings:
+            self.args += ["--set", setting]
         self.process = None
         self.start()
 
@@ -56,13 +58,14 @@ class Node(test_cluster.Node):
         return [int(t) for t in re.findall(r"active controller term=(\d+)", text)]
 
 
-def start_nodes(prefix, count):
-    """`count` nodes, each a voter, all serving: (data root, nodes, bootstrap list). The
-    caller stops them; if one fails to start, the others are killed here."""
+def start_nodes(prefix, count, settings=lambda node_id: ()):
+    """`count` nodes, each a voter, all serving, node i with `settings(i)` ("key=value"
+    each): (data root, nodes, bootstrap list). The caller stops them; if one fails to
+    start, the others are killed here."""
     root = tempfile.mkdtemp(prefix=prefix)
     base = free_block(count)
     voters = ",".join(f"{i}@127.0.0.1:{base + CONTROLLER_OFFSET + i}" for i in range(count))
-    nodes = [Node(root, i, base, voters) for i in range(count)]
+    nodes = [Node(root, i, base, voters, settings(i)) for i in range(count)]
     try:
         for node in nodes:
             node.wait_serving()

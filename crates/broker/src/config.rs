@@ -150,6 +150,33 @@ pub struct ReplicationConfig {
     pub offsets_topic_replication_factor: i16,
     /// `transaction.state.log.replication.factor`, capped likewise.
     pub transaction_state_log_replication_factor: i16,
+    /// `replica.selector.class`: which replica a leader sends consumers to (KIP-392).
+    pub selector: ReplicaSelector,
+}
+
+/// The replica selectors Kafka ships, by their class names in `replica.selector.class`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplicaSelector {
+    /// Consumers read from the leader (the setting unset, or `LeaderSelector`).
+    #[default]
+    Leader,
+    /// `RackAwareReplicaSelector`: a consumer whose `client.rack` names the rack of an
+    /// in-sync follower (and not the leader's) is sent to that follower.
+    RackAware,
+}
+
+impl ReplicaSelector {
+    pub const LEADER_CLASS: &'static str = "org.apache.kafka.common.replica.LeaderSelector";
+    pub const RACK_AWARE_CLASS: &'static str =
+        "org.apache.kafka.common.replica.RackAwareReplicaSelector";
+
+    /// The class name as the setting shows it (empty when unset).
+    pub fn class_name(self) -> &'static str {
+        match self {
+            ReplicaSelector::Leader => "",
+            ReplicaSelector::RackAware => Self::RACK_AWARE_CLASS,
+        }
+    }
 }
 
 impl Default for ReplicationConfig {
@@ -163,6 +190,7 @@ impl Default for ReplicationConfig {
             fetch_backoff_ms: 1000,
             offsets_topic_replication_factor: 3,
             transaction_state_log_replication_factor: 3,
+            selector: ReplicaSelector::Leader,
         }
     }
 }
@@ -321,6 +349,10 @@ impl BrokerConfig {
             (
                 "replica.fetch.backoff.ms",
                 replication.fetch_backoff_ms.to_string(),
+            ),
+            (
+                "replica.selector.class",
+                replication.selector.class_name().to_string(),
             ),
             (
                 "offsets.topic.replication.factor",
@@ -842,6 +874,23 @@ impl BrokerConfig {
                 self.replication.fetch_response_max_bytes = positive(key, value)?
             }
             "replica.fetch.backoff.ms" => self.replication.fetch_backoff_ms = parse(key, value)?,
+            "replica.selector.class" => {
+                self.replication.selector = match value.trim() {
+                    "" | ReplicaSelector::LEADER_CLASS => ReplicaSelector::Leader,
+                    ReplicaSelector::RACK_AWARE_CLASS => ReplicaSelector::RackAware,
+                    _ => {
+                        return Err(invalid(
+                            key,
+                            value,
+                            format!(
+                                "the selectors are {} and {}",
+                                ReplicaSelector::LEADER_CLASS,
+                                ReplicaSelector::RACK_AWARE_CLASS
+                            ),
+                        ));
+                    }
+                }
+            }
             "offsets.topic.replication.factor" => {
                 self.replication.offsets_topic_replication_factor = factor(key, value)?
             }
@@ -1115,6 +1164,24 @@ mod tests {
             config.set("auto.create.topics.enable", "maybe"),
             Err(ConfigError::Invalid { .. })
         ));
+        assert!(matches!(
+            config.set("replica.selector.class", "com.example.NearestSelector"),
+            Err(ConfigError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn replica_selectors_are_named_by_kafka_class() {
+        let mut config = BrokerConfig::default();
+        assert_eq!(config.replication.selector, ReplicaSelector::Leader);
+        config
+            .set("replica.selector.class", ReplicaSelector::RACK_AWARE_CLASS)
+            .unwrap();
+        assert_eq!(config.replication.selector, ReplicaSelector::RackAware);
+        config
+            .set("replica.selector.class", ReplicaSelector::LEADER_CLASS)
+            .unwrap();
+        assert_eq!(config.replication.selector, ReplicaSelector::Leader);
     }
 
     #[test]

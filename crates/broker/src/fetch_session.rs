@@ -69,7 +69,8 @@ impl Reported {
 pub struct Outcome {
     pub reported: Reported,
     pub has_records: bool,
-    pub error: bool,
+    /// An error, or another replica to read from: always in the response.
+    pub must_answer: bool,
 }
 
 struct Cached {
@@ -267,7 +268,7 @@ impl FetchSessionCache {
     }
 
     /// Decides which partitions an incremental response carries: those with records, an
-    /// error, or a changed high watermark, last stable offset or log start offset. Those
+    /// error or a preferred read replica, or a changed high watermark, last stable offset or log start offset. Those
     /// move to the back of the session, so partitions left out get the response's byte
     /// budget first next time. Returns one flag per outcome, in order, or `None` when
     /// the session is gone (evicted meanwhile): then the response carries everything and
@@ -282,7 +283,7 @@ impl FetchSessionCache {
             };
             let cached = &mut session.partitions[index];
             let include =
-                outcome.has_records || outcome.error || cached.reported != outcome.reported;
+                outcome.has_records || outcome.must_answer || cached.reported != outcome.reported;
             cached.reported = outcome.reported;
             if include {
                 let last = session.partitions.len() - 1;
@@ -327,7 +328,7 @@ mod tests {
         Outcome {
             reported: reported(hw),
             has_records,
-            error: false,
+            must_answer: false,
         }
     }
 
@@ -443,7 +444,7 @@ mod tests {
         ];
         assert_eq!(cache.finish(id, &outcomes), Some(vec![false, false, false]));
         let error = Outcome {
-            error: true,
+            must_answer: true,
             ..outcome(10, false)
         };
         assert_eq!(cache.finish(id, &[(key(0), error)]), Some(vec![true]));

@@ -13,6 +13,7 @@ pub mod flusher;
 pub mod group;
 pub mod node;
 pub mod peers;
+pub mod read_replica;
 pub mod replica;
 pub mod replica_fetcher;
 pub mod server;

@@ -70,6 +70,8 @@ struct Progress {
     /// The follower's log end offset as its last fetch showed (durable there); -1 before
     /// its first fetch to this leader.
     end: i64,
+    /// The follower's log start offset as its last fetch showed.
+    log_start: i64,
     /// When it last held everything the leader had.
     caught_up_ms: i64,
     last_fetch_ms: i64,
@@ -81,6 +83,7 @@ impl Progress {
     fn new(now: i64) -> Progress {
         Progress {
             end: -1,
+            log_start: -1,
             caught_up_ms: now,
             last_fetch_ms: now,
             leader_end_at_last_fetch: -1,
@@ -124,6 +127,15 @@ pub struct FetchNote {
     pub high_watermark_moved: bool,
     /// The follower caught up and should join the ISR.
     pub expand: Option<IsrChange>,
+}
+
+/// A replica a consumer could read from, as its leader knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadCandidate {
+    pub id: i32,
+    pub log_end_offset: i64,
+    /// How long ago it last held everything the leader had.
+    pub since_caught_up_ms: i64,
 }
 
 /// Where the leader's log stood at a follower's fetch, as the fetch response says.
@@ -303,6 +315,32 @@ impl Replica {
         }
     }
 
+    /// Where a consumer at `fetch_offset` could read instead of this leader (KIP-392): the
+    /// followers in the ISR that hold that offset, by what the last fetch of each showed.
+    /// `None` when this broker does not lead.
+    pub fn read_candidates(&self, fetch_offset: i64, now: i64) -> Option<Vec<ReadCandidate>> {
+        let role = lock(&self.role);
+        let Role::Leader(leading) = &*role else {
+            return None;
+        };
+        let candidates = leading
+            .isr
+            .iter()
+            .filter(|&&b| b != self.me)
+            .filter_map(|&b| {
+                let p = leading.followers.get(&b)?;
+                (p.end >= fetch_offset && p.log_start <= fetch_offset && p.log_start >= 0).then(
+                    || ReadCandidate {
+                        id: b,
+                        log_end_offset: p.end,
+                        since_caught_up_ms: now.saturating_sub(p.caught_up_ms),
+                    },
+                )
+            })
+            .collect();
+        Some(candidates)
+    }
+
     /// Appends a producer's batches as the leader, stamped with the leader epoch; returns
     /// what the append did and that epoch. With `acks` = -1 the ISR must have at least
     /// `min.insync.replicas` members (else NOT_ENOUGH_REPLICAS, and nothing is written).
@@ -399,13 +437,15 @@ impl Replica {
         }
     }
 
-    /// A follower fetched from `offset`: everything below it is durable on `follower`.
-    /// Moves the high watermark, and says whether the follower should join the ISR.
-    /// NOT_LEADER_OR_FOLLOWER when this broker does not lead or `follower` is no replica.
+    /// A follower fetched from `offset`: everything below it is durable on `follower`,
+    /// whose log starts at `log_start`. Moves the high watermark, and says whether the
+    /// follower should join the ISR. NOT_LEADER_OR_FOLLOWER when this broker does not lead
+    /// or `follower` is no replica.
     pub fn follower_fetched(
         &self,
         follower: i32,
         offset: i64,
+        log_start: i64,
         now: i64,
     ) -> Result<FetchNote, ErrorCode> {
         let mut role = lock(&self.role);
@@ -425,6 +465,7 @@ impl Replica {
             progress.caught_up_ms = progress.last_fetch_ms;
         }
         progress.end = offset.min(leader_end);
+        progress.log_start = log_start;
         progress.last_fetch_ms = now;
         progress.leader_end_at_last_fetch = leader_end;
         let end = progress.end;

@@ -292,9 +292,14 @@ async fn apply_response(
     response: FetchResponse,
 ) -> Vec<(TopicPartition, i32, ErrorCode)> {
     let applied = blocking(move || Ok(apply_blocking(source, &ready, response))).await;
-    let Ok((mut failed, appended)) = applied else {
+    let Ok((mut failed, appended, moved)) = applied else {
         return Vec::new();
     };
+    // Consumers reading from this follower (KIP-392) may read up to the new high
+    // watermark at once: the leader's ISR holds it durably.
+    for tp in moved {
+        state.wakeups.wake(&tp.topic, tp.partition);
+    }
     let logs: Vec<(Arc<SharedLog>, i64)> = appended
         .iter()
         .map(|(_, _, log, end)| (Arc::clone(log), *end))
@@ -311,13 +316,20 @@ async fn apply_response(
 
 type Appended = Vec<(TopicPartition, i32, Arc<SharedLog>, i64)>;
 
+/// Applies a fetch response: the partitions that failed, those appended to (with their
+/// new log end offsets), and those whose high watermark moved.
 fn apply_blocking(
     source: i32,
     ready: &[Followed],
     response: FetchResponse,
-) -> (Vec<(TopicPartition, i32, ErrorCode)>, Appended) {
+) -> (
+    Vec<(TopicPartition, i32, ErrorCode)>,
+    Appended,
+    Vec<TopicPartition>,
+) {
     let mut failed = Vec::new();
     let mut appended = Vec::new();
+    let mut moved = Vec::new();
     let now = now_ms();
     for topic in response.responses {
         for p in topic.partitions {
@@ -358,9 +370,15 @@ fn apply_blocking(
             } else {
                 let records = p.records.unwrap_or_default();
                 let had_records = !records.is_empty();
-                f.replica
+                let high_watermark = f.replica.log.with_log(|l| l.high_watermark());
+                let outcome = f
+                    .replica
                     .append_from_leader(following, records, leader_at, now)
-                    .map(|end| had_records.then_some(end))
+                    .map(|end| had_records.then_some(end));
+                if f.replica.log.with_log(|l| l.high_watermark()) != high_watermark {
+                    moved.push(f.tp.clone());
+                }
+                outcome
             };
             match outcome {
                 Ok(Some(end)) => {
@@ -371,7 +389,7 @@ fn apply_blocking(
             }
         }
     }
-    (failed, appended)
+    (failed, appended, moved)
 }
 
 /// Has the controller record the ISR a leader chose for partition `partition` of

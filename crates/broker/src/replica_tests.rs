@@ -107,23 +107,23 @@ async fn the_high_watermark_waits_for_every_in_sync_follower_and_acks_all_for_it
         let leader = Arc::clone(&leader);
         tokio::spawn(async move { leader.wait_committed(1, 2, WAIT).await })
     };
-    let note = leader.follower_fetched(2, 2, 1_100).unwrap();
+    let note = leader.follower_fetched(2, 2, 0, 1_100).unwrap();
     assert!(
         !note.high_watermark_moved,
         "follower 3 is in sync and has nothing"
     );
     assert_eq!(high_watermark(&leader), 0);
-    leader.follower_fetched(3, 1, 1_100).unwrap();
+    leader.follower_fetched(3, 1, 0, 1_100).unwrap();
     assert_eq!(high_watermark(&leader), 1);
     assert!(!waiting.is_finished());
-    let note = leader.follower_fetched(3, 2, 1_200).unwrap();
+    let note = leader.follower_fetched(3, 2, 0, 1_200).unwrap();
     assert!(note.high_watermark_moved);
     assert_eq!(high_watermark(&leader), 2);
     assert_eq!(waiting.await.unwrap(), Ok(()));
 
     // A broker that is no replica of the partition cannot move it.
     assert_eq!(
-        leader.follower_fetched(9, 2, 1_300).unwrap_err(),
+        leader.follower_fetched(9, 2, 0, 1_300).unwrap_err(),
         ErrorCode::NotLeaderOrFollower
     );
 }
@@ -194,7 +194,7 @@ fn a_follower_copies_the_leaders_log_and_takes_its_high_watermark() {
         .append_as_leader(records(&["a", "b"]), 1, 1_000)
         .unwrap();
     leader.append_as_leader(records(&["c"]), 1, 1_000).unwrap();
-    leader.follower_fetched(2, 2, 1_000).unwrap();
+    leader.follower_fetched(2, 2, 0, 1_000).unwrap();
     assert_eq!(high_watermark(&leader), 2);
 
     let follower = replica(&storage, 2, 1);
@@ -263,7 +263,7 @@ fn a_deposed_leader_truncates_its_diverged_tail_and_copies_the_new_leaders_log()
     new.apply(&meta(1, 1, 1, &[1, 2]), 1_000).unwrap();
     new.append_from_leader(from_end(&new, 1, 1), fetched(&old, 0), at(0), 1_000)
         .unwrap();
-    old.follower_fetched(2, 2, 1_000).unwrap();
+    old.follower_fetched(2, 2, 0, 1_000).unwrap();
     assert_eq!(high_watermark(&old), 2);
     // Only the old leader gets this tail.
     old.append_as_leader(records(&["lost-1", "lost-2"]), 1, 1_000)
@@ -325,12 +325,12 @@ fn a_caught_up_follower_joins_the_isr_and_a_lagging_one_leaves_it() {
     leader
         .append_as_leader(records(&["a", "b"]), 1, 1_000)
         .unwrap();
-    leader.follower_fetched(2, 2, 1_000).unwrap();
+    leader.follower_fetched(2, 2, 0, 1_000).unwrap();
 
     // Follower 3 is behind: no change; caught up, it is asked for (once).
-    let note = leader.follower_fetched(3, 1, 1_000).unwrap();
+    let note = leader.follower_fetched(3, 1, 0, 1_000).unwrap();
     assert_eq!(note.expand, None);
-    let note = leader.follower_fetched(3, 2, 1_000).unwrap();
+    let note = leader.follower_fetched(3, 2, 0, 1_000).unwrap();
     let change = note.expand.unwrap();
     assert_eq!(change.isr, vec![1, 2, 3]);
     assert_eq!(
@@ -338,17 +338,23 @@ fn a_caught_up_follower_joins_the_isr_and_a_lagging_one_leaves_it() {
         (1, 1),
         "the epochs the controller checks"
     );
-    assert_eq!(leader.follower_fetched(3, 2, 1_000).unwrap().expand, None);
+    assert_eq!(
+        leader.follower_fetched(3, 2, 0, 1_000).unwrap().expand,
+        None
+    );
     // While the change is pending, the high watermark already waits for broker 3.
     leader.append_as_leader(records(&["c"]), 1, 1_000).unwrap();
-    leader.follower_fetched(2, 3, 1_000).unwrap();
+    leader.follower_fetched(2, 3, 0, 1_000).unwrap();
     assert_eq!(high_watermark(&leader), 2);
     leader.isr_change_failed(&change, 1_000);
     assert_eq!(high_watermark(&leader), 3);
     // Asked again only after a pause.
-    assert_eq!(leader.follower_fetched(3, 3, 1_050).unwrap().expand, None);
+    assert_eq!(
+        leader.follower_fetched(3, 3, 0, 1_050).unwrap().expand,
+        None
+    );
     let change = leader
-        .follower_fetched(3, 3, 1_100)
+        .follower_fetched(3, 3, 0, 1_100)
         .unwrap()
         .expand
         .unwrap();
@@ -356,9 +362,9 @@ fn a_caught_up_follower_joins_the_isr_and_a_lagging_one_leaves_it() {
 
     // The controller records it; then broker 3 stops fetching.
     leader.apply(&meta(1, 1, 2, &[1, 2, 3]), 1_000).unwrap();
-    leader.follower_fetched(3, 3, 1_000).unwrap();
+    leader.follower_fetched(3, 3, 0, 1_000).unwrap();
     leader.append_as_leader(records(&["d"]), 1, 2_000).unwrap();
-    leader.follower_fetched(2, 4, 2_000).unwrap();
+    leader.follower_fetched(2, 4, 0, 2_000).unwrap();
     assert_eq!(leader.shrink_lagging(2_000, 30_000), None);
     let change = leader.shrink_lagging(32_000, 30_000).unwrap();
     assert_eq!(change.isr, vec![1, 2]);
@@ -495,4 +501,40 @@ fn only_a_leader_writes_its_own_records() {
     assert_eq!((last, epoch), (0, 4));
     assert_eq!(high_watermark(&replica), 1);
     assert_eq!(replica.log.with_log(|l| l.end_offset_for_epoch(4)), (4, 1));
+}
+
+#[test]
+fn consumers_may_read_from_in_sync_followers_that_hold_their_offset() {
+    let storage = MemStorage::new();
+    let leader = replica(&storage, 1, 1);
+    leader.apply(&meta(1, 1, 1, &[1, 2]), 1_000).unwrap();
+    leader
+        .append_as_leader(records(&["a", "b", "c", "d"]), 1, 1_000)
+        .unwrap();
+    assert_eq!(
+        leader.read_candidates(0, 1_000),
+        Some(Vec::new()),
+        "no follower has fetched yet"
+    );
+    leader.follower_fetched(2, 3, 1, 1_100).unwrap();
+    // Follower 3 holds everything but is not in the ISR.
+    leader.follower_fetched(3, 4, 0, 1_100).unwrap();
+    let candidate = |since_caught_up_ms| ReadCandidate {
+        id: 2,
+        log_end_offset: 3,
+        since_caught_up_ms,
+    };
+    assert_eq!(leader.read_candidates(1, 1_150), Some(vec![candidate(150)]));
+    assert_eq!(leader.read_candidates(3, 1_150), Some(vec![candidate(150)]));
+    // Past its log end, or before its log start: not there.
+    assert_eq!(leader.read_candidates(4, 1_150), Some(Vec::new()));
+    assert_eq!(leader.read_candidates(0, 1_150), Some(Vec::new()));
+
+    let follower = replica(&storage, 2, 1);
+    follower.apply(&meta(1, 1, 1, &[1, 2]), 1_000).unwrap();
+    assert_eq!(
+        follower.read_candidates(0, 1_000),
+        None,
+        "only leaders choose"
+    );
 }

@@ -561,39 +561,53 @@ impl BrokerState {
         index: i32,
         current_leader_epoch: i32,
     ) -> Result<Arc<Replica>, ErrorCode> {
+        self.readable_replica(topic, index, current_leader_epoch, false)
+            .map(|(replica, _)| replica)
+    }
+
+    /// This broker's replica of a partition, for a consumer's read: the leader's, or with
+    /// `follower_too` (Fetch from version 11, KIP-392) a follower's. Also says whether
+    /// this broker leads. Errors as [`Self::leader_log`]; NOT_LEADER_OR_FOLLOWER when this
+    /// broker holds no replica it may serve.
+    pub fn readable_replica(
+        &self,
+        topic: &str,
+        index: i32,
+        current_leader_epoch: i32,
+        follower_too: bool,
+    ) -> Result<(Arc<Replica>, bool), ErrorCode> {
         let replica = self
             .replica(topic, index)
             .ok_or(ErrorCode::UnknownTopicOrPartition)?;
-        self.check_leader_epoch(topic, index, current_leader_epoch)?;
-        Ok(replica)
-    }
-
-    /// Kafka's checks of a request to a partition leader: this broker must lead it
-    /// (NOT_LEADER_OR_FOLLOWER), and a client's `current_leader_epoch` (-1 skips it) older
-    /// than the partition's is FENCED_LEADER_EPOCH, newer is UNKNOWN_LEADER_EPOCH.
-    fn check_leader_epoch(
-        &self,
-        topic: &str,
-        partition: i32,
-        requested: i32,
-    ) -> Result<(), ErrorCode> {
+        let me = self.config.node_id;
         let current = self.with_image(|image| {
             image.topic(topic).and_then(|t| {
                 t.partitions
                     .iter()
-                    .find(|p| p.index == partition)
-                    .map(|p| (p.leader, p.leader_epoch))
+                    .find(|p| p.index == index)
+                    .map(|p| (p.leader, p.leader_epoch, p.replicas.contains(&me)))
             })
         });
+        // Kafka's checks of a request to a partition leader: this broker must lead it
+        // (or follow it, when allowed), and a client's `current_leader_epoch` (-1 skips
+        // it) older than the partition's is FENCED_LEADER_EPOCH, newer is
+        // UNKNOWN_LEADER_EPOCH.
+        let leads = match current {
+            Some((leader, _, _)) if leader == me => true,
+            Some((_, _, true)) if follower_too => false,
+            Some(_) => return Err(ErrorCode::NotLeaderOrFollower),
+            None => true,
+        };
         match current {
-            Some((leader, _)) if leader != self.config.node_id => {
-                Err(ErrorCode::NotLeaderOrFollower)
-            }
-            Some((_, current)) if requested >= 0 && requested < current => {
+            Some((_, current, _))
+                if current_leader_epoch >= 0 && current_leader_epoch < current =>
+            {
                 Err(ErrorCode::FencedLeaderEpoch)
             }
-            Some((_, current)) if requested > current => Err(ErrorCode::UnknownLeaderEpoch),
-            _ => Ok(()),
+            Some((_, current, _)) if current_leader_epoch > current => {
+                Err(ErrorCode::UnknownLeaderEpoch)
+            }
+            _ => Ok((replica, leads)),
         }
     }
 

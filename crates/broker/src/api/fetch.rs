@@ -23,7 +23,9 @@ use spool_protocol::{ErrorCode, Uuid};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::config::ReplicaSelector;
 use crate::fetch_session::{Context, INVALID_SESSION_ID, Outcome, PartitionKey, Reported, Wanted};
+use crate::read_replica;
 use crate::replica::{Replica, diverging_epoch};
 use crate::state::{BrokerState, lock, now_ms};
 use crate::throttle;
@@ -33,6 +35,8 @@ const READ_COMMITTED: i8 = 1;
 const SESSIONS_VERSION: i16 = 7;
 /// The first Fetch version naming topics by ID.
 const TOPIC_IDS_VERSION: i16 = 13;
+/// The first Fetch version with the consumer's rack: consumers may read from followers.
+const FOLLOWER_READS_VERSION: i16 = 11;
 /// The first Fetch version carrying a follower's ID in `replica_state`.
 const REPLICA_STATE_VERSION: i16 = 15;
 
@@ -120,12 +124,19 @@ fn read(
     let mut out = Vec::with_capacity(wanted.len());
     for (w, name) in wanted.iter().zip(names) {
         let mut data = empty_partition(w.key.partition);
-        let log = name
+        let replica = name
             .as_deref()
             .ok_or(ErrorCode::UnknownTopicOrPartition)
-            .and_then(|name| state.leader_log(name, w.key.partition, w.current_leader_epoch));
-        let log = match log {
-            Ok(log) => log,
+            .and_then(|name| {
+                state.readable_replica(
+                    name,
+                    w.key.partition,
+                    w.current_leader_epoch,
+                    version >= FOLLOWER_READS_VERSION,
+                )
+            });
+        let (replica, leads) = match replica {
+            Ok(found) => found,
             Err(error) => {
                 // Requests by topic ID learn of a missing partition as an unknown ID.
                 data.error_code = match error {
@@ -139,6 +150,23 @@ fn read(
                 continue;
             }
         };
+        let log = &replica.log;
+        let elsewhere = if leads && version >= FOLLOWER_READS_VERSION {
+            closer_replica(state, &replica, &request.rack_id, w)
+        } else {
+            None
+        };
+        if let Some(follower) = elsewhere {
+            // Sent elsewhere: the offsets, no records.
+            log.with_log(|log| {
+                data.high_watermark = log.high_watermark();
+                data.last_stable_offset = log.last_stable_offset();
+                data.log_start_offset = log.log_start_offset();
+            });
+            data.preferred_read_replica = follower;
+            out.push(data);
+            continue;
+        }
         // Past the response's budget, partitions are listed without records.
         let partition_max = usize::try_from(w.partition_max_bytes)
             .unwrap_or(0)
@@ -192,6 +220,35 @@ fn read(
     (out, total)
 }
 
+/// The follower a consumer at `wanted`'s fetch offset in rack `client_rack` should read
+/// from instead of this leader, by `replica.selector.class` (see `read_replica`).
+fn closer_replica(
+    state: &BrokerState,
+    replica: &Replica,
+    client_rack: &str,
+    wanted: &Wanted,
+) -> Option<i32> {
+    let selector = state.config.replication.selector;
+    if selector == ReplicaSelector::Leader || client_rack.is_empty() {
+        return None;
+    }
+    let candidates = replica.read_candidates(wanted.fetch_offset, now_ms())?;
+    state.with_image(|image| {
+        read_replica::select(
+            selector,
+            client_rack,
+            state.config.node_id,
+            &candidates,
+            |id| {
+                image
+                    .broker(id)
+                    .filter(|b| !b.fenced)
+                    .and_then(|b| b.rack.as_deref())
+            },
+        )
+    })
+}
+
 /// The partitions a request names, in request order.
 fn requested(request: &FetchRequest, version: i16) -> Vec<Wanted> {
     let by_id = version >= TOPIC_IDS_VERSION;
@@ -233,7 +290,7 @@ fn outcome(data: &PartitionData) -> Outcome {
             log_start_offset: data.log_start_offset,
         },
         has_records: data.records.as_ref().is_some_and(|r| !r.is_empty()),
-        error: data.error_code != 0,
+        must_answer: data.error_code != 0 || data.preferred_read_replica >= 0,
     }
 }
 
@@ -384,10 +441,12 @@ async fn wait_for_data(
         // Register before reading, so an append in between is not missed.
         let registration = state.wakeups.register(partitions, &waiter);
         let (data, bytes) = read();
-        // An error or a diverging epoch is answered at once.
-        let urgent = data
-            .iter()
-            .any(|p| p.error_code != 0 || p.diverging_epoch != EpochEndOffset::default());
+        // An error, a diverging epoch or another replica to read from is answered at once.
+        let urgent = data.iter().any(|p| {
+            p.error_code != 0
+                || p.diverging_epoch != EpochEndOffset::default()
+                || p.preferred_read_replica >= 0
+        });
         if bytes >= min_bytes || urgent || Instant::now() >= deadline {
             return data;
         }
@@ -411,10 +470,15 @@ async fn replica_fetch(
 ) -> FetchResponse {
     let wanted = requested(request, version);
     let names = topic_names(state, &wanted, version);
-    let last_fetched: Vec<i32> = request
+    // Per partition: the epoch of the follower's last batch, and its log start offset.
+    let held: Vec<(i32, i64)> = request
         .topics
         .iter()
-        .flat_map(|t| t.partitions.iter().map(|p| p.last_fetched_epoch))
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (p.last_fetched_epoch, p.log_start_offset))
+        })
         .collect();
     let partitions = named_partitions(&wanted, &names);
     let mut first = true;
@@ -424,11 +488,11 @@ async fn replica_fetch(
         let data = wanted
             .iter()
             .zip(&names)
-            .zip(&last_fetched)
-            .map(|((w, name), &last_fetched_epoch)| {
+            .zip(&held)
+            .map(|((w, name), &held)| {
                 let (data, bytes) = read_for_follower(
                     state,
-                    (name.as_deref(), w, last_fetched_epoch),
+                    (name.as_deref(), w, held),
                     follower,
                     first,
                     budget(total, response_max),
@@ -455,7 +519,7 @@ async fn replica_fetch(
 /// a diverged log, whose offsets mean nothing here).
 fn read_for_follower(
     state: &Arc<BrokerState>,
-    (name, wanted, last_fetched_epoch): (Option<&str>, &Wanted, i32),
+    (name, wanted, (last_fetched_epoch, log_start)): (Option<&str>, &Wanted, (i32, i64)),
     follower: i32,
     record: bool,
     budget: usize,
@@ -481,7 +545,7 @@ fn read_for_follower(
         )
     });
     if record && diverging.is_none() && offset <= end {
-        match replica.follower_fetched(follower, offset, now_ms()) {
+        match replica.follower_fetched(follower, offset, log_start, now_ms()) {
             Ok(note) => {
                 let name = name.unwrap_or_default();
                 if note.high_watermark_moved {

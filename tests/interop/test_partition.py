@@ -3,7 +3,10 @@ on one bridge, driven by confluent-kafka from the host. One broker, the leader o
 replicated partition, is cut off from the other two with nftables rules (the test client
 still reaches it): it must stop acknowledging acks=all writes, a new leader takes over,
 and once the network heals the old leader drops what only it had and copies the new
-leader's log. Needs root (namespaces, nftables): skipped otherwise."""
+leader's log. Then lossy links: nftables drops packets between the brokers at random
+(`numgen random`) while an idempotent producer writes with acks=all; every record is
+acknowledged once and read back once, in order. Needs root (namespaces, nftables):
+skipped otherwise."""
 import os
 import re
 import shutil
@@ -11,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -30,6 +34,8 @@ HOST = f"{SUBNET}.254"
 KAFKA_PORT = 9092
 CONTROLLER_PORT = 9093
 TOPIC = "payments"
+# Per rule: a packet between two brokers crosses two, so about twice this is lost.
+LOSS_PERCENT = 10
 
 
 def sh(*args):
@@ -72,6 +78,27 @@ class Network:
                  f"}}\n")
         subprocess.run(["ip", "netns", "exec", self.namespaces[i], "nft", "-f", "-"],
                        input=rules, check=True, capture_output=True, text=True)
+
+    def lossy(self, i, percent):
+        """Drops `percent`% of the packets between broker `i` and the other brokers, at
+        random, each way (a packet crosses two such rules: the sender's and the
+        receiver's)."""
+        others = ", ".join(self.address(j) for j in range(len(self.namespaces)) if j != i)
+        rules = (f"table inet spool_cut {{\n"
+                 f"  chain in {{ type filter hook input priority 0; policy accept;"
+                 f" ip saddr {{ {others} }} numgen random mod 100 < {percent} counter drop; }}\n"
+                 f"  chain out {{ type filter hook output priority 0; policy accept;"
+                 f" ip daddr {{ {others} }} numgen random mod 100 < {percent} counter drop; }}\n"
+                 f"}}\n")
+        subprocess.run(["ip", "netns", "exec", self.namespaces[i], "nft", "-f", "-"],
+                       input=rules, check=True, capture_output=True, text=True)
+
+    def dropped(self, i):
+        """How many packets broker `i`'s rules have dropped."""
+        listing = subprocess.run(["ip", "netns", "exec", self.namespaces[i], "nft", "list",
+                                  "table", "inet", "spool_cut"],
+                                 check=True, capture_output=True, text=True).stdout
+        return sum(int(n) for n in re.findall(r"packets (\d+)", listing))
 
     def heal(self, i):
         sh("ip", "netns", "exec", self.namespaces[i], "nft", "delete", "table", "inet",
@@ -151,15 +178,31 @@ def read_partition(bootstrap, count):
     return values
 
 
-def test_an_isolated_leader_stops_acknowledging_and_truncates_after_healing():
-    root = tempfile.mkdtemp(prefix="spool-interop-partition-")
+@contextmanager
+def cluster(name):
+    """Three brokers in their namespaces, serving: (network, brokers, bootstrap list)."""
+    root = tempfile.mkdtemp(prefix=f"spool-interop-{name}-")
     network = Network(3)
     brokers = []
     try:
         brokers = [Broker(network, root, i) for i in range(3)]
         for broker in brokers:
             broker.wait_serving()
-        everyone = ",".join(b.bootstrap for b in brokers)
+        yield network, brokers, ",".join(b.bootstrap for b in brokers)
+    finally:
+        for broker in brokers:
+            broker.process.send_signal(signal.SIGTERM)
+        for broker in brokers:
+            try:
+                broker.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                broker.process.kill()
+        network.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_an_isolated_leader_stops_acknowledging_and_truncates_after_healing():
+    with cluster("partition") as (network, brokers, everyone):
         # The partition's leader is a broker that is not the active controller, so that
         # cutting it off moves the partition and nothing else.
         controller = max(brokers, key=Broker.controller_term).i
@@ -203,13 +246,35 @@ def test_an_isolated_leader_stops_acknowledging_and_truncates_after_healing():
             partition_state(b.bootstrap)[0] == leader for b in brokers))
         assert read_partition(isolated, len(expected)) == expected
         assert len(lost) > 0
-    finally:
-        for broker in brokers:
-            broker.process.send_signal(signal.SIGTERM)
-        for broker in brokers:
-            try:
-                broker.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                broker.process.kill()
-        network.close()
-        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_lossy_links_between_brokers_lose_and_duplicate_nothing():
+    with cluster("lossy") as (network, brokers, everyone):
+        admin = AdminClient({"bootstrap.servers": everyone})
+        admin.create_topics([NewTopic(TOPIC, num_partitions=1, replication_factor=3,
+                                      config={"min.insync.replicas": "2"})])[TOPIC].result(30)
+        wait_for("every replica in sync", lambda: partition_state(everyone)[1] == [0, 1, 2])
+        for i in range(3):
+            network.lossy(i, LOSS_PERCENT)
+        values = [f"lossy-{i}" for i in range(400)]
+        acked, errors = [], []
+
+        def report(err, msg):
+            (errors if err else acked).append(err or msg.value().decode())
+
+        producer = Producer({"bootstrap.servers": everyone, "acks": "all",
+                             "enable.idempotence": True, "linger.ms": 5,
+                             "message.timeout.ms": 120000})
+        for value in values:
+            producer.produce(TOPIC, value=value, partition=0, on_delivery=report)
+            producer.poll(0.01)
+        assert producer.flush(150) == 0
+        dropped = sum(network.dropped(i) for i in range(3))
+        for i in range(3):
+            network.heal(i)
+        assert errors == []
+        assert acked == values
+        assert dropped > 0, "the rules dropped nothing"
+        assert read_partition(everyone, len(values)) == values
+        wait_for("every replica in sync again",
+                 lambda: partition_state(everyone)[1] == [0, 1, 2], timeout=60)

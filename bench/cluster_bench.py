@@ -96,10 +96,11 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def time_to_write(bootstrap, topic, act, moved_from=None, survivor=None):
+def time_to_write(bootstrap, topic, act, moved_from=None, survivor=None, phases=None):
     """Runs `act`, then produces one acks=all message to partition 0 of `topic` (once the
     metadata on `survivor` shows a leader other than `moved_from`, if given) and returns
-    the seconds from `act` to its acknowledgement."""
+    the seconds from `act` to its acknowledgement. With `moved_from`, the seconds until
+    the survivor's metadata showed the new leader are appended to `phases`."""
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,
                          "retry.backoff.ms": 10, "retry.backoff.max.ms": 20,
                          "topic.metadata.refresh.interval.ms": 100,
@@ -119,6 +120,8 @@ def time_to_write(bootstrap, topic, act, moved_from=None, survivor=None):
             if metadata.topics[topic].partitions[0].leader not in (moved_from, -1):
                 break
             time.sleep(0.005)
+        if phases is not None:
+            phases.append(time.time() - started)
     producer.produce(topic, b"after", partition=0,
                      on_delivery=lambda e, m: acked.append((e, time.time())))
     producer.flush(30)
@@ -147,7 +150,7 @@ def main():
         print(f"end-to-end latency at 10k msg/s, acks=all, RF=3: p50 {p50:.2f} ms, "
               f"p99 {p99:.2f} ms, p99.9 {p999:.2f} ms ({n} messages)")
 
-        kills, moves = [], []
+        kills, moves, moved = [], [], []
         for round_ in range(args.rounds):
             controller = cluster.active_controller()
             victim = (controller + 1 + round_ % 2) % NODES
@@ -165,7 +168,8 @@ def main():
                 else:
                     times.append(time_to_write(cluster.bootstrap, topic,
                                                lambda: os.kill(pid, signal.SIGTERM),
-                                               moved_from=victim, survivor=survivor))
+                                               moved_from=victim, survivor=survivor,
+                                               phases=moved))
                 # The old process must be gone (and reaped, if started here) first.
                 ours = [c for c in restarted if c.pid == pid]
                 if ours:
@@ -178,7 +182,8 @@ def main():
         fmt = lambda xs: ", ".join(f"{x * 1000:.0f}" for x in xs)
         print(f"leader kill -9 to writable (ms, {args.rounds} rounds): {fmt(kills)}")
         print(f"graceful leadership move (SIGTERM) to writable (ms, {args.rounds} rounds): "
-              f"{fmt(moves)}")
+              f"{fmt(moves)}; of which until a survivor's metadata showed the new leader: "
+              f"{fmt(moved)}")
     finally:
         cluster.stop(restarted)
 

@@ -102,6 +102,19 @@ fn describe(nodes: &[Live]) -> String {
     out.join("\n")
 }
 
+/// What each running node holds and its image says of the partition, for a message.
+pub fn describe_nodes(registry: &Registry) -> String {
+    let nodes = live(&registry.borrow());
+    let images: Vec<String> = nodes
+        .iter()
+        .map(|l| {
+            let image = partition_state(&l.state).map(|(_, summary, _)| summary);
+            format!("  node {} image: {image:?}", l.node)
+        })
+        .collect();
+    format!("{}\n{}", describe(&nodes), images.join("\n"))
+}
+
 /// Every batch of `log` from its start below `below`: (base offset, checksum).
 fn batches(log: &PartitionLog, below: i64) -> Result<Vec<(i64, u32)>, String> {
     let mut out = Vec::new();

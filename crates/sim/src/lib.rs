@@ -4,7 +4,9 @@
 //! hosts over a simulated network and in-memory disks; a client host produces with
 //! acks=all to a partition replicated three times with `min.insync.replicas=2`. A
 //! seeded schedule of faults plays against them: crashes that lose every byte not yet
-//! fsynced, restarts, network partitions that cut one node off, and message delay. After
+//! fsynced (now and then of a second node while one is down, a majority lost), restarts,
+//! network partitions that cut one node off, message delay, and lost messages (as TCP
+//! shows them: connections that fail, see [`net::Breaks`]). After
 //! every step of the simulation the invariants of replication are checked on the nodes'
 //! state ([`invariants`]). The same seed gives the same schedule of faults.
 
@@ -26,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::disk::Disk;
 use crate::invariants::Checker;
-use crate::net::{SimListener, SimNet};
+use crate::net::{Breaks, SimListener, SimNet};
 
 /// The topic the client produces to (one partition).
 pub const TOPIC: &str = "sim";
@@ -34,6 +36,10 @@ const KAFKA_PORT: u16 = 9092;
 const CONTROLLER_PORT: u16 = 9093;
 /// Simulated time per step: the invariants are checked after each.
 const TICK: Duration = Duration::from_millis(5);
+/// The client stops this long before the run ends, so that the last writes settle.
+const CLIENT_STOPS_BEFORE_END: Duration = Duration::from_secs(2);
+/// Once the faults stop, the cluster must acknowledge a write within this.
+const RECOVERY: Duration = Duration::from_secs(10);
 /// Where a node keeps the partition's log.
 const PARTITION_DIR: &str = "/data/sim-0";
 
@@ -49,6 +55,9 @@ pub struct Settings {
     pub settle: Duration,
     /// Whether faults are injected at all.
     pub faults: bool,
+    /// While faults are injected, each write fails its connection with probability
+    /// `1/break_one_in` (0: never).
+    pub break_one_in: u64,
 }
 
 impl Settings {
@@ -60,6 +69,7 @@ impl Settings {
             faulty: Duration::from_secs(20),
             settle: Duration::from_secs(20),
             faults: true,
+            break_one_in: 200,
         }
     }
 }
@@ -69,12 +79,17 @@ impl Settings {
 pub struct Report {
     pub acked: usize,
     pub crashes: usize,
+    /// Crashes while another node was down.
+    pub majority_losses: usize,
     pub partitions: usize,
+    pub broken_connections: u64,
     pub steps: u64,
+    /// The faults, when they happened.
+    pub timeline: Vec<String>,
 }
 
 /// A small seeded generator (xorshift64*) for the fault schedule.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
@@ -150,16 +165,28 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
         .tick_duration(TICK)
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(if settings.faults { 30 } else { 2 }))
+        // Connection attempts held by a cut arrive together when it heals.
+        .tcp_capacity(4096)
         .simulation_duration(settings.faulty + settings.settle + Duration::from_secs(120))
         .build();
+    let breaks = Breaks::new(
+        settings.seed,
+        if settings.faults {
+            settings.break_one_in
+        } else {
+            0
+        },
+    );
     let disks: Vec<Disk> = (0..settings.nodes).map(|_| Disk::default()).collect();
     let registry: Registry = Rc::new(RefCell::new(vec![None; settings.nodes]));
     for (i, disk) in disks.iter().enumerate() {
         let config = node_config(i, settings.nodes).map_err(&fail)?;
         let disk = disk.clone();
         let registry = Rc::clone(&registry);
+        let breaks = breaks.clone();
         sim.host(host(i), move || {
             let config = config.clone();
+            let breaks = breaks.clone();
             let storage = disk.incarnation();
             let registry = Rc::clone(&registry);
             async move {
@@ -172,31 +199,37 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
                 }]);
                 let io = Io {
                     storage,
-                    net: Arc::new(SimNet),
+                    net: Arc::new(SimNet(breaks.clone())),
                 };
-                let listener = Box::new(SimListener(controller));
+                let listener = Box::new(SimListener(controller, breaks.clone()));
                 let state = BrokerState::start_with(config, endpoints, Some(listener), io)
                     .await
                     .map_err(|e| e.to_string())?;
                 registry.borrow_mut()[i] = Some(Arc::downgrade(&state));
                 let (_stop, stopped) = watch::channel(false);
-                let kafka = Box::new(SimListener(kafka));
+                let kafka = Box::new(SimListener(kafka, breaks));
                 spool_broker::server::serve(state, kafka, "PLAINTEXT".into(), stopped).await;
                 Ok(())
             }
         });
     }
     let acked = producer::Acked::default();
+    let end = settings.faulty + settings.settle;
     sim.client(
         "client",
-        producer::produce(settings.nodes, settings.records, acked.clone()),
+        producer::produce(
+            settings.nodes,
+            settings.records,
+            acked.clone(),
+            breaks.clone(),
+            end.saturating_sub(CLIENT_STOPS_BEFORE_END),
+        ),
     );
 
     let mut checker = Checker::new(settings.nodes);
     let mut report = Report::default();
     let mut down: Vec<Option<Duration>> = vec![None; settings.nodes];
     let mut cut: Option<(usize, Duration)> = None;
-    let end = settings.faulty + settings.settle;
     loop {
         let finished = sim
             .step()
@@ -217,19 +250,30 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
             && (now >= until || now >= settings.faulty)
         {
             for j in (0..settings.nodes).filter(|&j| j != i) {
-                sim.repair(host(i), host(j));
+                sim.release(host(i), host(j));
             }
-            sim.repair(host(i), "client");
+            sim.release(host(i), "client");
             cut = None;
             events
                 .borrow_mut()
                 .push(format!("{now:?}: node {i} reconnected"));
         }
+        if settings.faults && now >= settings.faulty {
+            breaks.disable();
+        }
         if settings.faults && now < settings.faulty {
-            // At most one node down or cut off at a time: the rest is a majority.
-            let quiet = down.iter().all(Option::is_none) && cut.is_none();
-            if quiet && rng.one_in(400) {
-                let i = rng.below(settings.nodes as u64) as usize;
+            // Mostly one node down or cut off at a time (the rest is a majority); now and
+            // then a second crash while one node is down loses the majority for a while.
+            let crashed = down.iter().filter(|d| d.is_some()).count();
+            let quiet = crashed == 0 && cut.is_none();
+            let second = crashed == 1 && cut.is_none() && rng.one_in(1_500);
+            if (quiet && rng.one_in(400)) || second {
+                let i = loop {
+                    let i = rng.below(settings.nodes as u64) as usize;
+                    if down[i].is_none() {
+                        break i;
+                    }
+                };
                 let before = invariants::committed(&registry).map_err(&fail)?;
                 registry.borrow_mut()[i] = None;
                 sim.crash(host(i));
@@ -246,17 +290,20 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
                 checker.restarted(i);
                 down[i] = Some(now + Duration::from_millis(200 + rng.below(4000)));
                 events.borrow_mut().push(format!(
-                    "{now:?}: node {i} crashes (acked so far: {})",
-                    acked.len()
+                    "{now:?}: node {i} crashes (acked so far: {}){}",
+                    acked.len(),
+                    if second { ", a second node down" } else { "" }
                 ));
                 report.crashes += 1;
+                report.majority_losses += usize::from(second);
             } else if quiet && rng.one_in(400) {
                 let i = rng.below(settings.nodes as u64) as usize;
+                // Held, as TCP holds what it cannot deliver: it arrives after the cut.
                 for j in (0..settings.nodes).filter(|&j| j != i) {
-                    sim.partition(host(i), host(j));
+                    sim.hold(host(i), host(j));
                 }
                 if rng.one_in(2) {
-                    sim.partition(host(i), "client");
+                    sim.hold(host(i), "client");
                 }
                 cut = Some((i, now + Duration::from_millis(500 + rng.below(5000))));
                 events
@@ -277,6 +324,26 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
         }
     }
     checker.finish(&registry, &acked).map_err(&fail)?;
+    // Liveness: once the faults stop, the cluster takes writes again within a bound.
+    if settings.faults && acked.len() < settings.records {
+        let resumed = acked
+            .all()
+            .iter()
+            .map(|a| a.at)
+            .filter(|&at| at >= settings.faulty)
+            .min();
+        if resumed.is_none_or(|at| at > settings.faulty + RECOVERY) {
+            return Err(fail(format!(
+                "no write acknowledged within {RECOVERY:?} after the faults stopped \
+                 (first: {resumed:?}; {} of {} acknowledged)\n{}",
+                acked.len(),
+                settings.records,
+                invariants::describe_nodes(&registry)
+            )));
+        }
+    }
     report.acked = acked.len();
+    report.broken_connections = breaks.count();
+    report.timeline = events.take();
     Ok(report)
 }

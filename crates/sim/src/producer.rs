@@ -14,14 +14,16 @@ use spool_protocol::messages::{
 };
 use spool_protocol::record_batch::{RecordBatch, RecordBatchBuilder};
 
-use crate::net::SimNet;
+use crate::net::{Breaks, SimNet};
 use crate::{KAFKA_PORT, TOPIC, host};
 
-/// An acknowledged batch: its offset and its checksum (which covers the record).
+/// An acknowledged batch: its offset and its checksum (which covers the record), and
+/// when the acknowledgement came (simulated time since the start).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ack {
     pub offset: i64,
     pub crc: u32,
+    pub at: Duration,
 }
 
 /// The acknowledgements so far, shared with the checker.
@@ -49,12 +51,18 @@ impl Acked {
     }
 }
 
-/// How long the client keeps trying, in simulated time.
-const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn produce(nodes: usize, records: usize, acked: Acked) -> turmoil::Result {
-    let peers = Peers::new("sim-producer".into(), TIMEOUT, Arc::new(SimNet));
+/// Produces `records` records, one at a time, until they are all acknowledged or
+/// `give_up_after` (simulated time) has passed.
+pub async fn produce(
+    nodes: usize,
+    records: usize,
+    acked: Acked,
+    breaks: Breaks,
+    give_up_after: Duration,
+) -> turmoil::Result {
+    let peers = Peers::new("sim-producer".into(), TIMEOUT, Arc::new(SimNet(breaks)));
     let started = tokio::time::Instant::now();
     let mut leader: Option<i32> = None;
     let mut ask = 0usize;
@@ -65,7 +73,7 @@ pub async fn produce(nodes: usize, records: usize, acked: Acked) -> turmoil::Res
         let batch = builder.build()?;
         let crc = RecordBatch::from_bytes(batch.clone())?.crc();
         loop {
-            if started.elapsed() > GIVE_UP_AFTER {
+            if started.elapsed() > give_up_after {
                 return Ok(());
             }
             let Some(to) = leader else {
@@ -104,7 +112,11 @@ pub async fn produce(nodes: usize, records: usize, acked: Acked) -> turmoil::Res
             };
             match outcome {
                 Some((0, offset)) => {
-                    acked.0.borrow_mut().push(Ack { offset, crc });
+                    acked.0.borrow_mut().push(Ack {
+                        offset,
+                        crc,
+                        at: started.elapsed(),
+                    });
                     break;
                 }
                 _ => {

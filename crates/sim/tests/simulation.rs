@@ -1,7 +1,8 @@
 //! The cluster simulation over many seeds: 200 by default, split over four tests so they
 //! run side by side. `SPOOL_SIM_SEEDS=N` runs seeds 1..=N instead (the long mode, e.g.
 //! `SPOOL_SIM_SEEDS=5000 cargo test --release -p spool-sim`); `SPOOL_SIM_SEED=S` runs seed
-//! S alone, to replay a failure.
+//! S alone, to replay a failure, and prints its faults; `SPOOL_LOG` (a tracing filter)
+//! prints the nodes' logs.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed expectation is a failed test
 
 use spool_sim::{Settings, run};
@@ -22,10 +23,24 @@ fn seeds(shard: u64) -> Vec<u64> {
 }
 
 fn run_shard(shard: u64) {
+    // `SPOOL_LOG` (a tracing filter, e.g. `spool_broker=info`) shows the nodes' logs.
+    if let Ok(filter) = std::env::var("SPOOL_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .without_time()
+            .try_init();
+    }
     for seed in seeds(shard) {
         let started = std::time::Instant::now();
         match run(&Settings::new(seed)) {
-            Ok(report) => eprintln!("seed {seed}: {report:?} in {:?}", started.elapsed()),
+            Ok(mut report) => {
+                let spent = started.elapsed();
+                let timeline = std::mem::take(&mut report.timeline);
+                eprintln!("seed {seed}: {report:?} in {spent:?}");
+                if std::env::var("SPOOL_SIM_SEED").is_ok() {
+                    eprintln!("faults:\n  {}", timeline.join("\n  "));
+                }
+            }
             Err(e) => panic!("{e}\nreplay: SPOOL_SIM_SEED={seed} cargo test -p spool-sim"),
         }
     }

@@ -67,31 +67,28 @@ class Network:
     def address(i):
         return f"{SUBNET}.{i + 1}"
 
-    def cut(self, i):
-        """Drops everything between broker `i` and the other brokers, both ways."""
+    def filter(self, i, verdict):
+        """Applies nftables `verdict` to every packet between broker `i` and the other
+        brokers, both ways."""
         others = ", ".join(self.address(j) for j in range(len(self.namespaces)) if j != i)
         rules = (f"table inet spool_cut {{\n"
                  f"  chain in {{ type filter hook input priority 0; policy accept;"
-                 f" ip saddr {{ {others} }} drop; }}\n"
+                 f" ip saddr {{ {others} }} {verdict}; }}\n"
                  f"  chain out {{ type filter hook output priority 0; policy accept;"
-                 f" ip daddr {{ {others} }} drop; }}\n"
+                 f" ip daddr {{ {others} }} {verdict}; }}\n"
                  f"}}\n")
         subprocess.run(["ip", "netns", "exec", self.namespaces[i], "nft", "-f", "-"],
                        input=rules, check=True, capture_output=True, text=True)
+
+    def cut(self, i):
+        """Drops everything between broker `i` and the other brokers, both ways."""
+        self.filter(i, "drop")
 
     def lossy(self, i, percent):
         """Drops `percent`% of the packets between broker `i` and the other brokers, at
         random, each way (a packet crosses two such rules: the sender's and the
         receiver's)."""
-        others = ", ".join(self.address(j) for j in range(len(self.namespaces)) if j != i)
-        rules = (f"table inet spool_cut {{\n"
-                 f"  chain in {{ type filter hook input priority 0; policy accept;"
-                 f" ip saddr {{ {others} }} numgen random mod 100 < {percent} counter drop; }}\n"
-                 f"  chain out {{ type filter hook output priority 0; policy accept;"
-                 f" ip daddr {{ {others} }} numgen random mod 100 < {percent} counter drop; }}\n"
-                 f"}}\n")
-        subprocess.run(["ip", "netns", "exec", self.namespaces[i], "nft", "-f", "-"],
-                       input=rules, check=True, capture_output=True, text=True)
+        self.filter(i, f"numgen random mod 100 < {percent} counter drop")
 
     def dropped(self, i):
         """How many packets broker `i`'s rules have dropped."""

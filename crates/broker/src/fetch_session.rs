@@ -268,11 +268,11 @@ impl FetchSessionCache {
     }
 
     /// Decides which partitions an incremental response carries: those with records, an
-    /// error or a preferred read replica, or a changed high watermark, last stable offset or log start offset. Those
-    /// move to the back of the session, so partitions left out get the response's byte
-    /// budget first next time. Returns one flag per outcome, in order, or `None` when
-    /// the session is gone (evicted meanwhile): then the response carries everything and
-    /// session ID 0.
+    /// error or a preferred read replica, or a changed high watermark, last stable offset
+    /// or log start offset. Those move to the back of the session, so partitions left out
+    /// get the response's byte budget first next time. Returns one flag per outcome, in
+    /// order, or `None` when the session is gone (evicted meanwhile): then the response
+    /// carries everything and session ID 0.
     pub fn finish(&mut self, id: i32, outcomes: &[(PartitionKey, Outcome)]) -> Option<Vec<bool>> {
         let session = self.sessions.get_mut(&id)?;
         let mut keep = Vec::with_capacity(outcomes.len());

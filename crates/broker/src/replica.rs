@@ -129,6 +129,14 @@ pub struct FetchNote {
     pub expand: Option<IsrChange>,
 }
 
+/// What a follower's append of fetched batches did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowerAppend {
+    pub log_end_offset: i64,
+    /// The high watermark moved: consumers reading here (KIP-392) may read further.
+    pub high_watermark_moved: bool,
+}
+
 /// A replica a consumer could read from, as its leader knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadCandidate {
@@ -561,28 +569,32 @@ impl Replica {
     /// Appends batches a fetch brought (see [`Fetched`]), as a follower, moves the high
     /// watermark to the leader's (within what this log holds) and the log start offset up
     /// to the leader's (records deleted there go here too). Nothing is appended when the
-    /// fetch no longer applies (NOT_LEADER_OR_FOLLOWER). Returns the log end offset after
-    /// the append. Blocking.
+    /// fetch no longer applies (NOT_LEADER_OR_FOLLOWER). Blocking.
     pub fn append_from_leader(
         &self,
         fetched: Fetched,
         records: Bytes,
         leader_at: LeaderOffsets,
         now: i64,
-    ) -> Result<i64, ErrorCode> {
+    ) -> Result<FollowerAppend, ErrorCode> {
         let _role = self.following_at(fetched)?;
         self.log
             .with_log(|l| {
                 if !records.is_empty() {
                     l.append_as_follower(records, now)?;
                 }
-                l.advance_high_watermark(leader_at.high_watermark);
+                let before = l.high_watermark();
+                let high_watermark_moved =
+                    l.advance_high_watermark(leader_at.high_watermark) != before;
                 if leader_at.log_start_offset > l.log_start_offset()
                     && leader_at.log_start_offset <= l.log_end_offset()
                 {
                     l.advance_log_start_offset(leader_at.log_start_offset)?;
                 }
-                Ok::<_, LogError>(l.log_end_offset())
+                Ok::<_, LogError>(FollowerAppend {
+                    log_end_offset: l.log_end_offset(),
+                    high_watermark_moved,
+                })
             })
             .map_err(|e| e.error_code())
     }

@@ -370,15 +370,14 @@ fn apply_blocking(
             } else {
                 let records = p.records.unwrap_or_default();
                 let had_records = !records.is_empty();
-                let high_watermark = f.replica.log.with_log(|l| l.high_watermark());
-                let outcome = f
-                    .replica
+                f.replica
                     .append_from_leader(following, records, leader_at, now)
-                    .map(|end| had_records.then_some(end));
-                if f.replica.log.with_log(|l| l.high_watermark()) != high_watermark {
-                    moved.push(f.tp.clone());
-                }
-                outcome
+                    .map(|appended| {
+                        if appended.high_watermark_moved {
+                            moved.push(f.tp.clone());
+                        }
+                        had_records.then_some(appended.log_end_offset)
+                    })
             };
             match outcome {
                 Ok(Some(end)) => {

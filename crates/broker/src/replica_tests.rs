@@ -207,7 +207,8 @@ fn a_follower_copies_the_leaders_log_and_takes_its_high_watermark() {
             at(high_watermark(&leader)),
             1_000,
         )
-        .unwrap();
+        .unwrap()
+        .log_end_offset;
     assert_eq!(end, 3);
     assert_eq!(fetched(&follower, 0), fetched(&leader, 0));
     assert_eq!(high_watermark(&follower), 2);
@@ -394,7 +395,7 @@ fn a_follower_copies_a_log_with_offset_gaps() {
         builder.build().unwrap()
     };
     let fetched_bytes: Bytes = [batch(3, &["d"]), batch(7, &["h", "i"])].concat().into();
-    let end = follower
+    let appended = follower
         .append_from_leader(
             from_end(&follower, 1, 1),
             fetched_bytes.clone(),
@@ -402,7 +403,8 @@ fn a_follower_copies_a_log_with_offset_gaps() {
             1_000,
         )
         .unwrap();
-    assert_eq!(end, 9);
+    assert_eq!(appended.log_end_offset, 9);
+    assert!(appended.high_watermark_moved);
     assert_eq!(fetched(&follower, 0), fetched_bytes);
     assert_eq!(fetched(&follower, 5), batch(7, &["h", "i"]));
     // Offsets never go back.

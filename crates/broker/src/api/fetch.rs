@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use spool_log::{LogError, LogRead};
+use spool_log::{LogError, LogRead, PartitionLog};
 use spool_protocol::messages::fetch_response::{
     AbortedTransaction, EpochEndOffset, FetchableTopicResponse, PartitionData,
 };
@@ -83,6 +83,13 @@ fn budget(total: usize, response_max: usize) -> usize {
     } else {
         response_max.saturating_sub(total)
     }
+}
+
+/// Puts the log's high watermark, last stable offset and log start offset into `data`.
+fn put_offsets(data: &mut PartitionData, log: &PartitionLog) {
+    data.high_watermark = log.high_watermark();
+    data.last_stable_offset = log.last_stable_offset();
+    data.log_start_offset = log.log_start_offset();
 }
 
 /// Puts what a log read returned into `data` (its records, or its error); the bytes
@@ -158,11 +165,7 @@ fn read(
         };
         if let Some(follower) = elsewhere {
             // Sent elsewhere: the offsets, no records.
-            log.with_log(|log| {
-                data.high_watermark = log.high_watermark();
-                data.last_stable_offset = log.last_stable_offset();
-                data.log_start_offset = log.log_start_offset();
-            });
+            log.with_log(|log| put_offsets(&mut data, log));
             data.preferred_read_replica = follower;
             out.push(data);
             continue;
@@ -171,7 +174,8 @@ fn read(
         let partition_max = usize::try_from(w.partition_max_bytes)
             .unwrap_or(0)
             .min(budget(total, response_max));
-        let outcome = log.with_log(|log| {
+        let (read, aborted) = log.with_log(|log| {
+            put_offsets(&mut data, log);
             let upper = if request.isolation_level == READ_COMMITTED {
                 log.last_stable_offset()
             } else {
@@ -190,18 +194,8 @@ fn read(
                 }
                 _ => Vec::new(),
             };
-            (
-                log.high_watermark(),
-                log.last_stable_offset(),
-                log.log_start_offset(),
-                read,
-                aborted,
-            )
+            (read, aborted)
         });
-        let (high_watermark, last_stable_offset, log_start_offset, read, aborted) = outcome;
-        data.high_watermark = high_watermark;
-        data.last_stable_offset = last_stable_offset;
-        data.log_start_offset = log_start_offset;
         total += put_records(&mut data, read);
         if request.isolation_level == READ_COMMITTED {
             data.aborted_transactions = Some(
@@ -573,9 +567,7 @@ fn read_for_follower(
     let throttled = leader_throttles(state, name, wanted.key.partition, &replica, follower);
     let held_back = throttled && state.leader_quota.exceeded();
     let read = replica.log.with_log(|log| {
-        data.high_watermark = log.high_watermark();
-        data.last_stable_offset = log.last_stable_offset();
-        data.log_start_offset = log.log_start_offset();
+        put_offsets(&mut data, log);
         match diverging {
             Some(_) => None,
             None if held_back => None,

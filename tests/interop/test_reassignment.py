@@ -3,8 +3,13 @@ admin client (AlterPartitionReassignments, ListPartitionReassignments) while a
 confluent-kafka idempotent acks=all producer writes: a move to a broker that is down stays
 listed until cancelled; a move from brokers {0,1,2} to {1,2,3}, which takes the leadership
 away from broker 0, loses and duplicates nothing and stalls the producer only for the
-leader switch; broker 0 then drops its copy."""
+leader switch; broker 0 then drops its copy. A move that takes broker 0 out of the
+replicas while it stays up: the producer and a consumer on it find the new leader from
+its NOT_LEADER_OR_FOLLOWER answers (KIP-951 leader hints), as librdkafka's log shows. A
+throttled move copies at the set rate."""
+import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -23,11 +28,14 @@ MAX_STALL_S = 5.0
 
 
 class Writer:
-    """Writes keys 0, 1, 2, … to partition 0 (idempotent, acks=all) until stopped; records
-    each acknowledgement's offset and when it came."""
+    """Writes keys 0, 1, 2, … to partition 0 of `topic` (idempotent, acks=all) until
+    stopped; records each acknowledgement's offset and when it came. `settings` go to the
+    producer."""
 
-    def __init__(self, bootstrap):
+    def __init__(self, bootstrap, topic=TOPIC, **settings):
         self.bootstrap = bootstrap
+        self.topic = topic
+        self.settings = settings
         self.acked = {}
         self.ack_times = []
         self.errors = []
@@ -37,7 +45,7 @@ class Writer:
 
     def run(self):
         producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True,
-                             "acks": "all", "linger.ms": 5})
+                             "acks": "all", "linger.ms": 5, **self.settings})
 
         def report(err, msg):
             if err is not None:
@@ -49,8 +57,8 @@ class Writer:
         key = 0
         while not self.stopping.is_set():
             if key - len(self.acked) - len(self.errors) < 1000:
-                producer.produce(TOPIC, key=str(key), value=f"move-{key}" * 20, partition=0,
-                                 on_delivery=report)
+                producer.produce(self.topic, key=str(key), value=f"move-{key}" * 20,
+                                 partition=0, on_delivery=report)
                 key += 1
             producer.poll(0.002)
         assert producer.flush(120) == 0
@@ -161,6 +169,119 @@ def test_a_partition_moves_to_other_brokers_under_load_without_loss():
         if writer is not None and writer.thread.is_alive():
             writer.stopping.set()
             writer.thread.join(timeout=60)
+        kill_all(nodes)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class Lines(logging.Handler):
+    """The log lines of a librdkafka client (its `logger`)."""
+
+    def __init__(self, name):
+        super().__init__()
+        self.lines = []
+        self.logger = logging.getLogger(name)
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.propagate = False
+        self.logger.addHandler(self)
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def leader_hints(self):
+        """(leader, epoch) of each update librdkafka took from a NOT_LEADER_OR_FOLLOWER
+        answer's leader hint (KIP-951) for partition 0, rather than from Metadata."""
+        return [(int(m[1]), int(m[2])) for line in self.lines
+                if (m := re.search(r"\[0\]: updated with leader (\d+) and epoch (\d+)", line))]
+
+
+class Follower:
+    """A consumer of partition 0 from offset 0, reading in a thread until stopped:
+    {key: offset} of what it read."""
+
+    def __init__(self, bootstrap, **settings):
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "follow",
+                                  "enable.auto.commit": False, "fetch.wait.max.ms": 100,
+                                  **settings})
+        self.consumer.assign([CTopicPartition(TOPIC, 0, 0)])
+        self.read = {}
+        self.duplicates = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+        self.thread.start()
+
+    def run(self):
+        while not self.stopping.is_set():
+            msg = self.consumer.poll(0.1)
+            if msg is None or msg.error():
+                continue
+            key = int(msg.key())
+            if key in self.read:
+                self.duplicates.append(key)
+            self.read[key] = msg.offset()
+        self.consumer.close()
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+
+
+def test_a_broker_that_lost_the_leadership_points_clients_to_the_new_leader():
+    """A move from brokers {0,1,2} to {1,2} takes leadership and its copy away from broker
+    0, which stays up. The producer writing to it and the consumer reading from it get
+    NOT_LEADER_OR_FOLLOWER with the new leader and its endpoint (KIP-951) and go there
+    without waiting for Metadata: librdkafka logs the update it took from the answer. No
+    record is lost or duplicated on either side."""
+    root, nodes, bootstrap = start_nodes("spool-interop-hints-", 3)
+    writer = follower = None
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        topic = NewTopic(TOPIC, num_partitions=1, replica_assignment=[[0, 1, 2]],
+                         config={"min.insync.replicas": "2"})
+        admin.create_topics([topic])[TOPIC].result(30)
+        wait_for("the partition's ISR", lambda: replicas(admin) == ([0, 1, 2], 0, [0, 1, 2]))
+        produced, consumed = Lines("hints-producer"), Lines("hints-consumer")
+        writer = Writer(bootstrap, debug="metadata", logger=produced.logger)
+        follower = Follower(bootstrap, debug="metadata", logger=consumed.logger)
+        writer.progresses()
+        wait_for("the consumer reading", lambda: len(follower.read) >= 500)
+        assert produced.leader_hints() == consumed.leader_hints() == []
+
+        kadmin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+        tp = TopicPartition(TOPIC, 0)
+        started = time.monotonic()
+        assert kadmin.alter_partition_reassignments({tp: [1, 2]}) == {tp: None}
+        wait_for("the move to complete", lambda: kadmin.list_partition_reassignments() == {})
+        kadmin.close()
+        wait_for("broker 0 out of the replicas", lambda: replicas(admin)[0] == [1, 2])
+        _, leader, _ = replicas(admin)
+        assert leader in (1, 2)
+        writer.progresses()
+        writer.stop()
+        stall = writer.longest_stall(started)
+        print(f"longest producer stall across the leader move: {stall * 1000:.0f} ms")
+        assert writer.errors == [], writer.errors[:5]
+        wait_for("the consumer to read every acknowledged record",
+                 lambda: writer.acked.keys() <= follower.read.keys())
+        follower.stop()
+        assert follower.duplicates == [], follower.duplicates[:5]
+        assert {k: follower.read[k] for k in writer.acked} == writer.acked
+        seen = read_partition(bootstrap)
+        for key, offset in writer.acked.items():
+            assert seen.get(key) == [offset], (key, offset, seen.get(key))
+
+        # Both clients took the new leader from broker 0's answers.
+        for client, lines in (("producer", produced), ("consumer", consumed)):
+            hints = lines.leader_hints()
+            assert hints, f"the {client} never took a leader hint"
+            assert {h[0] for h in hints} == {leader}, (client, hints)
+            assert all(epoch > 0 for _, epoch in hints), (client, hints)
+        assert stall < MAX_STALL_S, f"the producer stalled {stall:.2f} s"
+    finally:
+        for client in (writer, follower):
+            if client is not None and client.thread.is_alive():
+                client.stopping.set()
+                client.thread.join(timeout=60)
         kill_all(nodes)
         shutil.rmtree(root, ignore_errors=True)
 

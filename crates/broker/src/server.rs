@@ -108,8 +108,10 @@ async fn connection(
                 let appended =
                     api::produce::append(&state, request, header.request_api_version).await;
                 let state = Arc::clone(&state);
+                let context = context.clone();
                 tokio::spawn(async move {
-                    let _ = answer_tx.send(api::finish_produce(&state, header, appended).await);
+                    let answer = api::finish_produce(&state, &context, header, appended).await;
+                    let _ = answer_tx.send(answer);
                 });
             }
             Ok((header, body)) => {

@@ -28,7 +28,9 @@ use crate::fetch_session::FetchSessionCache;
 use crate::flusher::Flusher;
 use crate::group::GroupCoordinator;
 use crate::group::runtime::offsets_logs;
-use crate::metadata::{METADATA_TOPIC, MetadataError, MetadataImage, TopicMeta};
+use crate::metadata::{
+    BrokerMeta, METADATA_TOPIC, MetadataError, MetadataImage, NO_LEADER, TopicMeta,
+};
 use crate::node::{self, Node};
 use crate::peers::{PeerError, Peers};
 use crate::replica::Replica;
@@ -127,6 +129,29 @@ pub struct LiveBroker {
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+}
+
+/// A partition's leader as a NOT_LEADER_OR_FOLLOWER answer points clients to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaderHint {
+    pub leader_id: i32,
+    pub leader_epoch: i32,
+    pub endpoint: Option<LiveBroker>,
+}
+
+/// Broker `b` as clients reach it through listener `name`; `None` when it is fenced or has
+/// no such listener.
+fn live_broker(b: &BrokerMeta, name: &str) -> Option<LiveBroker> {
+    if b.fenced {
+        return None;
+    }
+    let endpoint = b.endpoints.iter().find(|e| e.name == name)?;
+    Some(LiveBroker {
+        id: b.id,
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+        rack: b.rack.clone(),
+    })
 }
 
 /// The blocks of producer IDs the controller gave this broker: the one in use and the
@@ -425,12 +450,22 @@ impl BrokerState {
     /// that are new, reconfigures those whose settings changed, and removes those of
     /// deleted topics. Blocking. A log that cannot be opened is reported; the others are
     /// served all the same.
+    ///
+    /// The image is in force before the replicas take their new parts, as in Kafka: a
+    /// request the change fails (a write waiting for the ISR of a leadership that just
+    /// moved, a read of a copy being removed) is answered with the new leader.
     pub(crate) fn apply_image(
         &self,
         image: Arc<MetadataImage>,
         now: i64,
     ) -> Result<(), BrokerError> {
-        let old = self.current_image();
+        let old = std::mem::replace(
+            &mut *self
+                .image
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            Arc::clone(&image),
+        );
         for topic in old.topics() {
             if image.topic_by_id(&topic.id).is_none() {
                 self.remove_topic_logs(topic)?;
@@ -483,10 +518,6 @@ impl BrokerState {
                 }
             }
         }
-        *self
-            .image
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = image;
         // The coordinators serve the internal partitions this broker leads: groups are
         // read back on a loader thread, transactions at once (so that one a crash left
         // half-ended resumes with the first tick).
@@ -507,17 +538,34 @@ impl BrokerState {
         self.with_image(|image| {
             image
                 .brokers()
-                .filter(|b| !b.fenced)
-                .filter_map(|b| {
-                    let endpoint = b.endpoints.iter().find(|e| e.name == name)?;
-                    Some(LiveBroker {
-                        id: b.id,
-                        host: endpoint.host.clone(),
-                        port: endpoint.port,
-                        rack: b.rack.clone(),
-                    })
-                })
+                .filter_map(|b| live_broker(b, name))
                 .collect()
+        })
+    }
+
+    /// Where the leader of partition `index` of `topic` is, for a client that wrote to or
+    /// read from the wrong broker (KIP-951): its ID and epoch in this broker's image (-1
+    /// and -1 when the partition is unknown), and how to reach it through listener `name`
+    /// when it is live there.
+    pub fn leader_hint(&self, topic: &str, index: i32, name: &str) -> LeaderHint {
+        self.with_image(|image| {
+            let Some(partition) = image
+                .topic(topic)
+                .and_then(|t| t.partitions.iter().find(|p| p.index == index))
+            else {
+                return LeaderHint {
+                    leader_id: NO_LEADER,
+                    leader_epoch: -1,
+                    endpoint: None,
+                };
+            };
+            LeaderHint {
+                leader_id: partition.leader,
+                leader_epoch: partition.leader_epoch,
+                endpoint: image
+                    .broker(partition.leader)
+                    .and_then(|b| live_broker(b, name)),
+            }
         })
     }
 
@@ -542,8 +590,9 @@ impl BrokerState {
     }
 
     /// The log of partition `index` of `topic`, for a client that believes the leader
-    /// epoch is `current_leader_epoch`: UNKNOWN_TOPIC_OR_PARTITION when this broker has no
-    /// such partition, else the leader-epoch check's error.
+    /// epoch is `current_leader_epoch`: UNKNOWN_TOPIC_OR_PARTITION when the cluster has no
+    /// such partition, NOT_LEADER_OR_FOLLOWER when another broker leads it, else the
+    /// leader-epoch check's error.
     pub fn leader_log(
         &self,
         topic: &str,
@@ -576,9 +625,6 @@ impl BrokerState {
         current_leader_epoch: i32,
         follower_too: bool,
     ) -> Result<(Arc<Replica>, bool), ErrorCode> {
-        let replica = self
-            .replica(topic, index)
-            .ok_or(ErrorCode::UnknownTopicOrPartition)?;
         let me = self.config.node_id;
         let current = self.with_image(|image| {
             image.topic(topic).and_then(|t| {
@@ -588,6 +634,16 @@ impl BrokerState {
                     .map(|p| (p.leader, p.leader_epoch, p.replicas.contains(&me)))
             })
         });
+        // A partition of the cluster that this broker holds no copy of (any more, or
+        // not yet) is NOT_LEADER_OR_FOLLOWER, as in Kafka, so that clients look for its
+        // leader; only one nobody knows is UNKNOWN_TOPIC_OR_PARTITION.
+        let Some(replica) = self.replica(topic, index) else {
+            return Err(if current.is_some() {
+                ErrorCode::NotLeaderOrFollower
+            } else {
+                ErrorCode::UnknownTopicOrPartition
+            });
+        };
         // Kafka's checks of a request to a partition leader: this broker must lead it
         // (or follow it, when allowed), and a client's `current_leader_epoch` (-1 skips
         // it) older than the partition's is FENCED_LEADER_EPOCH, newer is

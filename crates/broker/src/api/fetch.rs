@@ -11,12 +11,14 @@
 //! whose last fetched epoch ends earlier here than its fetch offset gets the diverging
 //! epoch instead of records, and truncates.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use spool_log::{LogError, LogRead, PartitionLog};
 use spool_protocol::messages::fetch_response::{
-    AbortedTransaction, EpochEndOffset, FetchableTopicResponse, PartitionData,
+    AbortedTransaction, EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint,
+    PartitionData,
 };
 use spool_protocol::messages::{FetchRequest, FetchResponse};
 use spool_protocol::{ErrorCode, Uuid};
@@ -39,6 +41,9 @@ const TOPIC_IDS_VERSION: i16 = 13;
 const FOLLOWER_READS_VERSION: i16 = 11;
 /// The first Fetch version carrying a follower's ID in `replica_state`.
 const REPLICA_STATE_VERSION: i16 = 15;
+/// The first Fetch version whose NOT_LEADER_OR_FOLLOWER and FENCED_LEADER_EPOCH answers
+/// say where the leader is (KIP-951).
+const LEADER_HINTS_VERSION: i16 = 16;
 
 /// The topic name of each wanted partition (`None` for an unknown topic ID).
 fn topic_names(state: &BrokerState, wanted: &[Wanted], version: i16) -> Vec<Option<String>> {
@@ -317,6 +322,7 @@ fn error_response(error: ErrorCode) -> FetchResponse {
 
 pub async fn handle(
     state: &Arc<BrokerState>,
+    listener: &str,
     request: FetchRequest,
     version: i16,
 ) -> FetchResponse {
@@ -388,11 +394,61 @@ pub async fn handle(
             }
         }
     }
+    let node_endpoints = if version >= LEADER_HINTS_VERSION {
+        put_leader_hints(state, listener, &mut answered)
+    } else {
+        Vec::new()
+    };
     FetchResponse {
         responses: into_topics(answered),
         session_id,
+        node_endpoints,
         ..Default::default()
     }
+}
+
+/// Points each partition answered NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH at its
+/// leader as this broker knows it (KIP-951); returns those leaders' endpoints on
+/// `listener`, for the response.
+fn put_leader_hints(
+    state: &BrokerState,
+    listener: &str,
+    answered: &mut [(PartitionKey, PartitionData)],
+) -> Vec<NodeEndpoint> {
+    let mut endpoints = BTreeMap::new();
+    for (key, data) in answered.iter_mut() {
+        let misdirected = [ErrorCode::NotLeaderOrFollower, ErrorCode::FencedLeaderEpoch]
+            .iter()
+            .any(|e| e.code() == data.error_code);
+        if !misdirected {
+            continue;
+        }
+        let name = if key.topic.is_empty() {
+            state.with_image(|image| image.topic_by_id(&key.topic_id).map(|t| t.name.clone()))
+        } else {
+            Some(key.topic.clone())
+        };
+        let Some(name) = name else { continue };
+        let hint = state.leader_hint(&name, key.partition, listener);
+        data.current_leader = LeaderIdAndEpoch {
+            leader_id: hint.leader_id,
+            leader_epoch: hint.leader_epoch,
+            ..Default::default()
+        };
+        if let Some(leader) = hint.endpoint {
+            endpoints.insert(leader.id, leader);
+        }
+    }
+    endpoints
+        .into_values()
+        .map(|b| NodeEndpoint {
+            node_id: b.id,
+            host: b.host,
+            port: i32::from(b.port),
+            rack: b.rack,
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// The wanted partitions whose topic is known, by name, for the wakeups.

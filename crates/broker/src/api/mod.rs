@@ -131,11 +131,12 @@ pub enum Outcome {
 /// Step two of a produce request whose batches `produce::append` already wrote.
 pub async fn finish_produce(
     state: &BrokerState,
+    context: &RequestContext,
     header: RequestHeader,
     appended: produce::Appended,
 ) -> Outcome {
     let version = header.request_api_version;
-    match produce::respond(state, appended, version).await {
+    match produce::respond(state, appended, version, &context.listener).await {
         None => Outcome::Silent,
         Some(response) => encode(&header, &ResponseBody::Produce(response)),
     }
@@ -170,10 +171,10 @@ pub async fn handle(
             // Direct callers get both steps at once; the connection runs step one itself,
             // in request order, and only then hands over (see `produce`).
             let appended = produce::append(state, request, version).await;
-            return finish_produce(state, header, appended).await;
+            return finish_produce(state, context, header, appended).await;
         }
         RequestBody::Fetch(request) => {
-            ResponseBody::Fetch(fetch::handle(state, request, version).await)
+            ResponseBody::Fetch(fetch::handle(state, &context.listener, request, version).await)
         }
         RequestBody::ListOffsets(request) => {
             ResponseBody::ListOffsets(list_offsets::handle(state, request, version))

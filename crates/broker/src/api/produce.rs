@@ -15,11 +15,14 @@
 //! [`respond`] waits for durability through the broker's flusher and builds the answer,
 //! concurrently with later requests, so acks=all producers that pipeline share fsyncs.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use spool_log::{AppendInfo, SharedLog};
-use spool_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use spool_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
 use spool_protocol::messages::{ProduceRequest, ProduceResponse};
 use spool_protocol::record_batch::RecordBatches;
 use spool_protocol::{ErrorCode, Uuid};
@@ -44,6 +47,7 @@ pub struct Appended {
 type PartitionOutcome = Result<(Arc<Replica>, AppendInfo, i32), ErrorCode>;
 
 struct AppendedTopic {
+    /// The request's name (versions before 13), or the one its ID resolved to.
     name: String,
     topic_id: Uuid,
     partitions: Vec<(i32, PartitionOutcome)>,
@@ -180,7 +184,7 @@ pub async fn append(state: &BrokerState, request: ProduceRequest, version: i16) 
             partitions.push((index, outcome));
         }
         topics.push(AppendedTopic {
-            name: topic.name,
+            name: name.unwrap_or_default(),
             topic_id: topic.topic_id,
             partitions,
         });
@@ -192,11 +196,18 @@ pub async fn append(state: &BrokerState, request: ProduceRequest, version: i16) 
     }
 }
 
-/// Step two: wait for durability when acks=all, then answer (nothing for acks=0).
+/// Produce versions whose NOT_LEADER_OR_FOLLOWER answers say where the leader is
+/// (KIP-951), so that the producer moves on without asking for metadata first.
+const LEADER_HINTS_VERSION: i16 = 10;
+
+/// Step two: wait for durability when acks=all, then answer (nothing for acks=0). A
+/// partition answered NOT_LEADER_OR_FOLLOWER carries its leader as this broker knows it,
+/// and the response that leader's endpoint on `listener` (the request's).
 pub async fn respond(
     state: &BrokerState,
     appended: Appended,
     version: i16,
+    listener: &str,
 ) -> Option<ProduceResponse> {
     let Appended {
         acks,
@@ -207,10 +218,11 @@ pub async fn respond(
         return None;
     }
     let mut responses = Vec::with_capacity(topics.len());
+    let mut node_endpoints = BTreeMap::new();
     for topic in topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for (index, outcome) in topic.partitions {
-            let response = match outcome {
+            let mut response = match outcome {
                 Err(error) => partition_error(index, error),
                 Ok((replica, info, epoch)) => {
                     let log = &replica.log;
@@ -236,6 +248,19 @@ pub async fn respond(
                     }
                 }
             };
+            if version >= LEADER_HINTS_VERSION
+                && response.error_code == ErrorCode::NotLeaderOrFollower.code()
+            {
+                let hint = state.leader_hint(&topic.name, index, listener);
+                response.current_leader = LeaderIdAndEpoch {
+                    leader_id: hint.leader_id,
+                    leader_epoch: hint.leader_epoch,
+                    ..Default::default()
+                };
+                if let Some(leader) = hint.endpoint {
+                    node_endpoints.insert(leader.id, leader);
+                }
+            }
             partitions.push(response);
         }
         responses.push(TopicProduceResponse {
@@ -255,6 +280,16 @@ pub async fn respond(
     }
     Some(ProduceResponse {
         responses,
+        node_endpoints: node_endpoints
+            .into_values()
+            .map(|b| NodeEndpoint {
+                node_id: b.id,
+                host: b.host,
+                port: i32::from(b.port),
+                rack: b.rack,
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     })
 }

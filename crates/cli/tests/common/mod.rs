@@ -22,8 +22,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_listening(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// As [`Server::start`], with `listen` for `--listen` (several listeners, or a
+    /// controller listener for a node of a cluster).
+    pub fn start_listening(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["server", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .stdout(Stdio::piped())

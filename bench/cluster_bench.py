@@ -8,8 +8,9 @@ min.insync.replicas=2, 1 KiB messages. Prints one line per figure.
 Figures: produce MB/s with acks=all; end-to-end latency percentiles at 10k msg/s with
 acks=all; time from kill -9 of a partition leader (not the active controller) until an
 acks=all write to that partition is acknowledged; time from SIGTERM of a leader (its
-leadership moved by controlled shutdown) until such a write is acknowledged. Every loop
-is bounded in count and time.
+leadership moved by controlled shutdown) until such a write is acknowledged; and, for a
+producer writing without pause through such a move, the longest gap between two
+acknowledgements. Every loop is bounded in count and time.
 """
 import argparse
 import os
@@ -129,6 +130,37 @@ def time_to_write(bootstrap, topic, act, moved_from=None, survivor=None, phases=
     return acked[0][1] - started
 
 
+def longest_gap(bootstrap, topic, act, before=1.0, after=3.0):
+    """Writes to partition 0 of `topic` without pause (idempotent, acks=all, at most 1000
+    unacknowledged), runs `act` after `before` seconds and carries on for `after` more:
+    returns the longest time between two acknowledgements from `act` on, in seconds."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 1,
+                         "enable.idempotence": True, "message.timeout.ms": 30000})
+    acks, errors = [], []
+
+    def report(err, _msg):
+        if err is None:
+            acks.append(time.time())
+        else:
+            errors.append(err)
+
+    sent = 0
+    started = time.time()
+    acted = None
+    while time.time() < started + before + after:
+        if acted is None and time.time() >= started + before:
+            acted = time.time()
+            act()
+        if sent - len(acks) - len(errors) < 1000:
+            producer.produce(topic, b"x" * 100, partition=0, on_delivery=report)
+            sent += 1
+        producer.poll(0.0005)
+    assert producer.flush(30) == 0
+    assert errors == [], errors[:3]
+    times = [acted] + [t for t in acks if t >= acted]
+    return max(b - a for a, b in zip(times, times[1:]))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=512)
@@ -150,12 +182,12 @@ def main():
         print(f"end-to-end latency at 10k msg/s, acks=all, RF=3: p50 {p50:.2f} ms, "
               f"p99 {p99:.2f} ms, p99.9 {p999:.2f} ms ({n} messages)")
 
-        kills, moves, moved = [], [], []
+        kills, moves, moved, gaps = [], [], [], []
         for round_ in range(args.rounds):
             controller = cluster.active_controller()
             victim = (controller + 1 + round_ % 2) % NODES
             others = [n for n in range(NODES) if n != victim]
-            for kind, times in [("kill", kills), ("move", moves)]:
+            for kind, times in [("kill", kills), ("move", moves), ("busy", gaps)]:
                 topic = f"{kind}-{round_}"
                 admin.create_topics([NewTopic(topic, num_partitions=1, replica_assignment=[
                     [victim] + others], config=rf3)])[topic].result(30)
@@ -165,6 +197,9 @@ def main():
                 if kind == "kill":
                     times.append(time_to_write(cluster.bootstrap, topic,
                                                lambda: os.kill(pid, signal.SIGKILL)))
+                elif kind == "busy":
+                    times.append(longest_gap(cluster.bootstrap, topic,
+                                             lambda: os.kill(pid, signal.SIGTERM)))
                 else:
                     times.append(time_to_write(cluster.bootstrap, topic,
                                                lambda: os.kill(pid, signal.SIGTERM),
@@ -184,6 +219,8 @@ def main():
         print(f"graceful leadership move (SIGTERM) to writable (ms, {args.rounds} rounds): "
               f"{fmt(moves)}; of which until a survivor's metadata showed the new leader: "
               f"{fmt(moved)}")
+        print(f"graceful leadership move (SIGTERM) under a busy idempotent producer, longest "
+              f"gap between acknowledgements (ms, {args.rounds} rounds): {fmt(gaps)}")
     finally:
         cluster.stop(restarted)
 

@@ -78,8 +78,12 @@ fn followed_from(state: &BrokerState, source: i32) -> Vec<Followed> {
         .collect()
 }
 
-/// Starts a fetcher for each broker this one follows partitions from and has none for.
+/// Starts a fetcher for each broker this one follows partitions from and has none for,
+/// and has the running ones look again at what they follow.
 pub fn ensure_fetchers(state: &Arc<BrokerState>) {
+    state
+        .followed_changed
+        .send_modify(|n| *n = n.wrapping_add(1));
     let leaders: std::collections::BTreeSet<i32> = state
         .replicas()
         .iter()
@@ -152,10 +156,16 @@ async fn run(weak: Weak<BrokerState>, source: i32) {
             .into_iter()
             .map(|f| (f.tp, f.epoch, f.fetch_offset, Arc::downgrade(&f.replica)))
             .collect();
+        let mut changes = state.followed_changed.subscribe();
         drop(state);
-        let answer = peers
-            .send(&host, port, RequestBody::Fetch(request), FETCH_VERSION)
-            .await;
+        // A partition that starts to be followed from this broker while the fetch waits
+        // (a leadership that moved here) would wait for the leader's long poll to end
+        // (`replica.fetch.wait.max.ms`), and with it every acks=all write to the new
+        // leader: the fetch is abandoned (its connection with it) and sent again.
+        let answer = tokio::select! {
+            answer = peers.send(&host, port, RequestBody::Fetch(request), FETCH_VERSION) => answer,
+            () = newly_followed(&weak, source, &asked, &paused, &mut changes) => continue,
+        };
         let response = match answer {
             Ok(ResponseBody::Fetch(response)) if response.error_code == 0 => response,
             Ok(ResponseBody::Fetch(response)) => {
@@ -213,6 +223,34 @@ async fn run(weak: Weak<BrokerState>, source: i32) {
                 }
             };
             paused.insert(tp, (Instant::now() + pause, epoch));
+        }
+    }
+}
+
+/// Returns once this broker follows from `source` a partition (or a leader epoch) that
+/// is neither in the fetch under way (`asked`) nor paused; never if the broker is gone.
+async fn newly_followed(
+    weak: &Weak<BrokerState>,
+    source: i32,
+    asked: &[(TopicPartition, i32, i64, Weak<Replica>)],
+    paused: &HashMap<TopicPartition, (Instant, i32)>,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+) {
+    loop {
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let Some(state) = weak.upgrade() else {
+            return std::future::pending().await;
+        };
+        let gained = followed_from(&state, source).iter().any(|f| {
+            !paused.contains_key(&f.tp)
+                && !asked
+                    .iter()
+                    .any(|(tp, epoch, _, _)| *tp == f.tp && *epoch == f.epoch)
+        });
+        if gained {
+            return;
         }
     }
 }

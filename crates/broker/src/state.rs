@@ -110,6 +110,9 @@ pub struct BrokerState {
     peers: Peers,
     /// The source brokers a replica fetcher runs for.
     pub fetchers: Mutex<BTreeSet<i32>>,
+    /// Bumped after each applied image: the partitions followed from a broker may have
+    /// changed, and its fetcher looks again (see `replica_fetcher`).
+    pub followed_changed: watch::Sender<u64>,
     /// `leader.replication.throttled.rate` and `follower.replication.throttled.rate`.
     pub leader_quota: Quota,
     pub follower_quota: Quota,
@@ -396,6 +399,7 @@ impl BrokerState {
             net,
             peers,
             fetchers: Mutex::new(BTreeSet::new()),
+            followed_changed: watch::channel(0).0,
             leader_quota: Quota::default(),
             follower_quota: Quota::default(),
             node,

@@ -1,6 +1,8 @@
-//! Two `spool server` processes as one cluster: a produce or fetch sent to the broker
-//! that does not lead the partition is answered NOT_LEADER_OR_FOLLOWER with the leader
-//! and its endpoint (KIP-951) from Produce v10 and Fetch v16, and without them before.
+//! `spool server` processes as one cluster, driven with spool-protocol's types: a
+//! produce or fetch sent to a broker that does not lead the partition is answered
+//! NOT_LEADER_OR_FOLLOWER with the leader and its endpoint (KIP-951) from Produce v10 and
+//! Fetch v16, and without them before; a leadership that moves to a broker its followers
+//! already fetch from takes acks=all writes at once, not after their parked fetches.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed expectation is a failed test
 
 mod common;
@@ -13,32 +15,48 @@ use spool_protocol::messages::*;
 use spool_protocol::{ErrorCode, Uuid};
 
 const TOPIC: &str = "hints";
+const MOVED: &str = "moved";
 
 fn free_port() -> u16 {
     let socket = TcpListener::bind("127.0.0.1:0").unwrap();
     socket.local_addr().unwrap().port()
 }
 
-/// Node `id` of a cluster whose voters are `voters`, with its controller on `port`.
-fn node(name: &str, id: i32, port: u16, voters: &str) -> Server {
-    let dir = temp_dir(&format!("{name}-{id}"));
-    let listen = format!("PLAINTEXT://127.0.0.1:0,CONTROLLER://127.0.0.1:{port}");
-    let settings = [
-        format!("node.id={id}"),
-        format!("controller.quorum.voters={voters}"),
-        "broker.heartbeat.interval.ms=200".to_string(),
-    ];
-    let mut extra = Vec::new();
-    for setting in &settings {
-        extra.extend(["--set", setting.as_str()]);
-    }
-    Server::start_listening(&dir, &listen, &extra)
+/// `count` nodes of one cluster, each a voter, with `settings` ("key=value") besides.
+/// A node reports its listener once the quorum has formed: all start at once.
+fn cluster(name: &str, count: usize, settings: &[&str]) -> Vec<Server> {
+    let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
+    let voters = (0..count)
+        .map(|i| format!("{i}@127.0.0.1:{}", ports[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let starting: Vec<_> = (0..count)
+        .map(|i| {
+            let dir = temp_dir(&format!("{name}-{i}"));
+            let listen = format!(
+                "PLAINTEXT://127.0.0.1:0,CONTROLLER://127.0.0.1:{}",
+                ports[i]
+            );
+            let mut settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+            settings.push(format!("node.id={i}"));
+            settings.push(format!("controller.quorum.voters={voters}"));
+            settings.push("broker.heartbeat.interval.ms=200".to_string());
+            std::thread::spawn(move || {
+                let mut extra = Vec::new();
+                for setting in &settings {
+                    extra.extend(["--set", setting.as_str()]);
+                }
+                Server::start_listening(&dir, &listen, &extra)
+            })
+        })
+        .collect();
+    starting.into_iter().map(|t| t.join().unwrap()).collect()
 }
 
-fn metadata(client: &mut Client) -> MetadataResponse {
+fn metadata(client: &mut Client, topic: &str) -> MetadataResponse {
     let request = MetadataRequest {
         topics: Some(vec![metadata_request::MetadataRequestTopic {
-            name: Some(TOPIC.into()),
+            name: Some(topic.into()),
             ..Default::default()
         }]),
         ..Default::default()
@@ -49,41 +67,51 @@ fn metadata(client: &mut Client) -> MetadataResponse {
     }
 }
 
-/// Waits until `client`'s broker describes the topic with partition 1 led by node 1:
-/// (topic ID, partition 1's leader epoch).
-fn wait_for_topic(client: &mut Client) -> (Uuid, i32) {
+/// Waits until `client`'s broker describes partition `index` of `topic` led by `leader`
+/// with the ISR `isr` (sorted): (topic ID, the partition's leader epoch).
+fn wait_for_leader(
+    client: &mut Client,
+    (topic, index): (&str, i32),
+    leader: i32,
+    isr: &[i32],
+) -> (Uuid, i32) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let response = metadata(client);
+        let response = metadata(client, topic);
         let described = response.topics.first().and_then(|t| {
-            let p = t.partitions.iter().find(|p| p.partition_index == 1)?;
-            (t.error_code == 0 && p.leader_id == 1).then_some((t.topic_id, p.leader_epoch))
+            let p = t.partitions.iter().find(|p| p.partition_index == index)?;
+            let mut in_sync = p.isr_nodes.clone();
+            in_sync.sort_unstable();
+            (t.error_code == 0 && p.leader_id == leader && in_sync == isr)
+                .then_some((t.topic_id, p.leader_epoch))
         });
         if let Some(described) = described {
             return described;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the topic did not show: {response:?}"
-        );
+        assert!(Instant::now() < deadline, "no such leader: {response:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-fn create_topic(client: &mut Client) {
+/// Creates `topic` with partition i on the brokers `assignment[i]`, once every broker it
+/// names has registered.
+fn create_topic(client: &mut Client, topic: &str, assignment: &[&[i32]]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let request = CreateTopicsRequest {
             topics: vec![create_topics_request::CreatableTopic {
-                name: TOPIC.into(),
+                name: topic.into(),
                 num_partitions: -1,
                 replication_factor: -1,
-                assignments: (0..2)
-                    .map(|i| create_topics_request::CreatableReplicaAssignment {
-                        partition_index: i,
-                        broker_ids: vec![i],
-                        ..Default::default()
-                    })
+                assignments: (0..)
+                    .zip(assignment)
+                    .map(
+                        |(i, brokers)| create_topics_request::CreatableReplicaAssignment {
+                            partition_index: i,
+                            broker_ids: brokers.to_vec(),
+                            ..Default::default()
+                        },
+                    )
                     .collect(),
                 ..Default::default()
             }],
@@ -95,7 +123,7 @@ fn create_topic(client: &mut Client) {
         else {
             panic!("not a CreateTopics response");
         };
-        // Until both brokers have registered, a replica on node 1 is refused.
+        // Until every broker named has registered, the assignment is refused.
         match response.topics[0].error_code {
             0 => return,
             code => assert!(
@@ -107,8 +135,9 @@ fn create_topic(client: &mut Client) {
     }
 }
 
-fn produce(client: &mut Client, version: i16) -> ProduceResponse {
-    let request = produce_request(TOPIC, 1, -1, batch(0, 3));
+/// Three records to partition `index` of `topic`, acks=all.
+fn produce(client: &mut Client, (topic, index): (&str, i32), version: i16) -> ProduceResponse {
+    let request = produce_request(topic, index, -1, batch(0, 3));
     match client.call(RequestBody::Produce(request), version) {
         ResponseBody::Produce(response) => response,
         other => panic!("{other:?}"),
@@ -144,26 +173,20 @@ fn fetch(client: &mut Client, topic_id: Uuid, version: i16) -> FetchResponse {
 
 #[test]
 fn a_broker_that_does_not_lead_a_partition_points_clients_to_its_leader() {
-    let ports = [free_port(), free_port()];
-    let voters = format!("0@127.0.0.1:{},1@127.0.0.1:{}", ports[0], ports[1]);
-    // A node reports its listener once the quorum has formed: start both at once.
-    let starting: Vec<_> = (0..2)
-        .map(|i| {
-            let voters = voters.clone();
-            std::thread::spawn(move || node("hints", i, ports[i as usize], &voters))
-        })
-        .collect();
-    let nodes: Vec<Server> = starting.into_iter().map(|t| t.join().unwrap()).collect();
+    let nodes = cluster("hints", 2, &[]);
     let mut to_0 = nodes[0].connect();
     let mut to_1 = nodes[1].connect();
-    create_topic(&mut to_0);
-    let (topic_id, epoch) = wait_for_topic(&mut to_0);
-    assert_eq!(wait_for_topic(&mut to_1), (topic_id, epoch));
+    create_topic(&mut to_0, TOPIC, &[&[0], &[1]]);
+    let (topic_id, epoch) = wait_for_leader(&mut to_0, (TOPIC, 1), 1, &[1]);
+    assert_eq!(
+        wait_for_leader(&mut to_1, (TOPIC, 1), 1, &[1]),
+        (topic_id, epoch)
+    );
     let (host, port) = nodes[1].address.rsplit_once(':').unwrap();
     let leader_endpoint = (1, host.to_string(), port.parse::<i32>().unwrap(), None);
 
     // Produce v10+: the partition's answer names the leader, the response its endpoint.
-    let response = produce(&mut to_0, 11);
+    let response = produce(&mut to_0, (TOPIC, 1), 11);
     let answer = &response.responses[0].partition_responses[0];
     assert_eq!(answer.error_code, ErrorCode::NotLeaderOrFollower.code());
     assert_eq!(
@@ -180,12 +203,12 @@ fn a_broker_that_does_not_lead_a_partition_points_clients_to_its_leader() {
         .collect();
     assert_eq!(endpoints, std::slice::from_ref(&leader_endpoint));
     // Before v10 there is nowhere to say it.
-    let response = produce(&mut to_0, 9);
+    let response = produce(&mut to_0, (TOPIC, 1), 9);
     let answer = &response.responses[0].partition_responses[0];
     assert_eq!(answer.error_code, ErrorCode::NotLeaderOrFollower.code());
     assert_eq!(answer.current_leader.leader_id, -1);
     // The leader itself takes the write and adds nothing.
-    let response = produce(&mut to_1, 11);
+    let response = produce(&mut to_1, (TOPIC, 1), 11);
     let answer = &response.responses[0].partition_responses[0];
     assert_eq!((answer.error_code, answer.base_offset), (0, 0));
     assert_eq!(answer.current_leader.leader_id, -1);
@@ -218,4 +241,33 @@ fn a_broker_that_does_not_lead_a_partition_points_clients_to_its_leader() {
     let answer = &response.responses[0].partitions[0];
     assert_eq!((answer.error_code, answer.high_watermark), (0, 3));
     assert!(response.node_endpoints.is_empty());
+}
+
+#[test]
+fn a_leadership_moved_to_a_broker_its_followers_fetch_from_takes_writes_at_once() {
+    // Followers' fetches wait up to 20 s for data: a follower that kept waiting on the
+    // fetch it had under way before the move would hold every acks=all write that long.
+    let mut nodes = cluster("moved", 3, &["replica.fetch.wait.max.ms=20000"]);
+    let mut to_0 = nodes[0].connect();
+    // Node 1 fetches "hints" from node 0, where its fetch waits; "moved" is led by node 2.
+    create_topic(&mut to_0, TOPIC, &[&[0, 1]]);
+    create_topic(&mut to_0, MOVED, &[&[2, 0, 1]]);
+    wait_for_leader(&mut to_0, (TOPIC, 0), 0, &[0, 1]);
+    wait_for_leader(&mut to_0, (MOVED, 0), 2, &[0, 1, 2]);
+    // Node 2 killed: once its session ends, the leadership of "moved" goes to node 0, and
+    // node 1 follows it from there. (Not a controlled shutdown: the followers' fetches
+    // parked on node 2 would hold it longer than its close allows.)
+    drop(nodes.pop());
+    wait_for_leader(&mut to_0, (MOVED, 0), 0, &[0, 1]);
+    let mut request = produce_request(MOVED, 0, -1, batch(0, 3));
+    request.timeout_ms = 5_000;
+    let ResponseBody::Produce(response) = to_0.call(RequestBody::Produce(request), 9) else {
+        panic!("not a Produce response");
+    };
+    let answer = &response.responses[0].partition_responses[0];
+    assert_eq!(
+        (ErrorCode::from_wire(answer.error_code), answer.base_offset),
+        (ErrorCode::None, 0),
+        "the write waited for node 1's parked fetch"
+    );
 }

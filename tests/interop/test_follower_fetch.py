@@ -9,7 +9,7 @@ import shutil
 import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from test_cluster import wait_for
 from test_replication import kill_all, start_nodes
@@ -19,7 +19,8 @@ RACK_AWARE = "org.apache.kafka.common.replica.RackAwareReplicaSelector"
 
 
 def rack_settings(node_id):
-    return [f"broker.rack=rack-{node_id}", f"replica.selector.class={RACK_AWARE}"]
+    return [f"broker.rack=rack-{node_id}", f"replica.selector.class={RACK_AWARE}",
+            "replica.socket.timeout.ms=20000"]
 
 
 def leader_and_isr(admin):
@@ -99,6 +100,10 @@ def test_a_consumer_reads_from_the_follower_in_its_rack():
     root, nodes, bootstrap = start_nodes("spool-interop-racks-", 3, rack_settings)
     try:
         admin = AdminClient({"bootstrap.servers": bootstrap})
+        described = admin.describe_configs([ConfigResource(ResourceType.BROKER, "1")])
+        configs = list(described.values())[0].result(30)
+        assert configs["replica.selector.class"].value == RACK_AWARE
+        assert configs["replica.socket.timeout.ms"].value == "20000"
         admin.create_topics([NewTopic(TOPIC, 1, 3)])[TOPIC].result(timeout=30)
         wait_for("a full ISR", lambda: len(leader_and_isr(admin)[1]) == 3)
         leader, _ = leader_and_isr(admin)

@@ -145,6 +145,10 @@ pub struct ReplicationConfig {
     pub fetch_response_max_bytes: i32,
     /// `replica.fetch.backoff.ms`: the pause after a failed fetch.
     pub fetch_backoff_ms: u64,
+    /// `replica.socket.timeout.ms`: how long a follower waits for the answer to a fetch
+    /// (its long poll included) before it gives up on the connection; at least
+    /// `replica.fetch.wait.max.ms`.
+    pub socket_timeout_ms: u64,
     /// `offsets.topic.replication.factor`, capped at the brokers registered when the topic
     /// is created (so that one broker alone serves groups).
     pub offsets_topic_replication_factor: i16,
@@ -188,6 +192,7 @@ impl Default for ReplicationConfig {
             fetch_max_bytes: 1024 * 1024,
             fetch_response_max_bytes: 10 * 1024 * 1024,
             fetch_backoff_ms: 1000,
+            socket_timeout_ms: 30_000,
             offsets_topic_replication_factor: 3,
             transaction_state_log_replication_factor: 3,
             selector: ReplicaSelector::Leader,
@@ -351,6 +356,10 @@ impl BrokerConfig {
                 replication.fetch_backoff_ms.to_string(),
             ),
             (
+                "replica.socket.timeout.ms",
+                replication.socket_timeout_ms.to_string(),
+            ),
+            (
                 "replica.selector.class",
                 replication.selector.class_name().to_string(),
             ),
@@ -501,6 +510,18 @@ impl BrokerConfig {
     /// version serves (PLAINTEXT), no two listeners share a port, and every advertised
     /// listener is a listener.
     pub fn check(&self) -> Result<(), ConfigError> {
+        let replication = &self.replication;
+        if u64::try_from(replication.fetch_wait_max_ms).unwrap_or(0) > replication.socket_timeout_ms
+        {
+            return Err(invalid(
+                "replica.socket.timeout.ms",
+                &replication.socket_timeout_ms.to_string(),
+                format!(
+                    "must be at least replica.fetch.wait.max.ms ({})",
+                    replication.fetch_wait_max_ms
+                ),
+            ));
+        }
         for (i, listener) in self.listeners.iter().enumerate() {
             let Some(protocol) = self.listener_security_protocol_map.get(&listener.name) else {
                 return Err(invalid(
@@ -874,6 +895,9 @@ impl BrokerConfig {
                 self.replication.fetch_response_max_bytes = positive(key, value)?
             }
             "replica.fetch.backoff.ms" => self.replication.fetch_backoff_ms = parse(key, value)?,
+            "replica.socket.timeout.ms" => {
+                self.replication.socket_timeout_ms = u64::from(positive(key, value)?.unsigned_abs())
+            }
             "replica.selector.class" => {
                 self.replication.selector = match value.trim() {
                     "" | ReplicaSelector::LEADER_CLASS => ReplicaSelector::Leader,
@@ -1166,6 +1190,23 @@ mod tests {
         ));
         assert!(matches!(
             config.set("replica.selector.class", "com.example.NearestSelector"),
+            Err(ConfigError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn the_replica_socket_timeout_covers_the_fetch_wait() {
+        let mut config = BrokerConfig::default();
+        assert_eq!(config.replication.socket_timeout_ms, 30_000);
+        config.set("replica.socket.timeout.ms", "400").unwrap();
+        assert!(matches!(
+            config.check(),
+            Err(ConfigError::Invalid { ref key, .. }) if key == "replica.socket.timeout.ms"
+        ));
+        config.set("replica.fetch.wait.max.ms", "400").unwrap();
+        assert_eq!(config.check(), Ok(()));
+        assert!(matches!(
+            config.set("replica.socket.timeout.ms", "0"),
             Err(ConfigError::Invalid { .. })
         ));
     }

@@ -33,8 +33,6 @@ use crate::throttle;
 const FETCH_VERSION: i16 = 12;
 /// The AlterPartition version leaders send (ISR members with their broker epochs).
 const ALTER_PARTITION_VERSION: i16 = 3;
-/// How long a fetch waits for its answer beyond the leader's own wait.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// The shortest pause after a failure, whatever `replica.fetch.backoff.ms` says.
 const MIN_BACKOFF_MS: u64 = 10;
 /// The pause when every partition left to fetch is throttled and over the rate.
@@ -146,7 +144,7 @@ async fn run(weak: Weak<BrokerState>, source: i32) {
         let peers = peers.get_or_insert_with(|| {
             Peers::new(
                 format!("spool-replica-fetcher-{}", state.config.node_id),
-                FETCH_TIMEOUT,
+                Duration::from_millis(config.socket_timeout_ms),
                 Arc::clone(&state.net),
             )
         });

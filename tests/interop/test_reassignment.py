@@ -83,6 +83,17 @@ def replicas(admin):
     return p.replicas, p.leader, sorted(p.isrs)
 
 
+def create_led_by_0(bootstrap):
+    """Creates the topic, one partition on brokers 0, 1 and 2 (led by 0) with
+    min.insync.replicas=2, and waits for its full ISR; returns the admin client."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = NewTopic(TOPIC, num_partitions=1, replica_assignment=[[0, 1, 2]],
+                     config={"min.insync.replicas": "2"})
+    admin.create_topics([topic])[TOPIC].result(30)
+    wait_for("the partition's ISR", lambda: replicas(admin) == ([0, 1, 2], 0, [0, 1, 2]))
+    return admin
+
+
 def read_partition(bootstrap):
     """Every record of partition 0 from the start: {key: [offset, …]}."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "verify-moves",
@@ -107,11 +118,7 @@ def test_a_partition_moves_to_other_brokers_under_load_without_loss():
     root, nodes, bootstrap = start_nodes("spool-interop-moves-", 4)
     writer = None
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        topic = NewTopic(TOPIC, num_partitions=1, replica_assignment=[[0, 1, 2]],
-                         config={"min.insync.replicas": "2"})
-        admin.create_topics([topic])[TOPIC].result(30)
-        wait_for("the partition's ISR", lambda: replicas(admin) == ([0, 1, 2], 0, [0, 1, 2]))
+        admin = create_led_by_0(bootstrap)
         tp = TopicPartition(TOPIC, 0)
 
         # A move to a broker that is down (registered, fenced) cannot complete: it is
@@ -235,11 +242,7 @@ def test_a_broker_that_lost_the_leadership_points_clients_to_the_new_leader():
     root, nodes, bootstrap = start_nodes("spool-interop-hints-", 3)
     writer = follower = None
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        topic = NewTopic(TOPIC, num_partitions=1, replica_assignment=[[0, 1, 2]],
-                         config={"min.insync.replicas": "2"})
-        admin.create_topics([topic])[TOPIC].result(30)
-        wait_for("the partition's ISR", lambda: replicas(admin) == ([0, 1, 2], 0, [0, 1, 2]))
+        admin = create_led_by_0(bootstrap)
         produced, consumed = Lines("hints-producer"), Lines("hints-consumer")
         writer = Writer(bootstrap, debug="metadata", logger=produced.logger)
         follower = Follower(bootstrap, debug="metadata", logger=consumed.logger)

@@ -134,12 +134,48 @@ pub struct LiveBroker {
     pub rack: Option<String>,
 }
 
-/// A partition's leader as a NOT_LEADER_OR_FOLLOWER answer points clients to it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LeaderHint {
-    pub leader_id: i32,
-    pub leader_epoch: i32,
-    pub endpoint: Option<LiveBroker>,
+/// The leaders one response's NOT_LEADER_OR_FOLLOWER answers point clients to (KIP-951),
+/// and how clients reach them through the request's listener.
+pub struct LeaderHints<'a> {
+    state: &'a BrokerState,
+    listener: &'a str,
+    endpoints: BTreeMap<i32, LiveBroker>,
+}
+
+impl<'a> LeaderHints<'a> {
+    pub fn new(state: &'a BrokerState, listener: &'a str) -> LeaderHints<'a> {
+        LeaderHints {
+            state,
+            listener,
+            endpoints: BTreeMap::new(),
+        }
+    }
+
+    /// The leader of partition `index` of `topic` and its epoch in this broker's image
+    /// (-1 and -1 when the partition is unknown). The leader's endpoint joins the
+    /// response's when it is live on the listener.
+    pub fn leader_of(&mut self, topic: &str, index: i32) -> (i32, i32) {
+        self.state.with_image(|image| {
+            let Some(partition) = image
+                .topic(topic)
+                .and_then(|t| t.partitions.iter().find(|p| p.index == index))
+            else {
+                return (NO_LEADER, -1);
+            };
+            let endpoint = image
+                .broker(partition.leader)
+                .and_then(|b| live_broker(b, self.listener));
+            if let Some(leader) = endpoint {
+                self.endpoints.insert(leader.id, leader);
+            }
+            (partition.leader, partition.leader_epoch)
+        })
+    }
+
+    /// The endpoints of the leaders named, by ID.
+    pub fn endpoints(self) -> impl Iterator<Item = LiveBroker> {
+        self.endpoints.into_values()
+    }
 }
 
 /// Broker `b` as clients reach it through listener `name`; `None` when it is fenced or has
@@ -544,32 +580,6 @@ impl BrokerState {
                 .brokers()
                 .filter_map(|b| live_broker(b, name))
                 .collect()
-        })
-    }
-
-    /// Where the leader of partition `index` of `topic` is, for a client that wrote to or
-    /// read from the wrong broker (KIP-951): its ID and epoch in this broker's image (-1
-    /// and -1 when the partition is unknown), and how to reach it through listener `name`
-    /// when it is live there.
-    pub fn leader_hint(&self, topic: &str, index: i32, name: &str) -> LeaderHint {
-        self.with_image(|image| {
-            let Some(partition) = image
-                .topic(topic)
-                .and_then(|t| t.partitions.iter().find(|p| p.index == index))
-            else {
-                return LeaderHint {
-                    leader_id: NO_LEADER,
-                    leader_epoch: -1,
-                    endpoint: None,
-                };
-            };
-            LeaderHint {
-                leader_id: partition.leader,
-                leader_epoch: partition.leader_epoch,
-                endpoint: image
-                    .broker(partition.leader)
-                    .and_then(|b| live_broker(b, name)),
-            }
         })
     }
 

@@ -11,7 +11,6 @@
 //! whose last fetched epoch ends earlier here than its fetch offset gets the diverging
 //! epoch instead of records, and truncates.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +28,7 @@ use crate::config::ReplicaSelector;
 use crate::fetch_session::{Context, INVALID_SESSION_ID, Outcome, PartitionKey, Reported, Wanted};
 use crate::read_replica;
 use crate::replica::{Replica, diverging_epoch};
-use crate::state::{BrokerState, lock, now_ms};
+use crate::state::{BrokerState, LeaderHints, lock, now_ms};
 use crate::throttle;
 
 const READ_COMMITTED: i8 = 1;
@@ -415,7 +414,7 @@ fn put_leader_hints(
     listener: &str,
     answered: &mut [(PartitionKey, PartitionData)],
 ) -> Vec<NodeEndpoint> {
-    let mut endpoints = BTreeMap::new();
+    let mut hints = LeaderHints::new(state, listener);
     for (key, data) in answered.iter_mut() {
         let misdirected = [ErrorCode::NotLeaderOrFollower, ErrorCode::FencedLeaderEpoch]
             .iter()
@@ -429,18 +428,15 @@ fn put_leader_hints(
             Some(key.topic.clone())
         };
         let Some(name) = name else { continue };
-        let hint = state.leader_hint(&name, key.partition, listener);
+        let (leader_id, leader_epoch) = hints.leader_of(&name, key.partition);
         data.current_leader = LeaderIdAndEpoch {
-            leader_id: hint.leader_id,
-            leader_epoch: hint.leader_epoch,
+            leader_id,
+            leader_epoch,
             ..Default::default()
         };
-        if let Some(leader) = hint.endpoint {
-            endpoints.insert(leader.id, leader);
-        }
     }
-    endpoints
-        .into_values()
+    hints
+        .endpoints()
         .map(|b| NodeEndpoint {
             node_id: b.id,
             host: b.host,

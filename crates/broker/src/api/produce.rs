@@ -15,7 +15,6 @@
 //! [`respond`] waits for durability through the broker's flusher and builds the answer,
 //! concurrently with later requests, so acks=all producers that pipeline share fsyncs.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +28,7 @@ use spool_protocol::{ErrorCode, Uuid};
 
 use crate::group::OFFSETS_TOPIC;
 use crate::replica::Replica;
-use crate::state::{BrokerState, now_ms};
+use crate::state::{BrokerState, LeaderHints, now_ms};
 use crate::txn::TXN_TOPIC;
 use crate::txn::runtime::join_or_verify;
 use crate::txn::shard::Producer;
@@ -218,7 +217,7 @@ pub async fn respond(
         return None;
     }
     let mut responses = Vec::with_capacity(topics.len());
-    let mut node_endpoints = BTreeMap::new();
+    let mut hints = LeaderHints::new(state, listener);
     for topic in topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for (index, outcome) in topic.partitions {
@@ -251,15 +250,12 @@ pub async fn respond(
             if version >= LEADER_HINTS_VERSION
                 && response.error_code == ErrorCode::NotLeaderOrFollower.code()
             {
-                let hint = state.leader_hint(&topic.name, index, listener);
+                let (leader_id, leader_epoch) = hints.leader_of(&topic.name, index);
                 response.current_leader = LeaderIdAndEpoch {
-                    leader_id: hint.leader_id,
-                    leader_epoch: hint.leader_epoch,
+                    leader_id,
+                    leader_epoch,
                     ..Default::default()
                 };
-                if let Some(leader) = hint.endpoint {
-                    node_endpoints.insert(leader.id, leader);
-                }
             }
             partitions.push(response);
         }
@@ -280,8 +276,8 @@ pub async fn respond(
     }
     Some(ProduceResponse {
         responses,
-        node_endpoints: node_endpoints
-            .into_values()
+        node_endpoints: hints
+            .endpoints()
             .map(|b| NodeEndpoint {
                 node_id: b.id,
                 host: b.host,

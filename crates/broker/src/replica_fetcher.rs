@@ -438,7 +438,7 @@ pub fn send_isr_change(
     change: IsrChange,
 ) {
     let Some(topic_id) = state.with_image(|image| image.topic(topic).map(|t| t.id)) else {
-        replica.isr_change_failed(&change, now_ms());
+        replica.isr_change_failed(&change, state.clock_ms());
         return;
     };
     let new_isr_with_epochs = state.with_image(|image| {
@@ -471,6 +471,7 @@ pub fn send_isr_change(
     let controller = state.node.controller.clone();
     let replica = Arc::clone(replica);
     let topic = topic.to_string();
+    let clock = Arc::downgrade(state);
     tokio::spawn(async move {
         let response = controller
             .alter_partition(request, ALTER_PARTITION_VERSION)
@@ -489,7 +490,9 @@ pub fn send_isr_change(
             tracing::info!(%topic, partition, isr = ?change.isr, "ISR changed");
         } else {
             tracing::info!(%topic, partition, isr = ?change.isr, ?error, "ISR change refused");
-            replica.isr_change_failed(&change, now_ms());
+            if let Some(state) = clock.upgrade() {
+                replica.isr_change_failed(&change, state.clock_ms());
+            }
         }
     });
 }
@@ -504,7 +507,7 @@ pub async fn run_isr_checks(state: Weak<BrokerState>, lag_max_ms: i64) {
         let Some(state) = state.upgrade() else {
             return;
         };
-        let now = now_ms();
+        let now = state.clock_ms();
         for (tp, replica) in state.replicas() {
             if let Some(change) = replica.shrink_lagging(now, lag_max_ms) {
                 send_isr_change(&state, &tp.topic, tp.partition, &replica, change);

@@ -113,6 +113,8 @@ pub struct BrokerState {
     /// Bumped after each applied image: the partitions followed from a broker may have
     /// changed, and its fetcher looks again (see `replica_fetcher`).
     pub followed_changed: watch::Sender<u64>,
+    /// When this broker started, on tokio's monotonic clock: the origin of [`Self::clock_ms`].
+    started: tokio::time::Instant,
     /// `leader.replication.throttled.rate` and `follower.replication.throttled.rate`.
     pub leader_quota: Quota,
     pub follower_quota: Quota,
@@ -436,6 +438,7 @@ impl BrokerState {
             peers,
             fetchers: Mutex::new(BTreeSet::new()),
             followed_changed: watch::channel(0).0,
+            started: tokio::time::Instant::now(),
             leader_quota: Quota::default(),
             follower_quota: Quota::default(),
             node,
@@ -464,6 +467,13 @@ impl BrokerState {
         ));
         state.producer_ids_wanted.notify_one();
         Ok(state)
+    }
+
+    /// Milliseconds since this broker started, on a monotonic clock: what times the
+    /// replication (how long a follower lags, when a refused ISR change is asked again).
+    /// Unlike [`now_ms`] it never jumps with the wall clock, and a simulation's time drives it.
+    pub fn clock_ms(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
     }
 
     /// The metadata offset of the image this broker serves.
@@ -552,7 +562,7 @@ impl BrokerState {
                         }
                     }
                 };
-                if let Err(e) = replica.apply(p, now) {
+                if let Err(e) = replica.apply(p, self.clock_ms()) {
                     tracing::error!(topic = %topic.name, partition = p.index, error = %e, "the replica could not take its part");
                     failed = Some(e.into());
                 }

@@ -230,7 +230,7 @@ fn closer_replica(
     if selector == ReplicaSelector::Leader || client_rack.is_empty() {
         return None;
     }
-    let candidates = replica.read_candidates(wanted.fetch_offset, now_ms())?;
+    let candidates = replica.read_candidates(wanted.fetch_offset, state.clock_ms())?;
     state.with_image(|image| {
         read_replica::select(
             selector,
@@ -591,7 +591,7 @@ fn read_for_follower(
         )
     });
     if record && diverging.is_none() && offset <= end {
-        match replica.follower_fetched(follower, offset, log_start, now_ms()) {
+        match replica.follower_fetched(follower, offset, log_start, state.clock_ms()) {
             Ok(note) => {
                 let name = name.unwrap_or_default();
                 if note.high_watermark_moved {

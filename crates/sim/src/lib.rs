@@ -1,15 +1,21 @@
 //! A deterministic simulation of a Spool cluster.
 //!
-//! Three nodes (each a metadata voter, controller and broker, the real code) run as turmoil
-//! hosts over a simulated network and in-memory disks; a client host produces with
-//! acks=all to a partition replicated three times with `min.insync.replicas=2`. A
-//! seeded schedule of faults plays against them: crashes that lose every byte not yet
-//! fsynced (now and then of a second node while one is down, a majority lost), restarts,
-//! network partitions that cut one node off, message delay, and lost messages (as TCP
-//! shows them: connections that fail, see [`net::Breaks`]). After
-//! every step of the simulation the invariants of replication are checked on the nodes'
-//! state ([`invariants`]). The same seed gives the same schedule of faults.
+//! Three nodes (each a metadata voter, controller and broker, the real code, each in its
+//! own rack) run as turmoil hosts over a simulated network and in-memory disks. Client
+//! hosts drive them: an idempotent producer writes with acks=all to every partition of a
+//! topic replicated three times with `min.insync.replicas=2`; a consumer in one of the
+//! racks reads every partition, from a follower in its rack when the leader says so
+//! (KIP-392); an operator moves partitions between replica sets (AlterPartition-
+//! Reassignments). A seeded schedule of faults plays against them: crashes that lose
+//! every byte not yet fsynced (now and then of a second node while one is down, a
+//! majority lost), restarts, network partitions that cut one node off, message delay,
+//! and lost messages (as TCP shows them: connections that fail, see [`net::Breaks`]).
+//! After every step of the simulation the invariants of replication are checked on the
+//! nodes' state and the clients' view ([`invariants`]). The same seed gives the same
+//! schedule of faults and reassignments.
 
+mod admin;
+mod consumer;
 pub mod disk;
 pub mod invariants;
 pub mod net;
@@ -26,29 +32,37 @@ use spool_broker::state::{BrokerState, Io};
 use spool_log::{LogConfig, PartitionLog};
 use tokio::sync::watch;
 
+use crate::admin::Events;
+use crate::consumer::Consumed;
 use crate::disk::Disk;
-use crate::invariants::Checker;
+use crate::invariants::{Checker, Clients};
 use crate::net::{Breaks, SimListener, SimNet};
+use crate::producer::{Acked, Run, Violations};
 
-/// The topic the client produces to (one partition).
+/// The topic the clients write and read.
 pub const TOPIC: &str = "sim";
 const KAFKA_PORT: u16 = 9092;
 const CONTROLLER_PORT: u16 = 9093;
+/// The client hosts: a cut-off node may be cut off from each of them too.
+const CLIENTS: [&str; 3] = ["producer", "consumer", "operator"];
 /// Simulated time per step: the invariants are checked after each.
 const TICK: Duration = Duration::from_millis(5);
 /// The client stops this long before the run ends, so that the last writes settle.
 const CLIENT_STOPS_BEFORE_END: Duration = Duration::from_secs(2);
 /// Once the faults stop, the cluster must acknowledge a write within this.
 const RECOVERY: Duration = Duration::from_secs(10);
-/// Where a node keeps the partition's log.
-const PARTITION_DIR: &str = "/data/sim-0";
+/// Where a node keeps a partition's log.
+fn partition_dir(partition: i32) -> String {
+    format!("/data/{TOPIC}-{partition}")
+}
 
 /// What one run simulates.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub seed: u64,
     pub nodes: usize,
-    /// How many records the client produces (one per request, acks=all).
+    pub partitions: i32,
+    /// How many records the producer writes to each partition (one per request).
     pub records: usize,
     /// Simulated time with faults, then time for the cluster to settle with none.
     pub faulty: Duration,
@@ -65,7 +79,8 @@ impl Settings {
         Settings {
             seed,
             nodes: 3,
-            records: 150,
+            partitions: 3,
+            records: 60,
             faulty: Duration::from_secs(20),
             settle: Duration::from_secs(20),
             faults: true,
@@ -82,6 +97,12 @@ pub struct Report {
     /// Crashes while another node was down.
     pub majority_losses: usize,
     pub partitions: usize,
+    pub reassignments: usize,
+    /// Batches the consumer read, and of those, read from a follower.
+    pub consumed: usize,
+    pub read_from_followers: usize,
+    /// Sequence errors answered by a node no longer the partition's leader.
+    pub stale_answers: usize,
     pub broken_connections: u64,
     pub steps: u64,
     /// The faults, when they happened.
@@ -115,7 +136,11 @@ fn host(i: usize) -> String {
     format!("n{i}")
 }
 
-fn node_config(id: usize, nodes: usize) -> Result<BrokerConfig, String> {
+fn rack(i: usize) -> String {
+    format!("rack-{i}")
+}
+
+fn node_config(id: usize, nodes: usize, partitions: i32) -> Result<BrokerConfig, String> {
     let voters: Vec<String> = (0..nodes)
         .map(|i| format!("{i}@{}:{CONTROLLER_PORT}", host(i)))
         .collect();
@@ -134,7 +159,12 @@ fn node_config(id: usize, nodes: usize) -> Result<BrokerConfig, String> {
         ("controller.quorum.voters", voters.join(",")),
         ("default.replication.factor", nodes.min(3).to_string()),
         ("min.insync.replicas", "2".to_string()),
-        ("num.partitions", "1".to_string()),
+        ("num.partitions", partitions.to_string()),
+        ("broker.rack", rack(id)),
+        (
+            "replica.selector.class",
+            "org.apache.kafka.common.replica.RackAwareReplicaSelector".to_string(),
+        ),
         ("offsets.topic.replication.factor", nodes.min(3).to_string()),
     ];
     for (key, value) in settings {
@@ -151,7 +181,7 @@ pub type Registry = Rc<RefCell<Vec<Option<Weak<BrokerState>>>>>;
 
 /// Runs one simulation. `Err` names the first invariant broken (with the seed).
 pub fn run(settings: &Settings) -> Result<Report, String> {
-    let events: RefCell<Vec<String>> = RefCell::new(Vec::new());
+    let events: Events = Rc::default();
     let fail = |what: String| {
         format!(
             "seed {}: {what}\nfaults:\n  {}",
@@ -180,7 +210,7 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
     let disks: Vec<Disk> = (0..settings.nodes).map(|_| Disk::default()).collect();
     let registry: Registry = Rc::new(RefCell::new(vec![None; settings.nodes]));
     for (i, disk) in disks.iter().enumerate() {
-        let config = node_config(i, settings.nodes).map_err(&fail)?;
+        let config = node_config(i, settings.nodes, settings.partitions).map_err(&fail)?;
         let disk = disk.clone();
         let registry = Rc::clone(&registry);
         let breaks = breaks.clone();
@@ -213,20 +243,54 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
             }
         });
     }
-    let acked = producer::Acked::default();
+    let acked = Acked::default();
+    let consumed = Consumed::default();
+    let violations = Violations::default();
     let end = settings.faulty + settings.settle;
-    sim.client(
-        "client",
-        producer::produce(
-            settings.nodes,
+    let clients_run = Run {
+        nodes: settings.nodes,
+        partitions: settings.partitions,
+        give_up_after: end.saturating_sub(CLIENT_STOPS_BEFORE_END),
+        started: tokio::time::Instant::now(),
+        violations: violations.clone(),
+    };
+    {
+        let (run, records, acked, breaks) = (
+            clients_run.clone(),
             settings.records,
             acked.clone(),
             breaks.clone(),
-            end.saturating_sub(CLIENT_STOPS_BEFORE_END),
-        ),
-    );
+        );
+        sim.client("producer", async move {
+            producer::produce(run.start(), records, acked, breaks).await
+        });
+    }
+    {
+        let rack = rack(rng.below(settings.nodes as u64) as usize);
+        let (run, consumed, breaks) = (clients_run.clone(), consumed.clone(), breaks.clone());
+        sim.client("consumer", async move {
+            consumer::consume(run.start(), rack, consumed, breaks).await
+        });
+    }
+    if settings.faults {
+        let (run, seed, until, events, breaks) = (
+            clients_run.clone(),
+            settings.seed,
+            settings.faulty,
+            Rc::clone(&events),
+            breaks.clone(),
+        );
+        sim.client("operator", async move {
+            admin::reassign(run.start(), seed, until, events, breaks).await
+        });
+    }
+    let clients = Clients {
+        acked: &acked,
+        consumed: &consumed,
+        violations: &violations,
+    };
 
-    let mut checker = Checker::new(settings.nodes);
+    let mut checker = Checker::new(settings.nodes, settings.partitions);
     let mut report = Report::default();
     let mut down: Vec<Option<Duration>> = vec![None; settings.nodes];
     let mut cut: Option<(usize, Duration)> = None;
@@ -252,7 +316,9 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
             for j in (0..settings.nodes).filter(|&j| j != i) {
                 sim.release(host(i), host(j));
             }
-            sim.release(host(i), "client");
+            for client in CLIENTS {
+                sim.release(host(i), client);
+            }
             cut = None;
             events
                 .borrow_mut()
@@ -274,19 +340,22 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
                         break i;
                     }
                 };
-                let before = invariants::committed(&registry).map_err(&fail)?;
+                let before =
+                    invariants::committed(&registry, settings.partitions).map_err(&fail)?;
                 registry.borrow_mut()[i] = None;
                 sim.crash(host(i));
                 disks[i].power_cut();
-                let survived = PartitionLog::open(
-                    disks[i].incarnation(),
-                    Path::new(PARTITION_DIR),
-                    LogConfig::default(),
-                    0,
-                );
-                if let Ok((survived, _)) = survived {
-                    invariants::check_survivor(i, before.as_ref(), &survived).map_err(&fail)?;
-                }
+                let survived = |partition: i32| {
+                    let storage = disks[i].incarnation();
+                    let dir = partition_dir(partition);
+                    if !storage.exists(Path::new(&dir)) {
+                        return None;
+                    }
+                    PartitionLog::open(storage, Path::new(&dir), LogConfig::default(), 0)
+                        .ok()
+                        .map(|(log, _)| log)
+                };
+                invariants::check_survivor(i, &before, survived).map_err(&fail)?;
                 checker.restarted(i);
                 down[i] = Some(now + Duration::from_millis(200 + rng.below(4000)));
                 events.borrow_mut().push(format!(
@@ -302,8 +371,10 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
                 for j in (0..settings.nodes).filter(|&j| j != i) {
                     sim.hold(host(i), host(j));
                 }
-                if rng.one_in(2) {
-                    sim.hold(host(i), "client");
+                for client in CLIENTS {
+                    if rng.one_in(2) {
+                        sim.hold(host(i), client);
+                    }
                 }
                 cut = Some((i, now + Duration::from_millis(500 + rng.below(5000))));
                 events
@@ -315,7 +386,7 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
         checker
             .step(
                 &registry,
-                &acked,
+                &clients,
                 report.steps.is_multiple_of(invariants::DEEP_EVERY),
             )
             .map_err(&fail)?;
@@ -323,26 +394,37 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
             break;
         }
     }
-    checker.finish(&registry, &acked).map_err(&fail)?;
-    // Liveness: once the faults stop, the cluster takes writes again within a bound.
-    if settings.faults && acked.len() < settings.records {
-        let resumed = acked
-            .all()
+    checker.finish(&registry, &clients).map_err(&fail)?;
+    // Liveness: once the faults stop, every partition takes writes again within a bound.
+    for partition in (0..settings.partitions).filter(|_| settings.faults) {
+        let acks = acked.of(partition);
+        if acks.len() >= settings.records {
+            continue;
+        }
+        let resumed = acks
             .iter()
             .map(|a| a.at)
             .filter(|&at| at >= settings.faulty)
             .min();
         if resumed.is_none_or(|at| at > settings.faulty + RECOVERY) {
             return Err(fail(format!(
-                "no write acknowledged within {RECOVERY:?} after the faults stopped \
-                 (first: {resumed:?}; {} of {} acknowledged)\n{}",
-                acked.len(),
+                "no write to partition {partition} acknowledged within {RECOVERY:?} after the \
+                 faults stopped (first: {resumed:?}; {} of {} acknowledged)\n{}",
+                acks.len(),
                 settings.records,
-                invariants::describe_nodes(&registry)
+                invariants::describe_nodes(&registry, settings.partitions)
             )));
         }
     }
     report.acked = acked.len();
+    report.consumed = consumed.len();
+    report.stale_answers = checker.stale_answers;
+    report.read_from_followers = consumed.read_from_followers();
+    report.reassignments = events
+        .borrow()
+        .iter()
+        .filter(|e| e.contains("reassigned"))
+        .count();
     report.broken_connections = breaks.count();
     report.timeline = events.take();
     Ok(report)

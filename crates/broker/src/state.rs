@@ -115,6 +115,9 @@ pub struct BrokerState {
     pub followed_changed: watch::Sender<u64>,
     /// When this broker started, on tokio's monotonic clock: the origin of [`Self::clock_ms`].
     started: tokio::time::Instant,
+    /// Turns true when the broker begins to close: requests parked in a long poll are
+    /// answered at once with what they have.
+    closing: watch::Sender<bool>,
     /// `leader.replication.throttled.rate` and `follower.replication.throttled.rate`.
     pub leader_quota: Quota,
     pub follower_quota: Quota,
@@ -439,6 +442,7 @@ impl BrokerState {
             fetchers: Mutex::new(BTreeSet::new()),
             followed_changed: watch::channel(0).0,
             started: tokio::time::Instant::now(),
+            closing: watch::channel(false).0,
             leader_quota: Quota::default(),
             follower_quota: Quota::default(),
             node,
@@ -474,6 +478,11 @@ impl BrokerState {
     /// Unlike [`now_ms`] it never jumps with the wall clock, and a simulation's time drives it.
     pub fn clock_ms(&self) -> i64 {
         i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Resolves once the broker has begun to close.
+    pub async fn closing(&self) {
+        let _ = self.closing.subscribe().wait_for(|closing| *closing).await;
     }
 
     /// The metadata offset of the image this broker serves.
@@ -1044,6 +1053,9 @@ impl BrokerState {
     /// Closes every log cleanly so the next start skips recovery, then stops the quorum
     /// voter.
     pub async fn close(self: Arc<Self>) -> Result<(), BrokerError> {
+        // Fetches parked in a long poll (a follower's may wait as long as
+        // replica.fetch.wait.max.ms) are answered now, so their connections end.
+        self.closing.send_replace(true);
         // The coordinators hold the logs of their internal topics.
         self.groups.detach();
         self.txns.detach();

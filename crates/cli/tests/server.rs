@@ -175,6 +175,58 @@ fn a_long_poll_fetch_returns_when_data_arrives_and_pipelined_responses_keep_thei
 }
 
 #[test]
+fn a_fetch_parked_in_a_long_poll_is_answered_when_the_broker_stops() {
+    let dir = temp_dir("longpoll-stop");
+    let server = Server::start(&dir, &[]);
+    let mut consumer = server.connect();
+    metadata(&mut consumer, "events");
+    // A long poll longer than the broker gives its connections to finish when it stops.
+    let fetch_request = FetchRequest {
+        max_wait_ms: 60_000,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        topics: vec![fetch_request::FetchTopic {
+            topic: "events".into(),
+            partitions: vec![fetch_request::FetchPartition {
+                partition: 0,
+                fetch_offset: 0,
+                partition_max_bytes: 1 << 20,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let fetch_id = consumer.send(RequestBody::Fetch(fetch_request), 12);
+    // Parked: no answer yet.
+    consumer
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(!consumer.closed(), "the fetch waits for data");
+    consumer
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = Instant::now();
+    let stopping = std::thread::spawn(move || server.stop());
+    let ResponseBody::Fetch(fetched) = consumer.receive(ApiKey::Fetch, 12, fetch_id) else {
+        panic!()
+    };
+    let partition = &fetched.responses[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(offsets_in(partition.records.clone()), Vec::<i64>::new());
+    // `stop` asserts a clean exit: the logs were closed, not left to recovery.
+    stopping.join().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "stopping took {:?}",
+        started.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn hostile_frames_close_only_their_own_connection() {
     let dir = temp_dir("hostile");
     let server = Server::start(&dir, &[]);

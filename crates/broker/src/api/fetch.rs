@@ -472,7 +472,8 @@ async fn long_poll(
 }
 
 /// Runs `read` (partitions' data, bytes read) until it finds `min_bytes`, a partition
-/// has an error, or `max_wait_ms` passed; appends to `partitions` wake it early.
+/// has an error, `max_wait_ms` passed, or the broker begins to close; appends to
+/// `partitions` wake it early.
 async fn wait_for_data(
     state: &BrokerState,
     partitions: &[(&str, i32)],
@@ -496,10 +497,11 @@ async fn wait_for_data(
         if bytes >= min_bytes || urgent || Instant::now() >= deadline {
             return data;
         }
-        if tokio::time::timeout_at(deadline, waiter.notified())
-            .await
-            .is_err()
-        {
+        let woken = tokio::select! {
+            woken = tokio::time::timeout_at(deadline, waiter.notified()) => woken.is_ok(),
+            () = state.closing() => false,
+        };
+        if !woken {
             drop(registration);
             return read().0;
         }

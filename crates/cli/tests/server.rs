@@ -127,25 +127,7 @@ fn a_long_poll_fetch_returns_when_data_arrives_and_pipelined_responses_keep_thei
     metadata(&mut consumer, "events");
     // Two pipelined requests: a fetch that must wait, then a metadata request. The
     // metadata answer may only come after the fetch's.
-    let fetch_request = FetchRequest {
-        replica_id: -1,
-        max_wait_ms: 10_000,
-        min_bytes: 1,
-        max_bytes: 1 << 20,
-        session_epoch: -1,
-        topics: vec![fetch_request::FetchTopic {
-            topic: "events".into(),
-            partitions: vec![fetch_request::FetchPartition {
-                partition: 0,
-                fetch_offset: 0,
-                partition_max_bytes: 1 << 20,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let fetch_id = consumer.send(RequestBody::Fetch(fetch_request), 12);
+    let fetch_id = consumer.send(RequestBody::Fetch(fetch_request("events", 0, 10_000)), 12);
     let metadata_id = consumer.send(
         RequestBody::Metadata(MetadataRequest {
             topics: None,
@@ -181,23 +163,7 @@ fn a_fetch_parked_in_a_long_poll_is_answered_when_the_broker_stops() {
     let mut consumer = server.connect();
     metadata(&mut consumer, "events");
     // A long poll longer than the broker gives its connections to finish when it stops.
-    let fetch_request = FetchRequest {
-        max_wait_ms: 60_000,
-        min_bytes: 1,
-        max_bytes: 1 << 20,
-        topics: vec![fetch_request::FetchTopic {
-            topic: "events".into(),
-            partitions: vec![fetch_request::FetchPartition {
-                partition: 0,
-                fetch_offset: 0,
-                partition_max_bytes: 1 << 20,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let fetch_id = consumer.send(RequestBody::Fetch(fetch_request), 12);
+    let fetch_id = consumer.send(RequestBody::Fetch(fetch_request("events", 0, 60_000)), 12);
     // Parked: no answer yet.
     consumer
         .stream

@@ -230,13 +230,10 @@ pub fn produce(
     }
 }
 
-pub fn fetch(
-    client: &mut Client,
-    topic: &str,
-    offset: i64,
-    max_wait_ms: i32,
-) -> fetch_response::PartitionData {
-    let request = FetchRequest {
+/// A consumer's fetch of partition 0 of `topic` from `offset`, waiting up to
+/// `max_wait_ms` for a byte.
+pub fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest {
         replica_id: -1,
         max_wait_ms,
         min_bytes: 1,
@@ -253,7 +250,16 @@ pub fn fetch(
             ..Default::default()
         }],
         ..Default::default()
-    };
+    }
+}
+
+pub fn fetch(
+    client: &mut Client,
+    topic: &str,
+    offset: i64,
+    max_wait_ms: i32,
+) -> fetch_response::PartitionData {
+    let request = fetch_request(topic, offset, max_wait_ms);
     match client.call(RequestBody::Fetch(request), 12) {
         ResponseBody::Fetch(mut response) => response.responses.remove(0).partitions.remove(0),
         other => panic!("{other:?}"),

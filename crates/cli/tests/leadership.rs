@@ -53,6 +53,16 @@ fn cluster(name: &str, count: usize, settings: &[&str]) -> Vec<Server> {
     starting.into_iter().map(|t| t.join().unwrap()).collect()
 }
 
+/// Stops (kills) the nodes still running of the `count` [`cluster`] started as `name`,
+/// and removes the data of all.
+fn remove_cluster(name: &str, count: usize, nodes: Vec<Server>) {
+    drop(nodes);
+    for i in 0..count {
+        // `temp_dir` empties the directory it names.
+        temp_dir(&format!("{name}-{i}"));
+    }
+}
+
 fn metadata(client: &mut Client, topic: &str) -> MetadataResponse {
     let request = MetadataRequest {
         topics: Some(vec![metadata_request::MetadataRequestTopic {
@@ -241,6 +251,7 @@ fn a_broker_that_does_not_lead_a_partition_points_clients_to_its_leader() {
     let answer = &response.responses[0].partitions[0];
     assert_eq!((answer.error_code, answer.high_watermark), (0, 3));
     assert!(response.node_endpoints.is_empty());
+    remove_cluster("hints", 2, nodes);
 }
 
 #[test]
@@ -255,8 +266,7 @@ fn a_leadership_moved_to_a_broker_its_followers_fetch_from_takes_writes_at_once(
     wait_for_leader(&mut to_0, (TOPIC, 0), 0, &[0, 1]);
     wait_for_leader(&mut to_0, (MOVED, 0), 2, &[0, 1, 2]);
     // Node 2 killed: once its session ends, the leadership of "moved" goes to node 0, and
-    // node 1 follows it from there. (Not a controlled shutdown: the followers' fetches
-    // parked on node 2 would hold it longer than its close allows.)
+    // node 1 follows it from there.
     drop(nodes.pop());
     wait_for_leader(&mut to_0, (MOVED, 0), 0, &[0, 1]);
     let mut request = produce_request(MOVED, 0, -1, batch(0, 3));
@@ -270,4 +280,5 @@ fn a_leadership_moved_to_a_broker_its_followers_fetch_from_takes_writes_at_once(
         (ErrorCode::None, 0),
         "the write waited for node 1's parked fetch"
     );
+    remove_cluster("moved", 3, nodes);
 }

@@ -44,9 +44,6 @@ impl Acked {
     pub fn is_empty(&self) -> bool {
         self.0.borrow().is_empty()
     }
-    pub fn all(&self) -> Vec<Ack> {
-        self.0.borrow().clone()
-    }
     /// The acknowledgements of one partition.
     pub fn of(&self, partition: i32) -> Vec<Ack> {
         self.0

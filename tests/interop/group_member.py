@@ -6,8 +6,11 @@ CLIENT is confluent, confluent-consumer (KIP-848 protocol), kafka-python or aiok
 The member subscribes to TOPIC (a regular expression when it starts with ^), commits after
 every batch it processes, and reports on stdout, one JSON object per line:
   {"assigned": [partitions], "topics": [topics]}   whenever its assignment changes
+  {"committing": [values]}     before it commits the values' offsets
   {"consumed": [values]}       after the values' offsets are committed
   {"uncommitted": [values]}    when that commit failed (the partitions moved on)
+A member killed while committing may have committed values it never reported consumed:
+the last "committing" line says which.
 A line "leave" on stdin makes it close cleanly (LeaveGroup) and exit; SIGKILL is how the
 tests kill it without one.
 """
@@ -76,6 +79,7 @@ def run_confluent(protocol):
         reporter.assignment(consumer.assignment())
         values = [m.value().decode() for m in messages if not m.error()]
         if values:
+            report(committing=values)
             try:
                 consumer.commit(asynchronous=False)
                 report(consumed=values)
@@ -105,6 +109,7 @@ def run_kafka_python():
         reporter.assignment(consumer.assignment())
         values = [r.value.decode() for records in batches.values() for r in records]
         if values:
+            report(committing=values)
             try:
                 consumer.commit()
                 report(consumed=values)
@@ -135,6 +140,7 @@ async def run_aiokafka():
             reporter.assignment(consumer.assignment())
             values = [r.value.decode() for records in batches.values() for r in records]
             if values:
+                report(committing=values)
                 try:
                     await consumer.commit()
                     report(consumed=values)

@@ -102,6 +102,20 @@ pub struct BrokerConfig {
     pub default_replication_factor: i16,
     /// `controller.quorum.election.timeout.ms`.
     pub controller_quorum_election_timeout_ms: u64,
+    /// `metadata.log.max.record.bytes.between.snapshots`: a node snapshots the metadata
+    /// image once this many bytes of metadata entries were appended since its last one.
+    pub metadata_log_max_record_bytes_between_snapshots: u64,
+    /// `metadata.log.max.snapshot.interval.ms`: or once this long has passed with any
+    /// entry appended (0: never by time).
+    pub metadata_log_max_snapshot_interval_ms: u64,
+    /// `metadata.log.segment.bytes`: the metadata log's segment size; it is purged a
+    /// whole segment at a time.
+    pub metadata_log_segment_bytes: u64,
+    /// `metadata.max.retention.bytes`: segments a snapshot covers are purged while the
+    /// metadata log is larger (-1: no limit)…
+    pub metadata_max_retention_bytes: i64,
+    /// `metadata.max.retention.ms`: …or once their newest entry is older (-1: no limit).
+    pub metadata_max_retention_ms: i64,
     /// How followers copy partitions from their leaders (`replica.*`).
     pub replication: ReplicationConfig,
     /// `controller.quorum.voters`: the controllers of the metadata quorum. Empty: this
@@ -228,6 +242,11 @@ impl Default for BrokerConfig {
             broker_heartbeat_interval_ms: 300,
             default_replication_factor: 1,
             controller_quorum_election_timeout_ms: 1000,
+            metadata_log_max_record_bytes_between_snapshots: 20 * 1024 * 1024,
+            metadata_log_max_snapshot_interval_ms: 60 * 60 * 1000,
+            metadata_log_segment_bytes: 1024 * 1024 * 1024,
+            metadata_max_retention_bytes: 100 * 1024 * 1024,
+            metadata_max_retention_ms: 7 * 24 * 60 * 60 * 1000,
             replication: ReplicationConfig::default(),
             controller_quorum_voters: Vec::new(),
             controller_listener_names: vec![CONTROLLER_LISTENER.to_string()],
@@ -317,6 +336,27 @@ impl BrokerConfig {
             (
                 "controller.quorum.election.timeout.ms",
                 self.controller_quorum_election_timeout_ms.to_string(),
+            ),
+            (
+                "metadata.log.max.record.bytes.between.snapshots",
+                self.metadata_log_max_record_bytes_between_snapshots
+                    .to_string(),
+            ),
+            (
+                "metadata.log.max.snapshot.interval.ms",
+                self.metadata_log_max_snapshot_interval_ms.to_string(),
+            ),
+            (
+                "metadata.log.segment.bytes",
+                self.metadata_log_segment_bytes.to_string(),
+            ),
+            (
+                "metadata.max.retention.bytes",
+                self.metadata_max_retention_bytes.to_string(),
+            ),
+            (
+                "metadata.max.retention.ms",
+                self.metadata_max_retention_ms.to_string(),
             ),
             (
                 "controller.quorum.voters",
@@ -770,6 +810,19 @@ impl BrokerConfig {
             "controller.quorum.election.timeout.ms" => {
                 self.controller_quorum_election_timeout_ms = positive(key, value)? as u64
             }
+            "metadata.log.max.record.bytes.between.snapshots" => {
+                self.metadata_log_max_record_bytes_between_snapshots = at_least(key, value, 1)?
+            }
+            "metadata.log.max.snapshot.interval.ms" => {
+                self.metadata_log_max_snapshot_interval_ms = at_least(key, value, 0)?
+            }
+            "metadata.log.segment.bytes" => {
+                self.metadata_log_segment_bytes = at_least(key, value, 1024)?
+            }
+            "metadata.max.retention.bytes" => {
+                self.metadata_max_retention_bytes = limit(key, value)?
+            }
+            "metadata.max.retention.ms" => self.metadata_max_retention_ms = limit(key, value)?,
             "controller.quorum.voters" => self.controller_quorum_voters = parse_voters(key, value)?,
             "inter.broker.listener.name" => {
                 let name = value.trim().to_ascii_uppercase();
@@ -937,6 +990,24 @@ impl BrokerConfig {
 /// A replication factor: 1 to 32767.
 fn factor(key: &str, value: &str) -> Result<i16, ConfigError> {
     i16::try_from(positive(key, value)?).map_err(|_| invalid(key, value, "at most 32767".into()))
+}
+
+/// A 64-bit count of at least `min`.
+fn at_least(key: &str, value: &str, min: u64) -> Result<u64, ConfigError> {
+    let n: i64 = parse(key, value)?;
+    u64::try_from(n)
+        .ok()
+        .filter(|&n| n >= min)
+        .ok_or_else(|| invalid(key, value, format!("must be at least {min}")))
+}
+
+/// A limit: -1 (none) or more.
+fn limit(key: &str, value: &str) -> Result<i64, ConfigError> {
+    let n: i64 = parse(key, value)?;
+    if n < -1 {
+        return Err(invalid(key, value, "must be -1 (no limit) or more".into()));
+    }
+    Ok(n)
 }
 
 fn positive(key: &str, value: &str) -> Result<i32, ConfigError> {

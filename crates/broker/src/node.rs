@@ -80,6 +80,11 @@ impl Node {
         let id = node_id(config)?;
         let settings = QuorumSettings {
             election_timeout_ms: config.controller_quorum_election_timeout_ms,
+            snapshot_bytes: config.metadata_log_max_record_bytes_between_snapshots,
+            snapshot_interval_ms: config.metadata_log_max_snapshot_interval_ms,
+            segment_bytes: config.metadata_log_segment_bytes,
+            retention_bytes: config.metadata_max_retention_bytes,
+            retention_ms: config.metadata_max_retention_ms,
             ..QuorumSettings::default()
         };
         let dir = metadata_dir(&config.data_dir);

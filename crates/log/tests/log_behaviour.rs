@@ -497,6 +497,31 @@ fn size_retention_keeps_the_log_under_retention_bytes_and_survives_restart() {
 }
 
 #[test]
+fn the_retention_point_stops_at_the_bound_and_changes_nothing() {
+    let storage = MemStorage::new();
+    let config = LogConfig {
+        segment_bytes: 1024,
+        retention_ms: -1,
+        retention_bytes: 0,
+        ..LogConfig::default()
+    };
+    let log = timed_log(&storage, config);
+    // Unbounded: every closed segment could go, up to the active one.
+    let all = log.retention_point(0, i64::MAX).unwrap();
+    let active_base = all;
+    assert!(active_base > 0 && active_base < 40);
+    // Bounded: only segments that end at or before the bound.
+    let bounded = log.retention_point(0, active_base - 1).unwrap();
+    assert!(bounded < active_base, "{bounded} vs {active_base}");
+    assert_eq!(
+        log.retention_point(0, bounded - 1).map(|p| p < bounded),
+        Some(true)
+    );
+    assert_eq!(log.retention_point(0, 0), None);
+    assert_eq!(log.log_start_offset(), 0, "nothing was deleted");
+}
+
+#[test]
 fn retention_leaves_compacted_topics_alone() {
     let storage = MemStorage::new();
     let config = LogConfig {

@@ -885,20 +885,20 @@ impl PartitionLog {
                     .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.flush_ms))
     }
 
-    /// Applies `retention.ms` and `retention.bytes`: deletes the oldest closed segments
-    /// whose newest record has expired or that put the log over its size limit — never the
-    /// active segment — and moves the log start offset past them. Deleted segments are
-    /// renamed to `.deleted`; [`Self::purge_deleted`] removes them. Returns how many
-    /// segments went.
-    pub fn apply_retention(&mut self, now_ms: i64) -> Result<usize, LogError> {
-        self.check_online()?;
-        if !self.config.cleanup_delete {
-            return Ok(0);
-        }
+    /// Where `retention.ms` and `retention.bytes` would move the log start: past the
+    /// oldest closed segments whose newest record has expired or that put the log over its
+    /// size limit, never the active segment, and only segments that end at or before
+    /// `bound`. `None` when no segment is due. Whether `cleanup.policy` includes `delete`
+    /// is the caller's concern.
+    pub fn retention_point(&self, now_ms: i64, bound: i64) -> Option<i64> {
         let mut size = self.size_bytes();
-        let mut doomed = Vec::new();
-        let closed = self.segments.len().saturating_sub(1);
-        for segment in self.segments.values().take(closed) {
+        let mut point = None;
+        let bases: Vec<i64> = self.segments.keys().copied().collect();
+        for (pair, segment) in bases.windows(2).zip(self.segments.values()) {
+            let next = pair[1];
+            if next > bound {
+                break;
+            }
             let expired = self.config.retention_ms >= 0
                 && now_ms.saturating_sub(segment.max_timestamp()) > self.config.retention_ms;
             let oversized = self.config.retention_bytes >= 0
@@ -907,16 +907,23 @@ impl PartitionLog {
                 break;
             }
             size -= segment.size();
-            doomed.push(segment.base_offset());
+            point = Some(next);
         }
-        let Some(&last_doomed) = doomed.last() else {
+        point
+    }
+
+    /// Applies `retention.ms` and `retention.bytes` ([`Self::retention_point`]) and moves
+    /// the log start offset past the segments that go. Deleted segments are renamed to
+    /// `.deleted`; [`Self::purge_deleted`] removes them. Returns how many segments went.
+    pub fn apply_retention(&mut self, now_ms: i64) -> Result<usize, LogError> {
+        self.check_online()?;
+        if !self.config.cleanup_delete {
+            return Ok(0);
+        }
+        let Some(new_start) = self.retention_point(now_ms, i64::MAX) else {
             return Ok(0);
         };
-        let new_start = self
-            .segments
-            .range(last_doomed + 1..)
-            .next()
-            .map_or(self.log_end_offset(), |(&base, _)| base);
+        let doomed: Vec<i64> = self.segments.range(..new_start).map(|(&b, _)| b).collect();
         self.log_start_offset = self.log_start_offset.max(new_start);
         self.high_watermark = self.high_watermark.max(self.log_start_offset);
         self.write_checkpoint()?;

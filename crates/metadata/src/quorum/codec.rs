@@ -26,6 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use openraft::storage::Snapshot;
 use openraft::{BasicNode, EntryPayload, LogId, Membership, Vote};
 use thiserror::Error;
 
@@ -274,6 +275,41 @@ impl QuorumState {
 }
 
 /// The Raft messages between voters.
+/// A snapshot file's first bytes and the version of its form.
+const CHECKPOINT_MAGIC: &[u8; 8] = b"SPOOLSNP";
+const CHECKPOINT_VERSION: i16 = 1;
+
+/// A snapshot as a `.checkpoint` file holds it: the magic, the version, the snapshot in the
+/// form [`rpc`] sends it, and a CRC-32C of everything before it.
+pub fn encode_checkpoint(snapshot: &Snapshot<Quorum>) -> Result<Bytes, CodecError> {
+    let mut buf = BytesMut::new();
+    buf.put_slice(CHECKPOINT_MAGIC);
+    buf.put_i16(CHECKPOINT_VERSION);
+    rpc::put_snapshot(&mut buf, snapshot)?;
+    buf.put_u32(crc32c::crc32c(&buf));
+    Ok(buf.freeze())
+}
+
+/// Reads a `.checkpoint` file, refusing one that is damaged or of another version.
+pub fn decode_checkpoint(mut bytes: Bytes) -> Result<Snapshot<Quorum>, CodecError> {
+    let header = CHECKPOINT_MAGIC.len() + 2;
+    if bytes.len() < header + 4 || !bytes.starts_with(CHECKPOINT_MAGIC) {
+        return Err(CodecError("not a metadata snapshot".into()));
+    }
+    let crc = bytes.split_off(bytes.len() - 4).get_u32();
+    if crc32c::crc32c(&bytes) != crc {
+        return Err(CodecError("snapshot checksum mismatch".into()));
+    }
+    let mut r = Reader(bytes.split_off(CHECKPOINT_MAGIC.len()));
+    let version = r.i16()?;
+    if version != CHECKPOINT_VERSION {
+        return Err(CodecError(format!("snapshot version {version}")));
+    }
+    let snapshot = rpc::read_snapshot(&mut r)?;
+    r.finish()?;
+    Ok(snapshot)
+}
+
 pub mod rpc {
     use bytes::{BufMut, Bytes, BytesMut};
     use openraft::raft::{
@@ -454,40 +490,50 @@ pub mod rpc {
     ) -> Result<Bytes, CodecError> {
         let mut buf = BytesMut::new();
         put_vote(&mut buf, vote);
+        put_snapshot(&mut buf, snapshot)?;
+        Ok(buf.freeze())
+    }
+
+    /// A snapshot's metadata and data, as messages and checkpoint files carry it.
+    pub(super) fn put_snapshot(
+        buf: &mut BytesMut,
+        snapshot: &Snapshot<Quorum>,
+    ) -> Result<(), CodecError> {
         let meta = &snapshot.meta;
-        put_log_id(&mut buf, meta.last_log_id.as_ref());
-        put_log_id(&mut buf, meta.last_membership.log_id().as_ref());
+        put_log_id(buf, meta.last_log_id.as_ref());
+        put_log_id(buf, meta.last_membership.log_id().as_ref());
         let membership =
             EntryPayload::<Quorum>::Membership(meta.last_membership.membership().clone());
-        put_bytes(&mut buf, &encode_payload(&membership)?)?;
-        put_bytes(&mut buf, meta.snapshot_id.as_bytes())?;
-        put_bytes(&mut buf, &snapshot.snapshot.records)?;
-        Ok(buf.freeze())
+        put_bytes(buf, &encode_payload(&membership)?)?;
+        put_bytes(buf, meta.snapshot_id.as_bytes())?;
+        put_bytes(buf, &snapshot.snapshot.records)
+    }
+
+    pub(super) fn read_snapshot(r: &mut Reader) -> Result<Snapshot<Quorum>, CodecError> {
+        let last_log_id = read_log_id(r)?;
+        let membership_log_id = read_log_id(r)?;
+        let EntryPayload::Membership(membership) = decode_payload(read_bytes(r)?)? else {
+            return Err(CodecError("a snapshot without a membership".into()));
+        };
+        let snapshot_id = String::from_utf8(read_bytes(r)?.to_vec())
+            .map_err(|_| CodecError("snapshot ID is not UTF-8".into()))?;
+        let records = read_bytes(r)?;
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id,
+                last_membership: StoredMembership::new(membership_log_id, membership),
+                snapshot_id,
+            },
+            snapshot: Box::new(ImageSnapshot { records }),
+        })
     }
 
     pub fn decode_snapshot(bytes: Bytes) -> Result<(Vote<u64>, Snapshot<Quorum>), CodecError> {
         let mut r = Reader(bytes);
         let vote = read_vote(&mut r)?;
-        let last_log_id = read_log_id(&mut r)?;
-        let membership_log_id = read_log_id(&mut r)?;
-        let EntryPayload::Membership(membership) = decode_payload(read_bytes(&mut r)?)? else {
-            return Err(CodecError("a snapshot without a membership".into()));
-        };
-        let snapshot_id = String::from_utf8(read_bytes(&mut r)?.to_vec())
-            .map_err(|_| CodecError("snapshot ID is not UTF-8".into()))?;
-        let records = read_bytes(&mut r)?;
+        let snapshot = read_snapshot(&mut r)?;
         r.finish()?;
-        Ok((
-            vote,
-            Snapshot {
-                meta: SnapshotMeta {
-                    last_log_id,
-                    last_membership: StoredMembership::new(membership_log_id, membership),
-                    snapshot_id,
-                },
-                snapshot: Box::new(ImageSnapshot { records }),
-            },
-        ))
+        Ok((vote, snapshot))
     }
 
     pub fn encode_snapshot_response(response: &SnapshotResponse<u64>) -> Bytes {

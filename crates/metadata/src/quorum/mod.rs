@@ -21,9 +21,10 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{
-    ClientWriteError, Fatal, InitializeError, NetworkError, RPCError, RaftError, ReplicationClosed,
+    ClientWriteError, Fatal, InitializeError, RPCError, RaftError, ReplicationClosed,
     StreamingError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -31,7 +32,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::Snapshot;
-use openraft::{BasicNode, Config, Raft, Vote};
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy, Vote};
 use spool_log::Storage;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -181,10 +182,12 @@ impl<T: Transport> RaftNetwork<Quorum> for Peer<T> {
         _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<u64>, StreamingError<Quorum, Fatal<u64>>> {
+        // Unreachable, not a network error: openraft resends after a network error at once,
+        // which is a busy loop while the target is down; after Unreachable it backs off.
         self.transport
             .snapshot(self.target, vote, snapshot)
             .await
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
     }
 }
 
@@ -197,6 +200,21 @@ pub struct QuorumSettings {
     pub election_timeout_ms: u64,
     /// How often the leader reaches every follower when idle.
     pub heartbeat_interval_ms: u64,
+    /// A node snapshots its image once this many bytes of entries have been appended
+    /// since its last snapshot (`metadata.log.max.record.bytes.between.snapshots`)…
+    pub snapshot_bytes: u64,
+    /// …or once this long has passed with any entry appended; 0: never by time
+    /// (`metadata.log.max.snapshot.interval.ms`).
+    pub snapshot_interval_ms: u64,
+    /// The metadata log's segment size: the log is purged a whole segment at a time
+    /// (`metadata.log.segment.bytes`).
+    pub segment_bytes: u64,
+    /// Segments a snapshot covers go while the log is larger than this; -1: no limit
+    /// (`metadata.max.retention.bytes`).
+    pub retention_bytes: i64,
+    /// …or once their newest entry is older than this; -1: no limit
+    /// (`metadata.max.retention.ms`).
+    pub retention_ms: i64,
 }
 
 impl Default for QuorumSettings {
@@ -204,6 +222,45 @@ impl Default for QuorumSettings {
         QuorumSettings {
             election_timeout_ms: 1000,
             heartbeat_interval_ms: 100,
+            snapshot_bytes: 20 * 1024 * 1024,
+            snapshot_interval_ms: 60 * 60 * 1000,
+            segment_bytes: 1024 * 1024 * 1024,
+            retention_bytes: 100 * 1024 * 1024,
+            retention_ms: 7 * 24 * 60 * 60 * 1000,
+        }
+    }
+}
+
+/// How often a node checks whether a snapshot or a purge is due.
+const SNAPSHOT_CHECK_MS: u64 = 1000;
+
+/// Asks Raft for a snapshot whenever one is due by `settings` (KRaft's two triggers:
+/// bytes appended since the last one, or time passed with anything appended; the bytes
+/// counted are those appended since this node started), and to purge the log segments
+/// that the newest snapshot covers and the retention limits let go.
+async fn snapshot_when_due(raft: Raft<Quorum>, log: LogStore, settings: QuorumSettings) {
+    let mut counted = log.appended_bytes();
+    let mut last = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(SNAPSHOT_CHECK_MS));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let appended = log.appended_bytes() - counted;
+        let interval = settings.snapshot_interval_ms;
+        let due = appended >= settings.snapshot_bytes
+            || (interval > 0 && appended > 0 && last.elapsed() >= Duration::from_millis(interval));
+        if due {
+            if raft.trigger().snapshot().await.is_err() {
+                return; // Raft has stopped.
+            }
+            counted += appended;
+            last = tokio::time::Instant::now();
+        }
+        let snapshot = raft.metrics().borrow().snapshot;
+        if let Some(upto) = snapshot.and_then(|s| log.purgeable(s.index))
+            && raft.trigger().purge_log(upto).await.is_err()
+        {
+            return;
         }
     }
 }
@@ -215,6 +272,13 @@ pub struct QuorumNode {
     raft: Raft<Quorum>,
     published: watch::Receiver<Published>,
     log: LogStore,
+    snapshots: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for QuorumNode {
+    fn drop(&mut self) {
+        self.snapshots.abort();
+    }
 }
 
 impl QuorumNode {
@@ -241,15 +305,32 @@ impl QuorumNode {
             election_timeout_min: election_timeout,
             election_timeout_max: election_timeout + 1,
             heartbeat_interval: settings.heartbeat_interval_ms,
-            // The whole log is kept; snapshots serve voters that were away.
+            // Snapshots and purges are asked for by `snapshot_when_due`.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
             ..Config::default()
         }
         .validate()
         .map_err(|e| QuorumError::Unavailable(e.to_string()))?;
-        let log =
-            LogStore::open(storage, dir, clock).map_err(|e| QuorumError::Storage(e.to_string()))?;
-        let (machine, published) = ImageMachine::new();
+        let log_config = store::metadata_log_config(
+            settings.segment_bytes,
+            settings.retention_bytes,
+            settings.retention_ms,
+        );
+        let log = LogStore::open(storage.clone(), dir, log_config, clock)
+            .map_err(|e| QuorumError::Storage(e.to_string()))?;
+        let (machine, published) =
+            ImageMachine::open(storage, dir).map_err(|e| QuorumError::Storage(e.to_string()))?;
+        if let Some(purged) = log.last_purged()
+            && machine.last_applied() < Some(purged)
+        {
+            return Err(QuorumError::Storage(format!(
+                "the metadata log in {} starts after entry {}, but no readable snapshot \
+                 covers it",
+                dir.display(),
+                purged.index
+            )));
+        }
         let raft = Raft::new(
             id,
             Arc::new(config),
@@ -259,12 +340,18 @@ impl QuorumNode {
         )
         .await
         .map_err(|e| QuorumError::Unavailable(e.to_string()))?;
+        let snapshots = tokio::spawn(snapshot_when_due(
+            raft.clone(),
+            log.clone(),
+            settings.clone(),
+        ));
         Ok(QuorumNode {
             id,
             voters: voters.clone(),
             raft,
             published,
             log,
+            snapshots,
         })
     }
 
@@ -297,6 +384,7 @@ impl QuorumNode {
 
     /// Stops the node and closes its log cleanly.
     pub async fn shutdown(self) -> Result<(), QuorumError> {
+        self.snapshots.abort();
         self.raft
             .shutdown()
             .await

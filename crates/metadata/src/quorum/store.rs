@@ -1,5 +1,6 @@
 //! The quorum's storage: the Raft log in the partition log `__cluster_metadata-0` with the
-//! vote beside it, and the state machine that applies committed entries to the image.
+//! vote beside it, and the state machine that applies committed entries to the image and
+//! keeps its newest snapshot in a `.checkpoint` file in the same directory.
 
 // openraft's storage traits fix the error type, `StorageError`, large as it is.
 #![allow(clippy::result_large_err)]
@@ -27,12 +28,20 @@ use crate::MetadataImage;
 /// The file beside the log that holds the vote (KRaft's name).
 pub const QUORUM_STATE_FILE: &str = "quorum-state";
 
-/// The metadata log keeps everything: no retention, no compaction. Snapshots let the quorum
-/// drop a prefix instead.
-pub fn metadata_log_config() -> LogConfig {
+/// A snapshot file's suffix (KRaft's).
+pub const CHECKPOINT_SUFFIX: &str = ".checkpoint";
+
+/// The metadata log: segments of `segment_bytes`, no compaction, and retention applied
+/// by the quorum, never by the log itself ([`LogStore::purgeable`]).
+pub fn metadata_log_config(
+    segment_bytes: u64,
+    retention_bytes: i64,
+    retention_ms: i64,
+) -> LogConfig {
     LogConfig {
-        retention_ms: -1,
-        retention_bytes: -1,
+        segment_bytes,
+        retention_ms,
+        retention_bytes,
         cleanup_delete: false,
         cleanup_compact: false,
         ..LogConfig::default()
@@ -58,6 +67,8 @@ struct LogInner {
     state: QuorumState,
     committed: Option<LogId<u64>>,
     clock: fn() -> i64,
+    /// Bytes of entries appended since the log was opened.
+    appended_bytes: u64,
 }
 
 /// The Raft log: cheap to clone; clones share the log.
@@ -72,9 +83,10 @@ impl LogStore {
     pub fn open(
         storage: Arc<dyn Storage>,
         dir: &Path,
+        config: LogConfig,
         clock: fn() -> i64,
     ) -> Result<LogStore, StorageError<u64>> {
-        let (log, _) = PartitionLog::open(storage.clone(), dir, metadata_log_config(), clock())
+        let (log, _) = PartitionLog::open(storage.clone(), dir, config, clock())
             .map_err(|e| log_error(ErrorVerb::Read, e))?;
         let state_path = dir.join(QUORUM_STATE_FILE);
         let state = if storage.exists(&state_path) {
@@ -94,6 +106,7 @@ impl LogStore {
                 state,
                 committed: None,
                 clock,
+                appended_bytes: 0,
             })),
         };
         // The state file is written before the first entry, so a quorum log never lacks
@@ -117,6 +130,32 @@ impl LogStore {
             .log
             .write_checkpoint()
             .map_err(|e| log_error(ErrorVerb::Write, e))
+    }
+
+    /// Bytes of entries appended since the log was opened.
+    pub fn appended_bytes(&self) -> u64 {
+        self.lock().appended_bytes
+    }
+
+    /// The last entry removed from the log's start, if any.
+    pub fn last_purged(&self) -> Option<LogId<u64>> {
+        self.lock().state.last_purged
+    }
+
+    /// The last entry the log's retention lets go, given that a snapshot holds every entry
+    /// up to `snapshot`: the end of the oldest segments past the retention limits (bytes,
+    /// age) that the snapshot covers whole. As in KRaft, nothing goes before a snapshot
+    /// covers it, so the limits are soft.
+    pub fn purgeable(&self, snapshot: u64) -> Option<u64> {
+        let inner = self.lock();
+        let bound = i64::try_from(snapshot).ok()?.checked_add(1)?;
+        let start = inner.log.retention_point((inner.clock)(), bound)?;
+        u64::try_from(start - 1).ok()
+    }
+
+    /// The offset of the first entry still kept.
+    pub fn start_offset(&self) -> i64 {
+        self.lock().log.log_start_offset()
     }
 
     /// Whether this log has never been part of a quorum: no vote, no entry.
@@ -262,6 +301,7 @@ impl RaftLogStorage<Quorum> for LogStore {
                 }
                 let value = codec::encode_payload(&entry.payload)
                     .map_err(|e| log_error(ErrorVerb::Write, e))?;
+                inner.appended_bytes += value.len() as u64;
                 let mut builder = RecordBatchBuilder::new(Compression::None);
                 builder
                     .append(now, None, Some(&value), &[])
@@ -307,7 +347,13 @@ impl RaftLogStorage<Quorum> for LogStore {
         inner
             .log
             .advance_log_start_offset(start)
-            .map_err(|e| log_error(ErrorVerb::Delete, e))
+            .map_err(|e| log_error(ErrorVerb::Delete, e))?;
+        // The metadata log has no retention task to remove retired segments later.
+        inner
+            .log
+            .purge_deleted()
+            .map_err(|e| log_error(ErrorVerb::Delete, e))?;
+        Ok(())
     }
 }
 
@@ -323,6 +369,8 @@ struct MachineInner {
     membership: StoredMembership<u64, openraft::BasicNode>,
     snapshot: Option<Snapshot<Quorum>>,
     publish: watch::Sender<Published>,
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
 }
 
 /// The state machine: the image, built from committed entries and published after each
@@ -332,19 +380,89 @@ pub struct ImageMachine {
     inner: Arc<Mutex<MachineInner>>,
 }
 
+/// The largest snapshot file read back (the largest the quorum's messages carry).
+const CHECKPOINT_BYTES_MAX: u64 = 64 << 20;
+
+/// A snapshot's file name, as KRaft names them: the offset after its last entry and that
+/// entry's term (epoch).
+fn checkpoint_name(last: &LogId<u64>) -> String {
+    format!(
+        "{:020}-{:010}{CHECKPOINT_SUFFIX}",
+        last.index + 1,
+        last.leader_id.term
+    )
+}
+
+/// The end offset in a snapshot file's name.
+fn checkpoint_offset(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(CHECKPOINT_SUFFIX)?;
+    let (offset, epoch) = stem.split_once('-')?;
+    epoch.parse::<u64>().ok()?;
+    offset.parse().ok()
+}
+
+fn checkpoint_error(verb: ErrorVerb, error: impl ToString) -> StorageError<u64> {
+    io_error(ErrorSubject::Snapshot(None), verb, error)
+}
+
 impl ImageMachine {
-    pub fn new() -> (ImageMachine, watch::Receiver<Published>) {
+    /// Starts from the newest readable snapshot in `dir`, or from an empty image.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+    ) -> Result<(ImageMachine, watch::Receiver<Published>), StorageError<u64>> {
+        let mut names: Vec<(u64, String)> = storage
+            .list(dir)
+            .map_err(|e| checkpoint_error(ErrorVerb::Read, e))?
+            .into_iter()
+            .filter_map(|name| Some((checkpoint_offset(&name)?, name)))
+            .collect();
+        names.sort();
+        let mut newest = None;
+        for (_, name) in names.iter().rev() {
+            let read = read_whole(storage.as_ref(), &dir.join(name), CHECKPOINT_BYTES_MAX)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| codec::decode_checkpoint(bytes.into()).map_err(|e| e.to_string()))
+                .and_then(|snapshot| {
+                    let image = rebuild(&snapshot.snapshot).map_err(|e| e.to_string())?;
+                    Ok((snapshot, image))
+                });
+            match read {
+                Ok(found) => {
+                    newest = Some(found);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(file = %name, error = %e, "unreadable metadata snapshot skipped")
+                }
+            }
+        }
         let (publish, published) = watch::channel(Published::default());
-        let machine = ImageMachine {
-            inner: Arc::new(Mutex::new(MachineInner {
-                image: MetadataImage::default(),
-                last_applied: None,
-                membership: StoredMembership::default(),
-                snapshot: None,
-                publish,
-            })),
+        let mut inner = MachineInner {
+            image: MetadataImage::default(),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            snapshot: None,
+            publish,
+            storage,
+            dir: dir.to_path_buf(),
         };
-        (machine, published)
+        if let Some((snapshot, image)) = newest {
+            inner.image = image;
+            inner.last_applied = snapshot.meta.last_log_id;
+            inner.membership = snapshot.meta.last_membership.clone();
+            inner.snapshot = Some(snapshot);
+            inner.publish();
+        }
+        let machine = ImageMachine {
+            inner: Arc::new(Mutex::new(inner)),
+        };
+        Ok((machine, published))
+    }
+
+    /// The last entry the image includes.
+    pub fn last_applied(&self) -> Option<LogId<u64>> {
+        self.lock().last_applied
     }
 
     fn lock(&self) -> MutexGuard<'_, MachineInner> {
@@ -361,6 +479,31 @@ impl MachineInner {
             image: Arc::new(self.image.clone()),
             offset,
         });
+    }
+
+    /// Writes `snapshot` to its file (synced), then removes older snapshot files.
+    fn persist(&self, snapshot: &Snapshot<Quorum>) -> Result<(), StorageError<u64>> {
+        let Some(last) = &snapshot.meta.last_log_id else {
+            return Ok(());
+        };
+        let name = checkpoint_name(last);
+        let bytes = codec::encode_checkpoint(snapshot)
+            .map_err(|e| checkpoint_error(ErrorVerb::Write, e))?;
+        write_atomically(self.storage.as_ref(), &self.dir.join(&name), &bytes)
+            .map_err(|e| checkpoint_error(ErrorVerb::Write, e))?;
+        let names = self
+            .storage
+            .list(&self.dir)
+            .map_err(|e| checkpoint_error(ErrorVerb::Read, e))?;
+        for older in names {
+            if checkpoint_offset(&older).is_some_and(|offset| offset <= last.index && older != name)
+            {
+                self.storage
+                    .remove_file(&self.dir.join(&older))
+                    .map_err(|e| checkpoint_error(ErrorVerb::Delete, e))?;
+            }
+        }
+        Ok(())
     }
 
     fn snapshot(&self) -> Result<Snapshot<Quorum>, StorageError<u64>> {
@@ -381,10 +524,20 @@ impl MachineInner {
     }
 }
 
+/// The image a snapshot's records build.
+fn rebuild(snapshot: &ImageSnapshot) -> Result<MetadataImage, codec::CodecError> {
+    let mut image = MetadataImage::default();
+    for record in &codec::decode_records(snapshot.records.clone())? {
+        image.apply(record);
+    }
+    Ok(image)
+}
+
 impl RaftSnapshotBuilder<Quorum> for ImageMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<Quorum>, StorageError<u64>> {
         let mut inner = self.lock();
         let snapshot = inner.snapshot()?;
+        inner.persist(&snapshot)?;
         inner.snapshot = Some(snapshot.clone());
         Ok(snapshot)
     }
@@ -448,25 +601,23 @@ impl RaftStateMachine<Quorum> for ImageMachine {
         meta: &SnapshotMeta<u64, openraft::BasicNode>,
         snapshot: Box<ImageSnapshot>,
     ) -> Result<(), StorageError<u64>> {
-        let records = codec::decode_records(snapshot.records.clone()).map_err(|e| {
+        let image = rebuild(&snapshot).map_err(|e| {
             io_error(
                 ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Read,
                 e,
             )
         })?;
-        let mut image = MetadataImage::default();
-        for record in &records {
-            image.apply(record);
-        }
+        let snapshot = Snapshot {
+            meta: meta.clone(),
+            snapshot,
+        };
         let mut inner = self.lock();
+        inner.persist(&snapshot)?;
         inner.image = image;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
-        inner.snapshot = Some(Snapshot {
-            meta: meta.clone(),
-            snapshot,
-        });
+        inner.snapshot = Some(snapshot);
         inner.publish();
         Ok(())
     }

@@ -372,6 +372,7 @@ mod tests {
         let settings = QuorumSettings {
             election_timeout_ms: 300,
             heartbeat_interval_ms: 50,
+            ..QuorumSettings::default()
         };
         let (stop, stopped) = watch::channel(false);
         let mut nodes = BTreeMap::new();

@@ -22,14 +22,20 @@ pub(crate) struct Cluster {
     pub(crate) net: LocalNet,
     disks: BTreeMap<u64, MemStorage>,
     pub(crate) nodes: BTreeMap<u64, Arc<QuorumNode>>,
+    settings: QuorumSettings,
 }
 
 impl Cluster {
     pub(crate) async fn start(ids: &[u64]) -> Cluster {
+        Cluster::start_with(ids, QuorumSettings::default()).await
+    }
+
+    async fn start_with(ids: &[u64], settings: QuorumSettings) -> Cluster {
         let mut cluster = Cluster {
             net: LocalNet::default(),
             disks: ids.iter().map(|&id| (id, MemStorage::new())).collect(),
             nodes: BTreeMap::new(),
+            settings,
         };
         for &id in ids {
             cluster.boot(id).await;
@@ -45,21 +51,37 @@ impl Cluster {
     }
 
     pub(crate) async fn boot(&mut self, id: u64) {
+        self.try_boot(id).await.unwrap();
+    }
+
+    async fn try_boot(&mut self, id: u64) -> Result<(), QuorumError> {
         let disk = self.disks[&id].clone();
         let node = QuorumNode::start(
             id,
             &self.voters(),
-            &QuorumSettings::default(),
+            &self.settings,
             Arc::new(disk),
             Path::new(DIR),
             self.net.endpoint(id),
             clock,
         )
-        .await
-        .unwrap();
+        .await?;
         self.net.register(id, node.raft().clone());
-        node.bootstrap().await.unwrap();
+        node.bootstrap().await?;
         self.nodes.insert(id, Arc::new(node));
+        Ok(())
+    }
+
+    /// The snapshot files on a node's disk.
+    fn checkpoints(&self, id: u64) -> Vec<String> {
+        let mut names: Vec<String> = self.disks[&id]
+            .list(Path::new(DIR))
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.ends_with(store::CHECKPOINT_SUFFIX) && n.contains('-'))
+            .collect();
+        names.sort();
+        names
     }
 
     /// Kills a node: whatever its disk had not synced is lost.
@@ -269,4 +291,158 @@ async fn a_snapshot_rebuilds_the_same_image() {
     );
 }
 
+/// Snapshots after a few hundred bytes of entries, rolls the log every kilobyte and keeps
+/// no segment a snapshot covers: a few dozen commits snapshot and purge.
+fn snapshotting() -> QuorumSettings {
+    QuorumSettings {
+        snapshot_bytes: 300,
+        segment_bytes: 1024,
+        retention_bytes: 0,
+        ..QuorumSettings::default()
+    }
+}
+
+/// Commits `count` topics named `{prefix}-{i}`; returns the last offset.
+async fn commit_many(cluster: &Cluster, leader: u64, prefix: &str, count: usize) -> i64 {
+    let mut offset = 0;
+    for i in 0..count {
+        offset = cluster.commit_topic(leader, &format!("{prefix}-{i}")).await;
+    }
+    offset
+}
+
+/// Waits until every node has a snapshot file and a log that starts after offset 0.
+async fn wait_for_purge(cluster: &Cluster, ids: &[u64]) {
+    for _ in 0..100 {
+        if ids.iter().all(|&id| {
+            !cluster.checkpoints(id).is_empty() && cluster.nodes[&id].log.start_offset() > 0
+        }) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let state: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            (
+                id,
+                cluster.checkpoints(id),
+                cluster.nodes[&id].log.start_offset(),
+            )
+        })
+        .collect();
+    panic!("no snapshot and purge on every node: {state:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn snapshots_go_to_disk_the_log_below_them_goes_and_a_restart_rebuilds_from_them() {
+    let mut cluster = Cluster::start_with(&[1, 2, 3], snapshotting()).await;
+    let leader = cluster.leader().await;
+    let offset = commit_many(&cluster, leader, "t", 60).await;
+    wait_for_purge(&cluster, &[1, 2, 3]).await;
+    for id in [1, 2, 3] {
+        let files = cluster.checkpoints(id);
+        assert_eq!(files.len(), 1, "older snapshots are removed: {files:?}");
+        // Whole segments went: the first kept one starts past the first entries.
+        let segments = cluster.disks[&id].list(Path::new(DIR)).unwrap();
+        assert!(
+            !segments.contains(&format!("{:020}.log", 0)),
+            "node {id} kept its first segment: {segments:?}"
+        );
+    }
+    for id in [1, 2, 3] {
+        cluster.crash(id).await;
+    }
+    for id in [1, 2, 3] {
+        cluster.boot(id).await;
+        // The image is back from the snapshot before any leader is elected.
+        let published = cluster.nodes[&id].published().borrow().clone();
+        assert!(published.offset > 0, "node {id} starts from its snapshot");
+    }
+    let leader = cluster.leader().await;
+    let next = cluster.commit_topic(leader, "after").await;
+    assert!(next > offset);
+    let mut expected: Vec<String> = (0..60).map(|i| format!("t-{i}")).collect();
+    expected.push("after".into());
+    expected.sort();
+    for id in [1, 2, 3] {
+        assert_eq!(cluster.topics_at(id, next).await, expected);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_voter_behind_the_purged_log_installs_a_snapshot_and_keeps_it() {
+    let mut cluster = Cluster::start_with(&[1, 2, 3], snapshotting()).await;
+    let leader = cluster.leader().await;
+    let away = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    cluster.crash(away).await;
+    let offset = commit_many(&cluster, leader, "t", 60).await;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != away).collect();
+    wait_for_purge(&cluster, &others).await;
+
+    // Meanwhile the leader keeps failing to send it a snapshot, backing off between tries.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // What it missed is no longer in any log: it gets a snapshot, and writes it down.
+    cluster.boot(away).await;
+    assert_eq!(cluster.topics_at(away, offset).await.len(), 60);
+    assert!(!cluster.checkpoints(away).is_empty());
+    cluster.crash(away).await;
+    cluster.boot(away).await;
+    let published = cluster.nodes[&away].published().borrow().clone();
+    assert!(published.offset > 0, "the snapshot survived the restart");
+    assert_eq!(published.image.topics().count(), 60);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_damaged_snapshot_is_refused_when_the_log_no_longer_covers_what_it_held() {
+    let mut cluster = Cluster::start_with(&[1, 2, 3], snapshotting()).await;
+    let leader = cluster.leader().await;
+    commit_many(&cluster, leader, "t", 60).await;
+    wait_for_purge(&cluster, &[1, 2, 3]).await;
+    let victim = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    cluster.crash(victim).await;
+    for name in cluster.checkpoints(victim) {
+        let path = Path::new(DIR).join(name);
+        let mut bytes = cluster.disks[&victim].contents(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        cluster.disks[&victim].set_contents(&path, bytes);
+    }
+    match cluster.try_boot(victim).await {
+        Err(QuorumError::Storage(message)) => {
+            assert!(message.contains("no readable snapshot"), "{message}")
+        }
+        other => panic!("a node without the entries its log lacks started: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_damaged_snapshot_is_skipped_when_the_log_still_holds_everything() {
+    let settings = QuorumSettings {
+        retention_bytes: -1,
+        ..snapshotting()
+    };
+    let mut cluster = Cluster::start_with(&[1, 2, 3], settings).await;
+    let leader = cluster.leader().await;
+    let offset = commit_many(&cluster, leader, "t", 30).await;
+    let victim = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    for _ in 0..100 {
+        if !cluster.checkpoints(victim).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(cluster.nodes[&victim].log.start_offset(), 0);
+    cluster.crash(victim).await;
+    let names = cluster.checkpoints(victim);
+    assert!(!names.is_empty(), "no snapshot was written");
+    for name in names {
+        let path = Path::new(DIR).join(name);
+        cluster.disks[&victim].set_contents(&path, b"SPOOLSNP garbage".to_vec());
+    }
+    cluster.boot(victim).await;
+    assert_eq!(cluster.topics_at(victim, offset).await.len(), 30);
+}
+
 use openraft::RaftLogReader;
+use spool_log::Storage;

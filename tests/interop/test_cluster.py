@@ -258,7 +258,7 @@ def test_a_transaction_spanning_brokers_is_committed_or_aborted_on_each():
 class Node:
     """`spool server` started by hand as one node of a cluster."""
 
-    def __init__(self, data_dir, node_id, base, voters):
+    def __init__(self, data_dir, node_id, base, voters, settings=()):
         self.data_dir = data_dir
         self.node_id = node_id
         self.port = base + node_id
@@ -268,6 +268,8 @@ class Node:
                      "--set", f"node.id={node_id}", "--set", f"controller.quorum.voters={voters}",
                      "--set", "broker.session.timeout.ms=3000",
                      "--set", "broker.heartbeat.interval.ms=500"]
+        for setting in settings:
+            self.args += ["--set", setting]
         self.start()
 
     def start(self):
@@ -325,6 +327,74 @@ def test_nodes_started_by_hand_form_a_cluster_and_a_killed_node_rejoins():
         assert leaders(admin, "kept") == placed
         seen = consume_all(bootstrap, "kept", "after-restart", 90)
         assert seen == {k: f"value-{k}" for k in keys}
+    finally:
+        stop_together(nodes)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def metadata_files(node):
+    """The snapshot files and log segments of a node's metadata log."""
+    names = os.listdir(os.path.join(node.data_dir, "__cluster_metadata-0"))
+    return ([n for n in names if n.endswith(".checkpoint") and "-" in n],
+            sorted(n for n in names if n.endswith(".log")))
+
+
+def purged(node):
+    """The node has written a snapshot and removed its first metadata segment."""
+    snapshots, segments = metadata_files(node)
+    return snapshots and segments and segments[0] != "00000000000000000000.log"
+
+
+def topic_names(bootstrap):
+    listed = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+    return {name for name in listed if not name.startswith("__")}
+
+
+def test_a_node_behind_the_purged_metadata_log_catches_up_from_a_snapshot():
+    """Small metadata segments, a snapshot every few kilobytes, and no retention beyond
+    what a snapshot covers. While one node is down, topics created by a real admin client
+    carry the metadata log past it and the others purge it. The node comes back through a
+    snapshot sent by the active controller; then every node restarts from its own
+    snapshot file, and all the topics are there, served by every broker."""
+    root = tempfile.mkdtemp(prefix="spool-interop-snapshots-")
+    base = free_block(3)
+    voters = ",".join(f"{i}@127.0.0.1:{base + CONTROLLER_OFFSET + i}" for i in range(3))
+    settings = ["metadata.log.max.record.bytes.between.snapshots=2048",
+                "metadata.log.segment.bytes=4096", "metadata.max.retention.bytes=0"]
+    nodes = [Node(os.path.join(root, f"node-{i}"), i, base, voters, settings) for i in range(3)]
+    try:
+        for node in nodes:
+            node.wait_serving()
+        victim = nodes[2]
+        victim.kill()
+        survivor = f"127.0.0.1:{nodes[0].port}"
+        wait_for("the killed broker fenced", lambda: broker_ids(survivor) == [0, 1])
+        admin = AdminClient({"bootstrap.servers": survivor})
+        wanted = {f"snap-{i}" for i in range(40)}
+        for name in sorted(wanted):
+            admin.create_topics([NewTopic(name, 1, 2)])[name].result(timeout=30)
+        wait_for("a snapshot and a purge on the running nodes",
+                 lambda: all(purged(n) for n in nodes[:2]))
+
+        victim.start()
+        victim.wait_serving()
+        wait_for("the node back", lambda: broker_ids(survivor) == [0, 1, 2])
+        assert metadata_files(victim)[0], "the node that was away keeps the snapshot it got"
+        assert topic_names(f"127.0.0.1:{victim.port}") == wanted
+
+        stop_together(nodes)
+        for node in nodes:
+            assert purged(node) or node is victim, metadata_files(node)
+            node.start()
+        for node in nodes:
+            node.wait_serving()
+        bootstrap = ",".join(f"127.0.0.1:{n.port}" for n in nodes)
+        wait_for("every broker back", lambda: broker_ids(bootstrap) == [0, 1, 2])
+        for node in nodes:
+            assert topic_names(f"127.0.0.1:{node.port}") == wanted
+        delivered = produce(bootstrap, "snap-7", [f"k{i}" for i in range(20)])
+        assert sorted(offset for _, offset in delivered.values()) == list(range(20))
+        assert len(consume_all(bootstrap, "snap-7", "after-snapshots", 20)) == 20
     finally:
         stop_together(nodes)
         shutil.rmtree(root, ignore_errors=True)

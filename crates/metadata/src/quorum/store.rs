@@ -343,11 +343,20 @@ impl RaftLogStorage<Quorum> for LogStore {
         // The term of the last purged entry must survive: record it before the entries go.
         inner.state.last_purged = Some(log_id);
         inner.save_state()?;
-        let start = (log_id.index as i64 + 1).min(inner.log.log_end_offset());
-        inner
-            .log
-            .advance_log_start_offset(start)
-            .map_err(|e| log_error(ErrorVerb::Delete, e))?;
+        let start = log_id.index as i64 + 1;
+        if start > inner.log.log_end_offset() {
+            // Past the end: a snapshot installed on a voter that was behind replaces its
+            // whole log, and the next entry follows the snapshot.
+            inner
+                .log
+                .truncate_fully_and_start_at(start)
+                .map_err(|e| log_error(ErrorVerb::Delete, e))?;
+        } else {
+            inner
+                .log
+                .advance_log_start_offset(start)
+                .map_err(|e| log_error(ErrorVerb::Delete, e))?;
+        }
         // The metadata log has no retention task to remove retired segments later.
         inner
             .log

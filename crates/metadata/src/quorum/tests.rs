@@ -386,11 +386,16 @@ async fn a_voter_behind_the_purged_log_installs_a_snapshot_and_keeps_it() {
     cluster.boot(away).await;
     assert_eq!(cluster.topics_at(away, offset).await.len(), 60);
     assert!(!cluster.checkpoints(away).is_empty());
+    // Its log now starts after the snapshot, and takes the entries that follow it.
+    let next = cluster.commit_topic(leader, "next").await;
+    assert_eq!(cluster.topics_at(away, next).await.len(), 61);
     cluster.crash(away).await;
     cluster.boot(away).await;
     let published = cluster.nodes[&away].published().borrow().clone();
     assert!(published.offset > 0, "the snapshot survived the restart");
-    assert_eq!(published.image.topics().count(), 60);
+    assert!(published.image.topics().count() >= 60);
+    let last = cluster.commit_topic(leader, "last").await;
+    assert_eq!(cluster.topics_at(away, last).await.len(), 62);
 }
 
 #[tokio::test(start_paused = true)]

@@ -20,6 +20,9 @@
 //! entry:    log ID (present), payload length i32 + payload as stored
 //! ```
 //!
+//! A snapshot file (`<end offset>-<epoch>.checkpoint`) holds `SPOOLSNP`, version i16 1, the
+//! snapshot as [`rpc`] sends it (without the vote), and a CRC-32C of all that (u32).
+//!
 //! Decoding checks every length against what is left, so a damaged entry or message is an
 //! error and never a panic or a huge allocation.
 
@@ -686,6 +689,20 @@ mod tests {
         assert_eq!(decoded_vote, vote);
         same(&decoded.meta, &snapshot.meta);
         assert_eq!(decoded.snapshot.records, snapshot.snapshot.records);
+        // The same snapshot as a file; any flipped byte is refused.
+        let file = encode_checkpoint(&snapshot).unwrap();
+        let read = decode_checkpoint(file.clone()).unwrap();
+        same(&read.meta, &snapshot.meta);
+        assert_eq!(read.snapshot.records, snapshot.snapshot.records);
+        for at in 0..file.len() {
+            let mut damaged = file.to_vec();
+            damaged[at] ^= 0x01;
+            assert!(
+                decode_checkpoint(Bytes::from(damaged)).is_err(),
+                "byte {at}"
+            );
+        }
+        assert!(decode_checkpoint(file.slice(..file.len() - 1)).is_err());
         let response = SnapshotResponse::new(Vote::new(6, 2));
         assert_eq!(
             rpc::decode_snapshot_response(rpc::encode_snapshot_response(&response))
@@ -707,6 +724,7 @@ mod tests {
             let _ = rpc::decode_append_request(bytes.clone());
             let _ = rpc::decode_append_response(bytes.clone());
             let _ = rpc::decode_snapshot(bytes.clone());
+            let _ = decode_checkpoint(bytes.clone());
             let _ = rpc::decode_snapshot_response(bytes);
         }
     }

@@ -165,7 +165,13 @@ pub fn describe_nodes(registry: &Registry, partitions: i32) -> String {
         .iter()
         .map(|l| {
             let image = partition_state(&l.state).map(|(_, summary, _)| summary);
-            format!("  node {} image: {image:?}", l.node)
+            let brokers: Vec<String> = l
+                .state
+                .current_image()
+                .brokers()
+                .map(|b| format!("{} epoch {} fenced {}", b.id, b.epoch, b.fenced))
+                .collect();
+            format!("  node {} image: {image:?}, brokers {brokers:?}", l.node)
         })
         .collect();
     format!("{}\n{}", describe(&nodes), images.join("\n"))
@@ -484,7 +490,7 @@ impl Checker {
             if read < acked {
                 return Err(format!(
                     "the consumer read partition {partition} up to {read} only, {acked} was acknowledged\n{}",
-                    describe(&nodes)
+                    describe_nodes(registry, self.partitions)
                 ));
             }
         }

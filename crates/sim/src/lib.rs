@@ -166,6 +166,14 @@ fn node_config(id: usize, nodes: usize, partitions: i32) -> Result<BrokerConfig,
             "org.apache.kafka.common.replica.RackAwareReplicaSelector".to_string(),
         ),
         ("offsets.topic.replication.factor", nodes.min(3).to_string()),
+        // Metadata snapshots and purges often, so crashed and cut-off voters come back
+        // through snapshots too.
+        (
+            "metadata.log.max.record.bytes.between.snapshots",
+            "256".to_string(),
+        ),
+        ("metadata.log.segment.bytes", "1024".to_string()),
+        ("metadata.max.retention.bytes", "0".to_string()),
     ];
     for (key, value) in settings {
         config

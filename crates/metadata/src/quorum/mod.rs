@@ -231,6 +231,12 @@ impl Default for QuorumSettings {
     }
 }
 
+/// A commit not confirmed within this many election timeouts fails as Unavailable. A
+/// leader that lost its term may never hear of its entry again: one replaced by a snapshot
+/// from the next leader is neither committed nor truncated, and openraft leaves its writer
+/// waiting.
+const COMMIT_TIMEOUT_ELECTIONS: u64 = 5;
+
 /// How often a node checks whether a snapshot or a purge is due.
 const SNAPSHOT_CHECK_MS: u64 = 1000;
 
@@ -273,6 +279,8 @@ pub struct QuorumNode {
     published: watch::Receiver<Published>,
     log: LogStore,
     snapshots: tokio::task::JoinHandle<()>,
+    /// How long a commit may wait for its entry to be committed.
+    commit_timeout: Duration,
 }
 
 impl Drop for QuorumNode {
@@ -321,6 +329,7 @@ impl QuorumNode {
             .map_err(|e| QuorumError::Storage(e.to_string()))?;
         let (machine, published) =
             ImageMachine::open(storage, dir).map_err(|e| QuorumError::Storage(e.to_string()))?;
+        log.tell_commits_to(machine.clone());
         if let Some(purged) = log.last_purged()
             && machine.last_applied() < Some(purged)
         {
@@ -352,6 +361,7 @@ impl QuorumNode {
             published,
             log,
             snapshots,
+            commit_timeout: Duration::from_millis(COMMIT_TIMEOUT_ELECTIONS * timeout),
         })
     }
 
@@ -397,7 +407,14 @@ impl QuorumNode {
 
 impl MetadataLog for QuorumNode {
     async fn commit(&self, records: Vec<MetadataRecord>) -> Result<i64, QuorumError> {
-        match self.raft.client_write(Change(records)).await {
+        let write = self.raft.client_write(Change(records));
+        let Ok(written) = tokio::time::timeout(self.commit_timeout, write).await else {
+            return Err(QuorumError::Unavailable(format!(
+                "the entry was not committed within {} ms",
+                self.commit_timeout.as_millis()
+            )));
+        };
+        match written {
             Ok(written) => Ok(written.log_id.index as i64),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(QuorumError::NotLeader {

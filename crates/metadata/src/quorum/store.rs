@@ -69,6 +69,8 @@ struct LogInner {
     clock: fn() -> i64,
     /// Bytes of entries appended since the log was opened.
     appended_bytes: u64,
+    /// Told of every commit index Raft learns.
+    machine: Option<ImageMachine>,
 }
 
 /// The Raft log: cheap to clone; clones share the log.
@@ -107,6 +109,7 @@ impl LogStore {
                 committed: None,
                 clock,
                 appended_bytes: 0,
+                machine: None,
             })),
         };
         // The state file is written before the first entry, so a quorum log never lacks
@@ -130,6 +133,12 @@ impl LogStore {
             .log
             .write_checkpoint()
             .map_err(|e| log_error(ErrorVerb::Write, e))
+    }
+
+    /// Tells `machine` of the commit index whenever Raft learns it, so that it publishes
+    /// once it has caught up ([`ImageMachine::commit_known`]).
+    pub fn tell_commits_to(&self, machine: ImageMachine) {
+        self.lock().machine = Some(machine);
     }
 
     /// Bytes of entries appended since the log was opened.
@@ -268,7 +277,14 @@ impl RaftLogStorage<Quorum> for LogStore {
         &mut self,
         committed: Option<LogId<u64>>,
     ) -> Result<(), StorageError<u64>> {
-        self.lock().committed = committed;
+        let machine = {
+            let mut inner = self.lock();
+            inner.committed = committed;
+            inner.machine.clone()
+        };
+        if let (Some(machine), Some(committed)) = (machine, committed) {
+            machine.commit_known(committed.index);
+        }
         Ok(())
     }
 
@@ -378,6 +394,13 @@ struct MachineInner {
     membership: StoredMembership<u64, openraft::BasicNode>,
     snapshot: Option<Snapshot<Quorum>>,
     publish: watch::Sender<Published>,
+    /// Nothing is published until the image has reached the commit index first learnt
+    /// from a leader: a node starting from its own snapshot or log would otherwise show
+    /// the rest of Spool the cluster as it was when the node stopped (KRaft's loader
+    /// waits for the high watermark the same way).
+    caught_up: bool,
+    /// The highest commit index learnt.
+    known_commit: Option<u64>,
     storage: Arc<dyn Storage>,
     dir: PathBuf,
 }
@@ -453,6 +476,8 @@ impl ImageMachine {
             membership: StoredMembership::default(),
             snapshot: None,
             publish,
+            caught_up: false,
+            known_commit: None,
             storage,
             dir: dir.to_path_buf(),
         };
@@ -461,7 +486,6 @@ impl ImageMachine {
             inner.last_applied = snapshot.meta.last_log_id;
             inner.membership = snapshot.meta.last_membership.clone();
             inner.snapshot = Some(snapshot);
-            inner.publish();
         }
         let machine = ImageMachine {
             inner: Arc::new(Mutex::new(inner)),
@@ -474,6 +498,15 @@ impl ImageMachine {
         self.lock().last_applied
     }
 
+    /// Raft has learnt that entries up to `index` are committed.
+    pub fn commit_known(&self, index: u64) {
+        let mut inner = self.lock();
+        inner.known_commit = inner.known_commit.max(Some(index));
+        if !inner.caught_up {
+            inner.publish();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, MachineInner> {
         self.inner
             .lock()
@@ -482,7 +515,15 @@ impl ImageMachine {
 }
 
 impl MachineInner {
-    fn publish(&self) {
+    /// Publishes the image, once it has caught up with the first commit index learnt.
+    fn publish(&mut self) {
+        if !self.caught_up {
+            let applied = self.last_applied.map(|l| l.index);
+            if self.known_commit.is_none() || applied < self.known_commit {
+                return;
+            }
+            self.caught_up = true;
+        }
         let offset = self.last_applied.map_or(-1, |l| l.index as i64);
         self.publish.send_replace(Published {
             image: Arc::new(self.image.clone()),
@@ -627,6 +668,9 @@ impl RaftStateMachine<Quorum> for ImageMachine {
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.snapshot = Some(snapshot);
+        // A leader's snapshot holds only committed entries.
+        let last = meta.last_log_id.map(|l| l.index);
+        inner.known_commit = inner.known_commit.max(last);
         inner.publish();
         Ok(())
     }

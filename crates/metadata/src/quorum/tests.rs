@@ -358,7 +358,10 @@ async fn snapshots_go_to_disk_the_log_below_them_goes_and_a_restart_rebuilds_fro
         // Nothing is published before a leader says what is committed: the snapshot
         // alone could be stale.
         let published = cluster.nodes[&id].published().borrow().clone();
-        assert_eq!(published.offset, -1, "node {id} published before catching up");
+        assert_eq!(
+            published.offset, -1,
+            "node {id} published before catching up"
+        );
     }
     let leader = cluster.leader().await;
     let next = cluster.commit_topic(leader, "after").await;

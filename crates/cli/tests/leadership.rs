@@ -217,8 +217,17 @@ fn a_broker_that_does_not_lead_a_partition_points_clients_to_its_leader() {
     let answer = &response.responses[0].partition_responses[0];
     assert_eq!(answer.error_code, ErrorCode::NotLeaderOrFollower.code());
     assert_eq!(answer.current_leader.leader_id, -1);
-    // The leader itself takes the write and adds nothing.
-    let response = produce(&mut to_1, (TOPIC, 1), 11);
+    // The leader itself takes the write and adds nothing. Its metadata names it a moment
+    // before its replica takes the lead (as in Kafka): a client retries meanwhile.
+    let mut response = produce(&mut to_1, (TOPIC, 1), 11);
+    for _ in 0..50 {
+        let error = response.responses[0].partition_responses[0].error_code;
+        if error != ErrorCode::NotLeaderOrFollower.code() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        response = produce(&mut to_1, (TOPIC, 1), 11);
+    }
     let answer = &response.responses[0].partition_responses[0];
     assert_eq!((answer.error_code, answer.base_offset), (0, 0));
     assert_eq!(answer.current_leader.leader_id, -1);

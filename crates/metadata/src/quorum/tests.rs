@@ -111,6 +111,22 @@ impl Cluster {
         panic!("no single leader elected");
     }
 
+    /// Waits until the nodes other than `cut_off` elect one of them.
+    async fn leader_without(&self, cut_off: u64) -> u64 {
+        for _ in 0..300 {
+            let found = self
+                .nodes
+                .values()
+                .filter(|n| n.id != cut_off)
+                .find(|n| n.raft.metrics().borrow().current_leader == Some(n.id));
+            if let Some(node) = found {
+                return node.id;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the majority elected no leader");
+    }
+
     async fn commit_topic(&self, leader: u64, name: &str) -> i64 {
         self.nodes[&leader].commit(vec![topic(name)]).await.unwrap()
     }
@@ -196,21 +212,7 @@ async fn a_cut_off_leader_commits_nothing_and_drops_its_uncommitted_tail_on_heal
     );
 
     // The majority elects a leader and goes on.
-    let mut polls = 0;
-    let new = loop {
-        let found = cluster
-            .nodes
-            .values()
-            .filter(|n| n.id != old)
-            .find(|n| n.raft.metrics().borrow().current_leader == Some(n.id))
-            .map(|n| n.id);
-        if let Some(id) = found {
-            break id;
-        }
-        polls += 1;
-        assert!(polls < 300, "the majority elected no leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let new = cluster.leader_without(old).await;
     let after = cluster.commit_topic(new, "clicks").await;
     assert!(after > committed);
 
@@ -413,21 +415,7 @@ async fn a_cut_off_leader_replaced_by_a_snapshot_answers_its_pending_commit() {
     let pending = tokio::spawn(async move { node.commit(vec![topic("lost")]).await });
 
     // The others elect a leader, go on, snapshot and purge past the old leader's log.
-    let mut polls = 0;
-    let new = loop {
-        let found = cluster
-            .nodes
-            .values()
-            .filter(|n| n.id != old)
-            .find(|n| n.raft.metrics().borrow().current_leader == Some(n.id))
-            .map(|n| n.id);
-        if let Some(id) = found {
-            break id;
-        }
-        polls += 1;
-        assert!(polls < 300, "the majority elected no leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let new = cluster.leader_without(old).await;
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != old).collect();
     let offset = commit_many(&cluster, new, "t", 60).await;
     wait_for_purge(&cluster, &others).await;

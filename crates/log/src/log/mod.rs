@@ -893,9 +893,9 @@ impl PartitionLog {
     pub fn retention_point(&self, now_ms: i64, bound: i64) -> Option<i64> {
         let mut size = self.size_bytes();
         let mut point = None;
-        let bases: Vec<i64> = self.segments.keys().copied().collect();
-        for (pair, segment) in bases.windows(2).zip(self.segments.values()) {
-            let next = pair[1];
+        // Each segment with the base of the one after it: the active one has none.
+        let nexts = self.segments.keys().skip(1);
+        for (segment, &next) in self.segments.values().zip(nexts) {
             if next > bound {
                 break;
             }

@@ -482,10 +482,7 @@ impl ImageMachine {
             dir: dir.to_path_buf(),
         };
         if let Some((snapshot, image)) = newest {
-            inner.image = image;
-            inner.last_applied = snapshot.meta.last_log_id;
-            inner.membership = snapshot.meta.last_membership.clone();
-            inner.snapshot = Some(snapshot);
+            inner.restore(snapshot, image);
         }
         let machine = ImageMachine {
             inner: Arc::new(Mutex::new(inner)),
@@ -529,6 +526,15 @@ impl MachineInner {
             image: Arc::new(self.image.clone()),
             offset,
         });
+    }
+
+    /// Makes `snapshot`, whose records built `image`, the state: image, applied position,
+    /// membership and current snapshot.
+    fn restore(&mut self, snapshot: Snapshot<Quorum>, image: MetadataImage) {
+        self.image = image;
+        self.last_applied = snapshot.meta.last_log_id;
+        self.membership = snapshot.meta.last_membership.clone();
+        self.snapshot = Some(snapshot);
     }
 
     /// Writes `snapshot` to its file (synced), then removes older snapshot files.
@@ -664,10 +670,7 @@ impl RaftStateMachine<Quorum> for ImageMachine {
         };
         let mut inner = self.lock();
         inner.persist(&snapshot)?;
-        inner.image = image;
-        inner.last_applied = meta.last_log_id;
-        inner.membership = meta.last_membership.clone();
-        inner.snapshot = Some(snapshot);
+        inner.restore(snapshot, image);
         // A leader's snapshot holds only committed entries.
         let last = meta.last_log_id.map(|l| l.index);
         inner.known_commit = inner.known_commit.max(last);

@@ -61,6 +61,10 @@ struct Leading {
     /// Where this leader epoch began: a follower must hold at least this much to rejoin
     /// the ISR.
     epoch_start: i64,
+    /// The epoch at which this broker's unbroken leadership began. Epochs bumped since
+    /// (a reassignment that drops a replica bumps it, the leader staying) truncated
+    /// nothing, so writes made under any of them still stand.
+    first_epoch: i32,
     followers: BTreeMap<i32, Progress>,
 }
 
@@ -250,6 +254,10 @@ impl Replica {
                     .collect();
             }
             _ => {
+                let first_epoch = match &*role {
+                    Role::Leader(leading) => leading.first_epoch,
+                    Role::Follower { .. } => p.leader_epoch,
+                };
                 let epoch_start = self.log.with_log(|l| {
                     l.begin_leader_epoch(p.leader_epoch)?;
                     Ok::<_, LogError>(l.log_end_offset())
@@ -262,6 +270,7 @@ impl Replica {
                     pending_isr: None,
                     isr_retry_at_ms: 0,
                     epoch_start,
+                    first_epoch,
                     followers: others.map(|r| (r, Progress::new(now))).collect(),
                 });
             }
@@ -403,8 +412,8 @@ impl Replica {
         usize::try_from(configured).unwrap_or(1)
     }
 
-    /// Waits until the high watermark reaches `end` while this broker still leads at
-    /// `epoch`: then Ok, or NOT_ENOUGH_REPLICAS_AFTER_APPEND when the ISR has shrunk below
+    /// Waits until the high watermark reaches `end` while this broker still leads since
+    /// `epoch` (at it or a later epoch of the same leadership): then Ok, or NOT_ENOUGH_REPLICAS_AFTER_APPEND when the ISR has shrunk below
     /// `min.insync.replicas` meanwhile. NOT_LEADER_OR_FOLLOWER once the leadership moved,
     /// REQUEST_TIMED_OUT after `timeout`.
     pub async fn wait_committed(
@@ -431,7 +440,7 @@ impl Replica {
     fn committed(&self, epoch: i32, end: i64) -> Option<Result<(), ErrorCode>> {
         let role = lock(&self.role);
         match &*role {
-            Role::Leader(leading) if leading.epoch == epoch => {
+            Role::Leader(leading) if (leading.first_epoch..=leading.epoch).contains(&epoch) => {
                 if self.log.with_log(|l| l.high_watermark()) < end {
                     return None;
                 }

@@ -185,6 +185,52 @@ async fn a_write_waiting_for_the_isr_fails_when_the_leadership_moves_or_time_run
     assert_eq!(leader.following(), Some((2, 2)));
 }
 
+/// A reassignment that drops a replica bumps the leader epoch, the leader staying: a
+/// write waiting under the older epoch still stands, while the followers' progress starts
+/// afresh (a dropped replica's old fetches no longer count). A leader that followed in
+/// between (and so may have truncated) answers the old write NOT_LEADER_OR_FOLLOWER.
+#[tokio::test]
+async fn a_bumped_epoch_under_the_same_leader_keeps_waiting_writes_and_forgets_progress() {
+    let storage = MemStorage::new();
+    let leader = Arc::new(replica(&storage, 1, 2));
+    leader.apply(&meta(1, 1, 1, &[1, 2, 3]), 1_000).unwrap();
+    let (info, epoch) = leader.append_as_leader(records(&["a"]), -1, 1_000).unwrap();
+    leader.follower_fetched(3, 1, 0, 1_000).unwrap();
+    let waiting = {
+        let leader = Arc::clone(&leader);
+        tokio::spawn(async move {
+            leader
+                .wait_committed(epoch, info.last_offset + 1, WAIT)
+                .await
+        })
+    };
+    leader.apply(&meta(1, 2, 2, &[1, 2, 3]), 1_000).unwrap();
+    assert_eq!(leader.leader_epoch(), Some(2));
+    assert_eq!(
+        high_watermark(&leader),
+        0,
+        "3's fetch under epoch 1 is forgotten"
+    );
+    leader.follower_fetched(2, 1, 0, 1_100).unwrap();
+    leader.follower_fetched(3, 1, 0, 1_100).unwrap();
+    assert_eq!(high_watermark(&leader), 1);
+    assert_eq!(waiting.await.unwrap(), Ok(()));
+
+    // Deposed, then leading again: the write of epoch 2 is not vouched for any more.
+    let (info, epoch) = leader.append_as_leader(records(&["b"]), -1, 1_200).unwrap();
+    leader.apply(&meta(2, 3, 3, &[1, 2, 3]), 1_300).unwrap();
+    leader.apply(&meta(1, 4, 4, &[1, 2, 3]), 1_400).unwrap();
+    leader.follower_fetched(2, 2, 0, 1_500).unwrap();
+    leader.follower_fetched(3, 2, 0, 1_500).unwrap();
+    assert_eq!(high_watermark(&leader), 2);
+    assert_eq!(
+        leader
+            .wait_committed(epoch, info.last_offset + 1, WAIT)
+            .await,
+        Err(ErrorCode::NotLeaderOrFollower)
+    );
+}
+
 #[test]
 fn a_follower_copies_the_leaders_log_and_takes_its_high_watermark() {
     let storage = MemStorage::new();

@@ -1214,6 +1214,34 @@ fn a_reassignment_that_only_removes_or_reorders_completes_at_once() {
     assert_eq!(c.next_offset, before);
 }
 
+/// Dropping a replica bumps the leader epoch even when the leader stays, so that the
+/// dropped replica's fetches are fenced; adding one does not.
+#[test]
+fn a_reassignment_that_drops_a_replica_bumps_the_leader_epoch() {
+    let mut c = Cluster::new();
+    for id in 1..=3 {
+        c.join(id, None);
+    }
+    c.create_placed("orders", &[vec![1, 2, 3]]).unwrap();
+    reassign(&mut c, "orders", 0, Some(&[1, 2]), true);
+    let p = c.partition("orders", 0);
+    assert_eq!(
+        (p.replicas.clone(), p.leader, p.leader_epoch),
+        (vec![1, 2], 1, 1)
+    );
+    reassign(&mut c, "orders", 0, Some(&[1, 2, 3]), true);
+    let p = c.partition("orders", 0);
+    assert_eq!(p.adding_replicas, vec![3]);
+    assert_eq!((p.leader, p.leader_epoch), (1, 1), "adding keeps the epoch");
+    // Cancelled: 3 is dropped again.
+    reassign(&mut c, "orders", 0, None, true);
+    let p = c.partition("orders", 0);
+    assert_eq!(
+        (p.replicas.clone(), p.leader, p.leader_epoch),
+        (vec![1, 2], 1, 2)
+    );
+}
+
 #[test]
 fn a_reassignment_names_distinct_registered_brokers_and_keeps_the_factor_when_asked() {
     let mut c = Cluster::new();

@@ -213,12 +213,18 @@ fn first_usable(image: &MetadataImage, replicas: &[i32], isr: &[i32]) -> i32 {
         .unwrap_or(NO_LEADER)
 }
 
+/// The change that takes `p` to `next`. A change that drops any replica from the
+/// assignment bumps the leader epoch even when the leader stays, as in Kafka: the dropped
+/// replicas' fetches, carrying the older epoch, are then fenced, and the leader starts
+/// its followers' progress afresh. Otherwise a fetch from a copy about to be deleted
+/// could count after the replica is added back, and put an empty copy in the ISR.
 fn record(topic_id: Uuid, p: &PartitionMeta, next: Next) -> MetadataRecord {
+    let drops_any = p.replicas.iter().any(|r| !next.replicas.contains(r));
     MetadataRecord::PartitionChange(PartitionChangeRecord {
         partition_id: p.index,
         topic_id,
         isr: (next.isr != p.isr).then_some(next.isr),
-        leader: if next.leader == p.leader {
+        leader: if next.leader == p.leader && !drops_any {
             NO_LEADER_CHANGE
         } else {
             next.leader

@@ -15,7 +15,7 @@
 //!
 //! This module is pure bookkeeping with the time passed in; `api::fetch` drives it.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
 use spool_protocol::{ErrorCode, Uuid};
@@ -106,7 +106,7 @@ pub fn next_epoch(epoch: i32) -> i32 {
 }
 
 pub struct FetchSessionCache {
-    sessions: HashMap<i32, Session>,
+    sessions: BTreeMap<i32, Session>,
     max_slots: usize,
     next_id: Box<dyn FnMut() -> i32 + Send>,
 }
@@ -116,7 +116,7 @@ impl FetchSessionCache {
     /// 0, negatives and IDs in use are skipped).
     pub fn new(max_slots: usize, ids: Box<dyn FnMut() -> i32 + Send>) -> Self {
         FetchSessionCache {
-            sessions: HashMap::new(),
+            sessions: BTreeMap::new(),
             max_slots,
             next_id: ids,
         }

@@ -16,7 +16,7 @@
 //! partitions' own files are then synced side by side on up to [`SYNC_WORKERS`] threads,
 //! each writing back only its partition's data. One partition is always synced alone.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -44,6 +44,9 @@ struct Shared {
 pub struct Flusher {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Without a thread (see [`crate::state::keep_blocking_work_on_this_thread`]): each
+    /// wait runs a round itself, with this file-system handle.
+    inline: Option<Option<Box<dyn FilesystemSync>>>,
 }
 
 impl Flusher {
@@ -56,6 +59,13 @@ impl Flusher {
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
         });
+        if crate::state::blocking_work_stays_on_this_thread() {
+            return Ok(Flusher {
+                shared,
+                thread: None,
+                inline: Some(filesystem),
+            });
+        }
         let thread = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -65,6 +75,7 @@ impl Flusher {
         Ok(Flusher {
             shared,
             thread: Some(thread),
+            inline: None,
         })
     }
 
@@ -94,7 +105,14 @@ impl Flusher {
             }
         }
         if answers.iter().any(Option::is_some) {
-            self.shared.wake.notify_one();
+            match &self.inline {
+                Some(filesystem) => {
+                    let waiters = std::mem::take(&mut *lock(&self.shared.pending));
+                    let unanswered = round(waiters, filesystem.as_deref());
+                    lock(&self.shared.pending).extend(unanswered);
+                }
+                None => self.shared.wake.notify_one(),
+            }
         }
         let mut outcomes = Vec::with_capacity(answers.len());
         for answer in answers {
@@ -149,16 +167,17 @@ pub const SYNCFS_MAX_PENDING_BYTES: u64 = 32 << 20;
 /// One round: sync every log a waiter needs, then answer the waiters. Returns those
 /// still to answer (a flush prepared elsewhere, still syncing, holds their offsets back).
 fn round(waiters: Vec<Waiter>, filesystem: Option<&dyn FilesystemSync>) -> Vec<Waiter> {
-    // The logs that need a sync, each once.
-    let mut logs: HashMap<*const SharedLog, Arc<SharedLog>> = HashMap::new();
+    // The logs that need a sync, each once, in the order they were asked for (so that a
+    // replayed simulation completes them, and wakes their waiters, in the same order).
+    let mut seen = HashSet::new();
+    let mut logs = Vec::new();
     for waiter in &waiters {
-        if waiter.log.durable_offset() < waiter.offset {
-            logs.entry(Arc::as_ptr(&waiter.log))
-                .or_insert_with(|| Arc::clone(&waiter.log));
+        if waiter.log.durable_offset() < waiter.offset && seen.insert(Arc::as_ptr(&waiter.log)) {
+            logs.push(Arc::clone(&waiter.log));
         }
     }
     let mut tickets = Vec::with_capacity(logs.len());
-    for log in logs.into_values() {
+    for log in logs {
         match log.prepare_external_flush() {
             Ok(ticket) => tickets.push((log, ticket)),
             Err(e) => tracing::warn!(error = %e, "a log cannot be flushed"),

@@ -6,7 +6,7 @@
 //! (the next request opens a new one); requests on a connection go one at a time. A
 //! request unanswered within its timeout counts as failed.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ pub struct Peers {
     client_id: String,
     timeout: Duration,
     net: Arc<dyn Network>,
-    connections: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
+    connections: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
 }
 
 impl Peers {
@@ -53,7 +53,7 @@ impl Peers {
             client_id,
             timeout,
             net,
-            connections: Mutex::new(HashMap::new()),
+            connections: Mutex::new(BTreeMap::new()),
         }
     }
 

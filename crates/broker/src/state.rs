@@ -1,7 +1,7 @@
 //! What every request handler shares: settings, the metadata store, and the partition
 //! logs this broker leads.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -95,7 +95,7 @@ pub struct BrokerState {
     /// Logs found at start that no partition of the image has claimed yet.
     unclaimed: Mutex<BTreeMap<TopicPartition, PartitionLog>>,
     /// The replicas this broker holds, each with its log.
-    partitions: RwLock<HashMap<TopicPartition, Arc<Replica>>>,
+    partitions: RwLock<BTreeMap<TopicPartition, Arc<Replica>>>,
     /// Fetches waiting on `min_bytes`, woken per partition by appends.
     pub wakeups: Wakeups,
     /// Incremental fetch sessions (KIP-227).
@@ -449,7 +449,7 @@ impl BrokerState {
             image: RwLock::new(Arc::new(MetadataImage::default())),
             applied: watch::channel(-1).0,
             unclaimed: Mutex::new(logs),
-            partitions: RwLock::new(HashMap::new()),
+            partitions: RwLock::new(BTreeMap::new()),
             wakeups: Wakeups::default(),
             _lock: guard,
         });
@@ -1100,10 +1100,31 @@ impl BrokerState {
     }
 }
 
-/// Runs blocking work (disk I/O) on tokio's blocking pool.
+thread_local! {
+    static ON_THIS_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes brokers started on this thread from now on do their blocking work (disk I/O,
+/// fsyncs) on it, in the task that asks, rather than on other threads. For the
+/// simulation, which runs every node on one thread and replays a seed only if nothing
+/// runs beside it; a broker serving clients does not do this.
+pub fn keep_blocking_work_on_this_thread() {
+    ON_THIS_THREAD.with(|on| on.set(true));
+}
+
+/// Whether [`keep_blocking_work_on_this_thread`] was called on this thread.
+pub(crate) fn blocking_work_stays_on_this_thread() -> bool {
+    ON_THIS_THREAD.with(std::cell::Cell::get)
+}
+
+/// Runs blocking work (disk I/O) on tokio's blocking pool (or at once, see
+/// [`keep_blocking_work_on_this_thread`]).
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
 ) -> Result<T, BrokerError> {
+    if blocking_work_stays_on_this_thread() {
+        return work();
+    }
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| BrokerError::Cluster(format!("blocking work failed: {e}")))?

@@ -5,7 +5,7 @@
 //! A wake-up is a permit (`Notify::notify_one`), so an append that lands between a fetch's
 //! registration and its wait is not lost: register, read, then wait.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Notify;
@@ -17,7 +17,7 @@ type Waiters = Vec<Weak<Notify>>;
 #[derive(Default)]
 pub struct Wakeups {
     /// Topic name → partition → the fetches waiting on it.
-    waiting: Mutex<HashMap<String, HashMap<i32, Waiters>>>,
+    waiting: Mutex<BTreeMap<String, BTreeMap<i32, Waiters>>>,
 }
 
 impl Wakeups {
@@ -67,7 +67,7 @@ impl Wakeups {
     fn registered(&self) -> usize {
         lock(&self.waiting)
             .values()
-            .flat_map(HashMap::values)
+            .flat_map(BTreeMap::values)
             .map(Vec::len)
             .sum()
     }

@@ -9,9 +9,7 @@
 //! log is replayed. This is the shape the cluster work puts on a Raft quorum: the log
 //! becomes replicated, the image stays the same.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hasher};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use spool_log::{LogError, PartitionLog};
@@ -29,6 +27,8 @@ use thiserror::Error;
 pub mod controller;
 pub mod net;
 pub mod quorum;
+pub mod random;
+pub use random::random_uuid;
 mod reassignment;
 pub mod remote;
 pub mod service;
@@ -595,20 +595,6 @@ pub fn create_topic_records(
         }));
     }
     records
-}
-
-/// A random (version 4) UUID for topic IDs, from the standard library's per-process random
-/// hasher keys; never the all-zero "no ID".
-pub fn random_uuid() -> Uuid {
-    let half = || {
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u64(0x005f_001d);
-        hasher.finish()
-    };
-    let mut bytes = ((u128::from(half()) << 64) | u128::from(half())).to_be_bytes();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    Uuid(bytes)
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@
 //! majority lost), restarts, network partitions that cut one node off, message delay,
 //! and lost messages (as TCP shows them: connections that fail, see [`net::Breaks`]).
 //! After every step of the simulation the invariants of replication are checked on the
-//! nodes' state and the clients' view ([`invariants`]). The same seed gives the same
-//! schedule of faults and reassignments.
+//! nodes' state and the clients' view ([`invariants`]). The same seed, run alone in a
+//! process, gives the same run: faults, messages and their timing, acknowledgements.
 
 mod admin;
 mod consumer;
@@ -22,6 +22,7 @@ pub mod net;
 mod producer;
 
 use std::cell::RefCell;
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::{Arc, Weak};
@@ -107,6 +108,9 @@ pub struct Report {
     pub steps: u64,
     /// The faults, when they happened.
     pub timeline: Vec<String>,
+    /// A digest of the run: the timeline, and each acknowledgement's partition, offset
+    /// and time. A replayed seed gives the same.
+    pub digest: u64,
 }
 
 /// A small seeded generator (xorshift64*) for the fault schedule.
@@ -198,6 +202,9 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
         )
     };
     let mut rng = Rng::new(settings.seed);
+    // Every node runs on this thread: Raft's timeouts and the IDs follow the seed.
+    spool_metadata::random::seed_this_thread(settings.seed);
+    spool_broker::state::keep_blocking_work_on_this_thread();
     let mut sim = turmoil::Builder::new()
         .rng_seed(settings.seed)
         .tick_duration(TICK)
@@ -435,5 +442,13 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
         .count();
     report.broken_connections = breaks.count();
     report.timeline = events.take();
+    let mut digest = std::hash::DefaultHasher::new();
+    report.timeline.hash(&mut digest);
+    for partition in 0..settings.partitions {
+        for a in acked.of(partition) {
+            (a.partition, a.offset, a.at).hash(&mut digest);
+        }
+    }
+    report.digest = digest.finish();
     Ok(report)
 }

@@ -50,7 +50,7 @@ openraft::declare_raft_types!(
         Node = BasicNode,
         Entry = openraft::Entry<Quorum>,
         SnapshotData = ImageSnapshot,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::random::Runtime,
 );
 
 /// What an entry carries: the records of one controller decision.

@@ -60,6 +60,16 @@ fn meta(leader: i32, leader_epoch: i32, partition_epoch: i32, isr: &[i32]) -> Pa
     }
 }
 
+/// `leader.wait_committed(epoch, end)` in a task of its own.
+fn wait_committed(
+    leader: &Arc<Replica>,
+    epoch: i32,
+    end: i64,
+) -> tokio::task::JoinHandle<Result<(), ErrorCode>> {
+    let leader = Arc::clone(leader);
+    tokio::spawn(async move { leader.wait_committed(epoch, end, WAIT).await })
+}
+
 fn high_watermark(replica: &Replica) -> i64 {
     replica.log.with_log(|l| l.high_watermark())
 }
@@ -147,14 +157,7 @@ async fn min_insync_replicas_refuses_before_the_append_and_after_a_shrink() {
     leader.apply(&meta(1, 1, 2, &[1, 2]), 1_000).unwrap();
     let (info, epoch) = leader.append_as_leader(records(&["b"]), -1, 1_000).unwrap();
     let leader = Arc::new(leader);
-    let waiting = {
-        let leader = Arc::clone(&leader);
-        tokio::spawn(async move {
-            leader
-                .wait_committed(epoch, info.last_offset + 1, WAIT)
-                .await
-        })
-    };
+    let waiting = wait_committed(&leader, epoch, info.last_offset + 1);
     // The ISR shrinks to the leader before follower 2 gets the record: it is committed,
     // but not on min.insync.replicas replicas.
     leader.apply(&meta(1, 1, 3, &[1]), 1_000).unwrap();
@@ -196,14 +199,7 @@ async fn a_bumped_epoch_under_the_same_leader_keeps_waiting_writes_and_forgets_p
     leader.apply(&meta(1, 1, 1, &[1, 2, 3]), 1_000).unwrap();
     let (info, epoch) = leader.append_as_leader(records(&["a"]), -1, 1_000).unwrap();
     leader.follower_fetched(3, 1, 0, 1_000).unwrap();
-    let waiting = {
-        let leader = Arc::clone(&leader);
-        tokio::spawn(async move {
-            leader
-                .wait_committed(epoch, info.last_offset + 1, WAIT)
-                .await
-        })
-    };
+    let waiting = wait_committed(&leader, epoch, info.last_offset + 1);
     leader.apply(&meta(1, 2, 2, &[1, 2, 3]), 1_000).unwrap();
     assert_eq!(leader.leader_epoch(), Some(2));
     assert_eq!(

@@ -56,6 +56,11 @@ struct Leading {
     isr: Vec<i32>,
     /// An ISR this leader has asked the controller for and not yet seen applied.
     pending_isr: Option<Vec<i32>>,
+    /// The controller's answer left open whether `pending_isr` was recorded (no answer,
+    /// or a partition epoch newer than this leader's, perhaps its own change): it stays
+    /// in the high watermark's floor until the metadata says, and is asked again after
+    /// the back-off.
+    pending_unresolved: bool,
     /// After a refused ISR change, none is asked for before this time.
     isr_retry_at_ms: i64,
     /// Where this leader epoch began: a follower must hold at least this much to rejoin
@@ -248,6 +253,7 @@ impl Replica {
                 leading.isr = p.isr.clone();
                 leading.replicas = p.replicas.clone();
                 leading.pending_isr = None;
+                leading.pending_unresolved = false;
                 let known = std::mem::take(&mut leading.followers);
                 leading.followers = others
                     .map(|r| (r, known.get(&r).copied().unwrap_or(Progress::new(now))))
@@ -268,6 +274,7 @@ impl Replica {
                     replicas: p.replicas.clone(),
                     isr: p.isr.clone(),
                     pending_isr: None,
+                    pending_unresolved: false,
                     isr_retry_at_ms: 0,
                     epoch_start,
                     first_epoch,
@@ -497,11 +504,18 @@ impl Replica {
             let mut isr = leading.isr.clone();
             isr.push(follower);
             leading.pending_isr = Some(isr.clone());
-            IsrChange {
-                leader_epoch: leading.epoch,
-                partition_epoch: leading.partition_epoch,
-                isr,
-            }
+            isr
+        });
+        // A change whose fate is open is asked again, on any follower's fetch.
+        let expand = expand.or_else(|| {
+            let again = leading.pending_unresolved && now >= leading.isr_retry_at_ms;
+            leading.pending_unresolved &= !again;
+            again.then(|| leading.pending_isr.clone()).flatten()
+        });
+        let expand = expand.map(|isr| IsrChange {
+            leader_epoch: leading.epoch,
+            partition_epoch: leading.partition_epoch,
+            isr,
         });
         drop(role);
         if moved {
@@ -546,8 +560,24 @@ impl Replica {
         })
     }
 
-    /// The controller refused or never answered `change`: it is no longer pending, and
-    /// may be asked again after [`ISR_RETRY_BACKOFF_MS`].
+    /// The controller answered that `change` may have been recorded after all (no answer
+    /// in time, or a newer partition epoch than this leader's, which may be that very
+    /// change): the change stays pending, and so in the high watermark's floor, until
+    /// the metadata settles it; it is asked again after [`ISR_RETRY_BACKOFF_MS`]. Dropping
+    /// it could let the high watermark pass a follower the controller has put in the
+    /// ISR, which could then be elected without every acknowledged record.
+    pub fn isr_change_unresolved(&self, change: &IsrChange, now: i64) {
+        let mut role = lock(&self.role);
+        if let Role::Leader(leading) = &mut *role
+            && leading.pending_isr.as_ref() == Some(&change.isr)
+        {
+            leading.pending_unresolved = true;
+            leading.isr_retry_at_ms = now.saturating_add(ISR_RETRY_BACKOFF_MS);
+        }
+    }
+
+    /// The controller refused `change`: it is no longer pending, and may be asked again
+    /// after [`ISR_RETRY_BACKOFF_MS`].
     pub fn isr_change_failed(&self, change: &IsrChange, now: i64) {
         let mut role = lock(&self.role);
         if let Role::Leader(leading) = &mut *role

@@ -491,7 +491,19 @@ pub fn send_isr_change(
         } else {
             tracing::info!(%topic, partition, isr = ?change.isr, ?error, "ISR change refused");
             if let Some(state) = clock.upgrade() {
-                replica.isr_change_failed(&change, state.clock_ms());
+                // No answer, or a partition epoch this leader has not seen yet: the change
+                // may have been recorded all the same.
+                let unresolved = matches!(
+                    error,
+                    ErrorCode::InvalidUpdateVersion
+                        | ErrorCode::RequestTimedOut
+                        | ErrorCode::NotController
+                );
+                if unresolved {
+                    replica.isr_change_unresolved(&change, state.clock_ms());
+                } else {
+                    replica.isr_change_failed(&change, state.clock_ms());
+                }
             }
         }
     });

@@ -418,6 +418,50 @@ fn a_caught_up_follower_joins_the_isr_and_a_lagging_one_leaves_it() {
     );
 }
 
+/// An ISR change the controller may have recorded after all (no answer, or a newer
+/// partition epoch) stays in the high watermark's floor and is asked again; a refusal
+/// drops it.
+#[test]
+fn an_isr_change_of_unknown_fate_keeps_holding_the_high_watermark_and_is_asked_again() {
+    let storage = MemStorage::new();
+    let leader = replica(&storage, 1, 1);
+    leader.apply(&meta(1, 1, 1, &[1, 2]), 1_000).unwrap();
+    leader
+        .append_as_leader(records(&["a", "b"]), 1, 1_000)
+        .unwrap();
+    leader.follower_fetched(2, 2, 0, 1_000).unwrap();
+    let change = leader
+        .follower_fetched(3, 2, 0, 1_000)
+        .unwrap()
+        .expand
+        .unwrap();
+    assert_eq!(change.isr, vec![1, 2, 3]);
+    leader.append_as_leader(records(&["c"]), 1, 1_000).unwrap();
+    leader.follower_fetched(2, 3, 0, 1_000).unwrap();
+    assert_eq!(high_watermark(&leader), 2, "broker 3 may be in the ISR");
+
+    leader.isr_change_unresolved(&change, 1_000);
+    leader.follower_fetched(2, 3, 0, 1_050).unwrap();
+    assert_eq!(
+        high_watermark(&leader),
+        2,
+        "still: it may have been recorded"
+    );
+    let again = leader.follower_fetched(2, 3, 0, 1_100).unwrap().expand;
+    assert_eq!(
+        again,
+        Some(change.clone()),
+        "asked again after the back-off"
+    );
+    assert_eq!(
+        leader.follower_fetched(2, 3, 0, 1_200).unwrap().expand,
+        None
+    );
+
+    leader.isr_change_failed(&change, 1_200);
+    assert_eq!(high_watermark(&leader), 3, "refused: broker 3 is out");
+}
+
 /// Compaction left gaps between the leader's batches: the follower keeps them as gaps,
 /// at the leader's offsets.
 #[test]

@@ -134,7 +134,8 @@ pub struct IsrChange {
 pub struct FetchNote {
     /// The high watermark moved: consumers and acks=all writes may proceed.
     pub high_watermark_moved: bool,
-    /// The follower caught up and should join the ISR.
+    /// An ISR change to ask the controller for: the follower caught up and should join
+    /// the ISR, or a change whose fate was left open is asked again.
     pub expand: Option<IsrChange>,
 }
 
@@ -420,7 +421,8 @@ impl Replica {
     }
 
     /// Waits until the high watermark reaches `end` while this broker still leads since
-    /// `epoch` (at it or a later epoch of the same leadership): then Ok, or NOT_ENOUGH_REPLICAS_AFTER_APPEND when the ISR has shrunk below
+    /// `epoch` (at it or a later epoch of the same leadership): then Ok, or
+    /// NOT_ENOUGH_REPLICAS_AFTER_APPEND when the ISR has shrunk below
     /// `min.insync.replicas` meanwhile. NOT_LEADER_OR_FOLLOWER once the leadership moved,
     /// REQUEST_TIMED_OUT after `timeout`.
     pub async fn wait_committed(

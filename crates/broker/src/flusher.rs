@@ -41,12 +41,18 @@ struct Shared {
     stop: AtomicBool,
 }
 
+/// Where the rounds run.
+enum Rounds {
+    /// On the flusher's thread (taken when it is joined).
+    Thread(Option<JoinHandle<()>>),
+    /// In each waiting task, with this file-system handle (see
+    /// [`crate::state::keep_blocking_work_on_this_thread`]).
+    Inline(Option<Box<dyn FilesystemSync>>),
+}
+
 pub struct Flusher {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
-    /// Without a thread (see [`crate::state::keep_blocking_work_on_this_thread`]): each
-    /// wait runs a round itself, with this file-system handle.
-    inline: Option<Option<Box<dyn FilesystemSync>>>,
+    rounds: Rounds,
 }
 
 impl Flusher {
@@ -62,8 +68,7 @@ impl Flusher {
         if crate::state::blocking_work_stays_on_this_thread() {
             return Ok(Flusher {
                 shared,
-                thread: None,
-                inline: Some(filesystem),
+                rounds: Rounds::Inline(filesystem),
             });
         }
         let thread = {
@@ -74,8 +79,7 @@ impl Flusher {
         };
         Ok(Flusher {
             shared,
-            thread: Some(thread),
-            inline: None,
+            rounds: Rounds::Thread(Some(thread)),
         })
     }
 
@@ -105,13 +109,13 @@ impl Flusher {
             }
         }
         if answers.iter().any(Option::is_some) {
-            match &self.inline {
-                Some(filesystem) => {
+            match &self.rounds {
+                Rounds::Inline(filesystem) => {
                     let waiters = std::mem::take(&mut *lock(&self.shared.pending));
                     let unanswered = round(waiters, filesystem.as_deref());
                     lock(&self.shared.pending).extend(unanswered);
                 }
-                None => self.shared.wake.notify_one(),
+                Rounds::Thread(_) => self.shared.wake.notify_one(),
             }
         }
         let mut outcomes = Vec::with_capacity(answers.len());
@@ -129,7 +133,9 @@ impl Drop for Flusher {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.wake.notify_one();
-        if let Some(thread) = self.thread.take() {
+        if let Rounds::Thread(thread) = &mut self.rounds
+            && let Some(thread) = thread.take()
+        {
             let _ = thread.join();
         }
     }

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use spool_log::LogConfig;
+use spool_metadata::quorum::QuorumSettings;
 
 use crate::group::GroupConfig;
 use crate::group::assign::ASSIGNORS;
@@ -216,6 +217,8 @@ impl Default for ReplicationConfig {
 
 impl Default for BrokerConfig {
     fn default() -> Self {
+        // The quorum's defaults (KRaft's) are set in one place.
+        let quorum = QuorumSettings::default();
         BrokerConfig {
             node_id: 0,
             listeners: vec![Listener {
@@ -241,12 +244,12 @@ impl Default for BrokerConfig {
             broker_session_timeout_ms: 1500,
             broker_heartbeat_interval_ms: 300,
             default_replication_factor: 1,
-            controller_quorum_election_timeout_ms: 1000,
-            metadata_log_max_record_bytes_between_snapshots: 20 * 1024 * 1024,
-            metadata_log_max_snapshot_interval_ms: 60 * 60 * 1000,
-            metadata_log_segment_bytes: 1024 * 1024 * 1024,
-            metadata_max_retention_bytes: 100 * 1024 * 1024,
-            metadata_max_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            controller_quorum_election_timeout_ms: quorum.election_timeout_ms,
+            metadata_log_max_record_bytes_between_snapshots: quorum.snapshot_bytes,
+            metadata_log_max_snapshot_interval_ms: quorum.snapshot_interval_ms,
+            metadata_log_segment_bytes: quorum.segment_bytes,
+            metadata_max_retention_bytes: quorum.retention_bytes,
+            metadata_max_retention_ms: quorum.retention_ms,
             replication: ReplicationConfig::default(),
             controller_quorum_voters: Vec::new(),
             controller_listener_names: vec![CONTROLLER_LISTENER.to_string()],

@@ -277,7 +277,6 @@ impl QuorumState {
     }
 }
 
-/// The Raft messages between voters.
 /// A snapshot file's first bytes and the version of its form.
 const CHECKPOINT_MAGIC: &[u8; 8] = b"SPOOLSNP";
 const CHECKPOINT_VERSION: i16 = 1;
@@ -313,6 +312,7 @@ pub fn decode_checkpoint(mut bytes: Bytes) -> Result<Snapshot<Quorum>, CodecErro
     Ok(snapshot)
 }
 
+/// The Raft messages between voters.
 pub mod rpc {
     use bytes::{BufMut, Bytes, BytesMut};
     use openraft::raft::{

@@ -106,8 +106,10 @@ class Load:
         self.consumed = {}
         self.stopping = threading.Event()
         self.produced = threading.Event()
-        self.producer = threading.Thread(target=self.produce)
-        self.consumer = threading.Thread(target=self.consume)
+        # Daemons: after a failure, a client still waiting on stopped brokers (a consumer's
+        # close) must not keep the test run from exiting.
+        self.producer = threading.Thread(target=self.produce, daemon=True)
+        self.consumer = threading.Thread(target=self.consume, daemon=True)
         self.producer.start()
         self.consumer.start()
 

@@ -3,6 +3,7 @@ idempotent acks=all producer and a consumer group keep working while brokers are
 with SIGKILL (the partition leader, a follower, the active controller, five rounds each)
 and restarted one by one gracefully; no acknowledged record is lost, moved or written
 twice."""
+import logging
 import os
 import re
 import shutil
@@ -99,8 +100,9 @@ class Load:
     """Produces keys 0, 1, 2, … (idempotent, acks=all) and reads them back through a
     consumer group, each on its own thread, until stopped."""
 
-    def __init__(self, bootstrap):
+    def __init__(self, bootstrap, root):
         self.bootstrap = bootstrap
+        self.root = root
         self.acked = {}
         self.errors = []
         self.consumed = {}
@@ -134,8 +136,16 @@ class Load:
         self.produced.set()
 
     def consume(self):
+        # The consumer's group and fetch messages go to a file next to the brokers' logs.
+        logger = logging.getLogger(f"consumer-{id(self)}")
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+        handler = logging.FileHandler(os.path.join(self.root, "consumer.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "audit",
-                             "auto.offset.reset": "earliest"})
+                             "auto.offset.reset": "earliest", "debug": "cgrp,fetch",
+                             "logger": logger})
         consumer.subscribe([TOPIC])
         deadline = None
         # Once every record is acknowledged, on until each has been read (or a minute).
@@ -149,12 +159,18 @@ class Load:
                 continue
             self.consumed.setdefault(int(msg.key()), set()).add((msg.partition(), msg.offset()))
         consumer.close()
+        handler.close()
 
     def progresses(self, what):
         """Waits for both new acknowledgements and newly consumed records."""
         acked, consumed = len(self.acked), len(self.consumed)
+        started = time.time()
         wait_for(f"acknowledgements after {what}", lambda: len(self.acked) >= acked + 200)
+        acking = time.time() - started
         wait_for(f"consumption after {what}", lambda: len(self.consumed) >= consumed + 200)
+        # Shown with a failure: how long each step took to progress.
+        print(f"{time.strftime('%H:%M:%S')} {what}: acknowledged in {acking:.1f} s, "
+              f"consumed in {time.time() - started:.1f} s")
 
     def stop(self):
         self.stopping.set()
@@ -184,16 +200,31 @@ def read_log(bootstrap):
     return found
 
 
+def show_logs(root):
+    """After a failure: the end of each broker's log and of the consumer's group and
+    fetch messages, with the test's report; the files stay for a closer look."""
+    print(f"logs kept in {root}")
+    for name, lines in [("node-0.log", 40), ("node-1.log", 40), ("node-2.log", 40),
+                        ("consumer.log", 200)]:
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            with open(path, errors="replace") as log:
+                tail = log.readlines()[-lines:]
+            print(f"--- last {len(tail)} lines of {name}")
+            print(re.sub(r"\x1b\[[0-9;]*m", "", "".join(tail)))
+
+
 def test_killing_leaders_followers_and_the_controller_loses_no_acknowledged_record():
     root, nodes, bootstrap = start_nodes("spool-interop-replication-", 3)
     load = None
+    passed = False
     try:
         admin = AdminClient({"bootstrap.servers": bootstrap})
         admin.create_topics([NewTopic(TOPIC, PARTITIONS, 3, config={
             "min.insync.replicas": "2"})])[TOPIC].result(timeout=30)
         wait_for("every replica in sync", lambda: all(
             isr == [0, 1, 2] for _, isr in partitions(admin).values()))
-        load = Load(bootstrap)
+        load = Load(bootstrap, root)
         load.progresses("the start")
 
         def victim(kind):
@@ -246,6 +277,7 @@ def test_killing_leaders_followers_and_the_controller_loses_no_acknowledged_reco
         unread = [k for k in load.acked if load.acked[k] not in load.consumed.get(k, set())]
         assert unread == [], (f"{len(unread)} of {len(load.acked)} records not read by the "
                               f"group, e.g. {[(k, load.acked[k]) for k in unread[:5]]}")
+        passed = True
     finally:
         if load is not None:
             load.stopping.set()
@@ -255,4 +287,7 @@ def test_killing_leaders_followers_and_the_controller_loses_no_acknowledged_reco
                 node.process.send_signal(signal.SIGTERM)
         for node in nodes:
             node.process.wait(timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+        if passed:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            show_logs(root)

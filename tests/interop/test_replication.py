@@ -271,12 +271,17 @@ def test_killing_leaders_followers_and_the_controller_loses_no_acknowledged_reco
         assert lost == [], f"{len(lost)} acknowledged records lost, e.g. {lost[:5]}"
         twice = {k: v for k, v in found.items() if len(v) > 1}
         assert twice == {}, f"{len(twice)} records written twice, e.g. {list(twice.items())[:3]}"
-        moved = [(k, load.acked[k], found[k]) for k in load.acked if found[k] != [load.acked[k]]]
+        # A delivery report may lack the offset: librdkafka acknowledges earlier records
+        # implicitly when a later batch of the same idempotent producer is acknowledged
+        # (the answer to theirs was lost with a connection). Such a record is checked for
+        # being in the log once; every other one, for being at its reported place.
+        moved = [(k, load.acked[k], found[k]) for k in load.acked
+                 if load.acked[k][1] is not None and found[k] != [load.acked[k]]]
         assert moved == [], f"records moved: {moved[:3]}"
-        # The group read every acknowledged record, each at its acknowledged place.
-        unread = [k for k in load.acked if load.acked[k] not in load.consumed.get(k, set())]
+        # The group read every acknowledged record, each at its place in the log.
+        unread = [k for k in load.acked if found[k][0] not in load.consumed.get(k, set())]
         assert unread == [], (f"{len(unread)} of {len(load.acked)} records not read by the "
-                              f"group, e.g. {[(k, load.acked[k]) for k in unread[:5]]}")
+                              f"group, e.g. {[(k, found[k][0]) for k in unread[:5]]}")
         passed = True
     finally:
         if load is not None:

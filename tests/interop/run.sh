@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Interop tests: the real spool binary driven by real third-party clients — kcat (Debian)
-# and confluent-kafka, kafka-python, aiokafka (PyPI). Installs what it needs: kcat with
-# apt-get when missing (and nftables as root, for the network-partition tests), the Python
-# clients into build/venv.
+# and confluent-kafka, kafka-python, aiokafka (PyPI). Installs what it needs: kcat and
+# openssl with apt-get when missing (and nftables as root, for the network-partition
+# tests), the Python clients into build/venv.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -12,6 +12,12 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if ! command -v kcat >/dev/null 2>&1; then
   as_root apt-get update -qq
   as_root apt-get install -y -qq kcat >/dev/null
+fi
+
+# The TLS tests make their certificates with openssl.
+if ! command -v openssl >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq openssl >/dev/null
 fi
 
 # The network-partition tests run as root only, with nftables.

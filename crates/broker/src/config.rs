@@ -13,6 +13,7 @@ use spool_metadata::quorum::QuorumSettings;
 
 use crate::group::GroupConfig;
 use crate::group::assign::ASSIGNORS;
+use crate::tls::SslSettings;
 use crate::txn::TxnConfig;
 use spool_protocol::record_batch::TimestampType;
 use thiserror::Error;
@@ -74,6 +75,8 @@ pub struct BrokerConfig {
     pub advertised_listeners: Option<Vec<AdvertisedListener>>,
     /// `listener.security.protocol.map`: each listener name's security protocol.
     pub listener_security_protocol_map: std::collections::BTreeMap<String, String>,
+    /// `ssl.*` and `listener.name.<name>.ssl.*`: TLS on SSL listeners.
+    pub ssl: SslSettings,
     /// `log.dirs` (one directory).
     pub data_dir: PathBuf,
     /// `num.partitions`: partitions of auto-created topics.
@@ -232,6 +235,7 @@ impl Default for BrokerConfig {
                 .map(|p| (p.to_string(), p.to_string()))
                 .chain([(CONTROLLER_LISTENER.to_string(), "PLAINTEXT".to_string())])
                 .collect(),
+            ssl: SslSettings::default(),
             data_dir: PathBuf::from("./spool-data"),
             num_partitions: 1,
             auto_create_topics_enable: true,
@@ -550,8 +554,8 @@ impl BrokerConfig {
     }
 
     /// Checks what single settings cannot: every listener has a security protocol this
-    /// version serves (PLAINTEXT), no two listeners share a port, and every advertised
-    /// listener is a listener.
+    /// version serves (PLAINTEXT; SSL for listeners serving clients only), no two
+    /// listeners share a port, and every advertised listener is a listener.
     pub fn check(&self) -> Result<(), ConfigError> {
         let replication = &self.replication;
         if u64::try_from(replication.fetch_wait_max_ms).unwrap_or(0) > replication.socket_timeout_ms
@@ -576,12 +580,28 @@ impl BrokerConfig {
                     ),
                 ));
             };
-            if protocol != "PLAINTEXT" {
+            let served = match protocol.as_str() {
+                "PLAINTEXT" => true,
+                // Brokers and controllers reach each other in plain TCP in this version.
+                "SSL" => {
+                    !self.is_controller_listener(&listener.name)
+                        && listener.name != self.inter_broker_listener()
+                }
+                _ => false,
+            };
+            if !served {
+                let role = if self.is_controller_listener(&listener.name) {
+                    " as a controller listener"
+                } else if listener.name == self.inter_broker_listener() {
+                    " as the inter-broker listener (set inter.broker.listener.name to a PLAINTEXT listener)"
+                } else {
+                    ""
+                };
                 return Err(invalid(
                     "listeners",
                     &self.listeners_setting(),
                     format!(
-                        "listener `{}` uses {protocol}, which this version does not serve",
+                        "listener `{}` uses {protocol}, which this version does not serve{role}",
                         listener.name
                     ),
                 ));
@@ -982,7 +1002,25 @@ impl BrokerConfig {
                 self.log.cleanup_delete = policies.contains(&"delete");
                 self.log.cleanup_compact = policies.contains(&"compact");
             }
-            _ => return Err(ConfigError::Unknown(key.to_string())),
+            _ => {
+                let (listener, setting) = match key.strip_prefix("listener.name.") {
+                    Some(rest) => match rest.split_once('.') {
+                        Some((name, setting)) => (Some(name), setting),
+                        None => (None, key),
+                    },
+                    None => (None, key),
+                };
+                let known = match setting.strip_prefix("ssl.") {
+                    Some(ssl) => self
+                        .ssl
+                        .set(listener, ssl, value)
+                        .map_err(|e| invalid(key, value, e.to_string()))?,
+                    None => false,
+                };
+                if !known {
+                    return Err(ConfigError::Unknown(key.to_string()));
+                }
+            }
         }
         self.explicit
             .insert(key.to_string(), value.trim().to_string());
@@ -1245,6 +1283,57 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn ssl_listeners_serve_clients_and_their_settings_go_by_listener() {
+        let mut config = BrokerConfig::default();
+        config
+            .set("listeners", "PLAINTEXT://:0,SSL://:0,MTLS://:0")
+            .unwrap();
+        config
+            .set(
+                "listener.security.protocol.map",
+                "PLAINTEXT:PLAINTEXT,SSL:SSL,MTLS:SSL,CONTROLLER:PLAINTEXT",
+            )
+            .unwrap();
+        config
+            .set("ssl.keystore.location", "/etc/spool/broker.pem")
+            .unwrap();
+        config
+            .set("listener.name.mtls.ssl.client.auth", "required")
+            .unwrap();
+        assert_eq!(config.check(), Ok(()));
+        assert_eq!(
+            config.ssl.client_auth("MTLS"),
+            crate::tls::ClientAuth::Required
+        );
+        assert_eq!(config.ssl.client_auth("SSL"), crate::tls::ClientAuth::None);
+        assert_eq!(
+            config.ssl.get("MTLS", "keystore.location"),
+            Some("/etc/spool/broker.pem")
+        );
+        assert!(matches!(
+            config.set("listener.name.mtls.ssl.client.auth", "maybe"),
+            Err(ConfigError::Invalid { .. })
+        ));
+        assert_eq!(
+            config.set("listener.name.mtls.ssl.bogus", "1"),
+            Err(ConfigError::Unknown("listener.name.mtls.ssl.bogus".into()))
+        );
+        // Brokers reach each other in plain TCP in this version.
+        config.set("inter.broker.listener.name", "SSL").unwrap();
+        assert!(matches!(config.check(), Err(ConfigError::Invalid { .. })));
+        config
+            .set("inter.broker.listener.name", "PLAINTEXT")
+            .unwrap();
+        config
+            .set(
+                "listener.security.protocol.map",
+                "PLAINTEXT:PLAINTEXT,SSL:SASL_SSL,MTLS:SSL,CONTROLLER:PLAINTEXT",
+            )
+            .unwrap();
+        assert!(matches!(config.check(), Err(ConfigError::Invalid { .. })));
     }
 
     #[test]

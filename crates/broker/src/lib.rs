@@ -19,6 +19,7 @@ pub mod replica_fetcher;
 pub mod server;
 pub mod state;
 pub mod throttle;
+pub mod tls;
 pub mod topic_configs;
 pub mod txn;
 pub mod wakeups;

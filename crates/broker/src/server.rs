@@ -6,7 +6,8 @@
 //! handler's answer goes through a one-shot channel into a queue the writer drains in order,
 //! so slow requests (a long-polling fetch, an acks=all produce) never reorder responses.
 //! The queue's bound is the connection's in-flight limit: when it is full the reader stops
-//! reading. A connection idle for `connections.max.idle.ms` is closed.
+//! reading. A connection idle for `connections.max.idle.ms` is closed. On an SSL listener
+//! the connection is a TLS session first (see [`crate::tls`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,15 +19,21 @@ use spool_protocol::frame::{FrameDecoder, decode_request, encode_response};
 use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, Outcome, RequestContext};
 use crate::state::BrokerState;
 
-/// Accepts connections on the listener named `name` until `shutdown` turns true.
+/// How long a client has to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections on the listener named `name` until `shutdown` turns true; with
+/// `tls`, each connection starts with a TLS handshake (an SSL listener).
 pub async fn serve(
     state: Arc<BrokerState>,
     listener: Box<dyn Listener>,
     name: String,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let listener_name: Arc<str> = Arc::from(name.as_str());
@@ -40,7 +47,18 @@ pub async fn serve(
                         listener: Arc::clone(&listener_name),
                         client_host: Arc::from(format!("/{}", peer.ip())),
                     };
+                    let tls = tls.clone();
                     tokio::spawn(async move {
+                        let stream = match tls {
+                            Some(acceptor) => match secure(&acceptor, stream).await {
+                                Ok(stream) => stream,
+                                Err(e) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                            },
+                            None => stream,
+                        };
                         if let Err(e) = connection(state, context, stream, shutdown).await {
                             tracing::debug!(%peer, error = %e, "connection closed");
                         }
@@ -50,6 +68,18 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// The TLS handshake of an accepted connection, bounded in time.
+async fn secure(acceptor: &TlsAcceptor, stream: BoxStream) -> std::io::Result<BoxStream> {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Ok(Box::new(stream)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no TLS handshake in time",
+        )),
     }
 }
 

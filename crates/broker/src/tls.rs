@@ -1,0 +1,630 @@
+//! TLS for SSL listeners, with rustls and its ring provider.
+//!
+//! Kafka's `ssl.*` settings apply to every listener; `listener.name.<name>.ssl.*` sets one
+//! for a single listener and wins over the general one. Keys and certificates are PEM:
+//! the keystore is either a file holding the private key and its certificate chain
+//! (`ssl.keystore.location`) or the two given inline (`ssl.keystore.key`,
+//! `ssl.keystore.certificate.chain`); the truststore, which verifies client certificates,
+//! is a file of CA certificates (`ssl.truststore.location`) or the same inline
+//! (`ssl.truststore.certificates`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+
+/// The `ssl.*` settings this version knows, by their name after `ssl.`.
+pub const SETTINGS: &[&str] = &[
+    "keystore.type",
+    "keystore.location",
+    "keystore.key",
+    "keystore.certificate.chain",
+    "key.password",
+    "keystore.password",
+    "truststore.type",
+    "truststore.location",
+    "truststore.certificates",
+    "truststore.password",
+    "client.auth",
+    "enabled.protocols",
+    "protocol",
+    "cipher.suites",
+    "endpoint.identification.algorithm",
+];
+
+/// Kafka's `ssl.enabled.protocols` names and rustls' versions.
+const PROTOCOLS: &[(&str, &SupportedProtocolVersion)] = &[
+    ("TLSv1.2", &rustls::version::TLS12),
+    ("TLSv1.3", &rustls::version::TLS13),
+];
+
+/// `ssl.client.auth`: whether a client must (or may) present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    Requested,
+    Required,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TlsError {
+    #[error("invalid value `{value}` for `ssl.{key}`: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "listener `{listener}` is SSL but has no keystore: set ssl.keystore.location (or ssl.keystore.key and ssl.keystore.certificate.chain)"
+    )]
+    NoKeystore { listener: String },
+    #[error(
+        "listener `{listener}` requires client certificates but has no truststore: set ssl.truststore.location or ssl.truststore.certificates"
+    )]
+    NoTruststore { listener: String },
+    #[error("cannot read `{path}` ({setting}): {reason}")]
+    Read {
+        setting: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("listener `{listener}`: {reason}")]
+    Rejected { listener: String, reason: String },
+}
+
+/// The `ssl.*` settings as given: the general ones and each listener's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SslSettings {
+    general: BTreeMap<&'static str, String>,
+    /// By listener name (upper case), then setting.
+    listeners: BTreeMap<String, BTreeMap<&'static str, String>>,
+}
+
+impl SslSettings {
+    /// Sets `ssl.<key>` (for every listener, or for `listener` only), checking the value
+    /// where it can be checked alone. `false` when `key` is not an SSL setting.
+    pub fn set(
+        &mut self,
+        listener: Option<&str>,
+        key: &str,
+        value: &str,
+    ) -> Result<bool, TlsError> {
+        let Some(key) = SETTINGS.iter().copied().find(|k| *k == key) else {
+            return Ok(false);
+        };
+        check_value(key, value)?;
+        let settings = match listener {
+            Some(name) => self.listeners.entry(name.to_ascii_uppercase()).or_default(),
+            None => &mut self.general,
+        };
+        settings.insert(key, value.trim().to_string());
+        Ok(true)
+    }
+
+    /// The value of `ssl.<key>` in force on `listener`.
+    pub fn get(&self, listener: &str, key: &str) -> Option<&str> {
+        self.listeners
+            .get(&listener.to_ascii_uppercase())
+            .and_then(|s| s.get(key))
+            .or_else(|| self.general.get(key))
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// `ssl.client.auth` on `listener` (none when unset).
+    pub fn client_auth(&self, listener: &str) -> ClientAuth {
+        match self.get(listener, "client.auth") {
+            Some(v) if v.eq_ignore_ascii_case("required") => ClientAuth::Required,
+            Some(v) if v.eq_ignore_ascii_case("requested") => ClientAuth::Requested,
+            _ => ClientAuth::None,
+        }
+    }
+
+    /// The general settings in force, `ssl.`-prefixed, for DescribeConfigs.
+    pub fn general(&self) -> impl Iterator<Item = (String, &str)> {
+        self.general
+            .iter()
+            .map(|(k, v)| (format!("ssl.{k}"), v.as_str()))
+    }
+
+    /// The rustls configuration that serves SSL listener `listener`.
+    pub fn server_config(&self, listener: &str) -> Result<Arc<ServerConfig>, TlsError> {
+        let rejected = |reason: String| TlsError::Rejected {
+            listener: listener.to_string(),
+            reason,
+        };
+        let versions = self.protocol_versions(listener);
+        let provider = Arc::new(self.provider(listener, &versions)?);
+        let (chain, key) = self.keystore(listener)?;
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&versions)
+            .map_err(|e| rejected(e.to_string()))?;
+        let builder = match self.client_auth(listener) {
+            ClientAuth::None => builder.with_no_client_auth(),
+            auth => {
+                let roots = self
+                    .truststore(listener)?
+                    .ok_or_else(|| TlsError::NoTruststore {
+                        listener: listener.to_string(),
+                    })?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier = if auth == ClientAuth::Requested {
+                    verifier.allow_unauthenticated()
+                } else {
+                    verifier
+                };
+                builder.with_client_cert_verifier(
+                    verifier
+                        .build()
+                        .map_err(|e| rejected(format!("truststore: {e}")))?,
+                )
+            }
+        };
+        let config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| rejected(format!("keystore: {e}")))?;
+        Ok(Arc::new(config))
+    }
+
+    /// `ssl.enabled.protocols` on `listener` (TLS 1.2 and 1.3 when unset).
+    fn protocol_versions(&self, listener: &str) -> Vec<&'static SupportedProtocolVersion> {
+        let enabled = self
+            .get(listener, "enabled.protocols")
+            .unwrap_or("TLSv1.2,TLSv1.3");
+        PROTOCOLS
+            .iter()
+            .filter(|(name, _)| list(enabled).any(|p| p.eq_ignore_ascii_case(name)))
+            .map(|(_, version)| *version)
+            .collect()
+    }
+
+    /// ring's provider, limited to `ssl.cipher.suites` when set.
+    fn provider(
+        &self,
+        listener: &str,
+        versions: &[&'static SupportedProtocolVersion],
+    ) -> Result<CryptoProvider, TlsError> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites.retain(|suite| {
+            versions
+                .iter()
+                .any(|v| v.version == suite.version().version)
+        });
+        if let Some(wanted) = self.get(listener, "cipher.suites") {
+            provider.cipher_suites.retain(|suite| {
+                list(wanted).any(|name| Some(name) == suite_name(suite).as_deref())
+            });
+            if provider.cipher_suites.is_empty() {
+                return Err(TlsError::Invalid {
+                    key: "cipher.suites",
+                    value: wanted.to_string(),
+                    reason: format!(
+                        "none is available with the enabled protocols; available: {}",
+                        available_suites().join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(provider)
+    }
+
+    fn keystore(
+        &self,
+        listener: &str,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+        let missing = || TlsError::NoKeystore {
+            listener: listener.to_string(),
+        };
+        let (pem, setting, source) = if let Some(path) = self.get(listener, "keystore.location") {
+            (
+                read("ssl.keystore.location", path)?,
+                "ssl.keystore.location",
+                path.to_string(),
+            )
+        } else {
+            let key = self.get(listener, "keystore.key").ok_or_else(missing)?;
+            let chain = self
+                .get(listener, "keystore.certificate.chain")
+                .ok_or_else(missing)?;
+            (
+                format!("{key}\n{chain}").into_bytes(),
+                "ssl.keystore.key",
+                "(inline)".to_string(),
+            )
+        };
+        let bad = |reason: String| TlsError::Read {
+            setting,
+            path: source.clone(),
+            reason,
+        };
+        let chain = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if chain.is_empty() {
+            return Err(bad("no certificate in it".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+            bad(format!(
+                "no usable private key in it ({e}); encrypted keys are not supported"
+            ))
+        })?;
+        Ok((chain, key))
+    }
+
+    /// The CA certificates client certificates are verified against, if any are set.
+    fn truststore(&self, listener: &str) -> Result<Option<RootCertStore>, TlsError> {
+        let (pem, setting, source) = if let Some(path) = self.get(listener, "truststore.location") {
+            (
+                read("ssl.truststore.location", path)?,
+                "ssl.truststore.location",
+                path,
+            )
+        } else if let Some(inline) = self.get(listener, "truststore.certificates") {
+            (
+                inline.as_bytes().to_vec(),
+                "ssl.truststore.certificates",
+                "(inline)",
+            )
+        } else {
+            return Ok(None);
+        };
+        let bad = |reason: String| TlsError::Read {
+            setting,
+            path: source.to_string(),
+            reason,
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| bad(e.to_string()))?;
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("no certificate in it".into()));
+        }
+        Ok(Some(roots))
+    }
+}
+
+/// A TLS acceptor for each SSL listener of `listeners` (name, security protocol).
+pub fn acceptors<'a>(
+    settings: &SslSettings,
+    listeners: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<BTreeMap<String, tokio_rustls::TlsAcceptor>, TlsError> {
+    listeners
+        .into_iter()
+        .filter(|(_, protocol)| *protocol == "SSL")
+        .map(|(name, _)| {
+            let config = settings.server_config(name)?;
+            Ok((name.to_string(), tokio_rustls::TlsAcceptor::from(config)))
+        })
+        .collect()
+}
+
+/// A cipher suite under its IANA name, as Kafka's `ssl.cipher.suites` lists them.
+fn suite_name(suite: &SupportedCipherSuite) -> Option<String> {
+    let name = suite.suite().as_str()?;
+    Some(name.replacen("TLS13_", "TLS_", 1))
+}
+
+fn available_suites() -> Vec<String> {
+    rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .iter()
+        .filter_map(suite_name)
+        .collect()
+}
+
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn read(setting: &'static str, path: &str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::Read {
+        setting,
+        path: path.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Checks what can be checked of one setting's value on its own.
+fn check_value(key: &'static str, value: &str) -> Result<(), TlsError> {
+    let invalid = |reason: String| TlsError::Invalid {
+        key,
+        value: value.to_string(),
+        reason,
+    };
+    let value = value.trim();
+    match key {
+        "keystore.type" | "truststore.type" if !value.eq_ignore_ascii_case("PEM") => {
+            Err(invalid("only PEM stores are supported".into()))
+        }
+        "key.password" | "keystore.password" | "truststore.password" if !value.is_empty() => Err(
+            invalid("PEM stores take no password; give an unencrypted PKCS#8 key".into()),
+        ),
+        "client.auth" if !["required", "requested", "none"].contains(&value) => {
+            Err(invalid("expected required, requested or none".into()))
+        }
+        "enabled.protocols" => {
+            let unknown: Vec<&str> = list(value)
+                .filter(|p| {
+                    !PROTOCOLS
+                        .iter()
+                        .any(|(name, _)| p.eq_ignore_ascii_case(name))
+                })
+                .collect();
+            if !unknown.is_empty() || list(value).next().is_none() {
+                return Err(invalid("expected TLSv1.2 and/or TLSv1.3".into()));
+            }
+            Ok(())
+        }
+        "protocol" if !["TLS", "TLSv1.2", "TLSv1.3"].contains(&value) => {
+            Err(invalid("expected TLSv1.2 or TLSv1.3".into()))
+        }
+        "cipher.suites" => {
+            let available = available_suites();
+            match list(value).find(|name| !available.iter().any(|a| a == name)) {
+                Some(unknown) => Err(invalid(format!(
+                    "`{unknown}` is not available; available: {}",
+                    available.join(", ")
+                ))),
+                None => Ok(()),
+            }
+        }
+        "endpoint.identification.algorithm"
+            if !(value.is_empty() || value.eq_ignore_ascii_case("https")) =>
+        {
+            Err(invalid("expected https or nothing".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use rustls::ClientConfig;
+    use rustls_pki_types::ServerName;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A CA, a certificate it signed for localhost (the broker's) and one for a client,
+    /// as PEM: (ca, server chain + key, client chain, client key).
+    struct Pki {
+        ca: String,
+        server: String,
+        client_chain: String,
+        client_key: String,
+    }
+
+    fn pki() -> Result<Pki, rcgen::Error> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "spool test CA");
+        let ca = ca_params.self_signed(&ca_key)?;
+        let server_key = KeyPair::generate()?;
+        let server = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(
+            &server_key,
+            &ca,
+            &ca_key,
+        )?;
+        let client_key = KeyPair::generate()?;
+        let mut client_params = CertificateParams::new(Vec::new())?;
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, "alice");
+        let client = client_params.signed_by(&client_key, &ca, &ca_key)?;
+        Ok(Pki {
+            ca: ca.pem(),
+            server: format!("{}{}", server_key.serialize_pem(), server.pem()),
+            client_chain: client.pem(),
+            client_key: client_key.serialize_pem(),
+        })
+    }
+
+    fn settings(pairs: &[(&str, &str)]) -> SslSettings {
+        let mut settings = SslSettings::default();
+        for (key, value) in pairs {
+            assert_eq!(settings.set(None, key, value), Ok(true), "{key}");
+        }
+        settings
+    }
+
+    fn client(
+        pki: &Pki,
+        with_certificate: bool,
+        versions: &[&'static SupportedProtocolVersion],
+    ) -> ClientConfig {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pki.ca.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let builder =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots);
+        if with_certificate {
+            let chain = CertificateDer::pem_slice_iter(pki.client_chain.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(pki.client_key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        } else {
+            builder.with_no_client_auth()
+        }
+    }
+
+    /// Connects `client` to a server with `server`'s configuration over an in-memory pipe
+    /// and sends a byte each way: whether that worked.
+    async fn talk(server: Arc<ServerConfig>, client: ClientConfig) -> bool {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let serving = tokio::spawn(async move {
+            let mut stream = acceptor.accept(far).await.ok()?;
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.ok()?;
+            stream.write_all(&byte).await.ok()?;
+            stream.flush().await.ok()
+        });
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = ServerName::try_from("localhost").unwrap();
+        let talked = async {
+            let mut stream = connector.connect(name, near).await.ok()?;
+            stream.write_all(b"k").await.ok()?;
+            stream.flush().await.ok()?;
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.ok()?;
+            (byte == *b"k").then_some(())
+        }
+        .await;
+        let served = serving.await.ok().flatten();
+        talked.is_some() && served.is_some()
+    }
+
+    const BOTH: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12, &rustls::version::TLS13];
+
+    #[tokio::test]
+    async fn a_keystore_file_serves_tls_and_client_certificates_are_enforced_as_configured() {
+        let pki = pki().unwrap();
+        let dir = std::env::temp_dir().join(format!("spool-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keystore = dir.join("broker.pem");
+        let truststore = dir.join("ca.pem");
+        std::fs::write(&keystore, &pki.server).unwrap();
+        std::fs::write(&truststore, &pki.ca).unwrap();
+        let keystore = keystore.display().to_string();
+        let truststore = truststore.display().to_string();
+
+        let plain = settings(&[("keystore.location", &keystore)]);
+        let config = plain.server_config("SSL").unwrap();
+        assert!(talk(Arc::clone(&config), client(&pki, false, BOTH)).await);
+
+        let required = settings(&[
+            ("keystore.location", &keystore),
+            ("truststore.location", &truststore),
+            ("client.auth", "required"),
+        ]);
+        let config = required.server_config("SSL").unwrap();
+        assert!(talk(Arc::clone(&config), client(&pki, true, BOTH)).await);
+        assert!(!talk(config, client(&pki, false, BOTH)).await);
+
+        let requested = settings(&[
+            ("keystore.location", &keystore),
+            ("truststore.location", &truststore),
+            ("client.auth", "requested"),
+        ]);
+        let config = requested.server_config("SSL").unwrap();
+        assert!(talk(Arc::clone(&config), client(&pki, true, BOTH)).await);
+        assert!(talk(config, client(&pki, false, BOTH)).await);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn inline_stores_protocols_and_cipher_suites_are_honoured() {
+        let pki = pki().unwrap();
+        let (key_start, _) = pki.server.split_once("-----END PRIVATE KEY-----").unwrap();
+        let key = format!("{key_start}-----END PRIVATE KEY-----\n");
+        let chain = pki.server[key.len()..].to_string();
+        let tls13 = settings(&[
+            ("keystore.key", &key),
+            ("keystore.certificate.chain", &chain),
+            ("enabled.protocols", "TLSv1.3"),
+        ]);
+        let config = tls13.server_config("SSL").unwrap();
+        assert!(
+            talk(
+                Arc::clone(&config),
+                client(&pki, false, &[&rustls::version::TLS13])
+            )
+            .await
+        );
+        assert!(!talk(config, client(&pki, false, &[&rustls::version::TLS12])).await);
+
+        let one_suite = settings(&[
+            ("keystore.key", &key),
+            ("keystore.certificate.chain", &chain),
+            ("cipher.suites", "TLS_AES_256_GCM_SHA384"),
+        ]);
+        let config = one_suite.server_config("SSL").unwrap();
+        assert_eq!(config.crypto_provider().cipher_suites.len(), 1);
+        assert!(talk(config, client(&pki, false, BOTH)).await);
+    }
+
+    #[test]
+    fn a_listeners_own_setting_wins_over_the_general_one() {
+        let mut settings = SslSettings::default();
+        assert_eq!(settings.set(None, "client.auth", "required"), Ok(true));
+        assert_eq!(
+            settings.set(Some("external"), "client.auth", "none"),
+            Ok(true)
+        );
+        assert_eq!(settings.client_auth("EXTERNAL"), ClientAuth::None);
+        assert_eq!(settings.client_auth("INTERNAL"), ClientAuth::Required);
+        assert_eq!(settings.set(None, "no.such.setting", "x"), Ok(false));
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_naming_the_setting() {
+        let mut settings = SslSettings::default();
+        for (key, value) in [
+            ("client.auth", "sometimes"),
+            ("keystore.type", "JKS"),
+            ("key.password", "secret"),
+            ("enabled.protocols", "TLSv1.1"),
+            ("cipher.suites", "TLS_RSA_WITH_RC4_128_MD5"),
+            ("endpoint.identification.algorithm", "dns"),
+        ] {
+            let refused = settings.set(None, key, value);
+            assert!(
+                matches!(&refused, Err(TlsError::Invalid { key: k, .. }) if *k == key),
+                "{key}={value}: {refused:?}"
+            );
+        }
+        assert_eq!(
+            settings.server_config("SSL").err(),
+            Some(TlsError::NoKeystore {
+                listener: "SSL".into()
+            })
+        );
+        let missing = settings_with_missing_file();
+        assert!(
+            matches!(
+                missing,
+                Err(TlsError::Read {
+                    setting: "ssl.keystore.location",
+                    ..
+                })
+            ),
+            "{missing:?}"
+        );
+    }
+
+    fn settings_with_missing_file() -> Result<Arc<ServerConfig>, TlsError> {
+        settings(&[("keystore.location", "/nonexistent/spool/broker.pem")]).server_config("SSL")
+    }
+
+    #[test]
+    fn required_client_certificates_need_a_truststore() {
+        let pki = pki().unwrap();
+        let settings = settings(&[
+            ("keystore.key", &pki.client_key),
+            ("keystore.certificate.chain", &pki.client_chain),
+            ("client.auth", "required"),
+        ]);
+        assert_eq!(
+            settings.server_config("SSL").err(),
+            Some(TlsError::NoTruststore {
+                listener: "SSL".into()
+            })
+        );
+    }
+}

@@ -1,0 +1,198 @@
+"""TLS listeners (SSL) with real clients: kafka-python and kcat over SSL, confluent-kafka
+with client certificates (mTLS), and what happens to clients that cannot talk TLS or
+have no certificate. The test makes its own CA and certificates with openssl."""
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import Broker
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def authority(directory, name):
+    """A self-signed CA: `name`.pem and `name`.key."""
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "1",
+            "-subj", f"/CN=Spool test {name}", cwd=directory)
+
+
+def signed(directory, name, subject, extensions, ca="ca"):
+    """A P-256 key and a certificate CA `ca` signed: (key file, certificate file)."""
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=directory)
+    with open(os.path.join(directory, f"{name}.ext"), "w") as ext:
+        ext.write(extensions)
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-days", "1", "-out", f"{name}.crt", "-extfile", f"{name}.ext",
+            cwd=directory)
+    return os.path.join(directory, f"{name}.key"), os.path.join(directory, f"{name}.crt")
+
+
+@pytest.fixture(scope="module")
+def pki():
+    """A CA, the broker's certificate (for localhost and 127.0.0.1, with its key in one
+    PEM keystore file), a client certificate for CN=alice, and one for CN=mallory that
+    another CA signed."""
+    directory = tempfile.mkdtemp(prefix="spool-interop-pki-")
+    authority(directory, "ca")
+    authority(directory, "rogue")
+    key, cert = signed(directory, "broker", "/CN=localhost",
+                       "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    keystore = os.path.join(directory, "broker.pem")
+    with open(keystore, "w") as out:
+        for part in (key, cert):
+            with open(part) as f:
+                out.write(f.read())
+    client_key, client_cert = signed(directory, "alice", "/CN=alice",
+                                     "extendedKeyUsage=clientAuth\n")
+    rogue_key, rogue_cert = signed(directory, "mallory", "/CN=mallory",
+                                   "extendedKeyUsage=clientAuth\n", ca="rogue")
+    yield {"ca": os.path.join(directory, "ca.pem"), "keystore": keystore,
+           "client_key": client_key, "client_cert": client_cert,
+           "rogue_key": rogue_key, "rogue_cert": rogue_cert}
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def tls_broker(pki):
+    """PLAINTEXT, SSL (no client certificate) and MTLS (an SSL listener that requires
+    one), each on a free port."""
+    b = Broker("listeners=PLAINTEXT://127.0.0.1:0,SSL://127.0.0.1:0,MTLS://127.0.0.1:0",
+               "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SSL:SSL,MTLS:SSL",
+               f"ssl.keystore.location={pki['keystore']}",
+               f"listener.name.mtls.ssl.truststore.location={pki['ca']}",
+               "listener.name.mtls.ssl.client.auth=required",
+               "num.partitions=1")
+    yield b
+    b.stop()
+    shutil.rmtree(b.data_dir, ignore_errors=True)
+
+
+def test_kafka_python_produces_and_consumes_over_ssl(tls_broker, pki):
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    tls = {"bootstrap_servers": tls_broker.listeners["SSL"], "security_protocol": "SSL",
+           "ssl_cafile": pki["ca"]}
+    producer = KafkaProducer(acks="all", **tls)
+    offsets = [producer.send("tls-topic", key=b"k", value=f"secret-{i}".encode())
+               .get(timeout=30).offset for i in range(50)]
+    producer.close()
+    assert offsets == list(range(50))
+    consumer = KafkaConsumer(consumer_timeout_ms=10000, **tls)
+    consumer.assign([TopicPartition("tls-topic", 0)])
+    consumer.seek_to_beginning()
+    values = [m.value.decode() for m in consumer]
+    consumer.close()
+    assert values == [f"secret-{i}" for i in range(50)]
+    # The SSL listener advertises itself: the broker in its metadata is on its port.
+    from kafka.admin import KafkaAdminClient
+    admin = KafkaAdminClient(**tls)
+    brokers = admin.describe_cluster()["brokers"]
+    admin.close()
+    assert [(b["host"], b["port"]) for b in brokers] == [
+        ("127.0.0.1", int(tls_broker.listeners["SSL"].rsplit(":", 1)[1]))]
+
+
+def test_kcat_reads_over_ssl_what_was_written_in_plaintext(tls_broker, pki):
+    lines = "".join(f"value-{i}\n" for i in range(20))
+    subprocess.run(["kcat", "-b", tls_broker.address, "-P", "-t", "mixed"], input=lines,
+                   text=True, check=True, timeout=60)
+    result = subprocess.run(
+        ["kcat", "-b", tls_broker.listeners["SSL"], "-X", "security.protocol=ssl",
+         "-X", f"ssl.ca.location={pki['ca']}", "-C", "-t", "mixed", "-o", "beginning", "-e",
+         "-f", "%o %s\n"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{i} value-{i}" for i in range(20)]
+
+
+def test_confluent_kafka_with_a_client_certificate_and_without_one(tls_broker, pki):
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    mtls = {"bootstrap.servers": tls_broker.listeners["MTLS"], "security.protocol": "SSL",
+            "ssl.ca.location": pki["ca"], "ssl.certificate.location": pki["client_cert"],
+            "ssl.key.location": pki["client_key"]}
+    producer = Producer({**mtls, "acks": "all", "enable.idempotence": True})
+    delivered = []
+    for i in range(100):
+        producer.produce("mtls-topic", value=f"m-{i}",
+                         on_delivery=lambda err, msg: delivered.append((err, msg.offset())))
+    assert producer.flush(30) == 0
+    assert delivered == [(None, i) for i in range(100)]
+    consumer = Consumer({**mtls, "group.id": "mtls-readers", "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition("mtls-topic", 0, 0)])
+    values = []
+    deadline = time.time() + 30
+    while len(values) < 100 and time.time() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            values.append(msg.value().decode())
+    consumer.close()
+    assert values == [f"m-{i}" for i in range(100)]
+
+    # Without a certificate the handshake fails: no metadata, however long one waits.
+    anonymous = AdminClient({"bootstrap.servers": tls_broker.listeners["MTLS"],
+                             "security.protocol": "SSL", "ssl.ca.location": pki["ca"]})
+    with pytest.raises(KafkaException):
+        anonymous.list_topics(timeout=5)
+    # A certificate another CA signed is refused too (Python's own TLS here).
+    host, port = tls_broker.listeners["MTLS"].rsplit(":", 1)
+    context = ssl.create_default_context(cafile=pki["ca"])
+    context.load_cert_chain(pki["rogue_cert"], pki["rogue_key"])
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"\x00\x00\x00\x01\x00")
+                assert tls.recv(1) == b""
+
+
+def test_a_client_that_does_not_speak_tls_is_dropped_and_others_go_on(tls_broker, pki):
+    from kafka import KafkaProducer
+
+    host, port = tls_broker.listeners["SSL"].rsplit(":", 1)
+    # A plaintext ApiVersions request on the SSL port: the broker closes the connection.
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(b"\x00\x00\x00\x0b\x00\x12\x00\x00\x00\x00\x00\x01\x00\x01x")
+        raw.settimeout(10)
+        received = b""
+        try:
+            while chunk := raw.recv(4096):
+                received += chunk
+        except (ConnectionResetError, socket.timeout):
+            pass
+        # Whatever came back is a TLS alert at most, never a Kafka response.
+        assert not received.startswith(b"\x00\x00"), received[:16]
+    # A connection that never says anything is dropped after the handshake timeout; in
+    # the meantime and after, TLS clients are served.
+    idle = socket.create_connection((host, int(port)), timeout=10)
+    producer = KafkaProducer(bootstrap_servers=tls_broker.listeners["SSL"],
+                             security_protocol="SSL", ssl_cafile=pki["ca"])
+    assert producer.send("after-garbage", b"ok").get(timeout=30).offset == 0
+    producer.close()
+    idle.close()
+
+
+def test_a_broker_with_an_unreadable_keystore_stops_at_start_naming_the_setting():
+    from conftest import SPOOL
+
+    data_dir = tempfile.mkdtemp(prefix="spool-interop-")
+    try:
+        result = subprocess.run(
+            [SPOOL, "server", "--data-dir", data_dir, "--set",
+             "listeners=PLAINTEXT://127.0.0.1:0,SSL://127.0.0.1:0", "--set",
+             "ssl.keystore.location=/nonexistent/broker.pem"],
+            capture_output=True, text=True, timeout=30)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    assert result.returncode != 0
+    assert "ssl.keystore.location" in result.stderr, result.stderr
+    assert "spool: data in" not in result.stdout

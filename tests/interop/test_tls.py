@@ -56,9 +56,18 @@ def pki():
                                      "extendedKeyUsage=clientAuth\n")
     rogue_key, rogue_cert = signed(directory, "mallory", "/CN=mallory",
                                    "extendedKeyUsage=clientAuth\n", ca="rogue")
+    # The broker's next certificate, from the other CA, for the rotation test.
+    next_key, next_cert = signed(directory, "broker-next", "/CN=localhost",
+                                 "subjectAltName=DNS:localhost,IP:127.0.0.1\n", ca="rogue")
+    next_keystore = os.path.join(directory, "broker-next.pem")
+    with open(next_keystore, "w") as out:
+        for part in (next_key, next_cert):
+            with open(part) as f:
+                out.write(f.read())
     yield {"ca": os.path.join(directory, "ca.pem"), "keystore": keystore,
            "client_key": client_key, "client_cert": client_cert,
-           "rogue_key": rogue_key, "rogue_cert": rogue_cert}
+           "rogue_key": rogue_key, "rogue_cert": rogue_cert,
+           "rogue_ca": os.path.join(directory, "rogue.pem"), "next_keystore": next_keystore}
     shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -90,7 +99,11 @@ def test_kafka_python_produces_and_consumes_over_ssl(tls_broker, pki):
     consumer = KafkaConsumer(consumer_timeout_ms=10000, **tls)
     consumer.assign([TopicPartition("tls-topic", 0)])
     consumer.seek_to_beginning()
-    values = [m.value.decode() for m in consumer]
+    values = []
+    for message in consumer:
+        values.append(message.value.decode())
+        if len(values) == 50:
+            break
     consumer.close()
     assert values == [f"secret-{i}" for i in range(50)]
     # The SSL listener advertises itself: the broker in its metadata is on its port.
@@ -196,3 +209,47 @@ def test_a_broker_with_an_unreadable_keystore_stops_at_start_naming_the_setting(
     assert result.returncode != 0
     assert "ssl.keystore.location" in result.stderr, result.stderr
     assert "spool: data in" not in result.stdout
+
+
+def test_a_replaced_keystore_file_is_served_without_a_restart(pki):
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+    from kafka import KafkaProducer
+
+    directory = tempfile.mkdtemp(prefix="spool-interop-rotation-")
+    keystore = os.path.join(directory, "broker.pem")
+    shutil.copy(pki["keystore"], keystore)
+    b = Broker("listeners=PLAINTEXT://127.0.0.1:0,SSL://127.0.0.1:0",
+               f"ssl.keystore.location={keystore}", "num.partitions=1")
+    try:
+        def reachable(ca, timeout):
+            admin = AdminClient({"bootstrap.servers": b.listeners["SSL"],
+                                 "security.protocol": "SSL", "ssl.ca.location": ca})
+            try:
+                admin.list_topics(timeout=timeout)
+                return True
+            except KafkaException:
+                return False
+
+        def produce(ca):
+            producer = KafkaProducer(bootstrap_servers=b.listeners["SSL"],
+                                     security_protocol="SSL", ssl_cafile=ca)
+            offset = producer.send("rotated", b"x").get(timeout=10).offset
+            producer.close()
+            return offset
+
+        assert produce(pki["ca"]) == 0
+        assert not reachable(pki["rogue_ca"], 2)
+        # The certificate is rotated to one of another CA by replacing the file; the
+        # broker serves it from its next look at the file (within a second or so).
+        shutil.copy(pki["next_keystore"], keystore)
+        deadline = time.time() + 10
+        while not reachable(pki["rogue_ca"], 2) and time.time() < deadline:
+            time.sleep(0.2)
+        assert produce(pki["rogue_ca"]) == 1
+        # Clients that trust only the old CA no longer get in.
+        assert not reachable(pki["ca"], 2)
+    finally:
+        b.stop()
+        shutil.rmtree(b.data_dir, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)

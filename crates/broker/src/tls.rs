@@ -6,13 +6,17 @@
 //! (`ssl.keystore.location`) or the two given inline (`ssl.keystore.key`,
 //! `ssl.keystore.certificate.chain`); the truststore, which verifies client certificates,
 //! is a file of CA certificates (`ssl.truststore.location`) or the same inline
-//! (`ssl.truststore.certificates`).
+//! (`ssl.truststore.certificates`). A keystore file that changes is read again (see
+//! [`Keystore`]), so certificates rotate without a restart.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -133,7 +137,11 @@ impl SslSettings {
         };
         let versions = self.protocol_versions(listener);
         let provider = Arc::new(self.provider(listener, &versions)?);
-        let (chain, key) = self.keystore(listener)?;
+        let keystore = Keystore::open(self.keystore_source(listener)?, Arc::clone(&provider))
+            .map_err(|e| match e {
+                KeystoreError::Read(e) => e,
+                KeystoreError::Rejected(reason) => rejected(format!("keystore: {reason}")),
+            })?;
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&versions)
             .map_err(|e| rejected(e.to_string()))?;
@@ -159,10 +167,7 @@ impl SslSettings {
                 )
             }
         };
-        let config = builder
-            .with_single_cert(chain, key)
-            .map_err(|e| rejected(format!("keystore: {e}")))?;
-        Ok(Arc::new(config))
+        Ok(Arc::new(builder.with_cert_resolver(Arc::new(keystore))))
     }
 
     /// `ssl.enabled.protocols` on `listener` (TLS 1.2 and 1.3 when unset).
@@ -207,47 +212,19 @@ impl SslSettings {
         Ok(provider)
     }
 
-    fn keystore(
-        &self,
-        listener: &str,
-    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    /// Where `listener`'s private key and certificate chain come from.
+    fn keystore_source(&self, listener: &str) -> Result<KeystoreSource, TlsError> {
+        if let Some(path) = self.get(listener, "keystore.location") {
+            return Ok(KeystoreSource::File(PathBuf::from(path)));
+        }
         let missing = || TlsError::NoKeystore {
             listener: listener.to_string(),
         };
-        let (pem, setting, source) = if let Some(path) = self.get(listener, "keystore.location") {
-            (
-                read("ssl.keystore.location", path)?,
-                "ssl.keystore.location",
-                path.to_string(),
-            )
-        } else {
-            let key = self.get(listener, "keystore.key").ok_or_else(missing)?;
-            let chain = self
-                .get(listener, "keystore.certificate.chain")
-                .ok_or_else(missing)?;
-            (
-                format!("{key}\n{chain}").into_bytes(),
-                "ssl.keystore.key",
-                "(inline)".to_string(),
-            )
-        };
-        let bad = |reason: String| TlsError::Read {
-            setting,
-            path: source.clone(),
-            reason,
-        };
-        let chain = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(e.to_string()))?;
-        if chain.is_empty() {
-            return Err(bad("no certificate in it".into()));
-        }
-        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-            bad(format!(
-                "no usable private key in it ({e}); encrypted keys are not supported"
-            ))
-        })?;
-        Ok((chain, key))
+        let key = self.get(listener, "keystore.key").ok_or_else(missing)?;
+        let chain = self
+            .get(listener, "keystore.certificate.chain")
+            .ok_or_else(missing)?;
+        Ok(KeystoreSource::Inline(format!("{key}\n{chain}")))
     }
 
     /// The CA certificates client certificates are verified against, if any are set.
@@ -282,6 +259,143 @@ impl SslSettings {
         }
         Ok(Some(roots))
     }
+}
+
+/// How often, at most, a handshake checks whether the keystore file changed.
+const KEYSTORE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+enum KeystoreSource {
+    File(PathBuf),
+    /// `ssl.keystore.key` and `ssl.keystore.certificate.chain`, one after the other.
+    Inline(String),
+}
+
+enum KeystoreError {
+    Read(TlsError),
+    Rejected(rustls::Error),
+}
+
+/// A listener's certificate and key. One read from `ssl.keystore.location` is read again
+/// when the file changes (looked at by a handshake at most once a second), so that a
+/// certificate is rotated by replacing the file, without a restart. A replacement that
+/// does not read keeps the certificate in use, with a warning.
+#[derive(Debug)]
+struct Keystore {
+    source: KeystoreSource,
+    provider: Arc<CryptoProvider>,
+    loaded: Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    /// The file's modification time and length when it was read.
+    version: Option<(SystemTime, u64)>,
+    checked: Instant,
+}
+
+impl Keystore {
+    fn open(
+        source: KeystoreSource,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Keystore, KeystoreError> {
+        let version = source_version(&source);
+        let key = load(&source, &provider)?;
+        Ok(Keystore {
+            source,
+            provider,
+            loaded: Mutex::new(Loaded {
+                key,
+                version,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// The certificate to present, read again first if the file changed.
+    fn current(&self) -> Arc<CertifiedKey> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let KeystoreSource::File(path) = &self.source
+            && loaded.checked.elapsed() >= KEYSTORE_CHECK_INTERVAL
+        {
+            loaded.checked = Instant::now();
+            let version = source_version(&self.source);
+            if version != loaded.version {
+                loaded.version = version;
+                match load(&self.source, &self.provider) {
+                    Ok(key) => {
+                        loaded.key = key;
+                        tracing::info!(path = %path.display(), "keystore reloaded");
+                    }
+                    Err(KeystoreError::Read(e)) => {
+                        tracing::warn!(error = %e, "keystore changed but does not read; keeping the certificate in use");
+                    }
+                    Err(KeystoreError::Rejected(e)) => {
+                        tracing::warn!(path = %path.display(), error = %e, "keystore changed but its key and certificate do not match; keeping the certificate in use");
+                    }
+                }
+            }
+        }
+        Arc::clone(&loaded.key)
+    }
+}
+
+impl ResolvesServerCert for Keystore {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// The keystore file's modification time and length (`None` inline or unreadable).
+fn source_version(source: &KeystoreSource) -> Option<(SystemTime, u64)> {
+    let KeystoreSource::File(path) = source else {
+        return None;
+    };
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}
+
+/// Reads a keystore: the certificate chain and the private key that matches its first
+/// certificate.
+fn load(
+    source: &KeystoreSource,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, KeystoreError> {
+    let (pem, setting, shown) = match source {
+        KeystoreSource::File(path) => (
+            read("ssl.keystore.location", &path.display().to_string())
+                .map_err(KeystoreError::Read)?,
+            "ssl.keystore.location",
+            path.display().to_string(),
+        ),
+        KeystoreSource::Inline(text) => (
+            text.as_bytes().to_vec(),
+            "ssl.keystore.key",
+            "(inline)".to_string(),
+        ),
+    };
+    let bad = |reason: String| {
+        KeystoreError::Read(TlsError::Read {
+            setting,
+            path: shown.clone(),
+            reason,
+        })
+    };
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        bad(format!(
+            "no usable private key in it ({e}); encrypted keys are not supported"
+        ))
+    })?;
+    let certified =
+        CertifiedKey::from_der(chain, key, provider).map_err(KeystoreError::Rejected)?;
+    Ok(Arc::new(certified))
 }
 
 /// A TLS acceptor for each SSL listener of `listeners` (name, security protocol).
@@ -524,6 +638,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_replaced_keystore_file_is_served_without_a_restart_and_a_broken_one_is_not() {
+        let (old, new) = (pki().unwrap(), pki().unwrap());
+        let dir = std::env::temp_dir().join(format!("spool-tls-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keystore = dir.join("broker.pem");
+        std::fs::write(&keystore, &old.server).unwrap();
+        let config = settings(&[("keystore.location", &keystore.display().to_string())])
+            .server_config("SSL")
+            .unwrap();
+        assert!(talk(Arc::clone(&config), client(&old, false, BOTH)).await);
+        assert!(!talk(Arc::clone(&config), client(&new, false, BOTH)).await);
+
+        // The file is replaced by a certificate of another CA: served once looked at again.
+        std::fs::write(&keystore, &new.server).unwrap();
+        tokio::time::sleep(KEYSTORE_CHECK_INTERVAL + Duration::from_millis(100)).await;
+        assert!(talk(Arc::clone(&config), client(&new, false, BOTH)).await);
+        assert!(!talk(Arc::clone(&config), client(&old, false, BOTH)).await);
+
+        // A replacement that does not read (a key without its certificate) changes nothing.
+        std::fs::write(&keystore, &new.client_key).unwrap();
+        tokio::time::sleep(KEYSTORE_CHECK_INTERVAL + Duration::from_millis(100)).await;
+        assert!(talk(config, client(&new, false, BOTH)).await);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
     async fn inline_stores_protocols_and_cipher_suites_are_honoured() {
         let pki = pki().unwrap();
         let (key_start, _) = pki.server.split_once("-----END PRIVATE KEY-----").unwrap();
@@ -605,6 +745,20 @@ mod tests {
 
     fn settings_with_missing_file() -> Result<Arc<ServerConfig>, TlsError> {
         settings(&[("keystore.location", "/nonexistent/spool/broker.pem")]).server_config("SSL")
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_its_certificate_is_refused() {
+        let pki = pki().unwrap();
+        let mismatched = settings(&[
+            ("keystore.key", &pki.client_key),
+            ("keystore.certificate.chain", &pki.server),
+        ]);
+        let refused = mismatched.server_config("SSL");
+        assert!(
+            matches!(&refused, Err(TlsError::Rejected { reason, .. }) if reason.starts_with("keystore")),
+            "{refused:?}"
+        );
     }
 
     #[test]

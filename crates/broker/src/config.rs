@@ -580,23 +580,20 @@ impl BrokerConfig {
                     ),
                 ));
             };
-            let served = match protocol.as_str() {
-                "PLAINTEXT" => true,
-                // Brokers and controllers reach each other in plain TCP in this version.
-                "SSL" => {
-                    !self.is_controller_listener(&listener.name)
-                        && listener.name != self.inter_broker_listener()
-                }
-                _ => false,
+            let role = if self.is_controller_listener(&listener.name) {
+                Some(" as a controller listener")
+            } else if listener.name == self.inter_broker_listener() {
+                Some(
+                    " as the inter-broker listener (set inter.broker.listener.name to a PLAINTEXT listener)",
+                )
+            } else {
+                None
             };
+            // Brokers and controllers reach each other in plain TCP in this version: SSL
+            // serves clients only.
+            let served = protocol == "PLAINTEXT" || (protocol == "SSL" && role.is_none());
             if !served {
-                let role = if self.is_controller_listener(&listener.name) {
-                    " as a controller listener"
-                } else if listener.name == self.inter_broker_listener() {
-                    " as the inter-broker listener (set inter.broker.listener.name to a PLAINTEXT listener)"
-                } else {
-                    ""
-                };
+                let role = role.unwrap_or("");
                 return Err(invalid(
                     "listeners",
                     &self.listeners_setting(),
@@ -1003,13 +1000,10 @@ impl BrokerConfig {
                 self.log.cleanup_compact = policies.contains(&"compact");
             }
             _ => {
-                let (listener, setting) = match key.strip_prefix("listener.name.") {
-                    Some(rest) => match rest.split_once('.') {
-                        Some((name, setting)) => (Some(name), setting),
-                        None => (None, key),
-                    },
-                    None => (None, key),
-                };
+                let (listener, setting) = key
+                    .strip_prefix("listener.name.")
+                    .and_then(|rest| rest.split_once('.'))
+                    .map_or((None, key), |(name, setting)| (Some(name), setting));
                 let known = match setting.strip_prefix("ssl.") {
                     Some(ssl) => self
                         .ssl

@@ -21,6 +21,9 @@ use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtoco
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::BrokerConfig;
 
 /// The `ssl.*` settings this version knows, by their name after `ssl.`.
 pub const SETTINGS: &[&str] = &[
@@ -213,9 +216,9 @@ impl SslSettings {
     }
 
     /// Where `listener`'s private key and certificate chain come from.
-    fn keystore_source(&self, listener: &str) -> Result<KeystoreSource, TlsError> {
+    fn keystore_source(&self, listener: &str) -> Result<PemSource, TlsError> {
         if let Some(path) = self.get(listener, "keystore.location") {
-            return Ok(KeystoreSource::File(PathBuf::from(path)));
+            return Ok(PemSource::File(PathBuf::from(path)));
         }
         let missing = || TlsError::NoKeystore {
             listener: listener.to_string(),
@@ -224,38 +227,26 @@ impl SslSettings {
         let chain = self
             .get(listener, "keystore.certificate.chain")
             .ok_or_else(missing)?;
-        Ok(KeystoreSource::Inline(format!("{key}\n{chain}")))
+        Ok(PemSource::Inline(format!("{key}\n{chain}")))
     }
 
     /// The CA certificates client certificates are verified against, if any are set.
     fn truststore(&self, listener: &str) -> Result<Option<RootCertStore>, TlsError> {
-        let (pem, setting, source) = if let Some(path) = self.get(listener, "truststore.location") {
-            (
-                read("ssl.truststore.location", path)?,
-                "ssl.truststore.location",
-                path,
-            )
+        let source = if let Some(path) = self.get(listener, "truststore.location") {
+            PemSource::File(PathBuf::from(path))
         } else if let Some(inline) = self.get(listener, "truststore.certificates") {
-            (
-                inline.as_bytes().to_vec(),
-                "ssl.truststore.certificates",
-                "(inline)",
-            )
+            PemSource::Inline(inline.to_string())
         } else {
             return Ok(None);
         };
-        let bad = |reason: String| TlsError::Read {
-            setting,
-            path: source.to_string(),
-            reason,
-        };
+        let pem = source.read(TRUSTSTORE_SETTINGS)?;
         let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| bad(e.to_string()))?;
-            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        for cert in CertificateDer::pem_slice_iter(&pem.bytes) {
+            let cert = cert.map_err(|e| pem.error(e))?;
+            roots.add(cert).map_err(|e| pem.error(e))?;
         }
         if roots.is_empty() {
-            return Err(bad("no certificate in it".into()));
+            return Err(pem.error("no certificate in it"));
         }
         Ok(Some(roots))
     }
@@ -264,11 +255,61 @@ impl SslSettings {
 /// How often, at most, a handshake checks whether the keystore file changed.
 const KEYSTORE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The settings a keystore's PEM comes from: a file, or the text itself (the key, then
+/// `ssl.keystore.certificate.chain`).
+const KEYSTORE_SETTINGS: (&str, &str) = ("ssl.keystore.location", "ssl.keystore.key");
+/// The settings a truststore's PEM comes from: a file, or the text itself.
+const TRUSTSTORE_SETTINGS: (&str, &str) =
+    ("ssl.truststore.location", "ssl.truststore.certificates");
+
+/// Where a store's PEM text is: a file, or the setting's value itself.
 #[derive(Debug)]
-enum KeystoreSource {
+enum PemSource {
     File(PathBuf),
-    /// `ssl.keystore.key` and `ssl.keystore.certificate.chain`, one after the other.
     Inline(String),
+}
+
+/// A store's PEM text, and the setting and source an error about it names.
+struct Pem {
+    bytes: Vec<u8>,
+    setting: &'static str,
+    shown: String,
+}
+
+impl PemSource {
+    /// Reads the text; `settings` are the store's file setting and its inline one.
+    fn read(&self, (file, inline): (&'static str, &'static str)) -> Result<Pem, TlsError> {
+        match self {
+            PemSource::File(path) => {
+                let shown = path.display().to_string();
+                let bytes = std::fs::read(path).map_err(|e| TlsError::Read {
+                    setting: file,
+                    path: shown.clone(),
+                    reason: e.to_string(),
+                })?;
+                Ok(Pem {
+                    bytes,
+                    setting: file,
+                    shown,
+                })
+            }
+            PemSource::Inline(text) => Ok(Pem {
+                bytes: text.as_bytes().to_vec(),
+                setting: inline,
+                shown: "(inline)".to_string(),
+            }),
+        }
+    }
+}
+
+impl Pem {
+    fn error(&self, reason: impl ToString) -> TlsError {
+        TlsError::Read {
+            setting: self.setting,
+            path: self.shown.clone(),
+            reason: reason.to_string(),
+        }
+    }
 }
 
 enum KeystoreError {
@@ -282,7 +323,7 @@ enum KeystoreError {
 /// does not read keeps the certificate in use, with a warning.
 #[derive(Debug)]
 struct Keystore {
-    source: KeystoreSource,
+    source: PemSource,
     provider: Arc<CryptoProvider>,
     loaded: Mutex<Loaded>,
 }
@@ -296,10 +337,7 @@ struct Loaded {
 }
 
 impl Keystore {
-    fn open(
-        source: KeystoreSource,
-        provider: Arc<CryptoProvider>,
-    ) -> Result<Keystore, KeystoreError> {
+    fn open(source: PemSource, provider: Arc<CryptoProvider>) -> Result<Keystore, KeystoreError> {
         let version = source_version(&source);
         let key = load(&source, &provider)?;
         Ok(Keystore {
@@ -316,7 +354,7 @@ impl Keystore {
     /// The certificate to present, read again first if the file changed.
     fn current(&self) -> Arc<CertifiedKey> {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if let KeystoreSource::File(path) = &self.source
+        if let PemSource::File(path) = &self.source
             && loaded.checked.elapsed() >= KEYSTORE_CHECK_INTERVAL
         {
             loaded.checked = Instant::now();
@@ -348,8 +386,8 @@ impl ResolvesServerCert for Keystore {
 }
 
 /// The keystore file's modification time and length (`None` inline or unreadable).
-fn source_version(source: &KeystoreSource) -> Option<(SystemTime, u64)> {
-    let KeystoreSource::File(path) = source else {
+fn source_version(source: &PemSource) -> Option<(SystemTime, u64)> {
+    let PemSource::File(path) = source else {
         return None;
     };
     let metadata = std::fs::metadata(path).ok()?;
@@ -358,37 +396,18 @@ fn source_version(source: &KeystoreSource) -> Option<(SystemTime, u64)> {
 
 /// Reads a keystore: the certificate chain and the private key that matches its first
 /// certificate.
-fn load(
-    source: &KeystoreSource,
-    provider: &CryptoProvider,
-) -> Result<Arc<CertifiedKey>, KeystoreError> {
-    let (pem, setting, shown) = match source {
-        KeystoreSource::File(path) => (
-            read("ssl.keystore.location", &path.display().to_string())
-                .map_err(KeystoreError::Read)?,
-            "ssl.keystore.location",
-            path.display().to_string(),
-        ),
-        KeystoreSource::Inline(text) => (
-            text.as_bytes().to_vec(),
-            "ssl.keystore.key",
-            "(inline)".to_string(),
-        ),
-    };
-    let bad = |reason: String| {
-        KeystoreError::Read(TlsError::Read {
-            setting,
-            path: shown.clone(),
-            reason,
-        })
-    };
-    let chain = CertificateDer::pem_slice_iter(&pem)
+fn load(source: &PemSource, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, KeystoreError> {
+    let pem = source
+        .read(KEYSTORE_SETTINGS)
+        .map_err(KeystoreError::Read)?;
+    let bad = |reason: String| KeystoreError::Read(pem.error(reason));
+    let chain = CertificateDer::pem_slice_iter(&pem.bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(e.to_string()))?;
     if chain.is_empty() {
         return Err(bad("no certificate in it".into()));
     }
-    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+    let key = PrivateKeyDer::from_pem_slice(&pem.bytes).map_err(|e| {
         bad(format!(
             "no usable private key in it ({e}); encrypted keys are not supported"
         ))
@@ -398,17 +417,21 @@ fn load(
     Ok(Arc::new(certified))
 }
 
-/// A TLS acceptor for each SSL listener of `listeners` (name, security protocol).
-pub fn acceptors<'a>(
-    settings: &SslSettings,
-    listeners: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Result<BTreeMap<String, tokio_rustls::TlsAcceptor>, TlsError> {
-    listeners
-        .into_iter()
-        .filter(|(_, protocol)| *protocol == "SSL")
-        .map(|(name, _)| {
-            let config = settings.server_config(name)?;
-            Ok((name.to_string(), tokio_rustls::TlsAcceptor::from(config)))
+/// A TLS acceptor for each SSL listener of `config`, by listener name.
+pub fn acceptors(config: &BrokerConfig) -> Result<BTreeMap<String, TlsAcceptor>, TlsError> {
+    config
+        .listeners
+        .iter()
+        .filter(|l| {
+            config
+                .listener_security_protocol_map
+                .get(&l.name)
+                .map(String::as_str)
+                == Some("SSL")
+        })
+        .map(|l| {
+            let tls = config.ssl.server_config(&l.name)?;
+            Ok((l.name.clone(), TlsAcceptor::from(tls)))
         })
         .collect()
 }
@@ -431,14 +454,6 @@ fn list(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|v| !v.is_empty())
 }
 
-fn read(setting: &'static str, path: &str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::Read {
-        setting,
-        path: path.to_string(),
-        reason: e.to_string(),
-    })
-}
-
 /// Checks what can be checked of one setting's value on its own.
 fn check_value(key: &'static str, value: &str) -> Result<(), TlsError> {
     let invalid = |reason: String| TlsError::Invalid {
@@ -457,18 +472,15 @@ fn check_value(key: &'static str, value: &str) -> Result<(), TlsError> {
         "client.auth" if !["required", "requested", "none"].contains(&value) => {
             Err(invalid("expected required, requested or none".into()))
         }
-        "enabled.protocols" => {
-            let unknown: Vec<&str> = list(value)
-                .filter(|p| {
+        "enabled.protocols"
+            if list(value).next().is_none()
+                || list(value).any(|p| {
                     !PROTOCOLS
                         .iter()
                         .any(|(name, _)| p.eq_ignore_ascii_case(name))
-                })
-                .collect();
-            if !unknown.is_empty() || list(value).next().is_none() {
-                return Err(invalid("expected TLSv1.2 and/or TLSv1.3".into()));
-            }
-            Ok(())
+                }) =>
+        {
+            Err(invalid("expected TLSv1.2 and/or TLSv1.3".into()))
         }
         "protocol" if !["TLS", "TLSv1.2", "TLSv1.3"].contains(&value) => {
             Err(invalid("expected TLSv1.2 or TLSv1.3".into()))

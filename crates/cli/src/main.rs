@@ -143,17 +143,7 @@ fn say(line: std::fmt::Arguments<'_>) {
 async fn run_server(args: ServerArgs) -> Result<(), String> {
     let config = build_config(&args)?;
     // Every SSL listener's keys and certificates are read before anything is bound.
-    let mut acceptors = spool_broker::tls::acceptors(
-        &config.ssl,
-        config.listeners.iter().map(|l| {
-            let protocol = config.listener_security_protocol_map.get(&l.name);
-            (
-                l.name.as_str(),
-                protocol.map_or("PLAINTEXT", String::as_str),
-            )
-        }),
-    )
-    .map_err(|e| e.to_string())?;
+    let mut acceptors = spool_broker::tls::acceptors(&config).map_err(|e| e.to_string())?;
     let mut sockets = Vec::new();
     let mut bound = Vec::new();
     let mut controller = None;

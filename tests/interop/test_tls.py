@@ -14,63 +14,6 @@ import pytest
 from conftest import Broker
 
 
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def authority(directory, name):
-    """A self-signed CA: `name`.pem and `name`.key."""
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "1",
-            "-subj", f"/CN=Spool test {name}", cwd=directory)
-
-
-def signed(directory, name, subject, extensions, ca="ca"):
-    """A P-256 key and a certificate CA `ca` signed: (key file, certificate file)."""
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=directory)
-    with open(os.path.join(directory, f"{name}.ext"), "w") as ext:
-        ext.write(extensions)
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-            "-CAcreateserial", "-days", "1", "-out", f"{name}.crt", "-extfile", f"{name}.ext",
-            cwd=directory)
-    return os.path.join(directory, f"{name}.key"), os.path.join(directory, f"{name}.crt")
-
-
-@pytest.fixture(scope="module")
-def pki():
-    """A CA, the broker's certificate (for localhost and 127.0.0.1, with its key in one
-    PEM keystore file), a client certificate for CN=alice, and one for CN=mallory that
-    another CA signed."""
-    directory = tempfile.mkdtemp(prefix="spool-interop-pki-")
-    authority(directory, "ca")
-    authority(directory, "rogue")
-    key, cert = signed(directory, "broker", "/CN=localhost",
-                       "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    keystore = os.path.join(directory, "broker.pem")
-    with open(keystore, "w") as out:
-        for part in (key, cert):
-            with open(part) as f:
-                out.write(f.read())
-    client_key, client_cert = signed(directory, "alice", "/CN=alice",
-                                     "extendedKeyUsage=clientAuth\n")
-    rogue_key, rogue_cert = signed(directory, "mallory", "/CN=mallory",
-                                   "extendedKeyUsage=clientAuth\n", ca="rogue")
-    # The broker's next certificate, from the other CA, for the rotation test.
-    next_key, next_cert = signed(directory, "broker-next", "/CN=localhost",
-                                 "subjectAltName=DNS:localhost,IP:127.0.0.1\n", ca="rogue")
-    next_keystore = os.path.join(directory, "broker-next.pem")
-    with open(next_keystore, "w") as out:
-        for part in (next_key, next_cert):
-            with open(part) as f:
-                out.write(f.read())
-    yield {"ca": os.path.join(directory, "ca.pem"), "keystore": keystore,
-           "client_key": client_key, "client_cert": client_cert,
-           "rogue_key": rogue_key, "rogue_cert": rogue_cert,
-           "rogue_ca": os.path.join(directory, "rogue.pem"), "next_keystore": next_keystore}
-    shutil.rmtree(directory, ignore_errors=True)
-
-
 @pytest.fixture
 def tls_broker(pki):
     """PLAINTEXT, SSL (no client certificate) and MTLS (an SSL listener that requires

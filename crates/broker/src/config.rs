@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use spool_log::LogConfig;
 use spool_metadata::quorum::QuorumSettings;
 
+use crate::auth::SaslSettings;
 use crate::group::GroupConfig;
 use crate::group::assign::ASSIGNORS;
 use crate::tls::SslSettings;
@@ -77,6 +78,9 @@ pub struct BrokerConfig {
     pub listener_security_protocol_map: std::collections::BTreeMap<String, String>,
     /// `ssl.*` and `listener.name.<name>.ssl.*`: TLS on SSL listeners.
     pub ssl: SslSettings,
+    /// `sasl.*`, `connections.max.reauth.ms` and the rest of [`crate::auth`]'s settings,
+    /// general or per listener: logins on SASL listeners.
+    pub sasl: SaslSettings,
     /// `log.dirs` (one directory).
     pub data_dir: PathBuf,
     /// `num.partitions`: partitions of auto-created topics.
@@ -236,6 +240,7 @@ impl Default for BrokerConfig {
                 .chain([(CONTROLLER_LISTENER.to_string(), "PLAINTEXT".to_string())])
                 .collect(),
             ssl: SslSettings::default(),
+            sasl: SaslSettings::default(),
             data_dir: PathBuf::from("./spool-data"),
             num_partitions: 1,
             auto_create_topics_enable: true,
@@ -544,6 +549,13 @@ impl BrokerConfig {
             .map_or(0, |i| i as i16)
     }
 
+    /// The security protocol of listener `name` (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL).
+    pub fn security_protocol(&self, name: &str) -> Option<&str> {
+        self.listener_security_protocol_map
+            .get(name)
+            .map(String::as_str)
+    }
+
     /// `listeners` in Kafka's form, `NAME://HOST:PORT,…`.
     fn listeners_setting(&self) -> String {
         join(
@@ -589,9 +601,9 @@ impl BrokerConfig {
             } else {
                 None
             };
-            // Brokers and controllers reach each other in plain TCP in this version: SSL
-            // serves clients only.
-            let served = protocol == "PLAINTEXT" || (protocol == "SSL" && role.is_none());
+            // Brokers and controllers reach each other in plain TCP in this version: SSL and
+            // SASL serve clients only.
+            let served = protocol == "PLAINTEXT" || role.is_none();
             if !served {
                 let role = role.unwrap_or("");
                 return Err(invalid(
@@ -1009,7 +1021,10 @@ impl BrokerConfig {
                         .ssl
                         .set(listener, ssl, value)
                         .map_err(|e| invalid(key, value, e.to_string()))?,
-                    None => false,
+                    None => self
+                        .sasl
+                        .set(listener, setting, value)
+                        .map_err(|reason| invalid(key, value, reason))?,
                 };
                 if !known {
                     return Err(ConfigError::Unknown(key.to_string()));
@@ -1325,6 +1340,13 @@ mod tests {
             .set(
                 "listener.security.protocol.map",
                 "PLAINTEXT:PLAINTEXT,SSL:SASL_SSL,MTLS:SSL,CONTROLLER:PLAINTEXT",
+            )
+            .unwrap();
+        assert_eq!(config.check(), Ok(()));
+        config
+            .set(
+                "listener.security.protocol.map",
+                "PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL,CONTROLLER:PLAINTEXT",
             )
             .unwrap();
         assert!(matches!(config.check(), Err(ConfigError::Invalid { .. })));

@@ -6,6 +6,7 @@
 //! to the command line.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod coordinator_log;
 pub mod fetch_session;

@@ -6,34 +6,49 @@
 //! handler's answer goes through a one-shot channel into a queue the writer drains in order,
 //! so slow requests (a long-polling fetch, an acks=all produce) never reorder responses.
 //! The queue's bound is the connection's in-flight limit: when it is full the reader stops
-//! reading. A connection idle for `connections.max.idle.ms` is closed. On an SSL listener
-//! the connection is a TLS session first (see [`crate::tls`]).
+//! reading. A connection idle for `connections.max.idle.ms` is closed. On an SSL or
+//! SASL_SSL listener the connection is a TLS session first (see [`crate::tls`]); on a
+//! SASL listener the client logs in before its first other request (see [`crate::auth`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use spool_metadata::net::{BoxStream, Listener};
 use spool_protocol::DecodeError;
-use spool_protocol::frame::{FrameDecoder, decode_request, encode_response};
-use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody};
+use spool_protocol::frame::{FrameDecoder, RequestDecodeError, decode_request, encode_response};
+use spool_protocol::header::RequestHeader;
+use spool_protocol::messages::{
+    ApiKey, RequestBody, ResponseBody, SaslAuthenticateRequest, SaslHandshakeRequest,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, Outcome, RequestContext};
+use crate::auth::{Authenticated, Authenticator, ListenerSasl, Principal, scram};
 use crate::state::BrokerState;
+
+/// How a listener secures its connections.
+#[derive(Clone, Default)]
+pub struct Security {
+    /// SSL and SASL_SSL: the TLS handshake comes first.
+    pub tls: Option<TlsAcceptor>,
+    /// SASL_PLAINTEXT and SASL_SSL: the client logs in before anything else.
+    pub sasl: Option<Arc<ListenerSasl>>,
+}
 
 /// How long a client has to complete its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections on the listener named `name` until `shutdown` turns true; with
-/// `tls`, each connection starts with a TLS handshake (an SSL listener).
+/// Accepts connections on the listener named `name` until `shutdown` turns true, each
+/// secured as `security` says.
 pub async fn serve(
     state: Arc<BrokerState>,
     listener: Box<dyn Listener>,
     name: String,
-    tls: Option<TlsAcceptor>,
+    security: Security,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let listener_name: Arc<str> = Arc::from(name.as_str());
@@ -46,8 +61,9 @@ pub async fn serve(
                     let context = RequestContext {
                         listener: Arc::clone(&listener_name),
                         client_host: Arc::from(format!("/{}", peer.ip())),
+                        principal: Arc::new(Principal::anonymous()),
                     };
-                    let tls = tls.clone();
+                    let Security { tls, sasl } = security.clone();
                     tokio::spawn(async move {
                         let stream = match tls {
                             Some(acceptor) => match secure(&acceptor, stream).await {
@@ -59,7 +75,8 @@ pub async fn serve(
                             },
                             None => stream,
                         };
-                        if let Err(e) = connection(state, context, stream, shutdown).await {
+                        let authenticator = sasl.map(Authenticator::new);
+                        if let Err(e) = connection(state, context, stream, authenticator, shutdown).await {
                             tracing::debug!(%peer, error = %e, "connection closed");
                         }
                     });
@@ -93,14 +110,225 @@ enum ConnectionError {
     Idle,
     #[error("undecodable or unserved request")]
     BadRequest,
+    #[error("request with API key {0} before authentication")]
+    Unauthenticated(i16),
+    #[error("authentication failed")]
+    AuthenticationFailed,
+    #[error("the session expired without re-authentication (connections.max.reauth.ms)")]
+    SessionExpired,
+}
+
+/// The API key of a frame, read before anything else is decoded.
+fn api_key_of(frame: &[u8]) -> i16 {
+    match frame {
+        [high, low, ..] => i16::from_be_bytes([*high, *low]),
+        _ => -1,
+    }
+}
+
+/// The answer to an undecodable request: an ApiVersions request of a version this broker
+/// does not know still gets one (KIP-511); anything else closes the connection, as in
+/// Kafka.
+fn undecodable(failed: RequestDecodeError) -> Outcome {
+    let (api_key, api_version) = failed
+        .header
+        .as_ref()
+        .map_or((-1, -1), |h| (h.request_api_key, h.request_api_version));
+    match failed.header {
+        Some(header) if header.api_key() == Some(ApiKey::ApiVersions) => {
+            let body = ResponseBody::ApiVersions(api::api_versions::unsupported_version_response());
+            encode_response(header.correlation_id, 0, &body)
+                .map_or(Outcome::Close, Outcome::Respond)
+        }
+        _ => {
+            tracing::debug!(error = %failed.error, api_key, api_version, "undecodable request");
+            Outcome::Close
+        }
+    }
+}
+
+/// A user's SCRAM credential from the metadata image.
+fn scram_credential(
+    state: &BrokerState,
+    user: &str,
+    mechanism: scram::Mechanism,
+) -> Option<scram::Credential> {
+    state.with_image(|image| {
+        image
+            .scram_credential(user, mechanism as i8)
+            .map(|r| scram::Credential {
+                salt: r.salt.to_vec(),
+                iterations: r.iterations,
+                stored_key: r.stored_key.to_vec(),
+                server_key: r.server_key.to_vec(),
+            })
+    })
+}
+
+/// What a SASL request led to on a connection.
+enum SaslOutcome {
+    /// Send the answer and go on.
+    Continue(Outcome),
+    /// Send the answer; the client logged in as this user.
+    LoggedIn(Outcome, String),
+    /// Send the answer, then close the connection.
+    Close(Outcome),
+}
+
+/// Serves a SaslHandshake or SaslAuthenticate request on a SASL listener.
+async fn sasl_request(
+    state: &BrokerState,
+    auth: &mut Authenticator,
+    header: &RequestHeader,
+    body: SaslBody,
+) -> SaslOutcome {
+    let respond = |body: ResponseBody| api::encode(header, &body);
+    match body {
+        SaslBody::Handshake(request) => {
+            let (response, ok) = auth.handshake(&request);
+            let answer = respond(ResponseBody::SaslHandshake(response));
+            if ok {
+                SaslOutcome::Continue(answer)
+            } else {
+                SaslOutcome::Close(answer)
+            }
+        }
+        SaslBody::Authenticate(request) => {
+            match auth.authenticate(&request, |user, m| scram_credential(state, user, m)) {
+                Authenticated::Continue(response) => {
+                    SaslOutcome::Continue(respond(ResponseBody::SaslAuthenticate(response)))
+                }
+                Authenticated::Done(response, user) => {
+                    SaslOutcome::LoggedIn(respond(ResponseBody::SaslAuthenticate(response)), user)
+                }
+                Authenticated::Failed(response) => {
+                    tracing::info!(error = ?response.error_message, "failed authentication");
+                    tokio::time::sleep(Duration::from_millis(auth.settings().failed_delay_ms))
+                        .await;
+                    SaslOutcome::Close(respond(ResponseBody::SaslAuthenticate(response)))
+                }
+            }
+        }
+    }
+}
+
+enum SaslBody {
+    Handshake(SaslHandshakeRequest),
+    Authenticate(SaslAuthenticateRequest),
+}
+
+/// Logs the client in: reads only ApiVersions, SaslHandshake and SaslAuthenticate
+/// requests, one at a time, from frames of at most `sasl.server.max.receive.size` bytes.
+/// The user, or `None` when the connection is to close.
+async fn login(
+    state: &BrokerState,
+    auth: &mut Authenticator,
+    stream: &mut BoxStream,
+    buffer: &mut BytesMut,
+    idle: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<String>, ConnectionError> {
+    let decoder = FrameDecoder::new(auth.settings().max_receive_bytes);
+    // After a SaslHandshake v0, tokens travel without Kafka headers (the pre-KIP-152 form).
+    let mut legacy = false;
+    loop {
+        let Some(frame) = next_frame(&decoder, buffer, stream, idle, shutdown).await? else {
+            return Ok(None);
+        };
+        if legacy {
+            let request = SaslAuthenticateRequest {
+                auth_bytes: frame,
+                ..Default::default()
+            };
+            let (bytes, user) =
+                match auth.authenticate(&request, |user, m| scram_credential(state, user, m)) {
+                    Authenticated::Continue(r) => (r.auth_bytes, None),
+                    Authenticated::Done(r, user) => (r.auth_bytes, Some(user)),
+                    Authenticated::Failed(r) => {
+                        tracing::info!(error = ?r.error_message, "failed authentication");
+                        return Err(ConnectionError::AuthenticationFailed);
+                    }
+                };
+            let mut token = BytesMut::with_capacity(4 + bytes.len());
+            token.put_u32(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+            token.put_slice(&bytes);
+            stream.write_all(&token).await?;
+            if user.is_some() {
+                return Ok(user);
+            }
+            continue;
+        }
+        let api_key = api_key_of(&frame);
+        let allowed = [
+            ApiKey::ApiVersions,
+            ApiKey::SaslHandshake,
+            ApiKey::SaslAuthenticate,
+        ];
+        if !allowed.iter().any(|k| *k as i16 == api_key) {
+            // Nothing but the key was read: the rest of the frame is never decoded.
+            return Err(ConnectionError::Unauthenticated(api_key));
+        }
+        let (header, body) = match decode_request(frame) {
+            Ok(decoded) => decoded,
+            Err(failed) => match undecodable(failed) {
+                Outcome::Respond(bytes) => {
+                    stream.write_all(&bytes).await?;
+                    continue;
+                }
+                _ => return Err(ConnectionError::BadRequest),
+            },
+        };
+        let outcome = match body {
+            RequestBody::ApiVersions(request) => {
+                let response = api::api_versions::handle(&request, header.request_api_version);
+                SaslOutcome::Continue(api::encode(&header, &ResponseBody::ApiVersions(response)))
+            }
+            RequestBody::SaslHandshake(request) => {
+                legacy = header.request_api_version == 0;
+                sasl_request(state, auth, &header, SaslBody::Handshake(request)).await
+            }
+            RequestBody::SaslAuthenticate(request) => {
+                sasl_request(state, auth, &header, SaslBody::Authenticate(request)).await
+            }
+            _ => return Err(ConnectionError::BadRequest),
+        };
+        let (answer, next) = match outcome {
+            SaslOutcome::Continue(answer) => (answer, None),
+            SaslOutcome::LoggedIn(answer, user) => (answer, Some(Ok(Some(user)))),
+            SaslOutcome::Close(answer) => {
+                (answer, Some(Err(ConnectionError::AuthenticationFailed)))
+            }
+        };
+        match answer {
+            Outcome::Respond(bytes) => stream.write_all(&bytes).await?,
+            _ => return Err(ConnectionError::BadRequest),
+        }
+        if let Some(next) = next {
+            return next;
+        }
+    }
 }
 
 async fn connection(
     state: Arc<BrokerState>,
-    context: RequestContext,
-    stream: BoxStream,
+    mut context: RequestContext,
+    mut stream: BoxStream,
+    mut authenticator: Option<Authenticator>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
+    let idle = Duration::from_millis(state.config.connections_max_idle_ms);
+    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    // When the session of a SASL login ends (KIP-368).
+    let mut session_end = None;
+    if let Some(auth) = authenticator.as_mut() {
+        let Some(user) = login(&state, auth, &mut stream, &mut buffer, idle, &mut shutdown).await?
+        else {
+            return Ok(());
+        };
+        tracing::debug!(%user, listener = %context.listener, "authenticated");
+        context.principal = Arc::new(Principal::user(&user));
+        session_end = session_deadline(auth);
+    }
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (queue, mut answers) = mpsc::channel::<oneshot::Receiver<Outcome>>(
         state.config.queued_max_requests_per_connection.max(1),
@@ -117,8 +345,6 @@ async fn connection(
     });
 
     let decoder = FrameDecoder::new(state.config.socket_request_max_bytes);
-    let idle = Duration::from_millis(state.config.connections_max_idle_ms);
-    let mut buffer = BytesMut::with_capacity(64 * 1024);
     let result = loop {
         let frame = match next_frame(&decoder, &mut buffer, &mut reader, idle, &mut shutdown).await
         {
@@ -126,11 +352,39 @@ async fn connection(
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
+        let api_key = api_key_of(&frame);
+        let reauthenticating =
+            api_key == ApiKey::SaslHandshake as i16 || api_key == ApiKey::SaslAuthenticate as i16;
+        if session_end.is_some_and(|end| Instant::now() >= end) && !reauthenticating {
+            break Err(ConnectionError::SessionExpired);
+        }
         let (answer_tx, answer_rx) = oneshot::channel();
         if queue.send(answer_rx).await.is_err() {
             break Ok(());
         }
         match decode_request(frame) {
+            // A re-authentication on a SASL listener (KIP-368), served here in order.
+            Ok((header, RequestBody::SaslHandshake(request))) if authenticator.is_some() => {
+                let Some(auth) = authenticator.as_mut() else {
+                    break Err(ConnectionError::BadRequest);
+                };
+                auth.restart();
+                let outcome =
+                    sasl_request(&state, auth, &header, SaslBody::Handshake(request)).await;
+                if let Some(close) = answer_sasl(outcome, answer_tx, auth, &mut session_end) {
+                    break Err(close);
+                }
+            }
+            Ok((header, RequestBody::SaslAuthenticate(request))) if authenticator.is_some() => {
+                let Some(auth) = authenticator.as_mut() else {
+                    break Err(ConnectionError::BadRequest);
+                };
+                let outcome =
+                    sasl_request(&state, auth, &header, SaslBody::Authenticate(request)).await;
+                if let Some(close) = answer_sasl(outcome, answer_tx, auth, &mut session_end) {
+                    break Err(close);
+                }
+            }
             Ok((header, RequestBody::Produce(request))) => {
                 // Appends happen here, one request at a time, so pipelined produce requests
                 // reach the log in the order they were sent; waiting for durability and
@@ -152,26 +406,10 @@ async fn connection(
                 });
             }
             Err(failed) => {
-                let (api_key, api_version) = failed
-                    .header
-                    .as_ref()
-                    .map_or((-1, -1), |h| (h.request_api_key, h.request_api_version));
-                // An ApiVersions request of a version we do not know still gets an answer
-                // (KIP-511); anything else undecodable closes the connection, as in Kafka.
-                let answer = match failed.header {
-                    Some(header) if header.api_key() == Some(ApiKey::ApiVersions) => {
-                        let body = ResponseBody::ApiVersions(
-                            api::api_versions::unsupported_version_response(),
-                        );
-                        encode_response(header.correlation_id, 0, &body)
-                            .map_or(Outcome::Close, Outcome::Respond)
-                    }
-                    _ => Outcome::Close,
-                };
+                let answer = undecodable(failed);
                 let close = matches!(answer, Outcome::Close);
                 let _ = answer_tx.send(answer);
                 if close {
-                    tracing::debug!(error = %failed.error, api_key, api_version, "undecodable request");
                     break Err(ConnectionError::BadRequest);
                 }
             }
@@ -180,6 +418,33 @@ async fn connection(
     drop(queue);
     let _ = writer_task.await;
     result
+}
+
+/// When the session of the login `auth` just accepted ends: `connections.max.reauth.ms`
+/// from now, or never.
+fn session_deadline(auth: &Authenticator) -> Option<Instant> {
+    let lifetime = auth.settings().reauth_ms;
+    (lifetime > 0).then(|| Instant::now() + Duration::from_millis(lifetime))
+}
+
+/// Queues the answer to a re-authentication request; why the connection must close, if
+/// it must.
+fn answer_sasl(
+    outcome: SaslOutcome,
+    answer_tx: oneshot::Sender<Outcome>,
+    auth: &Authenticator,
+    session_end: &mut Option<Instant>,
+) -> Option<ConnectionError> {
+    let (answer, close) = match outcome {
+        SaslOutcome::Continue(answer) => (answer, None),
+        SaslOutcome::LoggedIn(answer, _) => {
+            *session_end = session_deadline(auth);
+            (answer, None)
+        }
+        SaslOutcome::Close(answer) => (answer, Some(ConnectionError::AuthenticationFailed)),
+    };
+    let _ = answer_tx.send(answer);
+    close
 }
 
 /// Reads until a whole frame is buffered. `None` when the peer closed or shutdown began.

@@ -422,13 +422,7 @@ pub fn acceptors(config: &BrokerConfig) -> Result<BTreeMap<String, TlsAcceptor>,
     config
         .listeners
         .iter()
-        .filter(|l| {
-            config
-                .listener_security_protocol_map
-                .get(&l.name)
-                .map(String::as_str)
-                == Some("SSL")
-        })
+        .filter(|l| matches!(config.security_protocol(&l.name), Some("SSL" | "SASL_SSL")))
         .map(|l| {
             let tls = config.ssl.server_config(&l.name)?;
             Ok((l.name.clone(), TlsAcceptor::from(tls)))

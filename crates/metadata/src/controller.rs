@@ -22,7 +22,8 @@ use spool_protocol::Uuid;
 use spool_protocol::internal::register_broker_record::BrokerEndpoint;
 use spool_protocol::internal::{
     BrokerRegistrationChangeRecord, ConfigRecord, PartitionChangeRecord, ProducerIdsRecord,
-    RegisterBrokerRecord, RemoveTopicRecord, UnregisterBrokerRecord,
+    RegisterBrokerRecord, RemoveTopicRecord, RemoveUserScramCredentialRecord,
+    UnregisterBrokerRecord, UserScramCredentialRecord,
 };
 use spool_protocol::messages::alter_partition_reassignments_response::{
     ReassignablePartitionResponse, ReassignableTopicResponse,
@@ -547,6 +548,29 @@ impl Controller {
                 .map(|key| record(key, None)),
         );
         Ok(records)
+    }
+
+    /// AlterUserScramCredentials: a record per credential set, and one per credential
+    /// removed that exists.
+    pub fn alter_scram_credentials(
+        &self,
+        image: &MetadataImage,
+        upsertions: &[UserScramCredentialRecord],
+        deletions: &[RemoveUserScramCredentialRecord],
+    ) -> Vec<MetadataRecord> {
+        let removed = deletions
+            .iter()
+            .filter(|d| image.scram_credential(&d.name, d.mechanism).is_some())
+            .cloned()
+            .map(MetadataRecord::RemoveUserScramCredential);
+        removed
+            .chain(
+                upsertions
+                    .iter()
+                    .cloned()
+                    .map(MetadataRecord::UserScramCredential),
+            )
+            .collect()
     }
 
     /// AllocateProducerIds: the next block of producer IDs for a registered broker.

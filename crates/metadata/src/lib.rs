@@ -17,8 +17,8 @@ use spool_protocol::compression::Compression;
 use spool_protocol::internal::register_broker_record::BrokerEndpoint;
 use spool_protocol::internal::{
     BrokerRegistrationChangeRecord, ConfigRecord, PartitionChangeRecord, PartitionRecord,
-    ProducerIdsRecord, RegisterBrokerRecord, RemoveTopicRecord, TopicRecord,
-    UnregisterBrokerRecord,
+    ProducerIdsRecord, RegisterBrokerRecord, RemoveTopicRecord, RemoveUserScramCredentialRecord,
+    TopicRecord, UnregisterBrokerRecord, UserScramCredentialRecord,
 };
 use spool_protocol::record_batch::RecordBatchBuilder;
 use spool_protocol::{DecodeError, EncodeError, Message, Uuid};
@@ -68,6 +68,10 @@ pub enum MetadataRecord {
     /// A broker was fenced or unfenced, or entered controlled shutdown.
     BrokerRegistrationChange(BrokerRegistrationChangeRecord),
     UnregisterBroker(UnregisterBrokerRecord),
+    /// A user's SCRAM credential for one mechanism was set (salt, iterations, stored and
+    /// server keys: never the password).
+    UserScramCredential(UserScramCredentialRecord),
+    RemoveUserScramCredential(RemoveUserScramCredentialRecord),
 }
 
 /// `PartitionChangeRecord.leader` when the leader does not change.
@@ -100,6 +104,14 @@ impl MetadataRecord {
             MetadataRecord::UnregisterBroker(r) => {
                 (UnregisterBrokerRecord::RECORD_TYPE, 0, r.to_bytes(0)?)
             }
+            MetadataRecord::UserScramCredential(r) => {
+                (UserScramCredentialRecord::RECORD_TYPE, 0, r.to_bytes(0)?)
+            }
+            MetadataRecord::RemoveUserScramCredential(r) => (
+                RemoveUserScramCredentialRecord::RECORD_TYPE,
+                0,
+                r.to_bytes(0)?,
+            ),
         };
         buf.put_i16(record_type);
         buf.put_i16(version);
@@ -146,6 +158,14 @@ impl MetadataRecord {
             UnregisterBrokerRecord::RECORD_TYPE => MetadataRecord::UnregisterBroker(
                 UnregisterBrokerRecord::decode(&mut bytes, version)?,
             ),
+            UserScramCredentialRecord::RECORD_TYPE => MetadataRecord::UserScramCredential(
+                UserScramCredentialRecord::decode(&mut bytes, version)?,
+            ),
+            RemoveUserScramCredentialRecord::RECORD_TYPE => {
+                MetadataRecord::RemoveUserScramCredential(RemoveUserScramCredentialRecord::decode(
+                    &mut bytes, version,
+                )?)
+            }
             other => return Err(DecodeError::UnknownApiKey(other)),
         })
     }
@@ -256,6 +276,8 @@ pub struct MetadataImage {
     brokers: BTreeMap<i32, BrokerMeta>,
     /// The highest broker epoch any registration has had.
     last_broker_epoch: i64,
+    /// SCRAM credentials by user, then mechanism (1 SCRAM-SHA-256, 2 SCRAM-SHA-512).
+    scram_credentials: BTreeMap<String, BTreeMap<i8, UserScramCredentialRecord>>,
 }
 
 impl MetadataImage {
@@ -316,9 +338,38 @@ impl MetadataImage {
         self.last_broker_epoch + 1
     }
 
+    /// A user's SCRAM credential for a mechanism.
+    pub fn scram_credential(
+        &self,
+        user: &str,
+        mechanism: i8,
+    ) -> Option<&UserScramCredentialRecord> {
+        self.scram_user(user)?.get(&mechanism)
+    }
+
+    /// A user's SCRAM credentials by mechanism.
+    pub fn scram_user(&self, user: &str) -> Option<&BTreeMap<i8, UserScramCredentialRecord>> {
+        self.scram_credentials.get(user)
+    }
+
+    /// Every user with a SCRAM credential, with their credentials by mechanism.
+    pub fn scram_users(
+        &self,
+    ) -> impl Iterator<Item = (&String, &BTreeMap<i8, UserScramCredentialRecord>)> {
+        self.scram_credentials.iter()
+    }
+
     /// Records that rebuild this image from nothing (a snapshot's contents).
     pub fn to_records(&self) -> Vec<MetadataRecord> {
         let mut records = Vec::new();
+        for credentials in self.scram_credentials.values() {
+            records.extend(
+                credentials
+                    .values()
+                    .cloned()
+                    .map(MetadataRecord::UserScramCredential),
+            );
+        }
         if self.next_producer_id > 0 {
             records.push(MetadataRecord::ProducerIds(ProducerIdsRecord {
                 broker_id: -1,
@@ -496,6 +547,20 @@ impl MetadataImage {
                 }
                 if r.in_controlled_shutdown == 1 {
                     broker.in_controlled_shutdown = true;
+                }
+            }
+            MetadataRecord::UserScramCredential(r) => {
+                self.scram_credentials
+                    .entry(r.name.clone())
+                    .or_default()
+                    .insert(r.mechanism, r.clone());
+            }
+            MetadataRecord::RemoveUserScramCredential(r) => {
+                if let Some(credentials) = self.scram_credentials.get_mut(&r.name) {
+                    credentials.remove(&r.mechanism);
+                    if credentials.is_empty() {
+                        self.scram_credentials.remove(&r.name);
+                    }
                 }
             }
             MetadataRecord::UnregisterBroker(r) => {

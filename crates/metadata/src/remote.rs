@@ -41,6 +41,9 @@ const CREATE_TOPIC: i8 = 1;
 const DELETE_TOPIC: i8 = 2;
 const CREATE_PARTITIONS: i8 = 3;
 const ALTER_CONFIGS: i8 = 4;
+const ALTER_SCRAM_CREDENTIALS: i8 = 5;
+/// The version SCRAM credential records travel at.
+const SCRAM_RECORD_VERSION: i16 = 0;
 
 fn kind(request: &Request) -> i8 {
     match request {
@@ -160,8 +163,37 @@ fn put_change(buf: &mut BytesMut, change: &AdminChange) -> Result<(), CodecError
             put_string(buf, name)?;
             put_configs(buf, configs)?;
         }
+        AdminChange::AlterScramCredentials {
+            upsertions,
+            deletions,
+        } => {
+            buf.put_i8(ALTER_SCRAM_CREDENTIALS);
+            put_records(buf, upsertions)?;
+            put_records(buf, deletions)?;
+        }
     }
     Ok(())
+}
+
+/// Kafka bodies, each prefixed with its length.
+fn put_records<M: Message>(buf: &mut BytesMut, records: &[M]) -> Result<(), CodecError> {
+    buf.put_i32(len_i32(records.len())?);
+    for record in records {
+        let mut body = BytesMut::new();
+        put_message(&mut body, record, SCRAM_RECORD_VERSION)?;
+        buf.put_i32(len_i32(body.len())?);
+        buf.put_slice(&body);
+    }
+    Ok(())
+}
+
+fn read_records<M: Message>(r: &mut Reader) -> Result<Vec<M>, CodecError> {
+    let mut records = Vec::new();
+    for _ in 0..r.count(4)? {
+        let len = r.count(1)?;
+        records.push(read_message(Reader(r.bytes(len)?), SCRAM_RECORD_VERSION)?);
+    }
+    Ok(records)
 }
 
 fn read_change(r: &mut Reader) -> Result<AdminChange, CodecError> {
@@ -183,6 +215,10 @@ fn read_change(r: &mut Reader) -> Result<AdminChange, CodecError> {
             resource_type: r.i8()?,
             name: read_string(r)?,
             configs: read_configs(r)?,
+        },
+        ALTER_SCRAM_CREDENTIALS => AdminChange::AlterScramCredentials {
+            upsertions: read_records(r)?,
+            deletions: read_records(r)?,
         },
         other => return Err(CodecError(format!("unknown change kind {other}"))),
     })
@@ -405,6 +441,22 @@ mod tests {
                 resource_type: 4,
                 name: "1".into(),
                 configs: BTreeMap::new(),
+            }),
+            Request::Admin(AdminChange::AlterScramCredentials {
+                upsertions: vec![spool_protocol::internal::UserScramCredentialRecord {
+                    name: "alice".into(),
+                    mechanism: 2,
+                    salt: vec![1, 2, 3].into(),
+                    stored_key: vec![4; 64].into(),
+                    server_key: vec![5; 64].into(),
+                    iterations: 8192,
+                    ..Default::default()
+                }],
+                deletions: vec![spool_protocol::internal::RemoveUserScramCredentialRecord {
+                    name: "bob".into(),
+                    mechanism: 1,
+                    ..Default::default()
+                }],
             }),
             Request::AllocateProducerIds(1, 12),
         ]

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use crate::MetadataRecord;
 use crate::controller::{At, Controller, ControllerConfig, NewTopic, Outcome, Refusal};
 use crate::quorum::{MetadataLog, Published, QuorumError};
+use spool_protocol::internal::{RemoveUserScramCredentialRecord, UserScramCredentialRecord};
 
 /// A topic to create, owned so it can travel to the controller task.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +161,11 @@ pub enum AdminChange {
         resource_type: i8,
         name: String,
         configs: BTreeMap<String, String>,
+    },
+    /// Sets and removes SCRAM credentials (checked by the broker that asks).
+    AlterScramCredentials {
+        upsertions: Vec<UserScramCredentialRecord>,
+        deletions: Vec<RemoveUserScramCredentialRecord>,
     },
 }
 
@@ -513,6 +519,10 @@ async fn serve<L: MetadataLog>(
                     name,
                     configs,
                 } => controller.alter_configs(image, *resource_type, name, configs),
+                AdminChange::AlterScramCredentials {
+                    upsertions,
+                    deletions,
+                } => Ok(controller.alter_scram_credentials(image, upsertions, deletions)),
             };
             match decided {
                 Ok(records) => match commit(log, controller, records, at).await {

@@ -253,7 +253,14 @@ pub fn run(settings: &Settings) -> Result<Report, String> {
                 registry.borrow_mut()[i] = Some(Arc::downgrade(&state));
                 let (_stop, stopped) = watch::channel(false);
                 let kafka = Box::new(SimListener(kafka, breaks));
-                spool_broker::server::serve(state, kafka, "PLAINTEXT".into(), None, stopped).await;
+                spool_broker::server::serve(
+                    state,
+                    kafka,
+                    "PLAINTEXT".into(),
+                    Default::default(),
+                    stopped,
+                )
+                .await;
                 Ok(())
             }
         });

@@ -5,10 +5,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use spool_protocol::ErrorCode;
 use spool_protocol::frame::encode_response;
 use spool_protocol::header::RequestHeader;
 use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody};
 
+use crate::auth::Principal;
 use crate::group::shard::Client;
 use crate::state::BrokerState;
 
@@ -16,6 +18,7 @@ pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
 pub mod alter_configs;
 pub mod alter_partition_reassignments;
+pub mod alter_user_scram_credentials;
 pub mod api_versions;
 pub mod consumer_group_describe;
 pub mod consumer_group_heartbeat;
@@ -31,6 +34,7 @@ pub mod describe_log_dirs;
 pub mod describe_producers;
 pub mod describe_topic_partitions;
 pub mod describe_transactions;
+pub mod describe_user_scram_credentials;
 pub mod elect_leaders;
 pub mod end_txn;
 pub mod fetch;
@@ -97,6 +101,10 @@ pub const IMPLEMENTED: &[ApiKey] = &[
     ApiKey::DescribeProducers,
     ApiKey::DescribeTransactions,
     ApiKey::ListTransactions,
+    ApiKey::SaslHandshake,
+    ApiKey::SaslAuthenticate,
+    ApiKey::DescribeUserScramCredentials,
+    ApiKey::AlterUserScramCredentials,
 ];
 
 /// What a handler may need to know about the connection a request came in on.
@@ -107,6 +115,8 @@ pub struct RequestContext {
     pub listener: Arc<str>,
     /// The client's address as Kafka reports it in groups (`/IP`).
     pub client_host: Arc<str>,
+    /// Who the client authenticated as.
+    pub principal: Arc<Principal>,
 }
 
 impl RequestContext {
@@ -142,7 +152,7 @@ pub async fn finish_produce(
     }
 }
 
-fn encode(header: &RequestHeader, response: &ResponseBody) -> Outcome {
+pub(crate) fn encode(header: &RequestHeader, response: &ResponseBody) -> Outcome {
     match encode_response(header.correlation_id, header.request_api_version, response) {
         Ok(bytes) => Outcome::Respond(bytes),
         Err(e) => {
@@ -294,6 +304,31 @@ pub async fn handle(
         ),
         RequestBody::ListTransactions(request) => {
             ResponseBody::ListTransactions(list_transactions::handle(state, request, version))
+        }
+        RequestBody::DescribeUserScramCredentials(request) => {
+            ResponseBody::DescribeUserScramCredentials(describe_user_scram_credentials::handle(
+                state, request, version,
+            ))
+        }
+        RequestBody::AlterUserScramCredentials(request) => ResponseBody::AlterUserScramCredentials(
+            alter_user_scram_credentials::handle(state, request, version).await,
+        ),
+        // The connection serves these on a SASL listener; anywhere else (or after login
+        // when it does not) they are out of place, as Kafka answers.
+        RequestBody::SaslHandshake(_) => {
+            ResponseBody::SaslHandshake(spool_protocol::messages::SaslHandshakeResponse {
+                error_code: ErrorCode::IllegalSaslState.code(),
+                ..Default::default()
+            })
+        }
+        RequestBody::SaslAuthenticate(_) => {
+            ResponseBody::SaslAuthenticate(spool_protocol::messages::SaslAuthenticateResponse {
+                error_code: ErrorCode::IllegalSaslState.code(),
+                error_message: Some(
+                    "SaslAuthenticate request received after successful authentication".into(),
+                ),
+                ..Default::default()
+            })
         }
         other => {
             tracing::debug!(

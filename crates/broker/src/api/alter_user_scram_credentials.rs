@@ -1,0 +1,178 @@
+//! AlterUserScramCredentials (version 0): sets and removes users' SCRAM credentials. The
+//! client sends the salted password (it ran PBKDF2); the broker keeps only the stored and
+//! server keys derived from it, in the metadata log. Answers per user, with Kafka's
+//! errors: UNSUPPORTED_SASL_MECHANISM, UNACCEPTABLE_CREDENTIAL (no name, no salt or
+//! password, iterations outside 4096–16384), RESOURCE_NOT_FOUND (removing a credential
+//! that does not exist), DUPLICATE_RESOURCE (one user and mechanism twice in a request).
+//! A user with any bad alteration has none of them applied.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use spool_metadata::service::AdminChange;
+use spool_protocol::ErrorCode;
+use spool_protocol::internal::{RemoveUserScramCredentialRecord, UserScramCredentialRecord};
+use spool_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
+use spool_protocol::messages::{
+    AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse,
+};
+
+use crate::auth::scram::{Credential, MAX_ITERATIONS, MIN_ITERATIONS, Mechanism};
+use crate::state::{BrokerError, BrokerState};
+
+type Refusal = (ErrorCode, String);
+
+pub async fn handle(
+    state: &BrokerState,
+    request: AlterUserScramCredentialsRequest,
+    _version: i16,
+) -> AlterUserScramCredentialsResponse {
+    // Each user's first refusal, and the alterations of users without one.
+    let mut refusals: BTreeMap<String, Refusal> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    let mut upsertions = Vec::new();
+    let mut deletions = Vec::new();
+    let refuse = |refusals: &mut BTreeMap<String, Refusal>, user: &str, refusal: Refusal| {
+        refusals.entry(user.to_string()).or_insert(refusal);
+    };
+    // Every user the request names, once, in the order named.
+    let mut users: Vec<String> = Vec::new();
+    let named = request.deletions.iter().map(|d| &d.name);
+    for user in named.chain(request.upsertions.iter().map(|u| &u.name)) {
+        if !users.contains(user) {
+            users.push(user.clone());
+        }
+    }
+    for deletion in &request.deletions {
+        match check(&deletion.name, deletion.mechanism, &mut seen) {
+            Err(refusal) => refuse(&mut refusals, &deletion.name, refusal),
+            Ok(mechanism) => {
+                let exists = state.with_image(|image| {
+                    image
+                        .scram_credential(&deletion.name, mechanism as i8)
+                        .is_some()
+                });
+                if exists {
+                    deletions.push(RemoveUserScramCredentialRecord {
+                        name: deletion.name.clone(),
+                        mechanism: mechanism as i8,
+                        ..Default::default()
+                    });
+                } else {
+                    refuse(
+                        &mut refusals,
+                        &deletion.name,
+                        (
+                            ErrorCode::ResourceNotFound,
+                            "Attempt to delete a user credential that does not exist".into(),
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    for upsertion in &request.upsertions {
+        let checked = check(&upsertion.name, upsertion.mechanism, &mut seen).and_then(|m| {
+            if upsertion.iterations < MIN_ITERATIONS {
+                Err((
+                    ErrorCode::UnacceptableCredential,
+                    format!("Too few iterations: at least {MIN_ITERATIONS}"),
+                ))
+            } else if upsertion.iterations > MAX_ITERATIONS {
+                Err((
+                    ErrorCode::UnacceptableCredential,
+                    format!("Too many iterations: at most {MAX_ITERATIONS}"),
+                ))
+            } else if upsertion.salt.is_empty() || upsertion.salted_password.is_empty() {
+                Err((
+                    ErrorCode::UnacceptableCredential,
+                    "Salt and salted password must not be empty".into(),
+                ))
+            } else {
+                Ok(m)
+            }
+        });
+        match checked {
+            Err(refusal) => refuse(&mut refusals, &upsertion.name, refusal),
+            Ok(mechanism) => {
+                let credential = Credential::from_salted_password(
+                    mechanism,
+                    &upsertion.salt,
+                    upsertion.iterations,
+                    &upsertion.salted_password,
+                );
+                upsertions.push(UserScramCredentialRecord {
+                    name: upsertion.name.clone(),
+                    mechanism: mechanism as i8,
+                    salt: credential.salt.into(),
+                    stored_key: credential.stored_key.into(),
+                    server_key: credential.server_key.into(),
+                    iterations: credential.iterations,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    upsertions.retain(|u| !refusals.contains_key(&u.name));
+    deletions.retain(|d| !refusals.contains_key(&d.name));
+    let applied: Result<(), Refusal> = if upsertions.is_empty() && deletions.is_empty() {
+        Ok(())
+    } else {
+        state
+            .change_metadata(AdminChange::AlterScramCredentials {
+                upsertions,
+                deletions,
+            })
+            .await
+            .map_err(|e| match e {
+                BrokerError::Refused(code, message) => (code, message),
+                other => (ErrorCode::UnknownServerError, other.to_string()),
+            })
+    };
+    let results = users
+        .into_iter()
+        .map(|user| {
+            let (code, message) = match refusals.remove(&user) {
+                Some((code, message)) => (code, Some(message)),
+                None => match &applied {
+                    Ok(()) => (ErrorCode::None, None),
+                    Err((code, message)) => (*code, Some(message.clone())),
+                },
+            };
+            AlterUserScramCredentialsResult {
+                user,
+                error_code: code.code(),
+                error_message: message,
+                ..Default::default()
+            }
+        })
+        .collect();
+    AlterUserScramCredentialsResponse {
+        results,
+        ..Default::default()
+    }
+}
+
+/// A user name and mechanism that may be altered, once per request.
+fn check(
+    user: &str,
+    mechanism: i8,
+    seen: &mut BTreeSet<(String, i8)>,
+) -> Result<Mechanism, Refusal> {
+    if user.is_empty() {
+        return Err((
+            ErrorCode::UnacceptableCredential,
+            "Username must not be empty".into(),
+        ));
+    }
+    let mechanism = Mechanism::from_id(mechanism).ok_or((
+        ErrorCode::UnsupportedSaslMechanism,
+        "Unknown SCRAM mechanism".to_string(),
+    ))?;
+    if !seen.insert((user.to_string(), mechanism as i8)) {
+        return Err((
+            ErrorCode::DuplicateResource,
+            "A user credential cannot be altered twice in the same request".into(),
+        ));
+    }
+    Ok(mechanism)
+}

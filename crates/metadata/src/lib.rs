@@ -857,6 +857,55 @@ mod tests {
     }
 
     #[test]
+    fn scram_credentials_are_set_replaced_removed_and_kept_in_snapshots() {
+        let credential = |name: &str, mechanism: i8, iterations: i32| {
+            MetadataRecord::UserScramCredential(UserScramCredentialRecord {
+                name: name.into(),
+                mechanism,
+                salt: vec![1; 16].into(),
+                stored_key: vec![2; 32].into(),
+                server_key: vec![3; 32].into(),
+                iterations,
+                ..Default::default()
+            })
+        };
+        let removal = |name: &str, mechanism: i8| {
+            MetadataRecord::RemoveUserScramCredential(RemoveUserScramCredentialRecord {
+                name: name.into(),
+                mechanism,
+                ..Default::default()
+            })
+        };
+        for record in [credential("alice", 2, 8192), removal("alice", 2)] {
+            assert_eq!(
+                MetadataRecord::decode(record.encode().unwrap()).unwrap(),
+                record
+            );
+        }
+        let mut image = MetadataImage::default();
+        image.apply(&credential("alice", 1, 4096));
+        image.apply(&credential("alice", 2, 4096));
+        image.apply(&credential("alice", 2, 8192));
+        image.apply(&credential("bob", 1, 4096));
+        image.apply(&removal("bob", 1));
+        image.apply(&removal("carol", 1));
+        assert_eq!(image.scram_credential("alice", 2).unwrap().iterations, 8192);
+        assert!(image.scram_user("bob").is_none());
+        let mut rebuilt = MetadataImage::default();
+        for record in image.to_records() {
+            rebuilt.apply(&record);
+        }
+        let users = |image: &MetadataImage| {
+            image
+                .scram_users()
+                .map(|(user, credentials)| (user.clone(), credentials.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(users(&rebuilt), users(&image));
+        assert_eq!(users(&image)[0].1.len(), 2);
+    }
+
+    #[test]
     fn topic_ids_are_random_version_4_uuids() {
         let (a, b) = (random_uuid(), random_uuid());
         assert_ne!(a, b);

@@ -10,6 +10,7 @@
 //! SASL_SSL listener the connection is a TLS session first (see [`crate::tls`]); on a
 //! SASL listener the client logs in before its first other request (see [`crate::auth`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,9 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, Outcome, RequestContext};
+use crate::auth::principal::{MappingRules, subject_name};
 use crate::auth::{Authenticated, Authenticator, ListenerSasl, Principal, scram};
+use crate::config::BrokerConfig;
 use crate::state::BrokerState;
 
 /// How a listener secures its connections.
@@ -35,8 +38,30 @@ use crate::state::BrokerState;
 pub struct Security {
     /// SSL and SASL_SSL: the TLS handshake comes first.
     pub tls: Option<TlsAcceptor>,
+    /// SSL: how a client certificate's subject names the principal.
+    pub certificate_principal: Option<Arc<MappingRules>>,
     /// SASL_PLAINTEXT and SASL_SSL: the client logs in before anything else.
     pub sasl: Option<Arc<ListenerSasl>>,
+}
+
+/// Every listener's security, by listener name: TLS stores and SASL users are read here,
+/// so a bad one stops the broker before it binds anything.
+pub fn securities(config: &BrokerConfig) -> Result<BTreeMap<String, Security>, String> {
+    let mut acceptors = crate::tls::acceptors(config).map_err(|e| e.to_string())?;
+    let mut sasl = crate::auth::sasl_listeners(config)?;
+    Ok(config
+        .listeners
+        .iter()
+        .map(|l| {
+            let security = Security {
+                tls: acceptors.remove(&l.name),
+                certificate_principal: (config.security_protocol(&l.name) == Some("SSL"))
+                    .then(|| Arc::new(config.ssl.principal_rules(&l.name))),
+                sasl: sasl.remove(&l.name),
+            };
+            (l.name.clone(), security)
+        })
+        .collect())
 }
 
 /// How long a client has to complete its TLS handshake.
@@ -63,11 +88,17 @@ pub async fn serve(
                         client_host: Arc::from(format!("/{}", peer.ip())),
                         principal: Arc::new(Principal::anonymous()),
                     };
-                    let Security { tls, sasl } = security.clone();
+                    let Security { tls, certificate_principal, sasl } = security.clone();
                     tokio::spawn(async move {
+                        let mut context = context;
                         let stream = match tls {
-                            Some(acceptor) => match secure(&acceptor, stream).await {
-                                Ok(stream) => stream,
+                            Some(acceptor) => match secure(&acceptor, stream, certificate_principal.as_deref()).await {
+                                Ok((stream, principal)) => {
+                                    if let Some(principal) = principal {
+                                        context.principal = Arc::new(principal);
+                                    }
+                                    stream
+                                }
                                 Err(e) => {
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                     return;
@@ -88,16 +119,42 @@ pub async fn serve(
     }
 }
 
-/// The TLS handshake of an accepted connection, bounded in time.
-async fn secure(acceptor: &TlsAcceptor, stream: BoxStream) -> std::io::Result<BoxStream> {
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => Ok(Box::new(stream)),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "no TLS handshake in time",
-        )),
-    }
+/// The TLS handshake of an accepted connection, bounded in time; with `rules`, the
+/// principal its client certificate names (`User:ANONYMOUS` without one). A certificate
+/// no rule maps fails the connection, as in Kafka.
+async fn secure(
+    acceptor: &TlsAcceptor,
+    stream: BoxStream,
+    rules: Option<&MappingRules>,
+) -> std::io::Result<(BoxStream, Option<Principal>)> {
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no TLS handshake in time",
+            ));
+        }
+    };
+    let principal = match rules {
+        None => None,
+        Some(rules) => match stream.get_ref().1.peer_certificates() {
+            None | Some([]) => Some(Principal::anonymous()),
+            Some([certificate, ..]) => {
+                let name = subject_name(certificate).ok_or_else(|| {
+                    std::io::Error::other("the client certificate's subject does not read")
+                })?;
+                let user = rules.apply(&name).ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "no ssl.principal.mapping.rules rule applies to `{name}`"
+                    ))
+                })?;
+                Some(Principal::user(&user))
+            }
+        },
+    };
+    Ok((Box::new(stream), principal))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -23,6 +23,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
 use tokio_rustls::TlsAcceptor;
 
+use crate::auth::principal::MappingRules;
 use crate::config::BrokerConfig;
 
 /// The `ssl.*` settings this version knows, by their name after `ssl.`.
@@ -42,6 +43,7 @@ pub const SETTINGS: &[&str] = &[
     "protocol",
     "cipher.suites",
     "endpoint.identification.algorithm",
+    "principal.mapping.rules",
 ];
 
 /// Kafka's `ssl.enabled.protocols` names and rustls' versions.
@@ -130,6 +132,14 @@ impl SslSettings {
             Some(v) if v.eq_ignore_ascii_case("requested") => ClientAuth::Requested,
             _ => ClientAuth::None,
         }
+    }
+
+    /// `ssl.principal.mapping.rules` on `listener`: how a client certificate's subject
+    /// becomes a user name.
+    pub fn principal_rules(&self, listener: &str) -> MappingRules {
+        self.get(listener, "principal.mapping.rules")
+            .and_then(|rules| MappingRules::parse(rules).ok())
+            .unwrap_or_default()
     }
 
     /// The rustls configuration that serves SSL listener `listener`.
@@ -494,6 +504,7 @@ fn check_value(key: &'static str, value: &str) -> Result<(), TlsError> {
         {
             Err(invalid("expected https or nothing".into()))
         }
+        "principal.mapping.rules" => MappingRules::parse(value).map(|_| ()).map_err(invalid),
         _ => Ok(()),
     }
 }

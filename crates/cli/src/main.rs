@@ -144,8 +144,7 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
     let config = build_config(&args)?;
     // Every SSL listener's keys and certificates, and every SASL listener's users, are read
     // before anything is bound.
-    let mut acceptors = spool_broker::tls::acceptors(&config).map_err(|e| e.to_string())?;
-    let mut sasl = spool_broker::auth::sasl_listeners(&config)?;
+    let mut securities = spool_broker::server::securities(&config)?;
     let mut sockets = Vec::new();
     let mut bound = Vec::new();
     let mut controller = None;
@@ -196,10 +195,7 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
     let servers: Vec<_> = sockets
         .into_iter()
         .map(|(name, socket)| {
-            let security = spool_broker::server::Security {
-                tls: acceptors.remove(&name),
-                sasl: sasl.remove(&name),
-            };
+            let security = securities.remove(&name).unwrap_or_default();
             tokio::spawn(spool_broker::server::serve(
                 Arc::clone(&state),
                 Box::new(socket),

@@ -26,6 +26,7 @@ use spool_protocol::messages::{
 use crate::config::BrokerConfig;
 
 pub mod plain;
+pub mod principal;
 pub mod scram;
 
 use plain::PlainUsers;

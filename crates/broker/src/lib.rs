@@ -5,6 +5,7 @@
 //! connection; [`api`] has one module per Kafka API. The binary (`spool server`) wires them
 //! to the command line.
 
+pub mod acl;
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -21,9 +21,9 @@ use spool_protocol::ErrorCode;
 use spool_protocol::Uuid;
 use spool_protocol::internal::register_broker_record::BrokerEndpoint;
 use spool_protocol::internal::{
-    BrokerRegistrationChangeRecord, ConfigRecord, PartitionChangeRecord, ProducerIdsRecord,
-    RegisterBrokerRecord, RemoveTopicRecord, RemoveUserScramCredentialRecord,
-    UnregisterBrokerRecord, UserScramCredentialRecord,
+    AccessControlEntryRecord, BrokerRegistrationChangeRecord, ConfigRecord, PartitionChangeRecord,
+    ProducerIdsRecord, RegisterBrokerRecord, RemoveAccessControlEntryRecord, RemoveTopicRecord,
+    RemoveUserScramCredentialRecord, UnregisterBrokerRecord, UserScramCredentialRecord,
 };
 use spool_protocol::messages::alter_partition_reassignments_response::{
     ReassignablePartitionResponse, ReassignableTopicResponse,
@@ -571,6 +571,28 @@ impl Controller {
                     .map(MetadataRecord::UserScramCredential),
             )
             .collect()
+    }
+
+    /// CreateAcls / DeleteAcls: a record per binding added whose ID is new, and one per
+    /// binding removed that exists.
+    pub fn alter_acls(
+        &self,
+        image: &MetadataImage,
+        creations: &[AccessControlEntryRecord],
+        deletions: &[RemoveAccessControlEntryRecord],
+    ) -> Vec<MetadataRecord> {
+        let existing: std::collections::BTreeSet<_> = image.acls().map(|acl| acl.id).collect();
+        let removed = deletions
+            .iter()
+            .filter(|d| existing.contains(&d.id))
+            .cloned()
+            .map(MetadataRecord::RemoveAccessControlEntry);
+        let added = creations
+            .iter()
+            .filter(|c| !existing.contains(&c.id))
+            .cloned()
+            .map(MetadataRecord::AccessControlEntry);
+        removed.chain(added).collect()
     }
 
     /// AllocateProducerIds: the next block of producer IDs for a registered broker.

@@ -16,9 +16,10 @@ use spool_log::{LogError, PartitionLog};
 use spool_protocol::compression::Compression;
 use spool_protocol::internal::register_broker_record::BrokerEndpoint;
 use spool_protocol::internal::{
-    BrokerRegistrationChangeRecord, ConfigRecord, PartitionChangeRecord, PartitionRecord,
-    ProducerIdsRecord, RegisterBrokerRecord, RemoveTopicRecord, RemoveUserScramCredentialRecord,
-    TopicRecord, UnregisterBrokerRecord, UserScramCredentialRecord,
+    AccessControlEntryRecord, BrokerRegistrationChangeRecord, ConfigRecord, PartitionChangeRecord,
+    PartitionRecord, ProducerIdsRecord, RegisterBrokerRecord, RemoveAccessControlEntryRecord,
+    RemoveTopicRecord, RemoveUserScramCredentialRecord, TopicRecord, UnregisterBrokerRecord,
+    UserScramCredentialRecord,
 };
 use spool_protocol::record_batch::RecordBatchBuilder;
 use spool_protocol::{DecodeError, EncodeError, Message, Uuid};
@@ -72,6 +73,9 @@ pub enum MetadataRecord {
     /// server keys: never the password).
     UserScramCredential(UserScramCredentialRecord),
     RemoveUserScramCredential(RemoveUserScramCredentialRecord),
+    /// An ACL binding was added, under an ID of its own.
+    AccessControlEntry(AccessControlEntryRecord),
+    RemoveAccessControlEntry(RemoveAccessControlEntryRecord),
 }
 
 /// `PartitionChangeRecord.leader` when the leader does not change.
@@ -109,6 +113,14 @@ impl MetadataRecord {
             }
             MetadataRecord::RemoveUserScramCredential(r) => (
                 RemoveUserScramCredentialRecord::RECORD_TYPE,
+                0,
+                r.to_bytes(0)?,
+            ),
+            MetadataRecord::AccessControlEntry(r) => {
+                (AccessControlEntryRecord::RECORD_TYPE, 0, r.to_bytes(0)?)
+            }
+            MetadataRecord::RemoveAccessControlEntry(r) => (
+                RemoveAccessControlEntryRecord::RECORD_TYPE,
                 0,
                 r.to_bytes(0)?,
             ),
@@ -163,6 +175,14 @@ impl MetadataRecord {
             ),
             RemoveUserScramCredentialRecord::RECORD_TYPE => {
                 MetadataRecord::RemoveUserScramCredential(RemoveUserScramCredentialRecord::decode(
+                    &mut bytes, version,
+                )?)
+            }
+            AccessControlEntryRecord::RECORD_TYPE => MetadataRecord::AccessControlEntry(
+                AccessControlEntryRecord::decode(&mut bytes, version)?,
+            ),
+            RemoveAccessControlEntryRecord::RECORD_TYPE => {
+                MetadataRecord::RemoveAccessControlEntry(RemoveAccessControlEntryRecord::decode(
                     &mut bytes, version,
                 )?)
             }
@@ -278,6 +298,8 @@ pub struct MetadataImage {
     last_broker_epoch: i64,
     /// SCRAM credentials by user, then mechanism (1 SCRAM-SHA-256, 2 SCRAM-SHA-512).
     scram_credentials: BTreeMap<String, BTreeMap<i8, UserScramCredentialRecord>>,
+    /// ACL bindings by ID.
+    acls: BTreeMap<Uuid, AccessControlEntryRecord>,
 }
 
 impl MetadataImage {
@@ -359,9 +381,20 @@ impl MetadataImage {
         self.scram_credentials.iter()
     }
 
+    /// Every ACL binding.
+    pub fn acls(&self) -> impl Iterator<Item = &AccessControlEntryRecord> {
+        self.acls.values()
+    }
+
     /// Records that rebuild this image from nothing (a snapshot's contents).
     pub fn to_records(&self) -> Vec<MetadataRecord> {
         let mut records = Vec::new();
+        records.extend(
+            self.acls
+                .values()
+                .cloned()
+                .map(MetadataRecord::AccessControlEntry),
+        );
         for credentials in self.scram_credentials.values() {
             records.extend(
                 credentials
@@ -562,6 +595,12 @@ impl MetadataImage {
                         self.scram_credentials.remove(&r.name);
                     }
                 }
+            }
+            MetadataRecord::AccessControlEntry(r) => {
+                self.acls.insert(r.id, r.clone());
+            }
+            MetadataRecord::RemoveAccessControlEntry(r) => {
+                self.acls.remove(&r.id);
             }
             MetadataRecord::UnregisterBroker(r) => {
                 if self
@@ -903,6 +942,56 @@ mod tests {
         };
         assert_eq!(users(&rebuilt), users(&image));
         assert_eq!(users(&image)[0].1.len(), 2);
+    }
+
+    #[test]
+    fn acl_bindings_are_added_removed_and_kept_in_snapshots() {
+        let binding = |id: u128, name: &str| {
+            MetadataRecord::AccessControlEntry(AccessControlEntryRecord {
+                id: Uuid::from_u128(id),
+                resource_type: 2,
+                resource_name: name.into(),
+                pattern_type: 3,
+                principal: "User:alice".into(),
+                host: "*".into(),
+                operation: 4,
+                permission_type: 3,
+                ..Default::default()
+            })
+        };
+        let removal = |id: u128| {
+            MetadataRecord::RemoveAccessControlEntry(RemoveAccessControlEntryRecord {
+                id: Uuid::from_u128(id),
+                ..Default::default()
+            })
+        };
+        for record in [binding(1, "orders"), removal(1)] {
+            assert_eq!(
+                MetadataRecord::decode(record.encode().unwrap()).unwrap(),
+                record
+            );
+        }
+        let mut image = MetadataImage::default();
+        for record in [
+            binding(1, "orders"),
+            binding(2, "payments"),
+            removal(1),
+            removal(3),
+        ] {
+            image.apply(&record);
+        }
+        let names = |image: &MetadataImage| {
+            image
+                .acls()
+                .map(|acl| acl.resource_name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&image), ["payments"]);
+        let mut rebuilt = MetadataImage::default();
+        for record in image.to_records() {
+            rebuilt.apply(&record);
+        }
+        assert_eq!(names(&rebuilt), ["payments"]);
     }
 
     #[test]

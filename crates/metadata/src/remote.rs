@@ -42,8 +42,9 @@ const DELETE_TOPIC: i8 = 2;
 const CREATE_PARTITIONS: i8 = 3;
 const ALTER_CONFIGS: i8 = 4;
 const ALTER_SCRAM_CREDENTIALS: i8 = 5;
-/// The version SCRAM credential records travel at.
-const SCRAM_RECORD_VERSION: i16 = 0;
+const ALTER_ACLS: i8 = 6;
+/// The version metadata records (SCRAM credentials, ACLs) travel at.
+const RECORD_VERSION: i16 = 0;
 
 fn kind(request: &Request) -> i8 {
     match request {
@@ -171,6 +172,14 @@ fn put_change(buf: &mut BytesMut, change: &AdminChange) -> Result<(), CodecError
             put_records(buf, upsertions)?;
             put_records(buf, deletions)?;
         }
+        AdminChange::AlterAcls {
+            creations,
+            deletions,
+        } => {
+            buf.put_i8(ALTER_ACLS);
+            put_records(buf, creations)?;
+            put_records(buf, deletions)?;
+        }
     }
     Ok(())
 }
@@ -180,7 +189,7 @@ fn put_records<M: Message>(buf: &mut BytesMut, records: &[M]) -> Result<(), Code
     buf.put_i32(len_i32(records.len())?);
     for record in records {
         let mut body = BytesMut::new();
-        put_message(&mut body, record, SCRAM_RECORD_VERSION)?;
+        put_message(&mut body, record, RECORD_VERSION)?;
         buf.put_i32(len_i32(body.len())?);
         buf.put_slice(&body);
     }
@@ -191,7 +200,7 @@ fn read_records<M: Message>(r: &mut Reader) -> Result<Vec<M>, CodecError> {
     let mut records = Vec::new();
     for _ in 0..r.count(4)? {
         let len = r.count(1)?;
-        records.push(read_message(Reader(r.bytes(len)?), SCRAM_RECORD_VERSION)?);
+        records.push(read_message(Reader(r.bytes(len)?), RECORD_VERSION)?);
     }
     Ok(records)
 }
@@ -218,6 +227,10 @@ fn read_change(r: &mut Reader) -> Result<AdminChange, CodecError> {
         },
         ALTER_SCRAM_CREDENTIALS => AdminChange::AlterScramCredentials {
             upsertions: read_records(r)?,
+            deletions: read_records(r)?,
+        },
+        ALTER_ACLS => AdminChange::AlterAcls {
+            creations: read_records(r)?,
             deletions: read_records(r)?,
         },
         other => return Err(CodecError(format!("unknown change kind {other}"))),
@@ -455,6 +468,23 @@ mod tests {
                 deletions: vec![spool_protocol::internal::RemoveUserScramCredentialRecord {
                     name: "bob".into(),
                     mechanism: 1,
+                    ..Default::default()
+                }],
+            }),
+            Request::Admin(AdminChange::AlterAcls {
+                creations: vec![spool_protocol::internal::AccessControlEntryRecord {
+                    id: spool_protocol::Uuid::from_u128(9),
+                    resource_type: 2,
+                    resource_name: "orders".into(),
+                    pattern_type: 3,
+                    principal: "User:alice".into(),
+                    host: "*".into(),
+                    operation: 3,
+                    permission_type: 3,
+                    ..Default::default()
+                }],
+                deletions: vec![spool_protocol::internal::RemoveAccessControlEntryRecord {
+                    id: spool_protocol::Uuid::from_u128(8),
                     ..Default::default()
                 }],
             }),

@@ -26,7 +26,10 @@ use tokio::time::Instant;
 use crate::MetadataRecord;
 use crate::controller::{At, Controller, ControllerConfig, NewTopic, Outcome, Refusal};
 use crate::quorum::{MetadataLog, Published, QuorumError};
-use spool_protocol::internal::{RemoveUserScramCredentialRecord, UserScramCredentialRecord};
+use spool_protocol::internal::{
+    AccessControlEntryRecord, RemoveAccessControlEntryRecord, RemoveUserScramCredentialRecord,
+    UserScramCredentialRecord,
+};
 
 /// A topic to create, owned so it can travel to the controller task.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +169,11 @@ pub enum AdminChange {
     AlterScramCredentials {
         upsertions: Vec<UserScramCredentialRecord>,
         deletions: Vec<RemoveUserScramCredentialRecord>,
+    },
+    /// Adds and removes ACL bindings (checked, and given IDs, by the broker that asks).
+    AlterAcls {
+        creations: Vec<AccessControlEntryRecord>,
+        deletions: Vec<RemoveAccessControlEntryRecord>,
     },
 }
 
@@ -523,6 +531,10 @@ async fn serve<L: MetadataLog>(
                     upsertions,
                     deletions,
                 } => Ok(controller.alter_scram_credentials(image, upsertions, deletions)),
+                AdminChange::AlterAcls {
+                    creations,
+                    deletions,
+                } => Ok(controller.alter_acls(image, creations, deletions)),
             };
             match decided {
                 Ok(records) => match commit(log, controller, records, at).await {

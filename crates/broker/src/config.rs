@@ -81,6 +81,10 @@ pub struct BrokerConfig {
     /// `sasl.*`, `connections.max.reauth.ms` and the rest of [`crate::auth`]'s settings,
     /// general or per listener: logins on SASL listeners.
     pub sasl: SaslSettings,
+    /// The ACL authorizer, when one is configured: CreateAcls and the rest answer
+    /// SECURITY_DISABLED without one. Not settable yet: requests are not checked against
+    /// ACLs in this version.
+    pub authorizer: Option<crate::acl::Authorizer>,
     /// `log.dirs` (one directory).
     pub data_dir: PathBuf,
     /// `num.partitions`: partitions of auto-created topics.
@@ -241,6 +245,7 @@ impl Default for BrokerConfig {
                 .collect(),
             ssl: SslSettings::default(),
             sasl: SaslSettings::default(),
+            authorizer: None,
             data_dir: PathBuf::from("./spool-data"),
             num_partitions: 1,
             auto_create_topics_enable: true,

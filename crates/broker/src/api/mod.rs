@@ -22,11 +22,14 @@ pub mod alter_user_scram_credentials;
 pub mod api_versions;
 pub mod consumer_group_describe;
 pub mod consumer_group_heartbeat;
+pub mod create_acls;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_acls;
 pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
+pub mod describe_acls;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
@@ -105,6 +108,9 @@ pub const IMPLEMENTED: &[ApiKey] = &[
     ApiKey::SaslAuthenticate,
     ApiKey::DescribeUserScramCredentials,
     ApiKey::AlterUserScramCredentials,
+    ApiKey::CreateAcls,
+    ApiKey::DescribeAcls,
+    ApiKey::DeleteAcls,
 ];
 
 /// What a handler may need to know about the connection a request came in on.
@@ -304,6 +310,15 @@ pub async fn handle(
         ),
         RequestBody::ListTransactions(request) => {
             ResponseBody::ListTransactions(list_transactions::handle(state, request, version))
+        }
+        RequestBody::CreateAcls(request) => {
+            ResponseBody::CreateAcls(create_acls::handle(state, request, version).await)
+        }
+        RequestBody::DescribeAcls(request) => {
+            ResponseBody::DescribeAcls(describe_acls::handle(state, request, version))
+        }
+        RequestBody::DeleteAcls(request) => {
+            ResponseBody::DeleteAcls(delete_acls::handle(state, request, version).await)
         }
         RequestBody::DescribeUserScramCredentials(request) => {
             ResponseBody::DescribeUserScramCredentials(describe_user_scram_credentials::handle(

@@ -62,6 +62,34 @@ impl Voter {
     }
 }
 
+/// Settings given for every listener, or for one as `listener.name.<name>.<setting>`
+/// (which wins); listener names are kept upper case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerListener {
+    general: std::collections::BTreeMap<&'static str, String>,
+    listeners: std::collections::BTreeMap<String, std::collections::BTreeMap<&'static str, String>>,
+}
+
+impl PerListener {
+    /// Sets `key` for every listener, or for `listener` only.
+    pub fn insert(&mut self, listener: Option<&str>, key: &'static str, value: &str) {
+        let settings = match listener {
+            Some(name) => self.listeners.entry(name.to_ascii_uppercase()).or_default(),
+            None => &mut self.general,
+        };
+        settings.insert(key, value.trim().to_string());
+    }
+
+    /// The value of `key` in force on `listener`, if it was given.
+    pub fn get(&self, listener: &str, key: &str) -> Option<&str> {
+        self.listeners
+            .get(&listener.to_ascii_uppercase())
+            .and_then(|s| s.get(key))
+            .or_else(|| self.general.get(key))
+            .map(String::as_str)
+    }
+}
+
 /// The listener name a bare `HOST:PORT` gets.
 pub const DEFAULT_LISTENER: &str = "PLAINTEXT";
 

@@ -494,7 +494,8 @@ fn answer_sasl(
 ) -> Option<ConnectionError> {
     let (answer, close) = match outcome {
         SaslOutcome::Continue(answer) => (answer, None),
-        SaslOutcome::LoggedIn(answer, _) => {
+        SaslOutcome::LoggedIn(answer, user) => {
+            tracing::debug!(%user, "re-authenticated");
             *session_end = session_deadline(auth);
             (answer, None)
         }

@@ -24,7 +24,7 @@ use thiserror::Error;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::principal::MappingRules;
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, PerListener};
 
 /// The `ssl.*` settings this version knows, by their name after `ssl.`.
 pub const SETTINGS: &[&str] = &[
@@ -88,11 +88,7 @@ pub enum TlsError {
 
 /// The `ssl.*` settings as given: the general ones and each listener's own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SslSettings {
-    general: BTreeMap<&'static str, String>,
-    /// By listener name (upper case), then setting.
-    listeners: BTreeMap<String, BTreeMap<&'static str, String>>,
-}
+pub struct SslSettings(PerListener);
 
 impl SslSettings {
     /// Sets `ssl.<key>` (for every listener, or for `listener` only), checking the value
@@ -107,22 +103,13 @@ impl SslSettings {
             return Ok(false);
         };
         check_value(key, value)?;
-        let settings = match listener {
-            Some(name) => self.listeners.entry(name.to_ascii_uppercase()).or_default(),
-            None => &mut self.general,
-        };
-        settings.insert(key, value.trim().to_string());
+        self.0.insert(listener, key, value);
         Ok(true)
     }
 
     /// The value of `ssl.<key>` in force on `listener`.
     pub fn get(&self, listener: &str, key: &str) -> Option<&str> {
-        self.listeners
-            .get(&listener.to_ascii_uppercase())
-            .and_then(|s| s.get(key))
-            .or_else(|| self.general.get(key))
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        self.0.get(listener, key).filter(|v| !v.is_empty())
     }
 
     /// `ssl.client.auth` on `listener` (none when unset).

@@ -23,7 +23,7 @@ use spool_protocol::messages::{
     SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, PerListener};
 
 pub mod plain;
 pub mod principal;
@@ -104,10 +104,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 
 /// The SASL settings, general or for one listener (`listener.name.<name>.…`, which wins).
 #[derive(Debug, Clone, Default)]
-pub struct SaslSettings {
-    general: BTreeMap<&'static str, String>,
-    listeners: BTreeMap<String, BTreeMap<&'static str, String>>,
-}
+pub struct SaslSettings(PerListener);
 
 impl SaslSettings {
     /// Sets `key` for every listener or for `listener` only, checking what the value alone
@@ -152,21 +149,14 @@ impl SaslSettings {
                     .into(),
             );
         }
-        let settings = match listener {
-            Some(name) => self.listeners.entry(name.to_ascii_uppercase()).or_default(),
-            None => &mut self.general,
-        };
-        settings.insert(key, value.to_string());
+        self.0.insert(listener, key, value);
         Ok(true)
     }
 
-    /// The value of `key` in force on `listener`.
+    /// The value of `key` in force on `listener` (Spool's default when not given).
     pub fn get(&self, listener: &str, key: &str) -> Option<&str> {
-        self.listeners
-            .get(&listener.to_ascii_uppercase())
-            .and_then(|s| s.get(key))
-            .or_else(|| self.general.get(key))
-            .map(String::as_str)
+        self.0
+            .get(listener, key)
             .or_else(|| DEFAULTS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v))
     }
 

@@ -390,3 +390,72 @@ impl Authenticator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_go_by_listener_and_bad_ones_are_refused() {
+        let mut settings = SaslSettings::default();
+        assert_eq!(
+            settings
+                .set(None, "sasl.enabled.mechanisms", "GSSAPI")
+                .map_err(|_| ()),
+            Err(())
+        );
+        assert!(
+            settings
+                .set(
+                    None,
+                    "plain.sasl.jaas.config",
+                    "PlainLoginModule required user_a=\"b\";"
+                )
+                .is_err(),
+            "JAAS settings belong to a listener"
+        );
+        assert_eq!(
+            settings
+                .set(None, "sasl.server.max.receive.size", "10")
+                .map_err(|_| ()),
+            Err(())
+        );
+        assert_eq!(
+            settings.set(None, "sasl.kerberos.service.name", "kafka"),
+            Ok(false)
+        );
+        assert_eq!(
+            settings.set(Some("external"), "sasl.enabled.mechanisms", "PLAIN"),
+            Ok(true)
+        );
+        // PLAIN without users stops the start.
+        assert!(settings.listener("EXTERNAL").is_err());
+        let jaas = "org.apache.kafka.common.security.plain.PlainLoginModule required user_a=\"b\";";
+        assert_eq!(
+            settings.set(Some("external"), "plain.sasl.jaas.config", jaas),
+            Ok(true)
+        );
+        assert_eq!(
+            settings.set(None, "connections.max.reauth.ms", "60000"),
+            Ok(true)
+        );
+        let external = settings.listener("EXTERNAL").unwrap();
+        assert_eq!(external.mechanisms, [Mechanism::Plain]);
+        assert_eq!(
+            (
+                external.reauth_ms,
+                external.max_receive_bytes,
+                external.failed_delay_ms
+            ),
+            (60_000, 524_288, 100)
+        );
+        let internal = settings.listener("INTERNAL").unwrap();
+        assert_eq!(
+            internal.mechanisms,
+            [
+                Mechanism::Scram(scram::Mechanism::Sha256),
+                Mechanism::Scram(scram::Mechanism::Sha512)
+            ]
+        );
+    }
+}

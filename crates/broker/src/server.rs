@@ -19,9 +19,7 @@ use spool_metadata::net::{BoxStream, Listener};
 use spool_protocol::DecodeError;
 use spool_protocol::frame::{FrameDecoder, RequestDecodeError, decode_request, encode_response};
 use spool_protocol::header::RequestHeader;
-use spool_protocol::messages::{
-    ApiKey, RequestBody, ResponseBody, SaslAuthenticateRequest, SaslHandshakeRequest,
-};
+use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody, SaslAuthenticateRequest};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -232,16 +230,17 @@ enum SaslOutcome {
     Close(Outcome),
 }
 
-/// Serves a SaslHandshake or SaslAuthenticate request on a SASL listener.
+/// Serves a SaslHandshake or SaslAuthenticate request on a SASL listener (any other
+/// request closes the connection).
 async fn sasl_request(
     state: &BrokerState,
     auth: &mut Authenticator,
     header: &RequestHeader,
-    body: SaslBody,
+    body: RequestBody,
 ) -> SaslOutcome {
     let respond = |body: ResponseBody| api::encode(header, &body);
     match body {
-        SaslBody::Handshake(request) => {
+        RequestBody::SaslHandshake(request) => {
             let (response, ok) = auth.handshake(&request);
             let answer = respond(ResponseBody::SaslHandshake(response));
             if ok {
@@ -250,7 +249,7 @@ async fn sasl_request(
                 SaslOutcome::Close(answer)
             }
         }
-        SaslBody::Authenticate(request) => {
+        RequestBody::SaslAuthenticate(request) => {
             match auth.authenticate(&request, |user, m| scram_credential(state, user, m)) {
                 Authenticated::Continue(response) => {
                     SaslOutcome::Continue(respond(ResponseBody::SaslAuthenticate(response)))
@@ -266,12 +265,8 @@ async fn sasl_request(
                 }
             }
         }
+        _ => SaslOutcome::Close(Outcome::Close),
     }
-}
-
-enum SaslBody {
-    Handshake(SaslHandshakeRequest),
-    Authenticate(SaslAuthenticateRequest),
 }
 
 /// Logs the client in: reads only ApiVersions, SaslHandshake and SaslAuthenticate
@@ -340,14 +335,12 @@ async fn login(
                 let response = api::api_versions::handle(&request, header.request_api_version);
                 SaslOutcome::Continue(api::encode(&header, &ResponseBody::ApiVersions(response)))
             }
-            RequestBody::SaslHandshake(request) => {
-                legacy = header.request_api_version == 0;
-                sasl_request(state, auth, &header, SaslBody::Handshake(request)).await
+            body => {
+                if matches!(body, RequestBody::SaslHandshake(_)) {
+                    legacy = header.request_api_version == 0;
+                }
+                sasl_request(state, auth, &header, body).await
             }
-            RequestBody::SaslAuthenticate(request) => {
-                sasl_request(state, auth, &header, SaslBody::Authenticate(request)).await
-            }
-            _ => return Err(ConnectionError::BadRequest),
         };
         let (answer, next) = match outcome {
             SaslOutcome::Continue(answer) => (answer, None),
@@ -421,23 +414,17 @@ async fn connection(
         }
         match decode_request(frame) {
             // A re-authentication on a SASL listener (KIP-368), served here in order.
-            Ok((header, RequestBody::SaslHandshake(request))) if authenticator.is_some() => {
+            Ok((
+                header,
+                body @ (RequestBody::SaslHandshake(_) | RequestBody::SaslAuthenticate(_)),
+            )) if authenticator.is_some() => {
                 let Some(auth) = authenticator.as_mut() else {
                     break Err(ConnectionError::BadRequest);
                 };
-                auth.restart();
-                let outcome =
-                    sasl_request(&state, auth, &header, SaslBody::Handshake(request)).await;
-                if let Some(close) = answer_sasl(outcome, answer_tx, auth, &mut session_end) {
-                    break Err(close);
+                if matches!(body, RequestBody::SaslHandshake(_)) {
+                    auth.restart();
                 }
-            }
-            Ok((header, RequestBody::SaslAuthenticate(request))) if authenticator.is_some() => {
-                let Some(auth) = authenticator.as_mut() else {
-                    break Err(ConnectionError::BadRequest);
-                };
-                let outcome =
-                    sasl_request(&state, auth, &header, SaslBody::Authenticate(request)).await;
+                let outcome = sasl_request(&state, auth, &header, body).await;
                 if let Some(close) = answer_sasl(outcome, answer_tx, auth, &mut session_end) {
                     break Err(close);
                 }

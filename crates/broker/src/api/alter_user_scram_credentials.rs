@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use indexmap::IndexSet;
+
 use spool_metadata::service::AdminChange;
 use spool_protocol::ErrorCode;
 use spool_protocol::internal::{RemoveUserScramCredentialRecord, UserScramCredentialRecord};
@@ -31,43 +33,35 @@ pub async fn handle(
     let mut seen = BTreeSet::new();
     let mut upsertions = Vec::new();
     let mut deletions = Vec::new();
-    let refuse = |refusals: &mut BTreeMap<String, Refusal>, user: &str, refusal: Refusal| {
-        refusals.entry(user.to_string()).or_insert(refusal);
-    };
     // Every user the request names, once, in the order named.
-    let mut users: Vec<String> = Vec::new();
-    let named = request.deletions.iter().map(|d| &d.name);
-    for user in named.chain(request.upsertions.iter().map(|u| &u.name)) {
-        if !users.contains(user) {
-            users.push(user.clone());
-        }
-    }
+    let users: IndexSet<&String> = request
+        .deletions
+        .iter()
+        .map(|d| &d.name)
+        .chain(request.upsertions.iter().map(|u| &u.name))
+        .collect();
     for deletion in &request.deletions {
-        match check(&deletion.name, deletion.mechanism, &mut seen) {
-            Err(refusal) => refuse(&mut refusals, &deletion.name, refusal),
-            Ok(mechanism) => {
-                let exists = state.with_image(|image| {
-                    image
-                        .scram_credential(&deletion.name, mechanism as i8)
-                        .is_some()
-                });
-                if exists {
-                    deletions.push(RemoveUserScramCredentialRecord {
-                        name: deletion.name.clone(),
-                        mechanism: mechanism as i8,
-                        ..Default::default()
-                    });
-                } else {
-                    refuse(
-                        &mut refusals,
-                        &deletion.name,
-                        (
-                            ErrorCode::ResourceNotFound,
-                            "Attempt to delete a user credential that does not exist".into(),
-                        ),
-                    );
-                }
+        let checked = check(&deletion.name, deletion.mechanism, &mut seen).and_then(|m| {
+            let exists =
+                state.with_image(|image| image.scram_credential(&deletion.name, m as i8).is_some());
+            if exists {
+                Ok(m)
+            } else {
+                Err((
+                    ErrorCode::ResourceNotFound,
+                    "Attempt to delete a user credential that does not exist".into(),
+                ))
             }
+        });
+        match checked {
+            Err(refusal) => {
+                refusals.entry(deletion.name.clone()).or_insert(refusal);
+            }
+            Ok(mechanism) => deletions.push(RemoveUserScramCredentialRecord {
+                name: deletion.name.clone(),
+                mechanism: mechanism as i8,
+                ..Default::default()
+            }),
         }
     }
     for upsertion in &request.upsertions {
@@ -92,7 +86,9 @@ pub async fn handle(
             }
         });
         match checked {
-            Err(refusal) => refuse(&mut refusals, &upsertion.name, refusal),
+            Err(refusal) => {
+                refusals.entry(upsertion.name.clone()).or_insert(refusal);
+            }
             Ok(mechanism) => {
                 let credential = Credential::from_salted_password(
                     mechanism,
@@ -131,7 +127,7 @@ pub async fn handle(
     let results = users
         .into_iter()
         .map(|user| {
-            let (code, message) = match refusals.remove(&user) {
+            let (code, message) = match refusals.remove(user) {
                 Some((code, message)) => (code, Some(message)),
                 None => match &applied {
                     Ok(()) => (ErrorCode::None, None),
@@ -139,7 +135,7 @@ pub async fn handle(
                 },
             };
             AlterUserScramCredentialsResult {
-                user,
+                user: user.clone(),
                 error_code: code.code(),
                 error_message: message,
                 ..Default::default()

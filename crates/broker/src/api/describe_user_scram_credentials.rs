@@ -3,6 +3,7 @@
 //! A named user without one gets RESOURCE_NOT_FOUND; a user named twice,
 //! DUPLICATE_RESOURCE.
 
+use indexmap::IndexMap;
 use spool_protocol::ErrorCode;
 use spool_protocol::messages::describe_user_scram_credentials_response::{
     CredentialInfo, DescribeUserScramCredentialsResult,
@@ -12,6 +13,9 @@ use spool_protocol::messages::{
 };
 
 use crate::state::BrokerState;
+
+const DESCRIBED_TWICE: &str =
+    "Cannot describe SCRAM credentials for the same user twice in a single request";
 
 pub fn handle(
     state: &BrokerState,
@@ -55,30 +59,23 @@ pub fn handle(
                 .map(|(user, _)| described(user))
                 .collect::<Vec<_>>(),
             Some(users) => {
-                let mut names: Vec<&str> = Vec::new();
+                // Each name once, in the order named, with how often it was named.
+                let mut named: IndexMap<&str, usize> = IndexMap::new();
                 for user in users {
-                    if !names.contains(&user.name.as_str()) {
-                        names.push(&user.name);
-                    }
+                    *named.entry(user.name.as_str()).or_default() += 1;
                 }
-                names
-                .into_iter()
-                .map(|name| {
-                    let twice = users.iter().filter(|other| other.name == name).count() > 1;
-                    if twice {
-                        DescribeUserScramCredentialsResult {
+                named
+                    .into_iter()
+                    .map(|(name, times)| match times {
+                        1 => described(name),
+                        _ => DescribeUserScramCredentialsResult {
                             user: name.to_string(),
                             error_code: ErrorCode::DuplicateResource.code(),
-                            error_message: Some(
-                                "Cannot describe SCRAM credentials for the same user twice in a single request".into(),
-                            ),
+                            error_message: Some(DESCRIBED_TWICE.into()),
                             ..Default::default()
-                        }
-                    } else {
-                        described(name)
-                    }
-                })
-                .collect()
+                        },
+                    })
+                    .collect()
             }
         }
     });

@@ -4,6 +4,8 @@
 //! take, a CLUSTER not named `kafka-cluster`, a principal without a type) gets
 //! INVALID_REQUEST. A binding that already exists is not added twice.
 
+use std::collections::HashSet;
+
 use spool_metadata::random_uuid;
 use spool_metadata::service::AdminChange;
 use spool_protocol::ErrorCode;
@@ -31,8 +33,12 @@ pub async fn handle(
             ..Default::default()
         };
     }
-    // Each creation's refusal, or the binding to add (None when it exists already).
-    let mut checked = Vec::new();
+    // The bindings there are, and those this request adds: each once.
+    let mut known: HashSet<BindingKey> =
+        state.with_image(|image| image.acls().map(binding_key).collect());
+    let mut creations: Vec<AccessControlEntryRecord> = Vec::new();
+    // Each creation's refusal, if it has one.
+    let mut checked: Vec<Result<(), String>> = Vec::new();
     for creation in &request.creations {
         let binding = AccessControlEntryRecord {
             id: random_uuid(),
@@ -45,16 +51,11 @@ pub async fn handle(
             permission_type: creation.permission_type,
             ..Default::default()
         };
-        checked.push(check_binding(&binding).map(|()| {
-            let exists = state.with_image(|image| image.acls().any(|acl| same(acl, &binding)));
-            (!exists).then_some(binding)
-        }));
-    }
-    let mut creations: Vec<AccessControlEntryRecord> = Vec::new();
-    for binding in checked.iter().flatten().flatten() {
-        if !creations.iter().any(|c| same(c, binding)) {
-            creations.push(binding.clone());
+        let valid = check_binding(&binding);
+        if valid.is_ok() && known.insert(binding_key(&binding)) {
+            creations.push(binding);
         }
+        checked.push(valid);
     }
     let applied = if creations.is_empty() {
         Ok(())
@@ -86,19 +87,19 @@ pub async fn handle(
 /// Kafka's message when ACL APIs are used without an authorizer.
 pub const NO_AUTHORIZER: &str = "No Authorizer is configured.";
 
-/// Whether two records hold the same binding (whatever their IDs).
-fn same(a: &AccessControlEntryRecord, b: &AccessControlEntryRecord) -> bool {
+/// A binding without its ID: what makes two records the same binding.
+type BindingKey = (i8, String, i8, String, String, i8, i8);
+
+fn binding_key(acl: &AccessControlEntryRecord) -> BindingKey {
     (
-        a.resource_type,
-        &a.resource_name,
-        a.pattern_type,
-        &a.principal,
-    ) == (
-        b.resource_type,
-        &b.resource_name,
-        b.pattern_type,
-        &b.principal,
-    ) && (&a.host, a.operation, a.permission_type) == (&b.host, b.operation, b.permission_type)
+        acl.resource_type,
+        acl.resource_name.clone(),
+        acl.pattern_type,
+        acl.principal.clone(),
+        acl.host.clone(),
+        acl.operation,
+        acl.permission_type,
+    )
 }
 
 #[cfg(test)]

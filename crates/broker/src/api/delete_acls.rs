@@ -2,6 +2,8 @@
 //! filter. SECURITY_DISABLED without an authorizer; INVALID_REQUEST for a filter with an
 //! unknown code.
 
+use std::collections::HashSet;
+
 use spool_metadata::service::AdminChange;
 use spool_protocol::ErrorCode;
 use spool_protocol::internal::RemoveAccessControlEntryRecord;
@@ -37,6 +39,8 @@ pub async fn handle(
     // Per filter: its refusal, or the bindings it selects.
     let mut selected = Vec::new();
     let mut deletions: Vec<RemoveAccessControlEntryRecord> = Vec::new();
+    // The IDs in `deletions`: a binding two filters select is removed once.
+    let mut removed = HashSet::new();
     for f in request.filters {
         let filter = Filter {
             resource_type: f.resource_type_filter,
@@ -57,7 +61,7 @@ pub async fn handle(
             })
         });
         for acl in matches.iter().flatten() {
-            if !deletions.iter().any(|d| d.id == acl.id) {
+            if removed.insert(acl.id) {
                 deletions.push(RemoveAccessControlEntryRecord {
                     id: acl.id,
                     ..Default::default()

@@ -90,6 +90,11 @@ impl PerListener {
     }
 }
 
+/// The items of a comma-separated setting, trimmed, without empty ones.
+pub(crate) fn list_items(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|v| !v.is_empty())
+}
+
 /// The listener name a bare `HOST:PORT` gets.
 pub const DEFAULT_LISTENER: &str = "PLAINTEXT";
 
@@ -836,7 +841,7 @@ impl BrokerConfig {
             }
             "listener.security.protocol.map" => {
                 let mut map = std::collections::BTreeMap::new();
-                for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                for pair in list_items(value) {
                     let (name, protocol) = pair
                         .split_once(':')
                         .ok_or_else(|| invalid(key, value, "expected NAME:PROTOCOL,…".into()))?;
@@ -1162,7 +1167,7 @@ fn join(items: impl Iterator<Item = String>) -> String {
 /// every interface; `[::1]:9092` is an IPv6 host.
 fn parse_listeners(key: &str, value: &str) -> Result<Vec<(String, String, u16)>, ConfigError> {
     let mut listeners: Vec<(String, String, u16)> = Vec::new();
-    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+    for item in list_items(value) {
         let (name, address) = match item.split_once("://") {
             Some((name, address)) => (name.trim().to_ascii_uppercase(), address.trim()),
             None => (DEFAULT_LISTENER.to_string(), item),

@@ -24,7 +24,7 @@ use thiserror::Error;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::principal::MappingRules;
-use crate::config::{BrokerConfig, PerListener};
+use crate::config::{BrokerConfig, PerListener, list_items};
 
 /// The `ssl.*` settings this version knows, by their name after `ssl.`.
 pub const SETTINGS: &[&str] = &[
@@ -177,7 +177,7 @@ impl SslSettings {
             .unwrap_or("TLSv1.2,TLSv1.3");
         PROTOCOLS
             .iter()
-            .filter(|(name, _)| list(enabled).any(|p| p.eq_ignore_ascii_case(name)))
+            .filter(|(name, _)| list_items(enabled).any(|p| p.eq_ignore_ascii_case(name)))
             .map(|(_, version)| *version)
             .collect()
     }
@@ -196,7 +196,7 @@ impl SslSettings {
         });
         if let Some(wanted) = self.get(listener, "cipher.suites") {
             provider.cipher_suites.retain(|suite| {
-                list(wanted).any(|name| Some(name) == suite_name(suite).as_deref())
+                list_items(wanted).any(|name| Some(name) == suite_name(suite).as_deref())
             });
             if provider.cipher_suites.is_empty() {
                 return Err(TlsError::Invalid {
@@ -441,10 +441,6 @@ fn available_suites() -> Vec<String> {
         .collect()
 }
 
-fn list(value: &str) -> impl Iterator<Item = &str> {
-    value.split(',').map(str::trim).filter(|v| !v.is_empty())
-}
-
 /// Checks what can be checked of one setting's value on its own.
 fn check_value(key: &'static str, value: &str) -> Result<(), TlsError> {
     let invalid = |reason: String| TlsError::Invalid {
@@ -464,8 +460,8 @@ fn check_value(key: &'static str, value: &str) -> Result<(), TlsError> {
             Err(invalid("expected required, requested or none".into()))
         }
         "enabled.protocols"
-            if list(value).next().is_none()
-                || list(value).any(|p| {
+            if list_items(value).next().is_none()
+                || list_items(value).any(|p| {
                     !PROTOCOLS
                         .iter()
                         .any(|(name, _)| p.eq_ignore_ascii_case(name))
@@ -478,7 +474,7 @@ fn check_value(key: &'static str, value: &str) -> Result<(), TlsError> {
         }
         "cipher.suites" => {
             let available = available_suites();
-            match list(value).find(|name| !available.iter().any(|a| a == name)) {
+            match list_items(value).find(|name| !available.iter().any(|a| a == name)) {
                 Some(unknown) => Err(invalid(format!(
                     "`{unknown}` is not available; available: {}",
                     available.join(", ")

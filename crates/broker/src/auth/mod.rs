@@ -23,7 +23,7 @@ use spool_protocol::messages::{
     SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 
-use crate::config::{BrokerConfig, PerListener};
+use crate::config::{BrokerConfig, PerListener, list_items};
 
 pub mod plain;
 pub mod principal;
@@ -116,7 +116,7 @@ impl SaslSettings {
         let value = value.trim();
         match key {
             "sasl.enabled.mechanisms" => {
-                for name in list(value) {
+                for name in list_items(value) {
                     if Mechanism::from_name(name).is_none() {
                         return Err(format!(
                             "`{name}` is not a mechanism this broker serves (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
@@ -169,7 +169,7 @@ impl SaslSettings {
     /// What SASL listener `listener` serves: reads the PLAIN users file if one is set.
     pub fn listener(&self, listener: &str) -> Result<ListenerSasl, String> {
         let mechanisms: Vec<Mechanism> =
-            list(self.get(listener, "sasl.enabled.mechanisms").unwrap_or(""))
+            list_items(self.get(listener, "sasl.enabled.mechanisms").unwrap_or(""))
                 .filter_map(Mechanism::from_name)
                 .collect();
         if mechanisms.is_empty() {
@@ -234,10 +234,6 @@ pub fn sasl_listeners(
         })
         .map(|l| Ok((l.name.clone(), Arc::new(config.sasl.listener(&l.name)?))))
         .collect()
-}
-
-fn list(value: &str) -> impl Iterator<Item = &str> {
-    value.split(',').map(str::trim).filter(|v| !v.is_empty())
 }
 
 /// One connection's logins: the first, and re-authentications.

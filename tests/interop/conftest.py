@@ -107,8 +107,8 @@ def signed(directory, name, subject, extensions, ca="ca"):
 @pytest.fixture(scope="module")
 def pki():
     """A CA, the broker's certificate (for localhost and 127.0.0.1, with its key in one
-    PEM keystore file), a client certificate for CN=alice, and one for CN=mallory that
-    another CA signed."""
+    PEM keystore file), client certificates for CN=alice and CN=dave,OU=ops,O=Spool, and
+    one for CN=mallory that another CA signed."""
     directory = tempfile.mkdtemp(prefix="spool-interop-pki-")
     authority(directory, "ca")
     authority(directory, "rogue")
@@ -123,6 +123,8 @@ def pki():
                                      "extendedKeyUsage=clientAuth\n")
     rogue_key, rogue_cert = signed(directory, "mallory", "/CN=mallory",
                                    "extendedKeyUsage=clientAuth\n", ca="rogue")
+    dave_key, dave_cert = signed(directory, "dave", "/CN=dave/OU=ops/O=Spool",
+                                 "extendedKeyUsage=clientAuth\n")
     # The broker's next certificate, from the other CA, for the rotation test.
     next_key, next_cert = signed(directory, "broker-next", "/CN=localhost",
                                  "subjectAltName=DNS:localhost,IP:127.0.0.1\n", ca="rogue")
@@ -134,5 +136,6 @@ def pki():
     yield {"ca": os.path.join(directory, "ca.pem"), "keystore": keystore,
            "client_key": client_key, "client_cert": client_cert,
            "rogue_key": rogue_key, "rogue_cert": rogue_cert,
+           "dave_key": dave_key, "dave_cert": dave_cert,
            "rogue_ca": os.path.join(directory, "rogue.pem"), "next_keystore": next_keystore}
     shutil.rmtree(directory, ignore_errors=True)

@@ -9,7 +9,13 @@
 //! The codes are Kafka's (`ResourceType`, `PatternType`, `AclOperation`,
 //! `AclPermissionType`).
 
+use std::sync::Arc;
+
+use spool_metadata::MetadataImage;
 use spool_protocol::internal::AccessControlEntryRecord;
+
+use crate::auth::Principal;
+use crate::state::BrokerState;
 
 pub mod resource {
     pub const ANY: i8 = 1;
@@ -272,6 +278,126 @@ impl Authorizer {
     }
 }
 
+/// One request's view of the authorizer: who asks, from which address, and the bindings
+/// in force when the request arrived. Without an authorizer everything is allowed, as in
+/// Kafka.
+pub struct Authz<'a> {
+    rules: Option<(&'a Authorizer, Arc<MetadataImage>)>,
+    principal: String,
+    host: String,
+}
+
+impl<'a> Authz<'a> {
+    /// The view for a request from `principal` at `host` (an IP address).
+    pub fn new(state: &'a BrokerState, principal: &Principal, host: &str) -> Authz<'a> {
+        match &state.config.authorizer {
+            None => Authz::allow_all(),
+            Some(authorizer) => Authz {
+                rules: Some((authorizer, state.current_image())),
+                principal: principal.to_string(),
+                host: host.to_string(),
+            },
+        }
+    }
+
+    /// A view that allows everything: the broker's own calls and handler tests.
+    pub fn allow_all() -> Authz<'static> {
+        Authz {
+            rules: None,
+            principal: String::new(),
+            host: String::new(),
+        }
+    }
+
+    /// Whether the request may do `operation` on the resource.
+    pub fn allows(&self, operation: i8, resource_type: i8, resource_name: &str) -> bool {
+        let Some((authorizer, image)) = &self.rules else {
+            return true;
+        };
+        let action = Action {
+            principal: &self.principal,
+            host: &self.host,
+            operation,
+            resource_type,
+            resource_name,
+        };
+        let allowed = authorizer.authorize(image.acls(), &action);
+        if !allowed {
+            tracing::debug!(principal = %self.principal, host = %self.host, operation, resource_type, resource_name, "denied by ACLs");
+        }
+        allowed
+    }
+
+    pub fn topic(&self, operation: i8, name: &str) -> bool {
+        self.allows(operation, resource::TOPIC, name)
+    }
+
+    pub fn group(&self, operation: i8, id: &str) -> bool {
+        self.allows(operation, resource::GROUP, id)
+    }
+
+    pub fn transactional_id(&self, operation: i8, id: &str) -> bool {
+        self.allows(operation, resource::TRANSACTIONAL_ID, id)
+    }
+
+    pub fn cluster(&self, operation: i8) -> bool {
+        self.allows(operation, resource::CLUSTER, CLUSTER_NAME)
+    }
+
+    /// Whether the request may do `operation` on some resource of the type (Kafka's
+    /// `authorizeByResourceType`): a binding for every name of the type allows it, or an
+    /// ALLOW binding for this principal that no DENY binding covers.
+    pub fn allows_some(&self, operation: i8, resource_type: i8) -> bool {
+        let Some((_, image)) = &self.rules else {
+            return true;
+        };
+        // An empty name is matched only by the bindings that cover every name.
+        if self.allows(operation, resource_type, "") {
+            return true;
+        }
+        let applies = |b: &AccessControlEntryRecord| {
+            b.resource_type == resource_type
+                && (b.principal == self.principal || b.principal == "User:*")
+                && (b.host == WILDCARD || b.host == self.host)
+        };
+        let denied: Vec<&AccessControlEntryRecord> = image
+            .acls()
+            .filter(|b| {
+                applies(b)
+                    && b.permission_type == permission::DENY
+                    && (b.operation == operation::ALL || b.operation == operation)
+            })
+            .collect();
+        let covered = |allow: &AccessControlEntryRecord| {
+            denied.iter().any(|deny| {
+                let prefix_of = allow.resource_name.starts_with(deny.resource_name.as_str());
+                match (deny.pattern_type, allow.pattern_type) {
+                    (pattern::PREFIXED, _) => prefix_of,
+                    (pattern::LITERAL, pattern::LITERAL) => {
+                        deny.resource_name == allow.resource_name
+                    }
+                    _ => false,
+                }
+            })
+        };
+        image.acls().any(|b| {
+            applies(b)
+                && b.permission_type == permission::ALLOW
+                && implies(b.operation, operation)
+                && !covered(b)
+        })
+    }
+
+    /// The operations the request may do on a resource, as the `*_authorized_operations`
+    /// fields carry them: bit `1 << code` for each operation the type supports.
+    pub fn operations(&self, resource_type: i8, resource_name: &str) -> i32 {
+        supported_operations(resource_type)
+            .iter()
+            .filter(|op| self.allows(**op, resource_type, resource_name))
+            .fold(0, |bits, op| bits | (1 << op))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,3 +641,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "acl_tests.rs"]
+mod request_tests;

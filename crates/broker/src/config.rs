@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use spool_log::LogConfig;
 use spool_metadata::quorum::QuorumSettings;
 
+use crate::acl::Authorizer;
 use crate::auth::SaslSettings;
 use crate::group::GroupConfig;
 use crate::group::assign::ASSIGNORS;
@@ -114,10 +115,13 @@ pub struct BrokerConfig {
     /// `sasl.*`, `connections.max.reauth.ms` and the rest of [`crate::auth`]'s settings,
     /// general or per listener: logins on SASL listeners.
     pub sasl: SaslSettings,
-    /// The ACL authorizer, when one is configured: CreateAcls and the rest answer
-    /// SECURITY_DISABLED without one. Not settable yet: requests are not checked against
-    /// ACLs in this version.
-    pub authorizer: Option<crate::acl::Authorizer>,
+    /// The ACL authorizer, when `authorizer.class.name` names one: every request is
+    /// checked against the ACLs. Without one everything is allowed and CreateAcls and the
+    /// rest answer SECURITY_DISABLED.
+    pub authorizer: Option<Authorizer>,
+    /// `super.users` and `allow.everyone.if.no.acl.found` as set, whether or not an
+    /// authorizer is (the settings may come in any order).
+    pub acl_settings: Authorizer,
     /// `log.dirs` (one directory).
     pub data_dir: PathBuf,
     /// `num.partitions`: partitions of auto-created topics.
@@ -279,6 +283,7 @@ impl Default for BrokerConfig {
             ssl: SslSettings::default(),
             sasl: SaslSettings::default(),
             authorizer: None,
+            acl_settings: Authorizer::default(),
             data_dir: PathBuf::from("./spool-data"),
             num_partitions: 1,
             auto_create_topics_enable: true,
@@ -471,6 +476,19 @@ impl BrokerConfig {
             (
                 "socket.request.max.bytes",
                 self.socket_request_max_bytes.to_string(),
+            ),
+            (
+                "authorizer.class.name",
+                if self.authorizer.is_some() {
+                    STANDARD_AUTHORIZER.to_string()
+                } else {
+                    String::new()
+                },
+            ),
+            ("super.users", self.acl_settings.super_users.join(";")),
+            (
+                "allow.everyone.if.no.acl.found",
+                self.acl_settings.allow_everyone_if_no_acl_found.to_string(),
             ),
             (
                 "connections.max.idle.ms",
@@ -1044,6 +1062,41 @@ impl BrokerConfig {
             "transaction.state.log.replication.factor" => {
                 self.replication.transaction_state_log_replication_factor = factor(key, value)?
             }
+            "authorizer.class.name" => {
+                self.authorizer = match value.trim() {
+                    "" => None,
+                    STANDARD_AUTHORIZER => Some(self.acl_settings.clone()),
+                    _ => {
+                        return Err(invalid(
+                            key,
+                            value,
+                            format!("the authorizer served is {STANDARD_AUTHORIZER}"),
+                        ));
+                    }
+                }
+            }
+            "super.users" => {
+                let mut users = Vec::new();
+                for user in value.split(';').map(str::trim).filter(|u| !u.is_empty()) {
+                    match user.split_once(':') {
+                        Some((kind, name)) if !kind.is_empty() && !name.is_empty() => {
+                            users.push(user.to_string());
+                        }
+                        _ => {
+                            return Err(invalid(
+                                key,
+                                value,
+                                format!("`{user}` is not a principal (User:name)"),
+                            ));
+                        }
+                    }
+                }
+                self.set_acl(|acl| acl.super_users.clone_from(&users));
+            }
+            "allow.everyone.if.no.acl.found" => {
+                let allow = parse(key, value)?;
+                self.set_acl(|acl| acl.allow_everyone_if_no_acl_found = allow);
+            }
             "log.cleanup.policy" => {
                 let policies: Vec<&str> = value.split(',').map(str::trim).collect();
                 self.log.cleanup_delete = policies.contains(&"delete");
@@ -1073,7 +1126,19 @@ impl BrokerConfig {
             .insert(key.to_string(), value.trim().to_string());
         Ok(())
     }
+
+    /// Changes an authorizer setting, in the authorizer too when there is one.
+    fn set_acl(&mut self, change: impl Fn(&mut Authorizer)) {
+        change(&mut self.acl_settings);
+        if let Some(authorizer) = &mut self.authorizer {
+            change(authorizer);
+        }
+    }
 }
+
+/// `authorizer.class.name` of the authorizer this broker serves: Kafka's ACL authorizer
+/// with its bindings in the metadata log.
+pub const STANDARD_AUTHORIZER: &str = "org.apache.kafka.metadata.authorizer.StandardAuthorizer";
 
 /// A replication factor: 1 to 32767.
 fn factor(key: &str, value: &str) -> Result<i16, ConfigError> {

@@ -433,8 +433,13 @@ async fn connection(
                 // Appends happen here, one request at a time, so pipelined produce requests
                 // reach the log in the order they were sent; waiting for durability and
                 // answering run alongside later requests.
-                let appended =
-                    api::produce::append(&state, request, header.request_api_version).await;
+                let appended = api::produce::append(
+                    &state,
+                    &context.authz(&state),
+                    request,
+                    header.request_api_version,
+                )
+                .await;
                 let state = Arc::clone(&state);
                 let context = context.clone();
                 tokio::spawn(async move {

@@ -2,6 +2,7 @@
 //! partition logs; a restart finds everything again; an old metadata log is migrated.
 
 use super::*;
+use crate::acl::Authz;
 use crate::metadata::{MetadataRecord, MetadataStore, create_topic_records};
 use spool_metadata::quorum::MetadataLog;
 use spool_protocol::internal::ProducerIdsRecord;
@@ -216,7 +217,7 @@ async fn requests_on_a_partition_no_longer_led_get_not_coordinator() {
             };
             // Version 3: no member ID round trip; the first member waits out
             // group.initial.rebalance.delay.ms.
-            crate::api::join_group::handle(&state, client, request, 3).await
+            crate::api::join_group::handle(&state, (client, &Authz::allow_all()), request, 3).await
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use spool_protocol::messages::{AddOffsetsToTxnRequest, AddOffsetsToTxnResponse};
 
+use crate::acl::{Authz, operation};
 use crate::group::OFFSETS_TOPIC;
 use crate::state::BrokerState;
 use crate::txn::for_version;
@@ -14,11 +15,27 @@ use crate::txn::shard::Producer;
 /// The first version that understands PRODUCER_FENCED.
 const FENCED_SINCE: i16 = 2;
 
+/// Needs WRITE on the transactional ID (else TRANSACTIONAL_ID_AUTHORIZATION_FAILED) and
+/// READ on the group (else GROUP_AUTHORIZATION_FAILED).
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: AddOffsetsToTxnRequest,
     version: i16,
 ) -> AddOffsetsToTxnResponse {
+    let refusal = if !authz.transactional_id(operation::WRITE, &request.transactional_id) {
+        Some(spool_protocol::ErrorCode::TransactionalIdAuthorizationFailed)
+    } else if !authz.group(operation::READ, &request.group_id) {
+        Some(spool_protocol::ErrorCode::GroupAuthorizationFailed)
+    } else {
+        None
+    };
+    if let Some(error) = refusal {
+        return AddOffsetsToTxnResponse {
+            error_code: error.code(),
+            ..Default::default()
+        };
+    }
     let partition = (
         OFFSETS_TOPIC.to_string(),
         state.groups.partition_for(&request.group_id),

@@ -7,6 +7,7 @@
 //! A partition that does not exist is UNKNOWN_TOPIC_OR_PARTITION and the others of its
 //! transaction OPERATION_NOT_ATTEMPTED, as in Kafka.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use spool_protocol::ErrorCode;
@@ -18,6 +19,7 @@ use spool_protocol::messages::add_partitions_to_txn_response::{
 };
 use spool_protocol::messages::{AddPartitionsToTxnRequest, AddPartitionsToTxnResponse};
 
+use crate::acl::{Authz, operation};
 use crate::state::BrokerState;
 use crate::txn::for_version;
 use crate::txn::shard::Producer;
@@ -27,8 +29,13 @@ const FENCED_SINCE: i16 = 2;
 /// The first version with batched transactions.
 const BATCHED_SINCE: i16 = 4;
 
+/// Each transaction needs WRITE on its transactional ID (else
+/// TRANSACTIONAL_ID_AUTHORIZATION_FAILED on all its partitions) and on each topic (else
+/// TOPIC_AUTHORIZATION_FAILED); the brokers' batched form (v4+) needs CLUSTER_ACTION on
+/// the cluster (else CLUSTER_AUTHORIZATION_FAILED), as in Kafka.
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: AddPartitionsToTxnRequest,
     version: i16,
 ) -> AddPartitionsToTxnResponse {
@@ -41,15 +48,21 @@ pub async fn handle(
             topics: request.v3_and_below_topics,
             ..Default::default()
         };
-        let result = add(state, &transaction, version).await;
+        let result = add(state, authz, &transaction, version).await;
         return AddPartitionsToTxnResponse {
             results_by_topic_v3_and_below: result.topic_results,
             ..Default::default()
         };
     }
+    if !authz.cluster(operation::CLUSTER_ACTION) {
+        return AddPartitionsToTxnResponse {
+            error_code: ErrorCode::ClusterAuthorizationFailed.code(),
+            ..Default::default()
+        };
+    }
     let mut results = Vec::with_capacity(request.transactions.len());
     for transaction in &request.transactions {
-        results.push(add(state, transaction, version).await);
+        results.push(add(state, authz, transaction, version).await);
     }
     AddPartitionsToTxnResponse {
         results_by_transaction: results,
@@ -59,6 +72,7 @@ pub async fn handle(
 
 async fn add(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     transaction: &AddPartitionsToTxnTransaction,
     version: i16,
 ) -> AddPartitionsToTxnResult {
@@ -67,8 +81,24 @@ async fn add(
         .iter()
         .flat_map(|t| t.partitions.iter().map(|&p| (t.name.clone(), p)))
         .collect();
-    let unknown = |topic: &str, partition: i32| !state.has_partition(topic, partition);
-    let error = if partitions.iter().any(|(t, p)| unknown(t, *p)) {
+    let writable: HashSet<&str> = transaction
+        .topics
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|t| authz.topic(operation::WRITE, t))
+        .collect();
+    let refusal = |topic: &str, partition: i32| {
+        if !writable.contains(topic) {
+            Some(ErrorCode::TopicAuthorizationFailed)
+        } else if !state.has_partition(topic, partition) {
+            Some(ErrorCode::UnknownTopicOrPartition)
+        } else {
+            None
+        }
+    };
+    let error = if !authz.transactional_id(operation::WRITE, &transaction.transactional_id) {
+        Some(ErrorCode::TransactionalIdAuthorizationFailed)
+    } else if partitions.iter().any(|(t, p)| refusal(t, *p).is_some()) {
         None
     } else {
         let producer = Producer {
@@ -106,18 +136,18 @@ async fn add(
         topic_results: transaction
             .topics
             .iter()
-            .map(|topic| topic_result(topic, error, &unknown))
+            .map(|topic| topic_result(topic, error, &refusal))
             .collect(),
         ..Default::default()
     }
 }
 
 /// One topic's answer: `error` for every partition, or (`None`) each partition's own
-/// existence check.
+/// refusal (authorization, then existence), OPERATION_NOT_ATTEMPTED for the others.
 fn topic_result(
     topic: &AddPartitionsToTxnTopic,
     error: Option<ErrorCode>,
-    unknown: &dyn Fn(&str, i32) -> bool,
+    refusal: &dyn Fn(&str, i32) -> Option<ErrorCode>,
 ) -> AddPartitionsToTxnTopicResult {
     AddPartitionsToTxnTopicResult {
         name: topic.name.clone(),
@@ -125,11 +155,9 @@ fn topic_result(
             .partitions
             .iter()
             .map(|&partition| {
-                let code = error.unwrap_or(if unknown(&topic.name, partition) {
-                    ErrorCode::UnknownTopicOrPartition
-                } else {
-                    ErrorCode::OperationNotAttempted
-                });
+                let code = error
+                    .or_else(|| refusal(&topic.name, partition))
+                    .unwrap_or(ErrorCode::OperationNotAttempted);
                 AddPartitionsToTxnPartitionResult {
                     partition_index: partition,
                     partition_error_code: code.code(),

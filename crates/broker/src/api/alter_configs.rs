@@ -8,10 +8,12 @@ use spool_protocol::messages::alter_configs_response::AlterConfigsResourceRespon
 use spool_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
 use super::incremental_alter_configs::alter_resource;
+use crate::acl::Authz;
 use crate::state::BrokerState;
 
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: AlterConfigsRequest,
     _version: i16,
 ) -> AlterConfigsResponse {
@@ -24,6 +26,7 @@ pub async fn handle(
             .collect();
         let (error_code, error_message) = alter_resource(
             state,
+            authz,
             resource.resource_type,
             &resource.resource_name,
             request.validate_only,

@@ -8,13 +8,25 @@ use spool_protocol::messages::{
     AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse,
 };
 
+use spool_protocol::ErrorCode;
+
+use crate::acl::{Authz, operation};
 use crate::state::BrokerState;
 
+/// Needs ALTER on the cluster (else CLUSTER_AUTHORIZATION_FAILED).
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: AlterPartitionReassignmentsRequest,
     _version: i16,
 ) -> AlterPartitionReassignmentsResponse {
+    if !authz.cluster(operation::ALTER) {
+        return AlterPartitionReassignmentsResponse {
+            error_code: ErrorCode::ClusterAuthorizationFailed.code(),
+            error_message: Some("Authorization failed.".into()),
+            ..Default::default()
+        };
+    }
     state
         .node
         .controller

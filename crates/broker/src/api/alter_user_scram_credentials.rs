@@ -18,13 +18,16 @@ use spool_protocol::messages::{
     AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse,
 };
 
+use crate::acl::{Authz, operation};
 use crate::auth::scram::{Credential, MAX_ITERATIONS, MIN_ITERATIONS, Mechanism};
 use crate::state::{BrokerError, BrokerState};
 
 type Refusal = (ErrorCode, String);
 
+/// Needs ALTER on the cluster (else CLUSTER_AUTHORIZATION_FAILED for every user named).
 pub async fn handle(
     state: &BrokerState,
+    authz: &Authz<'_>,
     request: AlterUserScramCredentialsRequest,
     _version: i16,
 ) -> AlterUserScramCredentialsResponse {
@@ -40,6 +43,21 @@ pub async fn handle(
         .map(|d| &d.name)
         .chain(request.upsertions.iter().map(|u| &u.name))
         .collect();
+    if !authz.cluster(operation::ALTER) {
+        let denied = ErrorCode::ClusterAuthorizationFailed;
+        return AlterUserScramCredentialsResponse {
+            results: users
+                .into_iter()
+                .map(|user| AlterUserScramCredentialsResult {
+                    user: user.clone(),
+                    error_code: denied.code(),
+                    error_message: Some(denied.message().to_string()),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+    }
     for deletion in &request.deletions {
         let checked = check(&deletion.name, deletion.mechanism, &mut seen).and_then(|m| {
             let exists =

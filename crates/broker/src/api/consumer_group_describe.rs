@@ -5,19 +5,32 @@
 
 use std::sync::Arc;
 
+use spool_protocol::ErrorCode;
 use spool_protocol::messages::consumer_group_describe_response::DescribedGroup;
 use spool_protocol::messages::{ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse};
 
-use crate::api::describe_groups::GROUP_OPERATIONS;
+use crate::acl::{Authz, operation, resource};
 use crate::group::shard::DEAD;
 use crate::state::BrokerState;
 
+/// Each group needs DESCRIBE (else GROUP_AUTHORIZATION_FAILED).
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: ConsumerGroupDescribeRequest,
 ) -> ConsumerGroupDescribeResponse {
     let mut groups = Vec::with_capacity(request.group_ids.len());
     for group_id in request.group_ids {
+        if !authz.group(operation::DESCRIBE, &group_id) {
+            let error = ErrorCode::GroupAuthorizationFailed;
+            groups.push(DescribedGroup {
+                error_code: error.code(),
+                error_message: Some(error.message().to_string()),
+                group_id,
+                ..DescribedGroup::default()
+            });
+            continue;
+        }
         let found = state
             .groups
             .run(state, &group_id, |shard, _| {
@@ -32,7 +45,7 @@ pub async fn handle(
             ..DescribedGroup::default()
         });
         if request.include_authorized_operations {
-            described.authorized_operations = GROUP_OPERATIONS;
+            described.authorized_operations = authz.operations(resource::GROUP, &group_id);
         }
         groups.push(described);
     }

@@ -9,15 +9,32 @@ use std::sync::Arc;
 use spool_protocol::ErrorCode;
 use spool_protocol::messages::{ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse};
 
+use crate::acl::{Authz, operation};
 use crate::group::shard::Client;
 use crate::state::BrokerState;
 
+/// Needs READ on the group (else GROUP_AUTHORIZATION_FAILED) and DESCRIBE on every topic
+/// the member subscribes to by name (else TOPIC_AUTHORIZATION_FAILED), as in Kafka.
 pub async fn handle(
     state: &Arc<BrokerState>,
-    client: Client,
+    (client, authz): (Client, &Authz<'_>),
     request: ConsumerGroupHeartbeatRequest,
     version: i16,
 ) -> ConsumerGroupHeartbeatResponse {
+    let refusal = if !authz.group(operation::READ, &request.group_id) {
+        Some(ErrorCode::GroupAuthorizationFailed)
+    } else {
+        let topics = request.subscribed_topic_names.iter().flatten();
+        let mut denied = topics.filter(|t| !authz.topic(operation::DESCRIBE, t));
+        denied.next().map(|_| ErrorCode::TopicAuthorizationFailed)
+    };
+    if let Some(error) = refusal {
+        return ConsumerGroupHeartbeatResponse {
+            error_code: error.code(),
+            error_message: Some(error.message().to_string()),
+            ..ConsumerGroupHeartbeatResponse::default()
+        };
+    }
     let answer = state
         .groups
         .run(state, &request.group_id, |shard, now| {

@@ -13,11 +13,12 @@ use spool_protocol::internal::AccessControlEntryRecord;
 use spool_protocol::messages::create_acls_response::AclCreationResult;
 use spool_protocol::messages::{CreateAclsRequest, CreateAclsResponse};
 
-use crate::acl::check_binding;
+use crate::acl::{Authz, check_binding, operation};
 use crate::state::{BrokerError, BrokerState};
 
 pub async fn handle(
     state: &BrokerState,
+    authz: &Authz<'_>,
     request: CreateAclsRequest,
     _version: i16,
 ) -> CreateAclsResponse {
@@ -30,6 +31,13 @@ pub async fn handle(
         let disabled = || result(ErrorCode::SecurityDisabled, Some(NO_AUTHORIZER.into()));
         return CreateAclsResponse {
             results: request.creations.iter().map(|_| disabled()).collect(),
+            ..Default::default()
+        };
+    }
+    if !authz.cluster(operation::ALTER) {
+        let denied = || result(ErrorCode::ClusterAuthorizationFailed, None);
+        return CreateAclsResponse {
+            results: request.creations.iter().map(|_| denied()).collect(),
             ..Default::default()
         };
     }
@@ -151,6 +159,7 @@ mod tests {
         let state = BrokerState::start(config, Vec::new(), None).await.unwrap();
         let created = handle(
             &state,
+            &Authz::allow_all(),
             CreateAclsRequest {
                 creations: vec![
                     creation("orders", pattern::LITERAL, "User:alice", operation::WRITE),
@@ -166,7 +175,7 @@ mod tests {
         let codes: Vec<i16> = created.results.iter().map(|r| r.error_code).collect();
         let invalid = ErrorCode::InvalidRequest.code();
         assert_eq!(codes, [0, 0, invalid, 0]);
-        let described = describe_acls::handle(&state, describe_all(), 3);
+        let described = describe_acls::handle(&state, &Authz::allow_all(), describe_all(), 3);
         assert_eq!(described.error_code, 0);
         let resources: Vec<(String, usize)> = described
             .resources
@@ -177,6 +186,7 @@ mod tests {
         // The bindings that apply to topic pay-eu.
         let matching = describe_acls::handle(
             &state,
+            &Authz::allow_all(),
             DescribeAclsRequest {
                 resource_type_filter: resource::TOPIC,
                 resource_name_filter: Some("pay-eu".into()),
@@ -190,6 +200,7 @@ mod tests {
 
         let deleted = delete_acls::handle(
             &state,
+            &Authz::allow_all(),
             DeleteAclsRequest {
                 filters: vec![
                     DeleteAclsFilter {
@@ -212,7 +223,7 @@ mod tests {
         assert_eq!(deleted.filter_results[0].error_code, 0);
         assert_eq!(deleted.filter_results[0].matching_acls.len(), 1);
         assert_eq!(deleted.filter_results[1].error_code, invalid);
-        let left = describe_acls::handle(&state, describe_all(), 3);
+        let left = describe_acls::handle(&state, &Authz::allow_all(), describe_all(), 3);
         assert_eq!(left.resources.len(), 1);
         assert_eq!(left.resources[0].resource_name, "pay-");
         state.close().await.unwrap();
@@ -224,6 +235,7 @@ mod tests {
         let (state, dir) = crate::state::open_in_temp_dir("acl-disabled").await;
         let created = handle(
             &state,
+            &Authz::allow_all(),
             CreateAclsRequest {
                 creations: vec![creation("t", pattern::LITERAL, "User:a", operation::READ)],
                 ..Default::default()
@@ -234,7 +246,7 @@ mod tests {
         let disabled = ErrorCode::SecurityDisabled.code();
         assert_eq!(created.results[0].error_code, disabled);
         assert_eq!(
-            describe_acls::handle(&state, describe_all(), 3).error_code,
+            describe_acls::handle(&state, &Authz::allow_all(), describe_all(), 3).error_code,
             disabled
         );
         state.close().await.unwrap();

@@ -5,11 +5,16 @@ use std::sync::Arc;
 use spool_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use spool_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 
+use spool_protocol::ErrorCode;
+
+use crate::acl::{Authz, operation};
 use crate::metadata::controller::check_partition_growth;
 use crate::state::BrokerState;
 
+/// Needs ALTER on each topic (else TOPIC_AUTHORIZATION_FAILED).
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: CreatePartitionsRequest,
     _version: i16,
 ) -> CreatePartitionsResponse {
@@ -25,7 +30,12 @@ pub async fn handle(
             .flatten()
             .map(|a| a.broker_ids.clone())
             .collect();
-        let outcome = if request.validate_only {
+        let outcome = if !authz.topic(operation::ALTER, &topic.name) {
+            Err((
+                ErrorCode::TopicAuthorizationFailed,
+                "Authorization failed.".to_string(),
+            ))
+        } else if request.validate_only {
             state.with_image(|image| {
                 check_partition_growth(image, &topic.name, topic.count).map(|_| ())
             })

@@ -14,6 +14,7 @@ use spool_protocol::messages::{
 };
 
 use super::metadata::valid_topic_name;
+use crate::acl::{Authz, operation};
 use crate::metadata::METADATA_TOPIC;
 use crate::metadata::controller::place_replicas;
 use crate::state::{BrokerState, validate_topic_configs};
@@ -114,11 +115,15 @@ fn validate_placement(
         .map(|_| ())
 }
 
+/// Creating a topic needs CREATE on the cluster or on the topic (else
+/// TOPIC_AUTHORIZATION_FAILED).
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: CreateTopicsRequest,
     version: i16,
 ) -> CreateTopicsResponse {
+    let cluster_create = authz.cluster(operation::CREATE);
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let mut result = CreatableTopicResult {
@@ -137,6 +142,11 @@ pub async fn handle(
             Err((
                 ErrorCode::InvalidRequest,
                 format!("topic `{}` appears more than once", topic.name),
+            ))
+        } else if !cluster_create && !authz.topic(operation::CREATE, &topic.name) {
+            Err((
+                ErrorCode::TopicAuthorizationFailed,
+                "Authorization failed.".into(),
             ))
         } else {
             plan(state, topic)

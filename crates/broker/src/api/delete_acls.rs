@@ -13,11 +13,12 @@ use spool_protocol::messages::delete_acls_response::{
 use spool_protocol::messages::{DeleteAclsRequest, DeleteAclsResponse};
 
 use super::create_acls::NO_AUTHORIZER;
-use crate::acl::Filter;
+use crate::acl::{Authz, Filter, operation};
 use crate::state::{BrokerError, BrokerState};
 
 pub async fn handle(
     state: &BrokerState,
+    authz: &Authz<'_>,
     request: DeleteAclsRequest,
     _version: i16,
 ) -> DeleteAclsResponse {
@@ -32,6 +33,21 @@ pub async fn handle(
                 .filters
                 .iter()
                 .map(|_| refused(ErrorCode::SecurityDisabled, NO_AUTHORIZER.into()))
+                .collect(),
+            ..Default::default()
+        };
+    }
+    if !authz.cluster(operation::ALTER) {
+        return DeleteAclsResponse {
+            filter_results: request
+                .filters
+                .iter()
+                .map(|_| {
+                    refused(
+                        ErrorCode::ClusterAuthorizationFailed,
+                        "Authorization failed.".into(),
+                    )
+                })
                 .collect(),
             ..Default::default()
         };

@@ -9,15 +9,19 @@ use spool_protocol::messages::delete_records_response::{
 };
 use spool_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
+use crate::acl::{Authz, operation};
 use crate::state::BrokerState;
 
+/// Needs DELETE on each topic (else TOPIC_AUTHORIZATION_FAILED).
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: DeleteRecordsRequest,
     _version: i16,
 ) -> DeleteRecordsResponse {
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
+        let allowed = authz.topic(operation::DELETE, &topic.name);
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in topic.partitions {
             let mut result = DeleteRecordsPartitionResult {
@@ -26,6 +30,7 @@ pub async fn handle(
                 ..Default::default()
             };
             match state.partition(&topic.name, p.partition_index) {
+                _ if !allowed => result.error_code = ErrorCode::TopicAuthorizationFailed.code(),
                 None => result.error_code = ErrorCode::UnknownTopicOrPartition.code(),
                 Some(log) => {
                     let outcome = tokio::task::spawn_blocking(move || {

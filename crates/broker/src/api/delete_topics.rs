@@ -7,11 +7,15 @@ use spool_protocol::Uuid;
 use spool_protocol::messages::delete_topics_response::DeletableTopicResult;
 use spool_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
 
+use crate::acl::{Authz, operation};
 use crate::metadata::METADATA_TOPIC;
 use crate::state::BrokerState;
 
+/// Deleting a topic needs DELETE on it (else TOPIC_AUTHORIZATION_FAILED); a topic named
+/// by ID is not named back to whoever may not DESCRIBE it.
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: DeleteTopicsRequest,
     version: i16,
 ) -> DeleteTopicsResponse {
@@ -36,8 +40,14 @@ pub async fn handle(
             Some(name) => Some(name.clone()),
             None => state.with_image(|image| image.topic_by_id(&topic_id).map(|t| t.name.clone())),
         };
+        let hidden = by_id
+            && resolved
+                .as_deref()
+                .is_some_and(|n| !authz.topic(operation::DESCRIBE, n));
         let mut result = DeletableTopicResult {
-            name: if version >= 6 {
+            name: if hidden {
+                None
+            } else if version >= 6 {
                 resolved.clone()
             } else {
                 name.clone()
@@ -51,6 +61,9 @@ pub async fn handle(
             } else {
                 ErrorCode::UnknownTopicOrPartition
             }),
+            Some(name) if !authz.topic(operation::DELETE, &name) => {
+                Err(ErrorCode::TopicAuthorizationFailed)
+            }
             Some(name) => match state.delete_topic(&name).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(ErrorCode::UnknownTopicOrPartition),

@@ -9,11 +9,12 @@ use spool_protocol::messages::describe_acls_response::{AclDescription, DescribeA
 use spool_protocol::messages::{DescribeAclsRequest, DescribeAclsResponse};
 
 use super::create_acls::NO_AUTHORIZER;
-use crate::acl::Filter;
+use crate::acl::{Authz, Filter, operation};
 use crate::state::BrokerState;
 
 pub fn handle(
     state: &BrokerState,
+    authz: &Authz<'_>,
     request: DescribeAclsRequest,
     _version: i16,
 ) -> DescribeAclsResponse {
@@ -24,6 +25,12 @@ pub fn handle(
     };
     if state.config.authorizer.is_none() {
         return refused(ErrorCode::SecurityDisabled, NO_AUTHORIZER.into());
+    }
+    if !authz.cluster(operation::DESCRIBE) {
+        return refused(
+            ErrorCode::ClusterAuthorizationFailed,
+            "Authorization failed.".into(),
+        );
     }
     let filter = Filter {
         resource_type: request.resource_type_filter,

@@ -6,14 +6,17 @@ use spool_protocol::ErrorCode;
 use spool_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use spool_protocol::messages::{DescribeClusterRequest, DescribeClusterResponse};
 
+use crate::acl::{Authz, CLUSTER_NAME, resource};
 use crate::state::BrokerState;
 
 /// `endpoint_type`: brokers (1) or controllers (2).
 const BROKERS: i8 = 1;
 
+/// With `include_cluster_authorized_operations`, the operations the caller may do on the
+/// cluster.
 pub fn handle(
     state: &Arc<BrokerState>,
-    listener: &str,
+    (listener, authz): (&str, &Authz<'_>),
     request: DescribeClusterRequest,
     version: i16,
 ) -> DescribeClusterResponse {
@@ -24,6 +27,11 @@ pub fn handle(
             request.endpoint_type
         } else {
             BROKERS
+        },
+        cluster_authorized_operations: if request.include_cluster_authorized_operations {
+            authz.operations(resource::CLUSTER, CLUSTER_NAME)
+        } else {
+            i32::MIN
         },
         ..Default::default()
     };

@@ -11,6 +11,8 @@ use spool_protocol::messages::describe_configs_response::{
 };
 use spool_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
+use super::incremental_alter_configs::config_access;
+use crate::acl::{Authz, operation};
 use crate::metadata::{BROKER_RESOURCE_TYPE, METADATA_TOPIC, TOPIC_RESOURCE_TYPE};
 use crate::state::BrokerState;
 use crate::topic_configs::{self, ConfigType, TOPIC_CONFIGS, source};
@@ -97,8 +99,10 @@ fn broker_kind(name: &str) -> (ConfigType, bool) {
     }
 }
 
+/// Needs DESCRIBE_CONFIGS on the topic or, for a broker's settings, the cluster.
 pub fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: DescribeConfigsRequest,
     _version: i16,
 ) -> DescribeConfigsResponse {
@@ -115,6 +119,18 @@ pub fn handle(
             resource_name: resource.resource_name.clone(),
             ..Default::default()
         };
+        let access = config_access(
+            authz,
+            operation::DESCRIBE_CONFIGS,
+            resource.resource_type,
+            &resource.resource_name,
+        );
+        if let Err((error, message)) = access {
+            result.error_code = error.code();
+            result.error_message = Some(message);
+            results.push(result);
+            continue;
+        }
         match resource.resource_type {
             TOPIC_RESOURCE_TYPE => {
                 let topic = state

@@ -7,20 +7,25 @@ use spool_protocol::ErrorCode;
 use spool_protocol::messages::describe_groups_response::DescribedGroup;
 use spool_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
+use crate::acl::{Authz, operation, resource};
 use crate::group::shard::DEAD;
 use crate::state::BrokerState;
 
-/// Without ACLs a client may do everything to a group: READ (3), DELETE (6) and
-/// DESCRIBE (8), as a bit field of Kafka's ACL operation codes.
-pub const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
-
+/// Each group needs DESCRIBE (else GROUP_AUTHORIZATION_FAILED).
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: DescribeGroupsRequest,
     version: i16,
 ) -> DescribeGroupsResponse {
     let mut groups = Vec::with_capacity(request.groups.len());
     for group_id in request.groups {
+        if !authz.group(operation::DESCRIBE, &group_id) {
+            let mut refused = dead(&group_id, ErrorCode::GroupAuthorizationFailed);
+            refused.group_state = String::new();
+            groups.push(refused);
+            continue;
+        }
         let found = state
             .groups
             .run(state, &group_id, |shard, _| shard.describe_group(&group_id))
@@ -32,7 +37,7 @@ pub async fn handle(
             Err(error) => dead(&group_id, error),
         };
         described.authorized_operations = if request.include_authorized_operations {
-            GROUP_OPERATIONS
+            authz.operations(resource::GROUP, &group_id)
         } else {
             i32::MIN
         };

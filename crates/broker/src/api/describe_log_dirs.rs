@@ -7,14 +7,30 @@ use spool_protocol::messages::describe_log_dirs_response::{
 };
 use spool_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse};
 
+use spool_protocol::ErrorCode;
+
+use crate::acl::{Authz, operation};
 use crate::metadata::METADATA_TOPIC;
 use crate::state::BrokerState;
 
+/// Needs DESCRIBE on the cluster: otherwise CLUSTER_AUTHORIZATION_FAILED from version 3,
+/// and no directories before (the versions without an error field), as in Kafka.
 pub fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: DescribeLogDirsRequest,
-    _version: i16,
+    version: i16,
 ) -> DescribeLogDirsResponse {
+    if !authz.cluster(operation::DESCRIBE) {
+        return DescribeLogDirsResponse {
+            error_code: if version >= 3 {
+                ErrorCode::ClusterAuthorizationFailed.code()
+            } else {
+                ErrorCode::None.code()
+            },
+            ..Default::default()
+        };
+    }
     // `None` asks for every partition.
     let wanted: Vec<(String, Vec<i32>)> = match request.topics {
         Some(topics) => topics

@@ -11,24 +11,40 @@ use spool_protocol::messages::describe_producers_response::{
 };
 use spool_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse};
 
+use crate::acl::{Authz, operation};
 use crate::state::BrokerState;
 
+/// Needs READ on each topic (else TOPIC_AUTHORIZATION_FAILED).
 pub fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: DescribeProducersRequest,
     _version: i16,
 ) -> DescribeProducersResponse {
     let topics = request
         .topics
         .iter()
-        .map(|topic| TopicResponse {
-            name: topic.name.clone(),
-            partitions: topic
-                .partition_indexes
-                .iter()
-                .map(|&index| describe(state, &topic.name, index))
-                .collect(),
-            ..Default::default()
+        .map(|topic| {
+            let allowed = authz.topic(operation::READ, &topic.name);
+            TopicResponse {
+                name: topic.name.clone(),
+                partitions: topic
+                    .partition_indexes
+                    .iter()
+                    .map(|&index| {
+                        if allowed {
+                            describe(state, &topic.name, index)
+                        } else {
+                            PartitionResponse {
+                                partition_index: index,
+                                error_code: ErrorCode::TopicAuthorizationFailed.code(),
+                                ..Default::default()
+                            }
+                        }
+                    })
+                    .collect(),
+                ..Default::default()
+            }
         })
         .collect();
     DescribeProducersResponse {

@@ -9,11 +9,15 @@ use spool_protocol::messages::describe_topic_partitions_response::{
 };
 use spool_protocol::messages::{DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse};
 
+use crate::acl::{Authz, operation, resource};
 use crate::metadata::METADATA_TOPIC;
 use crate::state::BrokerState;
 
+/// Topics need DESCRIBE: a named one without it gets TOPIC_AUTHORIZATION_FAILED, a
+/// listing of every topic leaves it out.
 pub fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: DescribeTopicPartitionsRequest,
     _version: i16,
 ) -> DescribeTopicPartitionsResponse {
@@ -30,6 +34,7 @@ pub fn handle(
                 .topics()
                 .map(|t| t.name.clone())
                 .filter(|n| !n.starts_with(METADATA_TOPIC))
+                .filter(|n| authz.topic(operation::DESCRIBE, n))
                 .collect()
         })
     } else {
@@ -41,6 +46,14 @@ pub fn handle(
     let mut emitted = 0usize;
     let mut next_cursor = None;
     for name in names.into_iter().filter(|n| *n >= cursor_topic) {
+        if !authz.topic(operation::DESCRIBE, &name) {
+            topics.push(DescribeTopicPartitionsResponseTopic {
+                error_code: ErrorCode::TopicAuthorizationFailed.code(),
+                name: Some(name),
+                ..Default::default()
+            });
+            continue;
+        }
         let Some(topic) = state
             .with_image(|image| image.topic(&name).cloned())
             .filter(|t| !t.name.starts_with(METADATA_TOPIC))
@@ -83,6 +96,7 @@ pub fn handle(
             name: Some(name),
             topic_id: topic.id,
             is_internal: topic.is_internal(),
+            topic_authorized_operations: authz.operations(resource::TOPIC, &topic.name),
             partitions,
             ..Default::default()
         });

@@ -2,16 +2,21 @@
 //! and partitions, from the transaction coordinator. An unknown ID is
 //! TRANSACTIONAL_ID_NOT_FOUND.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use spool_protocol::ErrorCode;
 use spool_protocol::messages::describe_transactions_response::{TopicData, TransactionState};
 use spool_protocol::messages::{DescribeTransactionsRequest, DescribeTransactionsResponse};
 
+use crate::acl::{Authz, operation};
 use crate::state::BrokerState;
 
+/// Each transaction needs DESCRIBE on its ID (else TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+/// only the topics the caller may DESCRIBE are listed in it.
 pub fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: DescribeTransactionsRequest,
     _version: i16,
 ) -> DescribeTransactionsResponse {
@@ -19,6 +24,9 @@ pub fn handle(
         .transactional_ids
         .iter()
         .map(|id| {
+            if !authz.transactional_id(operation::DESCRIBE, id) {
+                return error(id, ErrorCode::TransactionalIdAuthorizationFailed);
+            }
             let found = state.txns.read(id, |shard| shard.get(id).cloned());
             let metadata = match found {
                 Ok(Some(metadata)) => metadata,
@@ -26,7 +34,14 @@ pub fn handle(
                 Err(code) => return error(id, code),
             };
             let mut topics: Vec<TopicData> = Vec::new();
+            let mut describable = HashMap::new();
             for (topic, partition) in &metadata.partitions {
+                let allowed = *describable
+                    .entry(topic.as_str())
+                    .or_insert_with(|| authz.topic(operation::DESCRIBE, topic));
+                if !allowed {
+                    continue;
+                }
                 match topics.last_mut() {
                     Some(last) if &last.topic == topic => last.partitions.push(*partition),
                     _ => topics.push(TopicData {

@@ -12,16 +12,27 @@ use spool_protocol::messages::{
     DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse,
 };
 
+use crate::acl::{Authz, operation};
 use crate::state::BrokerState;
 
 const DESCRIBED_TWICE: &str =
     "Cannot describe SCRAM credentials for the same user twice in a single request";
 
+/// Needs DESCRIBE on the cluster (else CLUSTER_AUTHORIZATION_FAILED).
 pub fn handle(
     state: &BrokerState,
+    authz: &Authz<'_>,
     request: DescribeUserScramCredentialsRequest,
     _version: i16,
 ) -> DescribeUserScramCredentialsResponse {
+    if !authz.cluster(operation::DESCRIBE) {
+        let denied = ErrorCode::ClusterAuthorizationFailed;
+        return DescribeUserScramCredentialsResponse {
+            error_code: denied.code(),
+            error_message: Some(denied.message().to_string()),
+            ..Default::default()
+        };
+    }
     let results = state.with_image(|image| {
         let described = |user: &str| {
             let infos: Vec<CredentialInfo> = image

@@ -9,17 +9,33 @@ use spool_protocol::ErrorCode;
 use spool_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use spool_protocol::messages::{ElectLeadersRequest, ElectLeadersResponse};
 
+use crate::acl::{Authz, operation};
 use crate::state::BrokerState;
 
+/// Needs ALTER on the cluster (else CLUSTER_AUTHORIZATION_FAILED, on the request and on
+/// each partition named, as Kafka answers).
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: ElectLeadersRequest,
     version: i16,
 ) -> ElectLeadersResponse {
     let named = request.topic_partitions.clone();
-    let mut response = state.node.controller.elect_leaders(request).await;
-    if version == 0 && response.error_code != ErrorCode::None.code() {
-        let error_code = std::mem::take(&mut response.error_code);
+    let allowed = authz.cluster(operation::ALTER);
+    let mut response = if allowed {
+        state.node.controller.elect_leaders(request).await
+    } else {
+        ElectLeadersResponse {
+            error_code: ErrorCode::ClusterAuthorizationFailed.code(),
+            ..Default::default()
+        }
+    };
+    if (version == 0 || !allowed) && response.error_code != ErrorCode::None.code() {
+        let error_code = if version == 0 {
+            std::mem::take(&mut response.error_code)
+        } else {
+            response.error_code
+        };
         response.replica_election_results = named
             .unwrap_or_default()
             .into_iter()

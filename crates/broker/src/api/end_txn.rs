@@ -10,6 +10,7 @@ use std::sync::Arc;
 use spool_protocol::ErrorCode;
 use spool_protocol::messages::{EndTxnRequest, EndTxnResponse};
 
+use crate::acl::{Authz, operation};
 use crate::state::BrokerState;
 use crate::txn::for_version;
 use crate::txn::shard::{EndOutcome, Producer};
@@ -26,11 +27,16 @@ fn error(code: ErrorCode) -> EndTxnResponse {
     }
 }
 
+/// Needs WRITE on the transactional ID (else TRANSACTIONAL_ID_AUTHORIZATION_FAILED).
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: EndTxnRequest,
     version: i16,
 ) -> EndTxnResponse {
+    if !authz.transactional_id(operation::WRITE, &request.transactional_id) {
+        return error(ErrorCode::TransactionalIdAuthorizationFailed);
+    }
     match end(state, &request, version).await {
         Ok(producer) => EndTxnResponse {
             producer_id: if version >= BUMP_SINCE {

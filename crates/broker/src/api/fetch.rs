@@ -11,6 +11,7 @@
 //! whose last fetched epoch ends earlier here than its fetch offset gets the diverging
 //! epoch instead of records, and truncates.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use spool_protocol::{ErrorCode, Uuid};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::acl::{Authz, operation};
 use crate::config::ReplicaSelector;
 use crate::fetch_session::{Context, INVALID_SESSION_ID, Outcome, PartitionKey, Reported, Wanted};
 use crate::read_replica;
@@ -126,15 +128,20 @@ fn put_records(data: &mut PartitionData, read: Option<Result<LogRead, LogError>>
 fn read(
     state: &BrokerState,
     wanted: &[Wanted],
-    names: &[Option<String>],
+    (names, readable): (&[Option<String>], &[bool]),
     request: &FetchRequest,
     version: i16,
 ) -> (Vec<PartitionData>, usize) {
     let mut total = 0usize;
     let response_max = usize::try_from(request.max_bytes).unwrap_or(0);
     let mut out = Vec::with_capacity(wanted.len());
-    for (w, name) in wanted.iter().zip(names) {
+    for ((w, name), readable) in wanted.iter().zip(names).zip(readable) {
         let mut data = empty_partition(w.key.partition);
+        if !readable {
+            data.error_code = ErrorCode::TopicAuthorizationFailed.code();
+            out.push(data);
+            continue;
+        }
         let replica = name
             .as_deref()
             .ok_or(ErrorCode::UnknownTopicOrPartition)
@@ -319,9 +326,11 @@ fn error_response(error: ErrorCode) -> FetchResponse {
     }
 }
 
+/// A consumer needs READ on each topic it fetches, a follower CLUSTER_ACTION on the
+/// cluster; what they may not read is answered TOPIC_AUTHORIZATION_FAILED, as in Kafka.
 pub async fn handle(
     state: &Arc<BrokerState>,
-    listener: &str,
+    (listener, authz): (&str, &Authz<'_>),
     request: FetchRequest,
     version: i16,
 ) -> FetchResponse {
@@ -331,6 +340,18 @@ pub async fn handle(
         request.replica_id
     };
     if replica_id >= 0 {
+        if !authz.cluster(operation::CLUSTER_ACTION) {
+            let refused = requested(&request, version).into_iter().map(|w| {
+                let mut data = empty_partition(w.key.partition);
+                data.error_code = ErrorCode::TopicAuthorizationFailed.code();
+                (w.key, data)
+            });
+            return FetchResponse {
+                responses: into_topics(refused.collect()),
+                session_id: INVALID_SESSION_ID,
+                ..Default::default()
+            };
+        }
         return replica_fetch(state, &request, version, replica_id).await;
     }
     let uses_topic_ids = version >= TOPIC_IDS_VERSION;
@@ -364,7 +385,7 @@ pub async fn handle(
         Context::Incremental { partitions, .. } => partitions.as_slice(),
         Context::Sessionless | Context::Full => wanted.as_slice(),
     };
-    let partitions = long_poll(state, read_list, &request, version).await;
+    let partitions = long_poll(state, authz, read_list, &request, version).await;
     let mut session_id = INVALID_SESSION_ID;
     let mut answered: Vec<(PartitionKey, PartitionData)> = read_list
         .iter()
@@ -459,14 +480,25 @@ fn named_partitions<'a>(wanted: &[Wanted], names: &'a [Option<String>]) -> Vec<(
 /// Reads until `min_bytes` are there, a partition has an error, or `max_wait_ms` passed.
 async fn long_poll(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     wanted: &[Wanted],
     request: &FetchRequest,
     version: i16,
 ) -> Vec<PartitionData> {
     let names = topic_names(state, wanted, version);
+    let mut checked: HashMap<&str, bool> = HashMap::new();
+    let readable: Vec<bool> = names
+        .iter()
+        .map(|name| match name.as_deref() {
+            None => true,
+            Some(name) => *checked
+                .entry(name)
+                .or_insert_with(|| authz.topic(operation::READ, name)),
+        })
+        .collect();
     let partitions = named_partitions(wanted, &names);
     wait_for_data(state, &partitions, request, || {
-        read(state, wanted, &names, request, version)
+        read(state, wanted, (&names, &readable), request, version)
     })
     .await
 }

@@ -9,6 +9,7 @@ use spool_protocol::ErrorCode;
 use spool_protocol::messages::find_coordinator_response::Coordinator;
 use spool_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
 
+use crate::acl::{Authz, operation};
 use crate::group::OFFSETS_TOPIC;
 use crate::group::runtime::ensure_offsets_topic;
 use crate::state::BrokerState;
@@ -20,9 +21,12 @@ const GROUP: i8 = 0;
 /// `key_type` of a transactional ID.
 const TRANSACTION: i8 = 1;
 
+/// A group's coordinator is found with DESCRIBE on the group (else
+/// GROUP_AUTHORIZATION_FAILED), a transaction's with DESCRIBE on its transactional ID
+/// (else TRANSACTIONAL_ID_AUTHORIZATION_FAILED).
 pub async fn handle(
     state: &Arc<BrokerState>,
-    listener: &str,
+    (listener, authz): (&str, &Authz<'_>),
     request: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
@@ -48,6 +52,15 @@ pub async fn handle(
     };
     let brokers = state.live_brokers(listener);
     let locate = |key: &str| -> Result<(i32, String, i32), ErrorCode> {
+        match request.key_type {
+            GROUP if !authz.group(operation::DESCRIBE, key) => {
+                return Err(ErrorCode::GroupAuthorizationFailed);
+            }
+            TRANSACTION if !authz.transactional_id(operation::DESCRIBE, key) => {
+                return Err(ErrorCode::TransactionalIdAuthorizationFailed);
+            }
+            _ => {}
+        }
         ready?;
         let (topic, partition) = if request.key_type == GROUP {
             (OFFSETS_TOPIC, state.groups.partition_for(key))

@@ -12,6 +12,7 @@ use spool_protocol::messages::incremental_alter_configs_request::AlterConfigsRes
 use spool_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use spool_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
+use crate::acl::{Authz, operation};
 use crate::metadata::{BROKER_RESOURCE_TYPE, TOPIC_RESOURCE_TYPE};
 use crate::state::{BrokerState, validate_broker_configs, validate_topic_configs};
 use crate::topic_configs::{self, ConfigType, TopicConfigDef};
@@ -97,11 +98,40 @@ fn apply(
     Ok(configs)
 }
 
+/// Whether a request may `operation` (DESCRIBE_CONFIGS or ALTER_CONFIGS) the configs of a
+/// resource: a topic's need the right on the topic, a broker's on the cluster. The error
+/// is the one Kafka answers otherwise.
+pub fn config_access(
+    authz: &Authz<'_>,
+    operation: i8,
+    resource_type: i8,
+    name: &str,
+) -> Result<(), (ErrorCode, String)> {
+    let (allowed, error) = if resource_type == TOPIC_RESOURCE_TYPE {
+        (
+            authz.topic(operation, name),
+            ErrorCode::TopicAuthorizationFailed,
+        )
+    } else {
+        (
+            authz.cluster(operation),
+            ErrorCode::ClusterAuthorizationFailed,
+        )
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err((error, "Authorization failed.".into()))
+    }
+}
+
 /// Applies `compute` to a resource's stored configs (a topic's overrides or a broker's
 /// dynamic settings), checks the result and stores it; shared by IncrementalAlterConfigs
-/// and AlterConfigs. The outcome is (error code, message).
+/// and AlterConfigs. Needs ALTER_CONFIGS (see [`config_access`]). The outcome is (error
+/// code, message).
 pub async fn alter_resource(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     resource_type: i8,
     name: &str,
     validate_only: bool,
@@ -110,6 +140,7 @@ pub async fn alter_resource(
     ) -> Result<BTreeMap<String, String>, (ErrorCode, String)>,
 ) -> (i16, Option<String>) {
     let outcome: Result<(), (ErrorCode, String)> = async {
+        config_access(authz, operation::ALTER_CONFIGS, resource_type, name)?;
         match resource_type {
             TOPIC_RESOURCE_TYPE => {}
             BROKER_RESOURCE_TYPE if name.is_empty() || name.parse::<u32>().is_ok() => {}
@@ -156,6 +187,7 @@ pub async fn alter_resource(
 
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: IncrementalAlterConfigsRequest,
     _version: i16,
 ) -> IncrementalAlterConfigsResponse {
@@ -163,6 +195,7 @@ pub async fn handle(
     for resource in &request.resources {
         let (error_code, error_message) = alter_resource(
             state,
+            authz,
             resource.resource_type,
             &resource.resource_name,
             request.validate_only,

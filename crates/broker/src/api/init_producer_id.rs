@@ -10,6 +10,7 @@ use std::sync::Arc;
 use spool_protocol::ErrorCode;
 use spool_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 
+use crate::acl::{Authz, operation, resource};
 use crate::state::BrokerState;
 use crate::txn::for_version;
 use crate::txn::shard::{InitOutcome, Producer};
@@ -34,14 +35,27 @@ fn ready(producer_id: i64, producer_epoch: i16) -> InitProducerIdResponse {
     }
 }
 
+/// A transactional producer needs WRITE on its transactional ID (else
+/// TRANSACTIONAL_ID_AUTHORIZATION_FAILED); an idempotent one IDEMPOTENT_WRITE on the
+/// cluster or WRITE on some topic (else CLUSTER_AUTHORIZATION_FAILED), as in Kafka.
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: InitProducerIdRequest,
     version: i16,
 ) -> InitProducerIdResponse {
     match request.transactional_id.as_deref() {
-        None => {}
+        None => {
+            if !authz.cluster(operation::IDEMPOTENT_WRITE)
+                && !authz.allows_some(operation::WRITE, resource::TOPIC)
+            {
+                return error(ErrorCode::ClusterAuthorizationFailed);
+            }
+        }
         Some("") => return error(ErrorCode::InvalidRequest),
+        Some(id) if !authz.transactional_id(operation::WRITE, id) => {
+            return error(ErrorCode::TransactionalIdAuthorizationFailed);
+        }
         Some(id) => {
             return match transactional(state, id, &request).await {
                 Ok(response) => response,

@@ -7,15 +7,24 @@ use std::sync::Arc;
 use spool_protocol::ErrorCode;
 use spool_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 
+use crate::acl::{Authz, operation};
 use crate::group::shard::{Client, Parked};
 use crate::state::BrokerState;
 
+/// Needs READ on the group (else GROUP_AUTHORIZATION_FAILED).
 pub async fn handle(
     state: &Arc<BrokerState>,
-    client: Client,
+    (client, authz): (Client, &Authz<'_>),
     request: JoinGroupRequest,
     version: i16,
 ) -> JoinGroupResponse {
+    if !authz.group(operation::READ, &request.group_id) {
+        let mut response = error(&request, ErrorCode::GroupAuthorizationFailed);
+        if version < 7 {
+            response.protocol_name = Some(String::new());
+        }
+        return response;
+    }
     let answer = state
         .groups
         .run_parked(state, &request.group_id, |shard, now, token| {

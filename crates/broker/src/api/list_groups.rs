@@ -6,13 +6,18 @@ use std::sync::Arc;
 use spool_protocol::ErrorCode;
 use spool_protocol::messages::{ListGroupsRequest, ListGroupsResponse};
 
+use crate::acl::{Authz, operation};
 use crate::state::BrokerState;
 
+/// Lists every group to a caller with DESCRIBE on the cluster, else only the groups it
+/// may DESCRIBE.
 pub fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: ListGroupsRequest,
     _version: i16,
 ) -> ListGroupsResponse {
+    let everything = authz.cluster(operation::DESCRIBE);
     let (lists, loading) = state
         .groups
         .read_all(|shard| shard.list_groups(&request.states_filter, &request.types_filter));
@@ -22,7 +27,11 @@ pub fn handle(
         } else {
             ErrorCode::None.code()
         },
-        groups: lists.into_iter().flatten().collect(),
+        groups: lists
+            .into_iter()
+            .flatten()
+            .filter(|g| everything || authz.group(operation::DESCRIBE, &g.group_id))
+            .collect(),
         ..ListGroupsResponse::default()
     }
 }

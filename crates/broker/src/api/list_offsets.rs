@@ -8,6 +8,9 @@ use spool_protocol::messages::list_offsets_response::{
 };
 use spool_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
+use spool_protocol::ErrorCode;
+
+use crate::acl::{Authz, operation};
 use crate::state::BrokerState;
 
 const LATEST: i64 = -1;
@@ -16,8 +19,10 @@ const MAX_TIMESTAMP: i64 = -3;
 /// read_committed consumers ask for offsets bounded by the last stable offset.
 const READ_COMMITTED: i8 = 1;
 
+/// Each topic needs DESCRIBE (else TOPIC_AUTHORIZATION_FAILED).
 pub fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
@@ -25,6 +30,7 @@ pub fn handle(
         .topics
         .into_iter()
         .map(|topic| {
+            let allowed = authz.topic(operation::DESCRIBE, &topic.name);
             let partitions = topic
                 .partitions
                 .into_iter()
@@ -35,6 +41,10 @@ pub fn handle(
                         offset: -1,
                         ..Default::default()
                     };
+                    if !allowed {
+                        response.error_code = ErrorCode::TopicAuthorizationFailed.code();
+                        return response;
+                    }
                     let log = match state.leader_log(
                         &topic.name,
                         p.partition_index,

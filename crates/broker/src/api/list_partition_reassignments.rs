@@ -12,13 +12,25 @@ use spool_protocol::messages::{
     ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
 };
 
+use spool_protocol::ErrorCode;
+
+use crate::acl::{Authz, operation};
 use crate::state::BrokerState;
 
+/// Needs DESCRIBE on the cluster (else CLUSTER_AUTHORIZATION_FAILED).
 pub fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: ListPartitionReassignmentsRequest,
     _version: i16,
 ) -> ListPartitionReassignmentsResponse {
+    if !authz.cluster(operation::DESCRIBE) {
+        return ListPartitionReassignmentsResponse {
+            error_code: ErrorCode::ClusterAuthorizationFailed.code(),
+            error_message: Some("Authorization failed.".into()),
+            ..Default::default()
+        };
+    }
     let topics = state.with_image(|image| {
         let wanted: Vec<(&str, Option<&[i32]>)> = match &request.topics {
             Some(topics) => topics

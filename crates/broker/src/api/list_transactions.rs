@@ -10,6 +10,7 @@ use spool_protocol::ErrorCode;
 use spool_protocol::messages::list_transactions_response::TransactionState;
 use spool_protocol::messages::{ListTransactionsRequest, ListTransactionsResponse};
 
+use crate::acl::{Authz, operation};
 use crate::state::{BrokerState, now_ms};
 use crate::txn::shard::TxnState;
 
@@ -24,8 +25,10 @@ const STATES: [TxnState; 8] = [
     TxnState::PrepareEpochFence,
 ];
 
+/// Lists only the transactions whose ID the caller may DESCRIBE.
 pub fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: ListTransactionsRequest,
     _version: i16,
 ) -> ListTransactionsResponse {
@@ -69,7 +72,11 @@ pub fn handle(
             })
             .collect::<Vec<_>>()
     });
-    let mut transaction_states: Vec<TransactionState> = found.into_iter().flatten().collect();
+    let mut transaction_states: Vec<TransactionState> = found
+        .into_iter()
+        .flatten()
+        .filter(|t| authz.transactional_id(operation::DESCRIBE, &t.transactional_id))
+        .collect();
     transaction_states.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
     ListTransactionsResponse {
         error_code: if loading {

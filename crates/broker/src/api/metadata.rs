@@ -3,7 +3,7 @@
 //! From v10 a topic may be asked for by ID alone (consumers of the KIP-848 protocol learn
 //! their assignment as topic IDs); an unknown ID gets UNKNOWN_TOPIC_ID.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use spool_protocol::messages::metadata_response::{
@@ -12,6 +12,7 @@ use spool_protocol::messages::metadata_response::{
 use spool_protocol::messages::{MetadataRequest, MetadataResponse};
 use spool_protocol::{ErrorCode, Uuid};
 
+use crate::acl::{Authz, CLUSTER_NAME, operation, resource};
 use crate::metadata::{METADATA_TOPIC, MetadataImage, NO_LEADER, TopicMeta};
 use crate::state::BrokerState;
 
@@ -79,9 +80,13 @@ enum Asked {
     Id(Uuid),
 }
 
+/// Topics are listed only to those who may DESCRIBE them: one asked for by name or ID
+/// without that right gets TOPIC_AUTHORIZATION_FAILED (whether or not it exists), and a
+/// listing of all topics leaves it out. Auto-creation also needs CREATE on the cluster or
+/// the topic.
 pub async fn handle(
     state: &Arc<BrokerState>,
-    listener: &str,
+    (listener, authz): (&str, &Authz<'_>),
     request: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
@@ -95,9 +100,13 @@ pub async fn handle(
             })
             .collect()
     });
+    let describable = |name: &str| authz.topic(operation::DESCRIBE, name);
+    let creatable =
+        |name: &str| authz.cluster(operation::CREATE) || authz.topic(operation::CREATE, name);
     // Versions before 4 always auto-create; later ones ask.
     let allow_auto_create = state.config.auto_create_topics_enable
         && (version < 4 || request.allow_auto_topic_creation);
+    let mut refused_creation = BTreeSet::new();
     if let (Some(names), true) = (&requested, allow_auto_create) {
         let missing: Vec<String> = state.with_image(|image| {
             names
@@ -110,11 +119,16 @@ pub async fn handle(
                     valid_topic_name(n)
                         && !n.starts_with(METADATA_TOPIC)
                         && image.topic(n).is_none()
+                        && describable(n)
                 })
                 .cloned()
                 .collect()
         });
         for name in missing {
+            if !creatable(&name) {
+                refused_creation.insert(name);
+                continue;
+            }
             let partitions = state.config.num_partitions;
             let created = state
                 .create_topic(&name, partitions, -1, Vec::new(), BTreeMap::new())
@@ -125,18 +139,34 @@ pub async fn handle(
             }
         }
     }
+    let operations = request.include_topic_authorized_operations && version >= 8;
+    let described = |image: &MetadataImage, topic: &TopicMeta| {
+        let mut response = topic_response(image, topic, version);
+        if operations {
+            response.topic_authorized_operations = authz.operations(resource::TOPIC, &topic.name);
+        }
+        response
+    };
     let topics = state.with_image(|image| match &requested {
         None => image
             .topics()
-            .filter(|t| !t.name.starts_with(METADATA_TOPIC))
-            .map(|t| topic_response(image, t, version))
+            .filter(|t| !t.name.starts_with(METADATA_TOPIC) && describable(&t.name))
+            .map(|t| described(image, t))
             .collect(),
         Some(asked) => asked
             .iter()
             .map(|asked| match asked {
                 Asked::Id(id) => match image.topic_by_id(id) {
                     Some(topic) if !topic.name.starts_with(METADATA_TOPIC) => {
-                        topic_response(image, topic, version)
+                        if describable(&topic.name) {
+                            described(image, topic)
+                        } else {
+                            MetadataResponseTopic {
+                                error_code: ErrorCode::TopicAuthorizationFailed.code(),
+                                topic_id: *id,
+                                ..Default::default()
+                            }
+                        }
                     }
                     _ => MetadataResponseTopic {
                         error_code: ErrorCode::UnknownTopicId.code(),
@@ -144,10 +174,11 @@ pub async fn handle(
                         ..Default::default()
                     },
                 },
+                Asked::Name(name) if !describable(name) || refused_creation.contains(name) => {
+                    error_topic(name.clone(), ErrorCode::TopicAuthorizationFailed)
+                }
                 Asked::Name(name) => match image.topic(name) {
-                    Some(topic) if !name.starts_with(METADATA_TOPIC) => {
-                        topic_response(image, topic, version)
-                    }
+                    Some(topic) if !name.starts_with(METADATA_TOPIC) => described(image, topic),
                     _ if !valid_topic_name(name) => {
                         error_topic(name.clone(), ErrorCode::InvalidTopicException)
                     }
@@ -156,6 +187,12 @@ pub async fn handle(
             })
             .collect(),
     });
+    let cluster_authorized_operations =
+        if request.include_cluster_authorized_operations && (8..=10).contains(&version) {
+            authz.operations(resource::CLUSTER, CLUSTER_NAME)
+        } else {
+            i32::MIN
+        };
     MetadataResponse {
         // Brokers are described by their endpoint on the listener the request came in on.
         brokers: state
@@ -172,6 +209,7 @@ pub async fn handle(
         cluster_id: Some(state.config.cluster_id.clone()),
         controller_id: state.config.node_id,
         topics,
+        cluster_authorized_operations,
         ..Default::default()
     }
 }

@@ -10,6 +10,7 @@ use spool_protocol::frame::encode_response;
 use spool_protocol::header::RequestHeader;
 use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody};
 
+use crate::acl::Authz;
 use crate::auth::Principal;
 use crate::group::shard::Client;
 use crate::state::BrokerState;
@@ -126,6 +127,12 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// The authorizer's view of a request on this connection.
+    pub fn authz<'a>(&self, state: &'a BrokerState) -> Authz<'a> {
+        let host = self.client_host.trim_start_matches('/');
+        Authz::new(state, &self.principal, host)
+    }
+
     /// Who sent a request, as group members are described.
     fn client(&self, header: &RequestHeader) -> Client {
         Client {
@@ -176,157 +183,160 @@ pub async fn handle(
     body: RequestBody,
 ) -> Outcome {
     let version = header.request_api_version;
+    let authz = context.authz(state);
     let response = match body {
         RequestBody::ApiVersions(request) => {
             ResponseBody::ApiVersions(api_versions::handle(&request, version))
         }
         RequestBody::Metadata(request) => ResponseBody::Metadata(
-            metadata::handle(state, &context.listener, request, version).await,
+            metadata::handle(state, (&context.listener, &authz), request, version).await,
         ),
         RequestBody::Produce(request) => {
             // Direct callers get both steps at once; the connection runs step one itself,
             // in request order, and only then hands over (see `produce`).
-            let appended = produce::append(state, request, version).await;
+            let appended = produce::append(state, &authz, request, version).await;
             return finish_produce(state, context, header, appended).await;
         }
-        RequestBody::Fetch(request) => {
-            ResponseBody::Fetch(fetch::handle(state, &context.listener, request, version).await)
-        }
+        RequestBody::Fetch(request) => ResponseBody::Fetch(
+            fetch::handle(state, (&context.listener, &authz), request, version).await,
+        ),
         RequestBody::ListOffsets(request) => {
-            ResponseBody::ListOffsets(list_offsets::handle(state, request, version))
+            ResponseBody::ListOffsets(list_offsets::handle(state, &authz, request, version))
         }
         RequestBody::CreateTopics(request) => {
-            ResponseBody::CreateTopics(create_topics::handle(state, request, version).await)
+            ResponseBody::CreateTopics(create_topics::handle(state, &authz, request, version).await)
         }
         RequestBody::DeleteTopics(request) => {
-            ResponseBody::DeleteTopics(delete_topics::handle(state, request, version).await)
+            ResponseBody::DeleteTopics(delete_topics::handle(state, &authz, request, version).await)
         }
-        RequestBody::CreatePartitions(request) => {
-            ResponseBody::CreatePartitions(create_partitions::handle(state, request, version).await)
-        }
-        RequestBody::DeleteRecords(request) => {
-            ResponseBody::DeleteRecords(delete_records::handle(state, request, version).await)
-        }
+        RequestBody::CreatePartitions(request) => ResponseBody::CreatePartitions(
+            create_partitions::handle(state, &authz, request, version).await,
+        ),
+        RequestBody::DeleteRecords(request) => ResponseBody::DeleteRecords(
+            delete_records::handle(state, &authz, request, version).await,
+        ),
         RequestBody::DescribeConfigs(request) => {
-            ResponseBody::DescribeConfigs(describe_configs::handle(state, request, version))
+            ResponseBody::DescribeConfigs(describe_configs::handle(state, &authz, request, version))
         }
         RequestBody::AlterConfigs(request) => {
-            ResponseBody::AlterConfigs(alter_configs::handle(state, request, version).await)
+            ResponseBody::AlterConfigs(alter_configs::handle(state, &authz, request, version).await)
         }
         RequestBody::IncrementalAlterConfigs(request) => ResponseBody::IncrementalAlterConfigs(
-            incremental_alter_configs::handle(state, request, version).await,
+            incremental_alter_configs::handle(state, &authz, request, version).await,
         ),
         RequestBody::ElectLeaders(request) => {
-            ResponseBody::ElectLeaders(elect_leaders::handle(state, request, version).await)
+            ResponseBody::ElectLeaders(elect_leaders::handle(state, &authz, request, version).await)
         }
         RequestBody::AlterPartitionReassignments(request) => {
             ResponseBody::AlterPartitionReassignments(
-                alter_partition_reassignments::handle(state, request, version).await,
+                alter_partition_reassignments::handle(state, &authz, request, version).await,
             )
         }
         RequestBody::ListPartitionReassignments(request) => {
             ResponseBody::ListPartitionReassignments(list_partition_reassignments::handle(
-                state, request, version,
+                state, &authz, request, version,
             ))
         }
         RequestBody::DescribeCluster(request) => ResponseBody::DescribeCluster(
-            describe_cluster::handle(state, &context.listener, request, version),
+            describe_cluster::handle(state, (&context.listener, &authz), request, version),
         ),
-        RequestBody::DescribeLogDirs(request) => {
-            ResponseBody::DescribeLogDirs(describe_log_dirs::handle(state, request, version))
-        }
+        RequestBody::DescribeLogDirs(request) => ResponseBody::DescribeLogDirs(
+            describe_log_dirs::handle(state, &authz, request, version),
+        ),
         RequestBody::DescribeTopicPartitions(request) => ResponseBody::DescribeTopicPartitions(
-            describe_topic_partitions::handle(state, request, version),
+            describe_topic_partitions::handle(state, &authz, request, version),
         ),
         RequestBody::OffsetForLeaderEpoch(request) => ResponseBody::OffsetForLeaderEpoch(
-            offset_for_leader_epoch::handle(state, request, version),
+            offset_for_leader_epoch::handle(state, &authz, request, version),
         ),
-        RequestBody::InitProducerId(request) => {
-            ResponseBody::InitProducerId(init_producer_id::handle(state, request, version).await)
-        }
+        RequestBody::InitProducerId(request) => ResponseBody::InitProducerId(
+            init_producer_id::handle(state, &authz, request, version).await,
+        ),
         RequestBody::FindCoordinator(request) => ResponseBody::FindCoordinator(
-            find_coordinator::handle(state, &context.listener, request, version).await,
+            find_coordinator::handle(state, (&context.listener, &authz), request, version).await,
         ),
         RequestBody::JoinGroup(request) => {
             let client = context.client(&header);
-            ResponseBody::JoinGroup(join_group::handle(state, client, request, version).await)
+            ResponseBody::JoinGroup(
+                join_group::handle(state, (client, &authz), request, version).await,
+            )
         }
         RequestBody::ConsumerGroupHeartbeat(request) => {
             let client = context.client(&header);
             ResponseBody::ConsumerGroupHeartbeat(
-                consumer_group_heartbeat::handle(state, client, request, version).await,
+                consumer_group_heartbeat::handle(state, (client, &authz), request, version).await,
             )
         }
         RequestBody::ConsumerGroupDescribe(request) => ResponseBody::ConsumerGroupDescribe(
-            consumer_group_describe::handle(state, request).await,
+            consumer_group_describe::handle(state, &authz, request).await,
         ),
         RequestBody::SyncGroup(request) => {
-            ResponseBody::SyncGroup(sync_group::handle(state, request, version).await)
+            ResponseBody::SyncGroup(sync_group::handle(state, &authz, request, version).await)
         }
         RequestBody::Heartbeat(request) => {
-            ResponseBody::Heartbeat(heartbeat::handle(state, request, version).await)
+            ResponseBody::Heartbeat(heartbeat::handle(state, &authz, request, version).await)
         }
         RequestBody::LeaveGroup(request) => {
-            ResponseBody::LeaveGroup(leave_group::handle(state, request, version).await)
+            ResponseBody::LeaveGroup(leave_group::handle(state, &authz, request, version).await)
         }
         RequestBody::OffsetCommit(request) => {
-            ResponseBody::OffsetCommit(offset_commit::handle(state, request, version).await)
+            ResponseBody::OffsetCommit(offset_commit::handle(state, &authz, request, version).await)
         }
         RequestBody::OffsetFetch(request) => {
-            ResponseBody::OffsetFetch(offset_fetch::handle(state, request, version).await)
+            ResponseBody::OffsetFetch(offset_fetch::handle(state, &authz, request, version).await)
         }
         RequestBody::ListGroups(request) => {
-            ResponseBody::ListGroups(list_groups::handle(state, request, version))
+            ResponseBody::ListGroups(list_groups::handle(state, &authz, request, version))
         }
-        RequestBody::DescribeGroups(request) => {
-            ResponseBody::DescribeGroups(describe_groups::handle(state, request, version).await)
-        }
+        RequestBody::DescribeGroups(request) => ResponseBody::DescribeGroups(
+            describe_groups::handle(state, &authz, request, version).await,
+        ),
         RequestBody::DeleteGroups(request) => {
-            ResponseBody::DeleteGroups(delete_groups::handle(state, request, version).await)
+            ResponseBody::DeleteGroups(delete_groups::handle(state, &authz, request, version).await)
         }
         RequestBody::OffsetDelete(request) => {
-            ResponseBody::OffsetDelete(offset_delete::handle(state, request, version).await)
+            ResponseBody::OffsetDelete(offset_delete::handle(state, &authz, request, version).await)
         }
         RequestBody::AddPartitionsToTxn(request) => ResponseBody::AddPartitionsToTxn(
-            add_partitions_to_txn::handle(state, request, version).await,
+            add_partitions_to_txn::handle(state, &authz, request, version).await,
         ),
-        RequestBody::AddOffsetsToTxn(request) => {
-            ResponseBody::AddOffsetsToTxn(add_offsets_to_txn::handle(state, request, version).await)
-        }
+        RequestBody::AddOffsetsToTxn(request) => ResponseBody::AddOffsetsToTxn(
+            add_offsets_to_txn::handle(state, &authz, request, version).await,
+        ),
         RequestBody::EndTxn(request) => {
-            ResponseBody::EndTxn(end_txn::handle(state, request, version).await)
+            ResponseBody::EndTxn(end_txn::handle(state, &authz, request, version).await)
         }
-        RequestBody::TxnOffsetCommit(request) => {
-            ResponseBody::TxnOffsetCommit(txn_offset_commit::handle(state, request, version).await)
-        }
-        RequestBody::WriteTxnMarkers(request) => {
-            ResponseBody::WriteTxnMarkers(write_txn_markers::handle(state, request, version).await)
-        }
-        RequestBody::DescribeProducers(request) => {
-            ResponseBody::DescribeProducers(describe_producers::handle(state, request, version))
-        }
-        RequestBody::DescribeTransactions(request) => ResponseBody::DescribeTransactions(
-            describe_transactions::handle(state, request, version),
+        RequestBody::TxnOffsetCommit(request) => ResponseBody::TxnOffsetCommit(
+            txn_offset_commit::handle(state, &authz, request, version).await,
         ),
-        RequestBody::ListTransactions(request) => {
-            ResponseBody::ListTransactions(list_transactions::handle(state, request, version))
-        }
+        RequestBody::WriteTxnMarkers(request) => ResponseBody::WriteTxnMarkers(
+            write_txn_markers::handle(state, &authz, request, version).await,
+        ),
+        RequestBody::DescribeProducers(request) => ResponseBody::DescribeProducers(
+            describe_producers::handle(state, &authz, request, version),
+        ),
+        RequestBody::DescribeTransactions(request) => ResponseBody::DescribeTransactions(
+            describe_transactions::handle(state, &authz, request, version),
+        ),
+        RequestBody::ListTransactions(request) => ResponseBody::ListTransactions(
+            list_transactions::handle(state, &authz, request, version),
+        ),
         RequestBody::CreateAcls(request) => {
-            ResponseBody::CreateAcls(create_acls::handle(state, request, version).await)
+            ResponseBody::CreateAcls(create_acls::handle(state, &authz, request, version).await)
         }
         RequestBody::DescribeAcls(request) => {
-            ResponseBody::DescribeAcls(describe_acls::handle(state, request, version))
+            ResponseBody::DescribeAcls(describe_acls::handle(state, &authz, request, version))
         }
         RequestBody::DeleteAcls(request) => {
-            ResponseBody::DeleteAcls(delete_acls::handle(state, request, version).await)
+            ResponseBody::DeleteAcls(delete_acls::handle(state, &authz, request, version).await)
         }
         RequestBody::DescribeUserScramCredentials(request) => {
             ResponseBody::DescribeUserScramCredentials(describe_user_scram_credentials::handle(
-                state, request, version,
+                state, &authz, request, version,
             ))
         }
         RequestBody::AlterUserScramCredentials(request) => ResponseBody::AlterUserScramCredentials(
-            alter_user_scram_credentials::handle(state, request, version).await,
+            alter_user_scram_credentials::handle(state, &authz, request, version).await,
         ),
         // The connection serves these on a SASL listener; anywhere else (or after login
         // when it does not) they are out of place, as Kafka answers.

@@ -6,18 +6,33 @@
 use std::sync::Arc;
 
 use spool_protocol::ErrorCode;
+use spool_protocol::messages::offset_commit_request::OffsetCommitRequestTopic;
 use spool_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
 use spool_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
+use crate::acl::{Authz, operation};
 use crate::state::BrokerState;
 
+/// Needs READ on the group (else GROUP_AUTHORIZATION_FAILED on every partition) and on
+/// each topic (else TOPIC_AUTHORIZATION_FAILED on its partitions).
 pub async fn handle(
     state: &Arc<BrokerState>,
-    request: OffsetCommitRequest,
+    authz: &Authz<'_>,
+    mut request: OffsetCommitRequest,
     version: i16,
 ) -> OffsetCommitResponse {
+    if !authz.group(operation::READ, &request.group_id) {
+        return OffsetCommitResponse {
+            topics: error(&request.topics, ErrorCode::GroupAuthorizationFailed),
+            ..OffsetCommitResponse::default()
+        };
+    }
+    let (allowed, denied) = std::mem::take(&mut request.topics)
+        .into_iter()
+        .partition(|t| authz.topic(operation::READ, &t.name));
+    request.topics = allowed;
     let exists = |topic: &str, partition: i32| state.has_partition(topic, partition);
     let answer = state
         .groups
@@ -25,28 +40,30 @@ pub async fn handle(
             shard.commit_offsets(now, &request, version, &exists)
         })
         .await;
-    answer.unwrap_or_else(|code| error(&request, code))
+    let mut response = answer.unwrap_or_else(|code| OffsetCommitResponse {
+        topics: error(&request.topics, code),
+        ..OffsetCommitResponse::default()
+    });
+    (response.topics).extend(error(&denied, ErrorCode::TopicAuthorizationFailed));
+    response
 }
 
-fn error(request: &OffsetCommitRequest, error: ErrorCode) -> OffsetCommitResponse {
-    OffsetCommitResponse {
-        topics: request
-            .topics
-            .iter()
-            .map(|t| OffsetCommitResponseTopic {
-                name: t.name.clone(),
-                partitions: t
-                    .partitions
-                    .iter()
-                    .map(|p| OffsetCommitResponsePartition {
-                        partition_index: p.partition_index,
-                        error_code: error.code(),
-                        ..OffsetCommitResponsePartition::default()
-                    })
-                    .collect(),
-                ..OffsetCommitResponseTopic::default()
-            })
-            .collect(),
-        ..OffsetCommitResponse::default()
-    }
+/// Every partition of `topics` answered `error`.
+fn error(topics: &[OffsetCommitRequestTopic], error: ErrorCode) -> Vec<OffsetCommitResponseTopic> {
+    topics
+        .iter()
+        .map(|t| OffsetCommitResponseTopic {
+            name: t.name.clone(),
+            partitions: t
+                .partitions
+                .iter()
+                .map(|p| OffsetCommitResponsePartition {
+                    partition_index: p.partition_index,
+                    error_code: error.code(),
+                    ..OffsetCommitResponsePartition::default()
+                })
+                .collect(),
+            ..OffsetCommitResponseTopic::default()
+        })
+        .collect()
 }

@@ -4,7 +4,7 @@
 //! exist. A consumer group member asking with its member ID and epoch (v9) must be
 //! current: UNKNOWN_MEMBER_ID or STALE_MEMBER_EPOCH otherwise.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use spool_protocol::ErrorCode;
@@ -14,6 +14,7 @@ use spool_protocol::messages::offset_fetch_response::{
 };
 use spool_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse};
 
+use crate::acl::{Authz, operation};
 use crate::group::shard::{Committed, TopicOffsets};
 use crate::state::BrokerState;
 
@@ -22,6 +23,7 @@ type Asked = Option<Vec<(String, Vec<i32>)>>;
 
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
@@ -37,8 +39,8 @@ pub async fn handle(
             let member = (group.member_id.clone(), group.member_epoch);
             let fetched = fetch(
                 state,
-                &group.group_id,
-                asked,
+                authz,
+                (&group.group_id, asked),
                 member,
                 request.require_stable,
             );
@@ -86,8 +88,8 @@ pub async fn handle(
     });
     let fetched = fetch(
         state,
-        &request.group_id,
-        asked.clone(),
+        authz,
+        (&request.group_id, asked.clone()),
         (None, -1),
         request.require_stable,
     );
@@ -139,30 +141,45 @@ pub async fn handle(
     }
 }
 
-/// Partitions whose offset an open transaction is about to change.
-type Unstable = HashSet<(String, i32)>;
+/// Partitions answered with an error instead of an offset: UNSTABLE_OFFSET_COMMIT when an
+/// open transaction is about to change it, TOPIC_AUTHORIZATION_FAILED when the caller may
+/// not DESCRIBE its topic.
+type Unstable = HashMap<(String, i32), ErrorCode>;
 
-/// UNSTABLE_OFFSET_COMMIT for a partition with a pending transactional offset.
 fn stability(unstable: &Unstable, topic: &str, partition: i32) -> ErrorCode {
-    if unstable.contains(&(topic.to_string(), partition)) {
-        ErrorCode::UnstableOffsetCommit
-    } else {
-        ErrorCode::None
-    }
+    unstable
+        .get(&(topic.to_string(), partition))
+        .copied()
+        .unwrap_or(ErrorCode::None)
 }
 
 /// The committed offsets asked for; `member` is the member ID and epoch of a consumer
 /// group member asking (v9), checked first. With `require_stable` (KIP-447), a partition
 /// whose offset an open transaction committed is reported unstable (offset -1), and the
 /// consumer asks again once the transaction ended.
+///
+/// Needs DESCRIBE on the group (else GROUP_AUTHORIZATION_FAILED). A topic the caller may
+/// not DESCRIBE is answered TOPIC_AUTHORIZATION_FAILED when asked for, and left out of a
+/// listing of every partition.
 async fn fetch(
     state: &Arc<BrokerState>,
-    group_id: &str,
-    asked: Asked,
+    authz: &Authz<'_>,
+    (group_id, asked): (&str, Asked),
     member: (Option<String>, i32),
     require_stable: bool,
 ) -> Result<(TopicOffsets, Unstable), ErrorCode> {
-    state
+    if !authz.group(operation::DESCRIBE, group_id) {
+        return Err(ErrorCode::GroupAuthorizationFailed);
+    }
+    let describable = |topic: &str| authz.topic(operation::DESCRIBE, topic);
+    let (asked, denied): (Asked, Vec<(String, Vec<i32>)>) = match asked {
+        None => (None, Vec::new()),
+        Some(topics) => {
+            let (allowed, denied) = topics.into_iter().partition(|(t, _)| describable(t));
+            (Some(allowed), denied)
+        }
+    };
+    let (mut found, mut unstable) = state
         .groups
         .run(state, group_id, |shard, _| {
             shard.check_fetching_member(group_id, member.0.as_deref(), member.1)?;
@@ -173,7 +190,10 @@ async fn fetch(
                     for (partition, committed) in partitions.iter_mut() {
                         if shard.has_pending_offset(group_id, topic, *partition) {
                             *committed = None;
-                            unstable.insert((topic.clone(), *partition));
+                            unstable.insert(
+                                (topic.clone(), *partition),
+                                ErrorCode::UnstableOffsetCommit,
+                            );
                         }
                     }
                 }
@@ -181,7 +201,18 @@ async fn fetch(
             Ok((found, unstable))
         })
         .await
-        .and_then(|found| found)
+        .and_then(|found| found)?;
+    found.retain(|(topic, _)| describable(topic));
+    for (topic, partitions) in denied {
+        for &partition in &partitions {
+            unstable.insert(
+                (topic.clone(), partition),
+                ErrorCode::TopicAuthorizationFailed,
+            );
+        }
+        found.push((topic, partitions.into_iter().map(|p| (p, None)).collect()));
+    }
+    Ok((found, unstable))
 }
 
 /// Offset, leader epoch and metadata; -1, -1 and "" when nothing was committed.

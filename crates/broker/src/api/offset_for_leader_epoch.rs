@@ -9,17 +9,25 @@ use spool_protocol::messages::offset_for_leader_epoch_response::{
 };
 use spool_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 
+use spool_protocol::ErrorCode;
+
+use crate::acl::{Authz, operation};
 use crate::state::BrokerState;
 
+/// Followers ask with CLUSTER_ACTION on the cluster, consumers with DESCRIBE on each topic
+/// (else TOPIC_AUTHORIZATION_FAILED), as in Kafka.
 pub fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: OffsetForLeaderEpochRequest,
     _version: i16,
 ) -> OffsetForLeaderEpochResponse {
+    let replica = authz.cluster(operation::CLUSTER_ACTION);
     let topics = request
         .topics
         .into_iter()
         .map(|topic| {
+            let allowed = replica || authz.topic(operation::DESCRIBE, &topic.topic);
             let partitions = topic
                 .partitions
                 .into_iter()
@@ -30,6 +38,10 @@ pub fn handle(
                         end_offset: -1,
                         ..Default::default()
                     };
+                    if !allowed {
+                        result.error_code = ErrorCode::TopicAuthorizationFailed.code();
+                        return result;
+                    }
                     match state.leader_log(&topic.topic, p.partition, p.current_leader_epoch) {
                         Err(error) => result.error_code = error.code(),
                         Ok(log) => {

@@ -26,6 +26,7 @@ use spool_protocol::messages::{ProduceRequest, ProduceResponse};
 use spool_protocol::record_batch::RecordBatches;
 use spool_protocol::{ErrorCode, Uuid};
 
+use crate::acl::{Authz, operation};
 use crate::group::OFFSETS_TOPIC;
 use crate::replica::Replica;
 use crate::state::{BrokerState, LeaderHints, now_ms};
@@ -105,9 +106,19 @@ async fn join_transaction(
 
 /// Step one: append every batch of the request, in order (on the connection's reader),
 /// waking the fetches waiting on each partition written. Only a transaction's first write
-/// to a partition waits, for the transaction coordinator.
-pub async fn append(state: &BrokerState, request: ProduceRequest, version: i16) -> Appended {
+/// to a partition waits, for the transaction coordinator. A transactional producer needs
+/// WRITE on its transactional ID, and every producer WRITE on the topics it writes.
+pub async fn append(
+    state: &BrokerState,
+    authz: &Authz<'_>,
+    request: ProduceRequest,
+    version: i16,
+) -> Appended {
     let acks = request.acks;
+    let transaction_denied = request
+        .transactional_id
+        .as_deref()
+        .is_some_and(|id| !authz.transactional_id(operation::WRITE, id));
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
         // Version 13 names topics by ID.
@@ -116,9 +127,21 @@ pub async fn append(state: &BrokerState, request: ProduceRequest, version: i16) 
         } else {
             Some(topic.name.clone())
         };
+        let denied = if transaction_denied {
+            Some(ErrorCode::TransactionalIdAuthorizationFailed)
+        } else {
+            let allowed = name
+                .as_deref()
+                .is_none_or(|name| authz.topic(operation::WRITE, name));
+            (!allowed).then_some(ErrorCode::TopicAuthorizationFailed)
+        };
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
         for partition in topic.partition_data {
             let index = partition.index;
+            if let Some(error) = denied {
+                partitions.push((index, Err(error)));
+                continue;
+            }
             if !matches!(acks, -1..=1) {
                 partitions.push((index, Err(ErrorCode::InvalidRequiredAcks)));
                 continue;

@@ -6,14 +6,20 @@ use std::sync::Arc;
 use spool_protocol::ErrorCode;
 use spool_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 
+use crate::acl::{Authz, operation};
 use crate::group::shard::Parked;
 use crate::state::BrokerState;
 
+/// Needs READ on the group (else GROUP_AUTHORIZATION_FAILED).
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: SyncGroupRequest,
     _version: i16,
 ) -> SyncGroupResponse {
+    if !authz.group(operation::READ, &request.group_id) {
+        return error(ErrorCode::GroupAuthorizationFailed);
+    }
     let answer = state
         .groups
         .run_parked(state, &request.group_id, |shard, now, token| {

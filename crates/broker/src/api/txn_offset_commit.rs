@@ -8,11 +8,13 @@
 use std::sync::Arc;
 
 use spool_protocol::ErrorCode;
+use spool_protocol::messages::txn_offset_commit_request::TxnOffsetCommitRequestTopic;
 use spool_protocol::messages::txn_offset_commit_response::{
     TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
 };
 use spool_protocol::messages::{TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 
+use crate::acl::{Authz, operation};
 use crate::group::OFFSETS_TOPIC;
 use crate::state::BrokerState;
 use crate::txn::runtime::join_or_verify;
@@ -21,9 +23,37 @@ use crate::txn::shard::Producer;
 /// The first version of transaction version 2, which adds the partition itself.
 const IMPLICIT_ADD_SINCE: i16 = 5;
 
+/// Needs WRITE on the transactional ID (else TRANSACTIONAL_ID_AUTHORIZATION_FAILED), READ
+/// on the group (else GROUP_AUTHORIZATION_FAILED), both on every partition, and READ on
+/// each topic (else TOPIC_AUTHORIZATION_FAILED on its partitions).
 pub async fn handle(
     state: &Arc<BrokerState>,
-    request: TxnOffsetCommitRequest,
+    authz: &Authz<'_>,
+    mut request: TxnOffsetCommitRequest,
+    version: i16,
+) -> TxnOffsetCommitResponse {
+    if !authz.transactional_id(operation::WRITE, &request.transactional_id) {
+        return error(
+            &request.topics,
+            ErrorCode::TransactionalIdAuthorizationFailed,
+        );
+    }
+    if !authz.group(operation::READ, &request.group_id) {
+        return error(&request.topics, ErrorCode::GroupAuthorizationFailed);
+    }
+    let (allowed, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut request.topics)
+        .into_iter()
+        .partition(|t| authz.topic(operation::READ, &t.name));
+    request.topics = allowed;
+    let mut response = commit(state, &request, version).await;
+    let refused = error(&denied, ErrorCode::TopicAuthorizationFailed);
+    response.topics.extend(refused.topics);
+    response
+}
+
+async fn commit(
+    state: &Arc<BrokerState>,
+    request: &TxnOffsetCommitRequest,
     version: i16,
 ) -> TxnOffsetCommitResponse {
     let partition = state.groups.partition_for(&request.group_id);
@@ -35,22 +65,22 @@ pub async fn handle(
     let implicit = version >= IMPLICIT_ADD_SINCE;
     let in_txn = join_or_verify(state, id, producer, (OFFSETS_TOPIC, partition), implicit).await;
     if let Err(code) = in_txn {
-        return error(&request, code);
+        return error(&request.topics, code);
     }
     let exists = |topic: &str, partition: i32| state.has_partition(topic, partition);
     state
         .groups
         .run(state, &request.group_id, |shard, now| {
-            shard.txn_commit_offsets(now, &request, &exists)
+            shard.txn_commit_offsets(now, request, &exists)
         })
         .await
-        .unwrap_or_else(|code| error(&request, code))
+        .unwrap_or_else(|code| error(&request.topics, code))
 }
 
-fn error(request: &TxnOffsetCommitRequest, error: ErrorCode) -> TxnOffsetCommitResponse {
+/// Every partition of `topics` answered `error`.
+fn error(topics: &[TxnOffsetCommitRequestTopic], error: ErrorCode) -> TxnOffsetCommitResponse {
     TxnOffsetCommitResponse {
-        topics: request
-            .topics
+        topics: topics
             .iter()
             .map(|t| TxnOffsetCommitResponseTopic {
                 name: t.name.clone(),

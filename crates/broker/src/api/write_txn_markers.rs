@@ -14,14 +14,19 @@ use spool_protocol::messages::write_txn_markers_response::{
 use spool_protocol::messages::{WriteTxnMarkersRequest, WriteTxnMarkersResponse};
 use spool_protocol::record_batch::ControlRecordType;
 
+use crate::acl::{Authz, operation};
 use crate::state::BrokerState;
 use crate::txn::runtime::write_marker;
 
+/// Sent by transaction coordinators: needs CLUSTER_ACTION on the cluster (else
+/// CLUSTER_AUTHORIZATION_FAILED on every partition).
 pub async fn handle(
     state: &Arc<BrokerState>,
+    authz: &Authz<'_>,
     request: WriteTxnMarkersRequest,
     _version: i16,
 ) -> WriteTxnMarkersResponse {
+    let allowed = authz.cluster(operation::CLUSTER_ACTION);
     let mut markers = Vec::with_capacity(request.markers.len());
     for marker in &request.markers {
         let kind = if marker.transaction_result {
@@ -35,8 +40,9 @@ pub async fn handle(
             let mut partitions = Vec::with_capacity(topic.partition_indexes.len());
             for &partition in &topic.partition_indexes {
                 let leader = state.partition_leader(&topic.name, partition);
-                let error = if leader.is_none() || state.partition(&topic.name, partition).is_none()
-                {
+                let error = if !allowed {
+                    ErrorCode::ClusterAuthorizationFailed
+                } else if leader.is_none() || state.partition(&topic.name, partition).is_none() {
                     ErrorCode::UnknownTopicOrPartition
                 } else if leader.is_some_and(|(id, _)| id != state.config.node_id) {
                     ErrorCode::NotLeaderOrFollower

@@ -15,6 +15,7 @@ use crate::acl::Authorizer;
 use crate::auth::SaslSettings;
 use crate::group::GroupConfig;
 use crate::group::assign::ASSIGNORS;
+use crate::quota::QuotaWindows;
 use crate::tls::SslSettings;
 use crate::txn::TxnConfig;
 use spool_protocol::record_batch::TimestampType;
@@ -122,6 +123,8 @@ pub struct BrokerConfig {
     /// `super.users` and `allow.everyone.if.no.acl.found` as set, whether or not an
     /// authorizer is (the settings may come in any order).
     pub acl_settings: Authorizer,
+    /// `quota.window.num` and `quota.window.size.seconds`: how client rates are sampled.
+    pub quota_windows: QuotaWindows,
     /// `log.dirs` (one directory).
     pub data_dir: PathBuf,
     /// `num.partitions`: partitions of auto-created topics.
@@ -284,6 +287,7 @@ impl Default for BrokerConfig {
             sasl: SaslSettings::default(),
             authorizer: None,
             acl_settings: Authorizer::default(),
+            quota_windows: QuotaWindows::default(),
             data_dir: PathBuf::from("./spool-data"),
             num_partitions: 1,
             auto_create_topics_enable: true,
@@ -486,6 +490,11 @@ impl BrokerConfig {
                 },
             ),
             ("super.users", self.acl_settings.super_users.join(";")),
+            ("quota.window.num", self.quota_windows.samples.to_string()),
+            (
+                "quota.window.size.seconds",
+                (self.quota_windows.window_ms / 1000).to_string(),
+            ),
             (
                 "allow.everyone.if.no.acl.found",
                 self.acl_settings.allow_everyone_if_no_acl_found.to_string(),
@@ -1061,6 +1070,13 @@ impl BrokerConfig {
             }
             "transaction.state.log.replication.factor" => {
                 self.replication.transaction_state_log_replication_factor = factor(key, value)?
+            }
+            "quota.window.num" => {
+                self.quota_windows.samples = positive(key, value)?.unsigned_abs();
+            }
+            "quota.window.size.seconds" => {
+                let seconds = i64::from(positive(key, value)?);
+                self.quota_windows.window_ms = seconds * 1000;
             }
             "authorizer.class.name" => {
                 self.authorizer = match value.trim() {

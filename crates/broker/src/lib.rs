@@ -15,6 +15,7 @@ pub mod flusher;
 pub mod group;
 pub mod node;
 pub mod peers;
+pub mod quota;
 pub mod read_replica;
 pub mod replica;
 pub mod replica_fetcher;

@@ -29,7 +29,8 @@ use crate::api::{self, Outcome, RequestContext};
 use crate::auth::principal::{MappingRules, subject_name};
 use crate::auth::{Authenticated, Authenticator, ListenerSasl, Principal, scram};
 use crate::config::BrokerConfig;
-use crate::state::BrokerState;
+use crate::quota::Kind;
+use crate::state::{BrokerState, lock};
 
 /// How a listener secures its connections.
 #[derive(Clone, Default)]
@@ -81,11 +82,10 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     let state = Arc::clone(&state);
                     let shutdown = shutdown.clone();
-                    let context = RequestContext {
-                        listener: Arc::clone(&listener_name),
-                        client_host: Arc::from(format!("/{}", peer.ip())),
-                        principal: Arc::new(Principal::anonymous()),
-                    };
+                    let context = RequestContext::new(
+                        Arc::clone(&listener_name),
+                        Arc::from(format!("/{}", peer.ip())),
+                    );
                     let Security { tls, certificate_principal, sasl } = security.clone();
                     tokio::spawn(async move {
                         let mut context = context;
@@ -402,7 +402,17 @@ async fn connection(
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
+        // A client over its quota is served nothing more until its throttle time has
+        // passed (Kafka mutes the connection; a request read meanwhile waits here).
+        let muted = lock(&context.muted_until).take();
+        if let Some(until) = muted {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                _ = shutdown.changed() => break Ok(()),
+            }
+        }
         let api_key = api_key_of(&frame);
+        let frame_bytes = frame.len();
         let reauthenticating =
             api_key == ApiKey::SaslHandshake as i16 || api_key == ApiKey::SaslAuthenticate as i16;
         if session_end.is_some_and(|end| Instant::now() >= end) && !reauthenticating {
@@ -440,10 +450,14 @@ async fn connection(
                     header.request_api_version,
                 )
                 .await;
+                // The request's size counts against the producer's byte rate.
+                let client_id = header.client_id.as_deref();
+                let throttle = context.throttle(&state, Kind::Produce, client_id, frame_bytes);
                 let state = Arc::clone(&state);
                 let context = context.clone();
                 tokio::spawn(async move {
-                    let answer = api::finish_produce(&state, &context, header, appended).await;
+                    let answer =
+                        api::finish_produce(&state, &context, header, appended, throttle).await;
                     let _ = answer_tx.send(answer);
                 });
             }

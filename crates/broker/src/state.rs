@@ -33,6 +33,7 @@ use crate::metadata::{
 };
 use crate::node::{self, Node};
 use crate::peers::{PeerError, Peers};
+use crate::quota::Quotas;
 use crate::replica::Replica;
 use crate::throttle::{self, Quota};
 use crate::topic_configs;
@@ -121,6 +122,8 @@ pub struct BrokerState {
     /// `leader.replication.throttled.rate` and `follower.replication.throttled.rate`.
     pub leader_quota: Quota,
     pub follower_quota: Quota,
+    /// Clients' byte rates against their quotas (`producer_byte_rate`, …).
+    pub client_quotas: Quotas,
     /// The producer IDs this broker may still hand out.
     producer_ids: Mutex<ProducerIds>,
     /// Held while a block of producer IDs is asked for.
@@ -430,6 +433,7 @@ impl BrokerState {
             groups,
             txns,
             fetch_sessions: Mutex::new(fetch_sessions),
+            client_quotas: Quotas::new(config.quota_windows),
             producer_ids: Mutex::new(ProducerIds::default()),
             producer_id_fetch: tokio::sync::Mutex::new(()),
             producer_ids_wanted: Arc::new(Notify::new()),

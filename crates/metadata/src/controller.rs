@@ -21,9 +21,10 @@ use spool_protocol::ErrorCode;
 use spool_protocol::Uuid;
 use spool_protocol::internal::register_broker_record::BrokerEndpoint;
 use spool_protocol::internal::{
-    AccessControlEntryRecord, BrokerRegistrationChangeRecord, ConfigRecord, PartitionChangeRecord,
-    ProducerIdsRecord, RegisterBrokerRecord, RemoveAccessControlEntryRecord, RemoveTopicRecord,
-    RemoveUserScramCredentialRecord, UnregisterBrokerRecord, UserScramCredentialRecord,
+    AccessControlEntryRecord, BrokerRegistrationChangeRecord, ClientQuotaRecord, ConfigRecord,
+    PartitionChangeRecord, ProducerIdsRecord, RegisterBrokerRecord, RemoveAccessControlEntryRecord,
+    RemoveTopicRecord, RemoveUserScramCredentialRecord, UnregisterBrokerRecord,
+    UserScramCredentialRecord,
 };
 use spool_protocol::messages::alter_partition_reassignments_response::{
     ReassignablePartitionResponse, ReassignableTopicResponse,
@@ -593,6 +594,25 @@ impl Controller {
             .cloned()
             .map(MetadataRecord::AccessControlEntry);
         removed.chain(added).collect()
+    }
+
+    /// AlterClientQuotas: a record per quota set, and one per quota removed that exists.
+    pub fn alter_client_quotas(
+        &self,
+        image: &MetadataImage,
+        changes: &[ClientQuotaRecord],
+    ) -> Vec<MetadataRecord> {
+        changes
+            .iter()
+            .filter(|c| {
+                !c.remove
+                    || image
+                        .client_quota(&crate::quota_entity(c))
+                        .is_some_and(|quotas| quotas.contains_key(&c.key))
+            })
+            .cloned()
+            .map(MetadataRecord::ClientQuota)
+            .collect()
     }
 
     /// AllocateProducerIds: the next block of producer IDs for a registered broker.

@@ -14,12 +14,13 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use spool_log::{LogError, PartitionLog};
 use spool_protocol::compression::Compression;
+use spool_protocol::internal::client_quota_record::EntityData;
 use spool_protocol::internal::register_broker_record::BrokerEndpoint;
 use spool_protocol::internal::{
-    AccessControlEntryRecord, BrokerRegistrationChangeRecord, ConfigRecord, PartitionChangeRecord,
-    PartitionRecord, ProducerIdsRecord, RegisterBrokerRecord, RemoveAccessControlEntryRecord,
-    RemoveTopicRecord, RemoveUserScramCredentialRecord, TopicRecord, UnregisterBrokerRecord,
-    UserScramCredentialRecord,
+    AccessControlEntryRecord, BrokerRegistrationChangeRecord, ClientQuotaRecord, ConfigRecord,
+    PartitionChangeRecord, PartitionRecord, ProducerIdsRecord, RegisterBrokerRecord,
+    RemoveAccessControlEntryRecord, RemoveTopicRecord, RemoveUserScramCredentialRecord,
+    TopicRecord, UnregisterBrokerRecord, UserScramCredentialRecord,
 };
 use spool_protocol::record_batch::RecordBatchBuilder;
 use spool_protocol::{DecodeError, EncodeError, Message, Uuid};
@@ -76,6 +77,9 @@ pub enum MetadataRecord {
     /// An ACL binding was added, under an ID of its own.
     AccessControlEntry(AccessControlEntryRecord),
     RemoveAccessControlEntry(RemoveAccessControlEntryRecord),
+    /// A client quota of an entity (user, client ID, both, or an IP) was set or, with
+    /// `remove`, removed.
+    ClientQuota(ClientQuotaRecord),
 }
 
 /// `PartitionChangeRecord.leader` when the leader does not change.
@@ -124,6 +128,7 @@ impl MetadataRecord {
                 0,
                 r.to_bytes(0)?,
             ),
+            MetadataRecord::ClientQuota(r) => (ClientQuotaRecord::RECORD_TYPE, 0, r.to_bytes(0)?),
         };
         buf.put_i16(record_type);
         buf.put_i16(version);
@@ -185,6 +190,9 @@ impl MetadataRecord {
                 MetadataRecord::RemoveAccessControlEntry(RemoveAccessControlEntryRecord::decode(
                     &mut bytes, version,
                 )?)
+            }
+            ClientQuotaRecord::RECORD_TYPE => {
+                MetadataRecord::ClientQuota(ClientQuotaRecord::decode(&mut bytes, version)?)
             }
             other => return Err(DecodeError::UnknownApiKey(other)),
         })
@@ -300,6 +308,23 @@ pub struct MetadataImage {
     scram_credentials: BTreeMap<String, BTreeMap<i8, UserScramCredentialRecord>>,
     /// ACL bindings by ID.
     acls: BTreeMap<Uuid, AccessControlEntryRecord>,
+    /// Client quotas (`producer_byte_rate`, …) by entity.
+    client_quotas: BTreeMap<QuotaEntity, BTreeMap<String, f64>>,
+}
+
+/// Whom a client quota applies to: (entity type, name) pairs in type order, `user`,
+/// `client-id` or both, or `ip`; a `None` name is the type's default entity.
+pub type QuotaEntity = Vec<(String, Option<String>)>;
+
+/// The entity a [`ClientQuotaRecord`] names, in [`QuotaEntity`]'s order.
+pub fn quota_entity(record: &ClientQuotaRecord) -> QuotaEntity {
+    let mut entity: QuotaEntity = record
+        .entity
+        .iter()
+        .map(|e| (e.entity_type.clone(), e.entity_name.clone()))
+        .collect();
+    entity.sort();
+    entity
 }
 
 impl MetadataImage {
@@ -386,9 +411,37 @@ impl MetadataImage {
         self.acls.values()
     }
 
+    /// The quotas set for exactly this entity.
+    pub fn client_quota(&self, entity: &QuotaEntity) -> Option<&BTreeMap<String, f64>> {
+        self.client_quotas.get(entity)
+    }
+
+    /// Every entity with quotas, and its quotas by key.
+    pub fn client_quotas(&self) -> &BTreeMap<QuotaEntity, BTreeMap<String, f64>> {
+        &self.client_quotas
+    }
+
     /// Records that rebuild this image from nothing (a snapshot's contents).
     pub fn to_records(&self) -> Vec<MetadataRecord> {
         let mut records = Vec::new();
+        for (entity, quotas) in &self.client_quotas {
+            for (key, value) in quotas {
+                records.push(MetadataRecord::ClientQuota(ClientQuotaRecord {
+                    entity: entity
+                        .iter()
+                        .map(|(entity_type, entity_name)| EntityData {
+                            entity_type: entity_type.clone(),
+                            entity_name: entity_name.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    key: key.clone(),
+                    value: *value,
+                    remove: false,
+                    ..Default::default()
+                }));
+            }
+        }
         records.extend(
             self.acls
                 .values()
@@ -601,6 +654,22 @@ impl MetadataImage {
             }
             MetadataRecord::RemoveAccessControlEntry(r) => {
                 self.acls.remove(&r.id);
+            }
+            MetadataRecord::ClientQuota(r) => {
+                let entity = quota_entity(r);
+                if r.remove {
+                    if let Some(quotas) = self.client_quotas.get_mut(&entity) {
+                        quotas.remove(&r.key);
+                        if quotas.is_empty() {
+                            self.client_quotas.remove(&entity);
+                        }
+                    }
+                } else {
+                    self.client_quotas
+                        .entry(entity)
+                        .or_default()
+                        .insert(r.key.clone(), r.value);
+                }
             }
             MetadataRecord::UnregisterBroker(r) => {
                 if self
@@ -992,6 +1061,63 @@ mod tests {
             rebuilt.apply(&record);
         }
         assert_eq!(names(&rebuilt), ["payments"]);
+    }
+
+    #[test]
+    fn client_quotas_are_set_removed_and_kept_in_snapshots() {
+        let quota = |entity: &[(&str, Option<&str>)], key: &str, value: f64, remove: bool| {
+            MetadataRecord::ClientQuota(ClientQuotaRecord {
+                entity: entity
+                    .iter()
+                    .map(|(t, n)| EntityData {
+                        entity_type: t.to_string(),
+                        entity_name: n.map(str::to_string),
+                        ..Default::default()
+                    })
+                    .collect(),
+                key: key.into(),
+                value,
+                remove,
+                ..Default::default()
+            })
+        };
+        let alice_app = [("user", Some("alice")), ("client-id", Some("app"))];
+        let records = [
+            quota(&alice_app, "producer_byte_rate", 1024.0, false),
+            quota(&alice_app, "consumer_byte_rate", 2048.0, false),
+            quota(&[("user", None)], "producer_byte_rate", 512.0, false),
+            quota(&alice_app, "producer_byte_rate", 0.0, true),
+            quota(&[("user", None)], "producer_byte_rate", 0.0, true),
+        ];
+        let mut image = MetadataImage::default();
+        for record in &records {
+            assert_eq!(
+                &MetadataRecord::decode(record.encode().unwrap()).unwrap(),
+                record
+            );
+            image.apply(record);
+        }
+        let expected: QuotaEntity = vec![
+            ("client-id".into(), Some("app".into())),
+            ("user".into(), Some("alice".into())),
+        ];
+        let listed = |image: &MetadataImage| {
+            image
+                .client_quotas()
+                .iter()
+                .map(|(entity, quotas)| (entity.clone(), quotas.clone()))
+                .collect::<Vec<_>>()
+        };
+        let only = vec![(
+            expected,
+            BTreeMap::from([("consumer_byte_rate".to_string(), 2048.0)]),
+        )];
+        assert_eq!(listed(&image), only);
+        let mut rebuilt = MetadataImage::default();
+        for record in image.to_records() {
+            rebuilt.apply(&record);
+        }
+        assert_eq!(listed(&rebuilt), only);
     }
 
     #[test]

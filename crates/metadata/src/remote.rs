@@ -43,6 +43,7 @@ const CREATE_PARTITIONS: i8 = 3;
 const ALTER_CONFIGS: i8 = 4;
 const ALTER_SCRAM_CREDENTIALS: i8 = 5;
 const ALTER_ACLS: i8 = 6;
+const ALTER_CLIENT_QUOTAS: i8 = 7;
 /// The version metadata records (SCRAM credentials, ACLs) travel at.
 const RECORD_VERSION: i16 = 0;
 
@@ -180,6 +181,10 @@ fn put_change(buf: &mut BytesMut, change: &AdminChange) -> Result<(), CodecError
             put_records(buf, creations)?;
             put_records(buf, deletions)?;
         }
+        AdminChange::AlterClientQuotas(changes) => {
+            buf.put_i8(ALTER_CLIENT_QUOTAS);
+            put_records(buf, changes)?;
+        }
     }
     Ok(())
 }
@@ -233,6 +238,7 @@ fn read_change(r: &mut Reader) -> Result<AdminChange, CodecError> {
             creations: read_records(r)?,
             deletions: read_records(r)?,
         },
+        ALTER_CLIENT_QUOTAS => AdminChange::AlterClientQuotas(read_records(r)?),
         other => return Err(CodecError(format!("unknown change kind {other}"))),
     })
 }
@@ -488,6 +494,19 @@ mod tests {
                     ..Default::default()
                 }],
             }),
+            Request::Admin(AdminChange::AlterClientQuotas(vec![
+                spool_protocol::internal::ClientQuotaRecord {
+                    entity: vec![spool_protocol::internal::client_quota_record::EntityData {
+                        entity_type: "user".into(),
+                        entity_name: None,
+                        ..Default::default()
+                    }],
+                    key: "producer_byte_rate".into(),
+                    value: 1048576.0,
+                    remove: false,
+                    ..Default::default()
+                },
+            ])),
             Request::AllocateProducerIds(1, 12),
         ]
     }

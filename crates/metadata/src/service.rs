@@ -27,8 +27,8 @@ use crate::MetadataRecord;
 use crate::controller::{At, Controller, ControllerConfig, NewTopic, Outcome, Refusal};
 use crate::quorum::{MetadataLog, Published, QuorumError};
 use spool_protocol::internal::{
-    AccessControlEntryRecord, RemoveAccessControlEntryRecord, RemoveUserScramCredentialRecord,
-    UserScramCredentialRecord,
+    AccessControlEntryRecord, ClientQuotaRecord, RemoveAccessControlEntryRecord,
+    RemoveUserScramCredentialRecord, UserScramCredentialRecord,
 };
 
 /// A topic to create, owned so it can travel to the controller task.
@@ -175,6 +175,8 @@ pub enum AdminChange {
         creations: Vec<AccessControlEntryRecord>,
         deletions: Vec<RemoveAccessControlEntryRecord>,
     },
+    /// Sets and removes client quotas (checked by the broker that asks).
+    AlterClientQuotas(Vec<ClientQuotaRecord>),
 }
 
 /// Sends requests to the active controller; cheap to clone. The node's own controller
@@ -535,6 +537,9 @@ async fn serve<L: MetadataLog>(
                     creations,
                     deletions,
                 } => Ok(controller.alter_acls(image, creations, deletions)),
+                AdminChange::AlterClientQuotas(changes) => {
+                    Ok(controller.alter_client_quotas(image, changes))
+                }
             };
             match decided {
                 Ok(records) => match commit(log, controller, records, at).await {

@@ -326,6 +326,17 @@ fn error_response(error: ErrorCode) -> FetchResponse {
     }
 }
 
+/// Whether a fetch comes from a follower (its ID in `replica_id`, or from v15 in
+/// `replica_state`).
+pub fn from_follower(request: &FetchRequest, version: i16) -> bool {
+    let replica_id = if version >= REPLICA_STATE_VERSION {
+        request.replica_state.replica_id
+    } else {
+        request.replica_id
+    };
+    replica_id >= 0
+}
+
 /// A consumer needs READ on each topic it fetches, a follower CLUSTER_ACTION on the
 /// cluster; what they may not read is answered TOPIC_AUTHORIZATION_FAILED, as in Kafka.
 pub async fn handle(

@@ -2,7 +2,8 @@
 //! Only the APIs listed in [`IMPLEMENTED`] are advertised by ApiVersions; a request for
 //! any other API closes the connection, as Kafka does for APIs it does not serve.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use spool_protocol::ErrorCode;
@@ -13,10 +14,13 @@ use spool_protocol::messages::{ApiKey, RequestBody, ResponseBody};
 use crate::acl::Authz;
 use crate::auth::Principal;
 use crate::group::shard::Client;
-use crate::state::BrokerState;
+use crate::quota;
+use crate::state::{BrokerState, lock};
+use tokio::time::Instant;
 
 pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
+pub mod alter_client_quotas;
 pub mod alter_configs;
 pub mod alter_partition_reassignments;
 pub mod alter_user_scram_credentials;
@@ -31,6 +35,7 @@ pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_acls;
+pub mod describe_client_quotas;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
@@ -112,6 +117,8 @@ pub const IMPLEMENTED: &[ApiKey] = &[
     ApiKey::CreateAcls,
     ApiKey::DescribeAcls,
     ApiKey::DeleteAcls,
+    ApiKey::DescribeClientQuotas,
+    ApiKey::AlterClientQuotas,
 ];
 
 /// What a handler may need to know about the connection a request came in on.
@@ -124,9 +131,47 @@ pub struct RequestContext {
     pub client_host: Arc<str>,
     /// Who the client authenticated as.
     pub principal: Arc<Principal>,
+    /// Until when the connection is not read: a client over its quota is muted for its
+    /// throttle time (KIP-219).
+    pub muted_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl RequestContext {
+    /// A connection's context before it has authenticated.
+    pub fn new(listener: Arc<str>, client_host: Arc<str>) -> RequestContext {
+        RequestContext {
+            listener,
+            client_host,
+            principal: Arc::new(Principal::anonymous()),
+            muted_until: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Records `bytes` against the client's `kind` quota; when it is over, mutes the
+    /// connection for the throttle time and returns it (milliseconds, for the response).
+    pub fn throttle(
+        &self,
+        state: &BrokerState,
+        kind: quota::Kind,
+        client_id: Option<&str>,
+        bytes: usize,
+    ) -> i32 {
+        let who = (self.principal.name.as_str(), client_id.unwrap_or_default());
+        let throttle_ms = state.with_image(|image| {
+            let now = crate::state::now_ms();
+            state.client_quotas.record(image, kind, who, bytes, now)
+        });
+        if throttle_ms == 0 {
+            return 0;
+        }
+        let until = Instant::now() + Duration::from_millis(throttle_ms);
+        let mut muted = lock(&self.muted_until);
+        if muted.is_none_or(|m| m < until) {
+            *muted = Some(until);
+        }
+        i32::try_from(throttle_ms).unwrap_or(i32::MAX)
+    }
+
     /// The authorizer's view of a request on this connection.
     pub fn authz<'a>(&self, state: &'a BrokerState) -> Authz<'a> {
         let host = self.client_host.trim_start_matches('/');
@@ -157,11 +202,38 @@ pub async fn finish_produce(
     context: &RequestContext,
     header: RequestHeader,
     appended: produce::Appended,
+    throttle_time_ms: i32,
 ) -> Outcome {
     let version = header.request_api_version;
     match produce::respond(state, appended, version, &context.listener).await {
         None => Outcome::Silent,
-        Some(response) => encode(&header, &ResponseBody::Produce(response)),
+        Some(mut response) => {
+            response.throttle_time_ms = throttle_time_ms;
+            encode(&header, &ResponseBody::Produce(response))
+        }
+    }
+}
+
+/// A consumer's fetch response, counted against its `consumer_byte_rate`: when it goes
+/// over, the response says how long to wait and the connection is muted that long.
+fn fetch_answer(
+    state: &BrokerState,
+    context: &RequestContext,
+    header: &RequestHeader,
+    response: ResponseBody,
+) -> Outcome {
+    let outcome = encode(header, &response);
+    let Outcome::Respond(bytes) = &outcome else {
+        return outcome;
+    };
+    let client_id = header.client_id.as_deref();
+    let throttle = context.throttle(state, quota::Kind::Fetch, client_id, bytes.len());
+    match response {
+        ResponseBody::Fetch(mut fetched) if throttle > 0 => {
+            fetched.throttle_time_ms = throttle;
+            encode(header, &ResponseBody::Fetch(fetched))
+        }
+        _ => outcome,
     }
 }
 
@@ -195,11 +267,17 @@ pub async fn handle(
             // Direct callers get both steps at once; the connection runs step one itself,
             // in request order, and only then hands over (see `produce`).
             let appended = produce::append(state, &authz, request, version).await;
-            return finish_produce(state, context, header, appended).await;
+            return finish_produce(state, context, header, appended, 0).await;
         }
-        RequestBody::Fetch(request) => ResponseBody::Fetch(
-            fetch::handle(state, (&context.listener, &authz), request, version).await,
-        ),
+        RequestBody::Fetch(request) => {
+            let follower = fetch::from_follower(&request, version);
+            let response =
+                fetch::handle(state, (&context.listener, &authz), request, version).await;
+            if !follower {
+                return fetch_answer(state, context, &header, ResponseBody::Fetch(response));
+            }
+            ResponseBody::Fetch(response)
+        }
         RequestBody::ListOffsets(request) => {
             ResponseBody::ListOffsets(list_offsets::handle(state, &authz, request, version))
         }
@@ -337,6 +415,12 @@ pub async fn handle(
         }
         RequestBody::AlterUserScramCredentials(request) => ResponseBody::AlterUserScramCredentials(
             alter_user_scram_credentials::handle(state, &authz, request, version).await,
+        ),
+        RequestBody::DescribeClientQuotas(request) => ResponseBody::DescribeClientQuotas(
+            describe_client_quotas::handle(state, &authz, request, version),
+        ),
+        RequestBody::AlterClientQuotas(request) => ResponseBody::AlterClientQuotas(
+            alter_client_quotas::handle(state, &authz, request, version).await,
         ),
         // The connection serves these on a SASL listener; anywhere else (or after login
         // when it does not) they are out of place, as Kafka answers.

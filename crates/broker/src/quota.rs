@@ -1,0 +1,348 @@
+//! Client quotas, Kafka's way: byte rates for producers (`producer_byte_rate`, the size
+//! of their produce requests) and consumers (`consumer_byte_rate`, the size of their fetch
+//! responses), per user, per client ID, or per both, with defaults at each level. The
+//! quotas live in the metadata log (AlterClientQuotas); this module measures and decides.
+//!
+//! Which quota applies is Kafka's precedence: user and client ID, user and default client,
+//! user, default user and client ID, default user and default client, default user,
+//! client ID, default client. The level that matches also decides who shares the quota:
+//! a user's quota is shared by all its clients, a client ID's by every user of it.
+//!
+//! Rates are measured as Kafka's `Rate` does, over `quota.window.num` samples of
+//! `quota.window.size.seconds`. A client over its quota is told `throttle_time_ms`, the
+//! time until its rate is back at the quota, and its connection is not read for that long
+//! (KIP-219).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use spool_metadata::{MetadataImage, QuotaEntity};
+
+use crate::state::lock;
+
+pub const PRODUCER_BYTE_RATE: &str = "producer_byte_rate";
+pub const CONSUMER_BYTE_RATE: &str = "consumer_byte_rate";
+pub const REQUEST_PERCENTAGE: &str = "request_percentage";
+pub const CONTROLLER_MUTATION_RATE: &str = "controller_mutation_rate";
+pub const CONNECTION_CREATION_RATE: &str = "connection_creation_rate";
+
+pub const USER: &str = "user";
+pub const CLIENT_ID: &str = "client-id";
+pub const IP: &str = "ip";
+
+/// How rates are sampled: `quota.window.num` and `quota.window.size.seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaWindows {
+    pub samples: u32,
+    pub window_ms: i64,
+}
+
+impl Default for QuotaWindows {
+    fn default() -> Self {
+        QuotaWindows {
+            samples: 11,
+            window_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    start_ms: i64,
+    last_event_ms: i64,
+    value: f64,
+}
+
+/// A rate over the last samples, measured as Kafka's `Rate` measures it: the sum of the
+/// samples over the time they cover, counted as at least all but one whole window.
+#[derive(Debug, Clone)]
+struct SampledRate {
+    samples: Vec<Sample>,
+    current: usize,
+}
+
+impl SampledRate {
+    fn new(now_ms: i64) -> SampledRate {
+        SampledRate {
+            samples: vec![Sample {
+                start_ms: now_ms,
+                last_event_ms: now_ms,
+                value: 0.0,
+            }],
+            current: 0,
+        }
+    }
+
+    /// Forgets samples older than all the windows together.
+    fn purge(&mut self, windows: QuotaWindows, now_ms: i64) {
+        let expiry = i64::from(windows.samples) * windows.window_ms;
+        for sample in &mut self.samples {
+            if now_ms - sample.last_event_ms >= expiry {
+                *sample = Sample {
+                    start_ms: now_ms,
+                    last_event_ms: now_ms,
+                    value: 0.0,
+                };
+            }
+        }
+    }
+
+    fn record(&mut self, windows: QuotaWindows, value: f64, now_ms: i64) {
+        self.purge(windows, now_ms);
+        if now_ms - self.samples[self.current].start_ms >= windows.window_ms {
+            // One more sample than windows: the current one fills while the others count.
+            let ring = windows.samples as usize + 1;
+            self.current = (self.current + 1) % ring;
+            let fresh = Sample {
+                start_ms: now_ms,
+                last_event_ms: now_ms,
+                value: 0.0,
+            };
+            if self.current == self.samples.len() {
+                self.samples.push(fresh);
+            } else {
+                self.samples[self.current] = fresh;
+            }
+        }
+        let sample = &mut self.samples[self.current];
+        sample.value += value;
+        sample.last_event_ms = now_ms;
+    }
+
+    /// The time the samples cover, in milliseconds.
+    fn window_ms(&self, windows: QuotaWindows, now_ms: i64) -> i64 {
+        let oldest = self
+            .samples
+            .iter()
+            .map(|s| s.start_ms)
+            .min()
+            .unwrap_or(now_ms);
+        let mut elapsed = now_ms - oldest;
+        let full = elapsed / windows.window_ms.max(1);
+        let least = i64::from(windows.samples.saturating_sub(1));
+        if full < least {
+            elapsed += (least - full) * windows.window_ms;
+        }
+        elapsed.max(1)
+    }
+
+    /// Per second.
+    fn rate(&mut self, windows: QuotaWindows, now_ms: i64) -> f64 {
+        self.purge(windows, now_ms);
+        let total: f64 = self.samples.iter().map(|s| s.value).sum();
+        total * 1000.0 / self.window_ms(windows, now_ms) as f64
+    }
+}
+
+/// What a quota limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Produce,
+    Fetch,
+}
+
+impl Kind {
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Produce => PRODUCER_BYTE_RATE,
+            Kind::Fetch => CONSUMER_BYTE_RATE,
+        }
+    }
+}
+
+/// The quota that applies to a user's client and who shares it: (user, client ID) with an
+/// empty string for a level the quota does not depend on.
+fn resolve(
+    quotas: &BTreeMap<QuotaEntity, BTreeMap<String, f64>>,
+    key: &str,
+    user: &str,
+    client_id: &str,
+) -> Option<(f64, String, String)> {
+    let entity = |user: Option<Option<&str>>, client: Option<Option<&str>>| {
+        let mut entity: QuotaEntity = Vec::with_capacity(2);
+        if let Some(client) = client {
+            entity.push((CLIENT_ID.to_string(), client.map(str::to_string)));
+        }
+        if let Some(user) = user {
+            entity.push((USER.to_string(), user.map(str::to_string)));
+        }
+        entity
+    };
+    let (named_user, named_client) = (Some(Some(user)), Some(Some(client_id)));
+    let (default_user, default_client) = (Some(None), Some(None));
+    let both = (user.to_string(), client_id.to_string());
+    let levels = [
+        (entity(named_user, named_client), both.clone()),
+        (entity(named_user, default_client), both.clone()),
+        (entity(named_user, None), (user.to_string(), String::new())),
+        (entity(default_user, named_client), both.clone()),
+        (entity(default_user, default_client), both),
+        (
+            entity(default_user, None),
+            (user.to_string(), String::new()),
+        ),
+        (
+            entity(None, named_client),
+            (String::new(), client_id.to_string()),
+        ),
+        (
+            entity(None, default_client),
+            (String::new(), client_id.to_string()),
+        ),
+    ];
+    levels.into_iter().find_map(|(entity, (u, c))| {
+        quotas
+            .get(&entity)
+            .and_then(|q| q.get(key))
+            .map(|&bound| (bound, u, c))
+    })
+}
+
+struct Tracked {
+    rate: SampledRate,
+    last_ms: i64,
+}
+
+/// Every client group's rates. Groups idle for an hour are forgotten, as Kafka expires
+/// its quota sensors.
+pub struct Quotas {
+    windows: QuotaWindows,
+    rates: Mutex<HashMap<(Kind, String, String), Tracked>>,
+    last_sweep_ms: Mutex<i64>,
+}
+
+const IDLE_EXPIRY_MS: i64 = 3_600_000;
+
+impl Quotas {
+    pub fn new(windows: QuotaWindows) -> Quotas {
+        Quotas {
+            windows,
+            rates: Mutex::new(HashMap::new()),
+            last_sweep_ms: Mutex::new(0),
+        }
+    }
+
+    /// Records `value` (bytes) for a request of `user`'s client `client_id` and returns how
+    /// long the client must wait: 0 when it is within its quota or has none.
+    pub fn record(
+        &self,
+        image: &MetadataImage,
+        kind: Kind,
+        (user, client_id): (&str, &str),
+        value: usize,
+        now_ms: i64,
+    ) -> u64 {
+        let quotas = image.client_quotas();
+        if quotas.is_empty() {
+            return 0;
+        }
+        let Some((bound, user, client)) = resolve(quotas, kind.key(), user, client_id) else {
+            return 0;
+        };
+        if user.is_empty() && client.is_empty() {
+            return 0;
+        }
+        self.sweep(now_ms);
+        let mut rates = lock(&self.rates);
+        let tracked = rates
+            .entry((kind, user, client))
+            .or_insert_with(|| Tracked {
+                rate: SampledRate::new(now_ms),
+                last_ms: now_ms,
+            });
+        tracked.last_ms = now_ms;
+        tracked.rate.record(self.windows, value as f64, now_ms);
+        let observed = tracked.rate.rate(self.windows, now_ms);
+        if observed <= bound || bound <= 0.0 {
+            return 0;
+        }
+        let window = tracked.rate.window_ms(self.windows, now_ms) as f64;
+        ((observed - bound) / bound * window).round() as u64
+    }
+
+    fn sweep(&self, now_ms: i64) {
+        {
+            let mut last = lock(&self.last_sweep_ms);
+            if now_ms - *last < 60_000 {
+                return;
+            }
+            *last = now_ms;
+        }
+        lock(&self.rates).retain(|_, t| now_ms - t.last_ms < IDLE_EXPIRY_MS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_steady_rate_is_measured_over_the_windows() {
+        let windows = QuotaWindows::default();
+        let mut rate = SampledRate::new(0);
+        // 1000 bytes every 100 ms for 20 s: 10 kB/s.
+        for t in (0..20_000).step_by(100) {
+            rate.record(windows, 1000.0, t);
+        }
+        let measured = rate.rate(windows, 20_000);
+        assert!((measured - 10_000.0).abs() < 1_000.0, "{measured}");
+        // Early on the window counts as ten seconds, not the little time seen.
+        let mut young = SampledRate::new(0);
+        young.record(windows, 5000.0, 0);
+        assert_eq!(young.window_ms(windows, 500), 10_500);
+        assert!((young.rate(windows, 500) - 5000.0 / 10.5).abs() < 1e-6);
+    }
+
+    fn quota(
+        entity: &[(&str, Option<&str>)],
+        key: &str,
+        value: f64,
+    ) -> (QuotaEntity, BTreeMap<String, f64>) {
+        let mut entity: QuotaEntity = entity
+            .iter()
+            .map(|(t, n)| (t.to_string(), n.map(str::to_string)))
+            .collect();
+        entity.sort();
+        (entity, BTreeMap::from([(key.to_string(), value)]))
+    }
+
+    #[test]
+    fn the_most_specific_quota_applies_and_names_who_shares_it() {
+        let key = PRODUCER_BYTE_RATE;
+        let quotas: BTreeMap<QuotaEntity, BTreeMap<String, f64>> = [
+            quota(&[(USER, Some("alice")), (CLIENT_ID, Some("app"))], key, 1.0),
+            quota(&[(USER, Some("alice"))], key, 2.0),
+            quota(&[(USER, None)], key, 3.0),
+            quota(&[(CLIENT_ID, Some("tool"))], key, 4.0),
+            quota(&[(CLIENT_ID, None)], key, 5.0),
+        ]
+        .into_iter()
+        .collect();
+        let found = |user: &str, client: &str| resolve(&quotas, key, user, client);
+        assert_eq!(
+            found("alice", "app"),
+            Some((1.0, "alice".into(), "app".into()))
+        );
+        assert_eq!(
+            found("alice", "other"),
+            Some((2.0, "alice".into(), String::new()))
+        );
+        assert_eq!(
+            found("bob", "tool"),
+            Some((3.0, "bob".into(), String::new()))
+        );
+        assert_eq!(resolve(&quotas, CONSUMER_BYTE_RATE, "bob", "tool"), None);
+        let clients_only: BTreeMap<QuotaEntity, BTreeMap<String, f64>> = [
+            quota(&[(CLIENT_ID, Some("tool"))], key, 4.0),
+            quota(&[(CLIENT_ID, None)], key, 5.0),
+        ]
+        .into_iter()
+        .collect();
+        let found = |user: &str, client: &str| resolve(&clients_only, key, user, client);
+        assert_eq!(
+            found("bob", "tool"),
+            Some((4.0, String::new(), "tool".into()))
+        );
+        assert_eq!(found("bob", "x"), Some((5.0, String::new(), "x".into())));
+    }
+}

@@ -15,6 +15,7 @@ use crate::acl::Authorizer;
 use crate::auth::SaslSettings;
 use crate::group::GroupConfig;
 use crate::group::assign::ASSIGNORS;
+use crate::limits::{LimitSettings, parse_overrides};
 use crate::quota::QuotaWindows;
 use crate::tls::SslSettings;
 use crate::txn::TxnConfig;
@@ -123,6 +124,9 @@ pub struct BrokerConfig {
     /// `super.users` and `allow.everyone.if.no.acl.found` as set, whether or not an
     /// authorizer is (the settings may come in any order).
     pub acl_settings: Authorizer,
+    /// `max.connections`, `max.connections.per.ip` (and overrides) and the listeners'
+    /// `max.connections`.
+    pub limits: LimitSettings,
     /// `quota.window.num` and `quota.window.size.seconds`: how client rates are sampled.
     pub quota_windows: QuotaWindows,
     /// `log.dirs` (one directory).
@@ -288,6 +292,7 @@ impl Default for BrokerConfig {
             authorizer: None,
             acl_settings: Authorizer::default(),
             quota_windows: QuotaWindows::default(),
+            limits: LimitSettings::default(),
             data_dir: PathBuf::from("./spool-data"),
             num_partitions: 1,
             auto_create_topics_enable: true,
@@ -491,6 +496,17 @@ impl BrokerConfig {
             ),
             ("super.users", self.acl_settings.super_users.join(";")),
             ("quota.window.num", self.quota_windows.samples.to_string()),
+            ("max.connections", self.limits.max_connections.to_string()),
+            ("max.connections.per.ip", self.limits.per_ip.to_string()),
+            (
+                "max.connections.per.ip.overrides",
+                self.limits
+                    .per_ip_overrides
+                    .iter()
+                    .map(|(ip, n)| format!("{ip}:{n}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             (
                 "quota.window.size.seconds",
                 (self.quota_windows.window_ms / 1000).to_string(),
@@ -634,6 +650,13 @@ impl BrokerConfig {
     /// version serves (PLAINTEXT; SSL for listeners serving clients only), no two
     /// listeners share a port, and every advertised listener is a listener.
     pub fn check(&self) -> Result<(), ConfigError> {
+        if self.limits.per_ip == 0 && self.limits.per_ip_overrides.is_empty() {
+            return Err(invalid(
+                "max.connections.per.ip",
+                "0",
+                "0 refuses every address: name the ones allowed in max.connections.per.ip.overrides".into(),
+            ));
+        }
         let replication = &self.replication;
         if u64::try_from(replication.fetch_wait_max_ms).unwrap_or(0) > replication.socket_timeout_ms
         {
@@ -1071,6 +1094,12 @@ impl BrokerConfig {
             "transaction.state.log.replication.factor" => {
                 self.replication.transaction_state_log_replication_factor = factor(key, value)?
             }
+            "max.connections" => self.limits.max_connections = count(key, value)?,
+            "max.connections.per.ip" => self.limits.per_ip = count(key, value)?,
+            "max.connections.per.ip.overrides" => {
+                self.limits.per_ip_overrides =
+                    parse_overrides(value).map_err(|reason| invalid(key, value, reason))?;
+            }
             "quota.window.num" => {
                 self.quota_windows.samples = positive(key, value)?.unsigned_abs();
             }
@@ -1123,6 +1152,14 @@ impl BrokerConfig {
                     .strip_prefix("listener.name.")
                     .and_then(|rest| rest.split_once('.'))
                     .map_or((None, key), |(name, setting)| (Some(name), setting));
+                if let (Some(listener), "max.connections") = (listener, setting) {
+                    let limit = count(key, value)?;
+                    let listener = listener.to_ascii_uppercase();
+                    self.limits.per_listener.insert(listener, limit);
+                    self.explicit
+                        .insert(key.to_string(), value.trim().to_string());
+                    return Ok(());
+                }
                 let known = match setting.strip_prefix("ssl.") {
                     Some(ssl) => self
                         .ssl
@@ -1155,6 +1192,12 @@ impl BrokerConfig {
 /// `authorizer.class.name` of the authorizer this broker serves: Kafka's ACL authorizer
 /// with its bindings in the metadata log.
 pub const STANDARD_AUTHORIZER: &str = "org.apache.kafka.metadata.authorizer.StandardAuthorizer";
+
+/// A connection count: 0 to 2147483647.
+fn count(key: &str, value: &str) -> Result<usize, ConfigError> {
+    let n: i32 = parse(key, value)?;
+    usize::try_from(n).map_err(|_| invalid(key, value, "must be at least 0".into()))
+}
 
 /// A replication factor: 1 to 32767.
 fn factor(key: &str, value: &str) -> Result<i16, ConfigError> {

@@ -13,6 +13,7 @@ pub mod coordinator_log;
 pub mod fetch_session;
 pub mod flusher;
 pub mod group;
+pub mod limits;
 pub mod node;
 pub mod peers;
 pub mod quota;

@@ -67,7 +67,7 @@ pub fn securities(config: &BrokerConfig) -> Result<BTreeMap<String, Security>, S
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections on the listener named `name` until `shutdown` turns true, each
-/// secured as `security` says.
+/// secured as `security` says, within the connection limits (see [`crate::limits`]).
 pub async fn serve(
     state: Arc<BrokerState>,
     listener: Box<dyn Listener>,
@@ -76,10 +76,30 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let listener_name: Arc<str> = Arc::from(name.as_str());
+    let limits = Arc::clone(&state.connection_limits);
+    // The inter-broker listener is kept clear of the broker-wide limit when clients have
+    // another listener to be limited on (as Kafka protects it).
+    let config = &state.config;
+    let broker_listeners = config
+        .listeners
+        .iter()
+        .filter(|l| !config.is_controller_listener(&l.name))
+        .count();
+    let inter_broker = config.inter_broker_listener() == name && broker_listeners > 1;
     loop {
+        // At `max.connections` the listener waits for a connection to close.
+        let permits = tokio::select! {
+            permits = limits.slot(&name, inter_broker) => permits,
+            _ = shutdown.changed() => return,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(admitted) = limits.admit(peer.ip(), permits) else {
+                        tracing::debug!(%peer, "max.connections.per.ip reached: connection closed");
+                        drop(stream);
+                        continue;
+                    };
                     let state = Arc::clone(&state);
                     let shutdown = shutdown.clone();
                     let context = RequestContext::new(
@@ -88,6 +108,7 @@ pub async fn serve(
                     );
                     let Security { tls, certificate_principal, sasl } = security.clone();
                     tokio::spawn(async move {
+                        let _admitted = admitted;
                         let mut context = context;
                         let stream = match tls {
                             Some(acceptor) => match secure(&acceptor, stream, certificate_principal.as_deref()).await {

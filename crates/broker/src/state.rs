@@ -28,6 +28,7 @@ use crate::fetch_session::FetchSessionCache;
 use crate::flusher::Flusher;
 use crate::group::GroupCoordinator;
 use crate::group::runtime::offsets_logs;
+use crate::limits::ConnectionLimits;
 use crate::metadata::{
     BrokerMeta, METADATA_TOPIC, MetadataError, MetadataImage, NO_LEADER, TopicMeta,
 };
@@ -124,6 +125,8 @@ pub struct BrokerState {
     pub follower_quota: Quota,
     /// Clients' byte rates against their quotas (`producer_byte_rate`, …).
     pub client_quotas: Quotas,
+    /// `max.connections` and the rest, with the connections counted against them.
+    pub connection_limits: Arc<ConnectionLimits>,
     /// The producer IDs this broker may still hand out.
     producer_ids: Mutex<ProducerIds>,
     /// Held while a block of producer IDs is asked for.
@@ -434,6 +437,7 @@ impl BrokerState {
             txns,
             fetch_sessions: Mutex::new(fetch_sessions),
             client_quotas: Quotas::new(config.quota_windows),
+            connection_limits: ConnectionLimits::new(config.limits.clone()),
             producer_ids: Mutex::new(ProducerIds::default()),
             producer_id_fetch: tokio::sync::Mutex::new(()),
             producer_ids_wanted: Arc::new(Notify::new()),

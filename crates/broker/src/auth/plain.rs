@@ -167,6 +167,19 @@ mod tests {
         users
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes log in only as the password they carry allows.
+        #[test]
+        fn arbitrary_messages_log_in_only_with_a_password(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            if let Ok(user) = users().authenticate(&raw) {
+                let ok = ["admin", "alice", "bob"].contains(&user.as_str());
+                proptest::prop_assert!(ok, "logged in as {user}");
+            }
+        }
+    }
+
     #[test]
     fn users_log_in_with_their_password_only() {
         let users = users();

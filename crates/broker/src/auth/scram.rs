@@ -449,6 +449,41 @@ pub(crate) mod tests {
         )
     }
 
+    proptest::proptest! {
+        // Each case derives keys (PBKDF2) four times: few cases; the fuzz target explores.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+        /// Hostile client messages are refused, never a panic: raw bytes as the first
+        /// message, and a valid final message with bytes changed, cut or added.
+        #[test]
+        fn altered_client_messages_are_refused(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            at in 0usize..400,
+            cut in 0usize..4,
+            insert in "[ -~]{0,4}",
+        ) {
+            for mechanism in [Mechanism::Sha256, Mechanism::Sha512] {
+                let mut server = ScramServer::new(mechanism);
+                let first = server.step(&raw, lookup(mechanism));
+                if let Ok(Step::Continue(_)) = first {
+                    // Whatever follows a random first message cannot log in.
+                    proptest::prop_assert!(server.step(&raw, lookup(mechanism)).is_err());
+                }
+                let mut unchanged = true;
+                let outcome = exchange(mechanism, "alice", "alice-secret", |good| {
+                    let at = at.min(good.len());
+                    let end = (at + cut).min(good.len());
+                    let mut altered = good.clone();
+                    if altered.is_char_boundary(at) && altered.is_char_boundary(end) {
+                        altered.replace_range(at..end, &insert);
+                    }
+                    unchanged = altered == good;
+                    altered
+                });
+                proptest::prop_assert_eq!(outcome.is_ok(), unchanged);
+            }
+        }
+    }
+
     fn lookup(mechanism: Mechanism) -> impl Fn(&str) -> Option<Credential> {
         move |user: &str| (user == "alice").then(|| credential(mechanism, "alice-secret"))
     }

@@ -411,6 +411,11 @@ async fn connection(
                 Ok(Outcome::Silent) => {}
                 Ok(Outcome::Close) | Err(_) => break,
             }
+            // TLS keeps what it has encrypted until flushed: send it once no other answer
+            // is waiting (a no-op on plain TCP).
+            if answers.is_empty() {
+                writer.flush().await?;
+            }
         }
         writer.shutdown().await
     });

@@ -509,10 +509,10 @@ async fn connection(
     result
 }
 
-/// When the session of the login `auth` just accepted ends: `connections.max.reauth.ms`
-/// from now, or never.
+/// When the session of the login `auth` just accepted ends (`connections.max.reauth.ms`
+/// from now, or the OAUTHBEARER token's expiry if sooner), or never.
 fn session_deadline(auth: &Authenticator) -> Option<Instant> {
-    let lifetime = auth.settings().reauth_ms;
+    let lifetime = auth.session_ms();
     (lifetime > 0).then(|| Instant::now() + Duration::from_millis(lifetime))
 }
 

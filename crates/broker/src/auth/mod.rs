@@ -25,10 +25,12 @@ use spool_protocol::messages::{
 
 use crate::config::{BrokerConfig, PerListener, list_items};
 
+pub mod oauthbearer;
 pub mod plain;
 pub mod principal;
 pub mod scram;
 
+use oauthbearer::{TokenSettings, TokenValidator};
 use plain::PlainUsers;
 use scram::{Credential, ScramServer, Step};
 
@@ -63,12 +65,14 @@ impl fmt::Display for Principal {
 pub enum Mechanism {
     Plain,
     Scram(scram::Mechanism),
+    OAuthBearer,
 }
 
 impl Mechanism {
     pub fn from_name(name: &str) -> Option<Mechanism> {
         match name {
             "PLAIN" => Some(Mechanism::Plain),
+            "OAUTHBEARER" => Some(Mechanism::OAuthBearer),
             other => scram::Mechanism::from_name(other).map(Mechanism::Scram),
         }
     }
@@ -77,6 +81,7 @@ impl Mechanism {
         match self {
             Mechanism::Plain => "PLAIN",
             Mechanism::Scram(m) => m.name(),
+            Mechanism::OAuthBearer => "OAUTHBEARER",
         }
     }
 }
@@ -91,7 +96,19 @@ const SETTINGS: &[&str] = &[
     "connections.max.reauth.ms",
     "sasl.server.max.receive.size",
     "connection.failed.authentication.delay.ms",
+    "sasl.oauthbearer.jwks.endpoint.url",
+    "sasl.oauthbearer.expected.issuer",
+    "sasl.oauthbearer.expected.audience",
+    "sasl.oauthbearer.sub.claim.name",
+    "sasl.oauthbearer.clock.skew.seconds",
+    "oauthbearer.sasl.jaas.config",
+    "oauthbearer.sasl.server.callback.handler.class",
 ];
+
+/// Kafka's validating callback handler: what `oauthbearer.sasl.server.callback.handler.class`
+/// may name (it is what this broker does).
+const OAUTH_VALIDATOR: &str =
+    "org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler";
 
 /// Kafka's defaults where they differ from "unset". Kafka enables GSSAPI by default,
 /// which this broker does not serve: SCRAM is the default here.
@@ -100,6 +117,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("connections.max.reauth.ms", "0"),
     ("sasl.server.max.receive.size", "524288"),
     ("connection.failed.authentication.delay.ms", "100"),
+    ("sasl.oauthbearer.sub.claim.name", "sub"),
+    ("sasl.oauthbearer.clock.skew.seconds", "30"),
 ];
 
 /// The SASL settings, general or for one listener (`listener.name.<name>.…`, which wins).
@@ -119,13 +138,26 @@ impl SaslSettings {
                 for name in list_items(value) {
                     if Mechanism::from_name(name).is_none() {
                         return Err(format!(
-                            "`{name}` is not a mechanism this broker serves (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
+                            "`{name}` is not a mechanism this broker serves (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER)"
                         ));
                     }
                 }
             }
             "plain.sasl.jaas.config" => PlainUsers::default().add_jaas(value)?,
-            "scram-sha-256.sasl.jaas.config" | "scram-sha-512.sasl.jaas.config" => {
+            "sasl.oauthbearer.jwks.endpoint.url" => {
+                oauthbearer::jwks_path(value)?;
+            }
+            "sasl.oauthbearer.clock.skew.seconds" => {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| "must be a number of seconds".to_string())?;
+            }
+            "oauthbearer.sasl.server.callback.handler.class" if value != OAUTH_VALIDATOR => {
+                return Err(format!("the handler served is {OAUTH_VALIDATOR}"));
+            }
+            "scram-sha-256.sasl.jaas.config"
+            | "scram-sha-512.sasl.jaas.config"
+            | "oauthbearer.sasl.jaas.config" => {
                 // Kafka's ScramLoginModule takes no server options: checked, then unused.
                 PlainUsers::default().add_jaas(value)?
             }
@@ -166,6 +198,37 @@ impl SaslSettings {
             .unwrap_or(0)
     }
 
+    /// OAUTHBEARER's validator on `listener`: reads the JWKS file.
+    fn token_validator(&self, listener: &str) -> Result<TokenValidator, String> {
+        let url = self
+            .get(listener, "sasl.oauthbearer.jwks.endpoint.url")
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| {
+                format!("listener `{listener}` enables OAUTHBEARER: set sasl.oauthbearer.jwks.endpoint.url to a JWKS file")
+            })?;
+        let path = oauthbearer::jwks_path(url)?;
+        let jwks = std::fs::read_to_string(path).map_err(|e| {
+            format!("cannot read `{path}` (sasl.oauthbearer.jwks.endpoint.url): {e}")
+        })?;
+        TokenValidator::new(TokenSettings {
+            jwks: &jwks,
+            issuer: self
+                .get(listener, "sasl.oauthbearer.expected.issuer")
+                .filter(|i| !i.is_empty()),
+            audience: list_items(
+                self.get(listener, "sasl.oauthbearer.expected.audience")
+                    .unwrap_or(""),
+            )
+            .map(str::to_string)
+            .collect(),
+            sub_claim: self
+                .get(listener, "sasl.oauthbearer.sub.claim.name")
+                .unwrap_or("sub"),
+            clock_skew_seconds: self.number(listener, "sasl.oauthbearer.clock.skew.seconds"),
+        })
+        .map_err(|e| format!("`{path}` (sasl.oauthbearer.jwks.endpoint.url): {e}"))
+    }
+
     /// What SASL listener `listener` serves: reads the PLAIN users file if one is set.
     pub fn listener(&self, listener: &str) -> Result<ListenerSasl, String> {
         let mechanisms: Vec<Mechanism> =
@@ -191,6 +254,11 @@ impl SaslSettings {
                 .add_file(&text)
                 .map_err(|e| format!("`{path}` (sasl.plain.users.file): {e}"))?;
         }
+        let oauth = if mechanisms.contains(&Mechanism::OAuthBearer) {
+            Some(self.token_validator(listener)?)
+        } else {
+            None
+        };
         if mechanisms.contains(&Mechanism::Plain) && plain.is_empty() {
             return Err(format!(
                 "listener `{listener}` enables PLAIN but has no users: set listener.name.{}.plain.sasl.jaas.config or sasl.plain.users.file",
@@ -200,6 +268,7 @@ impl SaslSettings {
         Ok(ListenerSasl {
             mechanisms,
             plain,
+            oauth,
             reauth_ms: self.number(listener, "connections.max.reauth.ms"),
             max_receive_bytes: self.number(listener, "sasl.server.max.receive.size") as usize,
             failed_delay_ms: self.number(listener, "connection.failed.authentication.delay.ms"),
@@ -212,6 +281,8 @@ impl SaslSettings {
 pub struct ListenerSasl {
     pub mechanisms: Vec<Mechanism>,
     plain: PlainUsers,
+    /// OAUTHBEARER's keys and expected claims, when it is enabled.
+    oauth: Option<TokenValidator>,
     /// `connections.max.reauth.ms`: how long a session lasts (0: for ever).
     pub reauth_ms: u64,
     /// `sasl.server.max.receive.size`: the largest frame read before login.
@@ -242,6 +313,8 @@ pub struct Authenticator {
     state: State,
     /// Who logged in, once someone has.
     user: Option<String>,
+    /// How long the last login lasts, in milliseconds (0: for ever).
+    session_ms: u64,
 }
 
 enum State {
@@ -249,6 +322,7 @@ enum State {
     Handshake,
     Plain,
     Scram(ScramServer),
+    OAuthBearer,
 }
 
 /// What a SaslAuthenticate request led to.
@@ -268,11 +342,18 @@ impl Authenticator {
             sasl,
             state: State::Handshake,
             user: None,
+            session_ms: 0,
         }
     }
 
     pub fn settings(&self) -> &ListenerSasl {
         &self.sasl
+    }
+
+    /// How long the last login lasts, in milliseconds (0: until the connection closes):
+    /// `connections.max.reauth.ms`, and for OAUTHBEARER no longer than the token.
+    pub fn session_ms(&self) -> u64 {
+        self.session_ms
     }
 
     /// SaslHandshake: picks the mechanism. The answer, and whether the connection may go
@@ -295,6 +376,7 @@ impl Authenticator {
                 self.state = match mechanism {
                     Mechanism::Plain => State::Plain,
                     Mechanism::Scram(m) => State::Scram(ScramServer::new(m)),
+                    Mechanism::OAuthBearer => State::OAuthBearer,
                 };
                 (ErrorCode::None, true)
             }
@@ -323,6 +405,8 @@ impl Authenticator {
         scram_credential: impl FnOnce(&str, scram::Mechanism) -> Option<Credential>,
     ) -> Authenticated {
         let state = std::mem::replace(&mut self.state, State::Handshake);
+        // OAUTHBEARER: when the token expires (seconds since the epoch).
+        let mut token_expiry = None;
         let stepped = match state {
             State::Handshake => Err((
                 ErrorCode::IllegalSaslState,
@@ -337,6 +421,16 @@ impl Authenticator {
                     response: Vec::new(),
                 })
                 .map_err(|e| (ErrorCode::SaslAuthenticationFailed, e.to_string())),
+            State::OAuthBearer => self
+                .bearer(&request.auth_bytes)
+                .map(|accepted| {
+                    token_expiry = Some(accepted.expires_at);
+                    Step::Done {
+                        user: accepted.principal,
+                        response: Vec::new(),
+                    }
+                })
+                .map_err(|e| (ErrorCode::SaslAuthenticationFailed, e)),
             State::Scram(mut server) => {
                 let mechanism = server.mechanism();
                 let step = server
@@ -376,8 +470,9 @@ impl Authenticator {
                     ));
                 }
                 self.user = Some(user.clone());
+                self.session_ms = session_ms(self.sasl.reauth_ms, token_expiry);
                 let mut ok = response(ErrorCode::None, None, bytes);
-                ok.session_lifetime_ms = i64::try_from(self.sasl.reauth_ms).unwrap_or(i64::MAX);
+                ok.session_lifetime_ms = i64::try_from(self.session_ms).unwrap_or(i64::MAX);
                 Authenticated::Done(ok, user)
             }
             Err((error, message)) => {
@@ -387,9 +482,83 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// OAUTHBEARER: the token's principal and expiry, or why it is refused.
+    fn bearer(&self, message: &[u8]) -> Result<oauthbearer::Accepted, String> {
+        let validator = self
+            .sasl
+            .oauth
+            .as_ref()
+            .ok_or("OAUTHBEARER is not configured")?;
+        let (authzid, token) = oauthbearer::parse_message(message)?;
+        let accepted = validator.validate(token)?;
+        if authzid.is_some_and(|id| id != accepted.principal) {
+            return Err("the authorization ID is not the token's principal".into());
+        }
+        Ok(accepted)
+    }
+}
+
+/// A login's lifetime in milliseconds (0: for ever): `connections.max.reauth.ms` (0 when
+/// unset), and no longer than the token it was made with, as Kafka reckons it.
+fn session_ms(reauth_ms: u64, token_expiry_seconds: Option<u64>) -> u64 {
+    let Some(expiry) = token_expiry_seconds else {
+        return reauth_ms;
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    // At least a millisecond: 0 would mean "for ever".
+    let remaining = expiry.saturating_mul(1000).saturating_sub(now_ms).max(1);
+    if reauth_ms == 0 {
+        remaining
+    } else {
+        remaining.min(reauth_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oauthbearer_settings_and_session_lifetimes() {
+        let mut settings = SaslSettings::default();
+        assert_eq!(
+            settings.set(None, "sasl.enabled.mechanisms", "OAUTHBEARER"),
+            Ok(true)
+        );
+        assert!(
+            settings
+                .set(
+                    None,
+                    "sasl.oauthbearer.jwks.endpoint.url",
+                    "https://idp/jwks"
+                )
+                .is_err(),
+            "keys are never fetched"
+        );
+        assert!(
+            settings
+                .set(
+                    Some("SASL_SSL"),
+                    "oauthbearer.sasl.server.callback.handler.class",
+                    "com.example.Handler"
+                )
+                .is_err()
+        );
+        // Enabled without keys: the listener cannot start.
+        assert!(settings.listener("SASL_SSL").is_err());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        assert_eq!(session_ms(0, None), 0);
+        assert_eq!(session_ms(5000, None), 5000);
+        assert!((9_000..=10_000).contains(&session_ms(0, Some(now + 10))));
+        assert_eq!(session_ms(3000, Some(now + 10)), 3000);
+        assert_eq!(session_ms(3000, Some(now - 10)), 1);
+    }
 
     #[test]
     fn settings_go_by_listener_and_bad_ones_are_refused() {

@@ -66,7 +66,10 @@ def start(spool, data_dir, keystore):
             listeners[words[3] if len(words) == 6 else "PLAINTEXT"] = words[-1]
         elif line.startswith("spool: data in ") or not line:
             break
-    assert {"PLAINTEXT", "SASL_SSL", "SSL"} <= set(listeners), listeners
+    if not {"PLAINTEXT", "SASL_SSL", "SSL"} <= set(listeners):
+        process.kill()
+        process.wait(timeout=30)
+        raise RuntimeError(f"the broker did not report its listeners: {listeners}")
     return process, listeners
 
 

@@ -59,6 +59,9 @@ pub mod permission {
 
 /// The one CLUSTER resource's name.
 pub const CLUSTER_NAME: &str = "kafka-cluster";
+/// The message of an *_AUTHORIZATION_FAILED answer that carries one.
+pub const DENIED: &str = "Authorization failed.";
+
 /// A literal resource name that matches every name.
 pub const WILDCARD: &str = "*";
 
@@ -402,7 +405,8 @@ impl<'a> Authz<'a> {
 mod tests {
     use super::*;
 
-    fn binding(
+    /// A binding for any host; `request_tests` use it too.
+    pub(super) fn binding(
         resource_type: i8,
         name: &str,
         pattern_type: i8,

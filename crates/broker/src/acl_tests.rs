@@ -16,6 +16,7 @@ use crate::config::BrokerConfig;
 use crate::metadata::random_uuid;
 use spool_metadata::service::AdminChange;
 
+/// A binding under an ID of its own, as CreateAcls stores it.
 fn binding(
     resource_type: i8,
     (name, pattern_type): (&str, i8),
@@ -25,14 +26,14 @@ fn binding(
 ) -> AccessControlEntryRecord {
     AccessControlEntryRecord {
         id: random_uuid(),
-        resource_type,
-        resource_name: name.into(),
-        pattern_type,
-        principal: principal.into(),
-        host: "*".into(),
-        operation,
-        permission_type,
-        ..Default::default()
+        ..super::tests::binding(
+            resource_type,
+            name,
+            pattern_type,
+            principal,
+            operation,
+            permission_type,
+        )
     }
 }
 

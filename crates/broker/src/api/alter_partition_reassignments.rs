@@ -10,7 +10,7 @@ use spool_protocol::messages::{
 
 use spool_protocol::ErrorCode;
 
-use crate::acl::{Authz, operation};
+use crate::acl::{Authz, DENIED, operation};
 use crate::state::BrokerState;
 
 /// Needs ALTER on the cluster (else CLUSTER_AUTHORIZATION_FAILED).
@@ -23,7 +23,7 @@ pub async fn handle(
     if !authz.cluster(operation::ALTER) {
         return AlterPartitionReassignmentsResponse {
             error_code: ErrorCode::ClusterAuthorizationFailed.code(),
-            error_message: Some("Authorization failed.".into()),
+            error_message: Some(DENIED.into()),
             ..Default::default()
         };
     }

@@ -27,17 +27,19 @@ pub async fn handle(
         error_message: message,
         ..Default::default()
     };
-    if state.config.authorizer.is_none() {
-        let disabled = || result(ErrorCode::SecurityDisabled, Some(NO_AUTHORIZER.into()));
+    // Without an authorizer, or without ALTER on the cluster, every creation is refused.
+    let refusal = if state.config.authorizer.is_none() {
+        Some((ErrorCode::SecurityDisabled, Some(NO_AUTHORIZER)))
+    } else if !authz.cluster(operation::ALTER) {
+        Some((ErrorCode::ClusterAuthorizationFailed, None))
+    } else {
+        None
+    };
+    if let Some((code, message)) = refusal {
         return CreateAclsResponse {
-            results: request.creations.iter().map(|_| disabled()).collect(),
-            ..Default::default()
-        };
-    }
-    if !authz.cluster(operation::ALTER) {
-        let denied = || result(ErrorCode::ClusterAuthorizationFailed, None);
-        return CreateAclsResponse {
-            results: request.creations.iter().map(|_| denied()).collect(),
+            results: (request.creations.iter())
+                .map(|_| result(code, message.map(str::to_string)))
+                .collect(),
             ..Default::default()
         };
     }

@@ -7,7 +7,7 @@ use spool_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse
 
 use spool_protocol::ErrorCode;
 
-use crate::acl::{Authz, operation};
+use crate::acl::{Authz, DENIED, operation};
 use crate::metadata::controller::check_partition_growth;
 use crate::state::BrokerState;
 
@@ -31,10 +31,7 @@ pub async fn handle(
             .map(|a| a.broker_ids.clone())
             .collect();
         let outcome = if !authz.topic(operation::ALTER, &topic.name) {
-            Err((
-                ErrorCode::TopicAuthorizationFailed,
-                "Authorization failed.".to_string(),
-            ))
+            Err((ErrorCode::TopicAuthorizationFailed, DENIED.to_string()))
         } else if request.validate_only {
             state.with_image(|image| {
                 check_partition_growth(image, &topic.name, topic.count).map(|_| ())

@@ -14,7 +14,7 @@ use spool_protocol::messages::{
 };
 
 use super::metadata::valid_topic_name;
-use crate::acl::{Authz, operation};
+use crate::acl::{Authz, DENIED, operation};
 use crate::metadata::METADATA_TOPIC;
 use crate::metadata::controller::place_replicas;
 use crate::state::{BrokerState, validate_topic_configs};
@@ -144,10 +144,7 @@ pub async fn handle(
                 format!("topic `{}` appears more than once", topic.name),
             ))
         } else if !cluster_create && !authz.topic(operation::CREATE, &topic.name) {
-            Err((
-                ErrorCode::TopicAuthorizationFailed,
-                "Authorization failed.".into(),
-            ))
+            Err((ErrorCode::TopicAuthorizationFailed, DENIED.into()))
         } else {
             plan(state, topic)
         };

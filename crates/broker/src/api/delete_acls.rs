@@ -13,7 +13,7 @@ use spool_protocol::messages::delete_acls_response::{
 use spool_protocol::messages::{DeleteAclsRequest, DeleteAclsResponse};
 
 use super::create_acls::NO_AUTHORIZER;
-use crate::acl::{Authz, Filter, operation};
+use crate::acl::{Authz, DENIED, Filter, operation};
 use crate::state::{BrokerError, BrokerState};
 
 pub async fn handle(
@@ -27,27 +27,18 @@ pub async fn handle(
         error_message: Some(message),
         ..Default::default()
     };
-    if state.config.authorizer.is_none() {
+    // Without an authorizer, or without ALTER on the cluster, every filter is refused.
+    let refusal = if state.config.authorizer.is_none() {
+        Some((ErrorCode::SecurityDisabled, NO_AUTHORIZER))
+    } else if !authz.cluster(operation::ALTER) {
+        Some((ErrorCode::ClusterAuthorizationFailed, DENIED))
+    } else {
+        None
+    };
+    if let Some((code, message)) = refusal {
         return DeleteAclsResponse {
-            filter_results: request
-                .filters
-                .iter()
-                .map(|_| refused(ErrorCode::SecurityDisabled, NO_AUTHORIZER.into()))
-                .collect(),
-            ..Default::default()
-        };
-    }
-    if !authz.cluster(operation::ALTER) {
-        return DeleteAclsResponse {
-            filter_results: request
-                .filters
-                .iter()
-                .map(|_| {
-                    refused(
-                        ErrorCode::ClusterAuthorizationFailed,
-                        "Authorization failed.".into(),
-                    )
-                })
+            filter_results: (request.filters.iter())
+                .map(|_| refused(code, message.into()))
                 .collect(),
             ..Default::default()
         };

@@ -9,7 +9,7 @@ use spool_protocol::messages::describe_acls_response::{AclDescription, DescribeA
 use spool_protocol::messages::{DescribeAclsRequest, DescribeAclsResponse};
 
 use super::create_acls::NO_AUTHORIZER;
-use crate::acl::{Authz, Filter, operation};
+use crate::acl::{Authz, DENIED, Filter, operation};
 use crate::state::BrokerState;
 
 pub fn handle(
@@ -27,10 +27,7 @@ pub fn handle(
         return refused(ErrorCode::SecurityDisabled, NO_AUTHORIZER.into());
     }
     if !authz.cluster(operation::DESCRIBE) {
-        return refused(
-            ErrorCode::ClusterAuthorizationFailed,
-            "Authorization failed.".into(),
-        );
+        return refused(ErrorCode::ClusterAuthorizationFailed, DENIED.into());
     }
     let filter = Filter {
         resource_type: request.resource_type_filter,

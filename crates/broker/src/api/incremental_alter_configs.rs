@@ -12,7 +12,7 @@ use spool_protocol::messages::incremental_alter_configs_request::AlterConfigsRes
 use spool_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use spool_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
-use crate::acl::{Authz, operation};
+use crate::acl::{Authz, DENIED, operation};
 use crate::metadata::{BROKER_RESOURCE_TYPE, TOPIC_RESOURCE_TYPE};
 use crate::state::{BrokerState, validate_broker_configs, validate_topic_configs};
 use crate::topic_configs::{self, ConfigType, TopicConfigDef};
@@ -121,7 +121,7 @@ pub fn config_access(
     if allowed {
         Ok(())
     } else {
-        Err((error, "Authorization failed.".into()))
+        Err((error, DENIED.into()))
     }
 }
 

@@ -14,7 +14,7 @@ use spool_protocol::messages::{
 
 use spool_protocol::ErrorCode;
 
-use crate::acl::{Authz, operation};
+use crate::acl::{Authz, DENIED, operation};
 use crate::state::BrokerState;
 
 /// Needs DESCRIBE on the cluster (else CLUSTER_AUTHORIZATION_FAILED).
@@ -27,7 +27,7 @@ pub fn handle(
     if !authz.cluster(operation::DESCRIBE) {
         return ListPartitionReassignmentsResponse {
             error_code: ErrorCode::ClusterAuthorizationFailed.code(),
-            error_message: Some("Authorization failed.".into()),
+            error_message: Some(DENIED.into()),
             ..Default::default()
         };
     }

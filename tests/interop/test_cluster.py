@@ -17,12 +17,12 @@ from conftest import SPOOL
 CONTROLLER_OFFSET = 100
 
 
-def free_block(count):
-    """A base port P such that P..P+count-1 and P+100..P+100+count-1 are all free now."""
+def free_block(count, offsets=(0, CONTROLLER_OFFSET)):
+    """A base port P such that P+offset..P+offset+count-1 are all free now, for each
+    offset (by default P.. and P+100..)."""
     for _ in range(100):
         base = random.randrange(20000, 40000)
-        ports = [base + i for i in range(count)]
-        ports += [base + CONTROLLER_OFFSET + i for i in range(count)]
+        ports = [base + offset + i for offset in offsets for i in range(count)]
         try:
             sockets = []
             for port in ports:

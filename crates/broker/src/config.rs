@@ -680,25 +680,14 @@ impl BrokerConfig {
                     ),
                 ));
             };
-            let role = if self.is_controller_listener(&listener.name) {
-                Some(" as a controller listener")
-            } else if listener.name == self.inter_broker_listener() {
-                Some(
-                    " as the inter-broker listener (set inter.broker.listener.name to a PLAINTEXT listener)",
-                )
-            } else {
-                None
-            };
-            // Brokers and controllers reach each other in plain TCP in this version: SSL and
-            // SASL serve clients only.
-            let served = protocol == "PLAINTEXT" || role.is_none();
-            if !served {
-                let role = role.unwrap_or("");
+            // The quorum between controllers speaks plain TCP in this version; brokers
+            // reach each other's inter-broker listener with any protocol.
+            if self.is_controller_listener(&listener.name) && protocol != "PLAINTEXT" {
                 return Err(invalid(
                     "listeners",
                     &self.listeners_setting(),
                     format!(
-                        "listener `{}` uses {protocol}, which this version does not serve{role}",
+                        "listener `{}` uses {protocol}, which this version does not serve as a controller listener",
                         listener.name
                     ),
                 ));
@@ -1438,7 +1427,13 @@ mod tests {
             ("listeners", "PLAINTEXT://:1,B://:1"),
         ]);
         refused(&[("listeners", "OTHER://:1")]);
-        refused(&[("listeners", "SSL://:9093")]);
+        refused(&[
+            ("listeners", "PLAINTEXT://:9092,CONTROLLER://:9093"),
+            (
+                "listener.security.protocol.map",
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:SSL",
+            ),
+        ]);
         refused(&[("listeners", "broker.example:9092")]);
         refused(&[("advertised.listeners", "OTHER://h:1")]);
         refused(&[("advertised.listeners", "PLAINTEXT://0.0.0.0:1")]);
@@ -1492,23 +1487,19 @@ mod tests {
             config.set("listener.name.mtls.ssl.bogus", "1"),
             Err(ConfigError::Unknown("listener.name.mtls.ssl.bogus".into()))
         );
-        // Brokers reach each other in plain TCP in this version.
+        // Brokers reach each other over any protocol; controllers only in plain TCP.
         config.set("inter.broker.listener.name", "SSL").unwrap();
-        assert!(matches!(config.check(), Err(ConfigError::Invalid { .. })));
-        config
-            .set("inter.broker.listener.name", "PLAINTEXT")
-            .unwrap();
-        config
-            .set(
-                "listener.security.protocol.map",
-                "PLAINTEXT:PLAINTEXT,SSL:SASL_SSL,MTLS:SSL,CONTROLLER:PLAINTEXT",
-            )
-            .unwrap();
         assert_eq!(config.check(), Ok(()));
         config
             .set(
+                "listeners",
+                "PLAINTEXT://:0,SSL://:0,MTLS://:0,CONTROLLER://:0",
+            )
+            .unwrap();
+        config
+            .set(
                 "listener.security.protocol.map",
-                "PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL,CONTROLLER:PLAINTEXT",
+                "PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL,CONTROLLER:SSL",
             )
             .unwrap();
         assert!(matches!(config.check(), Err(ConfigError::Invalid { .. })));

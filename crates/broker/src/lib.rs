@@ -20,6 +20,7 @@ pub mod quota;
 pub mod read_replica;
 pub mod replica;
 pub mod replica_fetcher;
+pub mod secure_net;
 pub mod server;
 pub mod state;
 pub mod throttle;

@@ -1,6 +1,7 @@
 //! Requests from this broker to the other brokers, over their inter-broker listener
-//! (`inter.broker.listener.name`) and the Kafka protocol, as a Kafka client would send
-//! them: the transaction coordinator's WriteTxnMarkers to partition leaders.
+//! (`inter.broker.listener.name`, secured as [`crate::secure_net`] says) and the Kafka
+//! protocol, as a Kafka client would send them: follower fetches, the transaction
+//! coordinator's WriteTxnMarkers and AddPartitionsToTxn.
 //!
 //! One connection per broker address, opened when first needed and dropped on any error
 //! (the next request opens a new one); requests on a connection go one at a time. A
@@ -8,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use spool_metadata::net::{BoxStream, Network};
@@ -35,6 +36,7 @@ struct Connection {
     next_correlation: i32,
     /// A request was sent and its answer not yet read.
     in_flight: bool,
+    opened: Instant,
 }
 
 /// Connections to other brokers, by address; shared by every sender.
@@ -89,6 +91,15 @@ impl Peers {
             if connection.as_ref().is_some_and(|c| c.in_flight) {
                 *connection = None;
             }
+            // A login about to expire at the other end is replaced before it does
+            // (the other broker closes a connection whose session is over, KIP-368).
+            if let Some(lifetime) = self.net.session_lifetime()
+                && connection
+                    .as_ref()
+                    .is_some_and(|c| c.opened.elapsed() >= lifetime.mul_f64(0.9))
+            {
+                *connection = None;
+            }
             if connection.is_none() {
                 let stream = self.net.connect(&address).await?;
                 *connection = Some(Connection {
@@ -96,6 +107,7 @@ impl Peers {
                     buffer: BytesMut::new(),
                     next_correlation: 0,
                     in_flight: false,
+                    opened: Instant::now(),
                 });
             }
             let Some(open) = connection.as_mut() else {
@@ -130,33 +142,42 @@ impl Peers {
         version: i16,
     ) -> std::io::Result<ResponseBody> {
         open.next_correlation = open.next_correlation.wrapping_add(1);
-        let correlation_id = open.next_correlation;
         let header = RequestHeader {
             request_api_key: api_key as i16,
             request_api_version: version,
-            correlation_id,
+            correlation_id: open.next_correlation,
             client_id: Some(self.client_id.clone()),
             unknown_tagged_fields: Default::default(),
         };
-        let frame = encode_request(&header, body).map_err(std::io::Error::other)?;
-        open.stream.write_all(&frame).await?;
-        let decoder = FrameDecoder::new(MAX_RESPONSE_BYTES);
-        let frame = loop {
-            if let Some(frame) = decoder
-                .decode(&mut open.buffer)
-                .map_err(std::io::Error::other)?
-            {
-                break frame;
-            }
-            if open.stream.read_buf(&mut open.buffer).await? == 0 {
-                return Err(std::io::Error::other("connection closed"));
-            }
-        };
-        let (header, response) =
-            decode_response(api_key, version, frame).map_err(std::io::Error::other)?;
-        if header.correlation_id != correlation_id {
-            return Err(std::io::Error::other("answer to another request"));
-        }
-        Ok(response)
+        round_trip(&mut open.stream, &mut open.buffer, &header, body).await
     }
+}
+
+/// Writes one request on `stream` and reads its answer (`buffer` keeps what was read past
+/// it, which is nothing while requests go one at a time).
+pub(crate) async fn round_trip(
+    stream: &mut BoxStream,
+    buffer: &mut BytesMut,
+    header: &RequestHeader,
+    body: &RequestBody,
+) -> std::io::Result<ResponseBody> {
+    let frame = encode_request(header, body).map_err(std::io::Error::other)?;
+    stream.write_all(&frame).await?;
+    stream.flush().await?;
+    let decoder = FrameDecoder::new(MAX_RESPONSE_BYTES);
+    let frame = loop {
+        if let Some(frame) = decoder.decode(buffer).map_err(std::io::Error::other)? {
+            break frame;
+        }
+        if stream.read_buf(buffer).await? == 0 {
+            return Err(std::io::Error::other("connection closed"));
+        }
+    };
+    let api_key = body.api_key();
+    let (answer, response) = decode_response(api_key, header.request_api_version, frame)
+        .map_err(std::io::Error::other)?;
+    if answer.correlation_id != header.correlation_id {
+        return Err(std::io::Error::other("answer to another request"));
+    }
+    Ok(response)
 }

@@ -57,6 +57,9 @@ pub enum BrokerError {
     Refused(ErrorCode, String),
     #[error("cluster: {0}")]
     Cluster(String),
+    /// The inter-broker listener's security cannot be spoken as configured.
+    #[error("{0}")]
+    Security(String),
 }
 
 impl BrokerError {
@@ -85,7 +88,7 @@ pub struct BrokerState {
     /// What clients are told to connect to, per listener name.
     pub endpoints: Vec<AdvertisedListener>,
     storage: Arc<dyn Storage>,
-    /// How this broker reaches the others.
+    /// How this broker reaches the others' inter-broker listener.
     pub net: Arc<dyn Network>,
     /// This node's voter of the metadata quorum, its controller, its registration.
     pub node: Node,
@@ -398,6 +401,14 @@ impl BrokerState {
         io: Io,
     ) -> Result<Arc<BrokerState>, BrokerError> {
         let Io { storage, net } = io;
+        // Other brokers are reached as their inter-broker listener expects: its TLS stores
+        // and this broker's login are read before anything else.
+        let broker_net = crate::secure_net::to_listener(
+            &config,
+            &config.inter_broker_listener(),
+            Arc::clone(&net),
+        )
+        .map_err(BrokerError::Security)?;
         let opening = (Arc::clone(&storage), config.clone());
         let (guard, logs, flusher) = blocking(move || {
             let (storage, config) = opening;
@@ -427,7 +438,7 @@ impl BrokerState {
         let peers = Peers::new(
             format!("spool-broker-{}", config.node_id),
             PEER_TIMEOUT,
-            Arc::clone(&net),
+            Arc::clone(&broker_net),
         );
         let groups = GroupCoordinator::new(config.group.clone());
         let txns = TxnCoordinator::new(config.txn.clone());
@@ -445,7 +456,7 @@ impl BrokerState {
             config,
             endpoints,
             storage,
-            net,
+            net: broker_net,
             peers,
             fetchers: Mutex::new(BTreeSet::new()),
             followed_changed: watch::channel(0).0,

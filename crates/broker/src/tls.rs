@@ -14,12 +14,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme, SupportedCipherSuite, SupportedProtocolVersion,
+};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use thiserror::Error;
 use tokio_rustls::TlsAcceptor;
 
@@ -76,6 +81,10 @@ pub enum TlsError {
         "listener `{listener}` requires client certificates but has no truststore: set ssl.truststore.location or ssl.truststore.certificates"
     )]
     NoTruststore { listener: String },
+    #[error(
+        "listener `{listener}` carries traffic between brokers over TLS but has no truststore to verify them: set ssl.truststore.location or ssl.truststore.certificates"
+    )]
+    NoPeerTruststore { listener: String },
     #[error("cannot read `{path}` ({setting}): {reason}")]
     Read {
         setting: &'static str,
@@ -168,6 +177,51 @@ impl SslSettings {
             }
         };
         Ok(Arc::new(builder.with_cert_resolver(Arc::new(keystore))))
+    }
+
+    /// The rustls configuration this broker connects to another one's `listener` with, as
+    /// a Kafka broker does: the listener's truststore verifies the other's certificate,
+    /// and its host name unless `ssl.endpoint.identification.algorithm` is empty; the
+    /// listener's keystore is this broker's certificate when the other asks for one.
+    pub fn client_config(&self, listener: &str) -> Result<Arc<ClientConfig>, TlsError> {
+        let rejected = |reason: String| TlsError::Rejected {
+            listener: listener.to_string(),
+            reason,
+        };
+        let versions = self.protocol_versions(listener);
+        let provider = Arc::new(self.provider(listener, &versions)?);
+        let roots = self
+            .truststore(listener)?
+            .ok_or_else(|| TlsError::NoPeerTruststore {
+                listener: listener.to_string(),
+            })?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                .build()
+                .map_err(|e| rejected(format!("truststore: {e}")))?;
+        let keystore = Keystore::open(self.keystore_source(listener)?, Arc::clone(&provider))
+            .map_err(|e| match e {
+                KeystoreError::Read(e) => e,
+                KeystoreError::Rejected(reason) => rejected(format!("keystore: {reason}")),
+            })?;
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&versions)
+            .map_err(|e| rejected(e.to_string()))?;
+        // Kafka's default is `https`; set empty, any name the chain is valid for is taken.
+        let checks_names = self
+            .0
+            .get(listener, "endpoint.identification.algorithm")
+            .is_none_or(|v| v.trim().eq_ignore_ascii_case("https"));
+        let builder = if checks_names {
+            builder.with_webpki_verifier(verifier)
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyHostName(verifier)))
+        };
+        Ok(Arc::new(
+            builder.with_client_cert_resolver(Arc::new(keystore)),
+        ))
     }
 
     /// `ssl.enabled.protocols` on `listener` (TLS 1.2 and 1.3 when unset).
@@ -379,6 +433,64 @@ impl Keystore {
 impl ResolvesServerCert for Keystore {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for Keystore {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Verifies a server's certificate chain but not the host name it is for
+/// (`ssl.endpoint.identification.algorithm` set empty).
+#[derive(Debug)]
+struct AnyHostName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyHostName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            verified => verified,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 

@@ -26,6 +26,13 @@ pub type Pending<'a, T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send + 'a
 pub trait Network: Send + Sync {
     /// Opens a connection to `address` (`host:port`), with small writes sent at once.
     fn connect<'a>(&'a self, address: &'a str) -> Pending<'a, BoxStream>;
+
+    /// How long a connection's login lasts at the other end (Kafka's
+    /// `connections.max.reauth.ms`), when it does not last for ever: a connection is
+    /// opened again before then.
+    fn session_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// A bound listener.

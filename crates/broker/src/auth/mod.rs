@@ -103,6 +103,7 @@ const SETTINGS: &[&str] = &[
     "sasl.oauthbearer.clock.skew.seconds",
     "oauthbearer.sasl.jaas.config",
     "oauthbearer.sasl.server.callback.handler.class",
+    "sasl.mechanism.inter.broker.protocol",
 ];
 
 /// Kafka's validating callback handler: what `oauthbearer.sasl.server.callback.handler.class`
@@ -144,6 +145,14 @@ impl SaslSettings {
                 }
             }
             "plain.sasl.jaas.config" => PlainUsers::default().add_jaas(value)?,
+            "sasl.mechanism.inter.broker.protocol" => match Mechanism::from_name(value) {
+                Some(Mechanism::Plain | Mechanism::Scram(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "brokers log in to each other with PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, not `{value}`"
+                    ));
+                }
+            },
             "sasl.oauthbearer.jwks.endpoint.url" => {
                 oauthbearer::jwks_path(value)?;
             }

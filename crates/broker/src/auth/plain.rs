@@ -98,6 +98,19 @@ impl PlainUsers {
     }
 }
 
+/// The `username` and `password` options of a JAAS entry: the identity this broker logs
+/// in to others with. `None` when the entry has no `username`.
+pub fn jaas_login(jaas: &str) -> Result<Option<(String, String)>, String> {
+    let options = jaas_options(jaas)?;
+    let option = |name: &str| {
+        options
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    };
+    Ok(option("username").map(|user| (user, option("password").unwrap_or_default())))
+}
+
 /// The options of a JAAS login module entry:
 /// `<module class> <flag> key="value" key=value … ;`.
 fn jaas_options(jaas: &str) -> Result<Vec<(String, String)>, String> {

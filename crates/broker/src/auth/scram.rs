@@ -337,6 +337,123 @@ impl ScramServer {
     }
 }
 
+/// A password salted as SCRAM salts it (PBKDF2 with the mechanism's HMAC).
+fn salted_password(mechanism: Mechanism, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
+    let mut out = vec![0; mechanism.output_len()];
+    match mechanism {
+        Mechanism::Sha256 => {
+            pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut out)
+        }
+        Mechanism::Sha512 => {
+            pbkdf2::pbkdf2_hmac::<Sha512>(password.as_bytes(), salt, iterations, &mut out)
+        }
+    }
+    out
+}
+
+/// The client's proof for `auth_message` and the server signature that must come back.
+fn client_proof(mechanism: Mechanism, salted: &[u8], auth_message: &str) -> (Vec<u8>, Vec<u8>) {
+    let client_key = mechanism.hmac(salted, b"Client Key");
+    let stored_key = mechanism.hash(&client_key);
+    let signature = mechanism.hmac(&stored_key, auth_message.as_bytes());
+    let proof = client_key
+        .iter()
+        .zip(&signature)
+        .map(|(k, s)| k ^ s)
+        .collect();
+    let server_key = mechanism.hmac(salted, b"Server Key");
+    (proof, mechanism.hmac(&server_key, auth_message.as_bytes()))
+}
+
+/// Why the server's side of an exchange is not accepted by the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("SCRAM server {0}")]
+pub struct ServerRefused(pub String);
+
+/// The client's side of an exchange: how this broker logs in to another one.
+pub struct ScramClient {
+    mechanism: Mechanism,
+    password: String,
+    client_first_bare: String,
+    nonce: String,
+    /// The server signature the exchange must end with, once the final message is sent.
+    expected: Option<Vec<u8>>,
+}
+
+impl ScramClient {
+    pub fn new(mechanism: Mechanism, user: &str, password: &str) -> ScramClient {
+        let mut nonce = [0u8; SERVER_NONCE_BYTES];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let nonce = STANDARD.encode(nonce);
+        let user = user.replace('=', "=3D").replace(',', "=2C");
+        ScramClient {
+            mechanism,
+            password: password.to_string(),
+            client_first_bare: format!("n={user},r={nonce}"),
+            nonce,
+            expected: None,
+        }
+    }
+
+    /// The client-first message.
+    pub fn first(&self) -> Vec<u8> {
+        format!("n,,{}", self.client_first_bare).into_bytes()
+    }
+
+    /// The client-final message answering the server-first one. The server's nonce must
+    /// extend this client's, and its iteration count be within Kafka's bounds (a server
+    /// cannot make this broker spin).
+    pub fn last(&mut self, server_first: &[u8]) -> Result<Vec<u8>, ServerRefused> {
+        let refused = |why: &str| ServerRefused(why.to_string());
+        let server_first = text(server_first).ok_or(refused("sent a message that is not text"))?;
+        if let Some(error) = server_first.strip_prefix("e=") {
+            return Err(refused(&format!("refused: {error}")));
+        }
+        let field = |key: &str| server_first.split(',').find_map(|f| f.strip_prefix(key));
+        let nonce = field("r=")
+            .filter(|n| n.len() > self.nonce.len() && n.starts_with(&self.nonce))
+            .filter(|n| valid_nonce(n))
+            .ok_or(refused("did not extend the client's nonce"))?;
+        let salt = field("s=")
+            .and_then(|s| STANDARD.decode(s).ok())
+            .filter(|s| !s.is_empty())
+            .ok_or(refused("sent no salt"))?;
+        let iterations = field("i=")
+            .and_then(|i| i.parse::<i32>().ok())
+            .filter(|i| (MIN_ITERATIONS..=MAX_ITERATIONS).contains(i))
+            .ok_or(refused("asked for an iteration count out of bounds"))?;
+        let salted = salted_password(
+            self.mechanism,
+            &self.password,
+            &salt,
+            iterations.unsigned_abs(),
+        );
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
+        let (proof, signature) = client_proof(self.mechanism, &salted, &auth_message);
+        self.expected = Some(signature);
+        Ok(format!("{without_proof},p={}", STANDARD.encode(proof)).into_bytes())
+    }
+
+    /// Checks the server-final message: the server proves it knows the credential.
+    pub fn verify(&self, server_final: &[u8]) -> Result<(), ServerRefused> {
+        let refused = |why: &str| ServerRefused(why.to_string());
+        let server_final = text(server_final).ok_or(refused("sent a message that is not text"))?;
+        if let Some(error) = server_final.strip_prefix("e=") {
+            return Err(refused(&format!("refused: {error}")));
+        }
+        let signature = server_final
+            .strip_prefix("v=")
+            .and_then(|v| STANDARD.decode(v).ok());
+        match (&self.expected, signature) {
+            (Some(expected), Some(signature)) if expected.ct_eq(&signature).unwrap_u8() == 1 => {
+                Ok(())
+            }
+            _ => Err(refused("did not prove it knows the credential")),
+        }
+    }
+}
+
 /// A message as text: UTF-8 within the size bound, with no control characters.
 fn text(message: &[u8]) -> Option<&str> {
     if message.len() > MAX_MESSAGE_BYTES {
@@ -377,25 +494,6 @@ fn valid_nonce(nonce: &str) -> bool {
 pub(crate) mod tests {
     use super::*;
 
-    /// The client's side, for tests: a salted password from PBKDF2.
-    pub(crate) fn salted_password(
-        mechanism: Mechanism,
-        password: &str,
-        salt: &[u8],
-        iterations: u32,
-    ) -> Vec<u8> {
-        let mut out = vec![0; mechanism.output_len()];
-        match mechanism {
-            Mechanism::Sha256 => {
-                pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut out)
-            }
-            Mechanism::Sha512 => {
-                pbkdf2::pbkdf2_hmac::<Sha512>(password.as_bytes(), salt, iterations, &mut out)
-            }
-        }
-        out
-    }
-
     /// A credential for `password`, as an administrator would set it.
     pub(crate) fn credential(mechanism: Mechanism, password: &str) -> Credential {
         let salt = b"0123456789abcdef";
@@ -434,18 +532,10 @@ pub(crate) mod tests {
         let salted = salted_password(mechanism, password, &salt, iterations);
         let without_proof = format!("c=biws,r={prefix}{}", field("r="));
         let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
-        let client_key = mechanism.hmac(&salted, b"Client Key");
-        let stored_key = mechanism.hash(&client_key);
-        let signature = mechanism.hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(&signature)
-            .map(|(k, s)| k ^ s)
-            .collect();
-        let server_key = mechanism.hmac(&salted, b"Server Key");
+        let (proof, signature) = client_proof(mechanism, &salted, &auth_message);
         (
             format!("{without_proof},p={}", STANDARD.encode(proof)),
-            mechanism.hmac(&server_key, auth_message.as_bytes()),
+            signature,
         )
     }
 
@@ -542,6 +632,79 @@ pub(crate) mod tests {
                 format!("v={}", STANDARD.encode(expected_signature))
             );
         }
+    }
+
+    /// Runs `client` against a server, `tamper` changing the server-first message; the
+    /// client's verdict on the server-final message, or why it refused earlier.
+    fn client_exchange(
+        mut client: ScramClient,
+        mechanism: Mechanism,
+        tamper: impl FnOnce(String) -> String,
+    ) -> Result<(), String> {
+        let mut server = ScramServer::new(mechanism);
+        let Ok(Step::Continue(first)) = server.step(&client.first(), lookup(mechanism)) else {
+            return Err("the server refused client-first".into());
+        };
+        let first = tamper(String::from_utf8(first).unwrap_or_default());
+        let last = client.last(first.as_bytes()).map_err(|e| e.to_string())?;
+        match server.step(&last, lookup(mechanism)) {
+            Ok(Step::Done { response, .. }) => client.verify(&response).map_err(|e| e.to_string()),
+            Ok(Step::Continue(_)) => Err("the server wants more".into()),
+            Err(e) => Err(format!("server: {e}")),
+        }
+    }
+
+    #[test]
+    fn the_client_logs_in_and_checks_what_the_server_asks_and_proves() {
+        for mechanism in Mechanism::ALL {
+            let client = ScramClient::new(mechanism, "alice", "alice-secret");
+            assert_eq!(client_exchange(client, mechanism, |f| f), Ok(()));
+            let wrong = ScramClient::new(mechanism, "alice", "wrong");
+            assert_eq!(
+                client_exchange(wrong, mechanism, |f| f),
+                Err(format!(
+                    "server: {}",
+                    ScramError::InvalidCredentials(mechanism.name())
+                ))
+            );
+        }
+        let m = Mechanism::Sha256;
+        let client = || ScramClient::new(m, "alice", "alice-secret");
+        // A server that does not extend the client's nonce, or asks for too many or too few
+        // iterations, is refused before any key is derived.
+        let refused = |what: &str| Err(format!("SCRAM server {what}"));
+        assert_eq!(
+            client_exchange(client(), m, |f| f.replacen("r=", "r=x", 1)),
+            refused("did not extend the client's nonce")
+        );
+        for iterations in ["i=100000", "i=1", "i=-4096", "i=many"] {
+            assert_eq!(
+                client_exchange(client(), m, |f| f.replace("i=4096", iterations)),
+                refused("asked for an iteration count out of bounds"),
+                "{iterations}"
+            );
+        }
+        assert_eq!(
+            client_exchange(client(), m, |_| "e=unknown-user".into()),
+            refused("refused: unknown-user")
+        );
+        // A server-final message that does not prove the credential.
+        let mut proven = client();
+        let mut server = ScramServer::new(m);
+        let Ok(Step::Continue(first)) = server.step(&proven.first(), lookup(m)) else {
+            panic!("no server-first message");
+        };
+        proven.last(&first).unwrap_or_default();
+        for forged in [&b"v=AAAA"[..], b"", b"v=", b"e=invalid-proof"] {
+            assert!(proven.verify(forged).is_err(), "{forged:?}");
+        }
+        // Names with `,` and `=` are escaped as RFC 5802 says.
+        let escaped = ScramClient::new(m, "a,b=c", "x");
+        assert!(
+            String::from_utf8(escaped.first())
+                .unwrap_or_default()
+                .starts_with("n,,n=a=2Cb=3Dc,r=")
+        );
     }
 
     #[test]

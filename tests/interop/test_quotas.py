@@ -1,6 +1,8 @@
 """Client quotas with real clients: set and described with kafka-python's
 AlterClientQuotas and DescribeClientQuotas requests, enforced on confluent-kafka
 producers and consumers through throttle_time_ms and a muted connection."""
+import socket
+import struct
 import time
 
 import pytest
@@ -24,8 +26,7 @@ def alter(admin, entity, ops, validate_only=False):
     return entry.error_code, entry.error_message
 
 
-def describe(admin, components, strict=False):
-    """{((type, name), …): {key: value}} for the entities the filter selects."""
+def describe_response(admin, components, strict=False):
     Component = DescribeClientQuotasRequest.ComponentData
     request = DescribeClientQuotasRequest(
         components=[Component(entity_type=t, match_type=m, match=n) for t, m, n in components],
@@ -33,6 +34,12 @@ def describe(admin, components, strict=False):
     manager = admin._manager
     response = manager.run(manager.send, request)
     assert response.error_code == 0, response
+    return response
+
+
+def describe(admin, components, strict=False):
+    """{((type, name), …): {key: value}} for the entities the filter selects."""
+    response = describe_response(admin, components, strict)
     return {tuple((e.entity_type, e.entity_name) for e in entry.entity):
             {v.key: v.value for v in entry.values} for entry in response.entries}
 
@@ -67,6 +74,7 @@ def test_quotas_are_set_described_and_checked(broker, admin):
     invalid = 42
     assert alter(admin, [("user", "bob")], [("producer_byte_rate", 1.5)]) == (
         invalid, "producer_byte_rate cannot be a fractional value.")
+    assert alter(admin, [("user", "bob")], [("request_percentage", 12.5)], True) == (0, None)
     assert alter(admin, [("user", "bob")], [("producer_byte_rate", -1)])[0] == invalid
     assert alter(admin, [("user", "bob")], [("buffer_size", 10)]) == (
         invalid, "Invalid configuration key buffer_size")
@@ -78,6 +86,44 @@ def test_quotas_are_set_described_and_checked(broker, admin):
     assert alter(admin, [("client-id", None)], [("producer_byte_rate", None)]) == (0, None)
     assert set(describe(admin, [])) == {(("user", "alice"),),
                                         (("client-id", "etl"), ("user", "alice"))}
+
+
+def api_versions_throttles(address, client_id, count):
+    """Sends `count` ApiVersions v1 requests on one connection, each once the previous
+    one is answered: for each, (throttle_time_ms, seconds until the answer came)."""
+    host, port = address.rsplit(":", 1)
+    name = client_id.encode()
+    request = struct.pack(">hhih", 18, 1, 0, len(name)) + name
+    frame = struct.pack(">i", len(request)) + request
+    answers = []
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        for _ in range(count):
+            start = time.monotonic()
+            sock.sendall(frame)
+            (size,) = struct.unpack(">i", reader.read(4))
+            body = reader.read(size)
+            # correlation id, error code, api_keys[] (3 int16 each), throttle_time_ms
+            (keys,) = struct.unpack(">i", body[6:10])
+            (throttle,) = struct.unpack(">i", body[10 + 6 * keys:14 + 6 * keys])
+            answers.append((throttle, time.monotonic() - start))
+    return answers
+
+
+def test_a_client_over_its_request_percentage_waits_at_most_a_window(broker, admin):
+    """request_percentage counts the time the broker spends serving a client's requests
+    (100 = one thread); over it, responses carry throttle_time_ms, capped at one quota
+    window (1 s), and the connection is not read meanwhile."""
+    assert alter(admin, [("client-id", "busy")], [("request_percentage", 0.0001)]) == (0, None)
+    answers = api_versions_throttles(broker.address, "busy", 3)
+    throttles = [t for t, _ in answers]
+    assert throttles == [1000, 1000, 1000], answers
+    # A request after a throttled answer waits until the mute ends.
+    waits = [took for _, took in answers]
+    assert waits[0] < 0.5 and min(waits[1:]) >= 0.9, answers
+    # Other clients are not held back.
+    assert [t for t, _ in api_versions_throttles(broker.address, "idle", 2)] == [0, 0]
+    assert describe_response(admin, []).throttle_time_ms == 0
 
 
 QUOTA = 512 * 1024

@@ -1,7 +1,9 @@
 //! Client quotas, Kafka's way: byte rates for producers (`producer_byte_rate`, the size
 //! of their produce requests) and consumers (`consumer_byte_rate`, the size of their fetch
-//! responses), per user, per client ID, or per both, with defaults at each level. The
-//! quotas live in the metadata log (AlterClientQuotas); this module measures and decides.
+//! responses), and the share of a request thread's time their requests take
+//! (`request_percentage`, 100 = one thread), per user, per client ID, or per both, with
+//! defaults at each level. The quotas live in the metadata log (AlterClientQuotas); this
+//! module measures and decides.
 //!
 //! Which quota applies is Kafka's precedence: user and client ID, user and default client,
 //! user, default user and client ID, default user and default client, default user,
@@ -137,8 +139,13 @@ impl SampledRate {
 /// What a quota limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
+    /// Bytes of produce requests.
     Produce,
+    /// Bytes of fetch responses.
     Fetch,
+    /// Time spent serving requests, in percent-seconds of one thread (see
+    /// [`request_percent`]).
+    Request,
 }
 
 impl Kind {
@@ -146,8 +153,15 @@ impl Kind {
         match self {
             Kind::Produce => PRODUCER_BYTE_RATE,
             Kind::Fetch => CONSUMER_BYTE_RATE,
+            Kind::Request => REQUEST_PERCENTAGE,
         }
     }
+}
+
+/// What serving a request for `busy` counts against `request_percentage`: percent of one
+/// thread for one second, so that a client keeping a thread busy has a rate of 100.
+pub fn request_percent(busy: std::time::Duration) -> f64 {
+    busy.as_secs_f64() * 100.0
 }
 
 /// The quota that applies to a user's client and who shares it: (user, client ID) with an
@@ -222,14 +236,15 @@ impl Quotas {
         }
     }
 
-    /// Records `value` (bytes) for a request of `user`'s client `client_id` and returns how
-    /// long the client must wait: 0 when it is within its quota or has none.
+    /// Records `value` (bytes, or percent-seconds) for a request of `user`'s client
+    /// `client_id` and returns how long the client must wait: 0 when it is within its
+    /// quota or has none. A request-time throttle is at most one window, as Kafka caps it.
     pub fn record(
         &self,
         image: &MetadataImage,
         kind: Kind,
         (user, client_id): (&str, &str),
-        value: usize,
+        value: f64,
         now_ms: i64,
     ) -> u64 {
         let quotas = image.client_quotas();
@@ -242,6 +257,19 @@ impl Quotas {
         if user.is_empty() && client.is_empty() {
             return 0;
         }
+        self.charge(kind, bound, (user, client), value, now_ms)
+    }
+
+    /// Records `value` against the rate of the clients sharing a `kind` quota of `bound`;
+    /// the throttle time.
+    fn charge(
+        &self,
+        kind: Kind,
+        bound: f64,
+        (user, client): (String, String),
+        value: f64,
+        now_ms: i64,
+    ) -> u64 {
         self.sweep(now_ms);
         let mut rates = lock(&self.rates);
         let tracked = rates
@@ -251,13 +279,17 @@ impl Quotas {
                 last_ms: now_ms,
             });
         tracked.last_ms = now_ms;
-        tracked.rate.record(self.windows, value as f64, now_ms);
+        tracked.rate.record(self.windows, value, now_ms);
         let observed = tracked.rate.rate(self.windows, now_ms);
         if observed <= bound || bound <= 0.0 {
             return 0;
         }
         let window = tracked.rate.window_ms(self.windows, now_ms) as f64;
-        ((observed - bound) / bound * window).round() as u64
+        let throttle = ((observed - bound) / bound * window).round() as u64;
+        match kind {
+            Kind::Request => throttle.min(u64::try_from(self.windows.window_ms).unwrap_or(0)),
+            Kind::Produce | Kind::Fetch => throttle,
+        }
     }
 
     fn sweep(&self, now_ms: i64) {
@@ -291,6 +323,24 @@ mod tests {
         young.record(windows, 5000.0, 0);
         assert_eq!(young.window_ms(windows, 500), 10_500);
         assert!((young.rate(windows, 500) - 5000.0 / 10.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn throttles_bring_the_rate_back_to_the_quota_and_request_time_waits_one_window_at_most() {
+        let quotas = Quotas::new(QuotaWindows::default());
+        let who = || ("alice".to_string(), String::new());
+        // 20 kB at once against 1 kB/s, measured over 10 s: 2 kB/s, one window over.
+        assert_eq!(
+            quotas.charge(Kind::Produce, 1000.0, who(), 20_000.0, 0),
+            10_000
+        );
+        // A thread busy for 2 s against 10% of one: far over, yet one window's wait.
+        let spent = request_percent(std::time::Duration::from_secs(2));
+        assert_eq!(spent, 200.0);
+        assert_eq!(quotas.charge(Kind::Request, 10.0, who(), spent, 0), 1000);
+        // Within the quota: no wait.
+        let other = ("bob".to_string(), String::new());
+        assert_eq!(quotas.charge(Kind::Request, 10.0, other, 1.0, 0), 0);
     }
 
     fn quota(

@@ -29,7 +29,7 @@ use crate::api::{self, Outcome, RequestContext};
 use crate::auth::principal::{MappingRules, subject_name};
 use crate::auth::{Authenticated, Authenticator, ListenerSasl, Principal, scram};
 use crate::config::BrokerConfig;
-use crate::quota::Kind;
+use crate::quota::{self, Kind};
 use crate::state::{BrokerState, lock};
 
 /// How a listener secures its connections.
@@ -469,16 +469,21 @@ async fn connection(
                 // Appends happen here, one request at a time, so pipelined produce requests
                 // reach the log in the order they were sent; waiting for durability and
                 // answering run alongside later requests.
-                let appended = api::produce::append(
+                let (appended, busy) = api::timed(api::produce::append(
                     &state,
                     &context.authz(&state),
                     request,
                     header.request_api_version,
-                )
+                ))
                 .await;
-                // The request's size counts against the producer's byte rate.
+                // The request's size counts against the producer's byte rate, the time its
+                // appends took against its request_percentage.
                 let client_id = header.client_id.as_deref();
-                let throttle = context.throttle(&state, Kind::Produce, client_id, frame_bytes);
+                let size = frame_bytes as f64;
+                let spent = quota::request_percent(busy);
+                let throttle = context
+                    .throttle(&state, Kind::Produce, client_id, size)
+                    .max(context.throttle(&state, Kind::Request, client_id, spent));
                 let state = Arc::clone(&state);
                 let context = context.clone();
                 tokio::spawn(async move {

@@ -15,13 +15,17 @@ use spool_protocol::messages::alter_client_quotas_response::{EntityData, EntryDa
 use spool_protocol::messages::{AlterClientQuotasRequest, AlterClientQuotasResponse};
 
 use crate::acl::{Authz, operation};
-use crate::quota::{CLIENT_ID, CONSUMER_BYTE_RATE, IP, PRODUCER_BYTE_RATE, USER};
+use crate::quota::{
+    CLIENT_ID, CONSUMER_BYTE_RATE, IP, PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE, USER,
+};
 use crate::state::BrokerState;
 
-/// The quota keys this broker enforces, for users and client IDs: all byte rates, whole
-/// numbers. (Kafka's `request_percentage`, `controller_mutation_rate` and the `ip`
-/// entity's `connection_creation_rate` are refused until they are enforced.)
-const KEYS: [&str; 2] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE];
+/// The quota keys this broker enforces, for users and client IDs. (Kafka's
+/// `controller_mutation_rate` and the `ip` entity's `connection_creation_rate` are refused
+/// until they are enforced.)
+const KEYS: [&str; 3] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE, REQUEST_PERCENTAGE];
+/// The keys Kafka types as whole numbers (the others are doubles).
+const WHOLE: [&str; 2] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE];
 
 /// The entity's (type, name) pairs in type order, each type once (a later one wins, as
 /// Kafka reads the request into a map).
@@ -63,7 +67,8 @@ fn check(entity: &QuotaEntity, ops: &[OpData]) -> std::result::Result<(), String
         if op.value.is_nan() || op.value <= 0.0 {
             return Err(format!("Quota {} must be greater than 0", op.key));
         }
-        if (op.value - op.value.round()).abs() > 1e-6 || op.value > i64::MAX as f64 {
+        let whole = WHOLE.contains(&op.key.as_str());
+        if whole && ((op.value - op.value.round()).abs() > 1e-6 || op.value > i64::MAX as f64) {
             return Err(format!("{} cannot be a fractional value.", op.key));
         }
     }

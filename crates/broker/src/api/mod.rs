@@ -147,19 +147,19 @@ impl RequestContext {
         }
     }
 
-    /// Records `bytes` against the client's `kind` quota; when it is over, mutes the
+    /// Records `amount` against the client's `kind` quota; when it is over, mutes the
     /// connection for the throttle time and returns it (milliseconds, for the response).
     pub fn throttle(
         &self,
         state: &BrokerState,
         kind: quota::Kind,
         client_id: Option<&str>,
-        bytes: usize,
+        amount: f64,
     ) -> i32 {
         let who = (self.principal.name.as_str(), client_id.unwrap_or_default());
         let throttle_ms = state.with_image(|image| {
             let now = crate::state::now_ms();
-            state.client_quotas.record(image, kind, who, bytes, now)
+            state.client_quotas.record(image, kind, who, amount, now)
         });
         if throttle_ms == 0 {
             return 0;
@@ -215,19 +215,24 @@ pub async fn finish_produce(
 }
 
 /// A consumer's fetch response, counted against its `consumer_byte_rate`: when it goes
-/// over, the response says how long to wait and the connection is muted that long.
+/// over (or the request went over `request_percentage`, `request_throttle`), the response
+/// says how long to wait and the connection is muted that long.
 fn fetch_answer(
     state: &BrokerState,
     context: &RequestContext,
     header: &RequestHeader,
     response: ResponseBody,
+    request_throttle: i32,
 ) -> Outcome {
     let outcome = encode(header, &response);
     let Outcome::Respond(bytes) = &outcome else {
         return outcome;
     };
     let client_id = header.client_id.as_deref();
-    let throttle = context.throttle(state, quota::Kind::Fetch, client_id, bytes.len());
+    let size = bytes.len() as f64;
+    let throttle = context
+        .throttle(state, quota::Kind::Fetch, client_id, size)
+        .max(request_throttle);
     match response {
         ResponseBody::Fetch(mut fetched) if throttle > 0 => {
             fetched.throttle_time_ms = throttle;
@@ -248,12 +253,64 @@ pub(crate) fn encode(header: &RequestHeader, response: &ResponseBody) -> Outcome
     }
 }
 
+/// Runs `work` and measures the time it spends being polled: the time a request thread
+/// would be busy with it, without what it waits for (a long poll, another broker).
+pub async fn timed<F: Future>(work: F) -> (F::Output, Duration) {
+    let mut busy = Duration::ZERO;
+    let mut work = std::pin::pin!(work);
+    let output = std::future::poll_fn(|cx| {
+        let started = std::time::Instant::now();
+        let polled = work.as_mut().poll(cx);
+        busy += started.elapsed();
+        polled
+    })
+    .await;
+    (output, busy)
+}
+
+/// Serves one request, counting the time it takes against the client's
+/// `request_percentage` and a consumer's fetch response against its `consumer_byte_rate`;
+/// the larger throttle goes in the response. Follower fetches and transaction markers are
+/// brokers' work and not counted, as Kafka exempts cluster actions.
 pub async fn handle(
     state: &Arc<BrokerState>,
     context: &RequestContext,
     header: RequestHeader,
     body: RequestBody,
 ) -> Outcome {
+    let exempt = match &body {
+        RequestBody::Fetch(request) => fetch::from_follower(request, header.request_api_version),
+        RequestBody::WriteTxnMarkers(_) => true,
+        _ => false,
+    };
+    let (answer, busy) = timed(respond(state, context, &header, body)).await;
+    let mut response = match answer {
+        Ok(response) => response,
+        Err(outcome) => return outcome,
+    };
+    if exempt {
+        return encode(&header, &response);
+    }
+    let client_id = header.client_id.as_deref();
+    let spent = quota::request_percent(busy);
+    let throttle = context.throttle(state, quota::Kind::Request, client_id, spent);
+    if matches!(response, ResponseBody::Fetch(_)) {
+        return fetch_answer(state, context, &header, response, throttle);
+    }
+    if throttle > response.throttle_time_ms().unwrap_or(0) {
+        response.set_throttle_time_ms(throttle);
+    }
+    encode(&header, &response)
+}
+
+/// The response to a request; `Err` for one already encoded (produce) or a connection
+/// to close.
+async fn respond(
+    state: &Arc<BrokerState>,
+    context: &RequestContext,
+    header: &RequestHeader,
+    body: RequestBody,
+) -> Result<ResponseBody, Outcome> {
     let version = header.request_api_version;
     let authz = context.authz(state);
     let response = match body {
@@ -267,17 +324,11 @@ pub async fn handle(
             // Direct callers get both steps at once; the connection runs step one itself,
             // in request order, and only then hands over (see `produce`).
             let appended = produce::append(state, &authz, request, version).await;
-            return finish_produce(state, context, header, appended, 0).await;
+            return Err(finish_produce(state, context, header.clone(), appended, 0).await);
         }
-        RequestBody::Fetch(request) => {
-            let follower = fetch::from_follower(&request, version);
-            let response =
-                fetch::handle(state, (&context.listener, &authz), request, version).await;
-            if !follower {
-                return fetch_answer(state, context, &header, ResponseBody::Fetch(response));
-            }
-            ResponseBody::Fetch(response)
-        }
+        RequestBody::Fetch(request) => ResponseBody::Fetch(
+            fetch::handle(state, (&context.listener, &authz), request, version).await,
+        ),
         RequestBody::ListOffsets(request) => {
             ResponseBody::ListOffsets(list_offsets::handle(state, &authz, request, version))
         }
@@ -334,13 +385,13 @@ pub async fn handle(
             find_coordinator::handle(state, (&context.listener, &authz), request, version).await,
         ),
         RequestBody::JoinGroup(request) => {
-            let client = context.client(&header);
+            let client = context.client(header);
             ResponseBody::JoinGroup(
                 join_group::handle(state, (client, &authz), request, version).await,
             )
         }
         RequestBody::ConsumerGroupHeartbeat(request) => {
-            let client = context.client(&header);
+            let client = context.client(header);
             ResponseBody::ConsumerGroupHeartbeat(
                 consumer_group_heartbeat::handle(state, (client, &authz), request, version).await,
             )
@@ -444,8 +495,8 @@ pub async fn handle(
                 api = other.api_key().name(),
                 "request for an API this broker does not serve"
             );
-            return Outcome::Close;
+            return Err(Outcome::Close);
         }
     };
-    encode(&header, &response)
+    Ok(response)
 }

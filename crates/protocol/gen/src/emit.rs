@@ -703,7 +703,36 @@ pub fn emit_api_index(specs: &[SpecFile]) -> String {
                 spec.name
             );
         }
-        out.push_str("        }\n    }\n}\n");
+        out.push_str("        }\n    }\n");
+        if kind == "Response" {
+            let throttled: Vec<&str> = apis
+                .iter()
+                .filter(|(spec, _)| {
+                    spec.messages.iter().any(|m| {
+                        m.kind == MessageKind::Response
+                            && m.fields.iter().any(|f| f.name == "throttle_time_ms")
+                    })
+                })
+                .map(|(spec, _)| spec.name.as_str())
+                .collect();
+            out.push_str("\n    /// `throttle_time_ms` where the API's response has one at the top level.\n    pub fn throttle_time_ms(&self) -> Option<i32> {\n        match self {\n");
+            for name in &throttled {
+                let _ = writeln!(
+                    out,
+                    "            ResponseBody::{name}(body) => Some(body.throttle_time_ms),"
+                );
+            }
+            out.push_str("            _ => None,\n        }\n    }\n");
+            out.push_str("\n    /// Sets `throttle_time_ms` where the API's response has one at the top level\n    /// (it is written only in the versions that carry it); false for the others.\n    pub fn set_throttle_time_ms(&mut self, throttle_time_ms: i32) -> bool {\n        match self {\n");
+            for name in &throttled {
+                let _ = writeln!(
+                    out,
+                    "            ResponseBody::{name}(body) => {{\n                body.throttle_time_ms = throttle_time_ms;\n                true\n            }}"
+                );
+            }
+            out.push_str("            _ => false,\n        }\n    }\n");
+        }
+        out.push_str("}\n");
     }
     out
 }

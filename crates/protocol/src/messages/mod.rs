@@ -1308,4 +1308,274 @@ impl ResponseBody {
             ApiKey::DescribeTopicPartitions => ResponseBody::DescribeTopicPartitions(DescribeTopicPartitionsResponse::sample(rng, version)),
         }
     }
+
+    /// `throttle_time_ms` where the API's response has one at the top level.
+    pub fn throttle_time_ms(&self) -> Option<i32> {
+        match self {
+            ResponseBody::Produce(body) => Some(body.throttle_time_ms),
+            ResponseBody::Fetch(body) => Some(body.throttle_time_ms),
+            ResponseBody::ListOffsets(body) => Some(body.throttle_time_ms),
+            ResponseBody::Metadata(body) => Some(body.throttle_time_ms),
+            ResponseBody::OffsetCommit(body) => Some(body.throttle_time_ms),
+            ResponseBody::OffsetFetch(body) => Some(body.throttle_time_ms),
+            ResponseBody::FindCoordinator(body) => Some(body.throttle_time_ms),
+            ResponseBody::JoinGroup(body) => Some(body.throttle_time_ms),
+            ResponseBody::Heartbeat(body) => Some(body.throttle_time_ms),
+            ResponseBody::LeaveGroup(body) => Some(body.throttle_time_ms),
+            ResponseBody::SyncGroup(body) => Some(body.throttle_time_ms),
+            ResponseBody::DescribeGroups(body) => Some(body.throttle_time_ms),
+            ResponseBody::ListGroups(body) => Some(body.throttle_time_ms),
+            ResponseBody::ApiVersions(body) => Some(body.throttle_time_ms),
+            ResponseBody::CreateTopics(body) => Some(body.throttle_time_ms),
+            ResponseBody::DeleteTopics(body) => Some(body.throttle_time_ms),
+            ResponseBody::DeleteRecords(body) => Some(body.throttle_time_ms),
+            ResponseBody::InitProducerId(body) => Some(body.throttle_time_ms),
+            ResponseBody::OffsetForLeaderEpoch(body) => Some(body.throttle_time_ms),
+            ResponseBody::AddPartitionsToTxn(body) => Some(body.throttle_time_ms),
+            ResponseBody::AddOffsetsToTxn(body) => Some(body.throttle_time_ms),
+            ResponseBody::EndTxn(body) => Some(body.throttle_time_ms),
+            ResponseBody::TxnOffsetCommit(body) => Some(body.throttle_time_ms),
+            ResponseBody::DescribeAcls(body) => Some(body.throttle_time_ms),
+            ResponseBody::CreateAcls(body) => Some(body.throttle_time_ms),
+            ResponseBody::DeleteAcls(body) => Some(body.throttle_time_ms),
+            ResponseBody::DescribeConfigs(body) => Some(body.throttle_time_ms),
+            ResponseBody::AlterConfigs(body) => Some(body.throttle_time_ms),
+            ResponseBody::DescribeLogDirs(body) => Some(body.throttle_time_ms),
+            ResponseBody::CreatePartitions(body) => Some(body.throttle_time_ms),
+            ResponseBody::DeleteGroups(body) => Some(body.throttle_time_ms),
+            ResponseBody::ElectLeaders(body) => Some(body.throttle_time_ms),
+            ResponseBody::IncrementalAlterConfigs(body) => Some(body.throttle_time_ms),
+            ResponseBody::AlterPartitionReassignments(body) => Some(body.throttle_time_ms),
+            ResponseBody::ListPartitionReassignments(body) => Some(body.throttle_time_ms),
+            ResponseBody::OffsetDelete(body) => Some(body.throttle_time_ms),
+            ResponseBody::DescribeClientQuotas(body) => Some(body.throttle_time_ms),
+            ResponseBody::AlterClientQuotas(body) => Some(body.throttle_time_ms),
+            ResponseBody::DescribeUserScramCredentials(body) => Some(body.throttle_time_ms),
+            ResponseBody::AlterUserScramCredentials(body) => Some(body.throttle_time_ms),
+            ResponseBody::AlterPartition(body) => Some(body.throttle_time_ms),
+            ResponseBody::DescribeCluster(body) => Some(body.throttle_time_ms),
+            ResponseBody::DescribeProducers(body) => Some(body.throttle_time_ms),
+            ResponseBody::BrokerRegistration(body) => Some(body.throttle_time_ms),
+            ResponseBody::BrokerHeartbeat(body) => Some(body.throttle_time_ms),
+            ResponseBody::UnregisterBroker(body) => Some(body.throttle_time_ms),
+            ResponseBody::DescribeTransactions(body) => Some(body.throttle_time_ms),
+            ResponseBody::ListTransactions(body) => Some(body.throttle_time_ms),
+            ResponseBody::ConsumerGroupHeartbeat(body) => Some(body.throttle_time_ms),
+            ResponseBody::ConsumerGroupDescribe(body) => Some(body.throttle_time_ms),
+            ResponseBody::DescribeTopicPartitions(body) => Some(body.throttle_time_ms),
+            _ => None,
+        }
+    }
+
+    /// Sets `throttle_time_ms` where the API's response has one at the top level
+    /// (it is written only in the versions that carry it); false for the others.
+    pub fn set_throttle_time_ms(&mut self, throttle_time_ms: i32) -> bool {
+        match self {
+            ResponseBody::Produce(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::Fetch(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::ListOffsets(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::Metadata(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::OffsetCommit(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::OffsetFetch(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::FindCoordinator(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::JoinGroup(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::Heartbeat(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::LeaveGroup(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::SyncGroup(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::DescribeGroups(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::ListGroups(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::ApiVersions(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::CreateTopics(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::DeleteTopics(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::DeleteRecords(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::InitProducerId(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::OffsetForLeaderEpoch(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::AddPartitionsToTxn(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::AddOffsetsToTxn(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::EndTxn(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::TxnOffsetCommit(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::DescribeAcls(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::CreateAcls(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::DeleteAcls(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::DescribeConfigs(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::AlterConfigs(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::DescribeLogDirs(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::CreatePartitions(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::DeleteGroups(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::ElectLeaders(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::IncrementalAlterConfigs(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::AlterPartitionReassignments(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::ListPartitionReassignments(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::OffsetDelete(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::DescribeClientQuotas(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::AlterClientQuotas(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::DescribeUserScramCredentials(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::AlterUserScramCredentials(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::AlterPartition(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::DescribeCluster(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::DescribeProducers(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::BrokerRegistration(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::BrokerHeartbeat(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::UnregisterBroker(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::DescribeTransactions(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::ListTransactions(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::ConsumerGroupHeartbeat(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::ConsumerGroupDescribe(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            ResponseBody::DescribeTopicPartitions(body) => {
+                body.throttle_time_ms = throttle_time_ms;
+                true
+            }
+            _ => false,
+        }
+    }
 }

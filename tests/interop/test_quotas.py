@@ -11,6 +11,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kafka.admin import KafkaAdminClient
 from kafka.protocol.admin.client_quotas import (AlterClientQuotasRequest,
                                                 DescribeClientQuotasRequest)
+from kafka.protocol.admin.topics import CreateTopicsRequest
 
 Entry = AlterClientQuotasRequest.EntryData
 
@@ -124,6 +125,30 @@ def test_a_client_over_its_request_percentage_waits_at_most_a_window(broker, adm
     # Other clients are not held back.
     assert [t for t, _ in api_versions_throttles(broker.address, "idle", 2)] == [0, 0]
     assert describe_response(admin, []).throttle_time_ms == 0
+
+
+def test_topic_mutations_over_the_controller_mutation_rate_are_refused(broker, admin):
+    """controller_mutation_rate, partitions per second, is a bucket of 11 windows' worth:
+    with 1/s, a CreateTopics v7 request (kafka-python's) creating 10, 5 and 1 partitions
+    gets the first two (the second into debt) and THROTTLING_QUOTA_EXCEEDED for the third,
+    with the time the debt takes to pay in throttle_time_ms."""
+    assert alter(admin, [("client-id", "creator")], [("controller_mutation_rate", 1)]) == (0, None)
+    creator = KafkaAdminClient(bootstrap_servers=broker.address, client_id="creator")
+    topic = CreateTopicsRequest.CreatableTopic
+    request = CreateTopicsRequest(
+        topics=[topic(name=n, num_partitions=p, replication_factor=1, assignments=[],
+                      configs=[]) for n, p in [("m1", 10), ("m2", 5), ("m3", 1)]],
+        timeout_ms=30000, validate_only=False)
+    try:
+        manager = creator._manager
+        response = manager.run(manager.send, request)
+    finally:
+        creator.close()
+    codes = {t.name: t.error_code for t in response.topics}
+    assert codes == {"m1": 0, "m2": 0, "m3": 89}, response
+    assert 3000 <= response.throttle_time_ms <= 4000, response
+    listed = AdminClient({"bootstrap.servers": broker.address}).list_topics(timeout=10).topics
+    assert "m2" in listed and "m3" not in listed
 
 
 QUOTA = 512 * 1024

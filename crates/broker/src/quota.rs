@@ -10,6 +10,12 @@
 //! client ID, default client. The level that matches also decides who shares the quota:
 //! a user's quota is shared by all its clients, a client ID's by every user of it.
 //!
+//! `controller_mutation_rate` (partitions created, added or deleted per second) is a
+//! token bucket, as Kafka's: `quota × quota.window.num × quota.window.size.seconds`
+//! partitions of burst, refilled at the quota. A CreateTopics (v6+), DeleteTopics (v5+)
+//! or CreatePartitions (v3+) request finding the bucket empty has that topic refused with
+//! THROTTLING_QUOTA_EXCEEDED; older versions are always served and only throttled.
+//!
 //! Rates are measured as Kafka's `Rate` does, over `quota.window.num` samples of
 //! `quota.window.size.seconds`. A client over its quota is told `throttle_time_ms`, the
 //! time until its rate is back at the quota, and its connection is not read for that long
@@ -217,11 +223,25 @@ struct Tracked {
     last_ms: i64,
 }
 
+/// Partitions a group of clients may still mutate; below zero it is in debt.
+struct Bucket {
+    tokens: f64,
+    last_ms: i64,
+}
+
+/// The `controller_mutation_rate` that applies to a client, and who shares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MutationQuota {
+    bound: f64,
+    who: (String, String),
+}
+
 /// Every client group's rates. Groups idle for an hour are forgotten, as Kafka expires
 /// its quota sensors.
 pub struct Quotas {
     windows: QuotaWindows,
     rates: Mutex<HashMap<(Kind, String, String), Tracked>>,
+    buckets: Mutex<HashMap<(String, String), Bucket>>,
     last_sweep_ms: Mutex<i64>,
 }
 
@@ -232,6 +252,7 @@ impl Quotas {
         Quotas {
             windows,
             rates: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
             last_sweep_ms: Mutex::new(0),
         }
     }
@@ -292,6 +313,66 @@ impl Quotas {
         }
     }
 
+    /// The `controller_mutation_rate` of `user`'s client `client_id`, if it has one.
+    pub fn mutation_quota(
+        image: &MetadataImage,
+        (user, client_id): (&str, &str),
+    ) -> Option<MutationQuota> {
+        let (bound, user, client) = resolve(
+            image.client_quotas(),
+            CONTROLLER_MUTATION_RATE,
+            user,
+            client_id,
+        )?;
+        (bound > 0.0 && !(user.is_empty() && client.is_empty())).then_some(MutationQuota {
+            bound,
+            who: (user, client),
+        })
+    }
+
+    /// The bucket of `quota`'s clients, refilled up to now.
+    fn bucket<'a>(
+        &self,
+        buckets: &'a mut HashMap<(String, String), Bucket>,
+        quota: &MutationQuota,
+        now_ms: i64,
+    ) -> &'a mut Bucket {
+        let burst =
+            quota.bound * f64::from(self.windows.samples) * self.windows.window_ms as f64 / 1000.0;
+        let bucket = buckets.entry(quota.who.clone()).or_insert(Bucket {
+            tokens: burst,
+            last_ms: now_ms,
+        });
+        let elapsed = (now_ms - bucket.last_ms).max(0) as f64 / 1000.0;
+        bucket.tokens = (bucket.tokens + quota.bound * elapsed).min(burst);
+        bucket.last_ms = now_ms;
+        bucket
+    }
+
+    /// Takes `partitions` from `quota`'s bucket. `strict`: nothing is taken, and false
+    /// comes back, when the bucket is already in debt (a request that empties it is still
+    /// served whole, as in Kafka).
+    pub fn spend(&self, quota: &MutationQuota, partitions: f64, strict: bool, now_ms: i64) -> bool {
+        self.sweep(now_ms);
+        let mut buckets = lock(&self.buckets);
+        let bucket = self.bucket(&mut buckets, quota, now_ms);
+        if strict && bucket.tokens < 0.0 {
+            return false;
+        }
+        bucket.tokens -= partitions;
+        true
+    }
+
+    /// How long `quota`'s clients must wait until their bucket is out of debt.
+    pub fn mutation_throttle(&self, quota: &MutationQuota, now_ms: i64) -> u64 {
+        let mut buckets = lock(&self.buckets);
+        let bucket = self.bucket(&mut buckets, quota, now_ms);
+        if bucket.tokens >= 0.0 {
+            return 0;
+        }
+        (-bucket.tokens / quota.bound * 1000.0).ceil() as u64
+    }
+
     fn sweep(&self, now_ms: i64) {
         {
             let mut last = lock(&self.last_sweep_ms);
@@ -301,6 +382,7 @@ impl Quotas {
             *last = now_ms;
         }
         lock(&self.rates).retain(|_, t| now_ms - t.last_ms < IDLE_EXPIRY_MS);
+        lock(&self.buckets).retain(|_, b| now_ms - b.last_ms < IDLE_EXPIRY_MS);
     }
 }
 
@@ -341,6 +423,30 @@ mod tests {
         // Within the quota: no wait.
         let other = ("bob".to_string(), String::new());
         assert_eq!(quotas.charge(Kind::Request, 10.0, other, 1.0, 0), 0);
+    }
+
+    #[test]
+    fn mutations_draw_on_a_bucket_of_the_windows_worth_and_strict_requests_stop_in_debt() {
+        let quotas = Quotas::new(QuotaWindows::default());
+        let quota = MutationQuota {
+            bound: 2.0,
+            who: ("alice".into(), String::new()),
+        };
+        // Two partitions a second over 11 windows: 22 at once.
+        assert!(quotas.spend(&quota, 20.0, true, 0));
+        assert_eq!(quotas.mutation_throttle(&quota, 0), 0);
+        // Not yet in debt: served whole, into debt.
+        assert!(quotas.spend(&quota, 8.0, true, 0));
+        assert_eq!(quotas.mutation_throttle(&quota, 0), 3000);
+        // In debt: refused when strict, served (and counted) when not.
+        assert!(!quotas.spend(&quota, 1.0, true, 1000));
+        assert!(quotas.spend(&quota, 2.0, false, 1000));
+        assert_eq!(quotas.mutation_throttle(&quota, 1000), 3000);
+        // The debt is paid at the quota's rate; the bucket refills up to its burst.
+        assert_eq!(quotas.mutation_throttle(&quota, 4000), 0);
+        assert!(quotas.spend(&quota, 1.0, true, 4000));
+        assert!(quotas.spend(&quota, 23.0, true, 1_000_000));
+        assert_eq!(quotas.mutation_throttle(&quota, 1_000_000), 500);
     }
 
     fn quota(

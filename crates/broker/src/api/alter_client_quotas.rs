@@ -16,14 +16,19 @@ use spool_protocol::messages::{AlterClientQuotasRequest, AlterClientQuotasRespon
 
 use crate::acl::{Authz, operation};
 use crate::quota::{
-    CLIENT_ID, CONSUMER_BYTE_RATE, IP, PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE, USER,
+    CLIENT_ID, CONSUMER_BYTE_RATE, CONTROLLER_MUTATION_RATE, IP, PRODUCER_BYTE_RATE,
+    REQUEST_PERCENTAGE, USER,
 };
 use crate::state::BrokerState;
 
-/// The quota keys this broker enforces, for users and client IDs. (Kafka's
-/// `controller_mutation_rate` and the `ip` entity's `connection_creation_rate` are refused
-/// until they are enforced.)
-const KEYS: [&str; 3] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE, REQUEST_PERCENTAGE];
+/// The quota keys this broker enforces, for users and client IDs. (Kafka's `ip` entity
+/// and its `connection_creation_rate` are refused until they are enforced.)
+const KEYS: [&str; 4] = [
+    PRODUCER_BYTE_RATE,
+    CONSUMER_BYTE_RATE,
+    REQUEST_PERCENTAGE,
+    CONTROLLER_MUTATION_RATE,
+];
 /// The keys Kafka types as whole numbers (the others are doubles).
 const WHOLE: [&str; 2] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE];
 

@@ -15,6 +15,7 @@ use spool_protocol::messages::{
 
 use super::metadata::valid_topic_name;
 use crate::acl::{Authz, DENIED, operation};
+use crate::api::Mutations;
 use crate::metadata::METADATA_TOPIC;
 use crate::metadata::controller::place_replicas;
 use crate::state::{BrokerState, validate_topic_configs};
@@ -119,7 +120,7 @@ fn validate_placement(
 /// TOPIC_AUTHORIZATION_FAILED).
 pub async fn handle(
     state: &Arc<BrokerState>,
-    authz: &Authz<'_>,
+    (authz, mutations): (&Authz<'_>, &Mutations<'_>),
     request: CreateTopicsRequest,
     version: i16,
 ) -> CreateTopicsResponse {
@@ -163,6 +164,9 @@ pub async fn handle(
                 };
                 let outcome = if request.validate_only {
                     validate_placement(state, &plan, factor)
+                } else if let Err(refusal) = mutations.admit(plan.partitions) {
+                    // The partitions created count against the controller_mutation_rate.
+                    Err(refusal)
                 } else {
                     state
                         .create_topic(

@@ -8,6 +8,7 @@ use spool_protocol::messages::delete_topics_response::DeletableTopicResult;
 use spool_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
 
 use crate::acl::{Authz, operation};
+use crate::api::Mutations;
 use crate::metadata::METADATA_TOPIC;
 use crate::state::BrokerState;
 
@@ -15,7 +16,7 @@ use crate::state::BrokerState;
 /// by ID is not named back to whoever may not DESCRIBE it.
 pub async fn handle(
     state: &Arc<BrokerState>,
-    authz: &Authz<'_>,
+    (authz, mutations): (&Authz<'_>, &Mutations<'_>),
     request: DeleteTopicsRequest,
     version: i16,
 ) -> DeleteTopicsResponse {
@@ -64,11 +65,25 @@ pub async fn handle(
             Some(name) if !authz.topic(operation::DELETE, &name) => {
                 Err(ErrorCode::TopicAuthorizationFailed)
             }
-            Some(name) => match state.delete_topic(&name).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(ErrorCode::UnknownTopicOrPartition),
-                Err(e) => Err(e.into_refusal("deleting the topic failed").0),
-            },
+            Some(name) => {
+                // The partitions deleted count against the controller_mutation_rate.
+                let partitions = state.with_image(|image| {
+                    image
+                        .topic(&name)
+                        .map_or(0, |t| i32::try_from(t.partitions.len()).unwrap_or(i32::MAX))
+                });
+                match mutations.admit(partitions) {
+                    Err((error, message)) => {
+                        result.error_message = Some(message);
+                        Err(error)
+                    }
+                    Ok(()) => match state.delete_topic(&name).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err(ErrorCode::UnknownTopicOrPartition),
+                        Err(e) => Err(e.into_refusal("deleting the topic failed").0),
+                    },
+                }
+            }
         };
         if let Err(error) = outcome {
             result.error_code = error.code();

@@ -161,6 +161,12 @@ impl RequestContext {
             let now = crate::state::now_ms();
             state.client_quotas.record(image, kind, who, amount, now)
         });
+        self.mute(throttle_ms)
+    }
+
+    /// Mutes the connection for `throttle_ms` (unless it already is for longer); the
+    /// time, for the response.
+    fn mute(&self, throttle_ms: u64) -> i32 {
         if throttle_ms == 0 {
             return 0;
         }
@@ -170,6 +176,22 @@ impl RequestContext {
             *muted = Some(until);
         }
         i32::try_from(throttle_ms).unwrap_or(i32::MAX)
+    }
+
+    /// The controller mutations of a request from `client_id`, counted against its
+    /// `controller_mutation_rate`; `strict` for the versions that may be refused.
+    fn mutations<'a>(
+        &self,
+        state: &'a BrokerState,
+        client_id: Option<&str>,
+        strict: bool,
+    ) -> Mutations<'a> {
+        let who = (self.principal.name.as_str(), client_id.unwrap_or_default());
+        Mutations {
+            state,
+            quota: state.with_image(|image| quota::Quotas::mutation_quota(image, who)),
+            strict,
+        }
     }
 
     /// The authorizer's view of a request on this connection.
@@ -184,6 +206,44 @@ impl RequestContext {
             client_id: header.client_id.clone().unwrap_or_default(),
             client_host: self.client_host.to_string(),
         }
+    }
+}
+
+/// The partitions a CreateTopics, DeleteTopics or CreatePartitions request creates, adds
+/// or deletes, counted against the client's `controller_mutation_rate`.
+pub struct Mutations<'a> {
+    state: &'a BrokerState,
+    quota: Option<quota::MutationQuota>,
+    strict: bool,
+}
+
+impl Mutations<'_> {
+    /// Counts `partitions` about to be mutated; THROTTLING_QUOTA_EXCEEDED when the
+    /// request is strict and the client's bucket is already empty.
+    pub fn admit(&self, partitions: i32) -> Result<(), (ErrorCode, String)> {
+        let Some(quota) = &self.quota else {
+            return Ok(());
+        };
+        let now = crate::state::now_ms();
+        let count = f64::from(partitions.max(0));
+        if self
+            .state
+            .client_quotas
+            .spend(quota, count, self.strict, now)
+        {
+            Ok(())
+        } else {
+            let exceeded = ErrorCode::ThrottlingQuotaExceeded;
+            Err((exceeded, exceeded.message().to_string()))
+        }
+    }
+
+    /// How long the client must wait before its next mutation fits its quota.
+    fn throttle_ms(&self) -> u64 {
+        self.quota.as_ref().map_or(0, |quota| {
+            let now = crate::state::now_ms();
+            self.state.client_quotas.mutation_throttle(quota, now)
+        })
     }
 }
 
@@ -333,14 +393,26 @@ async fn respond(
             ResponseBody::ListOffsets(list_offsets::handle(state, &authz, request, version))
         }
         RequestBody::CreateTopics(request) => {
-            ResponseBody::CreateTopics(create_topics::handle(state, &authz, request, version).await)
+            let mutations = context.mutations(state, header.client_id.as_deref(), version >= 6);
+            let mut response =
+                create_topics::handle(state, (&authz, &mutations), request, version).await;
+            response.throttle_time_ms = context.mute(mutations.throttle_ms());
+            ResponseBody::CreateTopics(response)
         }
         RequestBody::DeleteTopics(request) => {
-            ResponseBody::DeleteTopics(delete_topics::handle(state, &authz, request, version).await)
+            let mutations = context.mutations(state, header.client_id.as_deref(), version >= 5);
+            let mut response =
+                delete_topics::handle(state, (&authz, &mutations), request, version).await;
+            response.throttle_time_ms = context.mute(mutations.throttle_ms());
+            ResponseBody::DeleteTopics(response)
         }
-        RequestBody::CreatePartitions(request) => ResponseBody::CreatePartitions(
-            create_partitions::handle(state, &authz, request, version).await,
-        ),
+        RequestBody::CreatePartitions(request) => {
+            let mutations = context.mutations(state, header.client_id.as_deref(), version >= 3);
+            let mut response =
+                create_partitions::handle(state, (&authz, &mutations), request, version).await;
+            response.throttle_time_ms = context.mute(mutations.throttle_ms());
+            ResponseBody::CreatePartitions(response)
+        }
         RequestBody::DeleteRecords(request) => ResponseBody::DeleteRecords(
             delete_records::handle(state, &authz, request, version).await,
         ),

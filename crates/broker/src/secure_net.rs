@@ -74,11 +74,7 @@ pub fn to_listener(
     if tls.is_none() && login.is_none() {
         return Ok(inner);
     }
-    let reauth_ms = config
-        .sasl
-        .get(listener, "connections.max.reauth.ms")
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let reauth_ms = config.sasl.number(listener, "connections.max.reauth.ms");
     Ok(Arc::new(SecureNetwork {
         inner,
         client_id: format!("spool-broker-{}", config.node_id),

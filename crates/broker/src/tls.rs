@@ -140,17 +140,8 @@ impl SslSettings {
 
     /// The rustls configuration that serves SSL listener `listener`.
     pub fn server_config(&self, listener: &str) -> Result<Arc<ServerConfig>, TlsError> {
-        let rejected = |reason: String| TlsError::Rejected {
-            listener: listener.to_string(),
-            reason,
-        };
-        let versions = self.protocol_versions(listener);
-        let provider = Arc::new(self.provider(listener, &versions)?);
-        let keystore = Keystore::open(self.keystore_source(listener)?, Arc::clone(&provider))
-            .map_err(|e| match e {
-                KeystoreError::Read(e) => e,
-                KeystoreError::Rejected(reason) => rejected(format!("keystore: {reason}")),
-            })?;
+        let rejected = |reason: String| rejected(listener, reason);
+        let (versions, provider, keystore) = self.protocol_and_keystore(listener)?;
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&versions)
             .map_err(|e| rejected(e.to_string()))?;
@@ -184,12 +175,8 @@ impl SslSettings {
     /// and its host name unless `ssl.endpoint.identification.algorithm` is empty; the
     /// listener's keystore is this broker's certificate when the other asks for one.
     pub fn client_config(&self, listener: &str) -> Result<Arc<ClientConfig>, TlsError> {
-        let rejected = |reason: String| TlsError::Rejected {
-            listener: listener.to_string(),
-            reason,
-        };
-        let versions = self.protocol_versions(listener);
-        let provider = Arc::new(self.provider(listener, &versions)?);
+        let rejected = |reason: String| rejected(listener, reason);
+        let (versions, provider, keystore) = self.protocol_and_keystore(listener)?;
         let roots = self
             .truststore(listener)?
             .ok_or_else(|| TlsError::NoPeerTruststore {
@@ -199,11 +186,6 @@ impl SslSettings {
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
                 .build()
                 .map_err(|e| rejected(format!("truststore: {e}")))?;
-        let keystore = Keystore::open(self.keystore_source(listener)?, Arc::clone(&provider))
-            .map_err(|e| match e {
-                KeystoreError::Read(e) => e,
-                KeystoreError::Rejected(reason) => rejected(format!("keystore: {reason}")),
-            })?;
         let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&versions)
             .map_err(|e| rejected(e.to_string()))?;
@@ -222,6 +204,31 @@ impl SslSettings {
         Ok(Arc::new(
             builder.with_client_cert_resolver(Arc::new(keystore)),
         ))
+    }
+
+    /// What both sides of a TLS connection on `listener` start from: the enabled
+    /// protocol versions, ring's provider limited to the enabled suites, and the keystore.
+    fn protocol_and_keystore(
+        &self,
+        listener: &str,
+    ) -> Result<
+        (
+            Vec<&'static SupportedProtocolVersion>,
+            Arc<CryptoProvider>,
+            Keystore,
+        ),
+        TlsError,
+    > {
+        let versions = self.protocol_versions(listener);
+        let provider = Arc::new(self.provider(listener, &versions)?);
+        let keystore = Keystore::open(self.keystore_source(listener)?, Arc::clone(&provider))
+            .map_err(|e| match e {
+                KeystoreError::Read(e) => e,
+                KeystoreError::Rejected(reason) => {
+                    rejected(listener, format!("keystore: {reason}"))
+                }
+            })?;
+        Ok((versions, provider, keystore))
     }
 
     /// `ssl.enabled.protocols` on `listener` (TLS 1.2 and 1.3 when unset).
@@ -300,6 +307,14 @@ impl SslSettings {
             return Err(pem.error("no certificate in it"));
         }
         Ok(Some(roots))
+    }
+}
+
+/// `listener`'s stores or settings do not make a TLS configuration, for `reason`.
+fn rejected(listener: &str, reason: String) -> TlsError {
+    TlsError::Rejected {
+        listener: listener.to_string(),
+        reason,
     }
 }
 

@@ -201,7 +201,8 @@ impl SaslSettings {
             .or_else(|| DEFAULTS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v))
     }
 
-    fn number(&self, listener: &str, key: &str) -> u64 {
+    /// The number `key` is on `listener` (0 when unset or not a number).
+    pub(crate) fn number(&self, listener: &str, key: &str) -> u64 {
         self.get(listener, key)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)

@@ -3,6 +3,9 @@ transaction markers go over SASL_SSL (or mutual TLS) as the broker's own princip
 the StandardAuthorizer on, driven by confluent-kafka."""
 import os
 import shutil
+import socket
+import ssl
+import struct
 import subprocess
 import tempfile
 import time
@@ -148,8 +151,10 @@ def test_brokers_replicate_and_write_markers_over_sasl_ssl_as_their_own_principa
 
 
 def test_brokers_replicate_over_mutual_tls_as_their_certificate_principal(pki):
+    """The controller listener is mutual TLS too: the quorum, registrations and
+    heartbeats go over it, and it hands nothing to a peer without a trusted certificate."""
     settings = [
-        "listener.security.protocol.map=BROKER:SSL,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map=BROKER:SSL,CONTROLLER:SSL",
         f"ssl.keystore.location={pki['keystore']}",
         f"ssl.truststore.location={pki['ca']}",
         "ssl.client.auth=required",
@@ -162,9 +167,45 @@ def test_brokers_replicate_over_mutual_tls_as_their_certificate_principal(pki):
     try:
         assert replicate_and_commit({**client, "bootstrap.servers": bootstrap(nodes)}) \
             == EXPECTED
+        controller = ("127.0.0.1", nodes[0].port + CONTROLLER_OFFSET)
+        assert controller_answer(controller, None) is None
+        assert controller_answer(controller, (pki["rogue_cert"], pki["rogue_key"])) is None
+        # A certificate the CA signed gets an answer: a vote request whose body does not
+        # decode is refused with a reason (status 1).
+        answer = controller_answer(controller, (pki["client_cert"], pki["client_key"]))
+        assert answer == 1, answer
     finally:
         stop_together(nodes)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def controller_answer(address, certificate):
+    """Sends a controller frame (a vote request with an empty body, correlation 7) to the
+    controller listener at `address`: in plain TCP when `certificate` is None, else over
+    TLS with that (certificate, key). The status of the answer, or None when none came
+    (a TLS alert is not an answer)."""
+    frame = struct.pack(">iib", 5, 7, 1)
+    received = b""
+    try:
+        with socket.create_connection(address, timeout=15) as raw:
+            stream = raw
+            if certificate is not None:
+                context = ssl.create_default_context(cafile=None)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                context.load_cert_chain(*certificate)
+                stream = context.wrap_socket(raw, server_hostname="localhost")
+            stream.sendall(frame)
+            while len(received) < 9:
+                chunk = stream.recv(4096)
+                if not chunk:
+                    break
+                received += chunk
+    except (ssl.SSLError, ConnectionError, socket.timeout):
+        pass
+    if len(received) < 9 or struct.unpack(">i", received[4:8])[0] != 7:
+        return None
+    return received[8]
 
 
 def test_brokers_log_in_to_each_other_with_scram_once_their_user_exists(pki):
@@ -213,7 +254,7 @@ def test_a_broker_that_cannot_log_in_to_the_others_does_not_start_half_configure
           "listener.name.broker.sasl.enabled.mechanisms=PLAIN",
           f"listener.name.broker.plain.sasl.jaas.config={PLAIN_USERS}"],
          "set sasl.mechanism.inter.broker.protocol"),
-        (["listener.security.protocol.map=BROKER:SSL,CONTROLLER:PLAINTEXT",
+        (["listener.security.protocol.map=BROKER:SSL,CONTROLLER:SSL",
           f"ssl.keystore.location={pki['keystore']}"],
          "no truststore to verify them"),
     ]:

@@ -680,14 +680,16 @@ impl BrokerConfig {
                     ),
                 ));
             };
-            // The quorum between controllers speaks plain TCP in this version; brokers
-            // reach each other's inter-broker listener with any protocol.
-            if self.is_controller_listener(&listener.name) && protocol != "PLAINTEXT" {
+            // The quorum between controllers speaks plain TCP or TLS in this version;
+            // brokers reach each other's inter-broker listener with any protocol.
+            if self.is_controller_listener(&listener.name)
+                && !matches!(protocol.as_str(), "PLAINTEXT" | "SSL")
+            {
                 return Err(invalid(
                     "listeners",
                     &self.listeners_setting(),
                     format!(
-                        "listener `{}` uses {protocol}, which this version does not serve as a controller listener",
+                        "listener `{}` uses {protocol}, which this version does not serve as a controller listener (PLAINTEXT or SSL; ssl.client.auth=required has the voters and brokers show a certificate)",
                         listener.name
                     ),
                 ));
@@ -1427,13 +1429,16 @@ mod tests {
             ("listeners", "PLAINTEXT://:1,B://:1"),
         ]);
         refused(&[("listeners", "OTHER://:1")]);
-        refused(&[
-            ("listeners", "PLAINTEXT://:9092,CONTROLLER://:9093"),
-            (
-                "listener.security.protocol.map",
-                "PLAINTEXT:PLAINTEXT,CONTROLLER:SSL",
-            ),
-        ]);
+        // A controller listener is PLAINTEXT or SSL: SASL is not served there.
+        for protocol in ["SASL_SSL", "SASL_PLAINTEXT"] {
+            refused(&[
+                ("listeners", "PLAINTEXT://:9092,CONTROLLER://:9093"),
+                (
+                    "listener.security.protocol.map",
+                    &format!("PLAINTEXT:PLAINTEXT,CONTROLLER:{protocol}"),
+                ),
+            ]);
+        }
         refused(&[("listeners", "broker.example:9092")]);
         refused(&[("advertised.listeners", "OTHER://h:1")]);
         refused(&[("advertised.listeners", "PLAINTEXT://0.0.0.0:1")]);
@@ -1499,10 +1504,17 @@ mod tests {
         config
             .set(
                 "listener.security.protocol.map",
-                "PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL,CONTROLLER:SSL",
+                "PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL,CONTROLLER:SASL_SSL",
             )
             .unwrap();
         assert!(matches!(config.check(), Err(ConfigError::Invalid { .. })));
+        config
+            .set(
+                "listener.security.protocol.map",
+                "PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL,CONTROLLER:SSL",
+            )
+            .unwrap();
+        assert!(config.check().is_ok(), "{:?}", config.check());
     }
 
     #[test]

@@ -8,20 +8,28 @@
 //! `password` of the listener's JAAS entry for that mechanism
 //! (`listener.name.<listener>.<mechanism>.sasl.jaas.config`), through SaslHandshake and
 //! SaslAuthenticate, before the connection is handed to its user.
+//!
+//! The controller listener (Raft between voters, brokers' requests to the active
+//! controller) is PLAINTEXT or SSL: [`to_listener`] is how a node reaches the voters' one,
+//! and [`accepting`] serves this node's, each connection's TLS handshake done apart so a
+//! slow or silent peer holds up no other.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rustls_pki_types::ServerName;
-use spool_metadata::net::{BoxStream, Network, Pending};
+use spool_metadata::net::{BoxStream, Listener, Network, Pending};
 use spool_protocol::error_code::ErrorCode;
 use spool_protocol::header::RequestHeader;
 use spool_protocol::messages::{
     RequestBody, ResponseBody, SaslAuthenticateRequest, SaslHandshakeRequest,
 };
-use tokio_rustls::TlsConnector;
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::auth::scram::ScramClient;
 use crate::auth::{Mechanism, plain};
@@ -82,6 +90,101 @@ pub fn to_listener(
         session: (login.is_some() && reauth_ms > 0).then(|| Duration::from_millis(reauth_ms)),
         login,
     }))
+}
+
+/// Connections accepted on `inner`, the bound listener named `listener`, secured as its
+/// security protocol says: `inner` itself when it is PLAINTEXT; for SSL, each connection
+/// once its TLS handshake (bounded in time, with the listener's `ssl.*` settings) is done.
+/// Only the controller listener is served this way: Kafka listeners have their own loop
+/// ([`crate::server::serve`]).
+pub fn accepting(
+    config: &BrokerConfig,
+    listener: &str,
+    inner: Box<dyn Listener>,
+) -> Result<Box<dyn Listener>, String> {
+    match config.security_protocol(listener).unwrap_or("PLAINTEXT") {
+        "PLAINTEXT" => Ok(inner),
+        "SSL" => {
+            let acceptor = TlsAcceptor::from(
+                config
+                    .ssl
+                    .server_config(listener)
+                    .map_err(|e| e.to_string())?,
+            );
+            let (ready, accepted) = mpsc::channel(HANDSHAKEN);
+            Ok(Box::new(TlsListener {
+                accepted: Mutex::new(accepted),
+                handshakes: tokio::spawn(handshakes(inner, acceptor, ready)),
+            }))
+        }
+        other => Err(format!(
+            "listener `{listener}` uses {other}, which this version does not serve as a controller listener (PLAINTEXT or SSL)"
+        )),
+    }
+}
+
+/// How many connections may wait, handshake done, for the listener's user to take them.
+const HANDSHAKEN: usize = 64;
+
+type Accepted = io::Result<(BoxStream, SocketAddr)>;
+
+/// A listener whose connections come out of their TLS handshake.
+struct TlsListener {
+    accepted: Mutex<mpsc::Receiver<Accepted>>,
+    handshakes: JoinHandle<()>,
+}
+
+impl Listener for TlsListener {
+    fn accept(&self) -> Pending<'_, (BoxStream, SocketAddr)> {
+        Box::pin(async move {
+            match self.accepted.lock().await.recv().await {
+                Some(accepted) => accepted,
+                None => Err(io::Error::other("the listener stopped")),
+            }
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        // Closes the socket: nothing accepts on it any more.
+        self.handshakes.abort();
+    }
+}
+
+/// Accepts on `inner` and does each connection's TLS handshake in a task of its own,
+/// handing on those that complete (and accept errors) until nobody takes them any more.
+async fn handshakes(
+    inner: Box<dyn Listener>,
+    acceptor: TlsAcceptor,
+    ready: mpsc::Sender<Accepted>,
+) {
+    loop {
+        let (stream, peer) = match inner.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                if ready.send(Err(e)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if ready.is_closed() {
+            return;
+        }
+        let acceptor = acceptor.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            match crate::server::secure(&acceptor, stream, None).await {
+                Ok((stream, _)) => {
+                    let _ = ready.send(Ok((stream, peer))).await;
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "controller listener: TLS handshake failed")
+                }
+            }
+        });
+    }
 }
 
 /// The login of `sasl.mechanism.inter.broker.protocol` on SASL listener `listener`.
@@ -328,6 +431,104 @@ mod tests {
         config.set("inter.broker.listener.name", "CLIENT").unwrap();
         let net = to_listener(&config, "CLIENT", Arc::new(Tcp)).unwrap();
         assert_eq!(net.session_lifetime(), None);
+    }
+
+    #[tokio::test]
+    async fn an_ssl_controller_listener_hands_on_only_connections_that_completed_their_handshake() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pki = crate::tls::tests::pki().unwrap();
+        let (key, chain) = pki.server_key_and_chain();
+        let ssl = |settings: &[(&str, &str)]| {
+            let mut config = config(settings);
+            config
+                .set(
+                    "listener.security.protocol.map",
+                    "CLIENT:PLAINTEXT,BROKER:PLAINTEXT,CONTROLLER:SSL",
+                )
+                .unwrap();
+            config
+        };
+        let config = ssl(&[
+            ("ssl.keystore.key", &key),
+            ("ssl.keystore.certificate.chain", &chain),
+            ("ssl.truststore.certificates", &pki.ca),
+            ("ssl.client.auth", "required"),
+        ]);
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let listener = accepting(&config, "CONTROLLER", Box::new(socket)).unwrap();
+        let address = format!("localhost:{port}");
+
+        // A peer that never speaks, one that speaks plain bytes, and a TLS client without
+        // a certificate are never handed on, and hold up nobody.
+        let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        plain.write_all(&[0, 0, 0, 5, 0, 0, 0, 1, 1]).await.unwrap();
+        let anonymous = TlsConnector::from(Arc::new(crate::tls::tests::client(
+            &pki,
+            false,
+            crate::tls::tests::BOTH,
+        )));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut no_certificate = anonymous
+            .connect(server_name(&address).unwrap(), tcp)
+            .await
+            .unwrap();
+        // With TLS 1.3 the client hears of the refusal only when it next reads.
+        no_certificate.write_all(b"anon").await.unwrap();
+        no_certificate.flush().await.unwrap();
+        let voter = to_listener(&config, "CONTROLLER", Arc::new(Tcp)).unwrap();
+        let mut connected = voter.connect(&address).await.unwrap();
+        connected.write_all(b"vote").await.unwrap();
+        connected.flush().await.unwrap();
+
+        let accept = tokio::time::timeout(Duration::from_secs(5), listener.accept());
+        let (mut accepted, _) = accept.await.unwrap().unwrap();
+        let mut word = [0u8; 4];
+        accepted.read_exact(&mut word).await.unwrap();
+        assert_eq!(&word, b"vote");
+        accepted.write_all(b"ok").await.unwrap();
+        accepted.flush().await.unwrap();
+        let mut answer = [0u8; 2];
+        connected.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"ok");
+        // Nothing else was handed on.
+        let next = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(next.is_err(), "another connection was accepted");
+        drop(no_certificate);
+    }
+
+    #[test]
+    fn a_controller_listener_is_plaintext_or_ssl() {
+        let mut config = config(&[]);
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let socket = tokio::net::TcpListener::from_std(socket).unwrap();
+        let refused = accepting(&config, "BROKER", Box::new(socket));
+        assert!(refused.err().unwrap().contains("PLAINTEXT or SSL"));
+        // SSL without a keystore names what is missing.
+        config
+            .set(
+                "listener.security.protocol.map",
+                "CLIENT:PLAINTEXT,BROKER:PLAINTEXT,CONTROLLER:SSL",
+            )
+            .unwrap();
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let socket = tokio::net::TcpListener::from_std(socket).unwrap();
+        let refused = accepting(&config, "CONTROLLER", Box::new(socket));
+        assert!(refused.err().unwrap().contains("keystore"));
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub async fn serve(
 /// The TLS handshake of an accepted connection, bounded in time; with `rules`, the
 /// principal its client certificate names (`User:ANONYMOUS` without one). A certificate
 /// no rule maps fails the connection, as in Kafka.
-async fn secure(
+pub(crate) async fn secure(
     acceptor: &TlsAcceptor,
     stream: BoxStream,
     rules: Option<&MappingRules>,

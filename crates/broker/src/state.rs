@@ -409,6 +409,20 @@ impl BrokerState {
             Arc::clone(&net),
         )
         .map_err(BrokerError::Security)?;
+        // So are the voters' controller listener (the first of controller.listener.names,
+        // as Kafka's brokers reach it) and this node's own.
+        let controller_net = match config.controller_listener_names.first() {
+            Some(name) => crate::secure_net::to_listener(&config, name, Arc::clone(&net))
+                .map_err(BrokerError::Security)?,
+            None => Arc::clone(&net),
+        };
+        let controller_listener = match (controller_listener, config.controller_listener()) {
+            (Some(socket), Some(listener)) => Some(
+                crate::secure_net::accepting(&config, &listener.name, socket)
+                    .map_err(BrokerError::Security)?,
+            ),
+            (socket, _) => socket,
+        };
         let opening = (Arc::clone(&storage), config.clone());
         let (guard, logs, flusher) = blocking(move || {
             let (storage, config) = opening;
@@ -427,7 +441,13 @@ impl BrokerState {
             Ok((guard, logs, flusher))
         })
         .await?;
-        let node = Node::start(&config, Arc::clone(&storage), controller_listener, &net).await?;
+        let node = Node::start(
+            &config,
+            Arc::clone(&storage),
+            controller_listener,
+            &controller_net,
+        )
+        .await?;
         let fetch_sessions = FetchSessionCache::new(
             config.max_incremental_fetch_session_cache_slots,
             Box::new(|| {

@@ -620,7 +620,7 @@ fn check_value(key: &'static str, value: &str) -> Result<(), TlsError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     use rustls::ClientConfig;
@@ -629,14 +629,24 @@ mod tests {
 
     /// A CA, a certificate it signed for localhost (the broker's) and one for a client,
     /// as PEM: (ca, server chain + key, client chain, client key).
-    struct Pki {
-        ca: String,
+    pub(crate) struct Pki {
+        pub(crate) ca: String,
         server: String,
         client_chain: String,
         client_key: String,
     }
 
-    fn pki() -> Result<Pki, rcgen::Error> {
+    impl Pki {
+        /// The broker's key and its certificate chain, apart.
+        pub(crate) fn server_key_and_chain(&self) -> (String, String) {
+            let (key_start, _) = self.server.split_once("-----END PRIVATE KEY-----").unwrap();
+            let key = format!("{key_start}-----END PRIVATE KEY-----\n");
+            let chain = self.server[key.len()..].to_string();
+            (key, chain)
+        }
+    }
+
+    pub(crate) fn pki() -> Result<Pki, rcgen::Error> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -672,7 +682,7 @@ mod tests {
         settings
     }
 
-    fn client(
+    pub(crate) fn client(
         pki: &Pki,
         with_certificate: bool,
         versions: &[&'static SupportedProtocolVersion],
@@ -724,7 +734,8 @@ mod tests {
         talked.is_some() && served.is_some()
     }
 
-    const BOTH: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12, &rustls::version::TLS13];
+    pub(crate) const BOTH: &[&SupportedProtocolVersion] =
+        &[&rustls::version::TLS12, &rustls::version::TLS13];
 
     #[tokio::test]
     async fn a_keystore_file_serves_tls_and_client_certificates_are_enforced_as_configured() {
@@ -793,9 +804,7 @@ mod tests {
     #[tokio::test]
     async fn inline_stores_protocols_and_cipher_suites_are_honoured() {
         let pki = pki().unwrap();
-        let (key_start, _) = pki.server.split_once("-----END PRIVATE KEY-----").unwrap();
-        let key = format!("{key_start}-----END PRIVATE KEY-----\n");
-        let chain = pki.server[key.len()..].to_string();
+        let (key, chain) = pki.server_key_and_chain();
         let tls13 = settings(&[
             ("keystore.key", &key),
             ("keystore.certificate.chain", &chain),

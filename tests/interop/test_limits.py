@@ -123,3 +123,37 @@ def test_max_connections_holds_new_connections_until_one_closes():
             s.close()
         broker.stop()
         shutil.rmtree(broker.data_dir, ignore_errors=True)
+
+
+def test_max_connection_creation_rate_spaces_out_accepts_and_serves_them_all():
+    """max.connection.creation.rate (KIP-612): over the rate, the listener waits before
+    accepting the next connection; every connection is still served, a real client's
+    too."""
+    broker = Broker("max.connection.creation.rate=2", "num.partitions=1")
+    opened = []
+    try:
+        # 2 per second measured over ten seconds at first: about twenty are accepted at
+        # once, then one every half second or so.
+        start = time.monotonic()
+        took = []
+        for i in range(24):
+            sock = connect(broker.address)
+            opened.append(sock)
+            assert api_versions(sock, i) == (i, 0)
+            took.append(time.monotonic() - start)
+        assert took[17] < 2.0, took
+        # The last four came at least ~0.4 s apart each, accepts spaced out.
+        assert took[-1] - took[-5] >= 1.6, took
+        for s in opened:
+            s.close()
+        opened = []
+        delivered = []
+        producer = Producer({"bootstrap.servers": broker.address})
+        producer.produce("rate-limited", value=b"x",
+                         on_delivery=lambda err, msg: delivered.append(err))
+        assert producer.flush(30) == 0 and delivered == [None]
+    finally:
+        for s in opened:
+            s.close()
+        broker.stop()
+        shutil.rmtree(broker.data_dir, ignore_errors=True)

@@ -214,3 +214,54 @@ def test_a_consumer_over_its_byte_rate_is_throttled(broker, admin):
     assert throttles and max(throttles) > 0
     print(f"consumed {read} bytes in 6 s against a quota of {quota} B/s")
     assert 9 * quota < read < 15 * quota, read
+
+
+def answered_within(address, seconds):
+    """Opens a connection and sends ApiVersions v0: (whether it was answered, seconds
+    until the answer or the close)."""
+    host, port = address.rsplit(":", 1)
+    request = struct.pack(">hhih", 18, 0, 7, 4) + b"conn"
+    start = time.monotonic()
+    try:
+        with socket.create_connection((host, int(port)), timeout=seconds) as sock:
+            sock.sendall(struct.pack(">i", len(request)) + request)
+            answer = sock.recv(8)
+            return len(answer) == 8 and answer[4:8] == struct.pack(">i", 7), \
+                time.monotonic() - start
+    except (ConnectionError, socket.timeout):
+        return False, time.monotonic() - start
+
+
+def test_an_address_over_its_connection_creation_rate_has_connections_held_then_closed(
+        broker, admin):
+    """connection_creation_rate is a quota of the ip entity (KIP-612): connections from
+    an address over it are held for the throttle time and closed unanswered; the others
+    are served."""
+    invalid = 42
+    assert alter(admin, [("ip", "not-an-address")], [("connection_creation_rate", 5)]) == (
+        invalid, "not-an-address is not a valid IP or resolvable host.")
+    assert alter(admin, [("ip", "127.0.0.1"), ("user", "alice")],
+                 [("connection_creation_rate", 5)])[0] == invalid
+    assert alter(admin, [("ip", None)], [("producer_byte_rate", 5)]) == (
+        invalid, "Invalid configuration key producer_byte_rate")
+    assert alter(admin, [("user", "alice")], [("connection_creation_rate", 5)]) == (
+        invalid, "Invalid configuration key connection_creation_rate")
+    assert alter(admin, [("ip", "127.0.0.1")], [("connection_creation_rate", 2.5)]) == (
+        invalid, "connection_creation_rate cannot be a fractional value.")
+
+    assert alter(admin, [("ip", "127.0.0.1")], [("connection_creation_rate", 2)]) == (0, None)
+    try:
+        assert describe(admin, [("ip", 0, "127.0.0.1")]) == {
+            (("ip", "127.0.0.1"),): {"connection_creation_rate": 2.0}}
+        # 2 per second measured over ten seconds at first: about twenty connections at
+        # once are served, then each is held (500 ms or more) and closed unanswered.
+        outcomes = [answered_within(broker.address, 5) for _ in range(26)]
+        served = [took for ok, took in outcomes if ok]
+        refused = [took for ok, took in outcomes if not ok]
+        assert 18 <= len(served) <= 23, outcomes
+        assert outcomes[:18] == [(True, took) for _, took in outcomes[:18]], outcomes
+        assert len(refused) >= 3 and min(refused) >= 0.4 and max(refused) < 2.5, outcomes
+    finally:
+        assert alter(admin, [("ip", "127.0.0.1")], [("connection_creation_rate", None)]) \
+            == (0, None)
+    assert answered_within(broker.address, 5)[0]

@@ -499,6 +499,10 @@ impl BrokerConfig {
             ("max.connections", self.limits.max_connections.to_string()),
             ("max.connections.per.ip", self.limits.per_ip.to_string()),
             (
+                "max.connection.creation.rate",
+                self.limits.creation_rate.to_string(),
+            ),
+            (
                 "max.connections.per.ip.overrides",
                 self.limits
                     .per_ip_overrides
@@ -1087,6 +1091,7 @@ impl BrokerConfig {
             }
             "max.connections" => self.limits.max_connections = count(key, value)?,
             "max.connections.per.ip" => self.limits.per_ip = count(key, value)?,
+            "max.connection.creation.rate" => self.limits.creation_rate = count(key, value)?,
             "max.connections.per.ip.overrides" => {
                 self.limits.per_ip_overrides =
                     parse_overrides(value).map_err(|reason| invalid(key, value, reason))?;
@@ -1143,10 +1148,15 @@ impl BrokerConfig {
                     .strip_prefix("listener.name.")
                     .and_then(|rest| rest.split_once('.'))
                     .map_or((None, key), |(name, setting)| (Some(name), setting));
-                if let (Some(listener), "max.connections") = (listener, setting) {
-                    let limit = count(key, value)?;
-                    let listener = listener.to_ascii_uppercase();
-                    self.limits.per_listener.insert(listener, limit);
+                let per_listener = match setting {
+                    "max.connections" => Some(&mut self.limits.per_listener),
+                    "max.connection.creation.rate" => {
+                        Some(&mut self.limits.creation_rate_per_listener)
+                    }
+                    _ => None,
+                };
+                if let (Some(listener), Some(limits)) = (listener, per_listener) {
+                    limits.insert(listener.to_ascii_uppercase(), count(key, value)?);
                     self.explicit
                         .insert(key.to_string(), value.trim().to_string());
                     return Ok(());

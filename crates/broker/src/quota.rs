@@ -16,12 +16,17 @@
 //! or CreatePartitions (v3+) request finding the bucket empty has that topic refused with
 //! THROTTLING_QUOTA_EXCEEDED; older versions are always served and only throttled.
 //!
+//! `connection_creation_rate` is a quota of the `ip` entity (an address, or the default
+//! for every address): a connection from an address over it is held, uncounted, for the
+//! throttle time and then closed (KIP-612).
+//!
 //! Rates are measured as Kafka's `Rate` does, over `quota.window.num` samples of
 //! `quota.window.size.seconds`. A client over its quota is told `throttle_time_ms`, the
 //! time until its rate is back at the quota, and its connection is not read for that long
 //! (KIP-219).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 use spool_metadata::{MetadataImage, QuotaEntity};
@@ -45,6 +50,13 @@ pub struct QuotaWindows {
     pub window_ms: i64,
 }
 
+impl QuotaWindows {
+    /// One window, in milliseconds.
+    pub fn window(self) -> u64 {
+        u64::try_from(self.window_ms).unwrap_or(0)
+    }
+}
+
 impl Default for QuotaWindows {
     fn default() -> Self {
         QuotaWindows {
@@ -64,13 +76,13 @@ struct Sample {
 /// A rate over the last samples, measured as Kafka's `Rate` measures it: the sum of the
 /// samples over the time they cover, counted as at least all but one whole window.
 #[derive(Debug, Clone)]
-struct SampledRate {
+pub(crate) struct SampledRate {
     samples: Vec<Sample>,
     current: usize,
 }
 
 impl SampledRate {
-    fn new(now_ms: i64) -> SampledRate {
+    pub(crate) fn new(now_ms: i64) -> SampledRate {
         SampledRate {
             samples: vec![Sample {
                 start_ms: now_ms,
@@ -95,7 +107,7 @@ impl SampledRate {
         }
     }
 
-    fn record(&mut self, windows: QuotaWindows, value: f64, now_ms: i64) {
+    pub(crate) fn record(&mut self, windows: QuotaWindows, value: f64, now_ms: i64) {
         self.purge(windows, now_ms);
         if now_ms - self.samples[self.current].start_ms >= windows.window_ms {
             // One more sample than windows: the current one fills while the others count.
@@ -140,6 +152,20 @@ impl SampledRate {
         let total: f64 = self.samples.iter().map(|s| s.value).sum();
         total * 1000.0 / self.window_ms(windows, now_ms) as f64
     }
+
+    /// How long until the rate is back within `bound` (Kafka's throttle time): 0 when it
+    /// is within, one window at least when `bound` is 0.
+    pub(crate) fn throttle_ms(&mut self, windows: QuotaWindows, bound: f64, now_ms: i64) -> u64 {
+        let observed = self.rate(windows, now_ms);
+        if observed <= bound {
+            return 0;
+        }
+        if bound <= 0.0 {
+            return windows.window();
+        }
+        let window = self.window_ms(windows, now_ms) as f64;
+        ((observed - bound) / bound * window).round() as u64
+    }
 }
 
 /// What a quota limits.
@@ -152,6 +178,8 @@ pub enum Kind {
     /// Time spent serving requests, in percent-seconds of one thread (see
     /// [`request_percent`]).
     Request,
+    /// Connections opened from one IP address.
+    Connection,
 }
 
 impl Kind {
@@ -160,6 +188,7 @@ impl Kind {
             Kind::Produce => PRODUCER_BYTE_RATE,
             Kind::Fetch => CONSUMER_BYTE_RATE,
             Kind::Request => REQUEST_PERCENTAGE,
+            Kind::Connection => CONNECTION_CREATION_RATE,
         }
     }
 }
@@ -301,16 +330,39 @@ impl Quotas {
             });
         tracked.last_ms = now_ms;
         tracked.rate.record(self.windows, value, now_ms);
-        let observed = tracked.rate.rate(self.windows, now_ms);
-        if observed <= bound || bound <= 0.0 {
-            return 0;
-        }
-        let window = tracked.rate.window_ms(self.windows, now_ms) as f64;
-        let throttle = ((observed - bound) / bound * window).round() as u64;
+        let throttle = tracked.rate.throttle_ms(self.windows, bound, now_ms);
         match kind {
-            Kind::Request => throttle.min(u64::try_from(self.windows.window_ms).unwrap_or(0)),
+            Kind::Request | Kind::Connection => throttle.min(self.windows.window()),
             Kind::Produce | Kind::Fetch => throttle,
         }
+    }
+
+    /// Counts a connection from `ip` against its `connection_creation_rate` (the quota of
+    /// the `ip` entity naming the address, else of the default `ip` entity; each address
+    /// has a rate of its own). 0 when it is within its rate or has none; else how long to
+    /// hold the connection before closing it (at most one window), and the connection is
+    /// not counted, as in Kafka.
+    pub fn connection(&self, image: &MetadataImage, ip: IpAddr, now_ms: i64) -> u64 {
+        let quotas = image.client_quotas();
+        if quotas.is_empty() {
+            return 0;
+        }
+        let ip = ip.to_canonical().to_string();
+        let bound = [Some(ip.clone()), None].into_iter().find_map(|name| {
+            quotas
+                .get(&vec![(IP.to_string(), name)])
+                .and_then(|q| q.get(CONNECTION_CREATION_RATE))
+                .copied()
+        });
+        let Some(bound) = bound else {
+            return 0;
+        };
+        let who = (ip, String::new());
+        let throttle = self.charge(Kind::Connection, bound, who.clone(), 1.0, now_ms);
+        if throttle > 0 {
+            self.charge(Kind::Connection, bound, who, -1.0, now_ms);
+        }
+        throttle
     }
 
     /// The `controller_mutation_rate` of `user`'s client `client_id`, if it has one.
@@ -405,6 +457,49 @@ mod tests {
         young.record(windows, 5000.0, 0);
         assert_eq!(young.window_ms(windows, 500), 10_500);
         assert!((young.rate(windows, 500) - 5000.0 / 10.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn an_address_over_its_connection_creation_rate_is_held_and_not_counted() {
+        use spool_metadata::MetadataRecord;
+        use spool_protocol::internal::ClientQuotaRecord;
+        use spool_protocol::internal::client_quota_record::EntityData;
+        let quota = |name: Option<&str>, value: f64| {
+            MetadataRecord::ClientQuota(ClientQuotaRecord {
+                entity: vec![EntityData {
+                    entity_type: IP.into(),
+                    entity_name: name.map(str::to_string),
+                    ..Default::default()
+                }],
+                key: CONNECTION_CREATION_RATE.into(),
+                value,
+                ..Default::default()
+            })
+        };
+        let mut image = MetadataImage::default();
+        let quotas = Quotas::new(QuotaWindows::default());
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(quotas.connection(&image, local, 0), 0);
+        // 2 per second, measured over ten seconds at first: 20 connections at once fit,
+        // the 21st is held 500 ms, as brings 21 back to 2 per second.
+        image.apply(&quota(None, 2.0));
+        image.apply(&quota(Some("10.0.0.9"), 100.0));
+        let held: Vec<u64> = (0..23)
+            .map(|_| quotas.connection(&image, local, 0))
+            .collect();
+        assert_eq!(held[..20], [0; 20]);
+        // Held connections are not counted: each later one is held as long.
+        assert_eq!(held[20..], [500, 500, 500]);
+        // Once the first are out of every window, the address starts afresh.
+        assert_eq!(quotas.connection(&image, local, 11_000), 0);
+        // Each address has its own rate; a named address its own quota; an IPv4 address
+        // seen through IPv6 is that address.
+        let mapped: IpAddr = "::ffff:10.0.0.9".parse().unwrap();
+        for _ in 0..50 {
+            assert_eq!(quotas.connection(&image, mapped, 0), 0);
+        }
+        let other: IpAddr = "10.0.0.10".parse().unwrap();
+        assert_eq!(quotas.connection(&image, other, 0), 0);
     }
 
     #[test]

@@ -100,8 +100,18 @@ pub async fn serve(
                         drop(stream);
                         continue;
                     };
+                    let now = crate::state::now_ms();
+                    let wait = limits.accepted(&name, inter_broker, now);
+                    // An address over its connection_creation_rate has its connection
+                    // held for the throttle time, then closed (the inter-broker
+                    // listener is spared, as from the broker-wide limits).
+                    let hold = if inter_broker {
+                        0
+                    } else {
+                        state.with_image(|image| state.client_quotas.connection(image, peer.ip(), now))
+                    };
                     let state = Arc::clone(&state);
-                    let shutdown = shutdown.clone();
+                    let mut stop = shutdown.clone();
                     let context = RequestContext::new(
                         Arc::clone(&listener_name),
                         Arc::from(format!("/{}", peer.ip())),
@@ -109,6 +119,14 @@ pub async fn serve(
                     let Security { tls, certificate_principal, sasl } = security.clone();
                     tokio::spawn(async move {
                         let _admitted = admitted;
+                        if hold > 0 {
+                            tracing::debug!(%peer, hold, "connection_creation_rate reached: connection closed after the throttle time");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(hold)) => {}
+                                _ = stop.changed() => {}
+                            }
+                            return;
+                        }
                         let mut context = context;
                         let stream = match tls {
                             Some(acceptor) => match secure(&acceptor, stream, certificate_principal.as_deref()).await {
@@ -126,10 +144,17 @@ pub async fn serve(
                             None => stream,
                         };
                         let authenticator = sasl.map(Authenticator::new);
-                        if let Err(e) = connection(state, context, stream, authenticator, shutdown).await {
+                        if let Err(e) = connection(state, context, stream, authenticator, stop).await {
                             tracing::debug!(%peer, error = %e, "connection closed");
                         }
                     });
+                    if wait > 0 {
+                        // max.connection.creation.rate: the next connection waits.
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "accept failed"),
             },

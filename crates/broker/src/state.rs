@@ -468,7 +468,7 @@ impl BrokerState {
             txns,
             fetch_sessions: Mutex::new(fetch_sessions),
             client_quotas: Quotas::new(config.quota_windows),
-            connection_limits: ConnectionLimits::new(config.limits.clone()),
+            connection_limits: ConnectionLimits::new(config.limits.clone(), config.quota_windows),
             producer_ids: Mutex::new(ProducerIds::default()),
             producer_id_fetch: tokio::sync::Mutex::new(()),
             producer_ids_wanted: Arc::new(Notify::new()),

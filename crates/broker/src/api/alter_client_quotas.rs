@@ -1,9 +1,11 @@
 //! AlterClientQuotas (versions 0-1): sets and removes client quotas of users, client IDs,
-//! or both (a null name is the default entity), stored in the metadata log. Each entity
+//! or both, and of IP addresses (a null name is the default entity), stored in the
+//! metadata log. Each entity
 //! is checked as Kafka checks it and refused alone with INVALID_REQUEST; the others are
 //! applied together. Needs ALTER_CONFIGS on the cluster.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
 
 use spool_metadata::QuotaEntity;
 use spool_metadata::service::AdminChange;
@@ -16,21 +18,26 @@ use spool_protocol::messages::{AlterClientQuotasRequest, AlterClientQuotasRespon
 
 use crate::acl::{Authz, operation};
 use crate::quota::{
-    CLIENT_ID, CONSUMER_BYTE_RATE, CONTROLLER_MUTATION_RATE, IP, PRODUCER_BYTE_RATE,
-    REQUEST_PERCENTAGE, USER,
+    CLIENT_ID, CONNECTION_CREATION_RATE, CONSUMER_BYTE_RATE, CONTROLLER_MUTATION_RATE, IP,
+    PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE, USER,
 };
 use crate::state::BrokerState;
 
-/// The quota keys this broker enforces, for users and client IDs. (Kafka's `ip` entity
-/// and its `connection_creation_rate` are refused until they are enforced.)
+/// The quota keys of users and client IDs.
 const KEYS: [&str; 4] = [
     PRODUCER_BYTE_RATE,
     CONSUMER_BYTE_RATE,
     REQUEST_PERCENTAGE,
     CONTROLLER_MUTATION_RATE,
 ];
+/// The quota keys of IP addresses.
+const IP_KEYS: [&str; 1] = [CONNECTION_CREATION_RATE];
 /// The keys Kafka types as whole numbers (the others are doubles).
-const WHOLE: [&str; 2] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE];
+const WHOLE: [&str; 3] = [
+    PRODUCER_BYTE_RATE,
+    CONSUMER_BYTE_RATE,
+    CONNECTION_CREATION_RATE,
+];
 
 /// The entity's (type, name) pairs in type order, each type once (a later one wins, as
 /// Kafka reads the request into a map).
@@ -46,12 +53,13 @@ fn entity_of(entry: &EntryData) -> QuotaEntity {
         .collect()
 }
 
-/// Why an entity's changes cannot be made (Kafka's INVALID_REQUEST messages).
-fn check(entity: &QuotaEntity, ops: &[OpData]) -> std::result::Result<(), String> {
+/// Why an entity's changes cannot be made (Kafka's INVALID_REQUEST messages). An IP
+/// address is stored in its canonical form, as the broker compares it.
+fn check(entity: &mut QuotaEntity, ops: &[OpData]) -> std::result::Result<(), String> {
     if entity.is_empty() {
         return Err("Invalid empty client quota entity".into());
     }
-    for (entity_type, name) in entity {
+    for (entity_type, name) in entity.iter() {
         if ![USER, CLIENT_ID, IP].contains(&entity_type.as_str()) {
             return Err(format!("Unhandled client quota entity type: {entity_type}"));
         }
@@ -59,14 +67,27 @@ fn check(entity: &QuotaEntity, ops: &[OpData]) -> std::result::Result<(), String
             return Err(format!("Empty {entity_type} not supported"));
         }
     }
-    if entity.iter().any(|(t, _)| t == IP) {
-        return Err(
-            "Quotas of IP addresses (connection_creation_rate) are not enforced by this broker"
-                .into(),
-        );
-    }
+    let with_ip = entity.iter().any(|(t, _)| t == IP);
+    let keys: &[&str] = match entity.as_mut_slice() {
+        [(_, name)] if with_ip => {
+            if let Some(name) = name {
+                let ip: IpAddr = name
+                    .parse()
+                    .map_err(|_| format!("{name} is not a valid IP or resolvable host."))?;
+                *name = ip.to_canonical().to_string();
+            }
+            &IP_KEYS
+        }
+        _ if with_ip => {
+            return Err(
+                "Invalid quota entity combination, IP entity should not be used with user/client ID entity."
+                    .into(),
+            );
+        }
+        _ => &KEYS,
+    };
     for op in ops.iter().filter(|op| !op.remove) {
-        if !KEYS.contains(&op.key.as_str()) {
+        if !keys.contains(&op.key.as_str()) {
             return Err(format!("Invalid configuration key {}", op.key));
         }
         if op.value.is_nan() || op.value <= 0.0 {
@@ -91,7 +112,7 @@ pub async fn handle(
     let mut refusals: Vec<Option<(ErrorCode, String)>> = Vec::new();
     let mut changes = Vec::new();
     for entry in &request.entries {
-        let entity = entity_of(entry);
+        let mut entity = entity_of(entry);
         let refusal = if !allowed {
             let denied = ErrorCode::ClusterAuthorizationFailed;
             Some((denied, denied.message().to_string()))
@@ -101,7 +122,7 @@ pub async fn handle(
                 format!("Ignoring duplicate entity {entity:?}"),
             ))
         } else {
-            check(&entity, &entry.ops)
+            check(&mut entity, &entry.ops)
                 .err()
                 .map(|reason| (ErrorCode::InvalidRequest, reason))
         };

@@ -54,6 +54,14 @@ def connect(address, source="127.0.0.1"):
     return sock
 
 
+def assert_a_producer_delivers(address, topic):
+    """A real client (confluent-kafka) connects and has a record acknowledged."""
+    delivered = []
+    producer = Producer({"bootstrap.servers": address})
+    producer.produce(topic, value=b"x", on_delivery=lambda err, msg: delivered.append(err))
+    assert producer.flush(30) == 0 and delivered == [None]
+
+
 def test_a_flood_from_one_address_stays_within_its_limit(tmp_path):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = min(hard, 8192)
@@ -86,11 +94,7 @@ def test_a_flood_from_one_address_stays_within_its_limit(tmp_path):
             s.close()
         flood = []
         time.sleep(0.5)
-        delivered = []
-        producer = Producer({"bootstrap.servers": broker.address})
-        producer.produce("after-the-flood", value=b"x",
-                         on_delivery=lambda err, msg: delivered.append(err))
-        assert producer.flush(30) == 0 and delivered == [None]
+        assert_a_producer_delivers(broker.address, "after-the-flood")
     finally:
         for s in flood:
             s.close()
@@ -147,11 +151,7 @@ def test_max_connection_creation_rate_spaces_out_accepts_and_serves_them_all():
         for s in opened:
             s.close()
         opened = []
-        delivered = []
-        producer = Producer({"bootstrap.servers": broker.address})
-        producer.produce("rate-limited", value=b"x",
-                         on_delivery=lambda err, msg: delivered.append(err))
-        assert producer.flush(30) == 0 and delivered == [None]
+        assert_a_producer_delivers(broker.address, "rate-limited")
     finally:
         for s in opened:
             s.close()

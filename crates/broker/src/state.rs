@@ -410,11 +410,13 @@ impl BrokerState {
         )
         .map_err(BrokerError::Security)?;
         // So are the voters' controller listener (the first of controller.listener.names,
-        // as Kafka's brokers reach it) and this node's own.
+        // as Kafka's brokers reach it), when there are other voters, and this node's own.
         let controller_net = match config.controller_listener_names.first() {
-            Some(name) => crate::secure_net::to_listener(&config, name, Arc::clone(&net))
-                .map_err(BrokerError::Security)?,
-            None => Arc::clone(&net),
+            Some(name) if !config.controller_quorum_voters.is_empty() => {
+                crate::secure_net::to_listener(&config, name, Arc::clone(&net))
+                    .map_err(BrokerError::Security)?
+            }
+            _ => Arc::clone(&net),
         };
         let controller_listener = match (controller_listener, config.controller_listener()) {
             (Some(socket), Some(listener)) => Some(

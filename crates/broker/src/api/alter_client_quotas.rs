@@ -1,8 +1,7 @@
 //! AlterClientQuotas (versions 0-1): sets and removes client quotas of users, client IDs,
 //! or both, and of IP addresses (a null name is the default entity), stored in the
-//! metadata log. Each entity
-//! is checked as Kafka checks it and refused alone with INVALID_REQUEST; the others are
-//! applied together. Needs ALTER_CONFIGS on the cluster.
+//! metadata log. Each entity is checked as Kafka checks it and refused alone with
+//! INVALID_REQUEST; the others are applied together. Needs ALTER_CONFIGS on the cluster.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;

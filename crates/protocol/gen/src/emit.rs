@@ -734,6 +734,14 @@ pub fn emit_api_index(specs: &[SpecFile]) -> String {
         }
         out.push_str("}\n");
     }
+    out.push_str("\n/// A request message: its API and the response it is answered with, so that a client\n/// can send a typed request and get the typed answer back.\npub trait Request: Message + Into<RequestBody> {\n    const API_KEY: ApiKey;\n    type Response: Message + TryFrom<ResponseBody, Error = ResponseBody>;\n}\n");
+    for (spec, _) in &apis {
+        let _ = write!(
+            out,
+            "\nimpl Request for {0}Request {{\n    const API_KEY: ApiKey = ApiKey::{0};\n    type Response = {0}Response;\n}}\n\nimpl From<{0}Request> for RequestBody {{\n    fn from(body: {0}Request) -> Self {{\n        RequestBody::{0}(body)\n    }}\n}}\n\nimpl From<{0}Response> for ResponseBody {{\n    fn from(body: {0}Response) -> Self {{\n        ResponseBody::{0}(body)\n    }}\n}}\n\nimpl TryFrom<ResponseBody> for {0}Response {{\n    type Error = ResponseBody;\n\n    /// The body if it is this API's response; otherwise the body back.\n    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {{\n        match body {{\n            ResponseBody::{0}(response) => Ok(response),\n            other => Err(other),\n        }}\n    }}\n}}\n",
+            spec.name
+        );
+    }
     out
 }
 

@@ -1579,3 +1579,1576 @@ impl ResponseBody {
         }
     }
 }
+
+/// A request message: its API and the response it is answered with, so that a client
+/// can send a typed request and get the typed answer back.
+pub trait Request: Message + Into<RequestBody> {
+    const API_KEY: ApiKey;
+    type Response: Message + TryFrom<ResponseBody, Error = ResponseBody>;
+}
+
+impl Request for ProduceRequest {
+    const API_KEY: ApiKey = ApiKey::Produce;
+    type Response = ProduceResponse;
+}
+
+impl From<ProduceRequest> for RequestBody {
+    fn from(body: ProduceRequest) -> Self {
+        RequestBody::Produce(body)
+    }
+}
+
+impl From<ProduceResponse> for ResponseBody {
+    fn from(body: ProduceResponse) -> Self {
+        ResponseBody::Produce(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for ProduceResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::Produce(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for FetchRequest {
+    const API_KEY: ApiKey = ApiKey::Fetch;
+    type Response = FetchResponse;
+}
+
+impl From<FetchRequest> for RequestBody {
+    fn from(body: FetchRequest) -> Self {
+        RequestBody::Fetch(body)
+    }
+}
+
+impl From<FetchResponse> for ResponseBody {
+    fn from(body: FetchResponse) -> Self {
+        ResponseBody::Fetch(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for FetchResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::Fetch(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for ListOffsetsRequest {
+    const API_KEY: ApiKey = ApiKey::ListOffsets;
+    type Response = ListOffsetsResponse;
+}
+
+impl From<ListOffsetsRequest> for RequestBody {
+    fn from(body: ListOffsetsRequest) -> Self {
+        RequestBody::ListOffsets(body)
+    }
+}
+
+impl From<ListOffsetsResponse> for ResponseBody {
+    fn from(body: ListOffsetsResponse) -> Self {
+        ResponseBody::ListOffsets(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for ListOffsetsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::ListOffsets(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for MetadataRequest {
+    const API_KEY: ApiKey = ApiKey::Metadata;
+    type Response = MetadataResponse;
+}
+
+impl From<MetadataRequest> for RequestBody {
+    fn from(body: MetadataRequest) -> Self {
+        RequestBody::Metadata(body)
+    }
+}
+
+impl From<MetadataResponse> for ResponseBody {
+    fn from(body: MetadataResponse) -> Self {
+        ResponseBody::Metadata(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for MetadataResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::Metadata(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for OffsetCommitRequest {
+    const API_KEY: ApiKey = ApiKey::OffsetCommit;
+    type Response = OffsetCommitResponse;
+}
+
+impl From<OffsetCommitRequest> for RequestBody {
+    fn from(body: OffsetCommitRequest) -> Self {
+        RequestBody::OffsetCommit(body)
+    }
+}
+
+impl From<OffsetCommitResponse> for ResponseBody {
+    fn from(body: OffsetCommitResponse) -> Self {
+        ResponseBody::OffsetCommit(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for OffsetCommitResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::OffsetCommit(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for OffsetFetchRequest {
+    const API_KEY: ApiKey = ApiKey::OffsetFetch;
+    type Response = OffsetFetchResponse;
+}
+
+impl From<OffsetFetchRequest> for RequestBody {
+    fn from(body: OffsetFetchRequest) -> Self {
+        RequestBody::OffsetFetch(body)
+    }
+}
+
+impl From<OffsetFetchResponse> for ResponseBody {
+    fn from(body: OffsetFetchResponse) -> Self {
+        ResponseBody::OffsetFetch(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for OffsetFetchResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::OffsetFetch(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for FindCoordinatorRequest {
+    const API_KEY: ApiKey = ApiKey::FindCoordinator;
+    type Response = FindCoordinatorResponse;
+}
+
+impl From<FindCoordinatorRequest> for RequestBody {
+    fn from(body: FindCoordinatorRequest) -> Self {
+        RequestBody::FindCoordinator(body)
+    }
+}
+
+impl From<FindCoordinatorResponse> for ResponseBody {
+    fn from(body: FindCoordinatorResponse) -> Self {
+        ResponseBody::FindCoordinator(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for FindCoordinatorResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::FindCoordinator(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for JoinGroupRequest {
+    const API_KEY: ApiKey = ApiKey::JoinGroup;
+    type Response = JoinGroupResponse;
+}
+
+impl From<JoinGroupRequest> for RequestBody {
+    fn from(body: JoinGroupRequest) -> Self {
+        RequestBody::JoinGroup(body)
+    }
+}
+
+impl From<JoinGroupResponse> for ResponseBody {
+    fn from(body: JoinGroupResponse) -> Self {
+        ResponseBody::JoinGroup(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for JoinGroupResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::JoinGroup(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for HeartbeatRequest {
+    const API_KEY: ApiKey = ApiKey::Heartbeat;
+    type Response = HeartbeatResponse;
+}
+
+impl From<HeartbeatRequest> for RequestBody {
+    fn from(body: HeartbeatRequest) -> Self {
+        RequestBody::Heartbeat(body)
+    }
+}
+
+impl From<HeartbeatResponse> for ResponseBody {
+    fn from(body: HeartbeatResponse) -> Self {
+        ResponseBody::Heartbeat(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for HeartbeatResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::Heartbeat(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for LeaveGroupRequest {
+    const API_KEY: ApiKey = ApiKey::LeaveGroup;
+    type Response = LeaveGroupResponse;
+}
+
+impl From<LeaveGroupRequest> for RequestBody {
+    fn from(body: LeaveGroupRequest) -> Self {
+        RequestBody::LeaveGroup(body)
+    }
+}
+
+impl From<LeaveGroupResponse> for ResponseBody {
+    fn from(body: LeaveGroupResponse) -> Self {
+        ResponseBody::LeaveGroup(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for LeaveGroupResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::LeaveGroup(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for SyncGroupRequest {
+    const API_KEY: ApiKey = ApiKey::SyncGroup;
+    type Response = SyncGroupResponse;
+}
+
+impl From<SyncGroupRequest> for RequestBody {
+    fn from(body: SyncGroupRequest) -> Self {
+        RequestBody::SyncGroup(body)
+    }
+}
+
+impl From<SyncGroupResponse> for ResponseBody {
+    fn from(body: SyncGroupResponse) -> Self {
+        ResponseBody::SyncGroup(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for SyncGroupResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::SyncGroup(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for DescribeGroupsRequest {
+    const API_KEY: ApiKey = ApiKey::DescribeGroups;
+    type Response = DescribeGroupsResponse;
+}
+
+impl From<DescribeGroupsRequest> for RequestBody {
+    fn from(body: DescribeGroupsRequest) -> Self {
+        RequestBody::DescribeGroups(body)
+    }
+}
+
+impl From<DescribeGroupsResponse> for ResponseBody {
+    fn from(body: DescribeGroupsResponse) -> Self {
+        ResponseBody::DescribeGroups(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for DescribeGroupsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::DescribeGroups(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for ListGroupsRequest {
+    const API_KEY: ApiKey = ApiKey::ListGroups;
+    type Response = ListGroupsResponse;
+}
+
+impl From<ListGroupsRequest> for RequestBody {
+    fn from(body: ListGroupsRequest) -> Self {
+        RequestBody::ListGroups(body)
+    }
+}
+
+impl From<ListGroupsResponse> for ResponseBody {
+    fn from(body: ListGroupsResponse) -> Self {
+        ResponseBody::ListGroups(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for ListGroupsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::ListGroups(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for SaslHandshakeRequest {
+    const API_KEY: ApiKey = ApiKey::SaslHandshake;
+    type Response = SaslHandshakeResponse;
+}
+
+impl From<SaslHandshakeRequest> for RequestBody {
+    fn from(body: SaslHandshakeRequest) -> Self {
+        RequestBody::SaslHandshake(body)
+    }
+}
+
+impl From<SaslHandshakeResponse> for ResponseBody {
+    fn from(body: SaslHandshakeResponse) -> Self {
+        ResponseBody::SaslHandshake(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for SaslHandshakeResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::SaslHandshake(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for ApiVersionsRequest {
+    const API_KEY: ApiKey = ApiKey::ApiVersions;
+    type Response = ApiVersionsResponse;
+}
+
+impl From<ApiVersionsRequest> for RequestBody {
+    fn from(body: ApiVersionsRequest) -> Self {
+        RequestBody::ApiVersions(body)
+    }
+}
+
+impl From<ApiVersionsResponse> for ResponseBody {
+    fn from(body: ApiVersionsResponse) -> Self {
+        ResponseBody::ApiVersions(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for ApiVersionsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::ApiVersions(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for CreateTopicsRequest {
+    const API_KEY: ApiKey = ApiKey::CreateTopics;
+    type Response = CreateTopicsResponse;
+}
+
+impl From<CreateTopicsRequest> for RequestBody {
+    fn from(body: CreateTopicsRequest) -> Self {
+        RequestBody::CreateTopics(body)
+    }
+}
+
+impl From<CreateTopicsResponse> for ResponseBody {
+    fn from(body: CreateTopicsResponse) -> Self {
+        ResponseBody::CreateTopics(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for CreateTopicsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::CreateTopics(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for DeleteTopicsRequest {
+    const API_KEY: ApiKey = ApiKey::DeleteTopics;
+    type Response = DeleteTopicsResponse;
+}
+
+impl From<DeleteTopicsRequest> for RequestBody {
+    fn from(body: DeleteTopicsRequest) -> Self {
+        RequestBody::DeleteTopics(body)
+    }
+}
+
+impl From<DeleteTopicsResponse> for ResponseBody {
+    fn from(body: DeleteTopicsResponse) -> Self {
+        ResponseBody::DeleteTopics(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for DeleteTopicsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::DeleteTopics(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for DeleteRecordsRequest {
+    const API_KEY: ApiKey = ApiKey::DeleteRecords;
+    type Response = DeleteRecordsResponse;
+}
+
+impl From<DeleteRecordsRequest> for RequestBody {
+    fn from(body: DeleteRecordsRequest) -> Self {
+        RequestBody::DeleteRecords(body)
+    }
+}
+
+impl From<DeleteRecordsResponse> for ResponseBody {
+    fn from(body: DeleteRecordsResponse) -> Self {
+        ResponseBody::DeleteRecords(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for DeleteRecordsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::DeleteRecords(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for InitProducerIdRequest {
+    const API_KEY: ApiKey = ApiKey::InitProducerId;
+    type Response = InitProducerIdResponse;
+}
+
+impl From<InitProducerIdRequest> for RequestBody {
+    fn from(body: InitProducerIdRequest) -> Self {
+        RequestBody::InitProducerId(body)
+    }
+}
+
+impl From<InitProducerIdResponse> for ResponseBody {
+    fn from(body: InitProducerIdResponse) -> Self {
+        ResponseBody::InitProducerId(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for InitProducerIdResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::InitProducerId(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for OffsetForLeaderEpochRequest {
+    const API_KEY: ApiKey = ApiKey::OffsetForLeaderEpoch;
+    type Response = OffsetForLeaderEpochResponse;
+}
+
+impl From<OffsetForLeaderEpochRequest> for RequestBody {
+    fn from(body: OffsetForLeaderEpochRequest) -> Self {
+        RequestBody::OffsetForLeaderEpoch(body)
+    }
+}
+
+impl From<OffsetForLeaderEpochResponse> for ResponseBody {
+    fn from(body: OffsetForLeaderEpochResponse) -> Self {
+        ResponseBody::OffsetForLeaderEpoch(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for OffsetForLeaderEpochResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::OffsetForLeaderEpoch(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for AddPartitionsToTxnRequest {
+    const API_KEY: ApiKey = ApiKey::AddPartitionsToTxn;
+    type Response = AddPartitionsToTxnResponse;
+}
+
+impl From<AddPartitionsToTxnRequest> for RequestBody {
+    fn from(body: AddPartitionsToTxnRequest) -> Self {
+        RequestBody::AddPartitionsToTxn(body)
+    }
+}
+
+impl From<AddPartitionsToTxnResponse> for ResponseBody {
+    fn from(body: AddPartitionsToTxnResponse) -> Self {
+        ResponseBody::AddPartitionsToTxn(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for AddPartitionsToTxnResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::AddPartitionsToTxn(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for AddOffsetsToTxnRequest {
+    const API_KEY: ApiKey = ApiKey::AddOffsetsToTxn;
+    type Response = AddOffsetsToTxnResponse;
+}
+
+impl From<AddOffsetsToTxnRequest> for RequestBody {
+    fn from(body: AddOffsetsToTxnRequest) -> Self {
+        RequestBody::AddOffsetsToTxn(body)
+    }
+}
+
+impl From<AddOffsetsToTxnResponse> for ResponseBody {
+    fn from(body: AddOffsetsToTxnResponse) -> Self {
+        ResponseBody::AddOffsetsToTxn(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for AddOffsetsToTxnResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::AddOffsetsToTxn(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for EndTxnRequest {
+    const API_KEY: ApiKey = ApiKey::EndTxn;
+    type Response = EndTxnResponse;
+}
+
+impl From<EndTxnRequest> for RequestBody {
+    fn from(body: EndTxnRequest) -> Self {
+        RequestBody::EndTxn(body)
+    }
+}
+
+impl From<EndTxnResponse> for ResponseBody {
+    fn from(body: EndTxnResponse) -> Self {
+        ResponseBody::EndTxn(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for EndTxnResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::EndTxn(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for WriteTxnMarkersRequest {
+    const API_KEY: ApiKey = ApiKey::WriteTxnMarkers;
+    type Response = WriteTxnMarkersResponse;
+}
+
+impl From<WriteTxnMarkersRequest> for RequestBody {
+    fn from(body: WriteTxnMarkersRequest) -> Self {
+        RequestBody::WriteTxnMarkers(body)
+    }
+}
+
+impl From<WriteTxnMarkersResponse> for ResponseBody {
+    fn from(body: WriteTxnMarkersResponse) -> Self {
+        ResponseBody::WriteTxnMarkers(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for WriteTxnMarkersResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::WriteTxnMarkers(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for TxnOffsetCommitRequest {
+    const API_KEY: ApiKey = ApiKey::TxnOffsetCommit;
+    type Response = TxnOffsetCommitResponse;
+}
+
+impl From<TxnOffsetCommitRequest> for RequestBody {
+    fn from(body: TxnOffsetCommitRequest) -> Self {
+        RequestBody::TxnOffsetCommit(body)
+    }
+}
+
+impl From<TxnOffsetCommitResponse> for ResponseBody {
+    fn from(body: TxnOffsetCommitResponse) -> Self {
+        ResponseBody::TxnOffsetCommit(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for TxnOffsetCommitResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::TxnOffsetCommit(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for DescribeAclsRequest {
+    const API_KEY: ApiKey = ApiKey::DescribeAcls;
+    type Response = DescribeAclsResponse;
+}
+
+impl From<DescribeAclsRequest> for RequestBody {
+    fn from(body: DescribeAclsRequest) -> Self {
+        RequestBody::DescribeAcls(body)
+    }
+}
+
+impl From<DescribeAclsResponse> for ResponseBody {
+    fn from(body: DescribeAclsResponse) -> Self {
+        ResponseBody::DescribeAcls(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for DescribeAclsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::DescribeAcls(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for CreateAclsRequest {
+    const API_KEY: ApiKey = ApiKey::CreateAcls;
+    type Response = CreateAclsResponse;
+}
+
+impl From<CreateAclsRequest> for RequestBody {
+    fn from(body: CreateAclsRequest) -> Self {
+        RequestBody::CreateAcls(body)
+    }
+}
+
+impl From<CreateAclsResponse> for ResponseBody {
+    fn from(body: CreateAclsResponse) -> Self {
+        ResponseBody::CreateAcls(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for CreateAclsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::CreateAcls(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for DeleteAclsRequest {
+    const API_KEY: ApiKey = ApiKey::DeleteAcls;
+    type Response = DeleteAclsResponse;
+}
+
+impl From<DeleteAclsRequest> for RequestBody {
+    fn from(body: DeleteAclsRequest) -> Self {
+        RequestBody::DeleteAcls(body)
+    }
+}
+
+impl From<DeleteAclsResponse> for ResponseBody {
+    fn from(body: DeleteAclsResponse) -> Self {
+        ResponseBody::DeleteAcls(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for DeleteAclsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::DeleteAcls(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for DescribeConfigsRequest {
+    const API_KEY: ApiKey = ApiKey::DescribeConfigs;
+    type Response = DescribeConfigsResponse;
+}
+
+impl From<DescribeConfigsRequest> for RequestBody {
+    fn from(body: DescribeConfigsRequest) -> Self {
+        RequestBody::DescribeConfigs(body)
+    }
+}
+
+impl From<DescribeConfigsResponse> for ResponseBody {
+    fn from(body: DescribeConfigsResponse) -> Self {
+        ResponseBody::DescribeConfigs(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for DescribeConfigsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::DescribeConfigs(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for AlterConfigsRequest {
+    const API_KEY: ApiKey = ApiKey::AlterConfigs;
+    type Response = AlterConfigsResponse;
+}
+
+impl From<AlterConfigsRequest> for RequestBody {
+    fn from(body: AlterConfigsRequest) -> Self {
+        RequestBody::AlterConfigs(body)
+    }
+}
+
+impl From<AlterConfigsResponse> for ResponseBody {
+    fn from(body: AlterConfigsResponse) -> Self {
+        ResponseBody::AlterConfigs(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for AlterConfigsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::AlterConfigs(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for DescribeLogDirsRequest {
+    const API_KEY: ApiKey = ApiKey::DescribeLogDirs;
+    type Response = DescribeLogDirsResponse;
+}
+
+impl From<DescribeLogDirsRequest> for RequestBody {
+    fn from(body: DescribeLogDirsRequest) -> Self {
+        RequestBody::DescribeLogDirs(body)
+    }
+}
+
+impl From<DescribeLogDirsResponse> for ResponseBody {
+    fn from(body: DescribeLogDirsResponse) -> Self {
+        ResponseBody::DescribeLogDirs(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for DescribeLogDirsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::DescribeLogDirs(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for SaslAuthenticateRequest {
+    const API_KEY: ApiKey = ApiKey::SaslAuthenticate;
+    type Response = SaslAuthenticateResponse;
+}
+
+impl From<SaslAuthenticateRequest> for RequestBody {
+    fn from(body: SaslAuthenticateRequest) -> Self {
+        RequestBody::SaslAuthenticate(body)
+    }
+}
+
+impl From<SaslAuthenticateResponse> for ResponseBody {
+    fn from(body: SaslAuthenticateResponse) -> Self {
+        ResponseBody::SaslAuthenticate(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for SaslAuthenticateResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::SaslAuthenticate(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for CreatePartitionsRequest {
+    const API_KEY: ApiKey = ApiKey::CreatePartitions;
+    type Response = CreatePartitionsResponse;
+}
+
+impl From<CreatePartitionsRequest> for RequestBody {
+    fn from(body: CreatePartitionsRequest) -> Self {
+        RequestBody::CreatePartitions(body)
+    }
+}
+
+impl From<CreatePartitionsResponse> for ResponseBody {
+    fn from(body: CreatePartitionsResponse) -> Self {
+        ResponseBody::CreatePartitions(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for CreatePartitionsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::CreatePartitions(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for DeleteGroupsRequest {
+    const API_KEY: ApiKey = ApiKey::DeleteGroups;
+    type Response = DeleteGroupsResponse;
+}
+
+impl From<DeleteGroupsRequest> for RequestBody {
+    fn from(body: DeleteGroupsRequest) -> Self {
+        RequestBody::DeleteGroups(body)
+    }
+}
+
+impl From<DeleteGroupsResponse> for ResponseBody {
+    fn from(body: DeleteGroupsResponse) -> Self {
+        ResponseBody::DeleteGroups(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for DeleteGroupsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::DeleteGroups(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for ElectLeadersRequest {
+    const API_KEY: ApiKey = ApiKey::ElectLeaders;
+    type Response = ElectLeadersResponse;
+}
+
+impl From<ElectLeadersRequest> for RequestBody {
+    fn from(body: ElectLeadersRequest) -> Self {
+        RequestBody::ElectLeaders(body)
+    }
+}
+
+impl From<ElectLeadersResponse> for ResponseBody {
+    fn from(body: ElectLeadersResponse) -> Self {
+        ResponseBody::ElectLeaders(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for ElectLeadersResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::ElectLeaders(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for IncrementalAlterConfigsRequest {
+    const API_KEY: ApiKey = ApiKey::IncrementalAlterConfigs;
+    type Response = IncrementalAlterConfigsResponse;
+}
+
+impl From<IncrementalAlterConfigsRequest> for RequestBody {
+    fn from(body: IncrementalAlterConfigsRequest) -> Self {
+        RequestBody::IncrementalAlterConfigs(body)
+    }
+}
+
+impl From<IncrementalAlterConfigsResponse> for ResponseBody {
+    fn from(body: IncrementalAlterConfigsResponse) -> Self {
+        ResponseBody::IncrementalAlterConfigs(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for IncrementalAlterConfigsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::IncrementalAlterConfigs(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for AlterPartitionReassignmentsRequest {
+    const API_KEY: ApiKey = ApiKey::AlterPartitionReassignments;
+    type Response = AlterPartitionReassignmentsResponse;
+}
+
+impl From<AlterPartitionReassignmentsRequest> for RequestBody {
+    fn from(body: AlterPartitionReassignmentsRequest) -> Self {
+        RequestBody::AlterPartitionReassignments(body)
+    }
+}
+
+impl From<AlterPartitionReassignmentsResponse> for ResponseBody {
+    fn from(body: AlterPartitionReassignmentsResponse) -> Self {
+        ResponseBody::AlterPartitionReassignments(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for AlterPartitionReassignmentsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::AlterPartitionReassignments(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for ListPartitionReassignmentsRequest {
+    const API_KEY: ApiKey = ApiKey::ListPartitionReassignments;
+    type Response = ListPartitionReassignmentsResponse;
+}
+
+impl From<ListPartitionReassignmentsRequest> for RequestBody {
+    fn from(body: ListPartitionReassignmentsRequest) -> Self {
+        RequestBody::ListPartitionReassignments(body)
+    }
+}
+
+impl From<ListPartitionReassignmentsResponse> for ResponseBody {
+    fn from(body: ListPartitionReassignmentsResponse) -> Self {
+        ResponseBody::ListPartitionReassignments(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for ListPartitionReassignmentsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::ListPartitionReassignments(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for OffsetDeleteRequest {
+    const API_KEY: ApiKey = ApiKey::OffsetDelete;
+    type Response = OffsetDeleteResponse;
+}
+
+impl From<OffsetDeleteRequest> for RequestBody {
+    fn from(body: OffsetDeleteRequest) -> Self {
+        RequestBody::OffsetDelete(body)
+    }
+}
+
+impl From<OffsetDeleteResponse> for ResponseBody {
+    fn from(body: OffsetDeleteResponse) -> Self {
+        ResponseBody::OffsetDelete(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for OffsetDeleteResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::OffsetDelete(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for DescribeClientQuotasRequest {
+    const API_KEY: ApiKey = ApiKey::DescribeClientQuotas;
+    type Response = DescribeClientQuotasResponse;
+}
+
+impl From<DescribeClientQuotasRequest> for RequestBody {
+    fn from(body: DescribeClientQuotasRequest) -> Self {
+        RequestBody::DescribeClientQuotas(body)
+    }
+}
+
+impl From<DescribeClientQuotasResponse> for ResponseBody {
+    fn from(body: DescribeClientQuotasResponse) -> Self {
+        ResponseBody::DescribeClientQuotas(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for DescribeClientQuotasResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::DescribeClientQuotas(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for AlterClientQuotasRequest {
+    const API_KEY: ApiKey = ApiKey::AlterClientQuotas;
+    type Response = AlterClientQuotasResponse;
+}
+
+impl From<AlterClientQuotasRequest> for RequestBody {
+    fn from(body: AlterClientQuotasRequest) -> Self {
+        RequestBody::AlterClientQuotas(body)
+    }
+}
+
+impl From<AlterClientQuotasResponse> for ResponseBody {
+    fn from(body: AlterClientQuotasResponse) -> Self {
+        ResponseBody::AlterClientQuotas(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for AlterClientQuotasResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::AlterClientQuotas(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for DescribeUserScramCredentialsRequest {
+    const API_KEY: ApiKey = ApiKey::DescribeUserScramCredentials;
+    type Response = DescribeUserScramCredentialsResponse;
+}
+
+impl From<DescribeUserScramCredentialsRequest> for RequestBody {
+    fn from(body: DescribeUserScramCredentialsRequest) -> Self {
+        RequestBody::DescribeUserScramCredentials(body)
+    }
+}
+
+impl From<DescribeUserScramCredentialsResponse> for ResponseBody {
+    fn from(body: DescribeUserScramCredentialsResponse) -> Self {
+        ResponseBody::DescribeUserScramCredentials(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for DescribeUserScramCredentialsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::DescribeUserScramCredentials(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for AlterUserScramCredentialsRequest {
+    const API_KEY: ApiKey = ApiKey::AlterUserScramCredentials;
+    type Response = AlterUserScramCredentialsResponse;
+}
+
+impl From<AlterUserScramCredentialsRequest> for RequestBody {
+    fn from(body: AlterUserScramCredentialsRequest) -> Self {
+        RequestBody::AlterUserScramCredentials(body)
+    }
+}
+
+impl From<AlterUserScramCredentialsResponse> for ResponseBody {
+    fn from(body: AlterUserScramCredentialsResponse) -> Self {
+        ResponseBody::AlterUserScramCredentials(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for AlterUserScramCredentialsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::AlterUserScramCredentials(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for AlterPartitionRequest {
+    const API_KEY: ApiKey = ApiKey::AlterPartition;
+    type Response = AlterPartitionResponse;
+}
+
+impl From<AlterPartitionRequest> for RequestBody {
+    fn from(body: AlterPartitionRequest) -> Self {
+        RequestBody::AlterPartition(body)
+    }
+}
+
+impl From<AlterPartitionResponse> for ResponseBody {
+    fn from(body: AlterPartitionResponse) -> Self {
+        ResponseBody::AlterPartition(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for AlterPartitionResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::AlterPartition(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for DescribeClusterRequest {
+    const API_KEY: ApiKey = ApiKey::DescribeCluster;
+    type Response = DescribeClusterResponse;
+}
+
+impl From<DescribeClusterRequest> for RequestBody {
+    fn from(body: DescribeClusterRequest) -> Self {
+        RequestBody::DescribeCluster(body)
+    }
+}
+
+impl From<DescribeClusterResponse> for ResponseBody {
+    fn from(body: DescribeClusterResponse) -> Self {
+        ResponseBody::DescribeCluster(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for DescribeClusterResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::DescribeCluster(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for DescribeProducersRequest {
+    const API_KEY: ApiKey = ApiKey::DescribeProducers;
+    type Response = DescribeProducersResponse;
+}
+
+impl From<DescribeProducersRequest> for RequestBody {
+    fn from(body: DescribeProducersRequest) -> Self {
+        RequestBody::DescribeProducers(body)
+    }
+}
+
+impl From<DescribeProducersResponse> for ResponseBody {
+    fn from(body: DescribeProducersResponse) -> Self {
+        ResponseBody::DescribeProducers(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for DescribeProducersResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::DescribeProducers(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for BrokerRegistrationRequest {
+    const API_KEY: ApiKey = ApiKey::BrokerRegistration;
+    type Response = BrokerRegistrationResponse;
+}
+
+impl From<BrokerRegistrationRequest> for RequestBody {
+    fn from(body: BrokerRegistrationRequest) -> Self {
+        RequestBody::BrokerRegistration(body)
+    }
+}
+
+impl From<BrokerRegistrationResponse> for ResponseBody {
+    fn from(body: BrokerRegistrationResponse) -> Self {
+        ResponseBody::BrokerRegistration(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for BrokerRegistrationResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::BrokerRegistration(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for BrokerHeartbeatRequest {
+    const API_KEY: ApiKey = ApiKey::BrokerHeartbeat;
+    type Response = BrokerHeartbeatResponse;
+}
+
+impl From<BrokerHeartbeatRequest> for RequestBody {
+    fn from(body: BrokerHeartbeatRequest) -> Self {
+        RequestBody::BrokerHeartbeat(body)
+    }
+}
+
+impl From<BrokerHeartbeatResponse> for ResponseBody {
+    fn from(body: BrokerHeartbeatResponse) -> Self {
+        ResponseBody::BrokerHeartbeat(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for BrokerHeartbeatResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::BrokerHeartbeat(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for UnregisterBrokerRequest {
+    const API_KEY: ApiKey = ApiKey::UnregisterBroker;
+    type Response = UnregisterBrokerResponse;
+}
+
+impl From<UnregisterBrokerRequest> for RequestBody {
+    fn from(body: UnregisterBrokerRequest) -> Self {
+        RequestBody::UnregisterBroker(body)
+    }
+}
+
+impl From<UnregisterBrokerResponse> for ResponseBody {
+    fn from(body: UnregisterBrokerResponse) -> Self {
+        ResponseBody::UnregisterBroker(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for UnregisterBrokerResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::UnregisterBroker(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for DescribeTransactionsRequest {
+    const API_KEY: ApiKey = ApiKey::DescribeTransactions;
+    type Response = DescribeTransactionsResponse;
+}
+
+impl From<DescribeTransactionsRequest> for RequestBody {
+    fn from(body: DescribeTransactionsRequest) -> Self {
+        RequestBody::DescribeTransactions(body)
+    }
+}
+
+impl From<DescribeTransactionsResponse> for ResponseBody {
+    fn from(body: DescribeTransactionsResponse) -> Self {
+        ResponseBody::DescribeTransactions(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for DescribeTransactionsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::DescribeTransactions(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for ListTransactionsRequest {
+    const API_KEY: ApiKey = ApiKey::ListTransactions;
+    type Response = ListTransactionsResponse;
+}
+
+impl From<ListTransactionsRequest> for RequestBody {
+    fn from(body: ListTransactionsRequest) -> Self {
+        RequestBody::ListTransactions(body)
+    }
+}
+
+impl From<ListTransactionsResponse> for ResponseBody {
+    fn from(body: ListTransactionsResponse) -> Self {
+        ResponseBody::ListTransactions(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for ListTransactionsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::ListTransactions(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for ConsumerGroupHeartbeatRequest {
+    const API_KEY: ApiKey = ApiKey::ConsumerGroupHeartbeat;
+    type Response = ConsumerGroupHeartbeatResponse;
+}
+
+impl From<ConsumerGroupHeartbeatRequest> for RequestBody {
+    fn from(body: ConsumerGroupHeartbeatRequest) -> Self {
+        RequestBody::ConsumerGroupHeartbeat(body)
+    }
+}
+
+impl From<ConsumerGroupHeartbeatResponse> for ResponseBody {
+    fn from(body: ConsumerGroupHeartbeatResponse) -> Self {
+        ResponseBody::ConsumerGroupHeartbeat(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for ConsumerGroupHeartbeatResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::ConsumerGroupHeartbeat(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for ConsumerGroupDescribeRequest {
+    const API_KEY: ApiKey = ApiKey::ConsumerGroupDescribe;
+    type Response = ConsumerGroupDescribeResponse;
+}
+
+impl From<ConsumerGroupDescribeRequest> for RequestBody {
+    fn from(body: ConsumerGroupDescribeRequest) -> Self {
+        RequestBody::ConsumerGroupDescribe(body)
+    }
+}
+
+impl From<ConsumerGroupDescribeResponse> for ResponseBody {
+    fn from(body: ConsumerGroupDescribeResponse) -> Self {
+        ResponseBody::ConsumerGroupDescribe(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for ConsumerGroupDescribeResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::ConsumerGroupDescribe(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}
+
+impl Request for DescribeTopicPartitionsRequest {
+    const API_KEY: ApiKey = ApiKey::DescribeTopicPartitions;
+    type Response = DescribeTopicPartitionsResponse;
+}
+
+impl From<DescribeTopicPartitionsRequest> for RequestBody {
+    fn from(body: DescribeTopicPartitionsRequest) -> Self {
+        RequestBody::DescribeTopicPartitions(body)
+    }
+}
+
+impl From<DescribeTopicPartitionsResponse> for ResponseBody {
+    fn from(body: DescribeTopicPartitionsResponse) -> Self {
+        ResponseBody::DescribeTopicPartitions(body)
+    }
+}
+
+impl TryFrom<ResponseBody> for DescribeTopicPartitionsResponse {
+    type Error = ResponseBody;
+
+    /// The body if it is this API's response; otherwise the body back.
+    fn try_from(body: ResponseBody) -> Result<Self, ResponseBody> {
+        match body {
+            ResponseBody::DescribeTopicPartitions(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+}

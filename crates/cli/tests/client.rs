@@ -1,0 +1,259 @@
+//! spool-client against the real broker: admin calls, a producer whose keyed records land
+//! where the Java default partitioner puts them, and a consumer that reads them back from
+//! an offset, a time, the start and the end.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed expectation is a failed test
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Server, temp_dir};
+use spool_client::partitioner::partition_for_key;
+use spool_client::{
+    Acks, Admin, Client, ClientConfig, Compression, ConfigChange, ConfigResource, Consumer,
+    ConsumerConfig, ErrorCode, NewTopic, OffsetReset, OffsetSpec, Producer, ProducerConfig,
+    ProducerRecord,
+};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn topic(name: &str, partitions: i32) -> NewTopic {
+    NewTopic {
+        name: name.into(),
+        partitions: Some(partitions),
+        replication_factor: Some(1),
+        configs: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn admin_creates_describes_alters_grows_and_deletes_a_topic() {
+    let dir = temp_dir("client-admin");
+    let server = Server::start(&dir, &[]);
+    runtime().block_on(async {
+        let admin = Admin::new(
+            Client::connect(ClientConfig::new(&server.address))
+                .await
+                .unwrap(),
+        );
+        let mut orders = topic("orders", 3);
+        orders
+            .configs
+            .insert("retention.ms".into(), "3600000".into());
+        admin.create_topics(&[orders.clone()], false).await.unwrap();
+        let again = admin.create_topics(&[orders], false).await.unwrap_err();
+        assert_eq!(again.code(), Some(ErrorCode::TopicAlreadyExists));
+        assert!(again.to_string().contains("topic orders"), "{again}");
+
+        let described = admin.describe_topic("orders").await.unwrap();
+        assert_eq!(described.partitions.len(), 3);
+        assert!(
+            described
+                .partitions
+                .iter()
+                .all(|p| p.leader == 0 && p.replicas == [0])
+        );
+
+        let retention = |entries: Vec<spool_client::ConfigEntry>| {
+            entries
+                .into_iter()
+                .find(|e| e.name == "retention.ms")
+                .and_then(|e| e.value)
+        };
+        let configs = admin
+            .describe_configs(ConfigResource::Topic, "orders", None)
+            .await
+            .unwrap();
+        assert_eq!(retention(configs).as_deref(), Some("3600000"));
+        admin
+            .alter_configs(
+                ConfigResource::Topic,
+                "orders",
+                &[ConfigChange::Set("retention.ms".into(), "60000".into())],
+                false,
+            )
+            .await
+            .unwrap();
+        let configs = admin
+            .describe_configs(ConfigResource::Topic, "orders", None)
+            .await
+            .unwrap();
+        assert_eq!(retention(configs).as_deref(), Some("60000"));
+        let bad = admin
+            .alter_configs(
+                ConfigResource::Topic,
+                "orders",
+                &[ConfigChange::Set("retention.ms".into(), "soon".into())],
+                false,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), Some(ErrorCode::InvalidConfig), "{bad}");
+
+        admin.create_partitions("orders", 5, false).await.unwrap();
+        assert_eq!(
+            admin
+                .describe_topic("orders")
+                .await
+                .unwrap()
+                .partitions
+                .len(),
+            5
+        );
+        let shrink = admin
+            .create_partitions("orders", 2, false)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            shrink.code(),
+            Some(ErrorCode::InvalidPartitions),
+            "{shrink}"
+        );
+
+        let cluster = admin.cluster().await.unwrap();
+        assert!(cluster.topics.contains_key("orders"));
+        assert_eq!(cluster.brokers.len(), 1);
+        admin.delete_topics(&["orders".into()]).await.unwrap();
+        let gone = admin.describe_topic("orders").await.unwrap_err();
+        assert_eq!(gone.code(), Some(ErrorCode::UnknownTopicOrPartition));
+    });
+    server.stop();
+}
+
+#[test]
+fn produced_records_land_where_the_java_partitioner_puts_them_and_read_back_in_order() {
+    let dir = temp_dir("client-produce");
+    let server = Server::start(&dir, &[]);
+    runtime().block_on(async {
+        let client = Client::connect(ClientConfig::new(&server.address))
+            .await
+            .unwrap();
+        Admin::new(client.clone())
+            .create_topics(&[topic("events", 6)], false)
+            .await
+            .unwrap();
+        for compression in [Compression::None, Compression::Zstd, Compression::Gzip] {
+            let producer = Producer::new(
+                client.clone(),
+                ProducerConfig {
+                    compression,
+                    batch_size: 4096,
+                    ..Default::default()
+                },
+            );
+            let mut deliveries = Vec::new();
+            for i in 0..300 {
+                let key = format!("key-{}", i % 17);
+                let record = ProducerRecord::new("events", format!("{compression:?}-{i}"))
+                    .key(key.clone())
+                    .header("n", i.to_string());
+                deliveries.push((key, producer.send(record).await.unwrap()));
+            }
+            producer.flush().await;
+            let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+            for (key, delivery) in deliveries {
+                let written = delivery.wait().await.unwrap();
+                assert_eq!(
+                    written.partition,
+                    partition_for_key(key.as_bytes(), 6),
+                    "{key}"
+                );
+                // Offsets within a partition follow the order of sends.
+                if let Some(before) = last.insert(written.partition, written.offset) {
+                    assert_eq!(
+                        written.offset,
+                        before + 1,
+                        "{compression:?} {key} {written:?}"
+                    );
+                }
+            }
+            producer.close().await;
+        }
+
+        let mut consumer = Consumer::new(
+            client.clone(),
+            ConsumerConfig {
+                auto_offset_reset: OffsetReset::Earliest,
+                ..Default::default()
+            },
+        );
+        let partitions = consumer.partitions_of("events").await.unwrap();
+        consumer.assign(partitions.clone());
+        let mut read = Vec::new();
+        while read.len() < 900 {
+            let records = consumer.poll().await.unwrap();
+            assert!(!records.is_empty(), "records stop at {}", read.len());
+            read.extend(records);
+        }
+        assert_eq!(read.len(), 900);
+        for partition in 0..6 {
+            let offsets: Vec<i64> = read
+                .iter()
+                .filter(|r| r.partition == partition)
+                .map(|r| r.offset)
+                .collect();
+            assert_eq!(offsets, (0..offsets.len() as i64).collect::<Vec<_>>());
+        }
+        let first = read
+            .iter()
+            .find(|r| r.value.as_deref() == Some(&b"Zstd-0"[..]))
+            .unwrap();
+        assert_eq!(first.key.as_deref(), Some(&b"key-0"[..]));
+        assert_eq!(first.headers, vec![("n".to_string(), Some("0".into()))]);
+
+        // By time: every record is older than now, so the end; by offset; at the end.
+        let tp = ("events".to_string(), first.partition);
+        consumer.assign([tp.clone()]);
+        consumer
+            .seek(
+                std::slice::from_ref(&tp),
+                OffsetSpec::Timestamp(first.timestamp_ms),
+            )
+            .await
+            .unwrap();
+        let from_time = consumer.position(&tp).unwrap();
+        assert!(from_time <= first.offset);
+        consumer
+            .seek(std::slice::from_ref(&tp), OffsetSpec::Offset(first.offset))
+            .await
+            .unwrap();
+        let records = consumer.poll().await.unwrap();
+        assert_eq!(records[0].value, first.value);
+        consumer
+            .seek(std::slice::from_ref(&tp), OffsetSpec::Latest)
+            .await
+            .unwrap();
+        assert_eq!(consumer.position(&tp), consumer.high_watermark(&tp));
+        assert!(consumer.poll().await.unwrap().is_empty());
+
+        // acks=0: delivered without offsets, and readable.
+        let fire_and_forget = Producer::new(
+            client.clone(),
+            ProducerConfig {
+                acks: Acks::None,
+                ..Default::default()
+            },
+        );
+        let delivery = fire_and_forget
+            .send(ProducerRecord::new("events", "unacked").partition(first.partition))
+            .await
+            .unwrap();
+        fire_and_forget.flush().await;
+        assert_eq!(delivery.wait().await.unwrap().offset, -1);
+        let mut tail = Vec::new();
+        for _ in 0..20 {
+            tail.extend(consumer.poll().await.unwrap());
+            if !tail.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(tail[0].value.as_deref(), Some(&b"unacked"[..]));
+    });
+    server.stop();
+}

@@ -1,0 +1,40 @@
+//! `spool-client`: an async Kafka client for Spool and any Kafka-compatible broker, built
+//! on `spool-protocol`'s message types. It is what Spool's CLI and tools are built on.
+//!
+//! - [`Client`] knows the cluster: bootstrap brokers, metadata, one connection per broker
+//!   (requests pipelined on it, versions negotiated with ApiVersions).
+//! - [`Admin`] manages topics, partitions, configs and offsets.
+//! - [`Producer`] batches records per partition (linger, batch size, compression) and
+//!   picks partitions as the Java client does ([`partitioner`]).
+//! - [`Consumer`] reads assigned partitions from an offset, a time, the start or the end.
+//!
+//! ```no_run
+//! use spool_client::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
+//!
+//! # async fn run() -> spool_client::Result<()> {
+//! let client = Client::connect(ClientConfig::new("127.0.0.1:9092")).await?;
+//! let producer = Producer::new(client, ProducerConfig::default());
+//! let delivery = producer.send(ProducerRecord::new("orders", "hello").key("k1")).await?;
+//! let written = delivery.wait().await?;
+//! println!("partition {} offset {}", written.partition, written.offset);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod admin;
+pub mod client;
+mod connection;
+pub mod consumer;
+pub mod error;
+pub mod partitioner;
+pub mod producer;
+
+pub use admin::{Admin, ConfigChange, ConfigEntry, ConfigResource, NewTopic, OffsetSpec};
+pub use client::{BrokerInfo, Client, ClientConfig, ClusterMetadata, PartitionInfo, TopicInfo};
+pub use consumer::{
+    Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, OffsetReset, TopicPartition,
+};
+pub use error::{Error, Result};
+pub use producer::{Acks, Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use spool_protocol::ErrorCode;
+pub use spool_protocol::compression::Compression;

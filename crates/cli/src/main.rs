@@ -1,5 +1,5 @@
-//! `spool`: the Spool binary. `spool server` runs a broker with embedded defaults; more
-//! subcommands (topics, produce, consume, bench) follow.
+//! `spool`: the Spool binary. `spool server` runs a broker with embedded defaults; the
+//! other subcommands are the operator's tools ([`tools`]), thin over spool-client.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod dev;
+mod tools;
 
 use clap::{Parser, Subcommand};
 use spool_broker::config::{DEFAULT_LISTENER, Listener};
@@ -24,6 +25,8 @@ use tokio::sync::watch;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connect: tools::Connect,
 }
 
 #[derive(Subcommand)]
@@ -34,6 +37,13 @@ enum Command {
     /// Development tools.
     #[command(subcommand)]
     Dev(DevCommand),
+    /// Create, list, describe, alter and delete topics.
+    #[command(subcommand)]
+    Topic(tools::topic::TopicCommand),
+    /// Send lines of stdin to a topic as records.
+    Produce(tools::produce::ProduceArgs),
+    /// Print a topic's records.
+    Consume(tools::consume::ConsumeArgs),
 }
 
 #[derive(Subcommand)]
@@ -295,6 +305,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Server(args) => runtime.block_on(run_server(args)),
         Command::Dev(DevCommand::Cluster(args)) => runtime.block_on(dev::run_cluster(args)),
+        Command::Topic(command) => runtime.block_on(tools::topic::run(&cli.connect, command)),
+        Command::Produce(args) => runtime.block_on(tools::produce::run(&cli.connect, args)),
+        Command::Consume(args) => runtime.block_on(tools::consume::run(&cli.connect, args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

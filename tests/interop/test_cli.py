@@ -1,0 +1,169 @@
+"""The `spool` CLI against the real broker, cross-checked with real clients: topics made
+and changed by the CLI as kafka-python's admin client sees them, records produced by the
+CLI as confluent-kafka and kcat read them (keys in the partitions librdkafka's
+Java-compatible murmur2 partitioner picks), and records produced by confluent-kafka as
+`spool consume` prints them (templates, JSON, offsets and times)."""
+import json
+import os
+import subprocess
+import time
+
+import confluent_kafka
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
+from kafka.admin import KafkaAdminClient
+
+from conftest import SPOOL
+
+
+def spool(broker, *args, input=None, check=True):
+    env = dict(os.environ, SPOOL_BROKERS=broker.address)
+    result = subprocess.run([SPOOL, *args], input=input, capture_output=True, text=True, timeout=60, env=env)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def spool_json(broker, *args, input=None):
+    return json.loads(spool(broker, *args, "--json", input=input).stdout)
+
+
+def test_topic_commands_create_list_describe_alter_grow_and_delete(broker):
+    out = spool(broker, "topic", "create", "orders", "payments", "-p", "4", "-c", "retention.ms=3600000").stdout
+    assert out == "created topic orders\ncreated topic payments\n"
+    again = spool(broker, "topic", "create", "orders", check=False)
+    assert again.returncode == 1
+    assert "topic orders: TOPIC_ALREADY_EXISTS" in again.stderr
+
+    listed = spool_json(broker, "topic", "list")
+    assert {(t["name"], t["partitions"], t["replication_factor"]) for t in listed} == {("orders", 4, 1), ("payments", 4, 1)}
+    table = spool(broker, "topic", "list").stdout.splitlines()
+    assert table[0].split() == ["NAME", "PARTITIONS", "REPLICAS"]
+    assert table[1].split() == ["orders", "4", "1"]
+
+    admin = KafkaAdminClient(bootstrap_servers=broker.address)
+    try:
+        assert set(admin.list_topics()) >= {"orders", "payments"}
+        spool(broker, "topic", "alter-config", "orders", "--set", "cleanup.policy=compact", "--delete", "retention.ms")
+        resource = ConfigResource(ResourceType.TOPIC, "orders")
+        described = AdminClient({"bootstrap.servers": broker.address})
+        configs = described.describe_configs([resource])[resource].result(30)
+        assert configs["cleanup.policy"].value == "compact"
+        assert configs["retention.ms"].value == "604800000"
+        assert configs["retention.ms"].source == ConfigSource.DEFAULT_CONFIG.value
+        bad = spool(broker, "topic", "alter-config", "orders", "--set", "retention.ms=soon", check=False)
+        assert bad.returncode == 1 and "INVALID_CONFIG" in bad.stderr, bad.stderr
+
+        assert spool(broker, "topic", "add-partitions", "orders", "-n", "2").stdout == "topic orders now has 6 partitions\n"
+        described = spool_json(broker, "topic", "describe", "orders")
+        assert [p["partition"] for p in described["partitions"]] == list(range(6))
+        assert described["configs"] == {"cleanup.policy": "compact"}
+        assert all(p["leader"] == 0 and p["isr"] == [0] for p in described["partitions"])
+        text = spool(broker, "topic", "describe", "orders").stdout
+        assert "PARTITIONS  6" in text and "cleanup.policy  compact" in text
+
+        spool(broker, "topic", "delete", "payments")
+        deadline = time.time() + 10
+        while "payments" in admin.list_topics() and time.time() < deadline:
+            time.sleep(0.1)
+        assert "payments" not in admin.list_topics()
+        gone = spool(broker, "topic", "describe", "payments", check=False)
+        assert gone.returncode == 1 and "topic payments: UNKNOWN_TOPIC_OR_PARTITION" in gone.stderr
+    finally:
+        admin.close()
+
+
+def test_cli_producer_puts_keys_where_librdkafka_murmur2_puts_them(broker):
+    spool(broker, "topic", "create", "keyed", "-p", "6")
+    keys = [f"customer-{i}" for i in range(40)]
+    lines = "".join(f"{k}\tfrom-cli-{i}\n" for i, k in enumerate(keys))
+    report = spool_json(broker, "produce", "keyed", "-f", "kv", "-H", "source=cli", "-z", "lz4", input=lines)
+    assert report["records"] == 40
+    assert sum(p["records"] for p in report["partitions"].values()) == 40
+
+    # The same keys through librdkafka's Java-compatible partitioner.
+    spool(broker, "topic", "create", "keyed-reference", "-p", "6")
+    producer = confluent_kafka.Producer({"bootstrap.servers": broker.address, "partitioner": "murmur2_random"})
+    expected = {}
+
+    def delivered(err, msg):
+        assert err is None, err
+        expected[msg.key().decode()] = msg.partition()
+
+    for k in keys:
+        producer.produce("keyed-reference", key=k, value=b"x", on_delivery=delivered)
+    assert producer.flush(30) == 0
+
+    consumer = confluent_kafka.Consumer({
+        "bootstrap.servers": broker.address, "group.id": "cli-check", "auto.offset.reset": "earliest",
+    })
+    try:
+        consumer.subscribe(["keyed"])
+        got = {}
+        deadline = time.time() + 30
+        while len(got) < 40 and time.time() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            got[msg.key().decode()] = (msg.partition(), msg.value().decode(), msg.headers())
+        assert len(got) == 40
+        for i, k in enumerate(keys):
+            partition, value, headers = got[k]
+            assert partition == expected[k], k
+            assert value == f"from-cli-{i}"
+            assert headers == [("source", b"cli")]
+        assert len({p for p, _, _ in got.values()}) > 1
+    finally:
+        consumer.close()
+
+    # kcat reads what the CLI wrote to one partition, in order.
+    spool(broker, "produce", "keyed", "-p", "5", "--acks", "1", input="p5-a\np5-b\n")
+    end = spool_json(broker, "topic", "describe", "keyed")["partitions"][5]["high_watermark"]
+    kcat = subprocess.run(
+        ["kcat", "-b", broker.address, "-C", "-t", "keyed", "-p", "5", "-o", str(end - 2), "-e", "-f", "%o %s\n"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert kcat.stdout.splitlines() == [f"{end - 2} p5-a", f"{end - 1} p5-b"], kcat.stderr
+
+
+def test_cli_consumer_prints_what_confluent_kafka_produced(broker):
+    spool(broker, "topic", "create", "events", "-p", "2")
+    producer = confluent_kafka.Producer({"bootstrap.servers": broker.address})
+    base = 1_700_000_000_000
+    for i in range(10):
+        producer.produce(
+            "events", partition=i % 2, key=f"k{i}", value=f"v{i}",
+            headers=[("n", str(i).encode())], timestamp=base + i * 1000,
+        )
+    assert producer.flush(30) == 0
+
+    out = spool(broker, "consume", "events", "-p", "1", "--format", "%p/%o %k=%v %T [%h]\\n").stdout
+    assert out.splitlines() == [f"1/{j} k{2 * j + 1}=v{2 * j + 1} {base + (2 * j + 1) * 1000} [n={2 * j + 1}]" for j in range(5)]
+
+    records = [json.loads(line) for line in spool(broker, "consume", "events", "--json").stdout.splitlines()]
+    assert sorted(r["value"] for r in records) == sorted(f"v{i}" for i in range(10))
+    assert all(r["headers"] == {"n": r["value"][1:]} for r in records)
+
+    # From an offset, from a time, a count, and from the end (nothing yet).
+    assert spool(broker, "consume", "events", "-p", "0", "-o", "3").stdout.split() == ["v6", "v8"]
+    since = spool(broker, "consume", "events", "-p", "0", "-o", f"@{base + 5000}").stdout.split()
+    assert since == ["v6", "v8"]
+    assert len(spool(broker, "consume", "events", "-n", "3").stdout.split()) == 3
+    assert spool(broker, "consume", "events", "-o", "end").stdout == ""
+
+    # --follow waits for records produced after it started.
+    follower = subprocess.Popen(
+        [SPOOL, "consume", "events", "-p", "0", "-o", "end", "-F", "-n", "1"],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, SPOOL_BROKERS=broker.address),
+    )
+    try:
+        time.sleep(1.0)
+        producer.produce("events", partition=0, value="late")
+        assert producer.flush(30) == 0
+        out, _ = follower.communicate(timeout=30)
+        assert out == "late\n"
+    finally:
+        follower.kill()
+        follower.wait()
+
+    bad = spool(broker, "consume", "events", "-p", "7", check=False)
+    assert bad.returncode == 1 and "topic events has no partition 7" in bad.stderr

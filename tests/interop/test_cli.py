@@ -167,3 +167,86 @@ def test_cli_consumer_prints_what_confluent_kafka_produced(broker):
 
     bad = spool(broker, "consume", "events", "-p", "7", check=False)
     assert bad.returncode == 1 and "topic events has no partition 7" in bad.stderr
+
+
+def test_group_commands_show_lag_reset_offsets_and_delete(broker):
+    """The issue's operator story: produce, a group consumes part, describe shows its lag,
+    reset moves its offsets (a dry run first), the group reads again from there, delete."""
+    spool(broker, "topic", "create", "clicks", "-p", "3")
+    lines = "".join(f"user-{i % 7}\tclick-{i}\n" for i in range(60))
+    spool(broker, "produce", "clicks", "-f", "kv", input=lines)
+    ends = {p["partition"]: p["high_watermark"] for p in spool_json(broker, "topic", "describe", "clicks")["partitions"]}
+    assert sum(ends.values()) == 60
+
+    def member(group):
+        return confluent_kafka.Consumer({
+            "bootstrap.servers": broker.address, "group.id": group, "auto.offset.reset": "earliest",
+            "enable.auto.commit": False, "client.id": "lag-reader",
+        })
+
+    # The group reads 25 records and commits them, then stays in the group.
+    consumer = member("analytics")
+    consumer.subscribe(["clicks"])
+    read = 0
+    deadline = time.time() + 30
+    while read < 25 and time.time() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            read += 1
+            consumer.commit(message=msg, asynchronous=False)
+    assert read == 25
+    committed = {tp.partition: tp.offset for tp in consumer.committed([confluent_kafka.TopicPartition("clicks", p) for p in range(3)], 10)}
+    expected_lag = sum(ends[p] - max(committed[p], 0) for p in range(3))
+    assert expected_lag == 35
+
+    listed = spool_json(broker, "group", "list")
+    assert {"group": "analytics", "state": "Stable", "type": "classic", "protocol_type": "consumer"} in listed
+    described = spool_json(broker, "group", "describe", "analytics")
+    assert described["state"] == "Stable" and described["total_lag"] == expected_lag
+    assert [m["client_id"] for m in described["members"]] == ["lag-reader"]
+    assert sorted(a["partition"] for a in described["members"][0]["assignment"]) == [0, 1, 2]
+    by_partition = {p["partition"]: p for p in described["partitions"]}
+    for p in range(3):
+        assert by_partition[p]["log_end_offset"] == ends[p]
+        assert by_partition[p]["lag"] == ends[p] - max(committed[p], 0)
+        assert by_partition[p]["member_id"] == described["members"][0]["member_id"]
+    table = spool(broker, "group", "describe", "analytics").stdout
+    assert f"TOTAL-LAG    {expected_lag}" in table and "lag-reader" in table
+
+    # While the member is in the group, a reset is refused; a dry run changes nothing.
+    busy = spool(broker, "group", "reset-offsets", "analytics", "-t", "clicks", "--to-earliest", "--execute", check=False)
+    assert busy.returncode == 1 and "inactive" in busy.stderr and "Stable" in busy.stderr
+    consumer.close()
+    dry = spool(broker, "group", "reset-offsets", "analytics", "-t", "clicks", "--shift-by", "-2").stdout
+    assert "dry run" in dry
+    # Without members, the lag counts the partitions the group has offsets for.
+    committed_lag = sum(ends[p] - committed[p] for p in range(3) if committed[p] >= 0)
+    assert spool_json(broker, "group", "describe", "analytics")["total_lag"] == committed_lag
+
+    plan = spool_json(broker, "group", "reset-offsets", "analytics", "-t", "clicks", "--shift-by", "-2", "--execute")
+    new = {r["partition"]: r["new_offset"] for r in plan["partitions"]}
+    # From the committed offset, or the end where the group has none.
+    assert new == {p: max((committed[p] if committed[p] >= 0 else ends[p]) - 2, 0) for p in range(3)}
+    after = spool_json(broker, "group", "describe", "analytics")
+    assert after["state"] == "Empty" and after["total_lag"] == sum(ends[p] - new[p] for p in range(3))
+    assert {p["partition"]: p["committed_offset"] for p in after["partitions"]} == new
+
+    # The group reads again from the reset offsets.
+    consumer = member("analytics")
+    behind = max(range(3), key=lambda p: ends[p] - new[p])
+    consumer.assign([confluent_kafka.TopicPartition("clicks", behind)])
+    resumed = None
+    deadline = time.time() + 30
+    while resumed is None and time.time() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            resumed = msg.offset()
+    consumer.close()
+    assert resumed == new[behind]
+
+    spool(broker, "group", "reset-offsets", "analytics", "-t", "clicks", "-p", "1", "--to-latest", "--execute")
+    assert {p["partition"]: p["committed_offset"] for p in spool_json(broker, "group", "describe", "analytics")["partitions"]}[1] == ends[1]
+
+    assert spool(broker, "group", "delete", "analytics").stdout == "deleted group analytics\n"
+    gone = spool(broker, "group", "describe", "analytics", check=False)
+    assert gone.returncode == 1 and "group analytics: GROUP_ID_NOT_FOUND" in gone.stderr, gone.stderr

@@ -26,6 +26,7 @@ pub mod client;
 mod connection;
 pub mod consumer;
 pub mod error;
+pub mod groups;
 pub mod partitioner;
 pub mod producer;
 
@@ -35,6 +36,7 @@ pub use consumer::{
     Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, OffsetReset, TopicPartition,
 };
 pub use error::{Error, Result};
+pub use groups::{GroupDescription, GroupListing, GroupMember, PartitionLag};
 pub use producer::{Acks, Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 pub use spool_protocol::ErrorCode;
 pub use spool_protocol::compression::Compression;

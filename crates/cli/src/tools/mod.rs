@@ -4,6 +4,7 @@
 //! and the Kafka error that came back.
 
 pub mod consume;
+pub mod group;
 pub mod produce;
 pub mod topic;
 

@@ -1,5 +1,6 @@
 """Several spool processes as one cluster: `spool dev cluster`, and nodes started by hand
 with cluster settings, driven by confluent-kafka and kcat."""
+import json
 import os
 import random
 import shutil
@@ -283,6 +284,10 @@ class Node:
         self.process.kill()
         self.process.wait(timeout=10)
 
+def spool_cli(bootstrap, *args):
+    return subprocess.run([SPOOL, "--brokers", bootstrap, *args], capture_output=True, text=True, timeout=60)
+
+
 def stop_together(nodes):
     """SIGTERM to every running node at once (the last one left alone would wait out its
     controlled shutdown with no quorum to confirm it), then a clean exit from each."""
@@ -309,6 +314,13 @@ def test_nodes_started_by_hand_form_a_cluster_and_a_killed_node_rejoins():
         delivered = produce(bootstrap, "kept", keys)
         assert len(delivered) == 90
 
+        # The CLI sees three brokers and a healthy cluster.
+        info = json.loads(spool_cli(bootstrap, "cluster", "info", "--json").stdout)
+        assert [b["node_id"] for b in info["brokers"]] == [0, 1, 2]
+        assert info["controller_id"] in (0, 1, 2)
+        healthy = spool_cli(bootstrap, "cluster", "health", "--json")
+        assert healthy.returncode == 0 and json.loads(healthy.stdout)["healthy"] is True
+
         # kill -9 one node: once its session lapses the cluster stops listing it, and
         # its partition has no leader.
         victim = nodes[1]
@@ -319,6 +331,12 @@ def test_nodes_started_by_hand_form_a_cluster_and_a_killed_node_rejoins():
         if orphaned:
             assert all(leaders(AdminClient({"bootstrap.servers": survivor}), "kept")[p] == -1
                        for p in orphaned)
+            # `spool cluster health` names the partitions without a leader and fails.
+            sick = spool_cli(survivor, "cluster", "health", "--json")
+            assert sick.returncode == 1 and "not healthy" in sick.stderr
+            report = json.loads(sick.stdout)
+            assert report["healthy"] is False
+            assert sorted(report["leaderless_partitions"]) == sorted(f"kept/{p}" for p in orphaned)
 
         # Started again by hand with the same flags, it rejoins and serves its data.
         victim.start()

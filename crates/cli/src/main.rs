@@ -40,6 +40,9 @@ enum Command {
     /// Create, list, describe, alter and delete topics.
     #[command(subcommand)]
     Topic(tools::topic::TopicCommand),
+    /// The cluster's brokers and controller, and its health.
+    #[command(subcommand)]
+    Cluster(tools::cluster::ClusterCommand),
     /// List, describe (members, lag), reset offsets of and delete consumer groups.
     #[command(subcommand)]
     Group(tools::group::GroupCommand),
@@ -309,6 +312,7 @@ fn main() -> ExitCode {
         Command::Server(args) => runtime.block_on(run_server(args)),
         Command::Dev(DevCommand::Cluster(args)) => runtime.block_on(dev::run_cluster(args)),
         Command::Topic(command) => runtime.block_on(tools::topic::run(&cli.connect, command)),
+        Command::Cluster(command) => runtime.block_on(tools::cluster::run(&cli.connect, command)),
         Command::Group(command) => runtime.block_on(tools::group::run(&cli.connect, command)),
         Command::Produce(args) => runtime.block_on(tools::produce::run(&cli.connect, args)),
         Command::Consume(args) => runtime.block_on(tools::consume::run(&cli.connect, args)),

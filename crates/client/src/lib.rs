@@ -38,5 +38,7 @@ pub use consumer::{
 pub use error::{Error, Result};
 pub use groups::{GroupDescription, GroupListing, GroupMember, PartitionLag};
 pub use producer::{Acks, Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+/// The wire protocol's types, for requests this crate has no call for.
+pub use spool_protocol as protocol;
 pub use spool_protocol::ErrorCode;
 pub use spool_protocol::compression::Compression;

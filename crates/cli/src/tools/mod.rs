@@ -3,6 +3,7 @@
 //! default and JSON (`--json`) for scripts; errors name the broker, the topic or partition,
 //! and the Kafka error that came back.
 
+pub mod cluster;
 pub mod consume;
 pub mod group;
 pub mod produce;

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use spool_protocol::ErrorCode;
 use spool_protocol::compression::Compression;
 use spool_protocol::messages::{ProduceRequest, produce_request};
 use spool_protocol::record_batch::RecordBatchBuilder;
@@ -162,7 +163,9 @@ struct Batch {
     waiters: Vec<Waiter>,
     /// Released when the batch is done, freeing room for `send`.
     _permits: Vec<OwnedSemaphorePermit>,
-    first_sent: Option<Instant>,
+    /// When its first record was added: `delivery_timeout` counts from here, as Kafka's
+    /// `delivery.timeout.ms` does.
+    created: Instant,
     /// Not to be sent before this (a retry's back-off).
     not_before: Instant,
 }
@@ -412,7 +415,7 @@ fn close_batch(
             records,
             waiters: open.waiters,
             _permits: open.permits,
-            first_sent: None,
+            created: open.created,
             not_before: Instant::now(),
         }),
         Err(e) => {
@@ -500,7 +503,23 @@ fn send_ready(shared: &Arc<Shared>) -> Option<Instant> {
     let mut waiting = VecDeque::new();
     let mut next: Option<Instant> = state.open.values().map(|open| open.created + linger).min();
     let mut needs_metadata = false;
+    let mut expired = 0;
     while let Some(batch) = state.ready.pop_front() {
+        if batch.created + shared.config.delivery_timeout <= now {
+            // Never sent in time (no leader, or retries until now): failed, as Kafka's
+            // producer expires a batch whatever it waits for.
+            let error = Error::Kafka {
+                code: ErrorCode::RequestTimedOut,
+                context: format!("topic {} partition {}", batch.topic, batch.partition),
+                message: Some(format!(
+                    "not delivered within the delivery timeout ({} ms)",
+                    shared.config.delivery_timeout.as_millis()
+                )),
+            };
+            batch.fail(&error);
+            expired += 1;
+            continue;
+        }
         if batch.not_before > now {
             next = Some(next.map_or(batch.not_before, |n| n.min(batch.not_before)));
             waiting.push_back(batch);
@@ -529,6 +548,10 @@ fn send_ready(shared: &Arc<Shared>) -> Option<Instant> {
         batches.push(batch);
     }
     state.ready = waiting;
+    if expired > 0 {
+        state.unfinished -= expired;
+        shared.done.notify_waiters();
+    }
     for (leader, batches) in requests {
         *state.in_flight.entry(leader).or_default() += 1;
         let lane = match state.lanes.get(&leader) {
@@ -545,6 +568,14 @@ fn send_ready(shared: &Arc<Shared>) -> Option<Instant> {
             // Only a lane whose task ended refuses; its batches are tried again.
             state.ready.extend(batches);
         }
+    }
+    if let Some(expiry) = state
+        .ready
+        .iter()
+        .map(|b| b.created + shared.config.delivery_timeout)
+        .min()
+    {
+        next = Some(next.map_or(expiry, |n| n.min(expiry)));
     }
     if needs_metadata {
         let retry_at = now + shared.config.retry_backoff;
@@ -571,8 +602,8 @@ async fn run_lane(
 ) {
     // Produce v13 names topics by ID; this client names them (v12 and below).
     const MAX_VERSION_BY_NAME: i16 = 12;
-    while let Some(mut batches) = queue.recv().await {
-        let request = produce_request(&shared, &mut batches);
+    while let Some(batches) = queue.recv().await {
+        let request = produce_request(&shared, &batches);
         if shared.config.acks == Acks::None {
             let sent = shared
                 .client
@@ -616,11 +647,7 @@ async fn run_lane(
 }
 
 /// The Produce request carrying `batches` (one per partition).
-fn produce_request(shared: &Shared, batches: &mut [Batch]) -> ProduceRequest {
-    let now = Instant::now();
-    for batch in batches.iter_mut() {
-        batch.first_sent.get_or_insert(now);
-    }
+fn produce_request(shared: &Shared, batches: &[Batch]) -> ProduceRequest {
     let mut topics: BTreeMap<&str, Vec<produce_request::PartitionProduceData>> = BTreeMap::new();
     for batch in batches.iter() {
         topics
@@ -700,9 +727,7 @@ async fn settle(shared: &Arc<Shared>, leader: i32, batches: Vec<Batch>, outcome:
                 finished += 1;
             }
             Err(error) => {
-                let expired = batch
-                    .first_sent
-                    .is_some_and(|first| first.elapsed() >= config.delivery_timeout);
+                let expired = batch.created.elapsed() >= config.delivery_timeout;
                 if error.is_retriable() && !expired {
                     retry.push(batch);
                 } else {

@@ -81,6 +81,16 @@ pub struct TopicInfo {
     pub partitions: Vec<PartitionInfo>,
 }
 
+impl TopicInfo {
+    /// Every partition of the topic, in partition order.
+    pub fn topic_partitions(&self) -> Vec<crate::consumer::TopicPartition> {
+        self.partitions
+            .iter()
+            .map(|p| (self.name.clone(), p.partition))
+            .collect()
+    }
+}
+
 /// What the cluster said about itself in its latest metadata answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterMetadata {

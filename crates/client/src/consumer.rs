@@ -122,12 +122,7 @@ impl Consumer {
 
     /// Every partition of `topic`, in partition order.
     pub async fn partitions_of(&self, topic: &str) -> Result<Vec<TopicPartition>> {
-        let info = self.client().topic(topic).await?;
-        Ok(info
-            .partitions
-            .iter()
-            .map(|p| (topic.to_string(), p.partition))
-            .collect())
+        Ok(self.client().topic(topic).await?.topic_partitions())
     }
 
     pub fn assignment(&self) -> Vec<TopicPartition> {

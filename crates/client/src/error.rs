@@ -5,7 +5,7 @@
 use spool_protocol::ErrorCode;
 use thiserror::Error;
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum Error {
     /// The broker could not be reached, or the connection broke.
     #[error("broker {broker}: {reason}")]

@@ -291,7 +291,9 @@ impl Admin {
         partitions.sort();
         partitions.dedup();
         // Offsets of a topic deleted since are left out rather than failing the whole.
-        let known = self.client().refresh_metadata(None).await?;
+        let mut topics: Vec<String> = partitions.iter().map(|(t, _)| t.clone()).collect();
+        topics.dedup();
+        let known = self.client().refresh_metadata(Some(&topics)).await?;
         partitions.retain(|(t, p)| {
             known
                 .topics

@@ -173,7 +173,7 @@ struct Batch {
 impl Batch {
     fn fail(self, error: &Error) {
         for (waiter, _) in self.waiters {
-            let _ = waiter.send(Err(copy_error(error)));
+            let _ = waiter.send(Err(error.clone()));
         }
     }
 }
@@ -277,17 +277,13 @@ impl Producer {
                 .or_insert_with(|| first_sticky(partition_count)),
         };
         let slot = (record.topic.clone(), partition);
+        let keyless = record.key.is_none() && record.partition.is_none();
         // A record that would overflow the open batch closes it first.
         let overflows = state.open.get(&slot).is_some_and(|open| {
             !open.waiters.is_empty() && open.size_bytes + size > shared.config.batch_size
         });
         if overflows {
-            close_batch(
-                &mut state,
-                &slot,
-                partition_count,
-                record.key.is_none() && record.partition.is_none(),
-            );
+            close_batch(&mut state, &slot, partition_count, keyless);
             shared.wake.notify_one();
         }
         if !state.open.contains_key(&slot) {
@@ -323,12 +319,7 @@ impl Producer {
         open.waiters.push((answer, timestamp_ms));
         open.permits.push(permit);
         if open.size_bytes >= shared.config.batch_size {
-            close_batch(
-                &mut state,
-                &slot,
-                partition_count,
-                record.key.is_none() && record.partition.is_none(),
-            );
+            close_batch(&mut state, &slot, partition_count, keyless);
             shared.wake.notify_one();
         } else if open.waiters.len() == 1 {
             // A new batch: the sender must learn its linger deadline.
@@ -422,46 +413,9 @@ fn close_batch(
             state.unfinished -= 1;
             let error = Error::Invalid(format!("cannot build a batch: {e}"));
             for (waiter, _) in open.waiters {
-                let _ = waiter.send(Err(copy_error(&error)));
+                let _ = waiter.send(Err(error.clone()));
             }
         }
-    }
-}
-
-/// Errors are not `Clone` (they may carry I/O details); each waiter gets an equal copy.
-fn copy_error(error: &Error) -> Error {
-    match error {
-        Error::Connection { broker, reason } => Error::Connection {
-            broker: broker.clone(),
-            reason: reason.clone(),
-        },
-        Error::Timeout {
-            broker,
-            api,
-            timeout_ms,
-        } => Error::Timeout {
-            broker: broker.clone(),
-            api,
-            timeout_ms: *timeout_ms,
-        },
-        Error::Unsupported { broker, api } => Error::Unsupported {
-            broker: broker.clone(),
-            api,
-        },
-        Error::Kafka {
-            code,
-            context,
-            message,
-        } => Error::Kafka {
-            code: *code,
-            context: context.clone(),
-            message: message.clone(),
-        },
-        Error::Protocol { broker, reason } => Error::Protocol {
-            broker: broker.clone(),
-            reason: reason.clone(),
-        },
-        Error::Invalid(reason) => Error::Invalid(reason.clone()),
     }
 }
 
@@ -683,7 +637,7 @@ async fn settle(shared: &Arc<Shared>, leader: i32, batches: Vec<Batch>, outcome:
     let mut finished = 0;
     for batch in batches {
         let result = match &outcome {
-            Err(e) => Err(copy_error(e)),
+            Err(e) => Err(e.clone()),
             Ok(_) if config.acks == Acks::None => Ok((-1, -1)),
             Ok(answers) => match answers.get(&(batch.topic.clone(), batch.partition)) {
                 None => Err(Error::Protocol {

@@ -10,7 +10,7 @@ use spool_client::{
     TopicPartition,
 };
 
-use super::{Connect, out};
+use super::{Connect, out, select_partitions};
 
 #[derive(clap::Args, Debug)]
 pub struct ConsumeArgs {
@@ -50,15 +50,9 @@ pub fn start_position(text: &str, now_ms: i64) -> Result<OffsetSpec, String> {
         _ => {}
     }
     if let Some(time) = text.strip_prefix('@') {
-        if let Some(ago) = time.strip_prefix('-') {
-            return Ok(OffsetSpec::Timestamp(
-                now_ms.saturating_sub(duration_ms(ago)?),
-            ));
-        }
-        return time
-            .parse()
+        return time_ms(time, now_ms)?
             .map(OffsetSpec::Timestamp)
-            .map_err(|_| format!("--from {text}: expected @MILLISECONDS or @-DURATION"));
+            .ok_or_else(|| format!("--from {text}: expected @MILLISECONDS or @-DURATION"));
     }
     match text.parse::<i64>() {
         Ok(offset) if offset >= 0 => Ok(OffsetSpec::Offset(offset)),
@@ -68,8 +62,17 @@ pub fn start_position(text: &str, now_ms: i64) -> Result<OffsetSpec, String> {
     }
 }
 
+/// A time given as milliseconds since the epoch, or as `-DURATION` before `now_ms`;
+/// `None` when `text` is neither (a duration with an unknown unit is an error of its own).
+pub fn time_ms(text: &str, now_ms: i64) -> Result<Option<i64>, String> {
+    match text.strip_prefix('-') {
+        Some(ago) => Ok(Some(now_ms.saturating_sub(duration_ms(ago)?))),
+        None => Ok(text.parse().ok()),
+    }
+}
+
 /// `90s`, `10m`, `2h`, `1d` (or bare milliseconds) in milliseconds.
-pub fn duration_ms(text: &str) -> Result<i64, String> {
+fn duration_ms(text: &str) -> Result<i64, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
@@ -110,18 +113,12 @@ pub async fn run(connect: &Connect, args: ConsumeArgs) -> Result<(), String> {
             ..Default::default()
         },
     );
-    let mut partitions = consumer
-        .partitions_of(&args.topic)
+    let topic = consumer
+        .client()
+        .topic(&args.topic)
         .await
         .map_err(|e| e.to_string())?;
-    if !args.partitions.is_empty() {
-        for p in &args.partitions {
-            if !partitions.iter().any(|(_, q)| q == p) {
-                return Err(format!("topic {} has no partition {p}", args.topic));
-            }
-        }
-        partitions.retain(|(_, p)| args.partitions.contains(p));
-    }
+    let partitions = select_partitions(&topic, &args.partitions)?;
     consumer.assign(partitions.clone());
     consumer
         .seek(&partitions, start)

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde_json::json;
 use spool_client::{Admin, GroupDescription, IsolationLevel, OffsetSpec, TopicPartition};
 
-use super::consume::{duration_ms, now_ms};
-use super::{Connect, Table, out, out_json};
+use super::consume::{now_ms, time_ms};
+use super::{Connect, Table, out, out_json, select_partitions};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum GroupCommand {
@@ -213,19 +213,7 @@ async fn reset(admin: &Admin, json: bool, args: ResetArgs) -> Result<(), String>
         .describe_topic(&args.topic)
         .await
         .map_err(|e| e.to_string())?;
-    let mut partitions: Vec<TopicPartition> = topic
-        .partitions
-        .iter()
-        .map(|p| (args.topic.clone(), p.partition))
-        .collect();
-    if !args.partitions.is_empty() {
-        for p in &args.partitions {
-            if !partitions.iter().any(|(_, q)| q == p) {
-                return Err(format!("topic {} has no partition {p}", args.topic));
-            }
-        }
-        partitions.retain(|(_, p)| args.partitions.contains(p));
-    }
+    let partitions = select_partitions(&topic, &args.partitions)?;
     let isolation = IsolationLevel::ReadUncommitted;
     let listed = |spec| admin.list_offsets(&partitions, spec, isolation);
     let earliest = listed(OffsetSpec::Earliest)
@@ -243,12 +231,8 @@ async fn reset(admin: &Admin, json: bool, args: ResetArgs) -> Result<(), String>
     } else if args.to_latest {
         latest.clone()
     } else if let Some(time) = &args.to_time {
-        let ms = match time.strip_prefix('-') {
-            Some(ago) => now_ms().saturating_sub(duration_ms(ago)?),
-            None => time
-                .parse()
-                .map_err(|_| format!("--to-time {time}: expected milliseconds or -DURATION"))?,
-        };
+        let ms = time_ms(time, now_ms())?
+            .ok_or_else(|| format!("--to-time {time}: expected milliseconds or -DURATION"))?;
         listed(OffsetSpec::Timestamp(ms))
             .await
             .map_err(|e| e.to_string())?

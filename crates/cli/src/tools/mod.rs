@@ -114,6 +114,24 @@ pub fn key_value(setting: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{setting:?}: expected KEY=VALUE"))
 }
 
+/// The partitions of `topic` a command works on: all of them, or those `wanted` names,
+/// each of which must exist.
+pub fn select_partitions(
+    topic: &spool_client::TopicInfo,
+    wanted: &[i32],
+) -> Result<Vec<spool_client::TopicPartition>, String> {
+    let mut partitions = topic.topic_partitions();
+    if !wanted.is_empty() {
+        for p in wanted {
+            if !partitions.iter().any(|(_, q)| q == p) {
+                return Err(format!("topic {} has no partition {p}", topic.name));
+            }
+        }
+        partitions.retain(|(_, p)| wanted.contains(p));
+    }
+    Ok(partitions)
+}
+
 /// Joins node IDs for a table cell: `0,1,2`.
 pub fn ids(nodes: &[i32]) -> String {
     nodes

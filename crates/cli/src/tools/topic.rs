@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::json;
-use spool_client::{
-    Admin, ConfigChange, ConfigResource, IsolationLevel, NewTopic, OffsetSpec, TopicPartition,
-};
+use spool_client::{Admin, ConfigChange, ConfigResource, IsolationLevel, NewTopic, OffsetSpec};
 
 use super::{Connect, Table, ids, key_value, out, out_json};
 
@@ -209,11 +207,7 @@ async fn describe(admin: &Admin, json: bool, name: &str, all_configs: bool) -> R
         .describe_topic(name)
         .await
         .map_err(|e| e.to_string())?;
-    let partitions: Vec<TopicPartition> = topic
-        .partitions
-        .iter()
-        .map(|p| (name.to_string(), p.partition))
-        .collect();
+    let partitions = topic.topic_partitions();
     let isolation = IsolationLevel::ReadUncommitted;
     let starts = admin
         .list_offsets(&partitions, OffsetSpec::Earliest, isolation)

@@ -250,3 +250,94 @@ def test_group_commands_show_lag_reset_offsets_and_delete(broker):
     assert spool(broker, "group", "delete", "analytics").stdout == "deleted group analytics\n"
     gone = spool(broker, "group", "describe", "analytics", check=False)
     assert gone.returncode == 1 and "group analytics: GROUP_ID_NOT_FOUND" in gone.stderr, gone.stderr
+
+
+def test_consume_with_a_group_commits_what_it_printed_and_shares_partitions_with_librdkafka(broker):
+    """`spool consume --group`: a first run prints part of the topic and commits exactly
+    what it printed, a second run prints the rest; then a spool member and a
+    confluent-kafka member split the partitions of one group (range assignor), and
+    interrupting spool makes it leave the group."""
+    spool(broker, "topic", "create", "visits", "-p", "4")
+    spool(broker, "produce", "visits", "-f", "kv", input="".join(f"page-{i % 9}\tvisit-{i}\n" for i in range(40)))
+
+    first = [json.loads(line) for line in spool(broker, "consume", "visits", "--group", "web", "-n", "15", "--json").stdout.splitlines()]
+    assert len(first) == 15
+    described = spool_json(broker, "group", "describe", "web")
+    assert described["state"] == "Empty" and described["members"] == []
+    committed = {p["partition"]: p["committed_offset"] for p in described["partitions"]}
+    printed_next = {}
+    for r in first:
+        printed_next[r["partition"]] = max(printed_next.get(r["partition"], 0), r["offset"] + 1)
+    assert committed == printed_next
+    ends = {p["partition"]: p["high_watermark"] for p in spool_json(broker, "topic", "describe", "visits")["partitions"]}
+    # An empty group's lag counts the partitions it has offsets for, as Kafka's tool does.
+    assert described["total_lag"] == sum(ends[p] - committed[p] for p in committed)
+
+    rest = [json.loads(line) for line in spool(broker, "consume", "visits", "--group", "web", "--json").stdout.splitlines()]
+    seen = sorted((r["partition"], r["offset"]) for r in first + rest)
+    assert len(rest) == 25 and len(set(seen)) == 40
+    assert sorted(r["value"] for r in first + rest) == sorted(f"visit-{i}" for i in range(40))
+    assert spool_json(broker, "group", "describe", "web")["total_lag"] == 0
+    # --from other than beginning or end means nothing to a group.
+    refused = spool(broker, "consume", "visits", "--group", "web", "--from", "3", check=False)
+    assert refused.returncode == 1 and "committed offsets" in refused.stderr
+
+    # A mixed group: librdkafka and spool share the partitions, each starting at the
+    # offsets the group committed above.
+    rd = confluent_kafka.Consumer({
+        "bootstrap.servers": broker.address, "group.id": "web", "auto.offset.reset": "error",
+        "client.id": "librdkafka-member", "partition.assignment.strategy": "range",
+        "heartbeat.interval.ms": 500,
+    })
+    rd.subscribe(["visits"])
+    deadline = time.time() + 30
+    while not rd.assignment() and time.time() < deadline:
+        rd.poll(0.2)
+    assert len(rd.assignment()) == 4
+    env = dict(os.environ, SPOOL_BROKERS=broker.address)
+    follower = subprocess.Popen([SPOOL, "consume", "visits", "--group", "web", "--follow", "--format", "%p %v\\n"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        members = []
+        deadline = time.time() + 40
+        while time.time() < deadline:
+            rd.poll(0.2)
+            members = spool_json(broker, "group", "describe", "web")["members"]
+            if len(members) == 2 and len(rd.assignment()) == 2 and all(len(m["assignment"]) == 2 for m in members):
+                break
+        assert sorted(m["client_id"] for m in members) == ["librdkafka-member", "spool-cli"]
+        spool_member = next(m for m in members if m["client_id"] == "spool-cli")
+        spool_partitions = sorted(a["partition"] for a in spool_member["assignment"])
+        rd_partitions = sorted(tp.partition for tp in rd.assignment())
+        assert sorted(spool_partitions + rd_partitions) == [0, 1, 2, 3]
+
+        # New records go to whichever member holds their partition.
+        producer = confluent_kafka.Producer({"bootstrap.servers": broker.address})
+        for i in range(40):
+            producer.produce("visits", value=f"new-{i}", partition=i % 4)
+        assert producer.flush(10) == 0
+        rd_read = []
+        deadline = time.time() + 20
+        while len(rd_read) < 20 and time.time() < deadline:
+            msg = rd.poll(0.2)
+            if msg is not None and not msg.error():
+                rd_read.append((msg.partition(), msg.value().decode()))
+        assert sorted({p for p, _ in rd_read}) == rd_partitions and len(rd_read) == 20
+        follower.send_signal(2)
+        out, err = follower.communicate(timeout=30)
+        assert follower.returncode == 0, err
+        spool_read = [tuple(line.split(" ", 1)) for line in out.splitlines()]
+        assert sorted({int(p) for p, _ in spool_read}) == spool_partitions and len(spool_read) == 20
+        assert sorted(v for _, v in spool_read + rd_read) == sorted(f"new-{i}" for i in range(40))
+
+        # Interrupted, spool left the group: librdkafka takes every partition back.
+        deadline = time.time() + 30
+        while len(rd.assignment()) != 4 and time.time() < deadline:
+            rd.poll(0.2)
+        assert len(rd.assignment()) == 4
+        assert [m["client_id"] for m in spool_json(broker, "group", "describe", "web")["members"]] == ["librdkafka-member"]
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+        rd.close()

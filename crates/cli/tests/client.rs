@@ -11,8 +11,8 @@ use common::{Server, temp_dir};
 use spool_client::partitioner::partition_for_key;
 use spool_client::{
     Acks, Admin, Client, ClientConfig, Compression, ConfigChange, ConfigResource, Consumer,
-    ConsumerConfig, ErrorCode, NewTopic, OffsetReset, OffsetSpec, Producer, ProducerConfig,
-    ProducerRecord,
+    ConsumerConfig, ErrorCode, IsolationLevel, NewTopic, OffsetReset, OffsetSpec, Producer,
+    ProducerConfig, ProducerRecord,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -256,4 +256,146 @@ fn produced_records_land_where_the_java_partitioner_puts_them_and_read_back_in_o
         assert_eq!(tail[0].value.as_deref(), Some(&b"unacked"[..]));
     });
     server.stop();
+}
+
+/// Consumers in one group: the first takes every partition and commits; a second joins,
+/// the partitions split between them, and together they read each new record once;
+/// closing commits and leaves, and the group is left empty with its offsets at the ends.
+#[test]
+fn group_members_share_partitions_commit_rebalance_and_leave() {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let dir = temp_dir("client-group");
+    let server = Server::start(&dir, &[]);
+    runtime().block_on(async {
+        let client = Client::connect(ClientConfig::new(&server.address))
+            .await
+            .unwrap();
+        let admin = Admin::new(client.clone());
+        admin
+            .create_topics(&[topic("events", 4)], false)
+            .await
+            .unwrap();
+        let produce = |from: usize, to: usize| {
+            let producer = Producer::new(client.clone(), ProducerConfig::default());
+            async move {
+                for i in from..to {
+                    let record =
+                        ProducerRecord::new("events", format!("v{i}")).key(format!("k{i}"));
+                    producer.send(record).await.unwrap();
+                }
+                producer.flush().await;
+            }
+        };
+        let member = |auto_commit: Option<Duration>| {
+            let mut consumer = Consumer::new(
+                client.clone(),
+                ConsumerConfig {
+                    group_id: Some("readers".into()),
+                    auto_offset_reset: OffsetReset::Earliest,
+                    session_timeout: Duration::from_secs(6),
+                    rebalance_timeout: Duration::from_secs(10),
+                    heartbeat_interval: Duration::from_millis(200),
+                    auto_commit_interval: auto_commit,
+                    max_wait: Duration::from_millis(100),
+                    ..Default::default()
+                },
+            );
+            consumer.subscribe(["events".to_string()]).unwrap();
+            consumer
+        };
+        let all: Vec<(String, i32)> = (0..4).map(|p| ("events".to_string(), p)).collect();
+
+        produce(0, 40).await;
+        // The first member commits by hand here, and on rejoining and closing later.
+        let mut first = member(Some(Duration::from_secs(3600)));
+        let mut read = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while read < 40 && Instant::now() < deadline {
+            read += first.poll().await.unwrap().len();
+        }
+        assert_eq!(read, 40);
+        assert_eq!(first.assignment(), all);
+        assert!(first.group_generation().is_some());
+        first.commit().await.unwrap();
+        let ends = admin
+            .list_offsets(&all, OffsetSpec::Latest, IsolationLevel::ReadUncommitted)
+            .await
+            .unwrap();
+        assert_eq!(admin.committed_offsets("readers").await.unwrap(), ends);
+        // A commit for another generation is refused with the code the Java client
+        // acts on.
+        let refused = Admin::new(client.clone())
+            .commit_offsets("readers", &ends)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Some(ErrorCode::UnknownMemberId),
+            "{refused}"
+        );
+
+        // A second member joins: both poll until they share one generation that splits
+        // the partitions, and every new record has been read.
+        produce(40, 60).await;
+        let second = member(Some(Duration::from_millis(300)));
+        let seen: Arc<Mutex<Vec<(i32, i64)>>> = Arc::default();
+        type Standing = Arc<Mutex<BTreeMap<&'static str, (Option<i32>, Vec<(String, i32)>)>>>;
+        let standing: Standing = Arc::default();
+        let run = |name: &'static str, mut consumer: Consumer| {
+            let (seen, standing) = (Arc::clone(&seen), Arc::clone(&standing));
+            tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(40);
+                while Instant::now() < deadline {
+                    let records = consumer.poll().await.unwrap();
+                    seen.lock()
+                        .unwrap()
+                        .extend(records.iter().map(|r| (r.partition, r.offset)));
+                    let mut standing = standing.lock().unwrap();
+                    standing.insert(name, (consumer.group_generation(), consumer.assignment()));
+                    let settled = standing.len() == 2
+                        && standing.values().all(|(g, a)| g.is_some() && a.len() == 2)
+                        && standing
+                            .values()
+                            .map(|(g, _)| g)
+                            .collect::<std::collections::BTreeSet<_>>()
+                            .len()
+                            == 1;
+                    if settled && seen.lock().unwrap().len() >= 20 {
+                        break;
+                    }
+                }
+                consumer
+            })
+        };
+        let (first, second) = tokio::join!(run("first", first), run("second", second));
+        let (first, second) = (first.unwrap(), second.unwrap());
+        let mut split = first.assignment();
+        split.extend(second.assignment());
+        split.sort();
+        assert_eq!(split, all, "the two members split the partitions");
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        let before = seen.len();
+        seen.dedup();
+        assert_eq!(seen.len(), before, "no record read twice");
+        assert_eq!(seen.len(), 20);
+        assert!(
+            seen.iter()
+                .all(|(p, o)| *o >= ends[&("events".to_string(), *p)])
+        );
+
+        first.close().await.unwrap();
+        second.close().await.unwrap();
+        let ends = admin
+            .list_offsets(&all, OffsetSpec::Latest, IsolationLevel::ReadUncommitted)
+            .await
+            .unwrap();
+        assert_eq!(ends.values().sum::<i64>(), 60);
+        assert_eq!(admin.committed_offsets("readers").await.unwrap(), ends);
+        let group = admin.describe_group("readers").await.unwrap();
+        assert_eq!(group.state, "Empty");
+        assert!(group.members.is_empty());
+    });
 }

@@ -148,6 +148,20 @@ impl Client {
         Ok(client)
     }
 
+    /// A client with this one's configuration and metadata but connections of its own.
+    /// A broker answers one connection's requests in order, so a request it holds (a
+    /// JoinGroup waiting out a rebalance) delays everything sent after it on that
+    /// connection; a group member keeps its requests off everyone else's this way.
+    pub fn with_own_connections(&self) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                config: self.inner.config.clone(),
+                metadata: RwLock::new(self.metadata()),
+                connections: tokio::sync::Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
     }
@@ -288,6 +302,20 @@ impl Client {
     ) -> Result<R::Response> {
         let connection = self.connection_to(node_id).await?;
         let answered = connection.send(request, max_version).await;
+        self.forget_if_broken(&connection).await;
+        answered.map(|(response, _)| response)
+    }
+
+    /// Sends `request` to `node_id` and waits up to `wait` for the answer, however long
+    /// the request timeout is.
+    pub(crate) async fn send_to_waiting<R: Request>(
+        &self,
+        node_id: i32,
+        request: R,
+        wait: Duration,
+    ) -> Result<R::Response> {
+        let connection = self.connection_to(node_id).await?;
+        let answered = connection.send_waiting(request, None, wait).await;
         self.forget_if_broken(&connection).await;
         answered.map(|(response, _)| response)
     }

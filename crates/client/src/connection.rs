@@ -134,7 +134,7 @@ impl Connection {
             client_software_version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
         };
-        let mut answer = self.exchange(request.clone().into(), 3).await;
+        let mut answer = self.exchange(request.clone().into(), 3, self.timeout).await;
         let retry = match &answer {
             Ok(ResponseBody::ApiVersions(r)) => {
                 r.error_code == ErrorCode::UnsupportedVersion as i16
@@ -144,7 +144,7 @@ impl Connection {
             Err(_) => false,
         };
         if retry {
-            answer = self.exchange(request.into(), 0).await;
+            answer = self.exchange(request.into(), 0, self.timeout).await;
         }
         let response = match answer? {
             ResponseBody::ApiVersions(response) => response,
@@ -193,8 +193,19 @@ impl Connection {
         request: R,
         max_version: Option<i16>,
     ) -> Result<(R::Response, i16)> {
+        self.send_waiting(request, max_version, self.timeout).await
+    }
+
+    /// [`Connection::send`] with its own wait for the answer, for requests a broker may
+    /// hold longer than the request timeout (JoinGroup waits for a whole rebalance).
+    pub(crate) async fn send_waiting<R: Request>(
+        &self,
+        request: R,
+        max_version: Option<i16>,
+        wait: Duration,
+    ) -> Result<(R::Response, i16)> {
         let version = self.version(R::API_KEY, capped(R::VERSIONS, max_version))?;
-        let answer = self.exchange(request.into(), version).await?;
+        let answer = self.exchange(request.into(), version, wait).await?;
         R::Response::try_from(answer)
             .map(|response| (response, version))
             .map_err(|other| self.unexpected(R::API_KEY, &other))
@@ -258,11 +269,16 @@ impl Connection {
         })
     }
 
-    /// Writes one request and waits for its answer.
-    async fn exchange(&self, body: RequestBody, version: i16) -> Result<ResponseBody> {
+    /// Writes one request and waits up to `wait` for its answer.
+    async fn exchange(
+        &self,
+        body: RequestBody,
+        version: i16,
+        wait: Duration,
+    ) -> Result<ResponseBody> {
         let api_key = body.api_key();
         let (correlation_id, answered) = self.write_request(body, version).await?;
-        self.answer(api_key, correlation_id, answered).await
+        self.answer(api_key, correlation_id, answered, wait).await
     }
 
     /// Writes one request; its answer is to be awaited with [`Connection::answer`].
@@ -303,8 +319,9 @@ impl Connection {
         api_key: ApiKey,
         correlation_id: i32,
         answered: oneshot::Receiver<Answer>,
+        wait: Duration,
     ) -> Result<ResponseBody> {
-        match tokio::time::timeout(self.timeout, answered).await {
+        match tokio::time::timeout(wait, answered).await {
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(reason))) if reason.starts_with(UNDECODABLE) => Err(Error::Protocol {
                 broker: self.broker.clone(),
@@ -324,7 +341,7 @@ impl Connection {
                 Err(Error::Timeout {
                     broker: self.broker.clone(),
                     api: api_key.name(),
-                    timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+                    timeout_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                 })
             }
         }
@@ -341,7 +358,9 @@ impl Connection {
         let version = self.version(R::API_KEY, capped(R::VERSIONS, max_version))?;
         let (correlation_id, answered) = self.write_request(request.into(), version).await?;
         Ok(async move {
-            let answer = self.answer(R::API_KEY, correlation_id, answered).await?;
+            let answer = self
+                .answer(R::API_KEY, correlation_id, answered, self.timeout)
+                .await?;
             R::Response::try_from(answer).map_err(|other| self.unexpected(R::API_KEY, &other))
         })
     }

@@ -8,9 +8,17 @@
 //! control batches are never returned. A leader that moved makes the consumer refresh its
 //! metadata and fetch from the new one; an out-of-range position is reset as
 //! `auto_offset_reset` says.
+//!
+//! A consumer either is assigned partitions ([`Consumer::assign`]) or subscribes to
+//! topics as a member of a consumer group ([`Consumer::subscribe`], with
+//! `ConsumerConfig::group_id`). A subscribed consumer joins the group on its first `poll`
+//! (the classic protocol, range assignor; see the `membership` module), starts each
+//! partition it is given at the group's committed offset, commits its positions every
+//! `auto_commit_interval` and on [`Consumer::close`], and joins again when the group
+//! rebalances.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use spool_protocol::ErrorCode;
@@ -21,6 +29,7 @@ use tokio::task::JoinSet;
 use crate::admin::{Admin, OffsetSpec};
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::membership::{MemberTimeouts, Membership};
 
 /// Which records a consumer may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +61,18 @@ pub struct ConsumerConfig {
     pub partition_max_bytes: i32,
     /// The largest a compressed batch may grow when decompressed.
     pub decompressed_max_bytes: usize,
+    /// The consumer group to join when subscribing (`group.id`).
+    pub group_id: Option<String>,
+    /// How long the group keeps a member that stops heartbeating (`session.timeout.ms`).
+    pub session_timeout: Duration,
+    /// How long a rebalance waits for members to join again, and so the longest time
+    /// between two polls of a group member (`max.poll.interval.ms`).
+    pub rebalance_timeout: Duration,
+    /// How often a member heartbeats (`heartbeat.interval.ms`).
+    pub heartbeat_interval: Duration,
+    /// How often `poll` commits a group member's positions (`auto.commit.interval.ms`);
+    /// `None` leaves commits to [`Consumer::commit`] and [`Consumer::commit_offsets`].
+    pub auto_commit_interval: Option<Duration>,
 }
 
 impl Default for ConsumerConfig {
@@ -65,6 +86,11 @@ impl Default for ConsumerConfig {
             max_bytes: 50 * 1024 * 1024,
             partition_max_bytes: 1024 * 1024,
             decompressed_max_bytes: 256 * 1024 * 1024,
+            group_id: None,
+            session_timeout: Duration::from_secs(45),
+            rebalance_timeout: Duration::from_secs(300),
+            heartbeat_interval: Duration::from_secs(3),
+            auto_commit_interval: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -95,6 +121,9 @@ pub struct Consumer {
     positions: BTreeMap<TopicPartition, Option<i64>>,
     /// The high watermark each partition's last fetch reported.
     high_watermarks: BTreeMap<TopicPartition, i64>,
+    /// The group membership of a subscribed consumer.
+    membership: Option<Membership>,
+    last_commit: Instant,
 }
 
 impl Consumer {
@@ -104,6 +133,8 @@ impl Consumer {
             config,
             positions: BTreeMap::new(),
             high_watermarks: BTreeMap::new(),
+            membership: None,
+            last_commit: Instant::now(),
         }
     }
 
@@ -112,12 +143,124 @@ impl Consumer {
     }
 
     /// Reads exactly these partitions from now on; positions of partitions kept stay.
+    /// A subscribed consumer stops heartbeating and so drops out of its group.
     pub fn assign(&mut self, partitions: impl IntoIterator<Item = TopicPartition>) {
+        self.membership = None;
         let wanted: BTreeSet<TopicPartition> = partitions.into_iter().collect();
         self.positions.retain(|tp, _| wanted.contains(tp));
         for tp in wanted {
             self.positions.entry(tp).or_insert(None);
         }
+    }
+
+    /// Reads `topics` as a member of the group `ConsumerConfig::group_id`: the group
+    /// decides which partitions, and each starts from the group's committed offset
+    /// (or as `auto_offset_reset` says when there is none). Joining happens in `poll`.
+    pub fn subscribe(&mut self, topics: impl IntoIterator<Item = String>) -> Result<()> {
+        let Some(group) = self.config.group_id.clone() else {
+            return Err(Error::Invalid(
+                "subscribing needs a group: set ConsumerConfig::group_id".into(),
+            ));
+        };
+        let mut topics: Vec<String> = topics.into_iter().collect();
+        topics.sort();
+        topics.dedup();
+        self.positions.clear();
+        // A JoinGroup is held for the whole rebalance; on a shared connection it would
+        // hold up other members' heartbeats and joins behind it.
+        self.admin = Admin::new(self.client().with_own_connections());
+        self.membership = Some(Membership::new(
+            group,
+            topics,
+            MemberTimeouts {
+                session: self.config.session_timeout,
+                rebalance: self.config.rebalance_timeout,
+                heartbeat_interval: self.config.heartbeat_interval,
+            },
+        ));
+        Ok(())
+    }
+
+    /// The generation of the group this consumer is a member of, while it is in one.
+    pub fn group_generation(&self) -> Option<i32> {
+        self.membership.as_ref().and_then(Membership::generation)
+    }
+
+    /// Commits the position of every assigned partition as the group's offset.
+    pub async fn commit(&mut self) -> Result<()> {
+        let offsets = self.known_positions();
+        self.commit_offsets(&offsets).await
+    }
+
+    fn known_positions(&self) -> BTreeMap<TopicPartition, i64> {
+        self.positions
+            .iter()
+            .filter_map(|(tp, p)| Some((tp.clone(), (*p)?)))
+            .collect()
+    }
+
+    /// Commits `offsets` (each the next offset to read) as the group's offsets. A group
+    /// that has moved to a new generation refuses (REBALANCE_IN_PROGRESS,
+    /// ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID) and this member joins again on `poll`.
+    pub async fn commit_offsets(&mut self, offsets: &BTreeMap<TopicPartition, i64>) -> Result<()> {
+        let Some(membership) = self.membership.as_mut() else {
+            return Err(Error::Invalid(
+                "committing needs a group: set ConsumerConfig::group_id and subscribe".into(),
+            ));
+        };
+        self.last_commit = Instant::now();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        membership.commit(&self.admin, offsets).await
+    }
+
+    /// Leaves the group, after committing the positions when auto-commit is on. A
+    /// consumer without a group has nothing to do.
+    pub async fn close(mut self) -> Result<()> {
+        if self.membership.is_none() {
+            return Ok(());
+        }
+        let committed = if self.config.auto_commit_interval.is_some() {
+            self.commit().await
+        } else {
+            Ok(())
+        };
+        let left = match self.membership.as_mut() {
+            Some(membership) => membership.leave(&self.admin).await,
+            None => Ok(()),
+        };
+        committed.and(left)
+    }
+
+    /// Joins the group when this member is not in its current generation: commits the
+    /// old positions first (when auto-committing), then takes the new assignment, each
+    /// partition from the group's committed offset.
+    async fn keep_membership(&mut self) -> Result<()> {
+        if !self.membership.as_ref().is_some_and(Membership::needs_join) {
+            return Ok(());
+        }
+        let offsets = self.known_positions();
+        let Some(membership) = self.membership.as_mut() else {
+            return Ok(());
+        };
+        if self.config.auto_commit_interval.is_some() && !offsets.is_empty() {
+            // The old generation may already be over; its partitions are then another
+            // member's, read again from the last commit that landed.
+            let _ = membership.commit(&self.admin, &offsets).await;
+        }
+        let assignment = membership.join(&self.admin).await?;
+        let group = membership.group().to_string();
+        let committed = self.admin.committed_offsets(&group).await?;
+        self.positions = assignment
+            .into_iter()
+            .map(|tp| {
+                let offset = committed.get(&tp).copied().filter(|o| *o >= 0);
+                (tp, offset)
+            })
+            .collect();
+        self.last_commit = Instant::now();
+        Ok(())
     }
 
     /// Every partition of `topic`, in partition order.
@@ -162,6 +305,18 @@ impl Consumer {
     /// Fetches once from every assigned partition's leader and returns the records, in
     /// offset order within each partition. Empty when nothing came within `max_wait`.
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>> {
+        self.keep_membership().await?;
+        if let Some(interval) = self.config.auto_commit_interval
+            && self.membership.is_some()
+            && self.last_commit.elapsed() >= interval
+        {
+            match self.commit().await {
+                Ok(()) => {}
+                // The generation ended; the next poll joins again.
+                Err(e) if e.code().is_some() => {}
+                Err(e) => return Err(e),
+            }
+        }
         self.reset_unknown_positions().await?;
         let metadata = self.client().metadata();
         let mut by_leader: BTreeMap<i32, Vec<(TopicPartition, i64, i32)>> = BTreeMap::new();

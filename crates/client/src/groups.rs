@@ -328,6 +328,19 @@ impl Admin {
         offsets: &BTreeMap<TopicPartition, i64>,
     ) -> Result<()> {
         let coordinator = self.find_coordinator(group).await?;
+        self.commit_as_member(coordinator, group, (-1, ""), offsets)
+            .await
+    }
+
+    /// Commits `offsets` for `group` at `coordinator` as the member `(generation,
+    /// member_id)`; generation -1 and no member ID commit as an admin client does.
+    pub(crate) async fn commit_as_member(
+        &self,
+        coordinator: i32,
+        group: &str,
+        (generation, member_id): (i32, &str),
+        offsets: &BTreeMap<TopicPartition, i64>,
+    ) -> Result<()> {
         let mut topics: BTreeMap<&str, Vec<offset_commit_request::OffsetCommitRequestPartition>> =
             BTreeMap::new();
         for ((topic, partition), offset) in offsets {
@@ -342,8 +355,8 @@ impl Admin {
         }
         let request = OffsetCommitRequest {
             group_id: group.to_string(),
-            generation_id_or_member_epoch: -1,
-            member_id: String::new(),
+            generation_id_or_member_epoch: generation,
+            member_id: member_id.to_string(),
             topics: topics
                 .into_iter()
                 .map(
@@ -415,7 +428,7 @@ fn consumer_group_state(state: &str) -> String {
 
 /// The partitions in a consumer-protocol assignment (a version, then the body); anything
 /// else (another protocol type, garbage) assigns nothing readable.
-fn decode_assignment(mut bytes: Bytes) -> Vec<TopicPartition> {
+pub(crate) fn decode_assignment(mut bytes: Bytes) -> Vec<TopicPartition> {
     if bytes.remaining() < 2 {
         return Vec::new();
     }

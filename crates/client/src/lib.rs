@@ -6,7 +6,8 @@
 //! - [`Admin`] manages topics, partitions, configs and offsets.
 //! - [`Producer`] batches records per partition (linger, batch size, compression) and
 //!   picks partitions as the Java client does ([`partitioner`]).
-//! - [`Consumer`] reads assigned partitions from an offset, a time, the start or the end.
+//! - [`Consumer`] reads assigned partitions from an offset, a time, the start or the end,
+//!   or subscribes to topics as a member of a consumer group.
 //!
 //! ```no_run
 //! use spool_client::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
@@ -27,6 +28,7 @@ mod connection;
 pub mod consumer;
 pub mod error;
 pub mod groups;
+mod membership;
 pub mod partitioner;
 pub mod producer;
 

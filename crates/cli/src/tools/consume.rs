@@ -1,5 +1,7 @@
 //! `spool consume TOPIC`: prints records from a start position (beginning, end, an offset
-//! or a time) until caught up, or on and on with `--follow`.
+//! or a time) until caught up, or on and on with `--follow`. With `--group` it reads as a
+//! member of a consumer group: the group assigns the partitions, each starts at the
+//! group's committed offset, and what is printed is committed.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -40,6 +42,11 @@ pub struct ConsumeArgs {
     /// Only records of committed transactions.
     #[arg(long)]
     pub read_committed: bool,
+    /// Read as a member of this consumer group: partitions come from the group, each
+    /// starts at the group's committed offset (`--from beginning|end` for those with
+    /// none), and the offsets of printed records are committed.
+    #[arg(long, short = 'g')]
+    pub group: Option<String>,
 }
 
 /// Parses `--from`.
@@ -104,12 +111,29 @@ pub async fn run(connect: &Connect, args: ConsumeArgs) -> Result<(), String> {
     } else {
         IsolationLevel::ReadUncommitted
     };
+    let auto_offset_reset = match (&args.group, start) {
+        (None, _) | (Some(_), OffsetSpec::Earliest) => OffsetReset::Earliest,
+        (Some(_), OffsetSpec::Latest) => OffsetReset::Latest,
+        (Some(_), _) => {
+            return Err(format!(
+                "--from {} with --group: a group starts at its committed offsets; \
+                 --from beginning or end says where partitions without one start",
+                args.from
+            ));
+        }
+    };
+    if args.group.is_some() && !args.partitions.is_empty() {
+        return Err("--partition with --group: the group assigns the partitions".into());
+    }
     let client = connect.client().await?;
     let mut consumer = Consumer::new(
         client,
         ConsumerConfig {
             isolation_level,
-            auto_offset_reset: OffsetReset::Earliest,
+            auto_offset_reset,
+            group_id: args.group.clone(),
+            // What is printed is committed, below.
+            auto_commit_interval: None,
             ..Default::default()
         },
     );
@@ -118,12 +142,23 @@ pub async fn run(connect: &Connect, args: ConsumeArgs) -> Result<(), String> {
         .topic(&args.topic)
         .await
         .map_err(|e| e.to_string())?;
-    let partitions = select_partitions(&topic, &args.partitions)?;
-    consumer.assign(partitions.clone());
-    consumer
-        .seek(&partitions, start)
-        .await
-        .map_err(|e| e.to_string())?;
+    let partitions = match &args.group {
+        Some(_) => {
+            consumer
+                .subscribe([args.topic.clone()])
+                .map_err(|e| e.to_string())?;
+            topic.topic_partitions()
+        }
+        None => {
+            let partitions = select_partitions(&topic, &args.partitions)?;
+            consumer.assign(partitions.clone());
+            consumer
+                .seek(&partitions, start)
+                .await
+                .map_err(|e| e.to_string())?;
+            partitions
+        }
+    };
     // Without --follow, reading stops at the ends the partitions have now.
     let ends: BTreeMap<TopicPartition, i64> = if args.follow {
         BTreeMap::new()
@@ -133,30 +168,52 @@ pub async fn run(connect: &Connect, args: ConsumeArgs) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?
     };
+    let read = read(connect, &args, &mut consumer, &ends);
+    let interrupted = tokio::select! {
+        read = read => Some(read),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    if args.group.is_some() {
+        consumer.close().await.map_err(|e| e.to_string())?;
+    }
+    interrupted.unwrap_or(Ok(()))
+}
+
+/// Prints records until the count, or (without `--follow`) the ends, are reached;
+/// a group member commits what it printed after each poll.
+async fn read(
+    connect: &Connect,
+    args: &ConsumeArgs,
+    consumer: &mut Consumer,
+    ends: &BTreeMap<TopicPartition, i64>,
+) -> Result<(), String> {
     let template = Template::parse(&args.format);
     let mut printed = 0u64;
     loop {
         if args.num.is_some_and(|n| printed >= n) {
             return Ok(());
         }
+        // A group member has caught up once it is in the group and its partitions are
+        // read to their ends (it may be given none at all).
+        let in_group = args.group.is_none() || consumer.group_generation().is_some();
         if !args.follow
-            && ends
-                .iter()
-                .all(|(tp, end)| consumer.position(tp).is_some_and(|p| p >= *end))
+            && in_group
+            && consumer.assignment().iter().all(|tp| {
+                let end = ends.get(tp).copied().unwrap_or(0);
+                consumer.position(tp).is_some_and(|p| p >= end)
+            })
         {
             return Ok(());
         }
         let records = consumer.poll().await.map_err(|e| e.to_string())?;
         let mut text = String::new();
+        let mut next: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         for record in &records {
             if args.num.is_some_and(|n| printed >= n) {
                 break;
             }
-            if !args.follow
-                && ends
-                    .get(&(record.topic.clone(), record.partition))
-                    .is_some_and(|end| record.offset >= *end)
-            {
+            let tp = (record.topic.clone(), record.partition);
+            if !args.follow && ends.get(&tp).is_some_and(|end| record.offset >= *end) {
                 continue;
             }
             if connect.json {
@@ -166,8 +223,18 @@ pub async fn run(connect: &Connect, args: ConsumeArgs) -> Result<(), String> {
                 template.render(record, &mut text);
             }
             printed += 1;
+            next.insert(tp, record.offset + 1);
         }
         out(&text)?;
+        if args.group.is_some() && !next.is_empty() {
+            match consumer.commit_offsets(&next).await {
+                Ok(()) => {}
+                // The group moved on (a rebalance); the records go to whichever member
+                // has their partitions now, and this one joins again on the next poll.
+                Err(e) if e.code().is_some() => eprintln!("spool: not committed: {e}"),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
     }
 }
 

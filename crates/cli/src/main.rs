@@ -46,6 +46,15 @@ enum Command {
     /// List, describe (members, lag), reset offsets of and delete consumer groups.
     #[command(subcommand)]
     Group(tools::group::GroupCommand),
+    /// Create, list and delete ACLs (the broker must run an authorizer).
+    #[command(subcommand)]
+    Acl(tools::acl::AclCommand),
+    /// Create, delete and list SCRAM users.
+    #[command(subcommand)]
+    User(tools::user::UserCommand),
+    /// Describe and alter client quotas.
+    #[command(subcommand)]
+    Quota(tools::quota::QuotaCommand),
     /// Send lines of stdin to a topic as records.
     Produce(tools::produce::ProduceArgs),
     /// Print a topic's records.
@@ -314,6 +323,9 @@ fn main() -> ExitCode {
         Command::Topic(command) => runtime.block_on(tools::topic::run(&cli.connect, command)),
         Command::Cluster(command) => runtime.block_on(tools::cluster::run(&cli.connect, command)),
         Command::Group(command) => runtime.block_on(tools::group::run(&cli.connect, command)),
+        Command::Acl(command) => runtime.block_on(tools::acl::run(&cli.connect, command)),
+        Command::User(command) => runtime.block_on(tools::user::run(&cli.connect, command)),
+        Command::Quota(command) => runtime.block_on(tools::quota::run(&cli.connect, command)),
         Command::Produce(args) => runtime.block_on(tools::produce::run(&cli.connect, args)),
         Command::Consume(args) => runtime.block_on(tools::consume::run(&cli.connect, args)),
     };

@@ -3,7 +3,8 @@
 //!
 //! - [`Client`] knows the cluster: bootstrap brokers, metadata, one connection per broker
 //!   (requests pipelined on it, versions negotiated with ApiVersions).
-//! - [`Admin`] manages topics, partitions, configs and offsets.
+//! - [`Admin`] manages topics, partitions, configs, offsets, groups, ACLs, SCRAM users
+//!   and quotas.
 //! - [`Producer`] batches records per partition (linger, batch size, compression) and
 //!   picks partitions as the Java client does ([`partitioner`]).
 //! - [`Consumer`] reads assigned partitions from an offset, a time, the start or the end,
@@ -31,6 +32,7 @@ pub mod groups;
 mod membership;
 pub mod partitioner;
 pub mod producer;
+pub mod security;
 
 pub use admin::{Admin, ConfigChange, ConfigEntry, ConfigResource, NewTopic, OffsetSpec};
 pub use client::{BrokerInfo, Client, ClientConfig, ClusterMetadata, PartitionInfo, TopicInfo};
@@ -40,6 +42,10 @@ pub use consumer::{
 pub use error::{Error, Result};
 pub use groups::{GroupDescription, GroupListing, GroupMember, PartitionLag};
 pub use producer::{Acks, Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use security::{
+    AclBinding, AclFilter, AclOperation, AclPermission, PatternType, QuotaChange, QuotaEntity,
+    QuotaMatch, ResourceType, ScramCredential, ScramMechanism,
+};
 /// The wire protocol's types, for requests this crate has no call for.
 pub use spool_protocol as protocol;
 pub use spool_protocol::ErrorCode;

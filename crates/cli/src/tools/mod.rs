@@ -3,11 +3,14 @@
 //! default and JSON (`--json`) for scripts; errors name the broker, the topic or partition,
 //! and the Kafka error that came back.
 
+pub mod acl;
 pub mod cluster;
 pub mod consume;
 pub mod group;
 pub mod produce;
+pub mod quota;
 pub mod topic;
+pub mod user;
 
 use std::io::Write;
 use std::time::Duration;

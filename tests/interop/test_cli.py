@@ -341,3 +341,30 @@ def test_consume_with_a_group_commits_what_it_printed_and_shares_partitions_with
             follower.kill()
             follower.wait()
         rd.close()
+
+
+def test_bench_produces_consumes_and_times_round_trips(broker):
+    """`spool bench`: the records it reports are in the log (librdkafka counts them), the
+    consume run reads them all back, and e2e sends at the rate asked and times each."""
+    spool(broker, "topic", "create", "load", "-p", "6")
+    produced = spool_json(broker, "bench", "produce", "load", "-n", "3000", "-s", "512", "--acks", "all", "-q")
+    assert produced["mode"] == "produce" and produced["messages"] == 3000 and produced["errors"] == 0
+    assert produced["bytes"] == 3000 * 512
+    latency = produced["latency_ms"]
+    assert sorted(latency) == ["max", "p50", "p90", "p99", "p99.9"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["p99.9"] <= latency["max"]
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": broker.address, "group.id": "count"})
+    ends = [consumer.get_watermark_offsets(confluent_kafka.TopicPartition("load", p), timeout=10) for p in range(6)]
+    consumer.close()
+    assert sum(high - low for low, high in ends) == 3000
+
+    consumed = spool_json(broker, "bench", "consume", "load", "-q")
+    assert consumed["messages"] == 3000 and consumed["bytes"] == 3000 * 512 and consumed["latency_ms"] is None
+
+    e2e = spool_json(broker, "bench", "e2e", "load", "-r", "200", "-d", "2", "-q")
+    assert e2e["messages"] == 400 and e2e["errors"] == 0
+    assert 1.9 < e2e["seconds"] < 10
+    assert 0 < e2e["latency_ms"]["p50"] <= e2e["latency_ms"]["max"] < 5000
+    # The table for people, with the histogram on one line.
+    table = spool(broker, "bench", "produce", "load", "-n", "100", "-q").stdout
+    assert "MESSAGES    100" in table and "LATENCY-MS  p50 " in table and "p99.9 " in table

@@ -55,6 +55,9 @@ enum Command {
     /// Describe and alter client quotas.
     #[command(subcommand)]
     Quota(tools::quota::QuotaCommand),
+    /// Load generator: produce, consume or end-to-end, with throughput and latency.
+    #[command(subcommand)]
+    Bench(tools::bench::BenchCommand),
     /// Send lines of stdin to a topic as records.
     Produce(tools::produce::ProduceArgs),
     /// Print a topic's records.
@@ -326,6 +329,7 @@ fn main() -> ExitCode {
         Command::Acl(command) => runtime.block_on(tools::acl::run(&cli.connect, command)),
         Command::User(command) => runtime.block_on(tools::user::run(&cli.connect, command)),
         Command::Quota(command) => runtime.block_on(tools::quota::run(&cli.connect, command)),
+        Command::Bench(command) => runtime.block_on(tools::bench::run(&cli.connect, command)),
         Command::Produce(args) => runtime.block_on(tools::produce::run(&cli.connect, args)),
         Command::Consume(args) => runtime.block_on(tools::consume::run(&cli.connect, args)),
     };

@@ -4,6 +4,7 @@
 //! and the Kafka error that came back.
 
 pub mod acl;
+pub mod bench;
 pub mod cluster;
 pub mod consume;
 pub mod group;

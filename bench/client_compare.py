@@ -1,0 +1,86 @@
+"""`spool bench` (spool-client) next to a librdkafka client (confluent-kafka) for the same
+load: 1 KiB records, keyless, a topic of 6 partitions, acks=1, linger 5 ms, 1 MiB batches;
+then both read the whole topic back. The broker is the same release build for both, on a
+fresh data directory. Prints one line per figure and the ratio spool / librdkafka.
+
+    cargo build --release -p spool
+    build/venv/bin/python bench/client_compare.py [--mb 1024] [--rounds 2] [--spool target/release/spool]
+"""
+import argparse
+import json
+import subprocess
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from client_bench import MESSAGE, PARTITIONS, running
+
+
+def librdkafka_produce(address, topic, count):
+    producer = Producer({"bootstrap.servers": address, "acks": "1", "linger.ms": 5,
+                         "batch.size": 1 << 20, "queue.buffering.max.kbytes": 1 << 20})
+    failures = []
+    started = time.time()
+    for i in range(count):
+        while True:
+            try:
+                producer.produce(topic, MESSAGE, on_delivery=lambda err, _: err and failures.append(err))
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if i % 10000 == 0:
+            producer.poll(0)
+    assert producer.flush(120) == 0 and not failures, failures[:3]
+    return count * len(MESSAGE) / 1e6 / (time.time() - started)
+
+
+def librdkafka_consume(address, topic, expected_bytes):
+    consumer = Consumer({"bootstrap.servers": address, "group.id": "compare", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    got, started = 0, time.time()
+    while got < expected_bytes and time.time() - started < 120:
+        for message in consumer.consume(10000, timeout=1):
+            if message.error() is None:
+                got += len(message.value())
+    consumer.close()
+    assert got == expected_bytes, f"read {got} of {expected_bytes} bytes"
+    return got / 1e6 / (time.time() - started)
+
+
+def spool_bench(spool, address, *args):
+    result = subprocess.run([spool, "bench", *args, "--brokers", address, "--json", "-q"],
+                            capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(result.stdout)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--spool", default="target/release/spool")
+    args = parser.parse_args()
+    count = args.mb * 1024
+    with running(args.spool) as (_, address, _):
+        admin = AdminClient({"bootstrap.servers": address})
+        for round in range(args.rounds):
+            rd_topic, spool_topic = f"rd{round}", f"sp{round}"
+            for topic in (rd_topic, spool_topic):
+                admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
+            rd = librdkafka_produce(address, rd_topic, count)
+            sp = spool_bench(args.spool, address, "produce", spool_topic, "-n", str(count), "-s", str(len(MESSAGE)),
+                             "--acks", "1", "--linger-ms", "5", "--batch-size", str(1 << 20))
+            assert sp["messages"] == count and sp["errors"] == 0, sp
+            p = sp["latency_ms"]
+            print(f"round {round + 1} produce ({args.mb} MB): librdkafka {rd:.0f} MB/s, spool bench "
+                  f"{sp['mb_per_second']:.0f} MB/s ({sp['mb_per_second'] / rd:.0%}); spool ack latency "
+                  f"p50 {p['p50']:.1f} p99 {p['p99']:.1f} max {p['max']:.1f} ms")
+            rd = librdkafka_consume(address, rd_topic, count * len(MESSAGE))
+            sp = spool_bench(args.spool, address, "consume", spool_topic)
+            assert sp["messages"] == count, sp
+            print(f"round {round + 1} consume ({args.mb} MB): librdkafka {rd:.0f} MB/s, spool bench "
+                  f"{sp['mb_per_second']:.0f} MB/s ({sp['mb_per_second'] / rd:.0%})")
+
+
+if __name__ == "__main__":
+    main()

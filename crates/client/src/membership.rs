@@ -141,6 +141,11 @@ impl Membership {
                 }
                 Err(e) if rejoinable(&e) && tokio::time::Instant::now() < deadline => {
                     self.lost(e.code().unwrap_or(ErrorCode::None));
+                    if e.code().is_none() {
+                        // Unreachable or silent: look the coordinator up again, it may
+                        // have moved with its broker gone.
+                        self.coordinator = None;
+                    }
                     if e.is_retriable() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
@@ -296,10 +301,12 @@ impl Membership {
                 offsets,
             )
             .await;
+        // A lost connection or a late answer leaves the generation to the heartbeats.
         if let Err(e) = &committed
+            && let Some(code) = e.code()
             && rejoinable(e)
         {
-            self.lost(e.code().unwrap_or(ErrorCode::None));
+            self.lost(code);
         }
         committed
     }

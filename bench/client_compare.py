@@ -11,10 +11,10 @@ import json
 import subprocess
 import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from client_bench import MESSAGE, PARTITIONS, running
+from client_bench import MESSAGE, PARTITIONS, consume, running
 
 
 def librdkafka_produce(address, topic, count):
@@ -33,19 +33,6 @@ def librdkafka_produce(address, topic, count):
             producer.poll(0)
     assert producer.flush(120) == 0 and not failures, failures[:3]
     return count * len(MESSAGE) / 1e6 / (time.time() - started)
-
-
-def librdkafka_consume(address, topic, expected_bytes):
-    consumer = Consumer({"bootstrap.servers": address, "group.id": "compare", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-    got, started = 0, time.time()
-    while got < expected_bytes and time.time() - started < 120:
-        for message in consumer.consume(10000, timeout=1):
-            if message.error() is None:
-                got += len(message.value())
-    consumer.close()
-    assert got == expected_bytes, f"read {got} of {expected_bytes} bytes"
-    return got / 1e6 / (time.time() - started)
 
 
 def spool_bench(spool, address, *args):
@@ -75,7 +62,7 @@ def main():
             print(f"round {round + 1} produce ({args.mb} MB): librdkafka {rd:.0f} MB/s, spool bench "
                   f"{sp['mb_per_second']:.0f} MB/s ({sp['mb_per_second'] / rd:.0%}); spool ack latency "
                   f"p50 {p['p50']:.1f} p99 {p['p99']:.1f} max {p['max']:.1f} ms")
-            rd = librdkafka_consume(address, rd_topic, count * len(MESSAGE))
+            rd = consume(address, rd_topic, count * len(MESSAGE))
             sp = spool_bench(args.spool, address, "consume", spool_topic)
             assert sp["messages"] == count, sp
             print(f"round {round + 1} consume ({args.mb} MB): librdkafka {rd:.0f} MB/s, spool bench "

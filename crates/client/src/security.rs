@@ -429,7 +429,7 @@ impl Admin {
     }
 
     async fn alter_users(&self, request: AlterUserScramCredentialsRequest) -> Result<()> {
-        // The controller applies credential changes.
+        // Any broker takes it; credentials are cluster metadata, applied by the controller.
         let response = self.client().send_any(request).await?;
         for result in response.results {
             acl_error(

@@ -64,7 +64,9 @@ def running(spool):
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def produce(address, topic, count, acks, **config):
+def produce(address, topic, count, acks, spread=True, **config):
+    """MB/s for `count` records; `spread` puts them in the partitions in turn, otherwise
+    they are keyless and librdkafka's partitioner places them."""
     producer = Producer({"bootstrap.servers": address, "acks": acks, "linger.ms": 5,
                          "batch.size": 1 << 20, "queue.buffering.max.kbytes": 1 << 20, **config})
     failures = []
@@ -72,7 +74,7 @@ def produce(address, topic, count, acks, **config):
     for i in range(count):
         while True:
             try:
-                producer.produce(topic, MESSAGE, partition=i % PARTITIONS,
+                producer.produce(topic, MESSAGE, partition=i % PARTITIONS if spread else -1,
                                  on_delivery=lambda err, _: err and failures.append(err))
                 break
             except BufferError:

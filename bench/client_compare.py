@@ -9,30 +9,10 @@ fresh data directory. Prints one line per figure and the ratio spool / librdkafk
 import argparse
 import json
 import subprocess
-import time
 
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from client_bench import MESSAGE, PARTITIONS, consume, running
-
-
-def librdkafka_produce(address, topic, count):
-    producer = Producer({"bootstrap.servers": address, "acks": "1", "linger.ms": 5,
-                         "batch.size": 1 << 20, "queue.buffering.max.kbytes": 1 << 20})
-    failures = []
-    started = time.time()
-    for i in range(count):
-        while True:
-            try:
-                producer.produce(topic, MESSAGE, on_delivery=lambda err, _: err and failures.append(err))
-                break
-            except BufferError:
-                producer.poll(0.01)
-        if i % 10000 == 0:
-            producer.poll(0)
-    assert producer.flush(120) == 0 and not failures, failures[:3]
-    return count * len(MESSAGE) / 1e6 / (time.time() - started)
+from client_bench import MESSAGE, PARTITIONS, consume, produce, running
 
 
 def spool_bench(spool, address, *args):
@@ -54,7 +34,7 @@ def main():
             rd_topic, spool_topic = f"rd{round}", f"sp{round}"
             for topic in (rd_topic, spool_topic):
                 admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
-            rd = librdkafka_produce(address, rd_topic, count)
+            rd = produce(address, rd_topic, count, "1", spread=False)
             sp = spool_bench(args.spool, address, "produce", spool_topic, "-n", str(count), "-s", str(len(MESSAGE)),
                              "--acks", "1", "--linger-ms", "5", "--batch-size", str(1 << 20))
             assert sp["messages"] == count and sp["errors"] == 0, sp

@@ -48,6 +48,14 @@ impl Error {
         })
     }
 
+    /// `Ok` for NONE, otherwise the Kafka error for `code` with its context.
+    pub fn check(code: i16, context: impl Into<String>, message: Option<String>) -> Result<()> {
+        match Error::kafka(code, context, message) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// The Kafka error code, if this is a Kafka error.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {

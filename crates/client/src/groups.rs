@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use spool_protocol::internal::ConsumerProtocolAssignment;
 use spool_protocol::messages::{
     ConsumerGroupDescribeRequest, DeleteGroupsRequest, DescribeGroupsRequest,
@@ -256,13 +256,7 @@ impl Admin {
         let mut offsets = BTreeMap::new();
         for topic in response.topics {
             for p in topic.partitions {
-                let context = format!(
-                    "group {group} topic {} partition {}",
-                    topic.name, p.partition_index
-                );
-                if let Some(e) = Error::kafka(p.error_code, context, None) {
-                    return Err(e);
-                }
+                partition_result(group, &topic.name, p.partition_index, p.error_code)?;
                 if p.committed_offset >= 0 {
                     offsets.insert((topic.name.clone(), p.partition_index), p.committed_offset);
                 }
@@ -372,13 +366,7 @@ impl Admin {
         let response = self.client().send_to(coordinator, request).await?;
         for topic in response.topics {
             for p in topic.partitions {
-                let context = format!(
-                    "group {group} topic {} partition {}",
-                    topic.name, p.partition_index
-                );
-                if let Some(e) = Error::kafka(p.error_code, context, None) {
-                    return Err(e);
-                }
+                partition_result(group, &topic.name, p.partition_index, p.error_code)?;
             }
         }
         Ok(())
@@ -405,6 +393,18 @@ impl Admin {
     }
 }
 
+/// A group's per-partition answer (OffsetFetch, OffsetCommit) as a result.
+fn partition_result(group: &str, topic: &str, partition: i32, code: i16) -> Result<()> {
+    if code == 0 {
+        return Ok(());
+    }
+    Error::check(
+        code,
+        format!("group {group} topic {topic} partition {partition}"),
+        None,
+    )
+}
+
 fn missing_group(group: &str) -> Error {
     Error::Kafka {
         code: ErrorCode::GroupIdNotFound,
@@ -428,14 +428,8 @@ fn consumer_group_state(state: &str) -> String {
 
 /// The partitions in a consumer-protocol assignment (a version, then the body); anything
 /// else (another protocol type, garbage) assigns nothing readable.
-pub(crate) fn decode_assignment(mut bytes: Bytes) -> Vec<TopicPartition> {
-    if bytes.remaining() < 2 {
-        return Vec::new();
-    }
-    let version = bytes
-        .get_i16()
-        .clamp(0, ConsumerProtocolAssignment::VERSIONS.max);
-    match ConsumerProtocolAssignment::decode(&mut bytes, version) {
+pub(crate) fn decode_assignment(bytes: Bytes) -> Vec<TopicPartition> {
+    match ConsumerProtocolAssignment::from_versioned_bytes_newest(bytes) {
         Ok(assignment) => assignment
             .assigned_partitions
             .into_iter()

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use spool_protocol::internal::{
     ConsumerProtocolAssignment, ConsumerProtocolSubscription, consumer_protocol_assignment,
 };
@@ -161,7 +161,7 @@ impl Membership {
             topics: self.topics.clone(),
             ..Default::default()
         };
-        let metadata = versioned(&subscription, 0)?;
+        let metadata = subscription.to_versioned_bytes(0).map_err(encode_error)?;
         let wait = self.timeouts.rebalance + JOIN_GRACE;
         let joined = loop {
             let request = JoinGroupRequest {
@@ -360,15 +360,8 @@ fn millis(duration: Duration) -> i32 {
     i32::try_from(duration.as_millis()).unwrap_or(i32::MAX)
 }
 
-/// A consumer-protocol message as it travels in JoinGroup and SyncGroup: its version,
-/// then its body.
-fn versioned(message: &impl Message, version: i16) -> Result<Bytes> {
-    let mut bytes = BytesMut::new();
-    bytes.put_i16(version);
-    message
-        .encode(&mut bytes, version)
-        .map_err(|e| Error::Invalid(format!("cannot encode group metadata: {e}")))?;
-    Ok(bytes.freeze())
+fn encode_error(e: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("cannot encode group metadata: {e}"))
 }
 
 fn encode_assignment(partitions: &[TopicPartition]) -> Result<Bytes> {
@@ -388,19 +381,12 @@ fn encode_assignment(partitions: &[TopicPartition]) -> Result<Bytes> {
             .collect(),
         ..Default::default()
     };
-    versioned(&assignment, 0)
+    assignment.to_versioned_bytes(0).map_err(encode_error)
 }
 
 /// The topics a member's JoinGroup metadata subscribes to; none when it is unreadable.
-fn subscribed_topics(mut bytes: Bytes) -> Vec<String> {
-    use bytes::Buf;
-    if bytes.remaining() < 2 {
-        return Vec::new();
-    }
-    let version = bytes
-        .get_i16()
-        .clamp(0, ConsumerProtocolSubscription::VERSIONS.max);
-    ConsumerProtocolSubscription::decode(&mut bytes, version)
+fn subscribed_topics(bytes: Bytes) -> Vec<String> {
+    ConsumerProtocolSubscription::from_versioned_bytes_newest(bytes)
         .map(|s| s.topics)
         .unwrap_or_default()
 }
@@ -495,7 +481,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            subscribed_topics(versioned(&subscription, 0).unwrap()),
+            subscribed_topics(subscription.to_versioned_bytes(0).unwrap()),
             vec!["a".to_string(), "b".to_string()]
         );
         assert!(subscribed_topics(Bytes::from_static(b"\x00")).is_empty());

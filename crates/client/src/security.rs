@@ -187,13 +187,6 @@ pub enum QuotaMatch {
     Any,
 }
 
-fn acl_error(code: i16, context: impl Into<String>, message: Option<String>) -> Result<()> {
-    match Error::kafka(code, context, message) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
 fn binding_name(b: &AclBinding) -> String {
     format!(
         "ACL {} {} {} on {} {} ({})",
@@ -266,7 +259,7 @@ impl Admin {
         };
         let response = self.client().send_any(request).await?;
         for (result, b) in response.results.into_iter().zip(bindings) {
-            acl_error(result.error_code, binding_name(b), result.error_message)?;
+            Error::check(result.error_code, binding_name(b), result.error_message)?;
         }
         Ok(())
     }
@@ -284,7 +277,7 @@ impl Admin {
             ..Default::default()
         };
         let response = self.client().send_any(request).await?;
-        acl_error(response.error_code, "ACLs", response.error_message)?;
+        Error::check(response.error_code, "ACLs", response.error_message)?;
         let mut bindings = Vec::new();
         for resource in response.resources {
             for acl in resource.acls {
@@ -324,7 +317,7 @@ impl Admin {
         let response = self.client().send_any(request).await?;
         let mut deleted = Vec::new();
         for result in response.filter_results {
-            acl_error(result.error_code, "ACLs", result.error_message)?;
+            Error::check(result.error_code, "ACLs", result.error_message)?;
             for acl in result.matching_acls {
                 let b = binding(
                     acl.resource_type,
@@ -335,7 +328,7 @@ impl Admin {
                     acl.operation,
                     acl.permission_type,
                 )?;
-                acl_error(acl.error_code, binding_name(&b), acl.error_message)?;
+                Error::check(acl.error_code, binding_name(&b), acl.error_message)?;
                 deleted.push(b);
             }
         }
@@ -362,10 +355,10 @@ impl Admin {
             ..Default::default()
         };
         let response = self.client().send_any(request).await?;
-        acl_error(response.error_code, "users", response.error_message)?;
+        Error::check(response.error_code, "users", response.error_message)?;
         let mut described = BTreeMap::new();
         for result in response.results {
-            acl_error(
+            Error::check(
                 result.error_code,
                 format!("user {}", result.user),
                 result.error_message,
@@ -432,7 +425,7 @@ impl Admin {
         // Any broker takes it; credentials are cluster metadata, applied by the controller.
         let response = self.client().send_any(request).await?;
         for result in response.results {
-            acl_error(
+            Error::check(
                 result.error_code,
                 format!("user {}", result.user),
                 result.error_message,
@@ -469,7 +462,7 @@ impl Admin {
             ..Default::default()
         };
         let response = self.client().send_any(request).await?;
-        acl_error(response.error_code, "quotas", response.error_message)?;
+        Error::check(response.error_code, "quotas", response.error_message)?;
         let mut entries: Vec<(QuotaEntity, BTreeMap<String, f64>)> = response
             .entries
             .unwrap_or_default()
@@ -523,7 +516,7 @@ impl Admin {
             .map(|(t, n)| format!("{t}={}", n.as_deref().unwrap_or("<default>")))
             .collect();
         for entry in response.entries {
-            acl_error(
+            Error::check(
                 entry.error_code,
                 format!("quota entity {}", name.join(",")),
                 entry.error_message,

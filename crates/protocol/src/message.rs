@@ -2,7 +2,7 @@
 
 use std::fmt::Debug;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::wire::{VersionRange, Wire};
@@ -46,6 +46,42 @@ pub trait Message: Wire + Default + Clone + PartialEq + Debug {
         self.encode(&mut buf, version)?;
         Ok(buf.freeze())
     }
+
+    /// Encodes as an int16 version followed by the message at that version: the form of
+    /// stored group and transaction records and of consumer-protocol subscriptions and
+    /// assignments.
+    fn to_versioned_bytes(&self, version: i16) -> Result<Bytes, EncodeError> {
+        let mut buf = BytesMut::new();
+        buf.put_i16(version);
+        self.encode(&mut buf, version)?;
+        Ok(buf.freeze())
+    }
+
+    /// Reads what [`Message::to_versioned_bytes`] wrote; a version this code does not
+    /// know is an error.
+    fn from_versioned_bytes(buf: Bytes) -> Result<Self, DecodeError> {
+        let (version, mut body) = split_version(buf)?;
+        Self::decode(&mut body, version)
+    }
+
+    /// Like [`Message::from_versioned_bytes`], but a version newer than this code knows
+    /// is read as the newest it knows (newer versions only add fields), as Kafka reads
+    /// consumer-protocol metadata and its own stored records.
+    fn from_versioned_bytes_newest(buf: Bytes) -> Result<Self, DecodeError> {
+        let (version, mut body) = split_version(buf)?;
+        Self::decode(&mut body, version.clamp(0, Self::VERSIONS.max))
+    }
+}
+
+/// The int16 version at the front of `buf`, and the rest.
+fn split_version(mut buf: Bytes) -> Result<(i16, Bytes), DecodeError> {
+    if buf.remaining() < 2 {
+        return Err(DecodeError::Truncated {
+            needed: 2,
+            remaining: buf.remaining(),
+        });
+    }
+    Ok((buf.get_i16(), buf))
 }
 
 #[cfg(test)]
@@ -53,6 +89,42 @@ mod tests {
     use super::*;
     use crate::messages::{ApiVersionsRequest, ProduceResponse, produce_response};
     use crate::wire::RawTaggedField;
+
+    #[test]
+    fn versioned_bytes_carry_their_version_and_newer_ones_read_as_the_newest() {
+        use crate::internal::ConsumerProtocolSubscription;
+        let subscription = ConsumerProtocolSubscription {
+            topics: vec!["a".into()],
+            ..Default::default()
+        };
+        let bytes = subscription.to_versioned_bytes(1).unwrap();
+        assert_eq!(&bytes[..2], &[0, 1]);
+        assert_eq!(
+            ConsumerProtocolSubscription::from_versioned_bytes(bytes.clone()).unwrap(),
+            subscription
+        );
+        // The same body under a version from the future.
+        let mut future = BytesMut::from(&bytes[..]);
+        future[..2].copy_from_slice(&99i16.to_be_bytes());
+        let future = future.freeze();
+        assert!(ConsumerProtocolSubscription::from_versioned_bytes(future.clone()).is_err());
+        let max = ConsumerProtocolSubscription::VERSIONS.max;
+        let newest = subscription.to_versioned_bytes(max).unwrap();
+        let mut future_newest = BytesMut::from(&newest[..]);
+        future_newest[..2].copy_from_slice(&99i16.to_be_bytes());
+        assert_eq!(
+            ConsumerProtocolSubscription::from_versioned_bytes_newest(future_newest.freeze())
+                .unwrap(),
+            subscription
+        );
+        assert!(matches!(
+            ConsumerProtocolSubscription::from_versioned_bytes_newest(Bytes::from_static(b"\x00")),
+            Err(DecodeError::Truncated {
+                needed: 2,
+                remaining: 1
+            })
+        ));
+    }
 
     #[test]
     fn a_value_the_version_cannot_carry_is_an_encode_error() {

@@ -84,7 +84,7 @@ impl GroupRecord {
                 .encode(&mut key, 0)?;
                 value
                     .as_ref()
-                    .map(|v| versioned(v, OFFSET_VALUE_VERSION))
+                    .map(|v| v.to_versioned_bytes(OFFSET_VALUE_VERSION))
                     .transpose()?
             }
             GroupRecord::Group { group, value } => {
@@ -95,7 +95,7 @@ impl GroupRecord {
                 .encode(&mut key, 0)?;
                 value
                     .as_ref()
-                    .map(|v| versioned(v, GROUP_VALUE_VERSION))
+                    .map(|v| v.to_versioned_bytes(GROUP_VALUE_VERSION))
                     .transpose()?
             }
             GroupRecord::ConsumerGroup { group, value } => {
@@ -104,7 +104,10 @@ impl GroupRecord {
                     group_id: group.clone(),
                 }
                 .encode(&mut key, 0)?;
-                value.as_ref().map(|v| versioned(v, 0)).transpose()?
+                value
+                    .as_ref()
+                    .map(|v| v.to_versioned_bytes(0))
+                    .transpose()?
             }
             GroupRecord::ConsumerMember {
                 group,
@@ -117,7 +120,10 @@ impl GroupRecord {
                     member_id: member.clone(),
                 }
                 .encode(&mut key, 0)?;
-                value.as_ref().map(|v| versioned(v, 0)).transpose()?
+                value
+                    .as_ref()
+                    .map(|v| v.to_versioned_bytes(0))
+                    .transpose()?
             }
             GroupRecord::TargetEpoch { group, value } => {
                 key.put_i16(ConsumerGroupTargetAssignmentMetadataKey::RECORD_TYPE);
@@ -125,7 +131,10 @@ impl GroupRecord {
                     group_id: group.clone(),
                 }
                 .encode(&mut key, 0)?;
-                value.as_ref().map(|v| versioned(v, 0)).transpose()?
+                value
+                    .as_ref()
+                    .map(|v| v.to_versioned_bytes(0))
+                    .transpose()?
             }
             GroupRecord::TargetMember {
                 group,
@@ -138,7 +147,10 @@ impl GroupRecord {
                     member_id: member.clone(),
                 }
                 .encode(&mut key, 0)?;
-                value.as_ref().map(|v| versioned(v, 0)).transpose()?
+                value
+                    .as_ref()
+                    .map(|v| v.to_versioned_bytes(0))
+                    .transpose()?
             }
             GroupRecord::CurrentAssignment {
                 group,
@@ -151,7 +163,10 @@ impl GroupRecord {
                     member_id: member.clone(),
                 }
                 .encode(&mut key, 0)?;
-                value.as_ref().map(|v| versioned(v, 0)).transpose()?
+                value
+                    .as_ref()
+                    .map(|v| v.to_versioned_bytes(0))
+                    .transpose()?
             }
         };
         Ok((key.freeze(), value))
@@ -163,7 +178,10 @@ impl GroupRecord {
         value: Option<Bytes>,
     ) -> Result<Option<GroupRecord>, DecodeError> {
         if key.remaining() < 2 {
-            return Err(truncated(&key));
+            return Err(DecodeError::Truncated {
+                needed: 2,
+                remaining: key.remaining(),
+            });
         }
         match key.get_i16() {
             0 | 1 => {
@@ -172,21 +190,21 @@ impl GroupRecord {
                     group: key.group,
                     topic: key.topic,
                     partition: key.partition,
-                    value: value.map(read_versioned).transpose()?,
+                    value: value.map(Message::from_versioned_bytes).transpose()?,
                 }))
             }
             2 => {
                 let key = GroupMetadataKey::decode(&mut key, 0)?;
                 Ok(Some(GroupRecord::Group {
                     group: key.group,
-                    value: value.map(read_versioned).transpose()?,
+                    value: value.map(Message::from_versioned_bytes).transpose()?,
                 }))
             }
             3 => {
                 let key = ConsumerGroupMetadataKey::decode(&mut key, 0)?;
                 Ok(Some(GroupRecord::ConsumerGroup {
                     group: key.group_id,
-                    value: value.map(read_versioned).transpose()?,
+                    value: value.map(Message::from_versioned_bytes).transpose()?,
                 }))
             }
             5 => {
@@ -194,14 +212,14 @@ impl GroupRecord {
                 Ok(Some(GroupRecord::ConsumerMember {
                     group: key.group_id,
                     member: key.member_id,
-                    value: value.map(read_versioned).transpose()?,
+                    value: value.map(Message::from_versioned_bytes).transpose()?,
                 }))
             }
             6 => {
                 let key = ConsumerGroupTargetAssignmentMetadataKey::decode(&mut key, 0)?;
                 Ok(Some(GroupRecord::TargetEpoch {
                     group: key.group_id,
-                    value: value.map(read_versioned).transpose()?,
+                    value: value.map(Message::from_versioned_bytes).transpose()?,
                 }))
             }
             7 => {
@@ -209,7 +227,7 @@ impl GroupRecord {
                 Ok(Some(GroupRecord::TargetMember {
                     group: key.group_id,
                     member: key.member_id,
-                    value: value.map(read_versioned).transpose()?,
+                    value: value.map(Message::from_versioned_bytes).transpose()?,
                 }))
             }
             8 => {
@@ -217,7 +235,7 @@ impl GroupRecord {
                 Ok(Some(GroupRecord::CurrentAssignment {
                     group: key.group_id,
                     member: key.member_id,
-                    value: value.map(read_versioned).transpose()?,
+                    value: value.map(Message::from_versioned_bytes).transpose()?,
                 }))
             }
             _ => Ok(None),
@@ -249,28 +267,6 @@ impl GroupRecord {
             | GroupRecord::CurrentAssignment { group, .. } => group,
         }
     }
-}
-
-fn versioned<M: Message>(message: &M, version: i16) -> Result<Bytes, EncodeError> {
-    let mut buf = BytesMut::new();
-    buf.put_i16(version);
-    message.encode(&mut buf, version)?;
-    Ok(buf.freeze())
-}
-
-fn truncated(buf: &Bytes) -> DecodeError {
-    DecodeError::Truncated {
-        needed: 2,
-        remaining: buf.remaining(),
-    }
-}
-
-fn read_versioned<M: Message>(mut buf: Bytes) -> Result<M, DecodeError> {
-    if buf.remaining() < 2 {
-        return Err(truncated(&buf));
-    }
-    let version = buf.get_i16();
-    M::decode(&mut buf, version)
 }
 
 #[cfg(test)]

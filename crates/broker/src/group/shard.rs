@@ -355,24 +355,14 @@ impl Group {
         }
         let mut topics = Vec::new();
         for member in self.members.values() {
-            let subscription = decode_subscription(member.metadata(self.protocol.as_deref()))?;
+            let subscription = ConsumerProtocolSubscription::from_versioned_bytes_newest(
+                member.metadata(self.protocol.as_deref()),
+            )
+            .ok()?;
             topics.extend(subscription.topics);
         }
         Some(topics)
     }
-}
-
-/// A consumer-protocol subscription: a version, then the body at that version (newer
-/// versions read as the newest this code knows, as Kafka's clients do).
-fn decode_subscription(mut bytes: Bytes) -> Option<ConsumerProtocolSubscription> {
-    use bytes::Buf;
-    if bytes.remaining() < 2 {
-        return None;
-    }
-    let version = bytes
-        .get_i16()
-        .clamp(0, ConsumerProtocolSubscription::VERSIONS.max);
-    ConsumerProtocolSubscription::decode(&mut bytes, version).ok()
 }
 
 fn join_error(member_id: &str, error: ErrorCode) -> JoinGroupResponse {

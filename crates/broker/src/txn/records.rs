@@ -26,12 +26,7 @@ impl TxnRecord {
         }
         .encode(&mut key, 0)?;
         let value = match &self.value {
-            Some(value) => {
-                let mut buf = BytesMut::new();
-                buf.put_i16(VALUE_VERSION);
-                value.encode(&mut buf, VALUE_VERSION)?;
-                Some(buf.freeze())
-            }
+            Some(value) => Some(value.to_versioned_bytes(VALUE_VERSION)?),
             None => None,
         };
         Ok((key.freeze(), value))
@@ -49,22 +44,9 @@ impl TxnRecord {
             return Ok(None);
         }
         let key = TransactionLogKey::decode(&mut key, 0)?;
-        let value = match value {
-            Some(mut value) => {
-                if value.remaining() < 2 {
-                    return Err(DecodeError::Truncated {
-                        needed: 2,
-                        remaining: value.remaining(),
-                    });
-                }
-                let version = value.get_i16();
-                Some(TransactionLogValue::decode(
-                    &mut value,
-                    version.clamp(0, 1),
-                )?)
-            }
-            None => None,
-        };
+        let value = value
+            .map(TransactionLogValue::from_versioned_bytes_newest)
+            .transpose()?;
         Ok(Some(TxnRecord {
             transactional_id: key.transactional_id,
             value,

@@ -118,13 +118,11 @@ impl Admin {
         };
         let response = self.client.send_any(request).await?;
         for topic in response.topics {
-            if let Some(error) = Error::kafka(
+            Error::check(
                 topic.error_code,
                 format!("topic {}", topic.name),
                 topic.error_message,
-            ) {
-                return Err(error);
-            }
+            )?;
         }
         Ok(())
     }
@@ -146,13 +144,11 @@ impl Admin {
         let response = self.client.send_any(request).await?;
         for topic in response.responses {
             let name = topic.name.unwrap_or_default();
-            if let Some(error) = Error::kafka(
+            Error::check(
                 topic.error_code,
                 format!("topic {name}"),
                 topic.error_message,
-            ) {
-                return Err(error);
-            }
+            )?;
         }
         Ok(())
     }
@@ -195,13 +191,11 @@ impl Admin {
         };
         let response = self.client.send_any(request).await?;
         for result in response.results {
-            if let Some(error) = Error::kafka(
+            Error::check(
                 result.error_code,
                 format!("topic {}", result.name),
                 result.error_message,
-            ) {
-                return Err(error);
-            }
+            )?;
         }
         Ok(())
     }
@@ -235,9 +229,7 @@ impl Admin {
         let mut entries = Vec::new();
         for result in response.results {
             let context = format!("{} {}", resource.noun(), result.resource_name);
-            if let Some(error) = Error::kafka(result.error_code, context, result.error_message) {
-                return Err(error);
-            }
+            Error::check(result.error_code, context, result.error_message)?;
             entries.extend(result.configs.into_iter().map(|c| ConfigEntry {
                 name: c.name,
                 value: c.value,
@@ -293,9 +285,7 @@ impl Admin {
         let response = self.client.send_any(request).await?;
         for result in response.responses {
             let context = format!("{} {}", resource.noun(), result.resource_name);
-            if let Some(error) = Error::kafka(result.error_code, context, result.error_message) {
-                return Err(error);
-            }
+            Error::check(result.error_code, context, result.error_message)?;
         }
         Ok(())
     }
@@ -382,9 +372,7 @@ impl Admin {
                         "topic {} partition {} on broker {leader}",
                         topic.name, partition.partition_index
                     );
-                    if let Some(error) = Error::kafka(partition.error_code, context, None) {
-                        return Err(error);
-                    }
+                    Error::check(partition.error_code, context, None)?;
                     offsets.insert(
                         (topic.name.clone(), partition.partition_index),
                         partition.offset,

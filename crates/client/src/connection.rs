@@ -150,13 +150,11 @@ impl Connection {
             ResponseBody::ApiVersions(response) => response,
             other => return Err(self.unexpected(ApiKey::ApiVersions, &other)),
         };
-        if let Some(error) = Error::kafka(
+        Error::check(
             response.error_code,
             format!("broker {} (ApiVersions)", self.broker),
             None,
-        ) {
-            return Err(error);
-        }
+        )?;
         Ok(response
             .api_keys
             .iter()

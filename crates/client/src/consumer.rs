@@ -457,9 +457,7 @@ impl Consumer {
             return Ok(());
         }
         let context = format!("topic {} partition {} on broker {leader}", tp.0, tp.1);
-        if let Some(error) = Error::kafka(partition.error_code, context, None) {
-            return Err(error);
-        }
+        Error::check(partition.error_code, context, None)?;
         self.high_watermarks
             .insert(tp.clone(), partition.high_watermark);
         let Some(data) = partition.records else {

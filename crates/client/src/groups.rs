@@ -122,13 +122,11 @@ impl Admin {
         let mut groups = Vec::new();
         for node in metadata.brokers.keys() {
             let response = client.send_to(*node, ListGroupsRequest::default()).await?;
-            if let Some(e) = Error::kafka(
+            Error::check(
                 response.error_code,
                 format!("broker {node} (ListGroups)"),
                 None,
-            ) {
-                return Err(e);
-            }
+            )?;
             groups.extend(response.groups.into_iter().map(|g| GroupListing {
                 group_id: g.group_id,
                 protocol_type: g.protocol_type,
@@ -160,13 +158,11 @@ impl Admin {
         let classic_unknown = code == ErrorCode::GroupIdNotFound
             || (code == ErrorCode::None && described.group_state == "Dead");
         if !classic_unknown {
-            if let Some(e) = Error::kafka(
+            Error::check(
                 described.error_code,
                 format!("group {group}"),
                 described.error_message,
-            ) {
-                return Err(e);
-            }
+            )?;
             return Ok(GroupDescription {
                 group_id: described.group_id,
                 state: described.group_state,
@@ -202,13 +198,11 @@ impl Admin {
             .into_iter()
             .next()
             .ok_or_else(|| missing_group(group))?;
-        if let Some(e) = Error::kafka(
+        Error::check(
             described.error_code,
             format!("group {group}"),
             described.error_message,
-        ) {
-            return Err(e);
-        }
+        )?;
         Ok(GroupDescription {
             group_id: described.group_id,
             state: consumer_group_state(&described.group_state),
@@ -250,9 +244,7 @@ impl Admin {
             .client()
             .send_to_capped(coordinator, request, Some(OFFSET_FETCH_SINGLE_MAX))
             .await?;
-        if let Some(e) = Error::kafka(response.error_code, format!("group {group}"), None) {
-            return Err(e);
-        }
+        Error::check(response.error_code, format!("group {group}"), None)?;
         let mut offsets = BTreeMap::new();
         for topic in response.topics {
             for p in topic.partitions {
@@ -381,13 +373,11 @@ impl Admin {
         };
         let response = self.client().send_to(coordinator, request).await?;
         for result in response.results {
-            if let Some(e) = Error::kafka(
+            Error::check(
                 result.error_code,
                 format!("group {}", result.group_id),
                 None,
-            ) {
-                return Err(e);
-            }
+            )?;
         }
         Ok(())
     }

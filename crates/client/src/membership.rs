@@ -191,9 +191,7 @@ impl Membership {
             }
             break joined;
         };
-        if let Some(e) = Error::kafka(joined.error_code, self.context(), None) {
-            return Err(e);
-        }
+        Error::check(joined.error_code, self.context(), None)?;
         self.member_id = joined.member_id.clone();
         let assignments = if joined.leader == joined.member_id {
             let members: Vec<(String, Vec<String>)> = joined
@@ -240,9 +238,7 @@ impl Membership {
             .client()
             .send_to_waiting(coordinator, request, wait)
             .await?;
-        if let Some(e) = Error::kafka(synced.error_code, self.context(), None) {
-            return Err(e);
-        }
+        Error::check(synced.error_code, self.context(), None)?;
         self.generation = Some(joined.generation_id);
         Ok(decode_assignment(synced.assignment))
     }

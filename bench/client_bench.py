@@ -37,9 +37,16 @@ def rss_mb(pid):
 
 def start(spool, data_dir):
     started = time.time()
-    process = subprocess.Popen([spool, "server", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
+    process = subprocess.Popen([spool, "server", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                                "--data-dir", data_dir],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    address = process.stdout.readline().split()[-1]
+    address = None
+    for line in process.stdout:
+        if line.startswith("spool: Kafka listener on "):
+            address = line.split()[-1]
+            break
+    if address is None:
+        raise SystemExit("spool did not report its listener")
     host, port = address.rsplit(":", 1)
     while True:  # serving = accepting connections
         try:

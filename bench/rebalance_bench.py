@@ -97,7 +97,8 @@ def main():
     args = parser.parse_args()
     data_dir = tempfile.mkdtemp(prefix="spool-rebalance-")
     broker = subprocess.Popen(
-        [args.spool, "server", "--listen", "127.0.0.1:0", "--data-dir", data_dir,
+        [args.spool, "server", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+         "--data-dir", data_dir,
          "--set", f"group.consumer.heartbeat.interval.ms={args.heartbeat_ms}"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

@@ -51,7 +51,7 @@ def certificates(directory):
 
 def start(spool, data_dir, keystore):
     process = subprocess.Popen(
-        [spool, "server", "--data-dir", data_dir,
+        [spool, "server", "--admin-listen", "127.0.0.1:0", "--data-dir", data_dir,
          "--set", "listeners=PLAINTEXT://127.0.0.1:0,SASL_SSL://127.0.0.1:0,SSL://127.0.0.1:0",
          "--set", "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
          "--set", f"ssl.keystore.location={keystore}",

@@ -6,10 +6,14 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 import pytest
 
 SPOOL = os.environ.get("SPOOL_BIN", "target/debug/spool")
+# Every broker a test starts (several at once in cluster tests) serves its admin API on a
+# free port rather than 9644, unless the test says otherwise.
+os.environ.setdefault("SPOOL_ADMIN_LISTEN", "127.0.0.1:0")
 
 
 class Broker:
@@ -32,9 +36,12 @@ class Broker:
         # "spool: Kafka listener [NAME] on ADDRESS" per listener (no name: PLAINTEXT), then
         # "spool: data in DIR".
         self.listeners = {}
+        self.admin = None
         while time.time() < deadline:
             line = self.process.stdout.readline()
-            if line.startswith("spool: Kafka listener "):
+            if line.startswith("spool: admin API on "):
+                self.admin = line.split()[-1]
+            elif line.startswith("spool: Kafka listener "):
                 words = line.split()
                 self.listeners[words[3] if len(words) == 6 else "PLAINTEXT"] = words[-1]
             elif line.startswith("spool: data in ") or not line:
@@ -50,6 +57,20 @@ class Broker:
         """A graceful stop and a start on the same data directory (a new port)."""
         self.stop()
         self.start()
+
+
+def scrape(admin):
+    """The samples of the broker's /metrics at `admin` (http://HOST:PORT), read with the
+    Prometheus client library's OpenMetrics parser: {sample name: [(labels, value)]}."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"{admin}/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
 
 
 def free_port():

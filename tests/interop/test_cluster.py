@@ -16,11 +16,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from conftest import SPOOL
 
 CONTROLLER_OFFSET = 100
+ADMIN_OFFSET = 200
 
 
-def free_block(count, offsets=(0, CONTROLLER_OFFSET)):
+def free_block(count, offsets=(0, CONTROLLER_OFFSET, ADMIN_OFFSET)):
     """A base port P such that P+offset..P+offset+count-1 are all free now, for each
-    offset (by default P.. and P+100..)."""
+    offset (by default P.., P+100.. and P+200.., as `spool dev cluster` uses them)."""
     for _ in range(100):
         base = random.randrange(20000, 40000)
         ports = [base + offset + i for offset in offsets for i in range(count)]
@@ -99,13 +100,17 @@ def consume_all(bootstrap, topic, group, count):
 
 
 def wait_serving(process, name):
-    """Waits for a `spool server` child to report that it serves ("spool: data in")."""
+    """Waits for a `spool server` child to report that it serves ("spool: data in");
+    returns its admin API's address (http://HOST:PORT), if it has one."""
     deadline = time.time() + 60
+    admin = None
     while time.time() < deadline:
         line = process.stdout.readline()
         assert line, f"{name} stopped"
+        if line.startswith("spool: admin API on "):
+            admin = line.split()[-1]
         if line.startswith("spool: data in "):
-            return
+            return admin
     raise AssertionError(f"{name} does not serve")
 
 
@@ -278,7 +283,7 @@ class Node:
                                         stderr=subprocess.DEVNULL, text=True)
 
     def wait_serving(self):
-        wait_serving(self.process, f"node {self.node_id}")
+        self.admin = wait_serving(self.process, f"node {self.node_id}")
 
     def kill(self):
         self.process.kill()

@@ -7,12 +7,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import urllib.request
 
 import yaml
 from confluent_kafka.admin import AdminClient
 
 from conftest import SPOOL
-from test_cluster import CONTROLLER_OFFSET, free_block, wait_serving
+from test_cluster import ADMIN_OFFSET, CONTROLLER_OFFSET, free_block, wait_serving
 
 MANIFEST = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "kubernetes",
                         "spool.yaml")
@@ -28,14 +29,15 @@ def test_the_kubernetes_manifest_starts_a_node_named_after_its_pod():
     assert "0@spool-0.${domain}:9093,1@spool-1.${domain}:9093,2@spool-2.${domain}:9093" in script
 
     base = free_block(2)
-    port, controller = base + 1, base + CONTROLLER_OFFSET + 1
+    port, controller, admin = base + 1, base + CONTROLLER_OFFSET + 1, base + ADMIN_OFFSET + 1
     data = tempfile.mkdtemp(prefix="spool-interop-deploy-")
     script = (script.replace("/usr/local/bin/spool", SPOOL)
               .replace("/var/lib/spool", data)
               .replace('voters="0@spool-0.${domain}:9093,1@spool-1.${domain}:9093,'
                        '2@spool-2.${domain}:9093"', f'voters="1@127.0.0.1:{controller}"')
               .replace("${POD_NAME}.${domain}:9092", f"localhost:{port}")
-              .replace(":9092", f":{port}").replace(":9093", f":{controller}"))
+              .replace(":9092", f":{port}").replace(":9093", f":{controller}")
+              .replace(":9644", f":{admin}"))
     env = dict(os.environ, POD_NAME="spool-1", NAMESPACE="streaming")
     process = subprocess.Popen(["/bin/sh", "-c", script], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
@@ -44,6 +46,13 @@ def test_the_kubernetes_manifest_starts_a_node_named_after_its_pod():
         metadata = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10)
         assert {b.id: (b.host, b.port) for b in metadata.brokers.values()} == {
             1: ("localhost", port)}
+        # The probes the manifest names answer on the admin port.
+        container = sts["template"]["spec"]["containers"][0]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+        for path in ("/ready", "/health"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=10) as r:
+                assert r.status == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:

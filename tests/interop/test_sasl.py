@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import Broker
+from conftest import Broker, scrape
 
 @pytest.fixture(scope="module")
 def sasl_broker(pki):
@@ -168,6 +168,11 @@ def test_wrong_passwords_and_unknown_users_are_refused(sasl_broker, pki):
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
+    def failures():
+        counted = scrape(sasl_broker.admin)["spool_authentication_failures_total"]
+        return {labels["listener"]: value for labels, value in counted}
+
+    before = failures()
     for mechanism, user, password in [("SCRAM-SHA-512", "alice", "wrong"),
                                       ("SCRAM-SHA-512", "mallory", "alice-secret"),
                                       ("SCRAM-SHA-256", "alice", "alice-secret-"),
@@ -183,6 +188,10 @@ def test_wrong_passwords_and_unknown_users_are_refused(sasl_broker, pki):
             admin.poll(0.2)
         assert errors and errors[0].name() == "_AUTHENTICATION", (mechanism, user, errors)
         assert "Authentication failed" in errors[0].str(), errors[0].str()
+    # Each refused login is counted on its listener's metric (a client may try again).
+    after = failures()
+    assert after["SASL_SSL"] - before["SASL_SSL"] >= 5
+    assert after["PLAINTEXT"] == before["PLAINTEXT"] == 0
 
 
 # A client written here, to send what real clients never do.

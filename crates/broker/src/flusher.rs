@@ -21,7 +21,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
+use prometheus_client::metrics::histogram::Histogram;
 use spool_log::storage::{FilesystemSync, Storage};
 use spool_log::{FlushTicket, SharedLog};
 use spool_protocol::ErrorCode;
@@ -39,6 +41,8 @@ struct Shared {
     pending: Mutex<Vec<Waiter>>,
     wake: Condvar,
     stop: AtomicBool,
+    /// How long each sync took, in seconds.
+    sync_times: Histogram,
 }
 
 /// Where the rounds run.
@@ -57,13 +61,19 @@ pub struct Flusher {
 
 impl Flusher {
     /// Starts the flusher for logs under `data_dir`. Open it before the logs are written:
-    /// the file-system handle reports write-back errors from then on.
-    pub fn start(storage: &dyn Storage, data_dir: &Path) -> std::io::Result<Flusher> {
+    /// the file-system handle reports write-back errors from then on. Each sync's time
+    /// goes into `sync_times`.
+    pub fn start(
+        storage: &dyn Storage,
+        data_dir: &Path,
+        sync_times: Histogram,
+    ) -> std::io::Result<Flusher> {
         let filesystem = storage.filesystem_sync(data_dir)?;
         let shared = Arc::new(Shared {
             pending: Mutex::new(Vec::new()),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            sync_times,
         });
         if crate::state::blocking_work_stays_on_this_thread() {
             return Ok(Flusher {
@@ -112,7 +122,7 @@ impl Flusher {
             match &self.rounds {
                 Rounds::Inline(filesystem) => {
                     let waiters = std::mem::take(&mut *lock(&self.shared.pending));
-                    let unanswered = round(waiters, filesystem.as_deref());
+                    let unanswered = round(waiters, filesystem.as_deref(), &self.shared.sync_times);
                     lock(&self.shared.pending).extend(unanswered);
                 }
                 Rounds::Thread(_) => self.shared.wake.notify_one(),
@@ -156,7 +166,7 @@ fn run(shared: &Shared, filesystem: Option<&dyn FilesystemSync>) {
             }
             std::mem::take(&mut *pending)
         };
-        let unanswered = round(waiters, filesystem);
+        let unanswered = round(waiters, filesystem, &shared.sync_times);
         if !unanswered.is_empty() {
             lock(&shared.pending).extend(unanswered);
         }
@@ -172,7 +182,11 @@ pub const SYNCFS_MAX_PENDING_BYTES: u64 = 32 << 20;
 
 /// One round: sync every log a waiter needs, then answer the waiters. Returns those
 /// still to answer (a flush prepared elsewhere, still syncing, holds their offsets back).
-fn round(waiters: Vec<Waiter>, filesystem: Option<&dyn FilesystemSync>) -> Vec<Waiter> {
+fn round(
+    waiters: Vec<Waiter>,
+    filesystem: Option<&dyn FilesystemSync>,
+    sync_times: &Histogram,
+) -> Vec<Waiter> {
     // The logs that need a sync, each once, in the order they were asked for (so that a
     // replayed simulation completes them, and wakes their waiters, in the same order).
     let mut seen = HashSet::new();
@@ -196,7 +210,9 @@ fn round(waiters: Vec<Waiter>, filesystem: Option<&dyn FilesystemSync>) -> Vec<W
     });
     match whole_filesystem {
         Some(filesystem) => {
+            let started = Instant::now();
             let result = filesystem.sync();
+            sync_times.observe(started.elapsed().as_secs_f64());
             for (log, ticket) in tickets {
                 let result = match &result {
                     Ok(()) => Ok(()),
@@ -205,7 +221,7 @@ fn round(waiters: Vec<Waiter>, filesystem: Option<&dyn FilesystemSync>) -> Vec<W
                 complete(&log, ticket, result);
             }
         }
-        None => sync_each(tickets),
+        None => sync_each(tickets, sync_times),
     }
     let mut unanswered = Vec::new();
     for waiter in waiters {
@@ -233,12 +249,14 @@ fn complete(log: &SharedLog, ticket: FlushTicket, result: std::io::Result<()>) {
 
 /// Syncs every ticket's own files and completes it: one ticket on this thread, more on up
 /// to [`SYNC_WORKERS`] threads taking tickets in turn.
-fn sync_each(tickets: Vec<(Arc<SharedLog>, FlushTicket)>) {
+fn sync_each(tickets: Vec<(Arc<SharedLog>, FlushTicket)>, sync_times: &Histogram) {
     let count = tickets.len();
     let queue = Mutex::new(tickets.into_iter());
     let work = || {
         while let Some((log, ticket)) = lock(&queue).next() {
+            let started = Instant::now();
             let synced = ticket.sync();
+            sync_times.observe(started.elapsed().as_secs_f64());
             complete(&log, ticket, synced);
         }
     };
@@ -269,7 +287,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let storage: Arc<dyn Storage> = Arc::new(DiskStorage);
-        let flusher = Arc::new(Flusher::start(storage.as_ref(), &dir).unwrap());
+        let flusher =
+            Arc::new(Flusher::start(storage.as_ref(), &dir, Histogram::new([1.0])).unwrap());
         let logs: Vec<Arc<SharedLog>> = (0..4)
             .map(|p| {
                 let path = dir.join(format!("t-{p}"));
@@ -304,7 +323,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_sync_answers_with_a_storage_error_and_takes_the_partition_offline() {
         let storage = MemStorage::new();
-        let flusher = Arc::new(Flusher::start(&storage, Path::new("/data")).unwrap());
+        let flusher =
+            Arc::new(Flusher::start(&storage, Path::new("/data"), Histogram::new([1.0])).unwrap());
         let logs: Vec<Arc<SharedLog>> = (0..3)
             .map(|p| {
                 let path = std::path::PathBuf::from(format!("/data/t-{p}"));

@@ -6,6 +6,7 @@
 //! to the command line.
 
 pub mod acl;
+pub mod admin_api;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod fetch_session;
 pub mod flusher;
 pub mod group;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod peers;
 pub mod quota;

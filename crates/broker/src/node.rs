@@ -171,6 +171,11 @@ impl Node {
         Ok(node)
     }
 
+    /// Whether the broker has begun its controlled shutdown.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
+    }
+
     /// The epoch the controller gave this broker's registration (-1 before it has one).
     pub fn broker_epoch(&self) -> i64 {
         self.broker_epoch.load(Ordering::Acquire)

@@ -469,6 +469,7 @@ pub fn send_isr_change(
         ..Default::default()
     };
     let controller = state.node.controller.clone();
+    let before = replica.isr().map_or(0, |isr| isr.len());
     let replica = Arc::clone(replica);
     let topic = topic.to_string();
     let clock = Arc::downgrade(state);
@@ -488,6 +489,9 @@ pub fn send_isr_change(
         };
         if error == ErrorCode::None {
             tracing::info!(%topic, partition, isr = ?change.isr, "ISR changed");
+            if let Some(state) = clock.upgrade() {
+                state.metrics.isr_changed(before, change.isr.len());
+            }
         } else {
             tracing::info!(%topic, partition, isr = ?change.isr, ?error, "ISR change refused");
             if let Some(state) = clock.upgrade() {

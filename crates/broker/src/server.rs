@@ -76,6 +76,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let listener_name: Arc<str> = Arc::from(name.as_str());
+    state.metrics.listener(&name);
     let limits = Arc::clone(&state.connection_limits);
     // The inter-broker listener is kept clear of the broker-wide limit when clients have
     // another listener to be limited on (as Kafka protects it).
@@ -117,8 +118,10 @@ pub async fn serve(
                         Arc::from(format!("/{}", peer.ip())),
                     );
                     let Security { tls, certificate_principal, sasl } = security.clone();
+                    let listener_name = Arc::clone(&listener_name);
                     tokio::spawn(async move {
                         let _admitted = admitted;
+                        let _counted = state.metrics.connection(&listener_name);
                         if hold > 0 {
                             tracing::debug!(%peer, hold, "connection_creation_rate reached: connection closed after the throttle time");
                             tokio::select! {
@@ -138,6 +141,7 @@ pub async fn serve(
                                 }
                                 Err(e) => {
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    state.metrics.authentication_failed(&listener_name);
                                     return;
                                 }
                             },
@@ -280,6 +284,7 @@ enum SaslOutcome {
 /// request closes the connection).
 async fn sasl_request(
     state: &BrokerState,
+    listener: &str,
     auth: &mut Authenticator,
     header: &RequestHeader,
     body: RequestBody,
@@ -305,6 +310,7 @@ async fn sasl_request(
                 }
                 Authenticated::Failed(response) => {
                     tracing::info!(error = ?response.error_message, "failed authentication");
+                    state.metrics.authentication_failed(listener);
                     tokio::time::sleep(Duration::from_millis(auth.settings().failed_delay_ms))
                         .await;
                     SaslOutcome::Close(respond(ResponseBody::SaslAuthenticate(response)))
@@ -320,6 +326,7 @@ async fn sasl_request(
 /// The user, or `None` when the connection is to close.
 async fn login(
     state: &BrokerState,
+    listener: &str,
     auth: &mut Authenticator,
     stream: &mut BoxStream,
     buffer: &mut BytesMut,
@@ -344,6 +351,7 @@ async fn login(
                     Authenticated::Done(r, user) => (r.auth_bytes, Some(user)),
                     Authenticated::Failed(r) => {
                         tracing::info!(error = ?r.error_message, "failed authentication");
+                        state.metrics.authentication_failed(listener);
                         return Err(ConnectionError::AuthenticationFailed);
                     }
                 };
@@ -385,7 +393,7 @@ async fn login(
                 if matches!(body, RequestBody::SaslHandshake(_)) {
                     legacy = header.request_api_version == 0;
                 }
-                sasl_request(state, auth, &header, body).await
+                sasl_request(state, listener, auth, &header, body).await
             }
         };
         let (answer, next) = match outcome {
@@ -417,7 +425,16 @@ async fn connection(
     // When the session of a SASL login ends (KIP-368).
     let mut session_end = None;
     if let Some(auth) = authenticator.as_mut() {
-        let Some(user) = login(&state, auth, &mut stream, &mut buffer, idle, &mut shutdown).await?
+        let Some(user) = login(
+            &state,
+            &context.listener,
+            auth,
+            &mut stream,
+            &mut buffer,
+            idle,
+            &mut shutdown,
+        )
+        .await?
         else {
             return Ok(());
         };
@@ -485,12 +502,13 @@ async fn connection(
                 if matches!(body, RequestBody::SaslHandshake(_)) {
                     auth.restart();
                 }
-                let outcome = sasl_request(&state, auth, &header, body).await;
+                let outcome = sasl_request(&state, &context.listener, auth, &header, body).await;
                 if let Some(close) = answer_sasl(outcome, answer_tx, auth, &mut session_end) {
                     break Err(close);
                 }
             }
             Ok((header, RequestBody::Produce(request))) => {
+                let started = Instant::now();
                 // Appends happen here, one request at a time, so pipelined produce requests
                 // reach the log in the order they were sent; waiting for durability and
                 // answering run alongside later requests.
@@ -512,16 +530,27 @@ async fn connection(
                 let state = Arc::clone(&state);
                 let context = context.clone();
                 tokio::spawn(async move {
+                    let version = header.request_api_version;
                     let answer =
                         api::finish_produce(&state, &context, header, appended, throttle).await;
+                    state
+                        .metrics
+                        .request(ApiKey::Produce, version, started.elapsed());
                     let _ = answer_tx.send(answer);
                 });
             }
             Ok((header, body)) => {
                 let state = Arc::clone(&state);
                 let context = context.clone();
+                let started = Instant::now();
                 tokio::spawn(async move {
-                    let _ = answer_tx.send(api::handle(&state, &context, header, body).await);
+                    let api = header.api_key();
+                    let version = header.request_api_version;
+                    let answer = api::handle(&state, &context, header, body).await;
+                    if let Some(api) = api {
+                        state.metrics.request(api, version, started.elapsed());
+                    }
+                    let _ = answer_tx.send(answer);
                 });
             }
             Err(failed) => {

@@ -32,6 +32,7 @@ use crate::limits::ConnectionLimits;
 use crate::metadata::{
     BrokerMeta, METADATA_TOPIC, MetadataError, MetadataImage, NO_LEADER, TopicMeta,
 };
+use crate::metrics::Metrics;
 use crate::node::{self, Node};
 use crate::peers::{PeerError, Peers};
 use crate::quota::Quotas;
@@ -113,6 +114,8 @@ pub struct BrokerState {
     pub txns: TxnCoordinator,
     /// Connections to the other brokers.
     peers: Peers,
+    /// What the admin API's `/metrics` reports.
+    pub metrics: Metrics,
     /// The source brokers a replica fetcher runs for.
     pub fetchers: Mutex<BTreeSet<i32>>,
     /// Bumped after each applied image: the partitions followed from a broker may have
@@ -425,9 +428,14 @@ impl BrokerState {
             ),
             (socket, _) => socket,
         };
-        let opening = (Arc::clone(&storage), config.clone());
+        let metrics = Metrics::new();
+        let opening = (
+            Arc::clone(&storage),
+            config.clone(),
+            metrics.sync_histogram(),
+        );
         let (guard, logs, flusher) = blocking(move || {
-            let (storage, config) = opening;
+            let (storage, config, sync_times) = opening;
             let defaults = config.log.clone();
             let (manager, _) = LogManager::open(
                 Arc::clone(&storage),
@@ -436,8 +444,8 @@ impl BrokerState {
                 now_ms(),
             )?;
             let (guard, mut logs) = manager.into_parts();
-            let flusher =
-                Flusher::start(storage.as_ref(), &config.data_dir).map_err(LogError::from)?;
+            let flusher = Flusher::start(storage.as_ref(), &config.data_dir, sync_times)
+                .map_err(LogError::from)?;
             let metadata_log = logs.remove(&TopicPartition::new(METADATA_TOPIC, 0));
             node::set_aside_legacy_log(&storage, &config.data_dir, metadata_log)?;
             Ok((guard, logs, flusher))
@@ -480,6 +488,7 @@ impl BrokerState {
             storage,
             net: broker_net,
             peers,
+            metrics,
             fetchers: Mutex::new(BTreeSet::new()),
             followed_changed: watch::channel(0).0,
             started: tokio::time::Instant::now(),
@@ -524,6 +533,22 @@ impl BrokerState {
     /// Resolves once the broker has begun to close.
     pub async fn closing(&self) {
         let _ = self.closing.subscribe().wait_for(|closing| *closing).await;
+    }
+
+    /// Why this broker should not take traffic now, or `None` when it serves: it is
+    /// registered and unfenced in the metadata it serves, and neither leaving nor closing.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if *self.closing.borrow() {
+            return Some("closing");
+        }
+        if self.node.is_leaving() {
+            return Some("shutting down");
+        }
+        self.with_image(|image| match image.broker(self.config.node_id) {
+            None => Some("not registered in the metadata"),
+            Some(broker) if broker.fenced => Some("fenced by the controller"),
+            Some(_) => None,
+        })
     }
 
     /// The metadata offset of the image this broker serves.

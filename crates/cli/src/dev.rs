@@ -2,7 +2,8 @@
 //! node on loopback.
 //!
 //! Node `i` (0 to N-1) has node ID `i`, its Kafka listener on `base-port + i`, its
-//! controller listener on `base-port + 100 + i`, its data in `DIR/node-i` and its output
+//! controller listener on `base-port + 100 + i`, its admin API (metrics, health) on
+//! `base-port + 200 + i`, its data in `DIR/node-i` and its output
 //! in `DIR/node-i.log`. Every node is a voter of the metadata quorum. A node that stops is
 //! reported with the `spool server` command that starts it again; the others go on.
 //! Ctrl-C or SIGTERM stops every node the same way (controlled shutdown first).
@@ -16,6 +17,8 @@ use crate::{listen_for_stop, say};
 
 /// The controller listeners sit this far above the Kafka listeners.
 pub const CONTROLLER_PORT_OFFSET: u16 = 100;
+/// The admin API listeners sit this far above the Kafka listeners.
+pub const ADMIN_PORT_OFFSET: u16 = 200;
 /// At most this many nodes, so that no Kafka port meets a controller port.
 const MAX_NODES: u16 = CONTROLLER_PORT_OFFSET - 1;
 /// How long a stopping node may take before it is killed.
@@ -34,7 +37,7 @@ pub struct ClusterArgs {
     #[arg(long, default_value = "./spool-cluster")]
     data_dir: PathBuf,
     /// Node i's Kafka listener is on this port + i, its controller listener on this
-    /// port + 100 + i.
+    /// port + 100 + i, its admin API on this port + 200 + i.
     #[arg(long, default_value_t = 9092)]
     base_port: u16,
     /// A broker setting for every node by its Kafka name, e.g.
@@ -67,6 +70,8 @@ fn node_args(args: &ClusterArgs, i: u16) -> Vec<String> {
             args.base_port + i,
             args.base_port + CONTROLLER_PORT_OFFSET + i
         ),
+        "--admin-listen".to_string(),
+        format!("127.0.0.1:{}", args.base_port + ADMIN_PORT_OFFSET + i),
         "--set".to_string(),
         format!("node.id={i}"),
         "--set".to_string(),
@@ -181,7 +186,7 @@ pub async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
     if args.nodes == 0 || args.nodes > MAX_NODES {
         return Err(format!("--nodes must be 1 to {MAX_NODES}"));
     }
-    if u32::from(args.base_port) + u32::from(CONTROLLER_PORT_OFFSET) + u32::from(args.nodes)
+    if u32::from(args.base_port) + u32::from(ADMIN_PORT_OFFSET) + u32::from(args.nodes)
         > u32::from(u16::MAX)
     {
         return Err(format!(
@@ -207,9 +212,11 @@ pub async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
             }
         }
         say(format_args!(
-            "spool: node {i}: Kafka on 127.0.0.1:{}, controller on 127.0.0.1:{}, output in {}",
+            "spool: node {i}: Kafka on 127.0.0.1:{}, controller on 127.0.0.1:{}, admin API on \
+             127.0.0.1:{}, output in {}",
             args.base_port + i,
             args.base_port + CONTROLLER_PORT_OFFSET + i,
+            args.base_port + ADMIN_PORT_OFFSET + i,
             log_path(&args.data_dir, i).display()
         ));
     }

@@ -11,6 +11,7 @@ mod dev;
 mod tools;
 
 use clap::{Parser, Subcommand};
+use spool_broker::admin_api::AdminApi;
 use spool_broker::config::{DEFAULT_LISTENER, Listener};
 use spool_broker::{BrokerConfig, BrokerState, ConfigError};
 use tokio::net::TcpListener;
@@ -27,6 +28,17 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     connect: tools::Connect,
+    /// How log lines on stderr look: `text`, or `json` (one object per line) for a log
+    /// collector. The level comes from SPOOL_LOG (`warn` by default; e.g. `info`,
+    /// `spool_broker=debug`).
+    #[arg(long, global = true, env = "SPOOL_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -82,12 +94,32 @@ struct ServerArgs {
     /// a free port (`listeners`).
     #[arg(long)]
     listen: Option<String>,
-    /// The admin API listener (metrics, health); accepted now, served by a later release.
-    #[arg(long)]
-    admin_listen: Option<SocketAddr>,
+    /// The admin API listener, HOST:PORT (`/metrics`, `/health`, `/ready`); port 0 picks
+    /// a free port; `off` serves none.
+    #[arg(
+        long,
+        env = "SPOOL_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9644",
+        value_parser = admin_address
+    )]
+    admin_listen: AdminAddress,
     /// Any broker setting by its Kafka name, e.g. `--set num.partitions=6`. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     settings: Vec<String>,
+}
+
+/// Where the admin API listens, if anywhere.
+#[derive(Clone, Copy)]
+struct AdminAddress(Option<SocketAddr>);
+
+fn admin_address(value: &str) -> Result<AdminAddress, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(AdminAddress(None));
+    }
+    value
+        .parse()
+        .map(|address| AdminAddress(Some(address)))
+        .map_err(|_| format!("expected HOST:PORT or `off`, not {value:?}"))
 }
 
 /// Settings from a TOML file: nested tables and dotted keys both become Kafka's dotted names.
@@ -191,6 +223,24 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
         });
         sockets.push((listener.name.clone(), socket));
     }
+    // The admin API answers /health while the broker opens its logs and joins.
+    let admin = AdminApi::new();
+    let (stop, stopped) = watch::channel(false);
+    let admin_server = match args.admin_listen.0 {
+        Some(address) => {
+            let socket = TcpListener::bind(address)
+                .await
+                .map_err(|e| format!("cannot listen on {address} (admin API): {e}"))?;
+            let address = socket.local_addr().map_err(|e| e.to_string())?;
+            say(format_args!("spool: admin API on http://{address}"));
+            Some(tokio::spawn(spool_broker::admin_api::serve(
+                Arc::clone(&admin),
+                socket,
+                stopped.clone(),
+            )))
+        }
+        None => None,
+    };
     let endpoints = config.endpoints(&bound);
     let data_dir = config.data_dir.clone();
     let (controller, controller_address) = controller.unzip();
@@ -213,13 +263,6 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
         }
     }
     say(format_args!("spool: data in {}", data_dir.display()));
-    if let Some(admin) = args.admin_listen {
-        say(format_args!(
-            "spool: admin API on {admin} is not available in this version"
-        ));
-    }
-
-    let (stop, stopped) = watch::channel(false);
     let servers: Vec<_> = sockets
         .into_iter()
         .map(|(name, socket)| {
@@ -238,6 +281,7 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
         stopped.clone(),
     ));
     let maintenance = tokio::spawn(maintain(Arc::clone(&state), stopped));
+    admin.serving(&state);
     wait_for_signal().await;
     say(format_args!("spool: shutting down"));
     // Controlled shutdown first: leadership moves away while clients are still served.
@@ -247,6 +291,11 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
         let _ = server.await;
     }
     let _ = maintenance.await;
+    if let Some(admin_server) = admin_server
+        && let Ok(Err(e)) = admin_server.await
+    {
+        tracing::warn!(error = %e, "the admin API stopped with an error");
+    }
     let _ = group_timers.await;
     // Requests parked in a group (a JoinGroup waiting for its rebalance) are answered
     // NOT_COORDINATOR, as when Kafka unloads a coordinator, and let go of the state.
@@ -303,13 +352,16 @@ fn listen_for_stop() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> +
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SPOOL_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

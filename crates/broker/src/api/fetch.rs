@@ -508,10 +508,16 @@ async fn long_poll(
         })
         .collect();
     let partitions = named_partitions(wanted, &names);
-    wait_for_data(state, &partitions, request, || {
+    let data = wait_for_data(state, &partitions, request, || {
         read(state, wanted, (&names, &readable), request, version)
     })
-    .await
+    .await;
+    for (name, partition) in names.iter().zip(&data) {
+        if let (Some(name), Some(records)) = (name, &partition.records) {
+            state.metrics.fetched(name, records);
+        }
+    }
+    data
 }
 
 /// Runs `read` (partitions' data, bytes read) until it finds `min_bytes`, a partition
@@ -540,6 +546,7 @@ async fn wait_for_data(
         if bytes >= min_bytes || urgent || Instant::now() >= deadline {
             return data;
         }
+        let _waiting = state.metrics.fetch_waiting();
         let woken = tokio::select! {
             woken = tokio::time::timeout_at(deadline, waiter.notified()) => woken.is_ok(),
             () = state.closing() => false,

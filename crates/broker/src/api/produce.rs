@@ -186,19 +186,22 @@ pub async fn append(
                     continue;
                 }
             }
+            let size = records.len();
             let outcome = match replica.append_as_leader(records, acks, now_ms()) {
                 Ok((info, epoch)) => {
-                    if info.duplicate {
+                    let topic = name.as_deref().unwrap_or_default();
+                    if !info.duplicate {
+                        let count = u64::try_from(info.record_count).unwrap_or(0);
+                        state.metrics.produced(topic, size, count);
+                    } else {
                         tracing::debug!(
-                            topic = name.as_deref().unwrap_or_default(),
+                            topic,
                             partition = index,
                             offset = info.first_offset,
                             "a producer's retry of a batch already written"
                         );
                     }
-                    state
-                        .wakeups
-                        .wake(name.as_deref().unwrap_or_default(), index);
+                    state.wakeups.wake(topic, index);
                     Ok((replica, info, epoch))
                 }
                 Err(error) => Err(error),
@@ -239,6 +242,7 @@ pub async fn respond(
     if acks == 0 {
         return None;
     }
+    let _waiting = (acks == -1).then(|| state.metrics.produce_waiting());
     let mut responses = Vec::with_capacity(topics.len());
     let mut hints = LeaderHints::new(state, listener);
     for topic in topics {

@@ -26,22 +26,45 @@ pub async fn group_lag(
         .groups
         .run(state, group_id, |shard, _| shard.committed(group_id))
         .await?;
-    Ok(committed.map(|offsets| {
-        offsets
-            .into_iter()
-            .filter_map(|((topic, partition), committed)| {
-                let log = state.partition(&topic, partition)?;
-                let high_watermark = log.with_log(|l| l.high_watermark());
-                Some(PartitionLag {
-                    lag: (high_watermark - committed).max(0),
-                    topic,
-                    partition,
-                    committed,
-                    high_watermark,
-                })
+    Ok(committed.map(|offsets| lags(state, offsets)))
+}
+
+/// The lag of every partition each group coordinated here has committed an offset for,
+/// among the partitions this broker holds a replica of (the metrics endpoint's figures).
+pub fn all_lags(state: &BrokerState) -> Vec<(String, PartitionLag)> {
+    let (shards, _loading) = state.groups.read_all(|shard| {
+        shard
+            .group_ids()
+            .filter_map(|group| Some((group.to_string(), shard.committed(group)?)))
+            .collect::<Vec<_>>()
+    });
+    shards
+        .into_iter()
+        .flatten()
+        .flat_map(|(group, offsets)| {
+            lags(state, offsets)
+                .into_iter()
+                .map(move |lag| (group.clone(), lag))
+        })
+        .collect()
+}
+
+/// `offsets` (committed, by partition) next to the partitions' high watermarks here.
+fn lags(state: &BrokerState, offsets: Vec<((String, i32), i64)>) -> Vec<PartitionLag> {
+    offsets
+        .into_iter()
+        .filter_map(|((topic, partition), committed)| {
+            let log = state.partition(&topic, partition)?;
+            let high_watermark = log.with_log(|l| l.high_watermark());
+            Some(PartitionLag {
+                lag: (high_watermark - committed).max(0),
+                topic,
+                partition,
+                committed,
+                high_watermark,
             })
-            .collect()
-    }))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -29,7 +29,14 @@ impl Server {
     /// controller listener for a node of a cluster).
     pub fn start_listening(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
-            .args(["server", "--listen", listen, "--data-dir"])
+            .args([
+                "server",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--listen",
+                listen,
+            ])
+            .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .stdout(Stdio::piped())

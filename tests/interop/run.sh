@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Interop tests: the real spool binary driven by real third-party clients — kcat (Debian)
-# and confluent-kafka, kafka-python, aiokafka (PyPI). Installs what it needs: kcat and
-# openssl with apt-get when missing (and nftables as root, for the network-partition
-# tests), the Python clients into build/venv.
+# and confluent-kafka, kafka-python, aiokafka (PyPI), and Burrow (Debian). Installs what it
+# needs: kcat, openssl, Burrow and ZooKeeper with apt-get when missing (and nftables as
+# root, for the network-partition tests), the Python clients into build/venv.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -18,6 +18,12 @@ fi
 if ! command -v openssl >/dev/null 2>&1; then
   as_root apt-get update -qq
   as_root apt-get install -y -qq openssl >/dev/null
+fi
+
+# The consumer-lag test runs Burrow, which keeps its state in ZooKeeper (both Debian's).
+if ! command -v Burrow >/dev/null 2>&1 || [ ! -f /usr/share/java/zookeeper.jar ]; then
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq --no-install-recommends burrow zookeeper >/dev/null
 fi
 
 # The network-partition tests run as root only, with nftables.

@@ -94,6 +94,25 @@ fn produce_fetch_and_list_offsets_through_the_real_binary_survive_a_restart() {
         panic!()
     };
     assert_eq!(offsets.topics[0].partitions[0].offset, 15);
+    // Version 0 (sarama's, without ApiVersions) answers with a list of offsets: the
+    // latest or earliest one, none when none is asked for.
+    for (timestamp, max_num_offsets, expected) in
+        [(-1, 1, vec![15]), (-2, 1, vec![0]), (-1, 0, vec![])]
+    {
+        let mut old = request.clone();
+        old.topics[0].partitions[0].timestamp = timestamp;
+        old.topics[0].partitions[0].max_num_offsets = max_num_offsets;
+        let ResponseBody::ListOffsets(offsets) = client.call(RequestBody::ListOffsets(old), 0)
+        else {
+            panic!()
+        };
+        let partition = &offsets.topics[0].partitions[0];
+        assert_eq!(partition.error_code, 0);
+        assert_eq!(
+            partition.old_style_offsets, expected,
+            "timestamp {timestamp}"
+        );
+    }
 
     server.stop();
     let server = Server::start(&dir, &[]);

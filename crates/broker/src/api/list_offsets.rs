@@ -1,5 +1,11 @@
-//! ListOffsets (versions 1-10): the earliest (-2), latest (-1), max-timestamp (-3) or
+//! ListOffsets (versions 0-10): the earliest (-2), latest (-1), max-timestamp (-3) or
 //! by-timestamp offset of partitions.
+//!
+//! Version 0, which Kafka 4 no longer takes, is served for tools that send it without
+//! asking ApiVersions first (sarama before 1.27, as in Burrow 1.2, asks for high
+//! watermarks with it). Its answer is a list of at most `max_num_offsets` offsets; this
+//! broker puts in it the one offset later versions answer (Kafka 3 listed the start
+//! offsets of older segments after it, which no consumer of this version reads).
 
 use std::sync::Arc;
 
@@ -78,6 +84,9 @@ pub fn handle(
                         Ok(None) => {}
                         Err(e) => response.error_code = e.error_code().code(),
                     }
+                    if version == 0 {
+                        into_old_style(&mut response, p.max_num_offsets);
+                    }
                     response
                 })
                 .collect();
@@ -92,4 +101,14 @@ pub fn handle(
         topics,
         ..Default::default()
     }
+}
+
+/// Moves a found offset into version 0's list of offsets (empty when none was found or
+/// none was asked for).
+fn into_old_style(response: &mut ListOffsetsPartitionResponse, max_num_offsets: i32) {
+    if response.offset >= 0 && max_num_offsets > 0 {
+        response.old_style_offsets = vec![response.offset];
+    }
+    response.offset = -1;
+    response.timestamp = -1;
 }

@@ -6,6 +6,7 @@ login); re-authentication (KIP-368)."""
 import base64
 import hashlib
 import hmac
+import os
 import shutil
 import socket
 import ssl
@@ -15,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import Broker, scrape
+from conftest import SPOOL, Broker, scrape
 
 @pytest.fixture(scope="module")
 def sasl_broker(pki):
@@ -395,3 +396,36 @@ def test_the_legacy_unframed_exchange_after_a_version_0_handshake(sasl_broker):
         # Logged in: ordinary requests are served.
         sock.sendall(frame(18, 0, 9, b""))
         assert struct.unpack(">h", receive(sock)[:2])[0] == 0
+
+
+def test_the_cli_logs_in_with_scram_and_plain(sasl_broker, pki):
+    def spool(listener, protocol, mechanism, user, password, *args, stdin=None):
+        return subprocess.run(
+            [SPOOL, "--brokers", sasl_broker.listeners[listener], "--security-protocol", protocol,
+             "--ssl-ca-location", pki["ca"], "--sasl-mechanism", mechanism,
+             "--sasl-username", user, *args],
+            input=stdin, capture_output=True, text=True, timeout=60,
+            env=dict(os.environ, SPOOL_SASL_PASSWORD=password))
+
+    made = spool("SASL_SSL", "SASL_SSL", "SCRAM-SHA-512", "alice", "alice-secret",
+                 "topic", "create", "cli-sasl", "-p", "1")
+    assert made.returncode == 0, made.stderr
+    sent = spool("SASL_SSL", "SASL_SSL", "PLAIN", "bob", "bob-secret", "produce", "cli-sasl",
+                 stdin="a\nb\nc\n")
+    assert sent.returncode == 0, sent.stderr
+    read = spool("SASL_PLAINTEXT", "SASL_PLAINTEXT", "SCRAM-SHA-256", "carol", "carol-secret",
+                 "consume", "cli-sasl", "--format", "%o %v\\n")
+    assert read.returncode == 0 and read.stdout.splitlines() == ["0 a", "1 b", "2 c"], read.stderr
+
+    # A wrong password, and a mechanism the listener does not offer, are the broker's
+    # errors, named.
+    wrong = spool("SASL_SSL", "SASL_SSL", "SCRAM-SHA-256", "alice", "nope", "topic", "list")
+    assert wrong.returncode == 1 and "SASL_AUTHENTICATION_FAILED" in wrong.stderr, wrong.stderr
+    unoffered = spool("SASL_PLAINTEXT", "SASL_PLAINTEXT", "PLAIN", "bob", "bob-secret",
+                      "topic", "list")
+    assert unoffered.returncode == 1, unoffered.stderr
+    assert "UNSUPPORTED_SASL_MECHANISM" in unoffered.stderr, unoffered.stderr
+    missing = subprocess.run([SPOOL, "--brokers", sasl_broker.listeners["SASL_SSL"],
+                              "--security-protocol", "SASL_SSL", "topic", "list"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "--sasl-mechanism" in missing.stderr, missing.stderr

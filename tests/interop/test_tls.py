@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import Broker
+from conftest import SPOOL, Broker
 
 
 @pytest.fixture
@@ -196,3 +196,28 @@ def test_a_replaced_keystore_file_is_served_without_a_restart(pki):
         b.stop()
         shutil.rmtree(b.data_dir, ignore_errors=True)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_the_cli_over_ssl_with_and_without_a_client_certificate(tls_broker, pki):
+    def spool(listener, *args, security=()):
+        return subprocess.run([SPOOL, "--brokers", tls_broker.listeners[listener],
+                               "--security-protocol", "SSL", *security, *args],
+                              capture_output=True, text=True, timeout=60)
+
+    trusted = ["--ssl-ca-location", pki["ca"]]
+    made = spool("SSL", "topic", "create", "cli-tls", "-p", "1", security=trusted)
+    assert made.returncode == 0, made.stderr
+    sent = subprocess.run([SPOOL, "--brokers", tls_broker.listeners["SSL"],
+                           "--security-protocol", "SSL", *trusted, "produce", "cli-tls"],
+                          input="one\ntwo\n", capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    # On the listener that requires a certificate, alice's is accepted.
+    mine = trusted + ["--ssl-certificate-location", pki["client_cert"],
+                      "--ssl-key-location", pki["client_key"]]
+    read = spool("MTLS", "consume", "cli-tls", "--format", "%v\\n", security=mine)
+    assert read.returncode == 0 and read.stdout.splitlines() == ["one", "two"], read.stderr
+    # Without a certificate there, or without trusting the broker's CA, nothing works.
+    refused = spool("MTLS", "topic", "list", security=trusted)
+    assert refused.returncode == 1
+    untrusted = spool("SSL", "topic", "list", security=["--ssl-ca-location", pki["rogue_ca"]])
+    assert untrusted.returncode == 1 and "TLS handshake failed" in untrusted.stderr, untrusted.stderr

@@ -205,7 +205,7 @@ impl Metrics {
         );
         registry.register(
             "connections",
-            "Open client connections, by listener",
+            "Open connections (clients' and other brokers'), by listener",
             metrics.connections.clone(),
         );
         registry.register(

@@ -9,8 +9,11 @@ use std::time::Duration;
 use spool_protocol::Uuid;
 use spool_protocol::messages::{MetadataRequest, Request, metadata_request};
 
+use tokio_rustls::TlsConnector;
+
 use crate::connection::{BoxStream, Connection, connect_tcp};
 use crate::error::{Error, Result};
+use crate::transport::{self, SaslSettings, SecurityProtocol, TlsSettings};
 
 /// How a [`Client`] reaches the cluster.
 #[derive(Debug, Clone)]
@@ -23,6 +26,12 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// How long opening a connection may take.
     pub connect_timeout: Duration,
+    /// Plain TCP, TLS, a SASL login, or both (`security.protocol`).
+    pub security_protocol: SecurityProtocol,
+    /// How TLS connections are checked (SSL and SASL_SSL).
+    pub tls: TlsSettings,
+    /// The login on SASL_PLAINTEXT and SASL_SSL.
+    pub sasl: Option<SaslSettings>,
 }
 
 impl ClientConfig {
@@ -38,6 +47,9 @@ impl ClientConfig {
             client_id: "spool-client".into(),
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            security_protocol: SecurityProtocol::Plaintext,
+            tls: TlsSettings::default(),
+            sasl: None,
         }
     }
 }
@@ -128,6 +140,8 @@ struct Inner {
     metadata: RwLock<Arc<ClusterMetadata>>,
     /// One connection per broker address.
     connections: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
+    /// Wraps each connection in TLS (SSL and SASL_SSL).
+    tls: Option<TlsConnector>,
 }
 
 impl Client {
@@ -137,11 +151,22 @@ impl Client {
         if config.bootstrap.is_empty() {
             return Err(Error::Invalid("no brokers to connect to".into()));
         }
+        if config.security_protocol.uses_sasl() && config.sasl.is_none() {
+            return Err(Error::Invalid(
+                "a SASL security protocol needs a mechanism, a user name and a password".into(),
+            ));
+        }
+        let tls = if config.security_protocol.uses_tls() {
+            Some(transport::tls_connector(&config.tls)?)
+        } else {
+            None
+        };
         let client = Client {
             inner: Arc::new(Inner {
                 config,
                 metadata: RwLock::new(Arc::new(ClusterMetadata::default())),
                 connections: tokio::sync::Mutex::new(HashMap::new()),
+                tls,
             }),
         };
         client.refresh_metadata(Some(&[])).await?;
@@ -158,6 +183,7 @@ impl Client {
                 config: self.inner.config.clone(),
                 metadata: RwLock::new(self.metadata()),
                 connections: tokio::sync::Mutex::new(HashMap::new()),
+                tls: self.inner.tls.clone(),
             }),
         }
     }
@@ -407,16 +433,24 @@ impl Client {
             Some(id) => format!("{id} ({address})"),
             None => address.to_string(),
         };
-        let stream: BoxStream = Box::new(connect_tcp(address, config.connect_timeout).await?);
-        let connection = Arc::new(
-            Connection::start(
-                name,
-                stream,
-                config.client_id.clone(),
-                config.request_timeout,
-            )
-            .await?,
-        );
+        let tcp = connect_tcp(address, config.connect_timeout).await?;
+        let stream: BoxStream = match &self.inner.tls {
+            Some(connector) => transport::secure(connector, address, tcp).await?,
+            None => Box::new(tcp),
+        };
+        let connection = Connection::start(
+            name,
+            stream,
+            config.client_id.clone(),
+            config.request_timeout,
+        )
+        .await?;
+        if let Some(sasl) = config.sasl.as_ref()
+            && config.security_protocol.uses_sasl()
+        {
+            transport::login(&connection, sasl).await?;
+        }
+        let connection = Arc::new(connection);
         connections.insert(address.to_string(), Arc::clone(&connection));
         Ok(connection)
     }

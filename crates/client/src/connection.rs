@@ -126,6 +126,11 @@ impl Connection {
         Ok(connection)
     }
 
+    /// How errors name the broker.
+    pub(crate) fn broker(&self) -> &str {
+        &self.broker
+    }
+
     /// Asks for the broker's API versions: at v3 first, and at v0 when the broker does not
     /// know v3 (it then answers in v0's layout, as Kafka's brokers do).
     async fn api_versions(&self) -> Result<HashMap<i16, VersionRange>> {

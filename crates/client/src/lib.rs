@@ -2,7 +2,8 @@
 //! on `spool-protocol`'s message types. It is what Spool's CLI and tools are built on.
 //!
 //! - [`Client`] knows the cluster: bootstrap brokers, metadata, one connection per broker
-//!   (requests pipelined on it, versions negotiated with ApiVersions).
+//!   (requests pipelined on it, versions negotiated with ApiVersions), secured with TLS
+//!   and a SASL login (PLAIN, SCRAM) as [`SecurityProtocol`] says ([`transport`]).
 //! - [`Admin`] manages topics, partitions, configs, offsets, groups, ACLs, SCRAM users
 //!   and quotas.
 //! - [`Producer`] batches records per partition (linger, batch size, compression) and
@@ -33,6 +34,7 @@ mod membership;
 pub mod partitioner;
 pub mod producer;
 pub mod security;
+pub mod transport;
 
 pub use admin::{Admin, ConfigChange, ConfigEntry, ConfigResource, NewTopic, OffsetSpec};
 pub use client::{BrokerInfo, Client, ClientConfig, ClusterMetadata, PartitionInfo, TopicInfo};
@@ -50,3 +52,4 @@ pub use security::{
 pub use spool_protocol as protocol;
 pub use spool_protocol::ErrorCode;
 pub use spool_protocol::compression::Compression;
+pub use transport::{SaslMechanism, SaslSettings, SecurityProtocol, TlsSettings};

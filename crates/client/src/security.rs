@@ -221,7 +221,12 @@ fn binding(
 }
 
 /// A SCRAM password salted for `mechanism` (PBKDF2 with the mechanism's HMAC).
-fn salted_password(mechanism: ScramMechanism, password: &str, salt: &[u8], rounds: u32) -> Bytes {
+pub(crate) fn salted_password(
+    mechanism: ScramMechanism,
+    password: &str,
+    salt: &[u8],
+    rounds: u32,
+) -> Bytes {
     let password = password.as_bytes();
     let salted = match mechanism {
         ScramMechanism::Sha256 => {

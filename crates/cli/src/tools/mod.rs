@@ -14,9 +14,12 @@ pub mod topic;
 pub mod user;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use spool_client::{Client, ClientConfig};
+use spool_client::{
+    Client, ClientConfig, SaslMechanism, SaslSettings, SecurityProtocol, TlsSettings,
+};
 
 /// Where the cluster is and how to print: shared by every client command.
 #[derive(clap::Args, Debug, Clone)]
@@ -38,14 +41,76 @@ pub struct Connect {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (Kafka's `security.protocol`).
+    #[arg(
+        long,
+        env = "SPOOL_SECURITY_PROTOCOL",
+        default_value = "PLAINTEXT",
+        global = true
+    )]
+    pub security_protocol: SecurityProtocol,
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_PLAINTEXT and SASL_SSL).
+    #[arg(long, env = "SPOOL_SASL_MECHANISM", global = true)]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// The SASL user name.
+    #[arg(long, env = "SPOOL_SASL_USERNAME", global = true)]
+    pub sasl_username: Option<String>,
+    /// The SASL password (better from the environment than on the command line).
+    #[arg(
+        long,
+        env = "SPOOL_SASL_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    pub sasl_password: Option<String>,
+    /// CA certificates (PEM) brokers' certificates must chain to; the system's otherwise.
+    #[arg(long, env = "SPOOL_SSL_CA_LOCATION", global = true)]
+    pub ssl_ca_location: Option<PathBuf>,
+    /// This client's certificate chain (PEM), for brokers that ask for one.
+    #[arg(long, env = "SPOOL_SSL_CERTIFICATE_LOCATION", global = true)]
+    pub ssl_certificate_location: Option<PathBuf>,
+    /// The private key (PEM) of the client certificate.
+    #[arg(long, env = "SPOOL_SSL_KEY_LOCATION", global = true)]
+    pub ssl_key_location: Option<PathBuf>,
 }
 
 impl Connect {
-    pub async fn client(&self) -> Result<Client, String> {
+    /// The client settings these options make.
+    pub fn config(&self) -> Result<ClientConfig, String> {
         let mut config = ClientConfig::new(&self.brokers);
         config.client_id = self.client_id.clone();
         config.request_timeout = Duration::from_millis(self.timeout_ms.max(1));
-        Client::connect(config).await.map_err(|e| e.to_string())
+        config.security_protocol = self.security_protocol;
+        config.tls = TlsSettings {
+            ca_file: self.ssl_ca_location.clone(),
+            certificate_file: self.ssl_certificate_location.clone(),
+            key_file: self.ssl_key_location.clone(),
+        };
+        if self.security_protocol.uses_sasl() {
+            let (Some(mechanism), Some(username), Some(password)) = (
+                self.sasl_mechanism,
+                self.sasl_username.clone(),
+                self.sasl_password.clone(),
+            ) else {
+                return Err(format!(
+                    "--security-protocol {} needs --sasl-mechanism, --sasl-username and \
+                     --sasl-password (or SPOOL_SASL_PASSWORD)",
+                    self.security_protocol.name()
+                ));
+            };
+            config.sasl = Some(SaslSettings {
+                mechanism,
+                username,
+                password,
+            });
+        }
+        Ok(config)
+    }
+
+    pub async fn client(&self) -> Result<Client, String> {
+        Client::connect(self.config()?)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

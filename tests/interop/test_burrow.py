@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 
@@ -16,6 +15,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import free_port
+from test_cluster import wait_for
 
 ZOOKEEPER_JAR = "/usr/share/java/zookeeper.jar"
 
@@ -27,11 +27,16 @@ def commit(bootstrap, offsets):
     consumer.close()
 
 
-def zookeeper_answers(port):
+def zookeeper_serves(port):
+    """Whether ZooKeeper serves clients ("srvr" names its mode only then; "ruok" answers
+    earlier)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"ruok")
-            return s.recv(4) == b"imok"
+            s.sendall(b"srvr")
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+            return b"Mode: standalone" in answer
     except OSError:
         return False
 
@@ -50,15 +55,6 @@ def burrow_lag(port):
     return partitions, status["totallag"]
 
 
-def wait_for(what, check, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_burrow_reads_group_lag_from_spool(broker):
     admin = AdminClient({"bootstrap.servers": broker.address})
     admin.create_topics([NewTopic("burrowed", 2, 1)])["burrowed"].result(timeout=30)
@@ -74,7 +70,7 @@ def test_burrow_reads_group_lag_from_spool(broker):
     with open(os.path.join(root, "zoo.cfg"), "w") as f:
         f.write(f"tickTime=2000\ndataDir={root}/zk\nclientPort={zk_port}\n"
                 "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
-                "4lw.commands.whitelist=ruok\n")
+                "4lw.commands.whitelist=srvr\n")
     os.mkdir(os.path.join(root, "conf"))
     with open(os.path.join(root, "conf", "burrow.toml"), "w") as f:
         f.write(f"""
@@ -121,15 +117,34 @@ address="127.0.0.1:{http_port}"
         stdout=log, stderr=subprocess.STDOUT)
     burrow = None
     try:
-        wait_for("ZooKeeper", lambda: zookeeper_answers(zk_port), 60)
-        burrow = subprocess.Popen(["Burrow", "-config-dir", os.path.join(root, "conf")],
-                                  stdout=log, stderr=subprocess.STDOUT)
+        wait_for("ZooKeeper", lambda: zookeeper_serves(zk_port), 60)
+        def start_burrow():
+            # A pid file left by a Burrow that gave up would stop the next one.
+            if os.path.exists(os.path.join(root, "burrow.pid")):
+                os.remove(os.path.join(root, "burrow.pid"))
+            return subprocess.Popen(["Burrow", "-config-dir", os.path.join(root, "conf")],
+                                    stdout=log, stderr=subprocess.STDOUT)
+
+        burrow = start_burrow()
+        starts = [1]
+
+        def burrow_sees(expected):
+            nonlocal burrow
+            if burrow.poll() is not None:
+                # Burrow gives up when its first ZooKeeper session fails, which a ZooKeeper
+                # just started can do: it is started again, twice at most.
+                assert starts[0] < 3, "Burrow stopped (its log is below)"
+                starts[0] += 1
+                burrow = start_burrow()
+                return False
+            return burrow_lag(http_port) == expected
+
         # Lag = high watermark - committed: 4 - 3 and 6 - 2.
-        wait_for("Burrow's lag 1 and 4", lambda: burrow_lag(http_port) == ({0: 1, 1: 4}, 5), 90)
+        wait_for("Burrow's lag 1 and 4", lambda: burrow_sees(({0: 1, 1: 4}, 5)), 90)
 
         # A new commit reaches Burrow through __consumer_offsets.
         commit(broker.address, {0: 4, 1: 5})
-        wait_for("Burrow's lag 0 and 1", lambda: burrow_lag(http_port) == ({0: 0, 1: 1}, 1), 60)
+        wait_for("Burrow's lag 0 and 1", lambda: burrow_sees(({0: 0, 1: 1}, 1)), 60)
     except AssertionError:
         log.flush()
         with open(os.path.join(root, "burrow.log"), errors="replace") as f:

@@ -73,6 +73,16 @@ def scrape(admin):
     return samples
 
 
+def commit(bootstrap, group, topic, offsets):
+    """Commits `offsets` ({partition: offset} of `topic`) for `group` with confluent-kafka,
+    without joining the group."""
+    from confluent_kafka import Consumer, TopicPartition
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()],
+                    asynchronous=False)
+    consumer.close()
+
+
 def free_port():
     """A port nothing listens on now, for a broker that must come back on the same port
     after a restart (so that running clients reconnect to it)."""

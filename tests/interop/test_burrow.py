@@ -11,20 +11,13 @@ import tempfile
 import urllib.error
 import urllib.request
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import free_port
+from conftest import commit, free_port
 from test_cluster import wait_for
 
 ZOOKEEPER_JAR = "/usr/share/java/zookeeper.jar"
-
-
-def commit(bootstrap, offsets):
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "lagging"})
-    consumer.commit(offsets=[TopicPartition("burrowed", p, o) for p, o in offsets.items()],
-                    asynchronous=False)
-    consumer.close()
 
 
 def zookeeper_serves(port):
@@ -63,7 +56,7 @@ def test_burrow_reads_group_lag_from_spool(broker):
         for i in range(count):
             producer.produce("burrowed", f"r{i}".encode(), partition=partition)
     assert producer.flush(30) == 0
-    commit(broker.address, {0: 3, 1: 2})
+    commit(broker.address, "lagging", "burrowed", {0: 3, 1: 2})
 
     root = tempfile.mkdtemp(prefix="spool-interop-burrow-")
     zk_port, http_port = free_port(), free_port()
@@ -143,7 +136,7 @@ address="127.0.0.1:{http_port}"
         wait_for("Burrow's lag 1 and 4", lambda: burrow_sees(({0: 1, 1: 4}, 5)), 90)
 
         # A new commit reaches Burrow through __consumer_offsets.
-        commit(broker.address, {0: 4, 1: 5})
+        commit(broker.address, "lagging", "burrowed", {0: 4, 1: 5})
         wait_for("Burrow's lag 0 and 1", lambda: burrow_sees(({0: 0, 1: 1}, 1)), 60)
     except AssertionError:
         log.flush()

@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import Broker, free_port
+from conftest import Broker, commit, free_port
 
 MEMBER = os.path.join(os.path.dirname(__file__), "group_member.py")
 
@@ -197,10 +197,7 @@ def test_committed_offsets_survive_a_broker_restart(group_broker, how):
     topic, group = "ledger", f"resume-{how}"
     create_topic(group_broker, topic, 3)
     produce_numbers(group_broker, topic, range(60), 3)
-    consumer = Consumer({"bootstrap.servers": group_broker.address, "group.id": group, "enable.auto.commit": False})
-    consumer.commit(offsets=[TopicPartition(topic, 0, 4), TopicPartition(topic, 1, 11),
-                             TopicPartition(topic, 2, 19)], asynchronous=False)
-    consumer.close()
+    commit(group_broker.address, group, topic, {0: 4, 1: 11, 2: 19})
     if how == "graceful":
         group_broker.restart()
     else:

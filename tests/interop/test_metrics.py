@@ -15,7 +15,7 @@ import urllib.request
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import SPOOL, scrape
+from conftest import SPOOL, commit, scrape
 from test_cluster import wait_for
 
 DASHBOARD = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "grafana",
@@ -47,13 +47,6 @@ def get(url):
         return e.code, e.read().decode()
 
 
-def commit(bootstrap, group, offsets):
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    consumer.commit(offsets=[TopicPartition("orders", p, o) for p, o in offsets.items()],
-                    asynchronous=False)
-    consumer.close()
-
-
 def test_metrics_follow_produces_commits_and_fetches(broker):
     assert broker.admin, "spool did not report its admin API"
     assert get(f"{broker.admin}/health") == (200, "ok\n")
@@ -68,8 +61,8 @@ def test_metrics_follow_produces_commits_and_fetches(broker):
             producer.produce("orders", f"order-{partition}-{i}".encode(), partition=partition)
     assert producer.flush(30) == 0
 
-    commit(broker.address, "billing", {0: 4, 1: 20, 2: 0})
-    commit(broker.address, "audit", {1: 5})
+    commit(broker.address, "billing", "orders", {0: 4, 1: 20, 2: 0})
+    commit(broker.address, "audit", "orders", {1: 5})
     samples = scrape(broker.admin)
     # Lag is the high watermark minus the committed offset, per group and partition.
     assert lag(samples, "billing") == {0: 6, 1: 0, 2: 30}
@@ -120,7 +113,7 @@ def test_metrics_follow_produces_commits_and_fetches(broker):
     producer = None
 
     # A commit moves the lag; a deleted group leaves the metrics.
-    commit(broker.address, "billing", {0: 10, 2: 25})
+    commit(broker.address, "billing", "orders", {0: 10, 2: 25})
     admin.delete_consumer_groups(["audit"])["audit"].result(timeout=30)
     samples = scrape(broker.admin)
     assert lag(samples, "billing") == {0: 0, 1: 0, 2: 5}

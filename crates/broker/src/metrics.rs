@@ -8,11 +8,10 @@
 //! scrape, so a deleted topic or group disappears from them.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -25,19 +24,10 @@ use spool_protocol::record_batch::RecordBatches;
 
 use crate::state::{BrokerState, lock};
 
-/// A request's API, labelled by Kafka's name for it (`Produce`, `Fetch`, …).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Api(pub ApiKey);
-
-impl EncodeLabelValue for Api {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        write!(encoder, "{:?}", self.0)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
-    request: Api,
+    /// The API as Kafka names it (`Produce`, `Fetch`, …).
+    request: &'static str,
     version: i16,
 }
 
@@ -248,7 +238,7 @@ impl Metrics {
     /// Counts a request of `api` at `version` that took `elapsed`.
     pub fn request(&self, api: ApiKey, version: i16, elapsed: Duration) {
         let labels = RequestLabels {
-            request: Api(api),
+            request: api.name(),
             version,
         };
         self.requests

@@ -170,7 +170,6 @@ def test_ready_only_once_the_quorum_has_a_majority_and_json_logs():
                      lambda node=node: get(f"{node.admin}/ready") == (200, "ready\n"), 60)
         samples = scrape(nodes[1].admin)
         assert values(samples, "spool_build_info")
-    finally:
         stop_together(nodes)
         # Every log line is one JSON object with a time, a level, a target and fields;
         # Spool's own events carry a message.
@@ -182,6 +181,8 @@ def test_ready_only_once_the_quorum_has_a_majority_and_json_logs():
             assert entry["timestamp"] and entry["target"] and "fields" in entry, entry
         ours = [e for e in entries if e["target"].startswith("spool")]
         assert ours and all("message" in e["fields"] for e in ours), ours[:3]
+    finally:
+        stop_together(nodes)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Client, Server, batch, produce_request, temp_dir};
@@ -17,9 +18,20 @@ use spool_protocol::{ErrorCode, Uuid};
 const TOPIC: &str = "hints";
 const MOVED: &str = "moved";
 
+/// A free port below Linux's ephemeral range (32768 and up), so that between this check
+/// and the node's bind no listener on port 0 and no outgoing connection of the tests
+/// running alongside can take it. Ports are handed out in turn from a start that depends
+/// on the process, so the tests of this binary never pick the same one.
 fn free_port() -> u16 {
-    let socket = TcpListener::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap().port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    loop {
+        let turn = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (std::process::id().wrapping_mul(7919).wrapping_add(turn) % 12_000);
+        let port = u16::try_from(port).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// `count` nodes of one cluster, each a voter, with `settings` ("key=value") besides.

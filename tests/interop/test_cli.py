@@ -5,14 +5,18 @@ Java-compatible murmur2 partitioner picks), and records produced by confluent-ka
 `spool consume` prints them (templates, JSON, offsets and times)."""
 import json
 import os
+import random
+import shutil
 import subprocess
+import threading
 import time
 
 import confluent_kafka
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
 from kafka.admin import KafkaAdminClient
 
-from conftest import SPOOL
+from conftest import SPOOL, Broker, free_port
+from fault_proxy import FaultProxy
 
 
 def spool(broker, *args, input=None, check=True):
@@ -123,6 +127,76 @@ def test_cli_producer_puts_keys_where_librdkafka_murmur2_puts_them(broker):
         capture_output=True, text=True, timeout=60,
     )
     assert kcat.stdout.splitlines() == [f"{end - 2} p5-a", f"{end - 1} p5-b"], kcat.stderr
+
+
+def test_cli_producer_through_dropped_connections_writes_each_line_once(tmp_path):
+    """`spool produce` (idempotent, as --acks all is its default) through a proxy that
+    cuts its connections again and again, each time first swallowing the broker's answers
+    for 50 ms, so that the producer sends again batches the broker already wrote: every
+    line is in the log once, each key's lines in the order they were read."""
+    proxy_port = free_port()
+    broker = Broker(f"listeners=PLAINTEXT://127.0.0.1:{free_port()}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{proxy_port}")
+    host, port = broker.address.rsplit(":", 1)
+    proxy = FaultProxy(host, int(port), proxy_port)
+    via_proxy = Broker.__new__(Broker)
+    via_proxy.address = f"127.0.0.1:{proxy_port}"
+    keys, total = 4, 30_000
+    try:
+        spool(via_proxy, "topic", "create", "once", "-p", "3")
+        producer = subprocess.Popen(
+            [SPOOL, "produce", "once", "-f", "kv", "--json"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, SPOOL_BROKERS=via_proxy.address),
+        )
+        rng = random.Random(int(os.environ.get("SPOOL_TEST_SEED", time.time())))
+
+        def feed():
+            # A few seconds of input, so that the cuts land while batches are in flight.
+            for chunk in range(100):
+                producer.stdin.write("".join(f"k{i % keys}\t{i}\n" for i in range(chunk * 300, chunk * 300 + 300)))
+                producer.stdin.flush()
+                time.sleep(0.03)
+            producer.stdin.close()
+
+        def cut():
+            while producer.poll() is None and proxy.cuts < 25:
+                time.sleep(rng.uniform(0.1, 0.25))
+                proxy.cut(swallow_ms=50)
+
+        threads = [threading.Thread(target=feed), threading.Thread(target=cut)]
+        for thread in threads:
+            thread.start()
+        output = producer.stdout.read()
+        assert producer.wait(timeout=180) == 0, producer.stderr.read()
+        report = json.loads(output)
+        for thread in threads:
+            thread.join()
+        assert report["records"] == total
+        assert proxy.cuts >= 10, f"only {proxy.cuts} cuts while producing"
+
+        consumer = confluent_kafka.Consumer({
+            "bootstrap.servers": via_proxy.address, "group.id": "once-check", "enable.auto.commit": False,
+        })
+        consumer.assign([confluent_kafka.TopicPartition("once", p, 0) for p in range(3)])
+        seen = {f"k{k}": [] for k in range(keys)}
+        deadline = time.time() + 60
+        while sum(map(len, seen.values())) < total and time.time() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            assert not message.error(), message.error()
+            seen[message.key().decode()].append(int(message.value()))
+        # Nothing more after the last expected record: no duplicate at the end either.
+        extra = consumer.poll(2)
+        consumer.close()
+        assert extra is None, (extra.key(), extra.value())
+        for k in range(keys):
+            assert seen[f"k{k}"] == list(range(k, total, keys)), f"key k{k} differs"
+    finally:
+        proxy.close()
+        broker.stop()
+        shutil.rmtree(broker.data_dir, ignore_errors=True)
 
 
 def test_cli_consumer_prints_what_confluent_kafka_produced(broker):

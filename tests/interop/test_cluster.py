@@ -189,6 +189,48 @@ def test_dev_cluster_spreads_partitions_and_serves_groups_from_every_broker():
         cluster.stop()
 
 
+def test_cli_moves_a_partition_to_other_brokers():
+    """`spool topic reassign` moves a one-replica partition from its broker to the two
+    others; once `spool topic reassignments` lists nothing, confluent-kafka's metadata
+    shows the new replicas and every record is still there. Cancelling with no move in
+    progress is Kafka's NO_REASSIGNMENT_IN_PROGRESS, and a move to an unknown broker is
+    refused."""
+    cluster = DevCluster(3)
+    try:
+        boot = cluster.bootstrap
+        created = spool_cli(boot, "topic", "create", "moved", "-p", "1", "-r", "1")
+        assert created.returncode == 0, created.stderr
+        keys = [f"k{i}" for i in range(200)]
+        assert len(produce(boot, "moved", keys)) == 200
+        described = json.loads(spool_cli(boot, "topic", "describe", "moved", "--json").stdout)
+        before = described["partitions"][0]["replicas"]
+        target = [n for n in range(3) if n not in before]
+        assert len(before) == 1 and len(target) == 2
+        listed = ",".join(map(str, target))
+        moved = spool_cli(boot, "topic", "reassign", "moved", "-p", "0", "--replicas", listed)
+        assert moved.returncode == 0, moved.stderr
+        assert moved.stdout == f"moving topic moved partition 0 to brokers {listed}\n"
+
+        admin = AdminClient({"bootstrap.servers": boot})
+
+        def done():
+            ongoing = json.loads(spool_cli(boot, "topic", "reassignments", "--json").stdout)
+            partition = admin.list_topics("moved", timeout=10).topics["moved"].partitions[0]
+            return ongoing == [] and partition.replicas == target and sorted(partition.isrs) == sorted(target)
+        assert wait_for("the move to finish", done)
+        assert consume_all(boot, "moved", "after-move", 200) == {k: f"value-{k}" for k in keys}
+
+        cancel = spool_cli(boot, "topic", "reassign", "moved", "-p", "0", "--cancel")
+        assert cancel.returncode == 1
+        assert "NO_REASSIGNMENT_IN_PROGRESS" in cancel.stderr and "topic moved partition 0" in cancel.stderr
+        unknown = spool_cli(boot, "topic", "reassign", "moved", "-p", "0", "--replicas", "0,7")
+        assert unknown.returncode == 1 and "topic moved partition 0" in unknown.stderr, unknown.stderr
+        table = spool_cli(boot, "topic", "reassignments")
+        assert table.returncode == 0 and table.stdout.split() == ["TOPIC", "PARTITION", "REPLICAS", "ADDING", "REMOVING"]
+    finally:
+        cluster.stop()
+
+
 def read_committed(bootstrap, topic, partitions, expect):
     """Every value a read_committed consumer sees in `topic`, reading until it has
     `expect` values and then a little longer."""

@@ -14,6 +14,7 @@ use spool_client::{
     ConsumerConfig, ErrorCode, IsolationLevel, NewTopic, OffsetReset, OffsetSpec, Producer,
     ProducerConfig, ProducerRecord,
 };
+use spool_protocol::record_batch::{RecordBatch, RecordBatches};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -124,6 +125,7 @@ fn admin_creates_describes_alters_grows_and_deletes_a_topic() {
         assert_eq!(gone.code(), Some(ErrorCode::UnknownTopicOrPartition));
     });
     server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -256,6 +258,167 @@ fn produced_records_land_where_the_java_partitioner_puts_them_and_read_back_in_o
         assert_eq!(tail[0].value.as_deref(), Some(&b"unacked"[..]));
     });
     server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The batches of partition 0 of `topic` below offset `end`, fetch after fetch.
+fn batches_of(server: &Server, topic: &str, end: i64) -> Vec<RecordBatch> {
+    let mut raw = server.connect();
+    let mut batches = Vec::new();
+    let mut offset = 0;
+    while offset < end {
+        let data = common::fetch(&mut raw, topic, offset, 0);
+        for batch in RecordBatches::new(data.records.unwrap_or_default()) {
+            let batch = batch.unwrap();
+            offset = batch.last_offset() + 1;
+            batches.push(batch);
+        }
+    }
+    batches
+}
+
+/// Per run of batches from one producer: its ID, epoch, batch count and record count.
+/// Every base sequence must be the count of records that producer wrote before it (-1
+/// without a producer ID).
+fn numbering(batches: &[RecordBatch]) -> Vec<(i64, i16, usize, i32)> {
+    let mut producers: Vec<(i64, i16, usize, i32)> = Vec::new();
+    for batch in batches {
+        let id = batch.producer_id();
+        if producers.last().is_none_or(|p| p.0 != id) {
+            producers.push((id, batch.producer_epoch(), 0, 0));
+        }
+        let current = producers.last_mut().unwrap();
+        let expected_sequence = if id < 0 { -1 } else { current.3 };
+        assert_eq!(batch.base_sequence(), expected_sequence, "{batch:?}");
+        current.2 += 1;
+        current.3 += batch.record_count();
+    }
+    producers
+}
+
+#[test]
+fn an_idempotent_producer_numbers_each_batch_and_a_plain_one_does_not() {
+    let dir = temp_dir("client-idempotent");
+    let server = Server::start(&dir, &[]);
+    let delivered = runtime().block_on(async {
+        let client = Client::connect(ClientConfig::new(&server.address))
+            .await
+            .unwrap();
+        Admin::new(client.clone())
+            .create_topics(&[topic("numbered", 1)], false)
+            .await
+            .unwrap();
+        let mut delivered = Vec::new();
+        for (idempotence, records) in [(true, 600), (true, 50), (false, 100)] {
+            let producer = Producer::new(
+                client.clone(),
+                ProducerConfig {
+                    idempotence,
+                    batch_size: 1024,
+                    ..Default::default()
+                },
+            );
+            let mut deliveries = Vec::new();
+            for i in 0..records {
+                let record = ProducerRecord::new("numbered", format!("record-{i:04}"));
+                deliveries.push(producer.send(record).await.unwrap());
+            }
+            producer.close().await;
+            for delivery in deliveries {
+                delivered.push(delivery.wait().await.unwrap().offset);
+            }
+        }
+        delivered
+    });
+    assert_eq!(delivered, (0..750).collect::<Vec<i64>>());
+
+    let producers = numbering(&batches_of(&server, "numbered", 750));
+    assert_eq!(producers.len(), 3, "{producers:?}");
+    let (first, second, plain) = (producers[0], producers[1], producers[2]);
+    assert!(
+        first.0 >= 0 && second.0 >= 0 && first.0 != second.0,
+        "{producers:?}"
+    );
+    assert_eq!((first.1, first.3, second.3), (0, 600, 50));
+    assert!(first.2 > 10, "600 records of 1 KiB batches: {first:?}");
+    assert_eq!((plain.0, plain.1, plain.3), (-1, -1, 100));
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_idempotent_producer_starts_over_under_a_new_id_after_a_batch_fails() {
+    let dir = temp_dir("client-idempotent-reset");
+    let server = Server::start(&dir, &[]);
+    let (before, refused, after) = runtime().block_on(async {
+        let client = Client::connect(ClientConfig::new(&server.address))
+            .await
+            .unwrap();
+        let mut small = topic("small", 1);
+        small
+            .configs
+            .insert("max.message.bytes".into(), "2000".into());
+        Admin::new(client.clone())
+            .create_topics(&[small], false)
+            .await
+            .unwrap();
+        let producer = Producer::new(
+            client.clone(),
+            ProducerConfig {
+                batch_size: 1024,
+                linger: std::time::Duration::from_millis(50),
+                ..Default::default()
+            },
+        );
+        let send = async |value: String| {
+            producer
+                .send(ProducerRecord::new("small", value))
+                .await
+                .unwrap()
+        };
+        let mut before = Vec::new();
+        for i in 0..100 {
+            before.push(send(format!("before-{i:03}")).await);
+        }
+        // Alone in its batch (it overflows any other), and over the topic's limit.
+        let refused = send("x".repeat(5000)).await;
+        let mut after = Vec::new();
+        for i in 0..100 {
+            after.push(send(format!("after-{i:03}")).await);
+        }
+        producer.close().await;
+        let offsets = |deliveries: Vec<spool_client::Delivery>| async move {
+            let mut offsets = Vec::new();
+            for d in deliveries {
+                offsets.push(d.wait().await.map(|m| m.offset));
+            }
+            offsets
+        };
+        (
+            offsets(before).await,
+            refused.wait().await,
+            offsets(after).await,
+        )
+    });
+    let code = refused.unwrap_err().code();
+    assert_eq!(code, Some(ErrorCode::MessageTooLarge));
+    let delivered: Vec<i64> = before
+        .into_iter()
+        .chain(after)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(delivered, (0..200).collect::<Vec<i64>>());
+
+    // The batches after the refused one went under a second producer ID, numbered from 0.
+    let ids = numbering(&batches_of(&server, "small", 200));
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(
+        ids[0].0 >= 0 && ids[1].0 >= 0 && ids[0].0 != ids[1].0,
+        "{ids:?}"
+    );
+    assert_eq!((ids[0].3, ids[1].3), (100, 100));
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Consumers in one group: the first takes every partition and commits; a second joins,
@@ -398,4 +561,6 @@ fn group_members_share_partitions_commit_rebalance_and_leave() {
         assert_eq!(group.state, "Empty");
         assert!(group.members.is_empty());
     });
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,14 +1,16 @@
-//! [`Admin`]: the cluster's management APIs — topics, partitions and configs — as plain
-//! async calls. Requests that change metadata go to any broker; Kafka's brokers forward
-//! them to the active controller.
+//! [`Admin`]: the cluster's management APIs — topics, partitions, configs and replica
+//! reassignments — as plain async calls. Requests that change metadata go to any broker;
+//! Kafka's brokers forward them to the active controller.
 
 use std::collections::BTreeMap;
 
 use spool_protocol::messages::{
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    IncrementalAlterConfigsRequest, ListOffsetsRequest, create_partitions_request,
-    create_topics_request, delete_topics_request, describe_configs_request,
-    incremental_alter_configs_request, list_offsets_request,
+    AlterPartitionReassignmentsRequest, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteTopicsRequest, DescribeConfigsRequest, IncrementalAlterConfigsRequest,
+    ListOffsetsRequest, ListPartitionReassignmentsRequest, alter_partition_reassignments_request,
+    create_partitions_request, create_topics_request, delete_topics_request,
+    describe_configs_request, incremental_alter_configs_request, list_offsets_request,
+    list_partition_reassignments_request,
 };
 
 use crate::client::{Client, ClusterMetadata, TopicInfo};
@@ -45,6 +47,19 @@ pub struct NewTopic {
     pub partitions: Option<i32>,
     pub replication_factor: Option<i16>,
     pub configs: BTreeMap<String, String>,
+}
+
+/// A partition whose replicas are being moved (ListPartitionReassignments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reassignment {
+    pub topic: String,
+    pub partition: i32,
+    /// The replicas now: the target and the ones still to be removed.
+    pub replicas: Vec<i32>,
+    /// Target replicas still catching up.
+    pub adding: Vec<i32>,
+    /// Replicas to drop once the added ones are in sync.
+    pub removing: Vec<i32>,
 }
 
 /// One config entry as DescribeConfigs reports it.
@@ -198,6 +213,92 @@ impl Admin {
             )?;
         }
         Ok(())
+    }
+
+    /// Moves `partition` of `topic` to the brokers `replicas` (the first is the preferred
+    /// leader), or with `None` cancels the partition's ongoing move. The call returns once
+    /// the controller has accepted it; the copy goes on in the background until
+    /// [`Admin::list_reassignments`] no longer lists the partition.
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        replicas: Option<Vec<i32>>,
+    ) -> Result<()> {
+        let request = AlterPartitionReassignmentsRequest {
+            timeout_ms: timeout_ms(&self.client),
+            topics: vec![alter_partition_reassignments_request::ReassignableTopic {
+                name: topic.to_string(),
+                partitions: vec![
+                    alter_partition_reassignments_request::ReassignablePartition {
+                        partition_index: partition,
+                        replicas,
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let response = self.client.send_any(request).await?;
+        Error::check(
+            response.error_code,
+            format!("topic {topic} partition {partition}"),
+            response.error_message,
+        )?;
+        for result in response.responses.iter().flat_map(|t| &t.partitions) {
+            Error::check(
+                result.error_code,
+                format!("topic {topic} partition {}", result.partition_index),
+                result.error_message.clone(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The ongoing reassignments, of every topic or of `topic` only.
+    pub async fn list_reassignments(&self, topic: Option<&str>) -> Result<Vec<Reassignment>> {
+        let topics = match topic {
+            None => None,
+            Some(name) => {
+                let count = self.client.topic(name).await?.partitions.len();
+                let indexes = (0..i32::try_from(count).unwrap_or(i32::MAX)).collect();
+                Some(vec![
+                    list_partition_reassignments_request::ListPartitionReassignmentsTopics {
+                        name: name.to_string(),
+                        partition_indexes: indexes,
+                        ..Default::default()
+                    },
+                ])
+            }
+        };
+        let request = ListPartitionReassignmentsRequest {
+            timeout_ms: timeout_ms(&self.client),
+            topics,
+            ..Default::default()
+        };
+        let response = self.client.send_any(request).await?;
+        Error::check(
+            response.error_code,
+            "ListPartitionReassignments",
+            response.error_message,
+        )?;
+        let mut moves: Vec<Reassignment> = response
+            .topics
+            .into_iter()
+            .flat_map(|t| {
+                let name = t.name;
+                t.partitions.into_iter().map(move |p| Reassignment {
+                    topic: name.clone(),
+                    partition: p.partition_index,
+                    replicas: p.replicas,
+                    adding: p.adding_replicas,
+                    removing: p.removing_replicas,
+                })
+            })
+            .collect();
+        moves.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(moves)
     }
 
     /// The config of a topic or broker; `keys` narrows it to those names.

@@ -4,10 +4,11 @@
 //! - [`Client`] knows the cluster: bootstrap brokers, metadata, one connection per broker
 //!   (requests pipelined on it, versions negotiated with ApiVersions), secured with TLS
 //!   and a SASL login (PLAIN, SCRAM) as [`SecurityProtocol`] says ([`transport`]).
-//! - [`Admin`] manages topics, partitions, configs, offsets, groups, ACLs, SCRAM users
-//!   and quotas.
-//! - [`Producer`] batches records per partition (linger, batch size, compression) and
-//!   picks partitions as the Java client does ([`partitioner`]).
+//! - [`Admin`] manages topics, partitions, configs, replica reassignments, offsets,
+//!   groups, ACLs, SCRAM users and quotas.
+//! - [`Producer`] batches records per partition (linger, batch size, compression), picks
+//!   partitions as the Java client does ([`partitioner`]) and, with `acks=all`, is
+//!   idempotent: retries are not written twice.
 //! - [`Consumer`] reads assigned partitions from an offset, a time, the start or the end,
 //!   or subscribes to topics as a member of a consumer group.
 //!
@@ -36,7 +37,9 @@ pub mod producer;
 pub mod security;
 pub mod transport;
 
-pub use admin::{Admin, ConfigChange, ConfigEntry, ConfigResource, NewTopic, OffsetSpec};
+pub use admin::{
+    Admin, ConfigChange, ConfigEntry, ConfigResource, NewTopic, OffsetSpec, Reassignment,
+};
 pub use client::{BrokerInfo, Client, ClientConfig, ClusterMetadata, PartitionInfo, TopicInfo};
 pub use consumer::{
     Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, OffsetReset, TopicPartition,

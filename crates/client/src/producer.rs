@@ -8,16 +8,26 @@
 //! Retriable errors (leader moved, broker gone) refresh metadata and send the batch again
 //! until `delivery_timeout` has passed. Memory is bounded: `send` waits while
 //! `buffer_bytes` of records are not yet acknowledged.
+//!
+//! With `acks=all` the producer is idempotent by default, as the Java client is: it asks
+//! a broker for a producer ID (InitProducerId) and numbers each partition's batches, so a
+//! batch sent again after a lost answer is not written twice, and a partition's batches
+//! are written in the order they were sent, up to five of them in flight. A batch the
+//! broker refused for being out of order is sent again while an earlier batch of its
+//! partition is still unacknowledged. When a partition's sequence cannot be continued (a
+//! batch failed for good, or the broker lost the producer's state) the batch fails, and
+//! once nothing is in flight the producer takes a new producer ID and numbers from 0
+//! again.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use spool_protocol::ErrorCode;
 use spool_protocol::compression::Compression;
-use spool_protocol::messages::{ProduceRequest, produce_request};
-use spool_protocol::record_batch::RecordBatchBuilder;
+use spool_protocol::messages::{InitProducerIdRequest, ProduceRequest, produce_request};
+use spool_protocol::record_batch::{RecordBatchBuilder, RecordBatchMut};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::client::Client;
@@ -52,6 +62,10 @@ pub struct ProducerConfig {
     pub retry_backoff: Duration,
     /// Bytes of records held before `send` waits (`buffer.memory`).
     pub buffer_bytes: usize,
+    /// Numbers batches so that retries are not written twice (`enable.idempotence`).
+    /// It applies with `acks=all` only (as the Java client, left at its default, turns it
+    /// off for lower acks), and then caps `max_in_flight` at 5.
+    pub idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -66,6 +80,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             retry_backoff: Duration::from_millis(100),
             buffer_bytes: 32 * 1024 * 1024,
+            idempotence: true,
         }
     }
 }
@@ -160,6 +175,8 @@ struct Batch {
     topic: String,
     partition: i32,
     records: Bytes,
+    /// An idempotent producer's numbering of the batch, given when it is first sent.
+    stamp: Option<Stamp>,
     waiters: Vec<Waiter>,
     /// Released when the batch is done, freeing room for `send`.
     _permits: Vec<OwnedSemaphorePermit>,
@@ -170,7 +187,45 @@ struct Batch {
     not_before: Instant,
 }
 
+/// The sequence an idempotent producer gave a batch, under the producer ID of `generation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    generation: u64,
+    sequence: i32,
+}
+
+/// An idempotent producer's ID and epoch, as InitProducerId gave them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProducerIdentity {
+    id: i64,
+    epoch: i16,
+}
+
+/// Where an idempotent producer stands with its producer ID.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    /// Not idempotent.
+    #[default]
+    Off,
+    /// None yet: one is to be asked for before any batch leaves.
+    Needed,
+    /// Asked for; batches wait for the answer.
+    Asking,
+    Known(ProducerIdentity),
+}
+
+/// The next sequence after `count` records from `sequence` (sequences wrap to 0 after
+/// `i32::MAX`, as Kafka's do).
+fn sequence_after(sequence: i32, count: usize) -> i32 {
+    let next = (i64::from(sequence) + i64::try_from(count).unwrap_or(0)) % (1 << 31);
+    i32::try_from(next).unwrap_or(0)
+}
+
 impl Batch {
+    fn slot(&self) -> (String, i32) {
+        (self.topic.clone(), self.partition)
+    }
+
     fn fail(self, error: &Error) {
         for (waiter, _) in self.waiters {
             let _ = waiter.send(Err(error.clone()));
@@ -181,13 +236,25 @@ impl Batch {
 #[derive(Default)]
 struct Accumulator {
     open: BTreeMap<(String, i32), OpenBatch>,
-    ready: VecDeque<Batch>,
+    /// Per partition, its closed batches in the order they are to be sent.
+    ready: BTreeMap<(String, i32), VecDeque<Batch>>,
     /// The partition keyless records of each topic go to now.
     sticky: HashMap<String, i32>,
     in_flight: HashMap<i32, usize>,
     /// Per leader, the queue of requests its lane writes in order.
     lanes: HashMap<i32, mpsc::UnboundedSender<Vec<Batch>>>,
-    lane_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Lanes and the producer-ID request: stopped with the producer.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    identity: Identity,
+    /// Counts the producer IDs taken; a batch stamped under an older one is stamped again.
+    generation: u64,
+    /// Per partition, the sequence its next batch gets.
+    sequences: HashMap<(String, i32), i32>,
+    /// Per partition, the sequences sent and not yet settled.
+    unacked: HashMap<(String, i32), BTreeSet<i32>>,
+    /// A sequence could not be continued: a new producer ID is taken once nothing is in
+    /// flight, and nothing is sent until then.
+    reset_wanted: bool,
     /// Batches not yet done (open, ready or in flight).
     unfinished: usize,
     flushing: bool,
@@ -203,6 +270,73 @@ struct Shared {
     /// Wakes flushers: a batch finished.
     done: Notify,
     memory: Arc<Semaphore>,
+}
+
+impl Accumulator {
+    /// Forgets a settled batch's sequence. A stamped batch that failed leaves a gap the
+    /// broker would refuse to pass, so the producer starts over under a new ID.
+    fn settled(&mut self, batch: &Batch, delivered: bool) {
+        let Some(stamp) = batch.stamp else {
+            return;
+        };
+        if stamp.generation != self.generation {
+            return;
+        }
+        if let Some(unacked) = self.unacked.get_mut(&batch.slot()) {
+            unacked.remove(&stamp.sequence);
+        }
+        if !delivered {
+            self.reset_wanted = true;
+        }
+    }
+
+    /// Whether an idempotent batch refused with `code` is worth sending again: an out-of-
+    /// order or unknown-producer answer is, while an earlier batch of the partition is
+    /// unacknowledged (it explains the gap) or once the producer starts over anyway.
+    fn sequence_retriable(&self, batch: &Batch, code: ErrorCode) -> bool {
+        if !matches!(
+            code,
+            ErrorCode::OutOfOrderSequenceNumber | ErrorCode::UnknownProducerId
+        ) {
+            return false;
+        }
+        let Some(stamp) = batch.stamp else {
+            return false;
+        };
+        if stamp.generation != self.generation || self.reset_wanted {
+            return true;
+        }
+        self.unacked
+            .get(&batch.slot())
+            .and_then(|unacked| unacked.first())
+            .is_some_and(|&first| first != stamp.sequence)
+    }
+
+    /// Gives `batch` its partition's next sequence under `identity`, unless it already
+    /// has one under the current producer ID.
+    fn stamp(&mut self, batch: &mut Batch, identity: ProducerIdentity) -> Result<()> {
+        if batch
+            .stamp
+            .is_some_and(|stamp| stamp.generation == self.generation)
+        {
+            return Ok(());
+        }
+        let slot = batch.slot();
+        let sequence = self.sequences.get(&slot).copied().unwrap_or(0);
+        let mut records = BytesMut::from(std::mem::take(&mut batch.records));
+        RecordBatchMut::new(&mut records)
+            .map_err(|e| Error::Invalid(format!("cannot number a batch: {e}")))?
+            .set_producer(identity.id, identity.epoch, sequence);
+        batch.records = records.freeze();
+        batch.stamp = Some(Stamp {
+            generation: self.generation,
+            sequence,
+        });
+        self.sequences
+            .insert(slot.clone(), sequence_after(sequence, batch.waiters.len()));
+        self.unacked.entry(slot).or_default().insert(sequence);
+        Ok(())
+    }
 }
 
 impl Shared {
@@ -222,19 +356,31 @@ pub struct Producer {
 impl Drop for Producer {
     fn drop(&mut self) {
         self.sender.abort();
-        for lane in self.shared.lock().lane_tasks.drain(..) {
-            lane.abort();
+        for task in self.shared.lock().tasks.drain(..) {
+            task.abort();
         }
     }
 }
 
 impl Producer {
-    pub fn new(client: Client, config: ProducerConfig) -> Producer {
+    pub fn new(client: Client, mut config: ProducerConfig) -> Producer {
         let permits = config.buffer_bytes.min(Semaphore::MAX_PERMITS);
+        let idempotent = config.idempotence && config.acks == Acks::All;
+        if idempotent {
+            // The broker remembers a producer's last five batches per partition.
+            config.max_in_flight = config.max_in_flight.clamp(1, 5);
+        }
         let shared = Arc::new(Shared {
             client,
             config,
-            state: Mutex::new(Accumulator::default()),
+            state: Mutex::new(Accumulator {
+                identity: if idempotent {
+                    Identity::Needed
+                } else {
+                    Identity::Off
+                },
+                ..Accumulator::default()
+            }),
             wake: Notify::new(),
             done: Notify::new(),
             memory: Arc::new(Semaphore::new(permits)),
@@ -400,15 +546,20 @@ fn close_batch(
         *sticky = (slot.1 + 1) % count;
     }
     match open.builder.build() {
-        Ok(records) => state.ready.push_back(Batch {
-            topic: slot.0.clone(),
-            partition: slot.1,
-            records,
-            waiters: open.waiters,
-            _permits: open.permits,
-            created: open.created,
-            not_before: Instant::now(),
-        }),
+        Ok(records) => state
+            .ready
+            .entry(slot.clone())
+            .or_default()
+            .push_back(Batch {
+                topic: slot.0.clone(),
+                partition: slot.1,
+                records,
+                stamp: None,
+                waiters: open.waiters,
+                _permits: open.permits,
+                created: open.created,
+                not_before: Instant::now(),
+            }),
         Err(e) => {
             state.unfinished -= 1;
             let error = Error::Invalid(format!("cannot build a batch: {e}"));
@@ -452,56 +603,99 @@ fn send_ready(shared: &Arc<Shared>) -> Option<Instant> {
         let count = metadata.partition_count(&slot.0).unwrap_or(1);
         close_batch(&mut state, &slot, count, false);
     }
-    // One batch per partition per request, as Kafka's clients send.
+    // An idempotent producer sends nothing without its producer ID.
+    let (may_send, identity) = match state.identity {
+        Identity::Off => (true, None),
+        Identity::Known(identity) if !state.reset_wanted => (true, Some(identity)),
+        Identity::Known(_) => {
+            if state.in_flight.values().all(|&n| n == 0) {
+                // Nothing in flight under the old ID: start over under a new one.
+                state.reset_wanted = false;
+                state.generation += 1;
+                state.sequences.clear();
+                state.unacked.clear();
+                ask_for_identity(shared, &mut state);
+            }
+            (false, None)
+        }
+        Identity::Needed => {
+            if !state.ready.is_empty() || !state.open.is_empty() {
+                ask_for_identity(shared, &mut state);
+            }
+            (false, None)
+        }
+        Identity::Asking => (false, None),
+    };
+    // One batch per partition per request, as Kafka's clients send. A partition's batches
+    // leave in queue order, so only the first of each may go now.
     let mut requests: BTreeMap<i32, Vec<Batch>> = BTreeMap::new();
-    let mut waiting = VecDeque::new();
     let mut next: Option<Instant> = state.open.values().map(|open| open.created + linger).min();
     let mut needs_metadata = false;
     let mut expired = 0;
-    while let Some(batch) = state.ready.pop_front() {
-        if batch.created + shared.config.delivery_timeout <= now {
+    let mut ready = std::mem::take(&mut state.ready);
+    for (slot, queue) in ready.iter_mut() {
+        // Retries first, then in creation order: once the first has not expired, none has.
+        while let Some(batch) = queue.pop_front() {
+            if batch.created + shared.config.delivery_timeout > now {
+                queue.push_front(batch);
+                break;
+            }
             // Never sent in time (no leader, or retries until now): failed, as Kafka's
             // producer expires a batch whatever it waits for.
             let error = Error::Kafka {
                 code: ErrorCode::RequestTimedOut,
-                context: format!("topic {} partition {}", batch.topic, batch.partition),
+                context: format!("topic {} partition {}", slot.0, slot.1),
                 message: Some(format!(
                     "not delivered within the delivery timeout ({} ms)",
                     shared.config.delivery_timeout.as_millis()
                 )),
             };
+            state.settled(&batch, false);
             batch.fail(&error);
             expired += 1;
+        }
+        let Some(first) = queue.front() else {
+            continue;
+        };
+        let expiry = first.created + shared.config.delivery_timeout;
+        next = Some(next.map_or(expiry, |n| n.min(expiry)));
+        if !may_send {
             continue;
         }
-        if batch.not_before > now {
-            next = Some(next.map_or(batch.not_before, |n| n.min(batch.not_before)));
-            waiting.push_back(batch);
+        if first.not_before > now {
+            next = Some(next.map_or(first.not_before, |n| n.min(first.not_before)));
             continue;
         }
         let leader = metadata
             .topics
-            .get(&batch.topic)
-            .and_then(|t| t.partitions.get(usize::try_from(batch.partition).ok()?))
+            .get(&slot.0)
+            .and_then(|t| t.partitions.get(usize::try_from(slot.1).ok()?))
             .map(|p| p.leader)
             .filter(|leader| metadata.brokers.contains_key(leader));
         let Some(leader) = leader else {
             needs_metadata = true;
-            waiting.push_back(batch);
             continue;
         };
         let in_flight = state.in_flight.get(&leader).copied().unwrap_or(0);
         let batches = requests.entry(leader).or_default();
-        let busy = batches
-            .iter()
-            .any(|b| b.topic == batch.topic && b.partition == batch.partition);
-        if busy || (batches.is_empty() && in_flight >= shared.config.max_in_flight) {
-            waiting.push_back(batch);
+        if batches.is_empty() && in_flight >= shared.config.max_in_flight {
+            continue;
+        }
+        let Some(mut batch) = queue.pop_front() else {
+            continue;
+        };
+        if let Some(identity) = identity
+            && let Err(error) = state.stamp(&mut batch, identity)
+        {
+            batch.fail(&error);
+            expired += 1;
             continue;
         }
         batches.push(batch);
     }
-    state.ready = waiting;
+    ready.retain(|_, queue| !queue.is_empty());
+    state.ready = ready;
+    requests.retain(|_, batches| !batches.is_empty());
     if expired > 0 {
         state.unfinished -= expired;
         shared.done.notify_waiters();
@@ -513,34 +707,99 @@ fn send_ready(shared: &Arc<Shared>) -> Option<Instant> {
             _ => {
                 let (lane, queue) = mpsc::unbounded_channel();
                 let task = tokio::spawn(run_lane(Arc::clone(shared), leader, queue));
-                state.lane_tasks.push(task);
+                state.tasks.push(task);
                 state.lanes.insert(leader, lane.clone());
                 lane
             }
         };
         if let Err(mpsc::error::SendError(batches)) = lane.send(batches) {
             // Only a lane whose task ended refuses; its batches are tried again.
-            state.ready.extend(batches);
+            if let Some(count) = state.in_flight.get_mut(&leader) {
+                *count = count.saturating_sub(1);
+            }
+            requeue(&mut state, batches, now);
         }
-    }
-    if let Some(expiry) = state
-        .ready
-        .iter()
-        .map(|b| b.created + shared.config.delivery_timeout)
-        .min()
-    {
-        next = Some(next.map_or(expiry, |n| n.min(expiry)));
     }
     if needs_metadata {
         let retry_at = now + shared.config.retry_backoff;
         next = Some(next.map_or(retry_at, |n| n.min(retry_at)));
-        let topics: Vec<String> = state.ready.iter().map(|b| b.topic.clone()).collect();
+        let topics: Vec<String> = state.ready.keys().map(|(topic, _)| topic.clone()).collect();
         let client = shared.client.clone();
         tokio::spawn(async move {
             let _ = client.refresh_metadata(Some(&topics)).await;
         });
     }
     next
+}
+
+/// Puts batches to send again at the head of their partitions' queues, not before
+/// `not_before`, keeping each partition's batches in sequence order.
+fn requeue(state: &mut Accumulator, batches: Vec<Batch>, not_before: Instant) {
+    let idempotent = state.identity != Identity::Off;
+    for mut batch in batches.into_iter().rev() {
+        batch.not_before = not_before;
+        let queue = state.ready.entry(batch.slot()).or_default();
+        queue.push_front(batch);
+        if idempotent {
+            // Stamped batches (all sent before) ahead of fresh ones, lowest sequence
+            // first; a stable sort keeps the fresh ones in their order.
+            queue
+                .make_contiguous()
+                .sort_by_key(|batch| batch.stamp.map_or((1, 0), |s| (0, s.sequence)));
+        }
+    }
+}
+
+/// Asks a broker for a producer ID in the background (InitProducerId without a
+/// transactional ID), until one answers. A refusal fails the batches waiting for it.
+fn ask_for_identity(shared: &Arc<Shared>, state: &mut Accumulator) {
+    state.identity = Identity::Asking;
+    state.tasks.retain(|task| !task.is_finished());
+    let task = tokio::spawn({
+        let shared = Arc::clone(shared);
+        async move {
+            loop {
+                let request = InitProducerIdRequest {
+                    transactional_id: None,
+                    transaction_timeout_ms: i32::MAX,
+                    ..Default::default()
+                };
+                let answer = shared.client.send_any(request).await.and_then(|r| {
+                    Error::check(r.error_code, "InitProducerId", None)?;
+                    Ok(ProducerIdentity {
+                        id: r.producer_id,
+                        epoch: r.producer_epoch,
+                    })
+                });
+                match answer {
+                    Ok(identity) => shared.lock().identity = Identity::Known(identity),
+                    Err(e) if e.is_retriable() => {
+                        tokio::time::sleep(shared.config.retry_backoff).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        let failed: Vec<Batch> = {
+                            let mut state = shared.lock();
+                            state.identity = Identity::Needed;
+                            let failed: Vec<Batch> = std::mem::take(&mut state.ready)
+                                .into_values()
+                                .flatten()
+                                .collect();
+                            state.unfinished -= failed.len();
+                            failed
+                        };
+                        for batch in failed {
+                            batch.fail(&e);
+                        }
+                        shared.done.notify_waiters();
+                    }
+                }
+                shared.wake.notify_one();
+                return;
+            }
+        }
+    });
+    state.tasks.push(task);
 }
 
 /// What a Produce answer said per partition: error code, base offset, error message and
@@ -632,11 +891,34 @@ fn produce_request(shared: &Shared, batches: &[Batch]) -> ProduceRequest {
 /// Resolves the deliveries of `batches` from the answer `leader` gave (or the error that
 /// stopped the request); retriable failures go back to the ready queue after a back-off.
 async fn settle(shared: &Arc<Shared>, leader: i32, batches: Vec<Batch>, outcome: Result<Answers>) {
+    let retried = resolve(shared, leader, batches, &outcome);
+    if !retried.is_empty() {
+        let _ = shared.client.refresh_metadata(Some(&retried)).await;
+    }
+    if let Some(count) = shared.lock().in_flight.get_mut(&leader) {
+        *count = count.saturating_sub(1);
+    }
+    shared.wake.notify_one();
+    shared.done.notify_waiters();
+}
+
+/// Resolves the deliveries of the batches `outcome` settles and puts the ones to send
+/// again back at the head of their partitions' queues, at once: while the metadata is
+/// refreshed, a partition's later batches must not overtake them (an idempotent
+/// producer's retry that came more than five batches late would be refused as out of
+/// order, though written). Returns the topics of the retried batches.
+fn resolve(
+    shared: &Shared,
+    leader: i32,
+    batches: Vec<Batch>,
+    outcome: &Result<Answers>,
+) -> Vec<String> {
     let config = &shared.config;
     let mut retry = Vec::new();
     let mut finished = 0;
+    let mut state = shared.lock();
     for batch in batches {
-        let result = match &outcome {
+        let result = match outcome {
             Err(e) => Err(e.clone()),
             Ok(_) if config.acks == Acks::None => Ok((-1, -1)),
             Ok(answers) => match answers.get(&(batch.topic.clone(), batch.partition)) {
@@ -647,6 +929,11 @@ async fn settle(shared: &Arc<Shared>, leader: i32, batches: Vec<Batch>, outcome:
                         batch.topic, batch.partition
                     ),
                 }),
+                // An idempotent batch older than the broker's memory of the producer's
+                // last five: written before, at an offset no longer known.
+                Some((code, ..)) if *code == ErrorCode::DuplicateSequenceNumber.code() => {
+                    Ok((-1, -1))
+                }
                 Some((code, base_offset, message, append_time)) => {
                     let context = format!(
                         "topic {} partition {} on broker {leader}",
@@ -661,6 +948,7 @@ async fn settle(shared: &Arc<Shared>, leader: i32, batches: Vec<Batch>, outcome:
         };
         match result {
             Ok((base_offset, append_time)) => {
+                state.settled(&batch, true);
                 for (index, (waiter, timestamp_ms)) in batch.waiters.into_iter().enumerate() {
                     let offset = if base_offset < 0 {
                         -1
@@ -682,31 +970,34 @@ async fn settle(shared: &Arc<Shared>, leader: i32, batches: Vec<Batch>, outcome:
             }
             Err(error) => {
                 let expired = batch.created.elapsed() >= config.delivery_timeout;
-                if error.is_retriable() && !expired {
+                let retriable = error.is_retriable()
+                    || error
+                        .code()
+                        .is_some_and(|code| state.sequence_retriable(&batch, code));
+                if retriable && !expired {
                     retry.push(batch);
                 } else {
+                    state.settled(&batch, false);
                     batch.fail(&error);
                     finished += 1;
                 }
             }
         }
     }
-    if !retry.is_empty() {
-        let topics: Vec<String> = retry.iter().map(|b| b.topic.clone()).collect();
-        let _ = shared.client.refresh_metadata(Some(&topics)).await;
+    state.unfinished -= finished;
+    let topics = retry.iter().map(|b| b.topic.clone()).collect();
+    requeue(&mut state, retry, Instant::now() + config.retry_backoff);
+    topics
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_wrap_to_zero_after_the_largest_i32() {
+        assert_eq!(sequence_after(0, 5), 5);
+        assert_eq!(sequence_after(i32::MAX - 4, 5), 0);
+        assert_eq!(sequence_after(i32::MAX - 1, 3), 1);
     }
-    {
-        let mut state = shared.lock();
-        if let Some(count) = state.in_flight.get_mut(&leader) {
-            *count = count.saturating_sub(1);
-        }
-        state.unfinished -= finished;
-        let not_before = Instant::now() + config.retry_backoff;
-        for mut batch in retry.into_iter().rev() {
-            batch.not_before = not_before;
-            state.ready.push_front(batch);
-        }
-    }
-    shared.wake.notify_one();
-    shared.done.notify_waiters();
 }

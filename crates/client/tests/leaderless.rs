@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use spool_client::protocol::frame::{FrameDecoder, decode_request, encode_response};
 use spool_client::protocol::messages::{
-    ApiKey, ApiVersionsResponse, MetadataResponse, RequestBody, ResponseBody,
-    api_versions_response, metadata_response,
+    ApiKey, ApiVersionsResponse, InitProducerIdResponse, MetadataResponse, RequestBody,
+    ResponseBody, api_versions_response, metadata_response,
 };
 use spool_client::{Client, ClientConfig, ErrorCode, Producer, ProducerConfig, ProducerRecord};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Answers ApiVersions and Metadata: one broker (itself), topic `t` with partition 0
-/// and no leader.
+/// Answers ApiVersions, InitProducerId (the producer is idempotent) and Metadata: one
+/// broker (itself), topic `t` with partition 0 and no leader.
 async fn serve(mut stream: TcpStream, port: u16) {
     let decoder = FrameDecoder::new(1 << 20);
     let mut buffer = BytesMut::new();
@@ -25,15 +25,20 @@ async fn serve(mut stream: TcpStream, port: u16) {
             let version = header.request_api_version;
             let answer = match body {
                 RequestBody::ApiVersions(_) => ResponseBody::ApiVersions(ApiVersionsResponse {
-                    api_keys: [ApiKey::ApiVersions, ApiKey::Metadata, ApiKey::Produce]
-                        .iter()
-                        .map(|k| api_versions_response::ApiVersion {
-                            api_key: *k as i16,
-                            min_version: k.versions().min,
-                            max_version: k.versions().max,
-                            ..Default::default()
-                        })
-                        .collect(),
+                    api_keys: [
+                        ApiKey::ApiVersions,
+                        ApiKey::Metadata,
+                        ApiKey::Produce,
+                        ApiKey::InitProducerId,
+                    ]
+                    .iter()
+                    .map(|k| api_versions_response::ApiVersion {
+                        api_key: *k as i16,
+                        min_version: k.versions().min,
+                        max_version: k.versions().max,
+                        ..Default::default()
+                    })
+                    .collect(),
                     ..Default::default()
                 }),
                 RequestBody::Metadata(_) => ResponseBody::Metadata(MetadataResponse {
@@ -57,6 +62,13 @@ async fn serve(mut stream: TcpStream, port: u16) {
                     }],
                     ..Default::default()
                 }),
+                RequestBody::InitProducerId(_) => {
+                    ResponseBody::InitProducerId(InitProducerIdResponse {
+                        producer_id: 7,
+                        producer_epoch: 0,
+                        ..Default::default()
+                    })
+                }
                 other => panic!("unexpected {:?}", other.api_key()),
             };
             let frame = encode_response(header.correlation_id, version, &answer).unwrap();

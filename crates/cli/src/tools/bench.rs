@@ -57,6 +57,9 @@ pub struct ProduceArgs {
     /// The most bytes in one partition's batch.
     #[arg(long, default_value_t = 1 << 20)]
     pub batch_size: usize,
+    /// Do not number batches against duplicates (numbering applies with --acks all only).
+    #[arg(long)]
+    pub no_idempotence: bool,
     /// No progress bar or per-second lines, only the report.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -216,6 +219,7 @@ async fn produce(connect: &Connect, args: ProduceArgs, e2e: bool) -> Result<Repo
             compression: compression(&args.compression)?,
             linger: Duration::from_millis(args.linger_ms),
             batch_size: args.batch_size,
+            idempotence: !args.no_idempotence,
             ..Default::default()
         },
     );

@@ -45,6 +45,10 @@ pub struct ProduceArgs {
     /// How long a batch waits for more records, in milliseconds.
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
+    /// Do not number batches against duplicates (`enable.idempotence=false`); numbering
+    /// applies with --acks all only.
+    #[arg(long)]
+    pub no_idempotence: bool,
 }
 
 pub fn acks(text: &str) -> Result<Acks, String> {
@@ -72,6 +76,7 @@ pub async fn run(connect: &Connect, args: ProduceArgs) -> Result<(), String> {
         acks: acks(&args.acks)?,
         compression: compression(&args.compression)?,
         linger: Duration::from_millis(args.linger_ms),
+        idempotence: !args.no_idempotence,
         ..Default::default()
     };
     let headers: Vec<(String, Option<Bytes>)> = args

@@ -56,6 +56,24 @@ pub enum TopicCommand {
         #[arg(long, short = 'n')]
         num: i32,
     },
+    /// Move a partition's replicas to other brokers (the first is the preferred leader),
+    /// or cancel its ongoing move.
+    Reassign {
+        name: String,
+        #[arg(long, short = 'p')]
+        partition: i32,
+        /// The target brokers, e.g. `--replicas 1,2,3`.
+        #[arg(long, value_delimiter = ',', required_unless_present = "cancel")]
+        replicas: Vec<i32>,
+        /// Cancel the ongoing move instead.
+        #[arg(long, conflicts_with = "replicas")]
+        cancel: bool,
+    },
+    /// Partitions being moved: current, adding and removing replicas.
+    Reassignments {
+        /// Only this topic's.
+        name: Option<String>,
+    },
     /// Delete topics.
     Delete {
         #[arg(required = true)]
@@ -180,6 +198,67 @@ pub async fn run(connect: &Connect, command: TopicCommand) -> Result<(), String>
             } else {
                 out(&format!("topic {name} now has {total} partitions\n"))
             }
+        }
+        TopicCommand::Reassign {
+            name,
+            partition,
+            replicas,
+            cancel,
+        } => {
+            let target = (!cancel).then_some(replicas);
+            admin
+                .reassign_partition(&name, partition, target.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            if connect.json {
+                return out_json(&json!({
+                    "topic": name,
+                    "partition": partition,
+                    "replicas": target,
+                    "cancelled": cancel,
+                }));
+            }
+            match target {
+                None => out(&format!(
+                    "cancelled the move of topic {name} partition {partition}\n"
+                )),
+                Some(replicas) => out(&format!(
+                    "moving topic {name} partition {partition} to brokers {}\n",
+                    ids(&replicas)
+                )),
+            }
+        }
+        TopicCommand::Reassignments { name } => {
+            let moves = admin
+                .list_reassignments(name.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            if connect.json {
+                let list: Vec<_> = moves
+                    .iter()
+                    .map(|m| {
+                        json!({
+                            "topic": m.topic,
+                            "partition": m.partition,
+                            "replicas": m.replicas,
+                            "adding": m.adding,
+                            "removing": m.removing,
+                        })
+                    })
+                    .collect();
+                return out_json(&json!(list));
+            }
+            let mut table = Table::new(&["TOPIC", "PARTITION", "REPLICAS", "ADDING", "REMOVING"]);
+            for m in &moves {
+                table.row(vec![
+                    m.topic.clone(),
+                    m.partition.to_string(),
+                    ids(&m.replicas),
+                    ids(&m.adding),
+                    ids(&m.removing),
+                ]);
+            }
+            out(&table.render())
         }
         TopicCommand::Delete { names } => {
             admin

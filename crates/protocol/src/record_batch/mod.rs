@@ -407,6 +407,18 @@ impl<'a> RecordBatchMut<'a> {
         self.update_crc();
     }
 
+    /// Stamps the batch with an idempotent producer's ID, epoch and first sequence (what a
+    /// producer does when it sends a batch built before it knew them), then recomputes
+    /// the CRC.
+    pub fn set_producer(&mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+        self.bytes[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&producer_id.to_be_bytes());
+        self.bytes[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2]
+            .copy_from_slice(&producer_epoch.to_be_bytes());
+        self.bytes[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4]
+            .copy_from_slice(&base_sequence.to_be_bytes());
+        self.update_crc();
+    }
+
     /// Recomputes and stores the CRC after a change inside the CRC's coverage.
     pub fn update_crc(&mut self) {
         let crc = crc32c::crc32c(&self.bytes[ATTRIBUTES_AT..]);
@@ -511,6 +523,33 @@ mod tests {
             .map(|r| r.unwrap().offset)
             .collect();
         assert_eq!(offsets, vec![5000, 5001, 5002, 5003]);
+    }
+
+    #[test]
+    fn stamping_a_producer_matches_a_batch_built_with_it() {
+        let built = |producer: Option<(i64, i16, i32)>| {
+            let mut builder = RecordBatchBuilder::new(Compression::Zstd);
+            if let Some((id, epoch, sequence)) = producer {
+                builder = builder.producer(id, epoch, sequence);
+            }
+            builder.append(7, Some(b"k"), Some(b"v"), &[]).unwrap();
+            builder.build().unwrap()
+        };
+        let mut stamped = built(None).to_vec();
+        RecordBatchMut::new(&mut stamped)
+            .unwrap()
+            .set_producer(4001, 3, 250);
+        assert_eq!(stamped, built(Some((4001, 3, 250))).to_vec());
+        let batch = RecordBatch::from_bytes(Bytes::from(stamped)).unwrap();
+        batch.verify_crc().unwrap();
+        assert_eq!(
+            (
+                batch.producer_id(),
+                batch.producer_epoch(),
+                batch.base_sequence()
+            ),
+            (4001, 3, 250)
+        );
     }
 
     #[test]

@@ -224,15 +224,19 @@ def test_cli_consumer_prints_what_confluent_kafka_produced(broker):
     assert len(spool(broker, "consume", "events", "-n", "3").stdout.split()) == 3
     assert spool(broker, "consume", "events", "-o", "end").stdout == ""
 
-    # --follow waits for records produced after it started.
+    # --follow waits for records produced after it started. However long it takes to
+    # start, one of the records produced every half second comes after it has looked up
+    # the end, and it prints that one and stops.
     follower = subprocess.Popen(
         [SPOOL, "consume", "events", "-p", "0", "-o", "end", "-F", "-n", "1"],
         stdout=subprocess.PIPE, text=True, env=dict(os.environ, SPOOL_BROKERS=broker.address),
     )
     try:
-        time.sleep(1.0)
-        producer.produce("events", partition=0, value="late")
-        assert producer.flush(30) == 0
+        deadline = time.time() + 30
+        while follower.poll() is None and time.time() < deadline:
+            producer.produce("events", partition=0, value="late")
+            assert producer.flush(30) == 0
+            time.sleep(0.5)
         out, _ = follower.communicate(timeout=30)
         assert out == "late\n"
     finally:
@@ -371,6 +375,16 @@ def test_consume_with_a_group_commits_what_it_printed_and_shares_partitions_with
     env = dict(os.environ, SPOOL_BROKERS=broker.address)
     follower = subprocess.Popen([SPOOL, "consume", "visits", "--group", "web", "--follow", "--format", "%p %v\\n"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # The follower's lines, as it prints them: it is interrupted only once it has printed
+    # its share, which may come after librdkafka has read its own.
+    spool_lines = []
+
+    def read_follower():
+        for line in follower.stdout:
+            spool_lines.append(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read_follower, daemon=True)
+    reader.start()
     try:
         members = []
         deadline = time.time() + 40
@@ -397,10 +411,14 @@ def test_consume_with_a_group_commits_what_it_printed_and_shares_partitions_with
             if msg is not None and not msg.error():
                 rd_read.append((msg.partition(), msg.value().decode()))
         assert sorted({p for p, _ in rd_read}) == rd_partitions and len(rd_read) == 20
+        deadline = time.time() + 20
+        while len(spool_lines) < 20 and time.time() < deadline:
+            time.sleep(0.1)
         follower.send_signal(2)
-        out, err = follower.communicate(timeout=30)
-        assert follower.returncode == 0, err
-        spool_read = [tuple(line.split(" ", 1)) for line in out.splitlines()]
+        follower.wait(timeout=30)
+        reader.join(timeout=10)
+        assert follower.returncode == 0, follower.stderr.read()
+        spool_read = [tuple(line.split(" ", 1)) for line in spool_lines]
         assert sorted({int(p) for p, _ in spool_read}) == spool_partitions and len(spool_read) == 20
         assert sorted(v for _, v in spool_read + rd_read) == sorted(f"new-{i}" for i in range(40))
 

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use spool_protocol::compression::Compression;
@@ -44,21 +44,25 @@ impl Server {
             .spawn()
             .expect("spool starts");
         let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let address = loop {
-            assert!(
-                Instant::now() < deadline,
-                "spool did not report its listener"
-            );
-            let line = lines.next().expect("a line").expect("utf-8");
-            if let Some(address) = line.strip_prefix("spool: Kafka listener on ") {
-                break address.to_string();
+        // A thread reads stdout (and keeps draining it, so the broker never blocks on
+        // it) and sends the listener's address when it is printed.
+        let (found, address) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(address) = line.strip_prefix("spool: Kafka listener on ") {
+                    let _ = found.send(address.to_string());
+                }
             }
-        };
-        // Keep draining stdout so the broker never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, address }
+        });
+        match address.recv_timeout(Duration::from_secs(30)) {
+            Ok(address) => Server { child, address },
+            Err(_) => {
+                // Stopped or stuck: killed, so that no node outlives a failed start.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("spool did not report its listener");
+            }
+        }
     }
 
     pub fn connect(&self) -> Client {

@@ -75,12 +75,25 @@ def scrape(admin):
 
 def commit(bootstrap, group, topic, offsets):
     """Commits `offsets` ({partition: offset} of `topic`) for `group` with confluent-kafka,
-    without joining the group."""
-    from confluent_kafka import Consumer, TopicPartition
+    without joining the group. A commit refused because the coordinator is not ready yet
+    is tried again, as the Java client's commitSync does: a broker that has just created
+    `__consumer_offsets` can answer NOT_COORDINATOR for a moment (so can Kafka)."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+    coordinator_moving = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                          KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()],
-                    asynchronous=False)
-    consumer.close()
+    try:
+        for attempt in range(20):
+            try:
+                consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()],
+                                asynchronous=False)
+                return
+            except KafkaException as e:
+                if e.args[0].code() not in coordinator_moving or attempt == 19:
+                    raise
+                time.sleep(0.5)
+    finally:
+        consumer.close()
 
 
 def free_port():
